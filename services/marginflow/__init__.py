@@ -1,0 +1,1 @@
+"""marginflow: continuous margin re-calibration for a crypto derivatives venue."""

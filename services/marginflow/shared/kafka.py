@@ -1,0 +1,262 @@
+"""Kafka helpers on kafka-python: topics, protobuf producer, consumer loop with dead-lettering.
+
+Every payload is a protobuf message from ``marginflow.api``. A record that does not decode, or
+that the handler rejects with :class:`~marginflow.shared.errors.Rejected`, is published to the
+dead-letter topic with its reason (:class:`DeadLetterSink`) and counted; consumption goes on.
+Offsets are committed only after a batch has been handled and its outputs flushed, so a crash
+between the two redelivers rather than loses (handlers are idempotent where that matters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from marginflow.api.common.v1 import common_pb2
+from marginflow.shared.config import Topics
+from marginflow.shared.errors import Rejected
+from marginflow.shared.logs import get_logger
+from marginflow.shared.metrics import shared_metrics
+
+log = get_logger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    compacted: bool = False
+    retention_ms: int | None = None
+
+    def configs(self) -> dict[str, str]:
+        cfg: dict[str, str] = {}
+        if self.compacted:
+            # Latest state per key survives; segments roll quickly so compaction keeps up.
+            cfg.update({"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"})
+        if self.retention_ms is not None:
+            cfg["retention.ms"] = str(self.retention_ms)
+        return cfg
+
+
+def platform_topics(topics: Topics, partitions: int) -> list[TopicSpec]:
+    """Every topic of the platform: keyed by instrument or account, state topics compacted."""
+    week = 7 * 24 * 3600 * 1000
+    return [
+        TopicSpec(topics.ticks, partitions, retention_ms=24 * 3600 * 1000),
+        TopicSpec(topics.ticks_dlq, 1, retention_ms=week),
+        TopicSpec(topics.marks, partitions, retention_ms=24 * 3600 * 1000),
+        TopicSpec(topics.risk_params, 1, compacted=True),
+        TopicSpec(topics.fills, partitions),
+        TopicSpec(topics.account_events, partitions),
+        TopicSpec(topics.portfolio_dlq, 1, retention_ms=week),
+        TopicSpec(topics.positions, partitions, compacted=True),
+        TopicSpec(topics.margin_state, partitions, compacted=True),
+        TopicSpec(topics.margin_calls, partitions),
+        TopicSpec(topics.liquidation_orders, partitions),
+        TopicSpec(topics.liquidation_events, partitions),
+    ]
+
+
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> None:
+    """Create the topics that do not exist yet (existing ones are left as they are)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="marginflow-admin",
+                                     request_timeout_ms=int(timeout_s * 1000))
+            break
+        except Exception as exc:  # noqa: BLE001 - broker still starting: retry until the deadline
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        for spec in missing:
+            try:
+                admin.create_topics([NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.configs())])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def new_producer(bootstrap: str, client_id: str, linger_ms: int = 5, **extra) -> KafkaProducer:
+    """A producer that waits for the broker's acknowledgement of every record (acks=all)."""
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=linger_ms,
+        retries=5, max_in_flight_requests_per_connection=1, batch_size=256 * 1024,
+        compression_type=None, **extra)
+
+
+class ProtoProducer:
+    """Publishes protobuf messages; keys are strings (instrument or account id)."""
+
+    def __init__(self, producer: KafkaProducer, service: str) -> None:
+        self._producer = producer
+        self._service = service
+        self._produced = shared_metrics().kafka_produced
+
+    def send(self, topic: str, key: str, message: Message) -> None:
+        self._producer.send(topic, key=key.encode(), value=message.SerializeToString())
+        self._produced.labels(self._service, topic).inc()
+
+    def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self._producer.send(topic, key=key, value=value)
+        self._produced.labels(self._service, topic).inc()
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        self._producer.flush(timeout=timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._producer.close(timeout=timeout)
+
+
+class DeadLetterSink:
+    """Publishes a rejected record to a dead-letter topic with its reason, and counts it."""
+
+    def __init__(self, producer: ProtoProducer, dlq_topic: str, service: str,
+                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        self._producer = producer
+        self._topic = dlq_topic
+        self._service = service
+        self._clock_ms = clock_ms
+        self._counter = shared_metrics().dead_letters
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    def publish(self, reason_code: str, reason: str, *, payload: bytes = b"", key: bytes | None = None,
+                source_topic: str = "", partition: int = -1, offset: int = -1) -> None:
+        letter = common_pb2.DeadLetter(
+            source_topic=source_topic, source_partition=partition, source_offset=offset,
+            key=key or b"", payload=payload, reason_code=reason_code, reason=reason,
+            service=self._service, time_ms=self._clock_ms())
+        self._producer.send_raw(self._topic, key, letter.SerializeToString())
+        self._counter.labels(self._service, self._topic, reason_code).inc()
+        log.warning("dead letter", extra={"topic": source_topic, "reason_code": reason_code, "reason": reason})
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded(Generic[M]):
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    value: M
+    timestamp_ms: int
+
+
+def new_consumer(bootstrap: str, group_id: str | None, client_id: str, topics: Sequence[str] = (),
+                 auto_offset_reset: str = "earliest", **extra) -> KafkaConsumer:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group_id, client_id=client_id,
+        enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
+        max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024, **extra)
+    if topics:
+        consumer.subscribe(list(topics))
+    return consumer
+
+
+class ProtoConsumer:
+    """Polls batches of protobuf records; records that do not decode go to the dead-letter sink."""
+
+    def __init__(self, consumer: KafkaConsumer, types: dict[str, type[Message]], dead_letters: DeadLetterSink,
+                 service: str) -> None:
+        self._consumer = consumer
+        self._types = types
+        self._dlq = dead_letters
+        self._service = service
+        self._consumed = shared_metrics().kafka_consumed
+
+    @property
+    def raw(self) -> KafkaConsumer:
+        return self._consumer
+
+    def poll(self, timeout_ms: int = 200, max_records: int = 5000) -> list[Decoded]:
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[Decoded] = []
+        for tp, records in batches.items():
+            message_type = self._types[tp.topic]
+            self._consumed.labels(self._service, tp.topic).inc(len(records))
+            for rec in records:
+                try:
+                    if rec.value is None:
+                        raise Rejected("empty_payload", "record has no value")
+                    msg = message_type.FromString(rec.value)
+                except DecodeError as exc:
+                    self._dlq.publish("malformed", f"not a {message_type.DESCRIPTOR.full_name}: {exc}",
+                                      payload=rec.value or b"", key=rec.key, source_topic=tp.topic,
+                                      partition=tp.partition, offset=rec.offset)
+                    continue
+                except Rejected as exc:
+                    self._dlq.publish(exc.code, exc.detail, payload=b"", key=rec.key, source_topic=tp.topic,
+                                      partition=tp.partition, offset=rec.offset)
+                    continue
+                key = rec.key.decode("utf-8", "replace") if rec.key else ""
+                out.append(Decoded(tp.topic, tp.partition, rec.offset, key, msg, rec.timestamp))
+        return out
+
+    def reject(self, record: Decoded, exc: Rejected) -> None:
+        """Dead-letter a decoded record that the application refused."""
+        self._dlq.publish(exc.code, exc.detail, payload=record.value.SerializeToString(),
+                          key=record.key.encode(), source_topic=record.topic,
+                          partition=record.partition, offset=record.offset)
+
+    def commit(self) -> None:
+        self._consumer.commit()
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+def read_compacted(bootstrap: str, topic: str, message_type: type[M], client_id: str,
+                   timeout_s: float = 60.0) -> dict[str, M]:
+    """Read a compacted state topic from the beginning to its current end: latest value per key.
+
+    Used to rebuild state at start (no consumer group: the whole topic, every partition).
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, group_id=None,
+                             enable_auto_commit=False, max_poll_records=10000,
+                             fetch_max_bytes=64 * 1024 * 1024)
+    try:
+        deadline = time.monotonic() + timeout_s
+        partitions = consumer.partitions_for_topic(topic)
+        while partitions is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return {}
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        state: dict[str, M] = {}
+        remaining = {tp for tp in tps if end[tp] > 0}
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} did not reach its end within {timeout_s}s")
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for rec in records:
+                    key = rec.key.decode() if rec.key else ""
+                    if rec.value is None:
+                        state.pop(key, None)  # tombstone
+                    else:
+                        try:
+                            state[key] = message_type.FromString(rec.value)
+                        except DecodeError:
+                            log.warning("undecodable record in state topic", extra={"topic": topic, "offset": rec.offset})
+            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+        return state
+    finally:
+        consumer.close(autocommit=False)
