@@ -13,6 +13,9 @@ up() {
 down() {
   # The platform's supervisor first (it stops every service it started), then the infrastructure.
   stop_pid "$MF_RUN_DIR/supervisor.pid" supervisor
+  # Anything a killed supervisor left behind, by the pid files it wrote.
+  local f
+  for f in "$MF_RUN_DIR"/services/*.pid; do [ -e "$f" ] && stop_pid "$f" "$(basename "$f" .pid)"; done
   "$HERE/redis.sh" stop
   "$HERE/kafka.sh" stop
 }

@@ -1,0 +1,1591 @@
+/*
+ * marginflow.core._ccore -- the margin core in C (CPython + NumPy C API, pthreads).
+ *
+ * Twin of marginflow/core/reference.py: same functions, signatures, semantics and error
+ * messages (the formulas live in the reference's docstrings and in README.md). Conventions:
+ *   - inputs are never written; every array is checked for type (TypeError), ndim/shape and
+ *     values (ValueError); any memory layout is accepted (non C-contiguous input is copied);
+ *   - the GIL is released only around the loops; an error met there is recorded in a
+ *     per-thread slot and raised once the GIL is back (numexpr style);
+ *   - module state lives in a struct reached from the module (msgspec style), no globals
+ *     besides constant tables.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_23_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The hot kernels get an AVX2+FMA clone picked at load time (ifunc), so the default build
+ * is portable to any x86-64 yet fast on this machine; MF_NO_CLONES for -march=native. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(MF_NO_CLONES)
+#define MF_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MF_CLONES
+#endif
+
+#define KIND_PERP 0
+#define KIND_FUTURE 1
+#define KIND_CALL 2
+#define KIND_PUT 3
+
+#define CW 32          /* historical scenarios per register block (8 x 4 doubles) */
+#define MAX_THREADS 64
+#define MAXD(a, b) ((a) > (b) ? (a) : (b))
+
+typedef double v4d __attribute__((vector_size(32)));
+typedef int64_t v4i __attribute__((vector_size(32)));
+
+/* ------------------------------------------------------------------ module state */
+
+typedef struct {
+    PyTypeObject *MarginModelType;
+} ModState;
+
+/* ------------------------------------------------------------------ small helpers */
+
+static Py_ssize_t round_up(Py_ssize_t n, Py_ssize_t to) { return (n + to - 1) / to * to; }
+
+static void *aligned_zalloc(size_t bytes)
+{
+    size_t sz = (size_t)round_up((Py_ssize_t)(bytes ? bytes : 64), 64);
+    void *p = aligned_alloc(64, sz);
+    if (p) memset(p, 0, sz);
+    return p;
+}
+
+static void shape_str(char *buf, size_t n, int nd, const npy_intp *d)
+{
+    if (nd == 1) snprintf(buf, n, "(%zd,)", (Py_ssize_t)d[0]);
+    else if (nd == 2) snprintf(buf, n, "(%zd, %zd)", (Py_ssize_t)d[0], (Py_ssize_t)d[1]);
+    else snprintf(buf, n, "(...)");
+}
+
+static const char *type_name_of(int typenum)
+{
+    switch (typenum) {
+    case NPY_INT8: return "int8";
+    case NPY_UINT8: return "uint8";
+    case NPY_INT32: return "int32";
+    case NPY_INT64: return "int64";
+    case NPY_FLOAT64: return "float64";
+    default: return "?";
+    }
+}
+
+static int wrong_type(PyObject *obj, const char *name)
+{
+    PyObject *tn = PyType_GetName(Py_TYPE(obj));
+    if (tn) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray, got %U", name, tn);
+        Py_DECREF(tn);
+    }
+    return -1;
+}
+
+/* Check an ndarray argument; return a new reference to a C-contiguous aligned array with
+ * the same data (the same object when it already is), or NULL with an exception set. */
+static PyArrayObject *get_array(PyObject *obj, const char *name, int typenum, int ndim)
+{
+    if (!PyArray_Check(obj)) {
+        wrong_type(obj, name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != typenum || !PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_TypeError, "%s must have dtype %s, got %S", name, type_name_of(typenum),
+                     (PyObject *)PyArray_DESCR(a));
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must be %d-D, got %d-D", name, ndim, PyArray_NDIM(a));
+        return NULL;
+    }
+    return (PyArrayObject *)PyArray_FromArray(a, NULL, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+}
+
+/* uint8 or bool flags, returned as a contiguous array whose bytes are read as 0 / nonzero. */
+static PyArrayObject *get_flags(PyObject *obj, const char *name)
+{
+    if (!PyArray_Check(obj)) {
+        wrong_type(obj, name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != NPY_UINT8 && PyArray_TYPE(a) != NPY_BOOL) {
+        PyErr_Format(PyExc_TypeError, "%s must have dtype uint8 or bool, got %S", name,
+                     (PyObject *)PyArray_DESCR(a));
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != 1) {
+        PyErr_Format(PyExc_ValueError, "%s must be 1-D, got %d-D", name, PyArray_NDIM(a));
+        return NULL;
+    }
+    return (PyArrayObject *)PyArray_FromArray(a, NULL, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+}
+
+static int check_shape(PyArrayObject *a, const char *name, int nd, const npy_intp *want)
+{
+    int ok = PyArray_NDIM(a) == nd;
+    for (int i = 0; ok && i < nd; i++) ok = PyArray_DIM(a, i) == want[i];
+    if (ok) return 0;
+    char w[64], g[64];
+    shape_str(w, sizeof w, nd, want);
+    shape_str(g, sizeof g, PyArray_NDIM(a), PyArray_DIMS(a));
+    PyErr_Format(PyExc_ValueError, "%s must have shape %s, got %s", name, w, g);
+    return -1;
+}
+
+static int check_len(PyArrayObject *a, const char *name, npy_intp n) { return check_shape(a, name, 1, &n); }
+
+static int get_real(PyObject *obj, const char *name, double *out)
+{
+    if (!PyFloat_Check(obj) && !PyLong_Check(obj) &&
+        !(Py_TYPE(obj)->tp_as_number && Py_TYPE(obj)->tp_as_number->nb_float)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a real number", name);
+        return -1;
+    }
+    *out = PyFloat_AsDouble(obj);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int get_int(PyObject *obj, const char *name, Py_ssize_t *out)
+{
+    PyObject *i = PyNumber_Index(obj);
+    if (!i) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s must be an integer", name);
+        }
+        return -1;
+    }
+    *out = PyLong_AsSsize_t(i);
+    Py_DECREF(i);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int get_threads(PyObject *obj, int *out)
+{
+    Py_ssize_t n = 2;
+    if (obj && get_int(obj, "n_threads", &n) < 0) return -1;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "n_threads must be >= 1");
+        return -1;
+    }
+    *out = (int)(n > MAX_THREADS ? MAX_THREADS : n);
+    return 0;
+}
+
+/* "name[i] must be what" / "name[i, j] must be what" for the first bad element. */
+static int bad_value_1d(const char *name, Py_ssize_t i, const char *what)
+{
+    PyErr_Format(PyExc_ValueError, "%s[%zd] must be %s", name, i, what);
+    return -1;
+}
+
+static int bad_value_2d(const char *name, Py_ssize_t i, Py_ssize_t j, const char *what)
+{
+    PyErr_Format(PyExc_ValueError, "%s[%zd, %zd] must be %s", name, i, j, what);
+    return -1;
+}
+
+static int check_range_i32(const int32_t *v, Py_ssize_t n, Py_ssize_t hi, const char *name)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (v[i] < 0 || v[i] >= hi) {
+            PyErr_Format(PyExc_ValueError, "%s[%zd] = %d is out of range [0, %zd)", name, i, (int)v[i], hi);
+            return -1;
+        }
+    return 0;
+}
+
+/* kinds of per-element checks shared by the validators */
+enum { CHK_FINITE, CHK_POS, CHK_NONNEG };
+
+static int check_values(const double *v, Py_ssize_t n, int how, const char *name)
+{
+    static const char *what[] = {"finite", "finite and > 0", "finite and >= 0"};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double x = v[i];
+        int ok = isfinite(x) && (how == CHK_FINITE || (how == CHK_POS ? x > 0 : x >= 0));
+        if (!ok) return bad_value_1d(name, i, what[how]);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ threads */
+
+typedef void (*work_fn)(void *ctx, int tid, int nthreads);
+
+typedef struct {
+    work_fn fn;
+    void *ctx;
+    int tid, n;
+} ThreadArg;
+
+static void *thread_main(void *p)
+{
+    ThreadArg *a = (ThreadArg *)p;
+    a->fn(a->ctx, a->tid, a->n);
+    return NULL;
+}
+
+/* Run fn(ctx, t, n) for t in [0, n): t = 0 on the calling thread. Call without the GIL.
+ * A thread that cannot be started runs inline, so the work is always done. */
+static void run_parallel(work_fn fn, void *ctx, int n)
+{
+    pthread_t th[MAX_THREADS];
+    ThreadArg args[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 1; t < n; t++) {
+        args[t] = (ThreadArg){fn, ctx, t, n};
+        started[t] = pthread_create(&th[t], NULL, thread_main, &args[t]) == 0;
+    }
+    fn(ctx, 0, n);
+    for (int t = 1; t < n; t++) {
+        if (started[t]) pthread_join(th[t], NULL);
+        else fn(ctx, t, n);
+    }
+}
+
+/* ------------------------------------------------------------------ Black-76 */
+
+static inline double ncdf(double x) { return 0.5 * erfc(-x * M_SQRT1_2); }
+
+static double black76(int is_call, double f, double k, double t, double vol)
+{
+    double sd = vol * sqrt(t);
+    if (!(sd > 0.0)) return is_call ? MAXD(f - k, 0.0) : MAXD(k - f, 0.0);
+    double d1 = (log(f / k) + 0.5 * sd * sd) / sd;
+    double d2 = d1 - sd;
+    return is_call ? f * ncdf(d1) - k * ncdf(d2) : k * ncdf(-d2) - f * ncdf(-d1);
+}
+
+typedef struct {
+    PyArrayObject *kind, *forward, *strike, *expiry, *vol;
+} InstArrays;
+
+static void inst_release(InstArrays *a)
+{
+    Py_XDECREF(a->kind);
+    Py_XDECREF(a->forward);
+    Py_XDECREF(a->strike);
+    Py_XDECREF(a->expiry);
+    Py_XDECREF(a->vol);
+}
+
+static int inst_arrays(InstArrays *a, PyObject *kind, PyObject *forward, PyObject *strike, PyObject *expiry,
+                       PyObject *vol)
+{
+    memset(a, 0, sizeof *a);
+    if (!(a->kind = get_array(kind, "kind", NPY_INT8, 1))) return -1;
+    npy_intp n = PyArray_DIM(a->kind, 0);
+    PyObject *objs[4] = {forward, strike, expiry, vol};
+    const char *names[4] = {"forward", "strike", "expiry_years", "implied_vol"};
+    PyArrayObject **dst[4] = {&a->forward, &a->strike, &a->expiry, &a->vol};
+    for (int i = 0; i < 4; i++) {
+        if (!(*dst[i] = get_array(objs[i], names[i], NPY_FLOAT64, 1))) return -1;
+        if (check_len(*dst[i], names[i], n) < 0) return -1;
+    }
+    const int8_t *kd = (const int8_t *)PyArray_DATA(a->kind);
+    for (npy_intp i = 0; i < n; i++)
+        if (kd[i] < 0 || kd[i] > 3) {
+            PyErr_Format(PyExc_ValueError, "kind[%zd] = %d is not 0 (perp), 1 (future), 2 (call) or 3 (put)",
+                         (Py_ssize_t)i, (int)kd[i]);
+            return -1;
+        }
+    const double *f = PyArray_DATA(a->forward), *k = PyArray_DATA(a->strike);
+    if (check_values(f, n, CHK_POS, "forward") < 0) return -1;
+    for (npy_intp i = 0; i < n; i++)
+        if (!(isfinite(k[i]) && (k[i] > 0 || kd[i] < KIND_CALL)))
+            return bad_value_1d("strike", i, "finite (and > 0 for an option)");
+    if (check_values(PyArray_DATA(a->expiry), n, CHK_NONNEG, "expiry_years") < 0) return -1;
+    if (check_values(PyArray_DATA(a->vol), n, CHK_NONNEG, "implied_vol") < 0) return -1;
+    return 0;
+}
+
+static PyObject *py_black76_price(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"kind", "forward", "strike", "expiry_years", "implied_vol", NULL};
+    PyObject *o[5];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO:black76_price", kwlist, &o[0], &o[1], &o[2], &o[3], &o[4]))
+        return NULL;
+    InstArrays a;
+    PyArrayObject *out = NULL;
+    if (inst_arrays(&a, o[0], o[1], o[2], o[3], o[4]) < 0) goto done;
+    npy_intp n = PyArray_DIM(a.kind, 0);
+    if (!(out = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_FLOAT64, 0))) goto done;
+    const int8_t *kd = PyArray_DATA(a.kind);
+    const double *f = PyArray_DATA(a.forward), *k = PyArray_DATA(a.strike), *t = PyArray_DATA(a.expiry),
+                 *v = PyArray_DATA(a.vol);
+    double *r = PyArray_DATA(out);
+    Py_BEGIN_ALLOW_THREADS
+    for (npy_intp i = 0; i < n; i++)
+        r[i] = kd[i] >= KIND_CALL ? black76(kd[i] == KIND_CALL, f[i], k[i], t[i], v[i]) : f[i];
+    Py_END_ALLOW_THREADS
+done:
+    inst_release(&a);
+    return (PyObject *)out;
+}
+
+/* ------------------------------------------------------------------ risk arrays */
+
+typedef struct {
+    Py_ssize_t K, S, U;
+    const int8_t *kind;
+    const int32_t *und;
+    const double *f, *k, *t, *vol, *mult, *ps, *vs;
+    double horizon;
+    int relative;
+    double *out;
+} RiskCtx;
+
+static void risk_work(void *p, int tid, int n)
+{
+    RiskCtx *c = (RiskCtx *)p;
+    Py_ssize_t k0 = c->K * tid / n, k1 = c->K * (tid + 1) / n;
+    for (Py_ssize_t i = k0; i < k1; i++) {
+        double *row = c->out + i * c->S;
+        Py_ssize_t u = c->und[i];
+        double f = c->f[i], m = c->mult[i];
+        if (c->kind[i] < KIND_CALL) {
+            double mf = m * f;
+            for (Py_ssize_t s = 0; s < c->S; s++) row[s] = mf * c->ps[s * c->U + u];
+            continue;
+        }
+        int call = c->kind[i] == KIND_CALL;
+        double sig = c->vol[i], t1 = MAXD(c->t[i] - c->horizon, 0.0);
+        double v0 = black76(call, f, c->k[i], c->t[i], sig);
+        for (Py_ssize_t s = 0; s < c->S; s++) {
+            double dv = c->vs[s * c->U + u];
+            double sg = c->relative ? sig * (1.0 + dv) : sig + dv;
+            sg = MAXD(sg, 0.0);
+            row[s] = m * (black76(call, f * (1.0 + c->ps[s * c->U + u]), c->k[i], t1, sg) - v0);
+        }
+    }
+}
+
+static PyObject *py_risk_arrays(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"kind", "underlying", "forward", "strike", "expiry_years", "implied_vol",
+                             "multiplier", "price_shock", "vol_shock", "horizon_years",
+                             "vol_shock_relative", "n_threads", NULL};
+    PyObject *okind, *ound, *of, *ok, *ot, *ov, *om, *ops, *ovs, *oh = NULL, *orel = NULL, *onth = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOO|$OOO:risk_arrays", kwlist, &okind, &ound, &of, &ok,
+                                     &ot, &ov, &om, &ops, &ovs, &oh, &orel, &onth))
+        return NULL;
+    InstArrays a;
+    PyArrayObject *und = NULL, *mult = NULL, *ps = NULL, *vs = NULL, *out = NULL;
+    PyObject *ret = NULL;
+    double horizon = 0.0;
+    int relative = 0, nth;
+    if (inst_arrays(&a, okind, of, ok, ot, ov) < 0) goto done;
+    npy_intp K = PyArray_DIM(a.kind, 0);
+    if (!(und = get_array(ound, "underlying", NPY_INT32, 1)) || check_len(und, "underlying", K) < 0) goto done;
+    if (!(mult = get_array(om, "multiplier", NPY_FLOAT64, 1)) || check_len(mult, "multiplier", K) < 0) goto done;
+    if (!(ps = get_array(ops, "price_shock", NPY_FLOAT64, 2))) goto done;
+    if (!(vs = get_array(ovs, "vol_shock", NPY_FLOAT64, 2)) ||
+        check_shape(vs, "vol_shock", 2, PyArray_DIMS(ps)) < 0)
+        goto done;
+    if (oh && get_real(oh, "horizon_years", &horizon) < 0) goto done;
+    if (orel && (relative = PyObject_IsTrue(orel)) < 0) goto done;
+    if (get_threads(onth, &nth) < 0) goto done;
+    npy_intp S = PyArray_DIM(ps, 0), U = PyArray_DIM(ps, 1);
+    if (check_range_i32(PyArray_DATA(und), K, U, "underlying") < 0) goto done;
+    if (check_values(PyArray_DATA(mult), K, CHK_POS, "multiplier") < 0) goto done;
+    const double *psd = PyArray_DATA(ps), *vsd = PyArray_DATA(vs);
+    for (npy_intp i = 0; i < S * U; i++)
+        if (!(isfinite(psd[i]) && psd[i] > -1.0)) {
+            bad_value_2d("price_shock", i / U, i % U, "finite and > -1");
+            goto done;
+        }
+    for (npy_intp i = 0; i < S * U; i++)
+        if (!isfinite(vsd[i])) {
+            bad_value_2d("vol_shock", i / U, i % U, "finite");
+            goto done;
+        }
+    if (!(isfinite(horizon) && horizon >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "horizon_years must be finite and >= 0");
+        goto done;
+    }
+    npy_intp dims[2] = {K, S};
+    if (!(out = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT64, 0))) goto done;
+    RiskCtx c = {K, S, U, PyArray_DATA(a.kind), PyArray_DATA(und), PyArray_DATA(a.forward),
+                 PyArray_DATA(a.strike), PyArray_DATA(a.expiry), PyArray_DATA(a.vol), PyArray_DATA(mult),
+                 psd, vsd, horizon, relative, PyArray_DATA(out)};
+    if (nth > K) nth = K > 0 ? (int)K : 1;
+    Py_BEGIN_ALLOW_THREADS
+    run_parallel(risk_work, &c, nth);
+    Py_END_ALLOW_THREADS
+    ret = (PyObject *)out;
+    out = NULL;
+done:
+    inst_release(&a);
+    Py_XDECREF(und);
+    Py_XDECREF(mult);
+    Py_XDECREF(ps);
+    Py_XDECREF(vs);
+    Py_XDECREF(out);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ selection helpers */
+
+/* min-heap of doubles */
+static inline void heap_sift(double *h, Py_ssize_t n, Py_ssize_t i)
+{
+    double x = h[i];
+    for (;;) {
+        Py_ssize_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && h[c + 1] < h[c]) c++;
+        if (!(h[c] < x)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = x;
+}
+
+static inline void heap_make(double *h, Py_ssize_t n)
+{
+    for (Py_ssize_t i = n / 2 - 1; i >= 0; i--) heap_sift(h, n, i);
+}
+
+/* The m largest of x[0:n] (m <= n) into heap h; returns their sum, h[0] = the m-th largest. */
+static double top_m(const double *x, Py_ssize_t n, Py_ssize_t m, double *h)
+{
+    memcpy(h, x, (size_t)m * sizeof(double));
+    heap_make(h, m);
+    for (Py_ssize_t i = m; i < n; i++)
+        if (x[i] > h[0]) {
+            h[0] = x[i];
+            heap_sift(h, m, 0);
+        }
+    double s = 0.0;
+    for (Py_ssize_t i = 0; i < m; i++) s += h[i];
+    return s;
+}
+
+/* k-th largest (k >= 1) of a[0:n], reordering a (Hoare quickselect). */
+static double kth_largest(double *a, Py_ssize_t n, Py_ssize_t k)
+{
+    Py_ssize_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        double piv = a[lo + (hi - lo) / 2];
+        Py_ssize_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > piv) i++;
+            while (a[j] < piv) j--;
+            if (i <= j) {
+                double t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else break;
+    }
+    return a[want];
+}
+
+/* ------------------------------------------------------------------ the model */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t K, S, G, T, H, U, B, GT, GTp, Hp, m, nb;
+    double es_level, mm;
+    double *rg;        /* K x GTp, grid + tail rows, zero padded */
+    double *rh;        /* K x Hp, historical rows, zero padded */
+    double *w;         /* GTp: 1 for grid rows, tail weights, 0 padding */
+    double *bound_g;   /* K: max |rg| (overflow screen) */
+    double *bound_h;   /* K: max |rh| */
+    int32_t *und;      /* K */
+    double *notional, *liq_unit, *depth; /* K */
+    double *floor_, *rate, *cum;         /* U x B */
+    double *grid1, *es1;                 /* 2 x K: one contract long [0] / short [1] */
+} Model;
+
+/* per-thread (or per-call) scratch */
+typedef struct {
+    double *loss;      /* Hp */
+    double *bmax;      /* nb = Hp / 8 block maxima, then scratch for selection */
+    double *cand;      /* Hp candidate values */
+    int32_t *cidx;     /* Hp candidate indices */
+    double *heap;      /* m */
+    double *gacc;      /* U x GTp */
+    int32_t *touched;  /* U */
+    uint8_t *flag;     /* U */
+    int32_t *ck;       /* cross positions: instrument */
+    double *cq;        /* cross positions: -size */
+    int32_t *cpos;     /* cross positions: index in the account */
+    void *block;
+} Scratch;
+
+static int scratch_init(Scratch *w, const Model *M, Py_ssize_t max_pos)
+{
+    if (max_pos < 1) max_pos = 1;
+    size_t off[11], total = 0;
+    size_t sizes[11] = {M->Hp * 8, M->nb * 8 + 64, M->Hp * 8, M->Hp * 4, M->m * 8, M->U * M->GTp * 8,
+                        M->U * 4, M->U, max_pos * 4, max_pos * 8, max_pos * 4};
+    for (int i = 0; i < 11; i++) {
+        off[i] = total;
+        total += (size_t)round_up((Py_ssize_t)sizes[i], 64);
+    }
+    char *b = aligned_zalloc(total);
+    if (!b) return -1;
+    w->block = b;
+    w->loss = (double *)(b + off[0]);
+    w->bmax = (double *)(b + off[1]);
+    w->cand = (double *)(b + off[2]);
+    w->cidx = (int32_t *)(b + off[3]);
+    w->heap = (double *)(b + off[4]);
+    w->gacc = (double *)(b + off[5]);
+    w->touched = (int32_t *)(b + off[6]);
+    w->flag = (uint8_t *)(b + off[7]);
+    w->ck = (int32_t *)(b + off[8]);
+    w->cq = (double *)(b + off[9]);
+    w->cpos = (int32_t *)(b + off[10]);
+    return 0;
+}
+
+static inline double pos_minimum(const Model *M, int32_t k, double a)
+{
+    const Py_ssize_t u = M->und[k], B = M->B;
+    const double *fl = M->floor_ + u * B;
+    double n = a * M->notional[k];
+    Py_ssize_t b = 0;
+    while (b + 1 < B && fl[b + 1] <= n) b++;
+    return n * M->rate[u * B + b] - M->cum[u * B + b];
+}
+
+static inline double pos_liquidity(const Model *M, int32_t k, double a)
+{
+    double d = M->depth[k], e = MAXD(a - d, 0.0);
+    return M->liq_unit[k] * (a + e * e / d);
+}
+
+static inline double pos_isolated(const Model *M, int32_t k, double q)
+{
+    double a = fabs(q);
+    Py_ssize_t s = q < 0 ? M->K : 0;
+    double g = a * M->grid1[s + k], e = a * M->es1[s + k];
+    return MAXD(MAXD(g, e), pos_minimum(M, k, a)) + pos_liquidity(M, k, a);
+}
+
+/* loss[c..] = sum_j cq[j] * rh[ck[j], c..] for every block of CW scenarios, and the 4 lane
+ * maxima of each block (each the max of 8 scenarios) into bmax. */
+MF_CLONES static void fhs_kernel(const double *rh, Py_ssize_t Hp, const int32_t *ck, const double *cq, Py_ssize_t nc,
+                                 double *loss, double *bmax)
+{
+    for (Py_ssize_t c = 0; c < Hp; c += CW) {
+        v4d a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+        for (Py_ssize_t j = 0; j < nc; j++) {
+            const v4d *r = (const v4d *)(rh + (Py_ssize_t)ck[j] * Hp + c);
+            double qj = cq[j];
+            v4d q = {qj, qj, qj, qj};
+            a0 += q * r[0];
+            a1 += q * r[1];
+            a2 += q * r[2];
+            a3 += q * r[3];
+            a4 += q * r[4];
+            a5 += q * r[5];
+            a6 += q * r[6];
+            a7 += q * r[7];
+        }
+        v4d *o = (v4d *)(loss + c);
+        o[0] = a0; o[1] = a1; o[2] = a2; o[3] = a3; o[4] = a4; o[5] = a5; o[6] = a6; o[7] = a7;
+#define VMAX(x, y) ((v4d)(((v4i)(x) & ((x) > (y))) | ((v4i)(y) & ~((x) > (y)))))
+        v4d m0 = VMAX(a0, a1), m1 = VMAX(a2, a3), m2 = VMAX(a4, a5), m3 = VMAX(a6, a7);
+        m0 = VMAX(m0, m1);
+        m2 = VMAX(m2, m3);
+        *(v4d *)(bmax + c / 8) = VMAX(m0, m2);
+#undef VMAX
+    }
+}
+
+MF_CLONES static void axpy_pad(double *restrict y, const double *restrict x, double a, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+typedef struct {
+    double im, mm, cross_im, grid, es, var, minimum, liq, iso;
+    int64_t worst;
+    int finite;
+} AcctOut;
+
+/* Historical losses of the cross positions in w->ck/cq (nc > 0): ES, VaR, worst. */
+static void fhs_stats(const Model *M, Scratch *w, Py_ssize_t nc, AcctOut *o)
+{
+    const Py_ssize_t H = M->H, Hp = M->Hp, m = M->m, nb = M->nb;
+    double *loss = w->loss;
+    fhs_kernel(M->rh, Hp, w->ck, w->cq, nc, loss, w->bmax);
+    /* bound on |loss| from the per-instrument max |R|: when finite (with a wide margin),
+     * every loss is; else scan them all */
+    double bound = 0.0;
+    for (Py_ssize_t j = 0; j < nc; j++) bound += fabs(w->cq[j]) * M->bound_h[w->ck[j]];
+    if (!(bound < 1e300)) {
+        for (Py_ssize_t s = 0; s < H; s++)
+            if (!isfinite(loss[s])) o->finite = 0;
+    }
+    if (!o->finite) {
+        o->es = o->var = NAN;
+        o->worst = 0;
+        return;
+    }
+    /* padding scenarios must not be picked: fix the block maxima of the last block */
+    if (Hp > H) {
+        Py_ssize_t c = Hp - CW;
+        for (Py_ssize_t s = H; s < Hp; s++) loss[s] = -INFINITY;
+        for (int lane = 0; lane < 4; lane++) {
+            double mx = -INFINITY;
+            for (int i = 0; i < 8; i++) mx = MAXD(mx, loss[c + lane + 4 * i]);
+            w->bmax[c / 8 + lane] = mx;
+        }
+    }
+    Py_ssize_t nc_ = 0;
+    double *cand = w->cand;
+    int32_t *cidx = w->cidx;
+    if (m * 4 <= nb) {
+        /* the m-th largest block maximum bounds the m-th largest loss from below: only
+         * blocks whose maximum reaches it can hold one of the m worst losses */
+        double *tmp = w->bmax + nb; /* room for nothing: copy into cand instead */
+        (void)tmp;
+        memcpy(cand, w->bmax, (size_t)nb * sizeof(double));
+        double thr = kth_largest(cand, nb, m);
+        for (Py_ssize_t b = 0; b < nb; b++) {
+            if (!(w->bmax[b] >= thr)) continue;
+            Py_ssize_t base = (b / 4) * CW + (b % 4);
+            for (int i = 0; i < 8; i++) {
+                Py_ssize_t s = base + 4 * i;
+                if (loss[s] >= thr) {
+                    cand[nc_] = loss[s];
+                    cidx[nc_++] = (int32_t)s;
+                }
+            }
+        }
+    }
+    else {
+        for (Py_ssize_t s = 0; s < H; s++) {
+            cand[s] = loss[s];
+            cidx[s] = (int32_t)s;
+        }
+        nc_ = H;
+    }
+    /* worst: largest loss, lowest index on ties */
+    double best = cand[0];
+    int32_t bi = cidx[0];
+    for (Py_ssize_t i = 1; i < nc_; i++)
+        if (cand[i] > best || (cand[i] == best && cidx[i] < bi)) {
+            best = cand[i];
+            bi = cidx[i];
+        }
+    o->worst = bi;
+    o->es = top_m(cand, nc_, m, w->heap) / (double)m;
+    o->var = w->heap[0];
+}
+
+/* Grid margin of the cross positions in w->ck/cq; fills gacc rows of the touched
+ * underlyings (sorted ascending in w->touched, count returned in *nt). */
+static double grid_margin(const Model *M, Scratch *w, Py_ssize_t nc, Py_ssize_t *nt_out, int *finite,
+                          int keep)
+{
+    const Py_ssize_t GTp = M->GTp, GT = M->GT;
+    Py_ssize_t nt = 0;
+    double bound = 0.0;
+    for (Py_ssize_t j = 0; j < nc; j++) {
+        int32_t k = w->ck[j], u = M->und[k];
+        double *g = w->gacc + (Py_ssize_t)u * GTp;
+        if (!w->flag[u]) {
+            w->flag[u] = 1;
+            Py_ssize_t i = nt++;
+            while (i > 0 && w->touched[i - 1] > u) {
+                w->touched[i] = w->touched[i - 1];
+                i--;
+            }
+            w->touched[i] = u;
+            memset(g, 0, (size_t)GTp * sizeof(double));
+        }
+        axpy_pad(g, M->rg + (Py_ssize_t)k * GTp, w->cq[j], GTp);
+        bound += fabs(w->cq[j]) * M->bound_g[k];
+    }
+    double grid = 0.0;
+    for (Py_ssize_t t = 0; t < nt; t++) {
+        Py_ssize_t u = w->touched[t];
+        const double *g = w->gacc + u * GTp;
+        if (!keep) w->flag[u] = 0;
+        if (!(bound < 1e300))
+            for (Py_ssize_t i = 0; i < GT; i++)
+                if (!isfinite(g[i])) *finite = 0;
+        double mx = 0.0;
+        for (Py_ssize_t i = 0; i < GT; i++) {
+            double x = g[i] * M->w[i];
+            if (x > mx) mx = x;
+        }
+        grid += mx;
+    }
+    *nt_out = nt;
+    return grid;
+}
+
+/* Margin of one account's n positions. iso_im (may be NULL) gets each position's isolated IM. */
+static void account_margin(const Model *M, Scratch *w, Py_ssize_t n, const int32_t *k, const double *q,
+                           const uint8_t *iso, double *iso_im, AcctOut *o)
+{
+    Py_ssize_t nc = 0;
+    double iso_total = 0.0, mn = 0.0, lq = 0.0;
+    o->finite = 1;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (iso[j]) {
+            double v = pos_isolated(M, k[j], q[j]);
+            if (iso_im) iso_im[j] = v;
+            iso_total += v;
+        }
+        else {
+            double a = fabs(q[j]);
+            mn += pos_minimum(M, k[j], a);
+            lq += pos_liquidity(M, k[j], a);
+            w->ck[nc] = k[j];
+            w->cq[nc] = -q[j];
+            w->cpos[nc] = (int32_t)j;
+            nc++;
+            if (iso_im) iso_im[j] = 0.0;
+        }
+    }
+    o->minimum = mn;
+    o->liq = lq;
+    o->iso = iso_total;
+    if (nc == 0) {
+        o->grid = o->es = o->var = o->cross_im = 0.0;
+        o->worst = -1;
+    }
+    else {
+        Py_ssize_t nt;
+        o->grid = M->GT ? grid_margin(M, w, nc, &nt, &o->finite, 0) : 0.0;
+        fhs_stats(M, w, nc, o);
+        o->cross_im = MAXD(MAXD(o->grid, o->es), mn) + lq;
+    }
+    o->im = o->cross_im + iso_total;
+    o->mm = M->mm * o->im;
+    if (!isfinite(o->im)) o->finite = 0;
+}
+
+/* ------------------------------------------------------------------ compute (all accounts) */
+
+typedef struct {
+    const Model *M;
+    const int64_t *indptr;
+    const int32_t *inst;
+    const double *size;
+    const uint8_t *iso;
+    Py_ssize_t N;
+    Py_ssize_t bounds[MAX_THREADS + 1];
+    Scratch scr[MAX_THREADS];
+    /* outputs */
+    double *im, *mm, *cross_im, *grid, *es, *var, *minimum, *liq, *iso_im;
+    int64_t *worst;
+    /* errors, per thread: first bad position and its kind (1 instrument, 2 size), first
+     * account whose margin overflowed */
+    Py_ssize_t err_pos[MAX_THREADS];
+    int err_kind[MAX_THREADS];
+    Py_ssize_t err_ovf[MAX_THREADS];
+} ComputeCtx;
+
+static void compute_work(void *p, int tid, int nthreads)
+{
+    ComputeCtx *c = (ComputeCtx *)p;
+    const Model *M = c->M;
+    Scratch *w = &c->scr[tid];
+    c->err_pos[tid] = -1;
+    c->err_ovf[tid] = -1;
+    for (Py_ssize_t i = c->bounds[tid]; i < c->bounds[tid + 1]; i++) {
+        Py_ssize_t p0 = c->indptr[i], p1 = c->indptr[i + 1];
+        for (Py_ssize_t pp = p0; pp < p1; pp++) {
+            int32_t k = c->inst[pp];
+            if (k < 0 || k >= M->K) {
+                c->err_pos[tid] = pp;
+                c->err_kind[tid] = 1;
+                return;
+            }
+            if (!isfinite(c->size[pp])) {
+                c->err_pos[tid] = pp;
+                c->err_kind[tid] = 2;
+                return;
+            }
+        }
+        AcctOut o;
+        account_margin(M, w, p1 - p0, c->inst + p0, c->size + p0, c->iso + p0, c->iso_im + p0, &o);
+        if (!o.finite && c->err_ovf[tid] < 0) c->err_ovf[tid] = i;
+        c->im[i] = o.im;
+        c->mm[i] = o.mm;
+        c->cross_im[i] = o.cross_im;
+        c->grid[i] = o.grid;
+        c->es[i] = o.es;
+        c->var[i] = o.var;
+        c->worst[i] = o.worst;
+        c->minimum[i] = o.minimum;
+        c->liq[i] = o.liq;
+    }
+}
+
+static int dict_set(PyObject *d, const char *key, PyObject *v)
+{
+    if (!v) return -1;
+    int r = PyDict_SetItemString(d, key, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static PyObject *model_compute(Model *M, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"indptr", "instrument", "size", "isolated", "n_threads", NULL};
+    PyObject *oip, *oin, *osz, *oiso, *onth = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|O:compute", kwlist, &oip, &oin, &osz, &oiso, &onth))
+        return NULL;
+    PyArrayObject *indptr = NULL, *inst = NULL, *size = NULL, *iso = NULL;
+    PyArrayObject *outs[11] = {NULL};
+    PyObject *ret = NULL;
+    ComputeCtx *c = NULL;
+    int nth;
+    if (!(indptr = get_array(oip, "indptr", NPY_INT64, 1))) goto done;
+    if (!(inst = get_array(oin, "instrument", NPY_INT32, 1))) goto done;
+    npy_intp nnz = PyArray_DIM(inst, 0);
+    if (!(size = get_array(osz, "size", NPY_FLOAT64, 1)) || check_len(size, "size", nnz) < 0) goto done;
+    if (!(iso = get_flags(oiso, "isolated")) || check_len(iso, "isolated", nnz) < 0) goto done;
+    if (get_threads(onth, &nth) < 0) goto done;
+    npy_intp np1 = PyArray_DIM(indptr, 0);
+    const int64_t *ip = PyArray_DATA(indptr);
+    if (np1 < 1) {
+        PyErr_SetString(PyExc_ValueError, "indptr must have at least 1 element");
+        goto done;
+    }
+    if (ip[0] != 0) {
+        PyErr_SetString(PyExc_ValueError, "indptr[0] must be 0");
+        goto done;
+    }
+    Py_ssize_t max_pos = 0;
+    for (npy_intp i = 1; i < np1; i++) {
+        if (ip[i] < ip[i - 1]) {
+            PyErr_Format(PyExc_ValueError, "indptr must be non-decreasing: indptr[%zd] < indptr[%zd]",
+                         (Py_ssize_t)i, (Py_ssize_t)(i - 1));
+            goto done;
+        }
+        if (ip[i] - ip[i - 1] > max_pos) max_pos = (Py_ssize_t)(ip[i] - ip[i - 1]);
+    }
+    if (ip[np1 - 1] != nnz) {
+        PyErr_Format(PyExc_ValueError, "indptr[-1] = %lld must equal the number of positions %zd",
+                     (long long)ip[np1 - 1], (Py_ssize_t)nnz);
+        goto done;
+    }
+    Py_ssize_t N = np1 - 1;
+    npy_intp dn = N;
+    for (int i = 0; i < 11; i++) {
+        int typ = i == 9 ? NPY_INT64 : NPY_FLOAT64;
+        if (i == 10) outs[i] = (PyArrayObject *)PyArray_ZEROS(1, &nnz, NPY_FLOAT64, 0);
+        else outs[i] = (PyArrayObject *)PyArray_EMPTY(1, &dn, typ, 0);
+        if (!outs[i]) goto done;
+    }
+    if (!(c = PyMem_Calloc(1, sizeof *c))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* fewer threads for small jobs: starting one costs ~20-50 us */
+    if (nth > 1 && nnz + N < 2000) nth = 1;
+    /* split accounts so that each thread gets about the same cost, counted as
+     * positions + 2 per account (the per-account selection is worth ~2 positions) */
+    double total = (double)nnz + 2.0 * (double)N;
+    c->bounds[0] = 0;
+    for (int t = 1; t < nth; t++) {
+        double target = total * t / nth;
+        Py_ssize_t lo = c->bounds[t - 1], hi = N;
+        while (lo < hi) {
+            Py_ssize_t mid = lo + (hi - lo) / 2;
+            if ((double)ip[mid] + 2.0 * (double)mid < target) lo = mid + 1;
+            else hi = mid;
+        }
+        c->bounds[t] = lo;
+    }
+    c->bounds[nth] = N;
+    for (int t = 0; t < nth; t++)
+        if (scratch_init(&c->scr[t], M, max_pos) < 0) {
+            for (int s = 0; s < t; s++) free(c->scr[s].block);
+            nth = 0;
+            PyErr_NoMemory();
+            goto done;
+        }
+    c->M = M;
+    c->indptr = ip;
+    c->inst = PyArray_DATA(inst);
+    c->size = PyArray_DATA(size);
+    c->iso = PyArray_DATA(iso);
+    c->N = N;
+    c->im = PyArray_DATA(outs[0]);
+    c->mm = PyArray_DATA(outs[1]);
+    c->cross_im = PyArray_DATA(outs[2]);
+    c->grid = PyArray_DATA(outs[3]);
+    c->es = PyArray_DATA(outs[4]);
+    c->var = PyArray_DATA(outs[5]);
+    c->minimum = PyArray_DATA(outs[6]);
+    c->liq = PyArray_DATA(outs[7]);
+    c->worst = PyArray_DATA(outs[9]);
+    c->iso_im = PyArray_DATA(outs[10]);
+    Py_BEGIN_ALLOW_THREADS
+    run_parallel(compute_work, c, nth);
+    Py_END_ALLOW_THREADS
+    for (int t = 0; t < nth; t++) free(c->scr[t].block);
+    /* threads cover ascending account ranges: the first error is the lowest thread's */
+    for (int t = 0; t < nth; t++) {
+        Py_ssize_t pp = c->err_pos[t];
+        if (pp < 0) continue;
+        if (c->err_kind[t] == 1)
+            PyErr_Format(PyExc_ValueError, "instrument[%zd] = %d is out of range [0, %zd)", pp, (int)c->inst[pp],
+                         M->K);
+        else
+            PyErr_Format(PyExc_ValueError, "size[%zd] must be finite", pp);
+        goto done;
+    }
+    for (int t = 0; t < nth; t++)
+        if (c->err_ovf[t] >= 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "margin overflow in account %zd: losses or margin not finite (sizes too large?)",
+                         c->err_ovf[t]);
+            goto done;
+        }
+    {
+        static const char *keys[11] = {"im", "mm", "cross_im", "grid", "es", "var", "minimum",
+                                       "liquidity", NULL, "worst", "isolated_im"};
+        PyObject *d = PyDict_New();
+        if (!d) goto done;
+        for (int i = 0; i < 11; i++) {
+            if (!keys[i]) continue;
+            if (PyDict_SetItemString(d, keys[i], (PyObject *)outs[i]) < 0) {
+                Py_DECREF(d);
+                goto done;
+            }
+        }
+        ret = d;
+    }
+done:
+    PyMem_Free(c);
+    Py_XDECREF(indptr);
+    Py_XDECREF(inst);
+    Py_XDECREF(size);
+    Py_XDECREF(iso);
+    for (int i = 0; i < 11; i++) Py_XDECREF(outs[i]);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ one account */
+
+typedef struct {
+    PyArrayObject *inst, *size, *iso, *dinst, *dsize;
+} OneArgs;
+
+static void one_release(OneArgs *a)
+{
+    Py_XDECREF(a->inst);
+    Py_XDECREF(a->size);
+    Py_XDECREF(a->iso);
+    Py_XDECREF(a->dinst);
+    Py_XDECREF(a->dsize);
+}
+
+static int check_positions(const Model *M, const int32_t *k, const double *q, Py_ssize_t n, const char *ni,
+                           const char *ns)
+{
+    for (Py_ssize_t p = 0; p < n; p++) {
+        if (k[p] < 0 || k[p] >= M->K) {
+            PyErr_Format(PyExc_ValueError, "%s[%zd] = %d is out of range [0, %zd)", ni, p, (int)k[p], M->K);
+            return -1;
+        }
+        if (!isfinite(q[p])) return bad_value_1d(ns, p, "finite");
+    }
+    return 0;
+}
+
+static int one_args(const Model *M, OneArgs *a, PyObject *const *args, Py_ssize_t nargs, int with_delta)
+{
+    memset(a, 0, sizeof *a);
+    if (!(a->inst = get_array(args[0], "instrument", NPY_INT32, 1))) return -1;
+    npy_intp n = PyArray_DIM(a->inst, 0);
+    if (!(a->size = get_array(args[1], "size", NPY_FLOAT64, 1)) || check_len(a->size, "size", n) < 0) return -1;
+    if (!(a->iso = get_flags(args[2], "isolated")) || check_len(a->iso, "isolated", n) < 0) return -1;
+    if (with_delta) {
+        if (!(a->dinst = get_array(args[3], "delta_instrument", NPY_INT32, 1))) return -1;
+        if (!(a->dsize = get_array(args[4], "delta_size", NPY_FLOAT64, 1)) ||
+            check_len(a->dsize, "delta_size", PyArray_DIM(a->dinst, 0)) < 0)
+            return -1;
+    }
+    if (check_positions(M, PyArray_DATA(a->inst), PyArray_DATA(a->size), n, "instrument", "size") < 0) return -1;
+    if (with_delta && check_positions(M, PyArray_DATA(a->dinst), PyArray_DATA(a->dsize), PyArray_DIM(a->dinst, 0),
+                                      "delta_instrument", "delta_size") < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *scalars_dict(const AcctOut *o)
+{
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    if (dict_set(d, "im", PyFloat_FromDouble(o->im)) < 0 || dict_set(d, "mm", PyFloat_FromDouble(o->mm)) < 0 ||
+        dict_set(d, "cross_im", PyFloat_FromDouble(o->cross_im)) < 0 ||
+        dict_set(d, "grid", PyFloat_FromDouble(o->grid)) < 0 || dict_set(d, "es", PyFloat_FromDouble(o->es)) < 0 ||
+        dict_set(d, "var", PyFloat_FromDouble(o->var)) < 0 ||
+        dict_set(d, "worst", PyLong_FromLongLong(o->worst)) < 0 ||
+        dict_set(d, "minimum", PyFloat_FromDouble(o->minimum)) < 0 ||
+        dict_set(d, "liquidity", PyFloat_FromDouble(o->liq)) < 0 ||
+        dict_set(d, "isolated_im", PyFloat_FromDouble(o->iso)) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static int overflow_error(void)
+{
+    PyErr_SetString(PyExc_ValueError, "margin overflow: losses or margin not finite (sizes too large?)");
+    return -1;
+}
+
+/* what_if(instrument, size, isolated, delta_instrument, delta_size): positional or keyword
+ * arguments are parsed by hand (METH_FASTCALL) to keep the call cheap. */
+static PyObject *model_what_if(Model *M, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *names[5] = {"instrument", "size", "isolated", "delta_instrument", "delta_size"};
+    PyObject *a5[5] = {NULL};
+    if (nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "what_if() takes 5 arguments");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) a5[i] = args[i];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        const char *kn = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, i));
+        int f = -1;
+        for (int j = 0; kn && j < 5; j++)
+            if (!strcmp(kn, names[j])) f = j;
+        if (f < 0 || a5[f]) {
+            PyErr_Format(PyExc_TypeError, "what_if() got an unexpected or repeated argument %R",
+                         PyTuple_GET_ITEM(kwnames, i));
+            return NULL;
+        }
+        a5[f] = args[nargs + i];
+    }
+    for (int j = 0; j < 5; j++)
+        if (!a5[j]) {
+            PyErr_Format(PyExc_TypeError, "what_if() missing required argument '%s'", names[j]);
+            return NULL;
+        }
+    OneArgs a;
+    PyObject *ret = NULL;
+    Scratch w = {0};
+    if (one_args(M, &a, a5, 5, 1) < 0) goto done;
+    Py_ssize_t n = PyArray_DIM(a.inst, 0), d = PyArray_DIM(a.dinst, 0);
+    if (scratch_init(&w, M, n + d) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* merged positions: reuse three slices of one malloc */
+    size_t need = (size_t)(n + d) * (sizeof(int32_t) + sizeof(double) + 1) + 16;
+    char *buf = malloc(need);
+    if (!buf) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    double *q = (double *)buf;
+    int32_t *k = (int32_t *)(q + n + d);
+    uint8_t *iso = (uint8_t *)(k + n + d);
+    memcpy(q, PyArray_DATA(a.size), (size_t)n * sizeof(double));
+    memcpy(k, PyArray_DATA(a.inst), (size_t)n * sizeof(int32_t));
+    memcpy(iso, PyArray_DATA(a.iso), (size_t)n);
+    Py_ssize_t nn = n;
+    const int32_t *dk = PyArray_DATA(a.dinst);
+    const double *dq = PyArray_DATA(a.dsize);
+    for (Py_ssize_t j = 0; j < d; j++) {
+        Py_ssize_t p = 0;
+        while (p < nn && (iso[p] || k[p] != dk[j])) p++;
+        if (p < nn) q[p] = q[p] + dq[j];
+        else {
+            k[nn] = dk[j];
+            q[nn] = dq[j];
+            iso[nn] = 0;
+            nn++;
+        }
+    }
+    AcctOut o;
+    account_margin(M, &w, nn, k, q, iso, NULL, &o);
+    free(buf);
+    if (!o.finite) {
+        overflow_error();
+        goto done;
+    }
+    ret = scalars_dict(&o);
+done:
+    free(w.block);
+    one_release(&a);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ explain */
+
+typedef struct {
+    double v;
+    int32_t i;
+} VI;
+
+static int vi_cmp(const void *x, const void *y)
+{
+    const VI *a = x, *b = y;
+    if (a->v > b->v) return -1;
+    if (a->v < b->v) return 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+static PyObject *new_vec(npy_intp n, int typ, void **data)
+{
+    PyObject *a = PyArray_ZEROS(1, &n, typ, 0);
+    if (a) *data = PyArray_DATA((PyArrayObject *)a);
+    return a;
+}
+
+static PyObject *model_explain(Model *M, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"instrument", "size", "isolated", NULL};
+    PyObject *o3[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO:explain", kwlist, &o3[0], &o3[1], &o3[2])) return NULL;
+    OneArgs a;
+    PyObject *ret = NULL;
+    Scratch w = {0};
+    VI *order = NULL;
+    if (one_args(M, &a, o3, 3, 0) < 0) goto done;
+    Py_ssize_t n = PyArray_DIM(a.inst, 0);
+    const int32_t *k = PyArray_DATA(a.inst);
+    const double *q = PyArray_DATA(a.size);
+    const uint8_t *iso = PyArray_DATA(a.iso);
+    if (scratch_init(&w, M, n) < 0 || !(order = malloc((size_t)(M->H + 1) * sizeof(VI)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    double *p_grid, *p_es, *p_worst, *p_min, *p_liq, *p_iso, *u_grid, *u_es;
+    int64_t *u_scen, *es_sc;
+    PyObject *arrs[10];
+    arrs[0] = new_vec(n, NPY_FLOAT64, (void **)&p_grid);
+    arrs[1] = new_vec(n, NPY_FLOAT64, (void **)&p_es);
+    arrs[2] = new_vec(n, NPY_FLOAT64, (void **)&p_worst);
+    arrs[3] = new_vec(n, NPY_FLOAT64, (void **)&p_min);
+    arrs[4] = new_vec(n, NPY_FLOAT64, (void **)&p_liq);
+    arrs[5] = new_vec(n, NPY_FLOAT64, (void **)&p_iso);
+    arrs[6] = new_vec(M->U, NPY_FLOAT64, (void **)&u_grid);
+    arrs[7] = new_vec(M->U, NPY_INT64, (void **)&u_scen);
+    arrs[8] = new_vec(M->U, NPY_FLOAT64, (void **)&u_es);
+    Py_ssize_t m = M->m, nc = 0;
+    for (Py_ssize_t j = 0; j < n; j++) nc += !iso[j];
+    arrs[9] = new_vec(nc ? m : 0, NPY_INT64, (void **)&es_sc);
+    static const char *keys[10] = {"position_grid", "position_es", "position_worst_loss", "position_minimum",
+                                   "position_liquidity", "position_isolated_im", "underlying_grid",
+                                   "underlying_grid_scenario", "underlying_es", "es_scenarios"};
+    int ok = 1;
+    for (int i = 0; i < 10; i++) ok &= arrs[i] != NULL;
+    if (ok) {
+        AcctOut o;
+        account_margin(M, &w, n, k, q, iso, p_iso, &o);
+        if (!o.finite) {
+            overflow_error();
+            ok = 0;
+        }
+        else {
+            for (Py_ssize_t j = 0; j < n; j++) {
+                p_min[j] = pos_minimum(M, k[j], fabs(q[j]));
+                p_liq[j] = pos_liquidity(M, k[j], fabs(q[j]));
+            }
+            for (Py_ssize_t u = 0; u < M->U; u++) u_scen[u] = -1;
+            /* w->ck/cq/cpos still hold the cross positions; w->loss their FHS losses */
+            if (nc) {
+                const Py_ssize_t gt = M->GT, GTp = M->GTp, Hp = M->Hp, H = M->H;
+                if (gt) {
+                    Py_ssize_t nt;
+                    int fin = 1;
+                    grid_margin(M, &w, nc, &nt, &fin, 1);
+                    for (Py_ssize_t t = 0; t < nt; t++) {
+                        Py_ssize_t u = w.touched[t];
+                        const double *g = w.gacc + u * GTp;
+                        w.flag[u] = 0;
+                        double mx = 0.0;
+                        Py_ssize_t arg = -1;
+                        for (Py_ssize_t i = 0; i < gt; i++) {
+                            double x = g[i] * M->w[i];
+                            if (x > mx) {
+                                mx = x;
+                                arg = i;
+                            }
+                        }
+                        u_grid[u] = mx;
+                        u_scen[u] = arg;
+                        if (arg < 0) continue;
+                        for (Py_ssize_t j = 0; j < nc; j++)
+                            if (M->und[w.ck[j]] == u)
+                                p_grid[w.cpos[j]] = w.cq[j] * M->rg[(Py_ssize_t)w.ck[j] * GTp + arg] * M->w[arg];
+                    }
+                }
+                for (Py_ssize_t s = 0; s < H; s++) {
+                    order[s].v = w.loss[s];
+                    order[s].i = (int32_t)s;
+                }
+                qsort(order, (size_t)H, sizeof(VI), vi_cmp);
+                for (Py_ssize_t i = 0; i < m; i++) es_sc[i] = order[i].i;
+                for (Py_ssize_t j = 0; j < nc; j++) {
+                    const double *r = M->rh + (Py_ssize_t)w.ck[j] * Hp;
+                    double s = 0.0;
+                    for (Py_ssize_t i = 0; i < m; i++) s += w.cq[j] * r[order[i].i];
+                    Py_ssize_t jp = w.cpos[j];
+                    p_es[jp] = s / (double)m;
+                    p_worst[jp] = w.cq[j] * r[o.worst];
+                    u_es[M->und[w.ck[j]]] += p_es[jp];
+                }
+            }
+            ret = scalars_dict(&o);
+            for (int i = 0; ret && i < 10; i++)
+                if (PyDict_SetItemString(ret, keys[i], arrs[i]) < 0) Py_CLEAR(ret);
+        }
+    }
+    for (int i = 0; i < 10; i++) Py_XDECREF(arrs[i]);
+done:
+    free(order);
+    free(w.block);
+    one_release(&a);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ construction */
+
+static int model_init(Model *M, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"risk", "underlying", "n_grid", "tail_weights", "es_level", "unit_notional",
+                             "mark_value", "half_spread", "depth", "bracket_floor", "bracket_rate",
+                             "mm_factor", NULL};
+    PyObject *o[12];
+    if (M->rh) {
+        PyErr_SetString(PyExc_RuntimeError, "MarginModel is already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOOOO:MarginModel", kwlist, &o[0], &o[1], &o[2], &o[3],
+                                     &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11]))
+        return -1;
+    PyArrayObject *risk = NULL, *und = NULL, *tw = NULL, *inst[4] = {NULL}, *bf = NULL, *br = NULL;
+    int rc = -1;
+    Py_ssize_t G;
+    double es_level, mm;
+    static const char *inames[4] = {"unit_notional", "mark_value", "half_spread", "depth"};
+    if (!(risk = get_array(o[0], "risk", NPY_FLOAT64, 2))) goto done;
+    npy_intp K = PyArray_DIM(risk, 0), S = PyArray_DIM(risk, 1);
+    if (!(und = get_array(o[1], "underlying", NPY_INT32, 1)) || check_len(und, "underlying", K) < 0) goto done;
+    if (get_int(o[2], "n_grid", &G) < 0) goto done;
+    if (!(tw = get_array(o[3], "tail_weights", NPY_FLOAT64, 1))) goto done;
+    if (get_real(o[4], "es_level", &es_level) < 0) goto done;
+    for (int i = 0; i < 4; i++)
+        if (!(inst[i] = get_array(o[5 + i], inames[i], NPY_FLOAT64, 1)) || check_len(inst[i], inames[i], K) < 0)
+            goto done;
+    if (!(bf = get_array(o[9], "bracket_floor", NPY_FLOAT64, 2))) goto done;
+    if (!(br = get_array(o[10], "bracket_rate", NPY_FLOAT64, 2)) ||
+        check_shape(br, "bracket_rate", 2, PyArray_DIMS(bf)) < 0)
+        goto done;
+    if (get_real(o[11], "mm_factor", &mm) < 0) goto done;
+    npy_intp U = PyArray_DIM(bf, 0), B = PyArray_DIM(bf, 1), T = PyArray_DIM(tw, 0);
+    if (G < 0) {
+        PyErr_SetString(PyExc_ValueError, "n_grid must be >= 0");
+        goto done;
+    }
+    if (S < G + T + 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "risk has %zd scenario columns, need n_grid + n_tail (%zd + %zd) + at least 1 historical",
+                     (Py_ssize_t)S, G, (Py_ssize_t)T);
+        goto done;
+    }
+    if (B < 1) {
+        PyErr_SetString(PyExc_ValueError, "bracket_floor must have at least 1 bracket");
+        goto done;
+    }
+    if (!(es_level > 0.0 && es_level < 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "es_level must be in (0, 1)");
+        goto done;
+    }
+    if (!(mm > 0.0 && mm <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "mm_factor must be in (0, 1]");
+        goto done;
+    }
+    const double *R = PyArray_DATA(risk);
+    for (npy_intp i = 0; i < K * S; i++)
+        if (!isfinite(R[i])) {
+            bad_value_2d("risk", i / S, i % S, "finite");
+            goto done;
+        }
+    if (check_range_i32(PyArray_DATA(und), K, U, "underlying") < 0) goto done;
+    if (check_values(PyArray_DATA(tw), T, CHK_NONNEG, "tail_weights") < 0) goto done;
+    static const int how[4] = {CHK_NONNEG, CHK_NONNEG, CHK_NONNEG, CHK_POS};
+    for (int i = 0; i < 4; i++)
+        if (check_values(PyArray_DATA(inst[i]), K, how[i], inames[i]) < 0) goto done;
+    const double *fl = PyArray_DATA(bf), *rt = PyArray_DATA(br);
+    for (npy_intp u = 0; u < U; u++)
+        for (npy_intp b = 0; b < B; b++) {
+            double f = fl[u * B + b];
+            if (b == 0 ? f != 0.0 : !(isfinite(f) && f > fl[u * B + b - 1])) {
+                bad_value_2d("bracket_floor", u, b, "finite, 0 in the first bracket and increasing");
+                goto done;
+            }
+        }
+    for (npy_intp u = 0; u < U; u++)
+        for (npy_intp b = 0; b < B; b++) {
+            double r = rt[u * B + b], prev = b ? rt[u * B + b - 1] : 0.0;
+            if (!(isfinite(r) && r >= prev && r <= 1.0)) {
+                bad_value_2d("bracket_rate", u, b, "finite, in [0, 1] and non-decreasing");
+                goto done;
+            }
+        }
+
+    M->K = K;
+    M->S = S;
+    M->G = G;
+    M->T = T;
+    M->GT = G + T;
+    M->H = S - G - T;
+    M->U = U;
+    M->B = B;
+    M->GTp = round_up(M->GT, 4);
+    M->Hp = round_up(M->H, CW);
+    M->nb = M->Hp / 8;
+    M->es_level = es_level;
+    M->mm = mm;
+    {
+        double mm_ = ceil((1.0 - es_level) * (double)M->H - 1e-9);
+        M->m = mm_ < 1.0 ? 1 : (Py_ssize_t)mm_;
+    }
+    M->rg = aligned_zalloc((size_t)(K * M->GTp) * sizeof(double));
+    M->rh = aligned_zalloc((size_t)(K * M->Hp) * sizeof(double));
+    M->w = aligned_zalloc((size_t)M->GTp * sizeof(double));
+    M->bound_g = aligned_zalloc((size_t)K * sizeof(double));
+    M->bound_h = aligned_zalloc((size_t)K * sizeof(double));
+    M->und = aligned_zalloc((size_t)K * sizeof(int32_t));
+    M->notional = aligned_zalloc((size_t)K * sizeof(double));
+    M->liq_unit = aligned_zalloc((size_t)K * sizeof(double));
+    M->depth = aligned_zalloc((size_t)K * sizeof(double));
+    M->floor_ = aligned_zalloc((size_t)(U * B) * sizeof(double));
+    M->rate = aligned_zalloc((size_t)(U * B) * sizeof(double));
+    M->cum = aligned_zalloc((size_t)(U * B) * sizeof(double));
+    M->grid1 = aligned_zalloc((size_t)(2 * K) * sizeof(double));
+    M->es1 = aligned_zalloc((size_t)(2 * K) * sizeof(double));
+    double *tmp = malloc((size_t)(2 * (M->H + M->m) + 1) * sizeof(double));
+    if (!M->rg || !M->rh || !M->w || !M->bound_g || !M->bound_h || !M->und || !M->notional || !M->liq_unit ||
+        !M->depth || !M->floor_ || !M->rate || !M->cum || !M->grid1 || !M->es1 || !tmp) {
+        free(tmp);
+        PyErr_NoMemory();
+        goto done;
+    }
+    const double *twd = PyArray_DATA(tw), *mv = PyArray_DATA(inst[1]), *hs = PyArray_DATA(inst[2]);
+    for (Py_ssize_t i = 0; i < M->GT; i++) M->w[i] = i < G ? 1.0 : twd[i - G];
+    memcpy(M->und, PyArray_DATA(und), (size_t)K * sizeof(int32_t));
+    memcpy(M->notional, PyArray_DATA(inst[0]), (size_t)K * sizeof(double));
+    memcpy(M->depth, PyArray_DATA(inst[3]), (size_t)K * sizeof(double));
+    for (npy_intp i = 0; i < K; i++) M->liq_unit[i] = mv[i] * hs[i];
+    memcpy(M->floor_, fl, (size_t)(U * B) * sizeof(double));
+    memcpy(M->rate, rt, (size_t)(U * B) * sizeof(double));
+    for (npy_intp u = 0; u < U; u++)
+        for (npy_intp b = 1; b < B; b++)
+            M->cum[u * B + b] = M->cum[u * B + b - 1] + fl[u * B + b] * (rt[u * B + b] - rt[u * B + b - 1]);
+    double *neg = tmp, *heap = tmp + M->H;
+    for (npy_intp k = 0; k < K; k++) {
+        const double *row = R + k * S;
+        double *g = M->rg + k * M->GTp, *h = M->rh + k * M->Hp;
+        double bg = 0.0, bh = 0.0, gl = 0.0, gs = 0.0;
+        for (Py_ssize_t i = 0; i < M->GT; i++) {
+            g[i] = row[i];
+            bg = MAXD(bg, fabs(row[i]));
+            double x = row[i] * M->w[i];
+            if (-x > gl) gl = -x;
+            if (x > gs) gs = x;
+        }
+        for (Py_ssize_t i = 0; i < M->H; i++) {
+            h[i] = row[M->GT + i];
+            bh = MAXD(bh, fabs(h[i]));
+            neg[i] = -h[i];
+        }
+        M->bound_g[k] = bg;
+        M->bound_h[k] = bh;
+        M->grid1[k] = gl;
+        M->grid1[K + k] = gs;
+        M->es1[k] = top_m(neg, M->H, M->m, heap) / (double)M->m;
+        M->es1[K + k] = top_m(h, M->H, M->m, heap) / (double)M->m;
+    }
+    free(tmp);
+    rc = 0;
+done:
+    Py_XDECREF(risk);
+    Py_XDECREF(und);
+    Py_XDECREF(tw);
+    for (int i = 0; i < 4; i++) Py_XDECREF(inst[i]);
+    Py_XDECREF(bf);
+    Py_XDECREF(br);
+    return rc;
+}
+
+static void model_free_buffers(Model *M)
+{
+    double **bufs[] = {&M->rg, &M->rh, &M->w, &M->bound_g, &M->bound_h, &M->notional, &M->liq_unit,
+                       &M->depth, &M->floor_, &M->rate, &M->cum, &M->grid1, &M->es1};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        free(*bufs[i]);
+        *bufs[i] = NULL;
+    }
+    free(M->und);
+    M->und = NULL;
+}
+
+static void model_dealloc(Model *M)
+{
+    PyTypeObject *tp = Py_TYPE(M);
+    model_free_buffers(M);
+    tp->tp_free((PyObject *)M);
+    Py_DECREF(tp);
+}
+
+static int model_ready(Model *M)
+{
+    if (M->rh) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "MarginModel is not initialised");
+    return -1;
+}
+
+static PyObject *model_compute_checked(Model *M, PyObject *a, PyObject *k)
+{
+    return model_ready(M) < 0 ? NULL : model_compute(M, a, k);
+}
+
+static PyObject *model_what_if_checked(Model *M, PyObject *const *a, Py_ssize_t n, PyObject *kw)
+{
+    return model_ready(M) < 0 ? NULL : model_what_if(M, a, n, kw);
+}
+
+static PyObject *model_explain_checked(Model *M, PyObject *a, PyObject *k)
+{
+    return model_ready(M) < 0 ? NULL : model_explain(M, a, k);
+}
+
+#define GET_SSIZE(name, field) \
+    static PyObject *get_##name(Model *M, void *c) { return PyLong_FromSsize_t(M->field); }
+GET_SSIZE(n_instruments, K)
+GET_SSIZE(n_underlyings, U)
+GET_SSIZE(n_grid, G)
+GET_SSIZE(n_tail, T)
+GET_SSIZE(n_hist, H)
+GET_SSIZE(n_worst, m)
+static PyObject *get_es_level(Model *M, void *c) { return PyFloat_FromDouble(M->es_level); }
+static PyObject *get_mm_factor(Model *M, void *c) { return PyFloat_FromDouble(M->mm); }
+
+static PyGetSetDef model_getset[] = {
+    {"n_instruments", (getter)get_n_instruments, NULL, "K", NULL},
+    {"n_underlyings", (getter)get_n_underlyings, NULL, "U", NULL},
+    {"n_grid", (getter)get_n_grid, NULL, "G, grid rows", NULL},
+    {"n_tail", (getter)get_n_tail, NULL, "T, extended moves", NULL},
+    {"n_hist", (getter)get_n_hist, NULL, "H, historical scenarios", NULL},
+    {"n_worst", (getter)get_n_worst, NULL, "m, the number of scenarios averaged by ES", NULL},
+    {"es_level", (getter)get_es_level, NULL, "ES confidence level", NULL},
+    {"mm_factor", (getter)get_mm_factor, NULL, "MM / IM", NULL},
+    {NULL},
+};
+
+static PyMethodDef model_methods[] = {
+    {"compute", (PyCFunction)(void (*)(void))model_compute_checked, METH_VARARGS | METH_KEYWORDS,
+     "compute(indptr, instrument, size, isolated, n_threads=2) -> dict: margin of every account"},
+    {"what_if", (PyCFunction)(void (*)(void))model_what_if_checked, METH_FASTCALL | METH_KEYWORDS,
+     "what_if(instrument, size, isolated, delta_instrument, delta_size) -> dict: one account after trades"},
+    {"explain", (PyCFunction)(void (*)(void))model_explain_checked, METH_VARARGS | METH_KEYWORDS,
+     "explain(instrument, size, isolated) -> dict: one account's margin and its contributions"},
+    {NULL},
+};
+
+static PyType_Slot model_slots[] = {
+    {Py_tp_doc, "MarginModel(risk, underlying, n_grid, tail_weights, es_level, unit_notional, mark_value, "
+                "half_spread, depth, bracket_floor, bracket_rate, mm_factor)\n\n"
+                "Margin model for one risk-parameter version (see marginflow.core.reference.MarginModel)."},
+    {Py_tp_init, model_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, model_dealloc},
+    {Py_tp_methods, model_methods},
+    {Py_tp_getset, model_getset},
+    {0, NULL},
+};
+
+static PyType_Spec model_spec = {
+    .name = "marginflow.core._ccore.MarginModel",
+    .basicsize = sizeof(Model),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = model_slots,
+};
+
+/* ------------------------------------------------------------------ module */
+
+static PyMethodDef module_methods[] = {
+    {"black76_price", (PyCFunction)(void (*)(void))py_black76_price, METH_VARARGS | METH_KEYWORDS,
+     "black76_price(kind, forward, strike, expiry_years, implied_vol) -> float64[K]"},
+    {"risk_arrays", (PyCFunction)(void (*)(void))py_risk_arrays, METH_VARARGS | METH_KEYWORDS,
+     "risk_arrays(kind, underlying, forward, strike, expiry_years, implied_vol, multiplier, price_shock, "
+     "vol_shock, *, horizon_years=0.0, vol_shock_relative=False, n_threads=2) -> float64[K, S]"},
+    {NULL},
+};
+
+static int module_exec(PyObject *m)
+{
+    if (_import_array() < 0) return -1;
+    ModState *st = PyModule_GetState(m);
+    st->MarginModelType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &model_spec, NULL);
+    if (!st->MarginModelType) return -1;
+    if (PyModule_AddType(m, st->MarginModelType) < 0) return -1;
+    if (PyModule_AddIntConstant(m, "KIND_PERP", KIND_PERP) < 0 ||
+        PyModule_AddIntConstant(m, "KIND_FUTURE", KIND_FUTURE) < 0 ||
+        PyModule_AddIntConstant(m, "KIND_CALL", KIND_CALL) < 0 ||
+        PyModule_AddIntConstant(m, "KIND_PUT", KIND_PUT) < 0)
+        return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    ModState *st = PyModule_GetState(m);
+    if (st) Py_VISIT(st->MarginModelType);
+    return 0;
+}
+
+static int module_clear(PyObject *m)
+{
+    ModState *st = PyModule_GetState(m);
+    if (st) Py_CLEAR(st->MarginModelType);
+    return 0;
+}
+
+static void module_free(void *m) { module_clear((PyObject *)m); }
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "marginflow.core._ccore",
+    .m_doc = "Margin core in C: risk arrays (Black-76), grid/ES/tiered/liquidity margin, what-if, explain.",
+    .m_size = sizeof(ModState),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__ccore(void) { return PyModuleDef_Init(&module_def); }

@@ -1,0 +1,699 @@
+"""NumPy reference twin of the C margin core (`marginflow.core._ccore`).
+
+Same functions, same signatures, same semantics and the same error messages as the C
+extension; the tests run both and compare. Written as ordinary vectorised numpy/scipy
+(sparse products, ``np.partition``), it is also the baseline of ``bench/bench_core.py``.
+
+Units
+-----
+Prices and values are USD per unit of the instrument's quote; ``multiplier`` converts one
+contract to units of underlying, so a risk array entry is USD P&L per contract. Times are
+in years (ACT/365 is the caller's business). Shocks are relative returns (``0.1`` = +10 %).
+
+Scenario layout
+---------------
+One scenario matrix with ``S = G + T + H`` rows serves all three uses:
+
+* rows ``[0, G)``: the price x vol grid. Column ``u`` holds underlying ``u``'s own grid, so
+  row ``g`` is "grid point g of every underlying". Losses are grouped per underlying.
+* rows ``[G, G + T)``: extended (tail) moves, weighted by ``tail_weights``, grouped the same way.
+* rows ``[G + T, S)``: ``H`` filtered historical scenarios, joint across underlyings.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+import scipy.special
+
+__all__ = ["black76_price", "risk_arrays", "MarginModel", "KIND_PERP", "KIND_FUTURE", "KIND_CALL", "KIND_PUT"]
+
+KIND_PERP = 0
+KIND_FUTURE = 1
+KIND_CALL = 2
+KIND_PUT = 3
+
+# Accounts per dense block of the historical loss matrix: 4096 x 1000 float64 = 32 MiB.
+_CHUNK_ACCOUNTS = 4096
+
+
+# --------------------------------------------------------------------------- validation
+# Every message here is repeated verbatim in _ccore.c; tests compare them.
+
+
+def _array(name: str, obj: Any, dtype: Any, ndim: int) -> np.ndarray:
+    if not isinstance(obj, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(obj).__name__}")
+    if obj.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {obj.dtype}")
+    if obj.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got {obj.ndim}-D")
+    # Any memory layout is accepted: strided or Fortran-ordered input is copied to C order.
+    return np.ascontiguousarray(obj)
+
+
+def _flags(name: str, obj: Any) -> np.ndarray:
+    if not isinstance(obj, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(obj).__name__}")
+    if obj.dtype != np.uint8 and obj.dtype != np.bool_:
+        raise TypeError(f"{name} must have dtype uint8 or bool, got {obj.dtype}")
+    if obj.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got {obj.ndim}-D")
+    return np.ascontiguousarray(obj).view(np.uint8) != 0
+
+
+def _shape(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+
+
+def _real(name: str, x: Any) -> float:
+    if isinstance(x, (str, bytes)) or not hasattr(type(x), "__float__"):
+        raise TypeError(f"{name} must be a real number")
+    return float(x)
+
+
+def _int(name: str, x: Any) -> int:
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer") from None
+
+
+def _first(bad: np.ndarray) -> tuple[int, ...] | None:
+    """Row-major index of the first True in ``bad``, or None."""
+    flat = np.flatnonzero(bad)
+    if flat.size == 0:
+        return None
+    return tuple(int(i) for i in np.unravel_index(flat[0], bad.shape))
+
+
+def _check(name: str, bad: np.ndarray, what: str) -> None:
+    idx = _first(bad)
+    if idx is not None:
+        raise ValueError(f"{name}[{', '.join(map(str, idx))}] must be {what}")
+
+
+def _check_kind(kind: np.ndarray) -> None:
+    idx = _first((kind < 0) | (kind > 3))
+    if idx is not None:
+        raise ValueError(f"kind[{idx[0]}] = {kind[idx]} is not 0 (perp), 1 (future), 2 (call) or 3 (put)")
+
+
+def _instrument_arrays(kind, forward, strike, expiry_years, implied_vol):
+    kind = _array("kind", kind, np.int8, 1)
+    n = kind.shape[0]
+    out = []
+    for name, a in (("forward", forward), ("strike", strike), ("expiry_years", expiry_years),
+                    ("implied_vol", implied_vol)):
+        a = _array(name, a, np.float64, 1)
+        _shape(name, a, (n,))
+        out.append(a)
+    forward, strike, expiry_years, implied_vol = out
+    _check_kind(kind)
+    option = kind >= KIND_CALL
+    with np.errstate(invalid="ignore"):
+        _check("forward", ~(np.isfinite(forward) & (forward > 0)), "finite and > 0")
+        _check("strike", ~(np.isfinite(strike) & ((strike > 0) | ~option)), "finite (and > 0 for an option)")
+        _check("expiry_years", ~(np.isfinite(expiry_years) & (expiry_years >= 0)), "finite and >= 0")
+        _check("implied_vol", ~(np.isfinite(implied_vol) & (implied_vol >= 0)), "finite and >= 0")
+    return kind, forward, strike, expiry_years, implied_vol
+
+
+# --------------------------------------------------------------------------- pricing
+
+
+def _black76(is_call: np.ndarray, f: np.ndarray, k: np.ndarray, t: np.ndarray, vol: np.ndarray) -> np.ndarray:
+    """Undiscounted Black-76 value; intrinsic value where ``vol * sqrt(t) == 0``."""
+    sd = vol * np.sqrt(t)
+    live = sd > 0
+    sd_safe = np.where(live, sd, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d1 = (np.log(f / k) + 0.5 * sd_safe * sd_safe) / sd_safe
+    d2 = d1 - sd_safe
+    call = f * scipy.special.ndtr(d1) - k * scipy.special.ndtr(d2)
+    put = k * scipy.special.ndtr(-d2) - f * scipy.special.ndtr(-d1)
+    value = np.where(is_call, call, put)
+    intrinsic = np.where(is_call, np.maximum(f - k, 0.0), np.maximum(k - f, 0.0))
+    return np.where(live, value, intrinsic)
+
+
+def black76_price(kind, forward, strike, expiry_years, implied_vol) -> np.ndarray:
+    r"""Value of one unit (before the multiplier) of each instrument, USD.
+
+    Options are priced with Black-76 on the forward at a zero rate (undiscounted; crypto
+    options settle in the underlying's quote with no funding leg in this model):
+
+    .. math::
+
+        C = F\,N(d_1) - K\,N(d_2), \qquad P = K\,N(-d_2) - F\,N(-d_1),
+
+        d_{1,2} = \frac{\ln(F/K) \pm \tfrac12 \sigma^2 T}{\sigma\sqrt{T}}
+
+    and at ``sigma * sqrt(T) == 0`` the intrinsic value ``max(F-K, 0)`` / ``max(K-F, 0)``.
+    Perpetuals and futures (kind 0 and 1) are worth their forward ``F``.
+
+    Parameters
+    ----------
+    kind : int8[K]
+        0 perpetual, 1 dated future, 2 call, 3 put.
+    forward, strike : float64[K]
+        Forward (or mark) price and strike, USD; ``forward > 0``, ``strike > 0`` for options.
+    expiry_years : float64[K]
+        Time to expiry in years, ``>= 0``.
+    implied_vol : float64[K]
+        Annualised implied volatility, ``>= 0`` (0.6 = 60 %).
+
+    Returns
+    -------
+    float64[K]
+    """
+    kind, forward, strike, expiry_years, implied_vol = _instrument_arrays(
+        kind, forward, strike, expiry_years, implied_vol)
+    option = kind >= KIND_CALL
+    value = forward.copy()
+    if option.any():
+        value[option] = _black76(kind[option] == KIND_CALL, forward[option], strike[option],
+                                 expiry_years[option], implied_vol[option])
+    return value
+
+
+def risk_arrays(kind, underlying, forward, strike, expiry_years, implied_vol, multiplier,
+                price_shock, vol_shock, *, horizon_years=0.0, vol_shock_relative=False,
+                n_threads=2) -> np.ndarray:
+    r"""P&L per contract of each instrument under each scenario: ``R[k, s]``, USD.
+
+    Linear instruments (perpetual, future)::
+
+        R[k, s] = m_k * F_k * p[s, u_k]
+
+    Options are fully repriced (Black-76, zero rate) after the horizon::
+
+        R[k, s] = m_k * (V(F_k (1 + p[s, u_k]), K_k, T'_k, sigma'_ks) - V(F_k, K_k, T_k, sigma_k))
+        T'_k      = max(T_k - horizon_years, 0)           (time decay; T' = 0 -> intrinsic)
+        sigma'_ks = max(sigma_k + v[s, u_k], 0)           (absolute vol points, default)
+        sigma'_ks = max(sigma_k * (1 + v[s, u_k]), 0)     (vol_shock_relative=True)
+
+    Parameters
+    ----------
+    kind : int8[K]
+        0 perpetual, 1 dated future, 2 call, 3 put.
+    underlying : int32[K]
+        Underlying index of each instrument, in ``[0, U)`` where ``U = price_shock.shape[1]``.
+    forward, strike, expiry_years, implied_vol : float64[K]
+        As in :func:`black76_price`.
+    multiplier : float64[K]
+        Units of underlying per contract, ``> 0``.
+    price_shock : float64[S, U]
+        Relative price move of each underlying in each scenario, finite and ``> -1``.
+    vol_shock : float64[S, U]
+        Implied-vol move (absolute vol points, or relative if ``vol_shock_relative``), finite.
+    horizon_years : float
+        Margin period of risk, years, ``>= 0``.
+    vol_shock_relative : bool
+        Interpret ``vol_shock`` as a relative change of the implied vol.
+    n_threads : int
+        Worker threads (the C core; accepted and ignored here).
+
+    Returns
+    -------
+    float64[K, S]
+        Instrument-major, so an account's loss over all scenarios is one axpy per position.
+    """
+    kind, forward, strike, expiry_years, implied_vol = _instrument_arrays(
+        kind, forward, strike, expiry_years, implied_vol)
+    n = kind.shape[0]
+    underlying = _array("underlying", underlying, np.int32, 1)
+    _shape("underlying", underlying, (n,))
+    multiplier = _array("multiplier", multiplier, np.float64, 1)
+    _shape("multiplier", multiplier, (n,))
+    price_shock = _array("price_shock", price_shock, np.float64, 2)
+    vol_shock = _array("vol_shock", vol_shock, np.float64, 2)
+    _shape("vol_shock", vol_shock, price_shock.shape)
+    horizon = _real("horizon_years", horizon_years)
+    relative = bool(vol_shock_relative)
+    n_threads = _int("n_threads", n_threads)
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    n_scen, n_und = price_shock.shape
+    idx = _first((underlying < 0) | (underlying >= n_und))
+    if idx is not None:
+        raise ValueError(f"underlying[{idx[0]}] = {underlying[idx]} is out of range [0, {n_und})")
+    with np.errstate(invalid="ignore"):
+        _check("multiplier", ~(np.isfinite(multiplier) & (multiplier > 0)), "finite and > 0")
+        _check("price_shock", ~(np.isfinite(price_shock) & (price_shock > -1.0)), "finite and > -1")
+        _check("vol_shock", ~np.isfinite(vol_shock), "finite")
+    if not (math.isfinite(horizon) and horizon >= 0):
+        raise ValueError("horizon_years must be finite and >= 0")
+
+    p = price_shock.T[underlying]            # [K, S]
+    out = (multiplier * forward)[:, None] * p
+    opt = np.flatnonzero(kind >= KIND_CALL)
+    if opt.size:
+        f = forward[opt, None]
+        k = strike[opt, None]
+        is_call = (kind[opt] == KIND_CALL)[:, None]
+        v = vol_shock.T[underlying[opt]]
+        sig = implied_vol[opt, None]
+        sig_s = np.maximum(sig * (1.0 + v) if relative else sig + v, 0.0)
+        t_s = np.maximum(expiry_years[opt] - horizon, 0.0)[:, None]
+        v0 = _black76(is_call, f, k, expiry_years[opt, None], sig)
+        v1 = _black76(is_call, f * (1.0 + p[opt]), k, t_s, sig_s)
+        out[opt] = multiplier[opt, None] * (v1 - v0)
+    return out
+
+
+# --------------------------------------------------------------------------- margin
+
+
+def _n_worst(level: float, n_hist: int) -> int:
+    # The 1e-9 guards against (1 - 0.975) * 1000 = 25.000000000000004 -> 26.
+    return max(1, math.ceil((1.0 - level) * n_hist - 1e-9))
+
+
+class MarginModel:
+    r"""Margin model for one risk-parameter version: risk arrays plus margin parameters.
+
+    Built once per version (validation and per-instrument precomputation happen here), then
+    :meth:`compute` margins every account, :meth:`what_if` / :meth:`explain` one account.
+
+    Formulas (loss = -P&L, USD; ``q`` signed contracts; ``R`` the risk arrays)
+    --------------------------------------------------------------------------
+    * Loss of a set of positions in scenario s: ``L[s] = -sum_j q_j R[k_j, s]``.
+    * Grid margin: per underlying ``u`` with positions, using only those positions,
+      ``M_u = max(0, max_{g<G} L_u[g], max_{t<T} w_t L_u[G+t])``; grid = ``sum_u M_u``.
+    * Historical (FHS) losses ``L[G+T+h]``, ``h < H``; ``m = max(1, ceil((1-alpha) H))``;
+      sorted descending ``L_(1) >= ... >= L_(H)``: ``VaR = L_(m)``,
+      ``ES = (1/m) sum_{i<=m} L_(i)``; worst = the ``h`` of ``L_(1)`` (lowest h on ties).
+    * Tiered minimum per position, notional ``n = |q| unit_notional_k``, bracket
+      ``b = max{b: floor[u,b] <= n}``: ``min = n rate[u,b] - cum[u,b]`` with
+      ``cum[u,0] = 0``, ``cum[u,b] = cum[u,b-1] + floor[u,b] (rate[u,b] - rate[u,b-1])``
+      (continuous in n, exchange "maintenance amount" style).
+    * Liquidity add-on per position, ``a = |q|``, ``D`` = book depth (contracts):
+      ``liq = mark_value_k half_spread_k (a + max(0, a - D)^2 / D)``: half the spread on every
+      contract, plus an impact that grows quadratically with the size beyond the depth.
+    * Cross IM = ``max(grid, ES, sum min) + sum liq`` over the cross positions (0 if none).
+      Each isolated position alone: ``max(|q| grid1, |q| ES1, min) + liq``, where
+      ``grid1``/``ES1`` are those of one contract in the position's direction (both are
+      positively homogeneous). IM = cross IM + sum isolated IM; MM = mm_factor IM.
+
+    Parameters
+    ----------
+    risk : float64[K, S]
+        Risk arrays (USD P&L per contract), e.g. from :func:`risk_arrays`.
+    underlying : int32[K]
+        Underlying of each instrument, in ``[0, U)``, ``U = bracket_floor.shape[0]``.
+    n_grid : int
+        ``G``, number of grid rows at the start of the scenario axis.
+    tail_weights : float64[T]
+        Weights of the ``T`` extended moves that follow the grid, ``>= 0``.
+    es_level : float
+        ES confidence level alpha in (0, 1), e.g. 0.975.
+    unit_notional : float64[K]
+        USD notional of one contract for the brackets (forward x multiplier), ``>= 0``.
+    mark_value : float64[K]
+        USD value of one contract the spread is paid on (mark x multiplier), ``>= 0``.
+    half_spread : float64[K]
+        Half bid-ask spread as a fraction of the mark, ``>= 0``.
+    depth : float64[K]
+        Contracts available within the spread, ``> 0``.
+    bracket_floor : float64[U, B]
+        Lower notional bound (USD) of each bracket; ``floor[u, 0] == 0``, strictly increasing.
+    bracket_rate : float64[U, B]
+        Margin rate of each bracket, in [0, 1], non-decreasing.
+    mm_factor : float
+        MM / IM ratio in (0, 1].
+    """
+
+    def __init__(self, risk, underlying, n_grid, tail_weights, es_level, unit_notional, mark_value,
+                 half_spread, depth, bracket_floor, bracket_rate, mm_factor):
+        risk = _array("risk", risk, np.float64, 2)
+        n_inst, n_scen = risk.shape
+        underlying = _array("underlying", underlying, np.int32, 1)
+        _shape("underlying", underlying, (n_inst,))
+        n_grid = _int("n_grid", n_grid)
+        tail_weights = _array("tail_weights", tail_weights, np.float64, 1)
+        es_level = _real("es_level", es_level)
+        inst = []
+        for name, a in (("unit_notional", unit_notional), ("mark_value", mark_value),
+                        ("half_spread", half_spread), ("depth", depth)):
+            a = _array(name, a, np.float64, 1)
+            _shape(name, a, (n_inst,))
+            inst.append(a)
+        unit_notional, mark_value, half_spread, depth = inst
+        bracket_floor = _array("bracket_floor", bracket_floor, np.float64, 2)
+        bracket_rate = _array("bracket_rate", bracket_rate, np.float64, 2)
+        _shape("bracket_rate", bracket_rate, bracket_floor.shape)
+        mm_factor = _real("mm_factor", mm_factor)
+
+        n_und, n_br = bracket_floor.shape
+        n_tail = tail_weights.shape[0]
+        if n_grid < 0:
+            raise ValueError("n_grid must be >= 0")
+        if n_scen < n_grid + n_tail + 1:
+            raise ValueError(f"risk has {n_scen} scenario columns, need n_grid + n_tail "
+                             f"({n_grid} + {n_tail}) + at least 1 historical")
+        if n_br < 1:
+            raise ValueError("bracket_floor must have at least 1 bracket")
+        if not (0.0 < es_level < 1.0):
+            raise ValueError("es_level must be in (0, 1)")
+        if not (0.0 < mm_factor <= 1.0):
+            raise ValueError("mm_factor must be in (0, 1]")
+        _check("risk", ~np.isfinite(risk), "finite")
+        idx = _first((underlying < 0) | (underlying >= n_und))
+        if idx is not None:
+            raise ValueError(f"underlying[{idx[0]}] = {underlying[idx]} is out of range [0, {n_und})")
+        with np.errstate(invalid="ignore"):
+            _check("tail_weights", ~(np.isfinite(tail_weights) & (tail_weights >= 0)), "finite and >= 0")
+            _check("unit_notional", ~(np.isfinite(unit_notional) & (unit_notional >= 0)), "finite and >= 0")
+            _check("mark_value", ~(np.isfinite(mark_value) & (mark_value >= 0)), "finite and >= 0")
+            _check("half_spread", ~(np.isfinite(half_spread) & (half_spread >= 0)), "finite and >= 0")
+            _check("depth", ~(np.isfinite(depth) & (depth > 0)), "finite and > 0")
+            prev = np.concatenate([np.full((n_und, 1), -np.inf), bracket_floor[:, :-1]], axis=1)
+            bad = ~(np.isfinite(bracket_floor) & (bracket_floor > prev))
+            bad[:, 0] = bracket_floor[:, 0] != 0.0
+            _check("bracket_floor", bad, "finite, 0 in the first bracket and increasing")
+            prev = np.concatenate([np.zeros((n_und, 1)), bracket_rate[:, :-1]], axis=1)
+            _check("bracket_rate", ~(np.isfinite(bracket_rate) & (bracket_rate >= prev) & (bracket_rate <= 1.0)),
+                   "finite, in [0, 1] and non-decreasing")
+
+        ro = lambda a: np.array(a, copy=True)  # noqa: E731  - private, immutable copies
+        self._risk = ro(risk)
+        self._und = ro(underlying)
+        self._n_grid = n_grid
+        self._n_tail = n_tail
+        self._n_hist = n_scen - n_grid - n_tail
+        self._m = _n_worst(es_level, self._n_hist)
+        self._es_level = es_level
+        self._w = np.concatenate([np.ones(n_grid), tail_weights])   # weight per grid/tail row
+        self._notional = ro(unit_notional)
+        self._liq_unit = mark_value * half_spread                    # USD per contract
+        self._depth = ro(depth)
+        self._floor = ro(bracket_floor)
+        self._rate = ro(bracket_rate)
+        cum = np.zeros((n_und, n_br))
+        for b in range(1, n_br):
+            cum[:, b] = cum[:, b - 1] + bracket_floor[:, b] * (bracket_rate[:, b] - bracket_rate[:, b - 1])
+        self._cum = cum
+        self._mm = mm_factor
+        self._n_und = n_und
+        # One contract long (index 0) and short (index 1): grid margin and ES, per instrument.
+        gt = n_grid + n_tail
+        self._rg = np.ascontiguousarray(self._risk[:, :gt])
+        self._rh = np.ascontiguousarray(self._risk[:, gt:])
+        rg = self._rg * self._w
+        rh = self._rh
+        self._grid1 = np.zeros((2, n_inst))
+        if gt:
+            self._grid1[0] = np.maximum(0.0, (-rg).max(axis=1))
+            self._grid1[1] = np.maximum(0.0, rg.max(axis=1))
+        m, h = self._m, self._n_hist
+        self._es1 = np.stack([np.partition(-rh, h - m, axis=1)[:, h - m:].sum(axis=1) / m,
+                              np.partition(rh, h - m, axis=1)[:, h - m:].sum(axis=1) / m])
+        for a in (self._risk, self._rg, self._rh, self._und, self._w, self._notional, self._liq_unit, self._depth,
+                  self._floor, self._rate, self._cum, self._grid1, self._es1):
+            a.flags.writeable = False
+
+    # ---------------------------------------------------------------- properties
+    n_instruments = property(lambda self: self._risk.shape[0])
+    n_underlyings = property(lambda self: self._n_und)
+    n_grid = property(lambda self: self._n_grid)
+    n_tail = property(lambda self: self._n_tail)
+    n_hist = property(lambda self: self._n_hist)
+    n_worst = property(lambda self: self._m, doc="m, the number of scenarios averaged by ES")
+    es_level = property(lambda self: self._es_level)
+    mm_factor = property(lambda self: self._mm)
+
+    # ---------------------------------------------------------------- per position terms
+
+    def _minimum(self, k: np.ndarray, a: np.ndarray) -> np.ndarray:
+        u = self._und[k]
+        notional = a * self._notional[k]
+        b = (self._floor[u] <= notional[:, None]).sum(axis=1) - 1
+        return notional * self._rate[u, b] - self._cum[u, b]
+
+    def _liquidity(self, k: np.ndarray, a: np.ndarray) -> np.ndarray:
+        d = self._depth[k]
+        e = np.maximum(a - d, 0.0)
+        return self._liq_unit[k] * (a + e * e / d)
+
+    def _isolated(self, k: np.ndarray, q: np.ndarray) -> np.ndarray:
+        a = np.abs(q)
+        short = (q < 0).astype(np.intp)
+        return (np.maximum(np.maximum(a * self._grid1[short, k], a * self._es1[short, k]),
+                           self._minimum(k, a)) + self._liquidity(k, a))
+
+    def _positions(self, instrument, size, name_i="instrument", name_s="size"):
+        bad_i = (instrument < 0) | (instrument >= self._risk.shape[0])
+        bad_s = ~np.isfinite(size)
+        idx = _first(bad_i | bad_s)
+        if idx is not None:
+            p = idx[0]
+            if bad_i[p]:
+                raise ValueError(f"{name_i}[{p}] = {instrument[p]} is out of range [0, {self._risk.shape[0]})")
+            raise ValueError(f"{name_s}[{p}] must be finite")
+
+    # ---------------------------------------------------------------- all accounts
+
+    def compute(self, indptr, instrument, size, isolated, n_threads=2) -> dict[str, np.ndarray]:
+        """Margin of every account (positions in CSR form).
+
+        Parameters
+        ----------
+        indptr : int64[N+1]
+            Account ``i`` holds positions ``indptr[i]:indptr[i+1]``.
+        instrument : int32[nnz]
+            Instrument of each position, in ``[0, K)``.
+        size : float64[nnz]
+            Signed contracts (negative = short).
+        isolated : uint8[nnz] or bool[nnz]
+            Nonzero: the position is margined alone.
+        n_threads : int
+            Worker threads (the C core; accepted and ignored here).
+
+        Returns
+        -------
+        dict with float64[N] ``im``, ``mm``, ``cross_im``, ``grid``, ``es``, ``var``,
+        ``minimum``, ``liquidity`` (the last five for the cross positions), int64[N]
+        ``worst`` (FHS scenario index in ``[0, H)`` of the largest cross loss; -1 without
+        cross positions) and float64[nnz] ``isolated_im`` (0 for cross positions).
+        """
+        indptr = _array("indptr", indptr, np.int64, 1)
+        instrument = _array("instrument", instrument, np.int32, 1)
+        nnz = instrument.shape[0]
+        size = _array("size", size, np.float64, 1)
+        _shape("size", size, (nnz,))
+        iso = _flags("isolated", isolated)
+        _shape("isolated", iso, (nnz,))
+        n_threads = _int("n_threads", n_threads)
+        if n_threads < 1:
+            raise ValueError("n_threads must be >= 1")
+        if indptr.shape[0] < 1:
+            raise ValueError("indptr must have at least 1 element")
+        if indptr[0] != 0:
+            raise ValueError("indptr[0] must be 0")
+        dec = np.flatnonzero(np.diff(indptr) < 0)
+        if dec.size:
+            i = int(dec[0]) + 1
+            raise ValueError(f"indptr must be non-decreasing: indptr[{i}] < indptr[{i - 1}]")
+        if indptr[-1] != nnz:
+            raise ValueError(f"indptr[-1] = {indptr[-1]} must equal the number of positions {nnz}")
+        self._positions(instrument, size)
+
+        n_acc = indptr.shape[0] - 1
+        gt = self._n_grid + self._n_tail
+        h, m = self._n_hist, self._m
+        account = np.repeat(np.arange(n_acc), np.diff(indptr))
+
+        iso_im = np.zeros(nnz)
+        if iso.any():
+            iso_im[iso] = self._isolated(instrument[iso], size[iso])
+        iso_total = np.bincount(account, weights=iso_im, minlength=n_acc)
+
+        cross = ~iso
+        acc_c, k_c, q_c = account[cross], instrument[cross], size[cross]
+        a_c = np.abs(q_c)
+        n_cross = np.bincount(acc_c, minlength=n_acc)
+        has = n_cross > 0
+        minimum = np.bincount(acc_c, weights=self._minimum(k_c, a_c), minlength=n_acc)
+        liquidity = np.bincount(acc_c, weights=self._liquidity(k_c, a_c), minlength=n_acc)
+        finite = np.ones(n_acc, dtype=bool)
+
+        # Grid: one sparse row per (account, underlying) pair that has cross positions.
+        grid = np.zeros(n_acc)
+        if gt and acc_c.size:
+            key = acc_c * np.int64(self._n_und) + self._und[k_c]
+            pairs, row = np.unique(key, return_inverse=True)
+            pmat = scipy.sparse.csr_array((-q_c, (row, k_c)), shape=(pairs.size, self._risk.shape[0]))
+            loss = pmat @ self._rg
+            pair_acc = pairs // self._n_und
+            np.logical_and.at(finite, pair_acc, np.isfinite(loss).all(axis=1))
+            grid = np.bincount(pair_acc, weights=np.maximum(0.0, (loss * self._w).max(axis=1)),
+                               minlength=n_acc)
+
+        # Historical scenarios: dense loss blocks of _CHUNK_ACCOUNTS accounts.
+        es = np.zeros(n_acc)
+        var = np.zeros(n_acc)
+        worst = np.full(n_acc, -1, dtype=np.int64)
+        c_ptr = np.concatenate([[0], np.cumsum(n_cross)])
+        pmat = scipy.sparse.csr_array((-q_c, k_c, c_ptr), shape=(n_acc, self._risk.shape[0]))
+        for a0 in range(0, n_acc, _CHUNK_ACCOUNTS):
+            a1 = min(a0 + _CHUNK_ACCOUNTS, n_acc)
+            rows = np.flatnonzero(has[a0:a1])
+            if rows.size == 0:
+                continue
+            sel = rows + a0
+            loss = (pmat[a0:a1] @ self._rh)[rows]
+            finite[sel] &= np.isfinite(loss).all(axis=1)
+            top = np.partition(loss, h - m, axis=1)[:, h - m:]
+            es[sel] = top.sum(axis=1) / m
+            var[sel] = top.min(axis=1)
+            worst[sel] = loss.argmax(axis=1)
+
+        cross_im = np.where(has, np.maximum(np.maximum(grid, es), minimum) + liquidity, 0.0)
+        im = cross_im + iso_total
+        bad = np.flatnonzero(~(finite & np.isfinite(im)))
+        if bad.size:
+            raise ValueError(f"margin overflow in account {bad[0]}: losses or margin not finite (sizes too large?)")
+        return {"im": im, "mm": self._mm * im, "cross_im": cross_im, "grid": grid, "es": es, "var": var,
+                "worst": worst, "minimum": minimum, "liquidity": liquidity, "isolated_im": iso_im}
+
+    # ---------------------------------------------------------------- one account
+
+    def _one(self, instrument, size, isolated, delta_instrument=None, delta_size=None):
+        instrument = _array("instrument", instrument, np.int32, 1)
+        n = instrument.shape[0]
+        size = _array("size", size, np.float64, 1)
+        _shape("size", size, (n,))
+        iso = _flags("isolated", isolated)
+        _shape("isolated", iso, (n,))
+        if delta_instrument is not None:
+            delta_instrument = _array("delta_instrument", delta_instrument, np.int32, 1)
+            delta_size = _array("delta_size", delta_size, np.float64, 1)
+            _shape("delta_size", delta_size, delta_instrument.shape)
+        self._positions(instrument, size)
+        if delta_instrument is not None:
+            self._positions(delta_instrument, delta_size, "delta_instrument", "delta_size")
+            k_list, q_list, iso_list = list(instrument), list(size), list(iso)
+            for k, dq in zip(delta_instrument.tolist(), delta_size.tolist()):
+                for j in range(len(k_list)):
+                    if not iso_list[j] and k_list[j] == k:
+                        q_list[j] = q_list[j] + dq
+                        break
+                else:
+                    k_list.append(k)
+                    q_list.append(dq)
+                    iso_list.append(False)
+            instrument = np.array(k_list, dtype=np.int32)
+            size = np.array(q_list, dtype=np.float64)
+            iso = np.array(iso_list, dtype=bool)
+        return instrument, size, iso
+
+    def _account(self, instrument, size, iso, explain):
+        n = instrument.shape[0]
+        gt = self._n_grid + self._n_tail
+        h, m = self._n_hist, self._m
+        iso_im = np.zeros(n)
+        if iso.any():
+            iso_im[iso] = self._isolated(instrument[iso], size[iso])
+        cross = np.flatnonzero(~iso)
+        k_c, q_c = instrument[cross], size[cross]
+        a_c = np.abs(q_c)
+        min_c = self._minimum(k_c, a_c)
+        liq_c = self._liquidity(k_c, a_c)
+        # Per-position losses in the grid/tail rows and in the historical rows.
+        pos_loss = -q_c[:, None] * self._risk[k_c]                     # [n_cross, S]
+        u_c = self._und[k_c]
+        und_grid = np.zeros(self._n_und)
+        und_scen = np.full(self._n_und, -1, dtype=np.int64)
+        pos_grid = np.zeros(cross.size)
+        finite = bool(np.isfinite(pos_loss).all())
+        grid = 0.0
+        for u in np.unique(u_c):
+            mine = u_c == u
+            loss_u = pos_loss[mine, :gt].sum(axis=0)
+            finite &= bool(np.isfinite(loss_u).all())
+            if gt == 0:
+                continue
+            wl = loss_u * self._w
+            g = int(wl.argmax())
+            if wl[g] > 0.0:
+                und_grid[u] = wl[g]
+                und_scen[u] = g
+                pos_grid[mine] = pos_loss[mine, g] * self._w[g]
+                grid += wl[g]
+        if cross.size:
+            loss = pos_loss[:, gt:].sum(axis=0)
+            finite &= bool(np.isfinite(loss).all())
+            order = np.argsort(-loss, kind="stable")[:m]              # worst m, lowest h on ties
+            es = loss[order].sum() / m
+            var = float(loss[order[-1]])
+            worst = int(order[0])
+            cross_im = max(grid, es, float(min_c.sum())) + float(liq_c.sum())
+        else:
+            order = np.zeros(0, dtype=np.int64)
+            es = var = cross_im = 0.0
+            worst = -1
+        iso_total = float(iso_im.sum())
+        im = cross_im + iso_total
+        if not (finite and math.isfinite(im)):
+            raise ValueError("margin overflow: losses or margin not finite (sizes too large?)")
+        out = {"im": im, "mm": self._mm * im, "cross_im": cross_im, "grid": float(grid), "es": float(es),
+               "var": var, "worst": worst, "minimum": float(min_c.sum()), "liquidity": float(liq_c.sum()),
+               "isolated_im": iso_total}
+        if explain:
+            def per_pos(v, dtype=np.float64):
+                full = np.zeros(n, dtype=dtype)
+                full[cross] = v
+                return full
+            pos_es = pos_loss[:, gt + order].sum(axis=1) / m if cross.size else np.zeros(0)
+            out.update({
+                "position_grid": per_pos(pos_grid),
+                "position_es": per_pos(pos_es),
+                "position_worst_loss": per_pos(pos_loss[:, gt + worst] if cross.size else np.zeros(0)),
+                "position_minimum": per_pos(min_c) + np.where(iso, self._minimum(instrument, np.abs(size)), 0.0),
+                "position_liquidity": per_pos(liq_c) + np.where(iso, self._liquidity(instrument, np.abs(size)), 0.0),
+                "position_isolated_im": iso_im,
+                "underlying_grid": und_grid,
+                "underlying_grid_scenario": und_scen,
+                "underlying_es": np.bincount(u_c, weights=pos_es, minlength=self._n_und),
+                "es_scenarios": order.astype(np.int64),
+            })
+        return out
+
+    def what_if(self, instrument, size, isolated, delta_instrument, delta_size) -> dict[str, Any]:
+        """Margin of one account after hypothetical trades.
+
+        Each delta ``(k, dq)`` is added to the account's first cross position on instrument
+        ``k``, or appended as a new cross position; isolated positions are not touched.
+
+        Returns
+        -------
+        dict of Python scalars: ``im``, ``mm``, ``cross_im``, ``grid``, ``es``, ``var``,
+        ``worst``, ``minimum``, ``liquidity`` (as in :meth:`compute`) and ``isolated_im``,
+        the sum of the isolated positions' IM.
+        """
+        k, q, iso = self._one(instrument, size, isolated, delta_instrument, delta_size)
+        return self._account(k, q, iso, explain=False)
+
+    def explain(self, instrument, size, isolated) -> dict[str, Any]:
+        """Margin of one account and where it comes from.
+
+        Returns
+        -------
+        The :meth:`what_if` scalars plus, per position (float64[n]): ``position_grid``
+        (loss in its underlying's binding grid/tail row times that row's weight; sums to
+        ``grid``), ``position_es`` (Euler contribution, mean loss over the ``m`` worst
+        scenarios; sums to ``es``), ``position_worst_loss`` (loss in scenario ``worst``),
+        ``position_minimum``, ``position_liquidity``, ``position_isolated_im`` (cross
+        terms are 0 for isolated positions and vice versa, except minimum and liquidity);
+        per underlying (U): ``underlying_grid`` (M_u), ``underlying_grid_scenario``
+        (binding row in ``[0, G+T)``, -1 if M_u = 0), ``underlying_es``; and
+        ``es_scenarios`` (int64[m], the worst historical scenarios, worst first).
+        """
+        k, q, iso = self._one(instrument, size, isolated)
+        return self._account(k, q, iso, explain=True)

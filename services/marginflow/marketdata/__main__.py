@@ -1,0 +1,38 @@
+"""Entry point: ``python -m marginflow.marketdata [--replay FILE] [--speed max|N] [--universe FILE]``.
+
+Command-line options override the matching environment variables (see settings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="marginflow.marketdata", description=__doc__)
+    parser.add_argument("--replay", help="CSV of ticks to replay instead of the simulator")
+    parser.add_argument("--speed", help="'max' or a multiple of event time (default 1)")
+    parser.add_argument("--universe", help="instrument universe TOML file")
+    parser.add_argument("--seed", help="simulator seed")
+    parser.add_argument("--exit-at-end", action="store_true", help="exit when the replay ends")
+    args = parser.parse_args(argv)
+    if args.replay:
+        os.environ["MF_MD_SOURCE"] = "replay"
+        os.environ["MF_MD_REPLAY_FILE"] = args.replay
+    if args.speed:
+        os.environ["MF_MD_SPEED"] = args.speed
+    if args.universe:
+        os.environ["MF_UNIVERSE_FILE"] = args.universe
+    if args.seed:
+        os.environ["MF_MD_SIM_SEED"] = args.seed
+    if args.exit_at_end:
+        os.environ["MF_MD_EXIT_AT_END"] = "true"
+    from marginflow.marketdata.service import run
+
+    run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,41 @@
+"""Settings of the marketdata service (environment variables, parsed once)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from marginflow.shared.config import (CommonSettings, env, non_negative_int, parse_bool, parse_port, positive_float,
+                                      positive_int, unit_interval)
+
+
+def source_kind(text: str) -> str:
+    if text not in ("simulator", "replay"):
+        raise ValueError(f"must be 'simulator' or 'replay', got {text!r}")
+    return text
+
+
+def speed(text: str) -> float | None:
+    """'max' (as fast as possible) or a positive multiple of event time."""
+    if text.strip().lower() == "max":
+        return None
+    return positive_float(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class MarketDataSettings:
+    common: CommonSettings = dataclasses.field(default_factory=CommonSettings)
+    grpc_port: int = env("MF_MARKETDATA_GRPC_PORT", parse_port, 50051, "marketdata gRPC port")
+    metrics_port: int = env("MF_MARKETDATA_METRICS_PORT", parse_port, 9101, "marketdata /metrics port")
+    source: str = env("MF_MD_SOURCE", source_kind, "simulator", "simulator or replay")
+    replay_file: str = env("MF_MD_REPLAY_FILE", str, "", "CSV of ticks to replay (MF_MD_SOURCE=replay)")
+    speed: float | None = env("MF_MD_SPEED", speed, 1.0, "pace: multiple of event time, or 'max'")
+    sim_seed: int = env("MF_MD_SIM_SEED", non_negative_int, 7, "simulator seed")
+    sim_step_ms: int = env("MF_MD_SIM_STEP_MS", positive_int, 100, "simulator event-time step")
+    sim_block_steps: int = env("MF_MD_SIM_BLOCK_STEPS", positive_int, 10, "simulator steps per published batch")
+    jump_threshold: float = env("MF_MD_JUMP_THRESHOLD", unit_interval, 0.10,
+                                "log move from the last price that holds a tick as suspect")
+    confirm_ticks: int = env("MF_MD_JUMP_CONFIRM_TICKS", positive_int, 3, "ticks that confirm a suspect jump")
+    mark_interval_ms: int = env("MF_MD_MARK_INTERVAL_MS", non_negative_int, 250,
+                                "event-time spacing of marks per instrument")
+    exit_at_end: bool = env("MF_MD_EXIT_AT_END", parse_bool, False, "exit when a replay ends (default: keep serving)")
+    basis_half_life_ms: int = env("MF_MD_BASIS_HALF_LIFE_MS", positive_int, 30_000, "mark basis smoothing")

@@ -1,0 +1,202 @@
+"""One supervisor for the platform's services: ``python -m marginflow.supervisor``.
+
+Starts every service as its own process (logs in ``$MF_LOG_DIR/<service>.log``, pid files in
+``$MF_RUN_DIR/services/``), restarts a service that dies with a growing back-off, runs one-shot
+jobs (the demo book) once, and on SIGTERM/SIGINT stops them all: SIGTERM, a grace period, then
+SIGKILL. ``make stop`` stops it by its pid file; nothing it started is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    name: str
+    module: str
+    args: tuple[str, ...] = ()
+    one_shot: bool = False
+    grpc_port_var: str = ""
+    grpc_port: int = 0
+    metrics_port_var: str = ""
+    metrics_port: int = 0
+    start_delay_s: float = 0.0
+
+
+# Start order = data flow order. A program whose module is not part of this build is skipped.
+PROGRAMS = (
+    Program("marketdata", "marginflow.marketdata", grpc_port_var="MF_MARKETDATA_GRPC_PORT", grpc_port=50051,
+            metrics_port_var="MF_MARKETDATA_METRICS_PORT", metrics_port=9101),
+    Program("riskparams", "marginflow.riskparams", grpc_port_var="MF_RISKPARAMS_GRPC_PORT", grpc_port=50052,
+            metrics_port_var="MF_RISKPARAMS_METRICS_PORT", metrics_port=9102),
+    Program("portfolio", "marginflow.portfolio", grpc_port_var="MF_PORTFOLIO_GRPC_PORT", grpc_port=50053,
+            metrics_port_var="MF_PORTFOLIO_METRICS_PORT", metrics_port=9103),
+    Program("margin", "marginflow.margin", grpc_port_var="MF_MARGIN_GRPC_PORT", grpc_port=50054,
+            metrics_port_var="MF_MARGIN_METRICS_PORT", metrics_port=9104),
+    Program("liquidation", "marginflow.liquidation", grpc_port_var="MF_LIQUIDATION_GRPC_PORT", grpc_port=50055,
+            metrics_port_var="MF_LIQUIDATION_METRICS_PORT", metrics_port=9105),
+    Program("exchange-sim", "marginflow.exchange_sim"),
+    Program("demo-book", "marginflow.portfolio.demo_book", one_shot=True, start_delay_s=3.0),
+)
+
+
+def available(program: Program) -> bool:
+    try:
+        return importlib.util.find_spec(program.module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@dataclasses.dataclass
+class Child:
+    program: Program
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    done: bool = False
+
+
+class Supervisor:
+    def __init__(self, programs: list[Program], run_dir: pathlib.Path, log_dir: pathlib.Path,
+                 env: dict[str, str], grace_s: float = 15.0) -> None:
+        self.children = [Child(p, next_start=time.monotonic() + p.start_delay_s) for p in programs]
+        self.run_dir = run_dir
+        self.pid_dir = run_dir / "services"
+        self.log_dir = log_dir
+        self.env = env
+        self.grace_s = grace_s
+        self.stopping = False
+
+    def _start(self, child: Child) -> None:
+        p = child.program
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{p.name}.log", "ab")
+        # Own process group: a Ctrl-C on `make run` reaches the supervisor, which stops children in order.
+        child.proc = subprocess.Popen([sys.executable, "-m", p.module, *p.args], stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        log.close()
+        (self.pid_dir / f"{p.name}.pid").write_text(str(child.proc.pid))
+        print(f"[supervisor] started {p.name} (pid {child.proc.pid})", flush=True)
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.done:
+                continue
+            if child.proc is None:
+                if now >= child.next_start:
+                    self._start(child)
+                continue
+            rc = child.proc.poll()
+            if rc is None:
+                continue
+            (self.pid_dir / f"{child.program.name}.pid").unlink(missing_ok=True)
+            child.proc = None
+            if child.program.one_shot and rc == 0:
+                child.done = True
+                print(f"[supervisor] {child.program.name} finished", flush=True)
+                continue
+            if rc == 2:
+                # Exit code 2 = bad configuration: restarting would fail the same way.
+                child.done = True
+                print(f"[supervisor] {child.program.name} exited with a configuration error; see its log", flush=True)
+                continue
+            child.restarts += 1
+            delay = min(30.0, 2.0 ** min(child.restarts, 5))
+            child.next_start = now + delay
+            print(f"[supervisor] {child.program.name} exited with {rc}; restart {child.restarts} in {delay:.0f}s",
+                  flush=True)
+
+    def stop(self) -> None:
+        running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
+        for child in reversed(running):   # the reverse of the data flow: consumers first
+            child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        for child in running:
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"[supervisor] {child.program.name} ignored SIGTERM; killing", flush=True)
+                child.proc.kill()
+                child.proc.wait()
+            (self.pid_dir / f"{child.program.name}.pid").unlink(missing_ok=True)
+        print("[supervisor] all services stopped", flush=True)
+
+    def run(self) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        try:
+            while not self.stopping:
+                self.poll()
+                time.sleep(0.2)
+        finally:
+            self.stop()
+
+
+def banner(programs: list[Program], env: dict[str, str], log_dir: pathlib.Path) -> str:
+    lines = ["", "marginflow is starting. Where to look:",
+             f"  Kafka        {env.get('KAFKA_BOOTSTRAP_SERVERS', '127.0.0.1:19092')}   "
+             f"(topics: md.ticks md.marks risk.params trades.fills portfolio.positions margin.state ...)",
+             f"  Redis        {env.get('REDIS_URL', 'redis://127.0.0.1:16379/0')}"]
+    for p in programs:
+        if p.grpc_port_var:
+            grpc_port = env.get(p.grpc_port_var, str(p.grpc_port))
+            metrics_port = env.get(p.metrics_port_var, str(p.metrics_port))
+            lines.append(f"  {p.name:<12} gRPC 127.0.0.1:{grpc_port}   metrics http://127.0.0.1:{metrics_port}/metrics")
+    lines += [f"  logs         {log_dir}/<service>.log   (tail -f {log_dir}/marketdata.log)",
+              "  try          grpcurl -plaintext 127.0.0.1:50051 list   |   kcat -b "
+              f"{env.get('KAFKA_BOOTSTRAP_SERVERS', '127.0.0.1:19092')} -C -t md.marks -o end",
+              "  stop         Ctrl-C here, or 'make stop' from another terminal", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="marginflow.supervisor", description=__doc__)
+    parser.add_argument("--replay", help="run the platform on a CSV replay instead of the simulator")
+    parser.add_argument("--speed", help="replay/simulator pace: 'max' or a multiple of event time")
+    parser.add_argument("--universe", help="instrument universe TOML")
+    parser.add_argument("--only", help="comma-separated services to run (default: all available)")
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    if args.replay:
+        env["MF_MD_SOURCE"] = "replay"
+        env["MF_MD_REPLAY_FILE"] = str(pathlib.Path(args.replay).resolve())
+    if args.speed:
+        env["MF_MD_SPEED"] = args.speed
+    if args.universe:
+        env["MF_UNIVERSE_FILE"] = str(pathlib.Path(args.universe).resolve())
+    run_dir = pathlib.Path(env.get("MF_RUN_DIR", ROOT / ".run"))
+    log_dir = pathlib.Path(env.get("MF_LOG_DIR", run_dir / "logs"))
+    wanted = set(args.only.split(",")) if args.only else None
+    programs = [p for p in PROGRAMS if available(p) and (wanted is None or p.name in wanted)]
+    if wanted:
+        unknown = wanted - {p.name for p in PROGRAMS}
+        if unknown:
+            parser.error(f"unknown services: {', '.join(sorted(unknown))}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = run_dir / "supervisor.pid"
+    pid_file.write_text(str(os.getpid()))
+    print(banner(programs, env, log_dir), flush=True)
+    try:
+        Supervisor(programs, run_dir, log_dir, env).run()
+    finally:
+        pid_file.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
