@@ -20,8 +20,11 @@ def tick_to_proto(acc: AcceptedTick, publish_ms: int) -> marketdata_pb2.Tick:
         instrument=t.instrument, price=t.price, bid=t.bid, ask=t.ask, bid_size=t.bid_size,
         ask_size=t.ask_size, sequence=acc.sequence, implied_vol=t.implied_vol)
     if t.bids:
-        msg.bids.extend(marketdata_pb2.BookLevel(price=p, size=s) for p, s in t.bids)
-        msg.asks.extend(marketdata_pb2.BookLevel(price=p, size=s) for p, s in t.asks)
+        msg.bid_prices.extend([p for p, _ in t.bids])
+        msg.bid_sizes.extend([s for _, s in t.bids])
+    if t.asks:
+        msg.ask_prices.extend([p for p, _ in t.asks])
+        msg.ask_sizes.extend([s for _, s in t.asks])
     return msg
 
 
@@ -55,12 +58,10 @@ class KafkaMarketSink:
         self.source_label = source_topic_label
 
     def publish(self, ticks: list[AcceptedTick], marks: list[MarkValue], now_ms: int) -> None:
-        send = self.producer.send_raw
-        topic = self.ticks_topic
-        for acc in ticks:
-            send(topic, acc.tick.instrument.encode(), tick_to_proto(acc, now_ms).SerializeToString())
-        for m in marks:
-            send(self.marks_topic, m.instrument.encode(), mark_to_proto(m, now_ms, "marketdata").SerializeToString())
+        self.producer.send_many(self.ticks_topic, [
+            (acc.tick.instrument.encode(), tick_to_proto(acc, now_ms).SerializeToString()) for acc in ticks])
+        self.producer.send_many(self.marks_topic, [
+            (m.instrument.encode(), mark_to_proto(m, now_ms, "marketdata").SerializeToString()) for m in marks])
 
     def reject(self, tick: RawTick, code: str, detail: str) -> None:
         where = f" (line {tick.line})" if tick.line else ""
