@@ -83,11 +83,11 @@ def main(settings: MarketDataSettings, lifecycle: Lifecycle) -> None:
     app.restore(previous)
     log.info("restored", extra={"instruments": len(previous)})
 
-    metrics_port = serve_metrics(settings.metrics_port)
+    metrics_port = serve_metrics(settings.metrics_port, common.bind_host)
     server, grpc_port, health = grpcserver.build_server(
         "marketdata", settings.grpc_port,
         [(marketdata_pb2_grpc.add_MarketDataServiceServicer_to_server, MarketDataServicer(universe, app),
-          "marginflow.marketdata.v1.MarketDataService")])
+          "marginflow.marketdata.v1.MarketDataService")], host=common.bind_host)
     lifecycle.on_stop("grpc", lambda: grpcserver.stop(server, health, common.shutdown_grace_seconds))
     lifecycle.on_stop("flush", app.flush)
     lifecycle.on_stop("close", producer.close)

@@ -240,6 +240,8 @@ class CommonSettings:
     topic_prefix: str = env("MF_TOPIC_PREFIX", str, "", "prefix for every Kafka topic name")
     topic_partitions: int = env("MF_TOPIC_PARTITIONS", positive_int, 4,
                                 "partitions of the topics marginflow creates")
+    bind_host: str = env("MF_BIND_HOST", str, "127.0.0.1",
+                         "address gRPC and /metrics listen on (0.0.0.0 in containers)")
     log_level: str = env("MF_LOG_LEVEL", log_level, "INFO", "log level")
     log_json: bool = env("MF_LOG_JSON", parse_bool, True, "JSON log lines (false: plain text)")
     universe_file: str = env("MF_UNIVERSE_FILE", str, "",
