@@ -9,7 +9,7 @@ STACK := deploy/local/stack.sh
 # Addresses of Kafka and Redis: the local stack's unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set.
 STACK_ENV = $(shell $(STACK) env | xargs)
 
-.PHONY: help venv build protos run stop status test test-unit test-integration bench clean distclean stack-up stack-down
+.PHONY: help venv build protos tools run stop status test test-unit test-integration bench clean distclean stack-up stack-down
 
 help:
 	@echo "make run     build, start Kafka + Redis + every marginflow service (Ctrl-C or 'make stop' ends it)"
@@ -44,7 +44,10 @@ $(VENV)/.built: $(VENV)/.installed services/marginflow/api/.generated $(CORE_SRC
 
 build: $(VENV)/.built
 
-stack-up:
+tools:
+	deploy/local/tools.sh
+
+stack-up: tools
 	$(STACK) up
 stack-down:
 	$(STACK) down
@@ -62,7 +65,7 @@ status:
 test: build stack-up
 	env $(STACK_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: build
+test-unit: build tools
 	$(PY) -m pytest tests/unit tests/golden $(PYTEST_ARGS)
 
 test-integration: build stack-up
