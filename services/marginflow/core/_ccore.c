@@ -471,31 +471,6 @@ static double top_m(const double *x, Py_ssize_t n, Py_ssize_t m, double *h)
     return s;
 }
 
-/* k-th largest (k >= 1) of a[0:n], reordering a (Hoare quickselect). */
-static double kth_largest(double *a, Py_ssize_t n, Py_ssize_t k)
-{
-    Py_ssize_t lo = 0, hi = n - 1, want = k - 1;
-    while (lo < hi) {
-        double piv = a[lo + (hi - lo) / 2];
-        Py_ssize_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] > piv) i++;
-            while (a[j] < piv) j--;
-            if (i <= j) {
-                double t = a[i];
-                a[i] = a[j];
-                a[j] = t;
-                i++;
-                j--;
-            }
-        }
-        if (want <= j) hi = j;
-        else if (want >= i) lo = i;
-        else break;
-    }
-    return a[want];
-}
-
 /* ------------------------------------------------------------------ the model */
 
 typedef struct {
@@ -526,16 +501,17 @@ typedef struct {
     int32_t *ck;       /* cross positions: instrument */
     double *cq;        /* cross positions: -size */
     int32_t *cpos;     /* cross positions: index in the account */
+    int32_t *sel;      /* nb selected blocks */
     void *block;
 } Scratch;
 
 static int scratch_init(Scratch *w, const Model *M, Py_ssize_t max_pos)
 {
     if (max_pos < 1) max_pos = 1;
-    size_t off[11], total = 0;
-    size_t sizes[11] = {M->Hp * 8, M->nb * 8 + 64, M->Hp * 8, M->Hp * 4, M->m * 8, M->U * M->GTp * 8,
-                        M->U * 4, M->U, max_pos * 4, max_pos * 8, max_pos * 4};
-    for (int i = 0; i < 11; i++) {
+    size_t off[12], total = 0;
+    size_t sizes[12] = {M->Hp * 8, M->nb * 8 + 64, M->Hp * 8, M->Hp * 4, M->m * 8, M->U * M->GTp * 8,
+                        M->U * 4, M->U, max_pos * 4, max_pos * 8, max_pos * 4, M->nb * 4};
+    for (int i = 0; i < 12; i++) {
         off[i] = total;
         total += (size_t)round_up((Py_ssize_t)sizes[i], 64);
     }
@@ -553,6 +529,7 @@ static int scratch_init(Scratch *w, const Model *M, Py_ssize_t max_pos)
     w->ck = (int32_t *)(b + off[8]);
     w->cq = (double *)(b + off[9]);
     w->cpos = (int32_t *)(b + off[10]);
+    w->sel = (int32_t *)(b + off[11]);
     return 0;
 }
 
@@ -580,12 +557,12 @@ static inline double pos_isolated(const Model *M, int32_t k, double q)
     return MAXD(MAXD(g, e), pos_minimum(M, k, a)) + pos_liquidity(M, k, a);
 }
 
-/* loss[c..] = sum_j cq[j] * rh[ck[j], c..] for every block of CW scenarios, and the 4 lane
- * maxima of each block (each the max of 8 scenarios) into bmax. */
-MF_CLONES static void fhs_kernel(const double *rh, Py_ssize_t Hp, const int32_t *ck, const double *cq, Py_ssize_t nc,
-                                 double *loss, double *bmax)
+/* loss[c] = sum_j cq[j] * rh[ck[j], c] for the columns c in [c0, c1) (multiples of CW), and
+ * the 4 lane maxima of each block of CW columns (each the max of 8 scenarios) into bmax. */
+MF_CLONES static void fhs_kernel(const double *rh, Py_ssize_t Hp, Py_ssize_t c0, Py_ssize_t c1, const int32_t *ck,
+                                 const double *cq, Py_ssize_t nc, double *loss, double *bmax)
 {
-    for (Py_ssize_t c = 0; c < Hp; c += CW) {
+    for (Py_ssize_t c = c0; c < c1; c += CW) {
         v4d a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
         for (Py_ssize_t j = 0; j < nc; j++) {
             const v4d *r = (const v4d *)(rh + (Py_ssize_t)ck[j] * Hp + c);
@@ -622,16 +599,35 @@ typedef struct {
     int finite;
 } AcctOut;
 
-/* Historical losses of the cross positions in w->ck/cq (nc > 0): ES, VaR, worst. */
-static void fhs_stats(const Model *M, Scratch *w, Py_ssize_t nc, AcctOut *o)
+/* min and max of the block maxima, NaN (padding) skipped */
+MF_CLONES static void minmax_blocks(const double *b, Py_ssize_t n, double *lo, double *hi)
+{
+    double l = INFINITY, h = -INFINITY;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        l = b[i] < l ? b[i] : l;
+        h = b[i] > h ? b[i] : h;
+    }
+    *lo = l;
+    *hi = h;
+}
+
+MF_CLONES static Py_ssize_t count_ge(const double *b, Py_ssize_t n, double t)
+{
+    int64_t c = 0;
+    for (Py_ssize_t i = 0; i < n; i++) c += b[i] >= t;
+    return (Py_ssize_t)c;
+}
+
+/* ES, VaR and worst scenario from the historical losses loss[0:Hp] (and their block maxima)
+ * of the cross positions ck/cq (nc > 0); loss and bmax are used as scratch. */
+static void fhs_select(const Model *M, Scratch *w, const int32_t *ck, const double *cq, Py_ssize_t nc, double *loss,
+                       double *bmax, AcctOut *o)
 {
     const Py_ssize_t H = M->H, Hp = M->Hp, m = M->m, nb = M->nb;
-    double *loss = w->loss;
-    fhs_kernel(M->rh, Hp, w->ck, w->cq, nc, loss, w->bmax);
     /* bound on |loss| from the per-instrument max |R|: when finite (with a wide margin),
      * every loss is; else scan them all */
     double bound = 0.0;
-    for (Py_ssize_t j = 0; j < nc; j++) bound += fabs(w->cq[j]) * M->bound_h[w->ck[j]];
+    for (Py_ssize_t j = 0; j < nc; j++) bound += fabs(cq[j]) * M->bound_h[ck[j]];
     if (!(bound < 1e300)) {
         for (Py_ssize_t s = 0; s < H; s++)
             if (!isfinite(loss[s])) o->finite = 0;
@@ -641,35 +637,54 @@ static void fhs_stats(const Model *M, Scratch *w, Py_ssize_t nc, AcctOut *o)
         o->worst = 0;
         return;
     }
-    /* padding scenarios must not be picked: fix the block maxima of the last block */
+    /* padding scenarios must never be picked: their losses become -inf, and the block
+     * maxima of the last block are redone (NaN for a block of padding only: never counted) */
     if (Hp > H) {
         Py_ssize_t c = Hp - CW;
         for (Py_ssize_t s = H; s < Hp; s++) loss[s] = -INFINITY;
         for (int lane = 0; lane < 4; lane++) {
             double mx = -INFINITY;
             for (int i = 0; i < 8; i++) mx = MAXD(mx, loss[c + lane + 4 * i]);
-            w->bmax[c / 8 + lane] = mx;
+            bmax[c / 8 + lane] = mx == -INFINITY ? NAN : mx;
         }
     }
     Py_ssize_t nc_ = 0;
     double *cand = w->cand;
     int32_t *cidx = w->cidx;
     if (m * 4 <= nb) {
-        /* the m-th largest block maximum bounds the m-th largest loss from below: only
-         * blocks whose maximum reaches it can hold one of the m worst losses */
-        double *tmp = w->bmax + nb; /* room for nothing: copy into cand instead */
-        (void)tmp;
-        memcpy(cand, w->bmax, (size_t)nb * sizeof(double));
-        double thr = kth_largest(cand, nb, m);
+        /* Any thr with at least m block maxima >= thr bounds the m-th largest loss from
+         * below (m distinct blocks each hold a loss >= thr), so only blocks whose maximum
+         * reaches thr can hold one of the m worst losses. thr: bisection on counts. */
+        const double *bm = bmax;
+        double lo = INFINITY, hi = -INFINITY;
+        minmax_blocks(bm, nb, &lo, &hi);
+        double thr = lo;
+        if (count_ge(bm, nb, hi) >= m) thr = hi;
+        else
+            for (int it = 0; it < 12 && lo < hi; it++) {
+                double mid = lo + 0.5 * (hi - lo);
+                Py_ssize_t cnt = count_ge(bm, nb, mid);
+                if (cnt >= m) {
+                    lo = mid;
+                    if (cnt <= m + 2) break;
+                }
+                else hi = mid;
+            }
+        thr = lo;
+        /* branch-free: the blocks that reach thr, then their losses that reach it */
+        int32_t *sel = w->sel;
+        Py_ssize_t ns = 0;
         for (Py_ssize_t b = 0; b < nb; b++) {
-            if (!(w->bmax[b] >= thr)) continue;
-            Py_ssize_t base = (b / 4) * CW + (b % 4);
+            sel[ns] = (int32_t)b;
+            ns += bm[b] >= thr;
+        }
+        for (Py_ssize_t j = 0; j < ns; j++) {
+            Py_ssize_t b = sel[j], base = (b / 4) * CW + (b % 4);
             for (int i = 0; i < 8; i++) {
                 Py_ssize_t s = base + 4 * i;
-                if (loss[s] >= thr) {
-                    cand[nc_] = loss[s];
-                    cidx[nc_++] = (int32_t)s;
-                }
+                cand[nc_] = loss[s];
+                cidx[nc_] = (int32_t)s;
+                nc_ += loss[s] >= thr;
             }
         }
     }
@@ -682,27 +697,49 @@ static void fhs_stats(const Model *M, Scratch *w, Py_ssize_t nc, AcctOut *o)
     }
     /* worst: largest loss, lowest index on ties */
     double best = cand[0];
-    int32_t bi = cidx[0];
-    for (Py_ssize_t i = 1; i < nc_; i++)
-        if (cand[i] > best || (cand[i] == best && cidx[i] < bi)) {
-            best = cand[i];
-            bi = cidx[i];
-        }
+    for (Py_ssize_t i = 1; i < nc_; i++) best = cand[i] > best ? cand[i] : best;
+    int32_t bi = INT32_MAX;
+    for (Py_ssize_t i = 0; i < nc_; i++) bi = (cand[i] == best && cidx[i] < bi) ? cidx[i] : bi;
     o->worst = bi;
-    o->es = top_m(cand, nc_, m, w->heap) / (double)m;
-    o->var = w->heap[0];
+    Py_ssize_t r = nc_ - m;
+    if (r <= 8) {
+        /* a few candidates too many (the usual case): drop the r smallest */
+        for (Py_ssize_t t = 0; t < r; t++) {
+            double mv = INFINITY;
+            Py_ssize_t mp = 0;
+            for (Py_ssize_t i = 0; i < nc_; i++) {
+                int lt = cand[i] < mv;
+                mv = lt ? cand[i] : mv;
+                mp = lt ? i : mp;
+            }
+            cand[mp] = INFINITY;
+        }
+        double sum = 0.0, var = INFINITY;
+        for (Py_ssize_t i = 0; i < nc_; i++) {
+            double x = cand[i];
+            int keep = x != INFINITY;
+            sum += keep ? x : 0.0;
+            var = (keep && x < var) ? x : var;
+        }
+        o->es = sum / (double)m;
+        o->var = var;
+    }
+    else {
+        o->es = top_m(cand, nc_, m, w->heap) / (double)m;
+        o->var = w->heap[0];
+    }
 }
 
 /* Grid margin of the cross positions in w->ck/cq; fills gacc rows of the touched
  * underlyings (sorted ascending in w->touched, count returned in *nt). */
-static double grid_margin(const Model *M, Scratch *w, Py_ssize_t nc, Py_ssize_t *nt_out, int *finite,
-                          int keep)
+static double grid_margin(const Model *M, Scratch *w, const int32_t *ck, const double *cq, Py_ssize_t nc,
+                          Py_ssize_t *nt_out, int *finite, int keep)
 {
     const Py_ssize_t GTp = M->GTp, GT = M->GT;
     Py_ssize_t nt = 0;
     double bound = 0.0;
     for (Py_ssize_t j = 0; j < nc; j++) {
-        int32_t k = w->ck[j], u = M->und[k];
+        int32_t k = ck[j], u = M->und[k];
         double *g = w->gacc + (Py_ssize_t)u * GTp;
         if (!w->flag[u]) {
             w->flag[u] = 1;
@@ -714,8 +751,8 @@ static double grid_margin(const Model *M, Scratch *w, Py_ssize_t nc, Py_ssize_t 
             w->touched[i] = u;
             memset(g, 0, (size_t)GTp * sizeof(double));
         }
-        axpy_pad(g, M->rg + (Py_ssize_t)k * GTp, w->cq[j], GTp);
-        bound += fabs(w->cq[j]) * M->bound_g[k];
+        axpy_pad(g, M->rg + (Py_ssize_t)k * GTp, cq[j], GTp);
+        bound += fabs(cq[j]) * M->bound_g[k];
     }
     double grid = 0.0;
     for (Py_ssize_t t = 0; t < nt; t++) {
@@ -736,13 +773,14 @@ static double grid_margin(const Model *M, Scratch *w, Py_ssize_t nc, Py_ssize_t 
     return grid;
 }
 
-/* Margin of one account's n positions. iso_im (may be NULL) gets each position's isolated IM. */
-static void account_margin(const Model *M, Scratch *w, Py_ssize_t n, const int32_t *k, const double *q,
-                           const uint8_t *iso, double *iso_im, AcctOut *o)
+/* First pass over one account's n positions: isolated IM (into iso_im, may be NULL),
+ * minimum and liquidity of the cross positions, which are listed in ck/cq/cpos (cq = -size).
+ * Returns the number of cross positions. */
+static Py_ssize_t account_prep(const Model *M, Py_ssize_t n, const int32_t *k, const double *q, const uint8_t *iso,
+                               double *iso_im, int32_t *ck, double *cq, int32_t *cpos, AcctOut *o)
 {
     Py_ssize_t nc = 0;
     double iso_total = 0.0, mn = 0.0, lq = 0.0;
-    o->finite = 1;
     for (Py_ssize_t j = 0; j < n; j++) {
         if (iso[j]) {
             double v = pos_isolated(M, k[j], q[j]);
@@ -753,32 +791,65 @@ static void account_margin(const Model *M, Scratch *w, Py_ssize_t n, const int32
             double a = fabs(q[j]);
             mn += pos_minimum(M, k[j], a);
             lq += pos_liquidity(M, k[j], a);
-            w->ck[nc] = k[j];
-            w->cq[nc] = -q[j];
-            w->cpos[nc] = (int32_t)j;
+            ck[nc] = k[j];
+            cq[nc] = -q[j];
+            cpos[nc] = (int32_t)j;
             nc++;
             if (iso_im) iso_im[j] = 0.0;
         }
     }
+    o->finite = 1;
     o->minimum = mn;
     o->liq = lq;
     o->iso = iso_total;
+    return nc;
+}
+
+/* Second pass, once loss/bmax hold the historical losses of the nc cross positions. */
+static void account_finish(const Model *M, Scratch *w, const int32_t *ck, const double *cq, Py_ssize_t nc,
+                           double *loss, double *bmax, AcctOut *o)
+{
     if (nc == 0) {
         o->grid = o->es = o->var = o->cross_im = 0.0;
         o->worst = -1;
     }
     else {
         Py_ssize_t nt;
-        o->grid = M->GT ? grid_margin(M, w, nc, &nt, &o->finite, 0) : 0.0;
-        fhs_stats(M, w, nc, o);
-        o->cross_im = MAXD(MAXD(o->grid, o->es), mn) + lq;
+        o->grid = M->GT ? grid_margin(M, w, ck, cq, nc, &nt, &o->finite, 0) : 0.0;
+        fhs_select(M, w, ck, cq, nc, loss, bmax, o);
+        o->cross_im = MAXD(MAXD(o->grid, o->es), o->minimum) + o->liq;
     }
-    o->im = o->cross_im + iso_total;
+    o->im = o->cross_im + o->iso;
     o->mm = M->mm * o->im;
     if (!isfinite(o->im)) o->finite = 0;
 }
 
+/* Margin of one account's n positions (what-if, explain). */
+static void account_margin(const Model *M, Scratch *w, Py_ssize_t n, const int32_t *k, const double *q,
+                           const uint8_t *iso, double *iso_im, AcctOut *o)
+{
+    Py_ssize_t nc = account_prep(M, n, k, q, iso, iso_im, w->ck, w->cq, w->cpos, o);
+    if (nc) fhs_kernel(M->rh, M->Hp, 0, M->Hp, w->ck, w->cq, nc, w->loss, w->bmax);
+    account_finish(M, w, w->ck, w->cq, nc, w->loss, w->bmax, o);
+}
+
 /* ------------------------------------------------------------------ compute (all accounts) */
+
+/* Accounts are margined in batches: the historical losses of a batch are computed slice by
+ * slice of scenario columns, so a slice of the risk arrays (K x SLICE doubles) is reused from
+ * L2 by every account of the batch instead of streaming all of R from L3 for each account. */
+#define BATCH 64
+#define SLICE 256
+
+typedef struct {
+    double *buf;       /* BATCH x Hp losses */
+    double *bm;        /* BATCH x nb block maxima */
+    int32_t *ck, *cpos;
+    double *cq;        /* cap cross positions of the batch */
+    Py_ssize_t cap;
+    Py_ssize_t off[BATCH + 1], cnt[BATCH];
+    AcctOut out[BATCH];
+} Batch;
 
 typedef struct {
     const Model *M;
@@ -789,6 +860,7 @@ typedef struct {
     Py_ssize_t N;
     Py_ssize_t bounds[MAX_THREADS + 1];
     Scratch scr[MAX_THREADS];
+    Batch *bat[MAX_THREADS];
     /* outputs */
     double *im, *mm, *cross_im, *grid, *es, *var, *minimum, *liq, *iso_im;
     int64_t *worst;
@@ -799,40 +871,89 @@ typedef struct {
     Py_ssize_t err_ovf[MAX_THREADS];
 } ComputeCtx;
 
+static Batch *batch_new(const Model *M, Py_ssize_t max_pos)
+{
+    Batch *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->cap = max_pos > 16 * BATCH ? max_pos : 16 * BATCH;
+    b->buf = aligned_zalloc((size_t)(BATCH * M->Hp) * sizeof(double));
+    b->bm = aligned_zalloc((size_t)(BATCH * M->nb) * sizeof(double));
+    b->ck = aligned_zalloc((size_t)b->cap * sizeof(int32_t));
+    b->cpos = aligned_zalloc((size_t)b->cap * sizeof(int32_t));
+    b->cq = aligned_zalloc((size_t)b->cap * sizeof(double));
+    if (!b->buf || !b->bm || !b->ck || !b->cpos || !b->cq) {
+        free(b->buf), free(b->bm), free(b->ck), free(b->cpos), free(b->cq), free(b);
+        return NULL;
+    }
+    return b;
+}
+
+static void batch_free(Batch *b)
+{
+    if (!b) return;
+    free(b->buf), free(b->bm), free(b->ck), free(b->cpos), free(b->cq), free(b);
+}
+
 static void compute_work(void *p, int tid, int nthreads)
 {
     ComputeCtx *c = (ComputeCtx *)p;
     const Model *M = c->M;
     Scratch *w = &c->scr[tid];
+    Batch *b = c->bat[tid];
+    const Py_ssize_t Hp = M->Hp, nb = M->nb;
     c->err_pos[tid] = -1;
     c->err_ovf[tid] = -1;
-    for (Py_ssize_t i = c->bounds[tid]; i < c->bounds[tid + 1]; i++) {
-        Py_ssize_t p0 = c->indptr[i], p1 = c->indptr[i + 1];
-        for (Py_ssize_t pp = p0; pp < p1; pp++) {
-            int32_t k = c->inst[pp];
-            if (k < 0 || k >= M->K) {
-                c->err_pos[tid] = pp;
-                c->err_kind[tid] = 1;
-                return;
+    Py_ssize_t i = c->bounds[tid], end = c->bounds[tid + 1];
+    while (i < end) {
+        /* gather a batch: validate, first pass, cross positions listed */
+        Py_ssize_t i0 = i, na = 0, npos = 0;
+        while (i < end && na < BATCH) {
+            Py_ssize_t p0 = c->indptr[i], p1 = c->indptr[i + 1];
+            if (na > 0 && npos + (p1 - p0) > b->cap) break;
+            for (Py_ssize_t pp = p0; pp < p1; pp++) {
+                int32_t k = c->inst[pp];
+                if (k < 0 || k >= M->K) {
+                    c->err_pos[tid] = pp;
+                    c->err_kind[tid] = 1;
+                    return;
+                }
+                if (!isfinite(c->size[pp])) {
+                    c->err_pos[tid] = pp;
+                    c->err_kind[tid] = 2;
+                    return;
+                }
             }
-            if (!isfinite(c->size[pp])) {
-                c->err_pos[tid] = pp;
-                c->err_kind[tid] = 2;
-                return;
-            }
+            Py_ssize_t nc = account_prep(M, p1 - p0, c->inst + p0, c->size + p0, c->iso + p0, c->iso_im + p0,
+                                         b->ck + npos, b->cq + npos, b->cpos + npos, &b->out[na]);
+            b->off[na] = npos;
+            b->cnt[na] = nc;
+            npos += nc;
+            na++;
+            i++;
         }
-        AcctOut o;
-        account_margin(M, w, p1 - p0, c->inst + p0, c->size + p0, c->iso + p0, c->iso_im + p0, &o);
-        if (!o.finite && c->err_ovf[tid] < 0) c->err_ovf[tid] = i;
-        c->im[i] = o.im;
-        c->mm[i] = o.mm;
-        c->cross_im[i] = o.cross_im;
-        c->grid[i] = o.grid;
-        c->es[i] = o.es;
-        c->var[i] = o.var;
-        c->worst[i] = o.worst;
-        c->minimum[i] = o.minimum;
-        c->liq[i] = o.liq;
+        /* historical losses, slice by slice of columns */
+        for (Py_ssize_t s0 = 0; s0 < Hp; s0 += SLICE) {
+            Py_ssize_t s1 = s0 + SLICE < Hp ? s0 + SLICE : Hp;
+            for (Py_ssize_t a = 0; a < na; a++)
+                if (b->cnt[a])
+                    fhs_kernel(M->rh, Hp, s0, s1, b->ck + b->off[a], b->cq + b->off[a], b->cnt[a], b->buf + a * Hp,
+                               b->bm + a * nb);
+        }
+        for (Py_ssize_t a = 0; a < na; a++) {
+            AcctOut *o = &b->out[a];
+            account_finish(M, w, b->ck + b->off[a], b->cq + b->off[a], b->cnt[a], b->buf + a * Hp, b->bm + a * nb, o);
+            Py_ssize_t acc = i0 + a;
+            if (!o->finite && c->err_ovf[tid] < 0) c->err_ovf[tid] = acc;
+            c->im[acc] = o->im;
+            c->mm[acc] = o->mm;
+            c->cross_im[acc] = o->cross_im;
+            c->grid[acc] = o->grid;
+            c->es[acc] = o->es;
+            c->var[acc] = o->var;
+            c->worst[acc] = o->worst;
+            c->minimum[acc] = o->minimum;
+            c->liq[acc] = o->liq;
+        }
     }
 }
 
@@ -915,8 +1036,11 @@ static PyObject *model_compute(Model *M, PyObject *args, PyObject *kw)
     }
     c->bounds[nth] = N;
     for (int t = 0; t < nth; t++)
-        if (scratch_init(&c->scr[t], M, max_pos) < 0) {
-            for (int s = 0; s < t; s++) free(c->scr[s].block);
+        if (scratch_init(&c->scr[t], M, max_pos) < 0 || !(c->bat[t] = batch_new(M, max_pos))) {
+            for (int s = 0; s <= t; s++) {
+                free(c->scr[s].block);
+                batch_free(c->bat[s]);
+            }
             nth = 0;
             PyErr_NoMemory();
             goto done;
@@ -940,7 +1064,10 @@ static PyObject *model_compute(Model *M, PyObject *args, PyObject *kw)
     Py_BEGIN_ALLOW_THREADS
     run_parallel(compute_work, c, nth);
     Py_END_ALLOW_THREADS
-    for (int t = 0; t < nth; t++) free(c->scr[t].block);
+    for (int t = 0; t < nth; t++) {
+        free(c->scr[t].block);
+        batch_free(c->bat[t]);
+    }
     /* threads cover ascending account ranges: the first error is the lowest thread's */
     for (int t = 0; t < nth; t++) {
         Py_ssize_t pp = c->err_pos[t];
@@ -1174,8 +1301,9 @@ static PyObject *model_explain(Model *M, PyObject *args, PyObject *kw)
         PyErr_NoMemory();
         goto done;
     }
-    double *p_grid, *p_es, *p_worst, *p_min, *p_liq, *p_iso, *u_grid, *u_es;
-    int64_t *u_scen, *es_sc;
+    double *p_grid = NULL, *p_es = NULL, *p_worst = NULL, *p_min = NULL, *p_liq = NULL, *p_iso = NULL,
+           *u_grid = NULL, *u_es = NULL;
+    int64_t *u_scen = NULL, *es_sc = NULL;
     PyObject *arrs[10];
     arrs[0] = new_vec(n, NPY_FLOAT64, (void **)&p_grid);
     arrs[1] = new_vec(n, NPY_FLOAT64, (void **)&p_es);
@@ -1213,7 +1341,7 @@ static PyObject *model_explain(Model *M, PyObject *args, PyObject *kw)
                 if (gt) {
                     Py_ssize_t nt;
                     int fin = 1;
-                    grid_margin(M, &w, nc, &nt, &fin, 1);
+                    grid_margin(M, &w, w.ck, w.cq, nc, &nt, &fin, 1);
                     for (Py_ssize_t t = 0; t < nt; t++) {
                         Py_ssize_t u = w.touched[t];
                         const double *g = w.gacc + u * GTp;

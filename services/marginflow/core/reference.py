@@ -22,6 +22,7 @@ One scenario matrix with ``S = G + T + H`` rows serves all three uses:
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Any
@@ -270,6 +271,20 @@ def risk_arrays(kind, underlying, forward, strike, expiry_years, implied_vol, mu
 # --------------------------------------------------------------------------- margin
 
 
+def _sum_by(group: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+    """float64[n]: sum of ``weights`` per ``group`` (bincount is int64 when it sees no data)."""
+    return np.bincount(group, weights=weights, minlength=n).astype(np.float64, copy=False)
+
+
+def _quiet(method):
+    """Overflow is reported as one ValueError (as the C core does), not as numpy warnings."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return method(*args, **kwargs)
+    return wrapper
+
+
 def _n_worst(level: float, n_hist: int) -> int:
     # The 1e-9 guards against (1 - 0.975) * 1000 = 25.000000000000004 -> 26.
     return max(1, math.ceil((1.0 - level) * n_hist - 1e-9))
@@ -459,6 +474,7 @@ class MarginModel:
 
     # ---------------------------------------------------------------- all accounts
 
+    @_quiet
     def compute(self, indptr, instrument, size, isolated, n_threads=2) -> dict[str, np.ndarray]:
         """Margin of every account (positions in CSR form).
 
@@ -512,15 +528,15 @@ class MarginModel:
         iso_im = np.zeros(nnz)
         if iso.any():
             iso_im[iso] = self._isolated(instrument[iso], size[iso])
-        iso_total = np.bincount(account, weights=iso_im, minlength=n_acc)
+        iso_total = _sum_by(account, iso_im, n_acc)
 
         cross = ~iso
         acc_c, k_c, q_c = account[cross], instrument[cross], size[cross]
         a_c = np.abs(q_c)
         n_cross = np.bincount(acc_c, minlength=n_acc)
         has = n_cross > 0
-        minimum = np.bincount(acc_c, weights=self._minimum(k_c, a_c), minlength=n_acc)
-        liquidity = np.bincount(acc_c, weights=self._liquidity(k_c, a_c), minlength=n_acc)
+        minimum = _sum_by(acc_c, self._minimum(k_c, a_c), n_acc)
+        liquidity = _sum_by(acc_c, self._liquidity(k_c, a_c), n_acc)
         finite = np.ones(n_acc, dtype=bool)
 
         # Grid: one sparse row per (account, underlying) pair that has cross positions.
@@ -532,8 +548,7 @@ class MarginModel:
             loss = pmat @ self._rg
             pair_acc = pairs // self._n_und
             np.logical_and.at(finite, pair_acc, np.isfinite(loss).all(axis=1))
-            grid = np.bincount(pair_acc, weights=np.maximum(0.0, (loss * self._w).max(axis=1)),
-                               minlength=n_acc)
+            grid = _sum_by(pair_acc, np.maximum(0.0, (loss * self._w).max(axis=1)), n_acc)
 
         # Historical scenarios: dense loss blocks of _CHUNK_ACCOUNTS accounts.
         es = np.zeros(n_acc)
@@ -642,9 +657,9 @@ class MarginModel:
         im = cross_im + iso_total
         if not (finite and math.isfinite(im)):
             raise ValueError("margin overflow: losses or margin not finite (sizes too large?)")
-        out = {"im": im, "mm": self._mm * im, "cross_im": cross_im, "grid": float(grid), "es": float(es),
-               "var": var, "worst": worst, "minimum": float(min_c.sum()), "liquidity": float(liq_c.sum()),
-               "isolated_im": iso_total}
+        out = {"im": float(im), "mm": float(self._mm * im), "cross_im": float(cross_im), "grid": float(grid),
+               "es": float(es), "var": float(var), "worst": worst, "minimum": float(min_c.sum()),
+               "liquidity": float(liq_c.sum()), "isolated_im": iso_total}
         if explain:
             def per_pos(v, dtype=np.float64):
                 full = np.zeros(n, dtype=dtype)
@@ -660,11 +675,12 @@ class MarginModel:
                 "position_isolated_im": iso_im,
                 "underlying_grid": und_grid,
                 "underlying_grid_scenario": und_scen,
-                "underlying_es": np.bincount(u_c, weights=pos_es, minlength=self._n_und),
+                "underlying_es": _sum_by(u_c, pos_es, self._n_und),
                 "es_scenarios": order.astype(np.int64),
             })
         return out
 
+    @_quiet
     def what_if(self, instrument, size, isolated, delta_instrument, delta_size) -> dict[str, Any]:
         """Margin of one account after hypothetical trades.
 
@@ -680,6 +696,7 @@ class MarginModel:
         k, q, iso = self._one(instrument, size, isolated, delta_instrument, delta_size)
         return self._account(k, q, iso, explain=False)
 
+    @_quiet
     def explain(self, instrument, size, isolated) -> dict[str, Any]:
         """Margin of one account and where it comes from.
 
