@@ -1,0 +1,1 @@
+"""I/O of riskparams: protobuf codecs, the faust app and its table, Kafka publishing, gRPC, metrics."""

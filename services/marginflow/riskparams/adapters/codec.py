@@ -1,0 +1,109 @@
+"""Protobuf ⇄ riskparams: decode md.ticks / md.marks values in bulk, encode a version as RiskParams."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from marginflow.api.marketdata.v1 import marketdata_pb2
+from marginflow.api.risk.v1 import risk_pb2
+from marginflow.riskparams.application import RiskParamsVersion, SigmaChange
+from marginflow.shared.errors import Rejected
+
+_Tick = marketdata_pb2.Tick
+_Mark = marketdata_pb2.Mark
+
+
+def decode_ticks(values: Sequence[bytes]) -> tuple[list[tuple[str, float, int]], list[tuple[int, Rejected]]]:
+    """``(instrument, price, event_time_ms)`` per decodable value; undecodable ones as errors."""
+    out: list[tuple[str, float, int]] = []
+    errors: list[tuple[int, Rejected]] = []
+    parse = _Tick.FromString
+    for i, raw in enumerate(values):
+        try:
+            t = parse(raw)
+        except (DecodeError, TypeError) as exc:
+            errors.append((i, Rejected("malformed", f"not a marginflow.marketdata.v1.Tick: {exc}")))
+            continue
+        out.append((t.instrument, t.price, t.meta.event_time_ms))
+    return out, errors
+
+
+def decode_marks(values: Sequence[bytes]) -> tuple[list[tuple[str, str, float, float, int]], list[tuple[int, Rejected]]]:
+    """``(instrument, underlying, index_price, implied_vol, event_time_ms)`` per decodable value."""
+    out: list[tuple[str, str, float, float, int]] = []
+    errors: list[tuple[int, Rejected]] = []
+    parse = _Mark.FromString
+    for i, raw in enumerate(values):
+        try:
+            m = parse(raw)
+        except (DecodeError, TypeError) as exc:
+            errors.append((i, Rejected("malformed", f"not a marginflow.marketdata.v1.Mark: {exc}")))
+            continue
+        out.append((m.instrument, m.underlying, m.index_price, m.implied_vol, m.meta.event_time_ms))
+    return out, errors
+
+
+def to_proto(v: RiskParamsVersion, source: str = "riskparams") -> risk_pb2.RiskParams:
+    msg = risk_pb2.RiskParams(version=v.version, es_confidence=v.es_confidence,
+                              correlation_repaired=v.correlation_repaired)
+    msg.meta.event_time_ms = v.event_time_ms
+    msg.meta.publish_time_ms = v.publish_time_ms
+    msg.meta.source = source
+    for e in v.underlyings:
+        msg.underlyings.add(
+            underlying=e.underlying, index_price=e.index_price, sigma_ewma_fast=e.sigma_ewma_fast,
+            sigma_ewma_slow=e.sigma_ewma_slow, sigma_garch=e.sigma_garch, sigma_implied=e.sigma_implied,
+            sigma_floor=e.sigma_floor, sigma_margin=e.sigma_margin, apc_buffer=e.apc_buffer, stress=e.stress,
+            garch_ok=e.garch_ok, returns_observed=e.returns_observed, sample_interval_ms=e.sample_interval_ms,
+            garch_status=e.garch_reason, last_sample_time_ms=e.last_event_time_ms, sigma_base=e.sigma_base)
+    msg.correlation_underlyings.extend(v.correlation_underlyings)
+    msg.correlation.extend(np.asarray(v.correlation, dtype=np.float64).ravel().tolist())
+    for name, g in v.grids:
+        msg.grids.add(underlying=name, price_shocks=g.price_shocks, vol_shocks=g.vol_shocks,
+                      tail_price_shocks=g.tail_price_shocks, tail_vol_shocks=g.tail_vol_shocks,
+                      tail_weights=g.tail_weights, horizon_seconds=g.horizon_seconds, range_fraction=g.range_fraction)
+    h = v.historical
+    msg.historical.underlyings.extend(h.underlyings)
+    msg.historical.count = int(h.returns.shape[0])
+    msg.historical.returns.extend(np.asarray(h.returns, dtype=np.float64).ravel().tolist())
+    msg.historical.bootstrap = h.bootstrap
+    msg.historical.first_event_time_ms = h.first_event_time_ms
+    msg.historical.last_event_time_ms = h.last_event_time_ms
+    msg.historical.horizon_seconds = v.grids[0][1].horizon_seconds if v.grids else 0.0
+    msg.historical.method = "bootstrap:student_t4" if h.bootstrap else "fhs"
+    return msg
+
+
+def sigma_change_to_proto(c: SigmaChange) -> risk_pb2.SigmaChange:
+    return risk_pb2.SigmaChange(underlying=c.underlying, event_time_ms=c.event_time_ms, version=c.version,
+                                sigma_before=c.sigma_before, sigma_after=c.sigma_after, cause=c.cause)
+
+
+def select(params: risk_pb2.RiskParams, underlyings: Sequence[str]) -> risk_pb2.RiskParams:
+    """The parameters restricted to ``underlyings`` (correlation and FHS columns too)."""
+    names = list(params.correlation_underlyings)
+    idx = [names.index(u) for u in underlyings]
+    out = risk_pb2.RiskParams()
+    out.CopyFrom(params)
+    del out.underlyings[:]
+    out.underlyings.extend(p for p in params.underlyings if p.underlying in underlyings)
+    del out.grids[:]
+    out.grids.extend(g for g in params.grids if g.underlying in underlyings)
+    n = len(names)
+    corr = np.asarray(params.correlation, dtype=np.float64).reshape(n, n)[np.ix_(idx, idx)]
+    del out.correlation_underlyings[:]
+    out.correlation_underlyings.extend(underlyings)
+    del out.correlation[:]
+    out.correlation.extend(corr.ravel().tolist())
+    h = params.historical
+    hn = list(h.underlyings)
+    hidx = [hn.index(u) for u in underlyings]
+    moves = np.asarray(h.returns, dtype=np.float64).reshape(h.count, len(hn))[:, hidx] if h.count else np.zeros((0, 0))
+    del out.historical.underlyings[:]
+    out.historical.underlyings.extend(underlyings)
+    del out.historical.returns[:]
+    out.historical.returns.extend(moves.ravel().tolist())
+    return out

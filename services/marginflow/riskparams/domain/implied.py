@@ -1,0 +1,72 @@
+"""At-the-money implied volatility of an underlying from its option marks.
+
+Per expiry ``T`` (at least ``min_expiry_ms`` away): the implied vol at each strike (mean of the
+call and the put where both are marked), then the ATM vol by linear interpolation in strike at
+the index price ``S`` (flat beyond the quoted strikes). Across expiries the ATM *total variance*
+``w(T) = σ²_ATM(T)·T`` is interpolated linearly in ``T`` to the target tenor (flat vol beyond the
+first and last expiry):
+
+.. math:: \\sigma_{ATM}(\\tau) = \\sqrt{\\frac{w(T_1) + (w(T_2)-w(T_1))\\frac{\\tau-T_1}{T_2-T_1}}{\\tau}}
+
+Source: the constant-maturity interpolation of CBOE, *VIX White Paper* (2019), step 2;
+J. Gatheral, *The Volatility Surface* (2006), ch. 1 (total variance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+
+MS_PER_YEAR = 365.0 * 86_400_000
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionQuote:
+    strike_usd: float
+    expiry_ms: int
+    implied_vol: float      # annualised
+    event_time_ms: int
+    is_call: bool
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    for i in range(1, len(xs)):
+        if x <= xs[i]:
+            t = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+            return ys[i - 1] + t * (ys[i] - ys[i - 1])
+    return ys[-1]  # pragma: no cover
+
+
+def atm_implied_vol(quotes: list[OptionQuote], index_price_usd: float, as_of_ms: int, tenor_days: float,
+                    min_expiry_ms: int, max_age_ms: int) -> float:
+    """ATM implied vol (annualised) at ``tenor_days``; 0.0 when no usable quote exists."""
+    if not (index_price_usd > 0 and math.isfinite(index_price_usd)):
+        return 0.0
+    by_expiry: dict[int, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for q in quotes:
+        if q.expiry_ms - as_of_ms < min_expiry_ms or as_of_ms - q.event_time_ms > max_age_ms:
+            continue
+        if not (q.implied_vol > 0 and math.isfinite(q.implied_vol)):
+            continue
+        by_expiry[q.expiry_ms][q.strike_usd].append(q.implied_vol)
+    points: list[tuple[float, float]] = []   # (T years, ATM total variance)
+    for expiry, strikes in sorted(by_expiry.items()):
+        ks = sorted(strikes)
+        vols = [sum(strikes[k]) / len(strikes[k]) for k in ks]
+        atm = _interp(index_price_usd, ks, vols)
+        t = (expiry - as_of_ms) / MS_PER_YEAR
+        points.append((t, atm * atm * t))
+    if not points:
+        return 0.0
+    tau = tenor_days / 365.0
+    if tau <= points[0][0]:
+        return math.sqrt(points[0][1] / points[0][0])
+    if tau >= points[-1][0]:
+        return math.sqrt(points[-1][1] / points[-1][0])
+    w = _interp(tau, [p[0] for p in points], [p[1] for p in points])
+    return math.sqrt(max(w, 0.0) / tau)
