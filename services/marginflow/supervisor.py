@@ -51,6 +51,15 @@ PROGRAMS = (
 )
 
 
+# A live simulator run has minutes, not years, of history: sample returns every minute and keep
+# the RiskMetrics decays (0.94 / 0.97 per day) as half-lives. Values the user set win.
+LIVE_DEFAULTS = {
+    "MF_RISKPARAMS_SAMPLE_INTERVAL_MS": "60000",
+    "MF_RISKPARAMS_HALF_LIFE_FAST_SECONDS": "967879",    # ln 0.5 / ln 0.94 days
+    "MF_RISKPARAMS_HALF_LIFE_SLOW_SECONDS": "1968066",   # ln 0.5 / ln 0.97 days
+}
+
+
 def available(program: Program) -> bool:
     try:
         return importlib.util.find_spec(program.module) is not None
@@ -176,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.replay:
         env["MF_MD_SOURCE"] = "replay"
         env["MF_MD_REPLAY_FILE"] = str(pathlib.Path(args.replay).resolve())
+    else:
+        for key, value in LIVE_DEFAULTS.items():
+            env.setdefault(key, value)
     if args.speed:
         env["MF_MD_SPEED"] = args.speed
     if args.universe:

@@ -157,8 +157,8 @@ class ProtoProducer:
         self._produced.labels(self._service, topic).inc()
         return future
 
-    def send_raw(self, topic: str, key: bytes | None, value: bytes):
-        future = self._producer.send(topic, key=key, value=value)
+    def send_raw(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None):
+        future = self._producer.send(topic, key=key, value=value, partition=partition)
         self._produced.labels(self._service, topic).inc()
         return future
 

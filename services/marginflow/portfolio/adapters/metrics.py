@@ -1,0 +1,61 @@
+"""Prometheus metrics of the portfolio service (``marginflow_portfolio_*``)."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from marginflow.shared.metrics import LATENCY_BUCKETS
+
+
+class PortfolioMetrics:
+    """Implements the application's ApplyMetrics port, plus state gauges."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.fills_applied = Counter(
+            "marginflow_portfolio_fills_applied_total", "Fills applied to account state", registry=registry)
+        self.events_applied = Counter(
+            "marginflow_portfolio_events_applied_total", "Account events applied", ["kind"], registry=registry)
+        self.duplicates = Counter(
+            "marginflow_portfolio_duplicates_ignored_total",
+            "Redelivered or republished inputs that changed nothing, by how they were recognised (offset|id)",
+            ["by"], registry=registry)
+        self.rejected_total = Counter(
+            "marginflow_portfolio_rejected_total", "Inputs dead-lettered, by reason", ["reason"], registry=registry)
+        self.apply_latency = Histogram(
+            "marginflow_portfolio_apply_latency_seconds",
+            "Time to apply one consumed batch: load, apply, publish snapshots, write Redis",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.accounts = Gauge("marginflow_portfolio_accounts", "Accounts in the state", registry=registry)
+        self.positions = Gauge("marginflow_portfolio_positions", "Open positions (non-zero size)", registry=registry)
+        self.rebuild_seconds = Gauge(
+            "marginflow_portfolio_rebuild_seconds", "Duration of the last rebuild of Redis from portfolio.positions",
+            registry=registry)
+        self.rebuild_accounts = Gauge(
+            "marginflow_portfolio_rebuild_accounts", "Accounts restored by the last rebuild", registry=registry)
+
+    # ApplyMetrics port
+    def applied(self, kind: str, count: int) -> None:
+        if kind == "fill":
+            self.fills_applied.inc(count)
+        else:
+            self.events_applied.labels(kind).inc(count)
+
+    def duplicate(self, by: str) -> None:
+        self.duplicates.labels(by).inc()
+
+    def rejected(self, reason: str) -> None:
+        self.rejected_total.labels(reason).inc()
+
+    def batch_seconds(self, seconds: float) -> None:
+        self.apply_latency.observe(seconds)
+
+
+_metrics: PortfolioMetrics | None = None
+
+
+def portfolio_metrics() -> PortfolioMetrics:
+    """The process-wide instance (several service instances in one test process share it)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = PortfolioMetrics()
+    return _metrics

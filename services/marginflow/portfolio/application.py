@@ -1,0 +1,361 @@
+"""Application layer: applies batches of inputs exactly once in effect, and serves admin requests.
+
+Everything it touches comes in as a port (a Protocol below); the entry point passes the Kafka,
+Redis and Prometheus adapters, the unit tests pass fakes.
+
+Exactly once in effect, per batch (see the README for the full argument):
+
+1. load the current state of every account in the batch (one read);
+2. apply the records in order; a record whose offset the account has already applied, or whose
+   id is among its recent ids, changes nothing; a rejected one goes to the dead-letter port;
+3. publish the new snapshot of every changed account to the compacted topic and wait for the
+   acknowledgement (Kafka is the truth, so it is written first);
+4. write the same snapshots to Redis (one pipeline; a single SET per account is atomic and
+   carries the applied offsets and recent ids with the state);
+5. only then commit the consumer offsets (the caller, :func:`run_apply_loop`).
+
+A crash anywhere before 5 redelivers the batch: records already in the state are skipped by
+offset; the others are applied again to the same state and give the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import Protocol
+
+from marginflow.portfolio.domain.ledger import LedgerRules, Outcome, apply_command, check_account_id, check_id, validate
+from marginflow.portfolio.domain.model import (
+    Account, AccountEvent, Command, Deposit, Fill, InputPosition, IsolatedTransfer, MarginMode, ModeChange, Withdrawal)
+from marginflow.shared.clock import Clock
+from marginflow.shared.errors import Rejected
+from marginflow.shared.logs import get_logger
+from marginflow.shared.money import parse_decimal
+
+log = get_logger(__name__)
+
+
+# ---- ports ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One consumed record: where it came from, its key, and the command (or why none)."""
+
+    at: InputPosition
+    key: str
+    command: Command | Rejected     # Rejected: the payload did not translate into a command
+    handle: object = None           # the source's own record, for dead-lettering
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StateChange:
+    """A changed account, its encoded snapshot, and how its set of open instruments changed."""
+
+    account: Account
+    payload: bytes
+    opened: frozenset[str]
+    closed: frozenset[str]
+    created: bool
+
+
+class RecordSource(Protocol):
+    def poll(self) -> list[InputRecord]: ...
+    def reject(self, record: InputRecord, reason: Rejected) -> None: ...
+    def commit(self) -> None: ...
+    def rewind(self, records: Sequence[InputRecord]) -> None: ...
+
+
+class StateStore(Protocol):
+    def load_payloads(self, account_ids: Iterable[str]) -> dict[str, bytes]: ...
+    def save(self, changes: Sequence[StateChange]) -> None: ...
+
+
+class SnapshotSink(Protocol):
+    def publish(self, changes: Sequence[StateChange]) -> None:
+        """Publish every snapshot and return once the broker has acknowledged them."""
+
+
+class SnapshotCodec(Protocol):
+    def encode(self, account: Account, publish_time_ms: int) -> bytes: ...
+    def decode(self, payload: bytes) -> Account: ...
+
+
+class ApplyMetrics(Protocol):
+    def applied(self, kind: str, count: int) -> None: ...
+    def duplicate(self, by: str) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+    def batch_seconds(self, seconds: float) -> None: ...
+
+
+class NullMetrics:
+    def applied(self, kind: str, count: int) -> None: ...
+    def duplicate(self, by: str) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+    def batch_seconds(self, seconds: float) -> None: ...
+
+
+@dataclasses.dataclass
+class BatchResult:
+    fills_applied: int = 0
+    events_applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    accounts_changed: int = 0
+
+    def add(self, other: "BatchResult") -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+# ---- applying batches -----------------------------------------------------------------------
+
+class Applier:
+    """Applies batches of records to account states held by ``store``; see the module docstring.
+
+    Decoded states are cached by their exact stored bytes: an account is decoded again only
+    when the bytes in the store differ from those this applier wrote (another writer, a rebuild).
+    """
+
+    def __init__(self, rules: LedgerRules, store: StateStore, snapshots: SnapshotSink, source: RecordSource,
+                 codec: SnapshotCodec, clock: Clock, metrics: ApplyMetrics | None = None,
+                 cache_accounts: int = 200_000) -> None:
+        self._rules = rules
+        self._store = store
+        self._snapshots = snapshots
+        self._source = source
+        self._codec = codec
+        self._clock = clock
+        self._metrics = metrics or NullMetrics()
+        self._cache: OrderedDict[str, tuple[bytes, Account]] = OrderedDict()
+        self._cache_max = cache_accounts
+
+    def forget_cache(self) -> None:
+        self._cache.clear()
+
+    def _load(self, account_ids: set[str]) -> dict[str, Account]:
+        payloads = self._store.load_payloads(account_ids)
+        out: dict[str, Account] = {}
+        for account_id, payload in payloads.items():
+            cached = self._cache.get(account_id)
+            if cached is not None and cached[0] == payload:
+                out[account_id] = cached[1]
+            else:
+                out[account_id] = self._codec.decode(payload)
+        return out
+
+    def apply_batch(self, records: Sequence[InputRecord]) -> BatchResult:
+        started = time.perf_counter()
+        result = BatchResult()
+        wanted = {r.command.account_id for r in records if not isinstance(r.command, Rejected)}
+        before = self._load(wanted)
+        current: dict[str, Account] = dict(before)
+        rules = self._rules
+        for record in records:
+            command = record.command
+            if isinstance(command, Rejected):
+                self._reject(record, command, result)
+                continue
+            account_id = command.account_id
+            if record.key != account_id:
+                self._reject(record, Rejected(
+                    "key_mismatch", f"record key {record.key!r} is not the account id {account_id!r}"), result)
+                continue
+            account = current.get(account_id)
+            if account is None:
+                try:
+                    check_account_id(account_id)
+                except Rejected as exc:
+                    self._reject(record, exc, result)
+                    continue
+                account = Account(account_id)
+            try:
+                new, outcome = apply_command(account, command, record.at, rules)
+            except Rejected as exc:
+                self._reject(record, exc, result)
+                continue
+            if outcome is Outcome.APPLIED:
+                current[account_id] = new
+                if isinstance(command, Fill):
+                    result.fills_applied += 1
+                else:
+                    result.events_applied += 1
+                    self._metrics.applied(_event_kind(command), 1)
+            else:
+                result.duplicates += 1
+                self._metrics.duplicate("offset" if outcome is Outcome.DUPLICATE_OFFSET else "id")
+        changes = self._changes(before, current)
+        if changes:
+            self._snapshots.publish(changes)   # the truth first ...
+            self._store.save(changes)          # ... then the cache of it
+            for change in changes:
+                self._remember(change.account.account_id, change.payload, change.account)
+        result.accounts_changed = len(changes)
+        if result.fills_applied:
+            self._metrics.applied("fill", result.fills_applied)
+        self._metrics.batch_seconds(time.perf_counter() - started)
+        return result
+
+    def _changes(self, before: Mapping[str, Account], current: Mapping[str, Account]) -> list[StateChange]:
+        now_ms = self._clock.now_ms()
+        changes: list[StateChange] = []
+        for account_id, account in current.items():
+            old = before.get(account_id)
+            if account is old:
+                continue
+            old_open = old.open_instruments() if old is not None else frozenset()
+            new_open = account.open_instruments()
+            changes.append(StateChange(account, self._codec.encode(account, now_ms), new_open - old_open,
+                                       old_open - new_open, old is None))
+        return changes
+
+    def _remember(self, account_id: str, payload: bytes, account: Account) -> None:
+        self._cache[account_id] = (payload, account)
+        self._cache.move_to_end(account_id)
+        while len(self._cache) > self._cache_max:
+            self._cache.popitem(last=False)
+
+    def _reject(self, record: InputRecord, exc: Rejected, result: BatchResult) -> None:
+        result.rejected += 1
+        self._metrics.rejected(exc.code)
+        self._source.reject(record, exc)
+
+
+def _event_kind(command: Command) -> str:
+    return {Deposit: "deposit", Withdrawal: "withdrawal", IsolatedTransfer: "isolated_transfer",
+            ModeChange: "mode_change"}.get(type(command), "other")
+
+
+def run_apply_loop(source: RecordSource, applier: Applier, stopping: threading.Event,
+                   totals: BatchResult | None = None, retry_seconds: float = 1.0,
+                   tick: Callable[[], None] | None = None) -> BatchResult:
+    """Poll → apply → commit until ``stopping`` is set; returns the totals.
+
+    An infrastructure failure (Redis or Kafka unreachable) rewinds the consumer to the start of
+    the failed batch and retries after ``retry_seconds``: nothing is committed that was not
+    applied, and the retry changes nothing that was.
+    """
+    totals = totals if totals is not None else BatchResult()
+    while not stopping.is_set():
+        records = source.poll()
+        if tick is not None:
+            tick()
+        if not records:
+            continue
+        try:
+            totals.add(applier.apply_batch(records))
+        except Exception:  # noqa: BLE001 - keep running; the batch is retried from its first offset
+            log.exception("applying a batch failed; rewinding to retry", extra={"records": len(records)})
+            applier.forget_cache()
+            source.rewind(records)
+            stopping.wait(retry_seconds)
+            continue
+        source.commit()
+    return totals
+
+
+# ---- admin requests -------------------------------------------------------------------------
+
+class AdminError(Exception):
+    """An admin request refused: ``status`` is ``invalid_argument`` or ``failed_precondition``."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class AccountReader(Protocol):
+    def get(self, account_id: str) -> Account | None: ...
+
+
+class EventPublisher(Protocol):
+    def publish_event(self, event: AccountEvent) -> None:
+        """Publish to account.events and return once the broker has acknowledged it."""
+
+
+class RequestLog(Protocol):
+    def seen(self, account_id: str, request_id: str) -> str | None: ...
+    def remember(self, account_id: str, request_id: str, event_id: str) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminResult:
+    event_id: str
+    accepted: bool
+    duplicate: bool = False
+
+
+# Refusals that depend on the account's state, not on the request itself.
+_PRECONDITIONS = frozenset({"insufficient_balance", "insufficient_isolated_collateral", "position_open",
+                            "not_isolated"})
+
+
+class AdminService:
+    """Deposits, withdrawals, mode changes and isolated transfers requested over gRPC.
+
+    Each request becomes an :class:`AccountEvent` published to account.events with the event id
+    ``adm-<request_id>``, so a repeated request is applied at most once; the consumer applies it
+    like any other event. Before publishing, the request is tried on the account's current state:
+    a withdrawal larger than the free balance (or another state-dependent refusal) is reported
+    as ``failed_precondition`` and nothing is published.
+    """
+
+    def __init__(self, rules: LedgerRules, reader: AccountReader, events: EventPublisher, requests: RequestLog,
+                 clock: Clock) -> None:
+        self._rules = rules
+        self._reader = reader
+        self._events = events
+        self._requests = requests
+        self._clock = clock
+
+    def deposit(self, account_id: str, asset: str, amount: str, request_id: str) -> AdminResult:
+        return self._submit(account_id, request_id, lambda eid, t: Deposit(
+            eid, account_id, asset, _amount(amount, "amount"), t))
+
+    def withdraw(self, account_id: str, asset: str, amount: str, request_id: str) -> AdminResult:
+        return self._submit(account_id, request_id, lambda eid, t: Withdrawal(
+            eid, account_id, asset, _amount(amount, "amount"), t))
+
+    def set_mode(self, account_id: str, instrument: str, mode: int, request_id: str) -> AdminResult:
+        def build(eid: str, t: int) -> ModeChange:
+            if mode not in (MarginMode.CROSS, MarginMode.ISOLATED):
+                raise Rejected("bad_mode", f"mode must be MARGIN_MODE_CROSS or MARGIN_MODE_ISOLATED, got {mode}")
+            return ModeChange(eid, account_id, instrument, MarginMode(mode), t)
+        return self._submit(account_id, request_id, build)
+
+    def transfer_isolated(self, account_id: str, instrument: str, amount_usd: str, request_id: str) -> AdminResult:
+        return self._submit(account_id, request_id, lambda eid, t: IsolatedTransfer(
+            eid, account_id, instrument, _amount(amount_usd, "amount_usd"), t))
+
+    def _submit(self, account_id: str, request_id: str, build: Callable[[str, int], AccountEvent]) -> AdminResult:
+        try:
+            check_account_id(account_id)
+            check_id(request_id, "request_id")
+            event = build(f"adm-{request_id}", self._clock.now_ms())
+            validate(event, self._rules)
+        except Rejected as exc:
+            raise AdminError("invalid_argument", exc.detail) from None
+        previous = self._requests.seen(account_id, request_id)
+        if previous is not None:
+            return AdminResult(previous, True, duplicate=True)
+        state = self._reader.get(account_id) or Account(account_id)
+        if event.dedupe_id in state.recent_ids:
+            return AdminResult(event.event_id, True, duplicate=True)
+        try:
+            apply_command(state, event, None, self._rules)   # dry run on the current state
+        except Rejected as exc:
+            status = "failed_precondition" if exc.code in _PRECONDITIONS else "invalid_argument"
+            raise AdminError(status, exc.detail) from None
+        self._events.publish_event(event)
+        self._requests.remember(account_id, request_id, event.event_id)
+        return AdminResult(event.event_id, True)
+
+
+def _amount(text: str, what: str) -> Decimal:
+    if not text:
+        raise Rejected("missing_field", f"{what} is missing")
+    return parse_decimal(text, what)

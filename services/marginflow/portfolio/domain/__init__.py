@@ -1,0 +1,1 @@
+"""Pure portfolio domain: values, position arithmetic and the account ledger (no I/O)."""

@@ -1,0 +1,205 @@
+"""The one place the portfolio service is wired: settings → adapters → application.
+
+``python -m marginflow.portfolio`` runs :func:`main` under :func:`marginflow.shared.service.run_service`.
+Tests and the benchmark build a :class:`PortfolioApp` directly and run it in a thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from decimal import Decimal
+
+from marginflow.api.account.v1 import account_pb2 as pb
+from marginflow.api.account.v1 import account_pb2_grpc
+from marginflow.portfolio.adapters import codec
+from marginflow.portfolio.adapters.grpc_api import SERVICE_NAME, AccountServicer
+from marginflow.portfolio.adapters.kafka_io import (
+    KafkaEventPublisher, KafkaRecordSource, KafkaSnapshotSink, input_types)
+from marginflow.portfolio.adapters.metrics import PortfolioMetrics, portfolio_metrics
+from marginflow.portfolio.adapters.redis_store import RedisStateStore
+from marginflow.portfolio.application import AdminService, Applier, BatchResult, run_apply_loop
+from marginflow.portfolio.domain.ledger import LedgerRules
+from marginflow.portfolio.domain.model import InstrumentSpec
+from marginflow.portfolio.settings import PortfolioSettings
+from marginflow.shared import grpcserver
+from marginflow.shared.clock import Clock, SystemClock
+from marginflow.shared.kafka import (
+    DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
+    platform_topics, read_compacted)
+from marginflow.shared.lifecycle import Lifecycle
+from marginflow.shared.logs import get_logger
+from marginflow.shared.metrics import serve_metrics
+from marginflow.shared.redisstore import connect
+from marginflow.shared.universe import Universe, platform_universe
+
+SERVICE = "portfolio"
+log = get_logger(__name__)
+
+
+def instrument_specs(universe: Universe) -> dict[str, InstrumentSpec]:
+    # repr() of the TOML floats gives their shortest decimal form: 0.001 → Decimal("0.001") exactly.
+    return {sym: InstrumentSpec(sym, inst.underlying, Decimal(repr(inst.contract_size)), Decimal(repr(inst.lot_size)),
+                                inst.is_option)
+            for sym, inst in universe.instruments.items()}
+
+
+def ledger_rules(settings: PortfolioSettings, universe: Universe) -> LedgerRules:
+    return LedgerRules(
+        instruments=instrument_specs(universe),
+        assets=settings.collateral_assets(sorted(universe.underlyings)),
+        settlement_asset=settings.settlement_asset, dedupe_window=settings.dedupe_ids,
+        enforce_lot_size=settings.enforce_lot_size)
+
+
+def portfolio_topics(settings: PortfolioSettings) -> list[TopicSpec]:
+    topics = settings.common.topics
+    mine = {topics.fills, topics.account_events, topics.portfolio_dlq, topics.positions}
+    return [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
+
+
+class PortfolioApp:
+    """The wired service. ``start()`` rebuilds if needed and starts serving; ``run(stop)`` consumes."""
+
+    def __init__(self, settings: PortfolioSettings, clock: Clock, metrics: PortfolioMetrics | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics or portfolio_metrics()
+        self.totals = BatchResult()
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self.rebuilt_accounts: int | None = None
+        self.rebuild_seconds: float | None = None
+        self._server = None
+        self._health = None
+        self._closed = False
+
+    # ---- start
+    def start(self, serve_grpc: bool = True, serve_http_metrics: bool = True) -> "PortfolioApp":
+        s, common = self.settings, self.settings.common
+        topics = common.topics
+        self.universe = platform_universe(common, self.clock.now_ms())
+        self.rules = ledger_rules(s, self.universe)
+        ensure_topics(common.bootstrap, portfolio_topics(s))
+        self.redis = connect(common.redis_url)
+        self.store = RedisStateStore(self.redis, s.redis_prefix)
+        self.producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-state"), SERVICE)
+        self.admin_producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-admin", linger_ms=0), SERVICE)
+        if s.rebuild == "always" or not self.store.is_built():
+            self.rebuild()
+        consumer = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
+                                [topics.fills, topics.account_events])
+        self._check_copartitioned(consumer)
+        dlq = DeadLetterSink(self.producer, topics.portfolio_dlq, SERVICE, self.clock.now_ms)
+        self.source = KafkaRecordSource(ProtoConsumer(consumer, input_types(topics), dlq, SERVICE), self.producer,
+                                        topics, s.poll_timeout_ms, s.batch_max_records)
+        positions_partitions = len(consumer.partitions_for_topic(topics.positions) or ()) or common.topic_partitions
+        self.applier = Applier(self.rules, self.store,
+                               KafkaSnapshotSink(self.producer, topics.positions, positions_partitions), self.source,
+                               codec.SnapshotEncoder(), self.clock, self.metrics, s.cache_accounts)
+        self.admin = AdminService(self.rules, self.store,
+                                  KafkaEventPublisher(self.admin_producer, topics.account_events, self.clock.now_ms),
+                                  self.store, self.clock)
+        if serve_grpc:
+            servicer = AccountServicer(self.store, self.admin, s.admin_token, frozenset(self.rules.instruments))
+            self._server, self.grpc_port, self._health = grpcserver.build_server(
+                SERVICE, s.grpc_port, [(account_pb2_grpc.add_AccountServiceServicer_to_server, servicer, SERVICE_NAME)],
+                host=common.bind_host)
+        if serve_http_metrics:
+            self.metrics_port = serve_metrics(s.metrics_port, common.bind_host)
+        self.refresh_gauges()
+        log.info("portfolio started", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port,
+                                             "instruments": len(self.rules.instruments)})
+        return self
+
+    def _check_copartitioned(self, consumer) -> None:
+        """Fills and events of one account must land on the same partition number of both topics, so that
+        one consumer owns the account (range assignment): both topics need the same partition count."""
+        topics = self.settings.common.topics
+        counts = {}
+        deadline = time.monotonic() + 30
+        for topic in (topics.fills, topics.account_events):
+            parts = consumer.partitions_for_topic(topic)
+            while not parts and time.monotonic() < deadline:
+                time.sleep(0.1)
+                parts = consumer.partitions_for_topic(topic)
+            counts[topic] = len(parts or ())
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(f"{topics.fills} and {topics.account_events} must have the same number of partitions "
+                               f"(account ordering and ownership depend on it): {counts}")
+
+    def rebuild(self) -> int:
+        """Restore Redis from the compacted portfolio.positions topic (the truth)."""
+        common = self.settings.common
+        started = time.perf_counter()
+        snapshots = read_compacted(common.bootstrap, common.topics.positions, pb.AccountSnapshot,
+                                   f"{SERVICE}-rebuild", timeout_s=self.settings.rebuild_timeout_seconds)
+        count = self.store.restore(snapshots)
+        seconds = time.perf_counter() - started
+        self.store.mark_built(self.clock.now_ms(), count, seconds)
+        self.metrics.rebuild_seconds.set(seconds)
+        self.metrics.rebuild_accounts.set(count)
+        self.rebuilt_accounts, self.rebuild_seconds = count, seconds
+        log.info("state rebuilt from Kafka", extra={"accounts": count, "seconds": round(seconds, 3)})
+        return count
+
+    # ---- run
+    def refresh_gauges(self) -> None:
+        accounts, positions = self.store.counts(self.rules.instruments)
+        self.metrics.accounts.set(accounts)
+        self.metrics.positions.set(positions)
+
+    def run(self, stopping: threading.Event) -> BatchResult:
+        last = [time.monotonic()]
+
+        def tick() -> None:
+            if time.monotonic() - last[0] >= 1.0:
+                last[0] = time.monotonic()
+                try:
+                    self.refresh_gauges()
+                except Exception:  # noqa: BLE001 - a gauge must not stop consumption
+                    log.warning("gauge refresh failed", exc_info=True)
+
+        return run_apply_loop(self.source, self.applier, stopping, self.totals, tick=tick)
+
+    def run_in_thread(self) -> tuple[threading.Thread, threading.Event]:
+        stopping = threading.Event()
+        thread = threading.Thread(target=self.run, args=(stopping,), name="portfolio-apply", daemon=True)
+        thread.start()
+        return thread, stopping
+
+    # ---- stop
+    def stop_grpc(self) -> None:
+        if self._server is not None:
+            grpcserver.stop(self._server, self._health, self.settings.common.shutdown_grace_seconds)
+            self._server = None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stop_grpc()
+        for step in (self.source.close, self.producer.flush, self.producer.close, self.admin_producer.close,
+                     self.redis.close):
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - later steps still run
+                log.warning("close step failed", exc_info=True)
+
+
+def main(settings: PortfolioSettings, lifecycle: Lifecycle) -> None:
+    app = PortfolioApp(settings, SystemClock())
+    app.start()
+    # Stop order: consuming ends when run() returns (offsets committed after each batch), then
+    # gRPC drains with grace, then producers flush and clients close.
+    lifecycle.on_stop("grpc", app.stop_grpc)
+    lifecycle.on_stop("close", app.close)
+    totals = app.run(lifecycle.stopping)
+    log.info("consumer stopped", extra={"fills_applied": totals.fills_applied, "events_applied": totals.events_applied,
+                                        "duplicates": totals.duplicates, "rejected": totals.rejected})
+
+
+def run() -> None:
+    from marginflow.shared.service import run_service
+
+    run_service(SERVICE, PortfolioSettings, main)

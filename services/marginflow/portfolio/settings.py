@@ -1,0 +1,68 @@
+"""Settings of the portfolio service (``MF_PORTFOLIO_*``), parsed once at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from marginflow.shared.config import (
+    CommonSettings, csv_list, env, parse_bool, parse_port, positive_float, positive_int)
+
+_ASSET = re.compile(r"^[A-Z0-9]{2,12}$")
+
+
+def asset_symbol(text: str) -> str:
+    value = text.strip()
+    if not _ASSET.match(value):
+        raise ValueError(f"an asset symbol is 2-12 of A-Z 0-9, got {text!r}")
+    return value
+
+
+def asset_list(text: str) -> tuple[str, ...]:
+    return tuple(asset_symbol(a) for a in csv_list(text))
+
+
+def rebuild_mode(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("auto", "always"):
+        raise ValueError(f"must be auto or always, got {text!r}")
+    return value
+
+
+def redis_prefix(text: str) -> str:
+    if "{" in text or "}" in text or "*" in text or " " in text:
+        raise ValueError(f"must not contain braces, '*' or spaces, got {text!r}")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class PortfolioSettings:
+    common: CommonSettings = dataclasses.field(default_factory=CommonSettings)
+    grpc_port: int = env("MF_PORTFOLIO_GRPC_PORT", parse_port, 50053, "AccountService gRPC port (0 = any free port)")
+    metrics_port: int = env("MF_PORTFOLIO_METRICS_PORT", parse_port, 9103, "Prometheus /metrics port (0 = any)")
+    admin_token: str = env("MF_ADMIN_TOKEN", str, "",
+                           "bearer token admin calls must carry; empty = admin calls refused")
+    redis_prefix: str = env("MF_PORTFOLIO_REDIS_PREFIX", redis_prefix, "mf:pf:", "prefix of every Redis key")
+    consumer_group: str = env("MF_PORTFOLIO_GROUP", str, "marginflow-portfolio",
+                              "Kafka consumer group (MF_TOPIC_PREFIX is put in front)")
+    settlement_asset: str = env("MF_PORTFOLIO_SETTLEMENT_ASSET", asset_symbol, "USDC",
+                                "USD stablecoin P&L, fees and isolated collateral settle in")
+    assets: tuple[str, ...] = env("MF_PORTFOLIO_ASSETS", asset_list, (),
+                                  "collateral assets accepted (default: settlement asset, USDT, every underlying)")
+    dedupe_ids: int = env("MF_PORTFOLIO_DEDUPE_IDS", positive_int, 64,
+                          "fill/event ids remembered per account to ignore a republished one")
+    batch_max_records: int = env("MF_PORTFOLIO_BATCH_MAX_RECORDS", positive_int, 5000, "records per consumed batch")
+    poll_timeout_ms: int = env("MF_PORTFOLIO_POLL_TIMEOUT_MS", positive_int, 100, "consumer poll timeout")
+    enforce_lot_size: bool = env("MF_PORTFOLIO_ENFORCE_LOT_SIZE", parse_bool, True,
+                                 "dead-letter fills whose size is not a whole number of lots")
+    rebuild: str = env("MF_PORTFOLIO_REBUILD", rebuild_mode, "auto",
+                       "auto: rebuild Redis from portfolio.positions when Redis is empty; always: at every start")
+    rebuild_timeout_seconds: float = env("MF_PORTFOLIO_REBUILD_TIMEOUT_SECONDS", positive_float, 600.0,
+                                         "longest a rebuild may take before the start fails")
+    cache_accounts: int = env("MF_PORTFOLIO_CACHE_ACCOUNTS", positive_int, 200_000,
+                              "decoded account states kept in memory (checked against Redis bytes)")
+
+    def collateral_assets(self, underlyings: list[str]) -> frozenset[str]:
+        if self.assets:
+            return frozenset(self.assets) | {self.settlement_asset}
+        return frozenset({self.settlement_asset, "USDT", *underlyings})
