@@ -41,6 +41,7 @@ from collections import Counter
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from marginflow.pricing import black76
+from marginflow.shared.config import env, non_negative_int
 from marginflow.portfolio.domain.model import AccountEvent, Deposit, Fill, IsolatedTransfer, MarginMode, ModeChange, Side
 from marginflow.shared.universe import Instrument, Kind, Universe
 
@@ -330,13 +331,27 @@ def publish_book(book: DemoBook, common, clock_ms=lambda: int(time.time() * 1000
         producer.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """Defaults of the command-line options, from the environment (the supervisor sets these)."""
+
+    accounts: int = env("MF_DEMO_ACCOUNTS", non_negative_int, 10_000, "demo book: number of accounts")
+    seed: int = env("MF_DEMO_SEED", non_negative_int, 7, "demo book: random seed")
+
+
 def main(argv: list[str] | None = None) -> int:
     from marginflow.shared.config import CommonSettings, ConfigError, load
     from marginflow.shared.universe import platform_universe
 
+    try:
+        defaults = load(DemoSettings)
+    except ConfigError as exc:
+        print(f"demo-book: configuration error: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="python -m marginflow.portfolio.demo_book", description=__doc__.split("\n")[0])
-    parser.add_argument("--accounts", type=int, default=10_000, help="number of accounts (default 10,000)")
-    parser.add_argument("--seed", type=int, default=7, help="random seed (same seed, same book)")
+    parser.add_argument("--accounts", type=int, default=defaults.accounts,
+                        help="number of accounts (default MF_DEMO_ACCOUNTS or 10,000)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (same seed, same book)")
     parser.add_argument("--start-ms", type=int, default=0,
                         help="event time of the first fills, epoch ms (default: now; fix it for identical books)")
     parser.add_argument("--settlement-asset", default="USDC")
