@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from marginflow.shared.config import (CommonSettings, env, non_negative_int, parse_bool, parse_port, positive_float,
+from marginflow.shared.config import (CommonSettings, choice, env, non_negative_int, parse_bool, parse_port, positive_float,
                                       positive_int, unit_interval)
-
-
-def source_kind(text: str) -> str:
-    if text not in ("simulator", "replay"):
-        raise ValueError(f"must be 'simulator' or 'replay', got {text!r}")
-    return text
 
 
 def speed(text: str) -> float | None:
@@ -26,7 +20,7 @@ class MarketDataSettings:
     common: CommonSettings = dataclasses.field(default_factory=CommonSettings)
     grpc_port: int = env("MF_MARKETDATA_GRPC_PORT", parse_port, 50051, "marketdata gRPC port")
     metrics_port: int = env("MF_MARKETDATA_METRICS_PORT", parse_port, 9101, "marketdata /metrics port")
-    source: str = env("MF_MD_SOURCE", source_kind, "simulator", "simulator or replay")
+    source: str = env("MF_MD_SOURCE", choice("simulator", "replay"), "simulator", "simulator or replay")
     replay_file: str = env("MF_MD_REPLAY_FILE", str, "", "CSV of ticks to replay (MF_MD_SOURCE=replay)")
     speed: float | None = env("MF_MD_SPEED", speed, 1.0, "pace: multiple of event time, or 'max'")
     sim_seed: int = env("MF_MD_SIM_SEED", non_negative_int, 7, "simulator seed")

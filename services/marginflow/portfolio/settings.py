@@ -6,7 +6,7 @@ import dataclasses
 import re
 
 from marginflow.shared.config import (
-    CommonSettings, csv_list, env, parse_bool, parse_port, positive_float, positive_int)
+    CommonSettings, choice, csv_list, env, parse_bool, parse_port, positive_float, positive_int)
 
 _ASSET = re.compile(r"^[A-Z0-9]{2,12}$")
 
@@ -20,13 +20,6 @@ def asset_symbol(text: str) -> str:
 
 def asset_list(text: str) -> tuple[str, ...]:
     return tuple(asset_symbol(a) for a in csv_list(text))
-
-
-def rebuild_mode(text: str) -> str:
-    value = text.strip().lower()
-    if value not in ("auto", "always"):
-        raise ValueError(f"must be auto or always, got {text!r}")
-    return value
 
 
 def redis_prefix(text: str) -> str:
@@ -55,7 +48,7 @@ class PortfolioSettings:
     poll_timeout_ms: int = env("MF_PORTFOLIO_POLL_TIMEOUT_MS", positive_int, 100, "consumer poll timeout")
     enforce_lot_size: bool = env("MF_PORTFOLIO_ENFORCE_LOT_SIZE", parse_bool, True,
                                  "dead-letter fills whose size is not a whole number of lots")
-    rebuild: str = env("MF_PORTFOLIO_REBUILD", rebuild_mode, "auto",
+    rebuild: str = env("MF_PORTFOLIO_REBUILD", choice("auto", "always"), "auto",
                        "auto: rebuild Redis from portfolio.positions when Redis is empty; always: at every start")
     rebuild_timeout_seconds: float = env("MF_PORTFOLIO_REBUILD_TIMEOUT_SECONDS", positive_float, 600.0,
                                          "longest a rebuild may take before the start fails")

@@ -9,17 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from marginflow.shared.config import (CommonSettings, csv_list, env, non_negative_float, non_negative_int,
+from marginflow.shared.config import (CommonSettings, choice, csv_list, env, float_list, non_negative_float, non_negative_int,
                                       parse_port, positive_float, positive_int, unit_interval)
 
 MS_PER_DAY = 86_400_000
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-    values = tuple(float(x) for x in csv_list(text))
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"every value must be finite, got {text!r}")
-    return values
 
 
 def _buffer(text: str) -> float:
@@ -28,20 +21,6 @@ def _buffer(text: str) -> float:
     if not math.isfinite(value) or value < 0.25:
         raise ValueError(f"must be >= 0.25 (EMIR Art. 28(1)(a) asks for at least 25 %), got {text!r}")
     return value
-
-
-def _lambda_or_zero(text: str) -> float:
-    value = float(text)
-    if not (0.0 < value < 1.0):
-        raise ValueError(f"a decay factor lies strictly between 0 and 1, got {text!r}")
-    return value
-
-
-def _tick_consumer(text: str) -> str:
-    mode = text.strip().lower()
-    if mode not in ("bulk", "agent"):
-        raise ValueError(f"must be 'bulk' or 'agent', got {text!r}")
-    return mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +33,7 @@ class RiskParamsSettings:
                               "faust's own web server port; 0 = disabled")
     app_id: str = env("MF_RISKPARAMS_APP_ID", str, "marginflow-riskparams",
                       "faust application id (consumer group, changelog topic names); the topic prefix is prepended")
-    tick_consumer: str = env("MF_RISKPARAMS_TICK_CONSUMER", _tick_consumer, "bulk",
+    tick_consumer: str = env("MF_RISKPARAMS_TICK_CONSUMER", choice("bulk", "agent"), "bulk",
                              "md.ticks path: 'bulk' (batched consumer task inside the faust app) or 'agent' "
                              "(a plain faust agent, ~10k ticks/s)")
     underlyings: tuple[str, ...] = env("MF_RISKPARAMS_UNDERLYINGS", csv_list, (),
@@ -67,15 +46,15 @@ class RiskParamsSettings:
                                 "empty intervals filled with a zero return; a longer gap re-bases the series")
 
     # EWMA
-    lambda_fast: float = env("MF_RISKPARAMS_LAMBDA_FAST", _lambda_or_zero, 0.94,
+    lambda_fast: float = env("MF_RISKPARAMS_LAMBDA_FAST", unit_interval, 0.94,
                              "RiskMetrics decay of the fast EWMA, per sampling interval")
-    lambda_slow: float = env("MF_RISKPARAMS_LAMBDA_SLOW", _lambda_or_zero, 0.97,
+    lambda_slow: float = env("MF_RISKPARAMS_LAMBDA_SLOW", unit_interval, 0.97,
                              "RiskMetrics decay of the slow EWMA, per sampling interval")
     half_life_fast_seconds: float = env("MF_RISKPARAMS_HALF_LIFE_FAST_SECONDS", non_negative_float, 0.0,
                                         "if > 0: fast EWMA half-life in seconds (overrides LAMBDA_FAST)")
     half_life_slow_seconds: float = env("MF_RISKPARAMS_HALF_LIFE_SLOW_SECONDS", non_negative_float, 0.0,
                                         "if > 0: slow EWMA half-life in seconds (overrides LAMBDA_SLOW)")
-    lambda_correlation: float = env("MF_RISKPARAMS_LAMBDA_CORRELATION", _lambda_or_zero, 0.94,
+    lambda_correlation: float = env("MF_RISKPARAMS_LAMBDA_CORRELATION", unit_interval, 0.94,
                                     "decay of the EWMA covariance behind the correlation matrix")
 
     # GARCH(1,1)
@@ -117,11 +96,11 @@ class RiskParamsSettings:
     grid_horizon_seconds: float = env("MF_RISKPARAMS_GRID_HORIZON_SECONDS", positive_float, 3 * 86400.0,
                                       "close-out horizon of the grid and the FHS set, seconds")
     grid_buckets: int = env("MF_RISKPARAMS_GRID_BUCKETS", positive_int, 4, "price buckets on each side of 0")
-    grid_vol_shocks: tuple[float, ...] = env("MF_RISKPARAMS_GRID_VOL_SHOCKS", _float_list, (-0.25, 0.0, 0.25),
+    grid_vol_shocks: tuple[float, ...] = env("MF_RISKPARAMS_GRID_VOL_SHOCKS", float_list, (-0.25, 0.0, 0.25),
                                              "relative vol moves of the grid (down, same, up)")
-    tail_multiples: tuple[float, ...] = env("MF_RISKPARAMS_TAIL_MULTIPLES", _float_list, (2.0, 3.0),
+    tail_multiples: tuple[float, ...] = env("MF_RISKPARAMS_TAIL_MULTIPLES", float_list, (2.0, 3.0),
                                             "extended moves as multiples of the grid range (each ±)")
-    tail_weights: tuple[float, ...] = env("MF_RISKPARAMS_TAIL_WEIGHTS", _float_list, (0.5, 0.35),
+    tail_weights: tuple[float, ...] = env("MF_RISKPARAMS_TAIL_WEIGHTS", float_list, (0.5, 0.35),
                                           "fraction of each extended move's loss counted")
     fhs_count: int = env("MF_RISKPARAMS_FHS_COUNT", positive_int, 1000, "filtered historical scenarios, T")
     fhs_min_history: int = env("MF_RISKPARAMS_FHS_MIN_HISTORY", positive_int, 250,

@@ -97,6 +97,25 @@ def csv_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def float_list(text: str) -> tuple[float, ...]:
+    """Comma-separated finite numbers."""
+    values = tuple(float(x) for x in csv_list(text))
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"every value must be finite, got {text!r}")
+    return values
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    """A parser accepting one of ``options`` (case-insensitive, returned lower-case)."""
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {text!r}")
+        return value
+
+    return parse
+
+
 def bootstrap_servers(text: str) -> tuple[str, ...]:
     servers = csv_list(text)
     if not servers:
