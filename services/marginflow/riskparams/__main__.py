@@ -75,7 +75,7 @@ def main(settings: RiskParamsSettings, lifecycle: Lifecycle) -> None:
     if latest is not None:
         hub.set(latest)   # served at once after a restart, before the first new version
     metrics = PrometheusMetrics()
-    metrics_port = serve_metrics(settings.metrics_port)
+    metrics_port = serve_metrics(settings.metrics_port, settings.common.bind_host)
 
     app_id = f"{common.topic_prefix}{settings.app_id}"
     fcfg = FaustConfig(app_id=app_id, bootstrap_servers=common.kafka_bootstrap_servers,
@@ -92,7 +92,8 @@ def main(settings: RiskParamsSettings, lifecycle: Lifecycle) -> None:
     runner = RiskParamsFaust(app, table, service, fcfg, on_consumer_lag=metrics.records_behind)
 
     servicer = RiskServicer(hub, engine.sigma_history, tuple(underlyings))
-    server, grpc_port, health = grpcserver.build_server(SERVICE, settings.grpc_port, [registration(servicer)])
+    server, grpc_port, health = grpcserver.build_server(SERVICE, settings.grpc_port, [registration(servicer)],
+                                                        host=settings.common.bind_host)
     # Stop order: consuming and state first (runner.run returns), then gRPC with grace, then producers.
     lifecycle.on_stop("stop gRPC", lambda: (hub.close(),
                                             grpcserver.stop(server, health, common.shutdown_grace_seconds)))
