@@ -6,7 +6,12 @@ Switches, read from the environment at build time:
   (run under ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``; see mk/core.mk).
 * ``MARGINFLOW_CORE_DEBUG=1``: -O0 -g, no optimisation.
 * ``MARGINFLOW_CORE_NATIVE=1``: -march=native. Default 0: the binary stays portable to any
-  x86-64 and the hot kernels still get an AVX2/FMA clone chosen at load time (target_clones).
+  x86-64; the hot loops (_ccore_isa.h) are compiled three times (portable C, AVX2, AVX-512)
+  and each MarginModel picks the best one the CPU runs (``MARGINFLOW_CORE_ISA`` caps it).
+
+Always ``-ffp-contract=off``: no fused multiply-adds, so every level accumulates the losses
+with the same roundings as the numpy twin (scipy's sparse product: multiply, then add, in
+position order) and ties between scenarios resolve identically.
 """
 
 import os
@@ -22,7 +27,7 @@ def _flag(name: str) -> bool:
     return value in {"1", "true", "yes"}
 
 
-compile_args = ["-std=gnu11", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter",
+compile_args = ["-std=gnu11", "-pthread", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter",
                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
 link_args = ["-pthread"]
 macros = []
@@ -30,21 +35,19 @@ if _flag("MARGINFLOW_CORE_SANITIZE"):
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
     compile_args += ["-O1", "-g", *san]
     link_args += san
-    macros.append(("MF_NO_CLONES", "1"))  # ifunc resolvers run before the ASan runtime is up
 elif _flag("MARGINFLOW_CORE_DEBUG"):
     compile_args += ["-O0", "-g"]
 else:
     compile_args += ["-O3"]
 if _flag("MARGINFLOW_CORE_NATIVE"):
     compile_args.append("-march=native")
-    macros.append(("MF_NO_CLONES", "1"))
 
 setup(
     ext_modules=[
         Extension(
             "marginflow.core._ccore",
             sources=["services/marginflow/core/_ccore.c"],
-            depends=["setup.py"],
+            depends=["setup.py", "services/marginflow/core/_ccore_isa.h"],
             include_dirs=[numpy.get_include()],
             define_macros=macros,
             extra_compile_args=compile_args,

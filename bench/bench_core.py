@@ -131,7 +131,8 @@ def main() -> int:
         return f"{t * 1e6:9.1f} us" if t < 1e-3 else f"{t * 1e3:9.2f} ms"
 
     print(f"marginflow core benchmark  ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"numpy {np.__version__}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')})")
+          f"numpy {np.__version__}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')}, "
+          f"MARGINFLOW_CORE_ISA={os.environ.get('MARGINFLOW_CORE_ISA', '-')})")
     load = load0
     if load > 0.5:
         print(f"NOTE: load average {load:.2f} before the run: other work shares the CPUs, times are inflated")

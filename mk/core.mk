@@ -9,7 +9,7 @@ CORE_LIBASAN = $(shell gcc -print-file-name=libasan.so)
 CORE_ASAN_ENV = ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc MARGINFLOW_CORE=c
 
-.PHONY: core-build core-test core-sanitize core-valgrind bench-core
+.PHONY: core-build core-test core-test-isa core-sanitize core-valgrind bench-core
 
 # Editable install compiles _ccore in place (setup.py); build_ext --inplace is the fallback.
 core-build:
@@ -18,6 +18,12 @@ core-build:
 
 core-test: core-build
 	$(PY) -m pytest -q $(CORE_TESTS)
+
+# The same tests with the hot loops capped at each instruction-set level (levels the CPU
+# lacks fall back to the best it has).
+core-test-isa: core-build
+	@for isa in generic avx2 avx512; do echo "== MARGINFLOW_CORE_ISA=$$isa"; \
+		MARGINFLOW_CORE_ISA=$$isa $(PY) -m pytest -q -p no:cacheprovider $(CORE_TESTS) || exit 1; done
 
 # Rebuild with -fsanitize=address,undefined, run the core tests under it, then restore the
 # optimised build whatever the outcome (the exit status is the sanitized run's).

@@ -21,12 +21,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The hot kernels get an AVX2+FMA clone picked at load time (ifunc), so the default build
- * is portable to any x86-64 yet fast on this machine; MF_NO_CLONES for -march=native. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(MF_NO_CLONES)
-#define MF_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define MF_X86 1
 #else
-#define MF_CLONES
+#define MF_X86 0
 #endif
 
 #define KIND_PERP 0
@@ -37,6 +36,7 @@
 #define CW 32          /* historical scenarios per register block (8 x 4 doubles) */
 #define MAX_THREADS 64
 #define MAXD(a, b) ((a) > (b) ? (a) : (b))
+#define MIND(a, b) ((a) < (b) ? (a) : (b))
 
 typedef double v4d __attribute__((vector_size(32)));
 typedef int64_t v4i __attribute__((vector_size(32)));
@@ -473,9 +473,12 @@ static double top_m(const double *x, Py_ssize_t n, Py_ssize_t m, double *h)
 
 /* ------------------------------------------------------------------ the model */
 
+struct IsaOps;
+
 typedef struct {
     PyObject_HEAD
-    Py_ssize_t K, S, G, T, H, U, B, GT, GTp, Hp, m, nb;
+    const struct IsaOps *ops; /* hot loops for this CPU */
+    Py_ssize_t K, S, G, T, H, U, B, GT, GTp, Hp, ld, m, nb; /* ld: row stride of rh */
     double es_level, mm;
     double *rg;        /* K x GTp, grid + tail rows, zero padded */
     double *rh;        /* K x Hp, historical rows, zero padded */
@@ -509,8 +512,8 @@ static int scratch_init(Scratch *w, const Model *M, Py_ssize_t max_pos)
 {
     if (max_pos < 1) max_pos = 1;
     size_t off[12], total = 0;
-    size_t sizes[12] = {M->Hp * 8, M->nb * 8 + 64, M->Hp * 8, M->Hp * 4, M->m * 8, M->U * M->GTp * 8,
-                        M->U * 4, M->U, max_pos * 4, max_pos * 8, max_pos * 4, M->nb * 4};
+    size_t sizes[12] = {M->Hp * 8, M->nb * 8 + 64, (M->Hp + 16) * 8, (M->Hp + 16) * 4, M->m * 8, M->U * M->GTp * 8,
+                        M->U * 4, M->U, max_pos * 4, max_pos * 8, max_pos * 4, M->nb * 4 + 64};
     for (int i = 0; i < 12; i++) {
         off[i] = total;
         total += (size_t)round_up((Py_ssize_t)sizes[i], 64);
@@ -557,220 +560,80 @@ static inline double pos_isolated(const Model *M, int32_t k, double q)
     return MAXD(MAXD(g, e), pos_minimum(M, k, a)) + pos_liquidity(M, k, a);
 }
 
-/* loss[c] = sum_j cq[j] * rh[ck[j], c] for the columns c in [c0, c1) (multiples of CW), and
- * the 4 lane maxima of each block of CW columns (each the max of 8 scenarios) into bmax. */
-MF_CLONES static void fhs_kernel(const double *rh, Py_ssize_t Hp, Py_ssize_t c0, Py_ssize_t c1, const int32_t *ck,
-                                 const double *cq, Py_ssize_t nc, double *loss, double *bmax)
-{
-    for (Py_ssize_t c = c0; c < c1; c += CW) {
-        v4d a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
-        for (Py_ssize_t j = 0; j < nc; j++) {
-            const v4d *r = (const v4d *)(rh + (Py_ssize_t)ck[j] * Hp + c);
-            double qj = cq[j];
-            v4d q = {qj, qj, qj, qj};
-            a0 += q * r[0];
-            a1 += q * r[1];
-            a2 += q * r[2];
-            a3 += q * r[3];
-            a4 += q * r[4];
-            a5 += q * r[5];
-            a6 += q * r[6];
-            a7 += q * r[7];
-        }
-        v4d *o = (v4d *)(loss + c);
-        o[0] = a0; o[1] = a1; o[2] = a2; o[3] = a3; o[4] = a4; o[5] = a5; o[6] = a6; o[7] = a7;
-#define VMAX(x, y) ((v4d)(((v4i)(x) & ((x) > (y))) | ((v4i)(y) & ~((x) > (y)))))
-        v4d m0 = VMAX(a0, a1), m1 = VMAX(a2, a3), m2 = VMAX(a4, a5), m3 = VMAX(a6, a7);
-        m0 = VMAX(m0, m1);
-        m2 = VMAX(m2, m3);
-        *(v4d *)(bmax + c / 8) = VMAX(m0, m2);
-#undef VMAX
-    }
-}
-
-MF_CLONES static void axpy_pad(double *restrict y, const double *restrict x, double a, Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < n; i++) y[i] += a * x[i];
-}
-
 typedef struct {
     double im, mm, cross_im, grid, es, var, minimum, liq, iso;
     int64_t worst;
     int finite;
 } AcctOut;
 
-/* min and max of the block maxima, NaN (padding) skipped */
-MF_CLONES static void minmax_blocks(const double *b, Py_ssize_t n, double *lo, double *hi)
-{
-    double l = INFINITY, h = -INFINITY;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        l = b[i] < l ? b[i] : l;
-        h = b[i] > h ? b[i] : h;
-    }
-    *lo = l;
-    *hi = h;
-}
+typedef struct IsaOps {
+    const char *name;
+    void (*fhs_kernel)(const double *rh, Py_ssize_t Hp, Py_ssize_t c0, Py_ssize_t c1, const int32_t *ck,
+                       const double *cq, Py_ssize_t nc, double *loss, double *bmax);
+    double (*grid_margin)(const Model *M, Scratch *w, const int32_t *ck, const double *cq, Py_ssize_t nc,
+                          Py_ssize_t *nt_out, int *finite, int keep);
+    void (*fhs_select)(const Model *M, Scratch *w, const int32_t *ck, const double *cq, Py_ssize_t nc,
+                       double *loss, double *bmax, AcctOut *o);
+} IsaOps;
 
-MF_CLONES static Py_ssize_t count_ge(const double *b, Py_ssize_t n, double t)
-{
-    int64_t c = 0;
-    for (Py_ssize_t i = 0; i < n; i++) c += b[i] >= t;
-    return (Py_ssize_t)c;
-}
+/* The hot loops (FHS kernel, grid margin, ES/VaR selection), one copy per instruction set:
+ * portable C, AVX2+FMA and AVX-512; the model picks one when it is built (isa_pick). */
+#define ISA_SFX(name) name##_generic
+#define ISA_TARGET
+#define ISA_LEVEL 0
+#include "_ccore_isa.h"
+#undef ISA_SFX
+#undef ISA_TARGET
+#undef ISA_LEVEL
+#if MF_X86
+#define ISA_SFX(name) name##_avx2
+#define ISA_TARGET __attribute__((target("avx2,fma,bmi,bmi2,popcnt")))
+#define ISA_LEVEL 1
+#include "_ccore_isa.h"
+#undef ISA_SFX
+#undef ISA_TARGET
+#undef ISA_LEVEL
+#define ISA_SFX(name) name##_avx512
+#define ISA_TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi,bmi2,popcnt")))
+#define ISA_LEVEL 2
+#include "_ccore_isa.h"
+#undef ISA_SFX
+#undef ISA_TARGET
+#undef ISA_LEVEL
+#endif
 
-/* ES, VaR and worst scenario from the historical losses loss[0:Hp] (and their block maxima)
- * of the cross positions ck/cq (nc > 0); loss and bmax are used as scratch. */
-static void fhs_select(const Model *M, Scratch *w, const int32_t *ck, const double *cq, Py_ssize_t nc, double *loss,
-                       double *bmax, AcctOut *o)
-{
-    const Py_ssize_t H = M->H, Hp = M->Hp, m = M->m, nb = M->nb;
-    /* bound on |loss| from the per-instrument max |R|: when finite (with a wide margin),
-     * every loss is; else scan them all */
-    double bound = 0.0;
-    for (Py_ssize_t j = 0; j < nc; j++) bound += fabs(cq[j]) * M->bound_h[ck[j]];
-    if (!(bound < 1e300)) {
-        for (Py_ssize_t s = 0; s < H; s++)
-            if (!isfinite(loss[s])) o->finite = 0;
-    }
-    if (!o->finite) {
-        o->es = o->var = NAN;
-        o->worst = 0;
-        return;
-    }
-    /* padding scenarios must never be picked: their losses become -inf, and the block
-     * maxima of the last block are redone (NaN for a block of padding only: never counted) */
-    if (Hp > H) {
-        Py_ssize_t c = Hp - CW;
-        for (Py_ssize_t s = H; s < Hp; s++) loss[s] = -INFINITY;
-        for (int lane = 0; lane < 4; lane++) {
-            double mx = -INFINITY;
-            for (int i = 0; i < 8; i++) mx = MAXD(mx, loss[c + lane + 4 * i]);
-            bmax[c / 8 + lane] = mx == -INFINITY ? NAN : mx;
-        }
-    }
-    Py_ssize_t nc_ = 0;
-    double *cand = w->cand;
-    int32_t *cidx = w->cidx;
-    if (m * 4 <= nb) {
-        /* Any thr with at least m block maxima >= thr bounds the m-th largest loss from
-         * below (m distinct blocks each hold a loss >= thr), so only blocks whose maximum
-         * reaches thr can hold one of the m worst losses. thr: bisection on counts. */
-        const double *bm = bmax;
-        double lo = INFINITY, hi = -INFINITY;
-        minmax_blocks(bm, nb, &lo, &hi);
-        double thr = lo;
-        if (count_ge(bm, nb, hi) >= m) thr = hi;
-        else
-            for (int it = 0; it < 12 && lo < hi; it++) {
-                double mid = lo + 0.5 * (hi - lo);
-                Py_ssize_t cnt = count_ge(bm, nb, mid);
-                if (cnt >= m) {
-                    lo = mid;
-                    if (cnt <= m + 2) break;
-                }
-                else hi = mid;
-            }
-        thr = lo;
-        /* branch-free: the blocks that reach thr, then their losses that reach it */
-        int32_t *sel = w->sel;
-        Py_ssize_t ns = 0;
-        for (Py_ssize_t b = 0; b < nb; b++) {
-            sel[ns] = (int32_t)b;
-            ns += bm[b] >= thr;
-        }
-        for (Py_ssize_t j = 0; j < ns; j++) {
-            Py_ssize_t b = sel[j], base = (b / 4) * CW + (b % 4);
-            for (int i = 0; i < 8; i++) {
-                Py_ssize_t s = base + 4 * i;
-                cand[nc_] = loss[s];
-                cidx[nc_] = (int32_t)s;
-                nc_ += loss[s] >= thr;
-            }
-        }
-    }
-    else {
-        for (Py_ssize_t s = 0; s < H; s++) {
-            cand[s] = loss[s];
-            cidx[s] = (int32_t)s;
-        }
-        nc_ = H;
-    }
-    /* worst: largest loss, lowest index on ties */
-    double best = cand[0];
-    for (Py_ssize_t i = 1; i < nc_; i++) best = cand[i] > best ? cand[i] : best;
-    int32_t bi = INT32_MAX;
-    for (Py_ssize_t i = 0; i < nc_; i++) bi = (cand[i] == best && cidx[i] < bi) ? cidx[i] : bi;
-    o->worst = bi;
-    Py_ssize_t r = nc_ - m;
-    if (r <= 8) {
-        /* a few candidates too many (the usual case): drop the r smallest */
-        for (Py_ssize_t t = 0; t < r; t++) {
-            double mv = INFINITY;
-            Py_ssize_t mp = 0;
-            for (Py_ssize_t i = 0; i < nc_; i++) {
-                int lt = cand[i] < mv;
-                mv = lt ? cand[i] : mv;
-                mp = lt ? i : mp;
-            }
-            cand[mp] = INFINITY;
-        }
-        double sum = 0.0, var = INFINITY;
-        for (Py_ssize_t i = 0; i < nc_; i++) {
-            double x = cand[i];
-            int keep = x != INFINITY;
-            sum += keep ? x : 0.0;
-            var = (keep && x < var) ? x : var;
-        }
-        o->es = sum / (double)m;
-        o->var = var;
-    }
-    else {
-        o->es = top_m(cand, nc_, m, w->heap) / (double)m;
-        o->var = w->heap[0];
-    }
-}
+static const IsaOps isa_ops[3] = {
+    {"generic", fhs_kernel_generic, grid_margin_generic, fhs_select_generic},
+#if MF_X86
+    {"avx2", fhs_kernel_avx2, grid_margin_avx2, fhs_select_avx2},
+    {"avx512", fhs_kernel_avx512, grid_margin_avx512, fhs_select_avx512},
+#endif
+};
 
-/* Grid margin of the cross positions in w->ck/cq; fills gacc rows of the touched
- * underlyings (sorted ascending in w->touched, count returned in *nt). */
-static double grid_margin(const Model *M, Scratch *w, const int32_t *ck, const double *cq, Py_ssize_t nc,
-                          Py_ssize_t *nt_out, int *finite, int keep)
+/* The best level this CPU runs, capped by MARGINFLOW_CORE_ISA=generic|avx2|avx512 (tests,
+ * comparisons); -1 with an exception set on a bad value. */
+static int isa_pick(void)
 {
-    const Py_ssize_t GTp = M->GTp, GT = M->GT;
-    Py_ssize_t nt = 0;
-    double bound = 0.0;
-    for (Py_ssize_t j = 0; j < nc; j++) {
-        int32_t k = ck[j], u = M->und[k];
-        double *g = w->gacc + (Py_ssize_t)u * GTp;
-        if (!w->flag[u]) {
-            w->flag[u] = 1;
-            Py_ssize_t i = nt++;
-            while (i > 0 && w->touched[i - 1] > u) {
-                w->touched[i] = w->touched[i - 1];
-                i--;
-            }
-            w->touched[i] = u;
-            memset(g, 0, (size_t)GTp * sizeof(double));
-        }
-        axpy_pad(g, M->rg + (Py_ssize_t)k * GTp, cq[j], GTp);
-        bound += fabs(cq[j]) * M->bound_g[k];
+    int best = 0;
+#if MF_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        best = 1;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+            best = 2;
     }
-    double grid = 0.0;
-    for (Py_ssize_t t = 0; t < nt; t++) {
-        Py_ssize_t u = w->touched[t];
-        const double *g = w->gacc + u * GTp;
-        if (!keep) w->flag[u] = 0;
-        if (!(bound < 1e300))
-            for (Py_ssize_t i = 0; i < GT; i++)
-                if (!isfinite(g[i])) *finite = 0;
-        double mx = 0.0;
-        for (Py_ssize_t i = 0; i < GT; i++) {
-            double x = g[i] * M->w[i];
-            if (x > mx) mx = x;
+#endif
+    const char *env = getenv("MARGINFLOW_CORE_ISA");
+    if (env && *env) {
+        int want = !strcmp(env, "generic") ? 0 : !strcmp(env, "avx2") ? 1 : !strcmp(env, "avx512") ? 2 : -1;
+        if (want < 0) {
+            PyErr_Format(PyExc_ValueError, "MARGINFLOW_CORE_ISA must be generic, avx2 or avx512, got '%s'", env);
+            return -1;
         }
-        grid += mx;
+        if (want < best) best = want;
     }
-    *nt_out = nt;
-    return grid;
+    return best;
 }
 
 /* First pass over one account's n positions: isolated IM (into iso_im, may be NULL),
@@ -815,8 +678,8 @@ static void account_finish(const Model *M, Scratch *w, const int32_t *ck, const 
     }
     else {
         Py_ssize_t nt;
-        o->grid = M->GT ? grid_margin(M, w, ck, cq, nc, &nt, &o->finite, 0) : 0.0;
-        fhs_select(M, w, ck, cq, nc, loss, bmax, o);
+        o->grid = M->GT ? M->ops->grid_margin(M, w, ck, cq, nc, &nt, &o->finite, 0) : 0.0;
+        M->ops->fhs_select(M, w, ck, cq, nc, loss, bmax, o);
         o->cross_im = MAXD(MAXD(o->grid, o->es), o->minimum) + o->liq;
     }
     o->im = o->cross_im + o->iso;
@@ -829,27 +692,18 @@ static void account_margin(const Model *M, Scratch *w, Py_ssize_t n, const int32
                            const uint8_t *iso, double *iso_im, AcctOut *o)
 {
     Py_ssize_t nc = account_prep(M, n, k, q, iso, iso_im, w->ck, w->cq, w->cpos, o);
-    if (nc) fhs_kernel(M->rh, M->Hp, 0, M->Hp, w->ck, w->cq, nc, w->loss, w->bmax);
+    if (nc) M->ops->fhs_kernel(M->rh, M->ld, 0, M->Hp, w->ck, w->cq, nc, w->loss, w->bmax);
     account_finish(M, w, w->ck, w->cq, nc, w->loss, w->bmax, o);
 }
 
 /* ------------------------------------------------------------------ compute (all accounts) */
 
-/* Accounts are margined in batches: the historical losses of a batch are computed slice by
- * slice of scenario columns, so a slice of the risk arrays (K x SLICE doubles) is reused from
- * L2 by every account of the batch instead of streaming all of R from L3 for each account. */
-#define BATCH 64
-#define SLICE 256
-
-typedef struct {
-    double *buf;       /* BATCH x Hp losses */
-    double *bm;        /* BATCH x nb block maxima */
-    int32_t *ck, *cpos;
-    double *cq;        /* cap cross positions of the batch */
-    Py_ssize_t cap;
-    Py_ssize_t off[BATCH + 1], cnt[BATCH];
-    AcctOut out[BATCH];
-} Batch;
+/* Threads take chunks of CHUNK consecutive accounts from a shared counter (dynamic split:
+ * the load stays balanced whatever the accounts cost and whatever else runs on the CPUs).
+ * Each account is margined in one go: validation, first pass, historical losses (the
+ * kernel), grid margin and ES/VaR while its losses are still in L1. The risk arrays
+ * (K x ld doubles, 1.6 MB here) stay in each core's L2. */
+#define CHUNK 64
 
 typedef struct {
     const Model *M;
@@ -858,101 +712,59 @@ typedef struct {
     const double *size;
     const uint8_t *iso;
     Py_ssize_t N;
-    Py_ssize_t bounds[MAX_THREADS + 1];
+    Py_ssize_t next;   /* first account of the next chunk (atomic) */
+    int stop;          /* a bad position was found: take no new chunk (atomic) */
     Scratch scr[MAX_THREADS];
-    Batch *bat[MAX_THREADS];
     /* outputs */
     double *im, *mm, *cross_im, *grid, *es, *var, *minimum, *liq, *iso_im;
     int64_t *worst;
     /* errors, per thread: first bad position and its kind (1 instrument, 2 size), first
-     * account whose margin overflowed */
+     * account whose margin overflowed; chunks are taken in ascending order, so every chunk
+     * below a bad one is finished and the lowest over the threads is the first overall */
     Py_ssize_t err_pos[MAX_THREADS];
     int err_kind[MAX_THREADS];
     Py_ssize_t err_ovf[MAX_THREADS];
 } ComputeCtx;
-
-static Batch *batch_new(const Model *M, Py_ssize_t max_pos)
-{
-    Batch *b = calloc(1, sizeof *b);
-    if (!b) return NULL;
-    b->cap = max_pos > 16 * BATCH ? max_pos : 16 * BATCH;
-    b->buf = aligned_zalloc((size_t)(BATCH * M->Hp) * sizeof(double));
-    b->bm = aligned_zalloc((size_t)(BATCH * M->nb) * sizeof(double));
-    b->ck = aligned_zalloc((size_t)b->cap * sizeof(int32_t));
-    b->cpos = aligned_zalloc((size_t)b->cap * sizeof(int32_t));
-    b->cq = aligned_zalloc((size_t)b->cap * sizeof(double));
-    if (!b->buf || !b->bm || !b->ck || !b->cpos || !b->cq) {
-        free(b->buf), free(b->bm), free(b->ck), free(b->cpos), free(b->cq), free(b);
-        return NULL;
-    }
-    return b;
-}
-
-static void batch_free(Batch *b)
-{
-    if (!b) return;
-    free(b->buf), free(b->bm), free(b->ck), free(b->cpos), free(b->cq), free(b);
-}
 
 static void compute_work(void *p, int tid, int nthreads)
 {
     ComputeCtx *c = (ComputeCtx *)p;
     const Model *M = c->M;
     Scratch *w = &c->scr[tid];
-    Batch *b = c->bat[tid];
-    const Py_ssize_t Hp = M->Hp, nb = M->nb;
     c->err_pos[tid] = -1;
     c->err_ovf[tid] = -1;
-    Py_ssize_t i = c->bounds[tid], end = c->bounds[tid + 1];
-    while (i < end) {
-        /* gather a batch: validate, first pass, cross positions listed */
-        Py_ssize_t i0 = i, na = 0, npos = 0;
-        while (i < end && na < BATCH) {
+    for (;;) {
+        if (__atomic_load_n(&c->stop, __ATOMIC_RELAXED)) return;
+        Py_ssize_t i0 = __atomic_fetch_add(&c->next, CHUNK, __ATOMIC_RELAXED);
+        if (i0 >= c->N) return;
+        Py_ssize_t i1 = i0 + CHUNK < c->N ? i0 + CHUNK : c->N;
+        for (Py_ssize_t i = i0; i < i1; i++) {
             Py_ssize_t p0 = c->indptr[i], p1 = c->indptr[i + 1];
-            if (na > 0 && npos + (p1 - p0) > b->cap) break;
             for (Py_ssize_t pp = p0; pp < p1; pp++) {
                 int32_t k = c->inst[pp];
-                if (k < 0 || k >= M->K) {
+                int kind = (k < 0 || k >= M->K) ? 1 : !isfinite(c->size[pp]) ? 2 : 0;
+                if (kind) {
                     c->err_pos[tid] = pp;
-                    c->err_kind[tid] = 1;
-                    return;
-                }
-                if (!isfinite(c->size[pp])) {
-                    c->err_pos[tid] = pp;
-                    c->err_kind[tid] = 2;
+                    c->err_kind[tid] = kind;
+                    __atomic_store_n(&c->stop, 1, __ATOMIC_RELAXED);
                     return;
                 }
             }
+            AcctOut o;
             Py_ssize_t nc = account_prep(M, p1 - p0, c->inst + p0, c->size + p0, c->iso + p0, c->iso_im + p0,
-                                         b->ck + npos, b->cq + npos, b->cpos + npos, &b->out[na]);
-            b->off[na] = npos;
-            b->cnt[na] = nc;
-            npos += nc;
-            na++;
-            i++;
-        }
-        /* historical losses, slice by slice of columns */
-        for (Py_ssize_t s0 = 0; s0 < Hp; s0 += SLICE) {
-            Py_ssize_t s1 = s0 + SLICE < Hp ? s0 + SLICE : Hp;
-            for (Py_ssize_t a = 0; a < na; a++)
-                if (b->cnt[a])
-                    fhs_kernel(M->rh, Hp, s0, s1, b->ck + b->off[a], b->cq + b->off[a], b->cnt[a], b->buf + a * Hp,
-                               b->bm + a * nb);
-        }
-        for (Py_ssize_t a = 0; a < na; a++) {
-            AcctOut *o = &b->out[a];
-            account_finish(M, w, b->ck + b->off[a], b->cq + b->off[a], b->cnt[a], b->buf + a * Hp, b->bm + a * nb, o);
-            Py_ssize_t acc = i0 + a;
-            if (!o->finite && c->err_ovf[tid] < 0) c->err_ovf[tid] = acc;
-            c->im[acc] = o->im;
-            c->mm[acc] = o->mm;
-            c->cross_im[acc] = o->cross_im;
-            c->grid[acc] = o->grid;
-            c->es[acc] = o->es;
-            c->var[acc] = o->var;
-            c->worst[acc] = o->worst;
-            c->minimum[acc] = o->minimum;
-            c->liq[acc] = o->liq;
+                                         w->ck, w->cq, w->cpos, &o);
+            if (nc) M->ops->fhs_kernel(M->rh, M->ld, 0, M->Hp, w->ck, w->cq, nc, w->loss, w->bmax);
+            account_finish(M, w, w->ck, w->cq, nc, w->loss, w->bmax, &o);
+            if (!o.finite && c->err_ovf[tid] < 0) c->err_ovf[tid] = i;
+            c->im[i] = o.im;
+            c->mm[i] = o.mm;
+            c->cross_im[i] = o.cross_im;
+            c->grid[i] = o.grid;
+            c->es[i] = o.es;
+            c->var[i] = o.var;
+            c->worst[i] = o.worst;
+            c->minimum[i] = o.minimum;
+            c->liq[i] = o.liq;
         }
     }
 }
@@ -1010,8 +822,8 @@ static PyObject *model_compute(Model *M, PyObject *args, PyObject *kw)
     npy_intp dn = N;
     for (int i = 0; i < 11; i++) {
         int typ = i == 9 ? NPY_INT64 : NPY_FLOAT64;
-        if (i == 10) outs[i] = (PyArrayObject *)PyArray_ZEROS(1, &nnz, NPY_FLOAT64, 0);
-        else outs[i] = (PyArrayObject *)PyArray_EMPTY(1, &dn, typ, 0);
+        /* no zeroing: every element is written (isolated_im by the first pass) */
+        outs[i] = (PyArrayObject *)PyArray_EMPTY(1, i == 10 ? &nnz : &dn, typ, 0);
         if (!outs[i]) goto done;
     }
     if (!(c = PyMem_Calloc(1, sizeof *c))) {
@@ -1020,27 +832,9 @@ static PyObject *model_compute(Model *M, PyObject *args, PyObject *kw)
     }
     /* fewer threads for small jobs: starting one costs ~20-50 us */
     if (nth > 1 && nnz + N < 2000) nth = 1;
-    /* split accounts so that each thread gets about the same cost, counted as
-     * positions + 2 per account (the per-account selection is worth ~2 positions) */
-    double total = (double)nnz + 2.0 * (double)N;
-    c->bounds[0] = 0;
-    for (int t = 1; t < nth; t++) {
-        double target = total * t / nth;
-        Py_ssize_t lo = c->bounds[t - 1], hi = N;
-        while (lo < hi) {
-            Py_ssize_t mid = lo + (hi - lo) / 2;
-            if ((double)ip[mid] + 2.0 * (double)mid < target) lo = mid + 1;
-            else hi = mid;
-        }
-        c->bounds[t] = lo;
-    }
-    c->bounds[nth] = N;
     for (int t = 0; t < nth; t++)
-        if (scratch_init(&c->scr[t], M, max_pos) < 0 || !(c->bat[t] = batch_new(M, max_pos))) {
-            for (int s = 0; s <= t; s++) {
-                free(c->scr[s].block);
-                batch_free(c->bat[s]);
-            }
+        if (scratch_init(&c->scr[t], M, max_pos) < 0) {
+            for (int s = 0; s < t; s++) free(c->scr[s].block);
             nth = 0;
             PyErr_NoMemory();
             goto done;
@@ -1064,14 +858,14 @@ static PyObject *model_compute(Model *M, PyObject *args, PyObject *kw)
     Py_BEGIN_ALLOW_THREADS
     run_parallel(compute_work, c, nth);
     Py_END_ALLOW_THREADS
-    for (int t = 0; t < nth; t++) {
-        free(c->scr[t].block);
-        batch_free(c->bat[t]);
-    }
-    /* threads cover ascending account ranges: the first error is the lowest thread's */
-    for (int t = 0; t < nth; t++) {
+    for (int t = 0; t < nth; t++) free(c->scr[t].block);
+    /* the first bad position overall is the lowest over the threads */
+    int et = -1;
+    for (int t = 0; t < nth; t++)
+        if (c->err_pos[t] >= 0 && (et < 0 || c->err_pos[t] < c->err_pos[et])) et = t;
+    if (et >= 0) {
+        int t = et;
         Py_ssize_t pp = c->err_pos[t];
-        if (pp < 0) continue;
         if (c->err_kind[t] == 1)
             PyErr_Format(PyExc_ValueError, "instrument[%zd] = %d is out of range [0, %zd)", pp, (int)c->inst[pp],
                          M->K);
@@ -1080,12 +874,12 @@ static PyObject *model_compute(Model *M, PyObject *args, PyObject *kw)
         goto done;
     }
     for (int t = 0; t < nth; t++)
-        if (c->err_ovf[t] >= 0) {
-            PyErr_Format(PyExc_ValueError,
-                         "margin overflow in account %zd: losses or margin not finite (sizes too large?)",
-                         c->err_ovf[t]);
-            goto done;
-        }
+        if (c->err_ovf[t] >= 0 && (et < 0 || c->err_ovf[t] < c->err_ovf[et])) et = t;
+    if (et >= 0) {
+        PyErr_Format(PyExc_ValueError, "margin overflow in account %zd: losses or margin not finite (sizes too large?)",
+                     c->err_ovf[et]);
+        goto done;
+    }
     {
         static const char *keys[11] = {"im", "mm", "cross_im", "grid", "es", "var", "minimum",
                                        "liquidity", NULL, "worst", "isolated_im"};
@@ -1337,11 +1131,11 @@ static PyObject *model_explain(Model *M, PyObject *args, PyObject *kw)
             for (Py_ssize_t u = 0; u < M->U; u++) u_scen[u] = -1;
             /* w->ck/cq/cpos still hold the cross positions; w->loss their FHS losses */
             if (nc) {
-                const Py_ssize_t gt = M->GT, GTp = M->GTp, Hp = M->Hp, H = M->H;
+                const Py_ssize_t gt = M->GT, GTp = M->GTp, H = M->H;
                 if (gt) {
                     Py_ssize_t nt;
                     int fin = 1;
-                    grid_margin(M, &w, w.ck, w.cq, nc, &nt, &fin, 1);
+                    M->ops->grid_margin(M, &w, w.ck, w.cq, nc, &nt, &fin, 1);
                     for (Py_ssize_t t = 0; t < nt; t++) {
                         Py_ssize_t u = w.touched[t];
                         const double *g = w.gacc + u * GTp;
@@ -1370,7 +1164,7 @@ static PyObject *model_explain(Model *M, PyObject *args, PyObject *kw)
                 qsort(order, (size_t)H, sizeof(VI), vi_cmp);
                 for (Py_ssize_t i = 0; i < m; i++) es_sc[i] = order[i].i;
                 for (Py_ssize_t j = 0; j < nc; j++) {
-                    const double *r = M->rh + (Py_ssize_t)w.ck[j] * Hp;
+                    const double *r = M->rh + (Py_ssize_t)w.ck[j] * M->ld;
                     double s = 0.0;
                     for (Py_ssize_t i = 0; i < m; i++) s += w.cq[j] * r[order[i].i];
                     Py_ssize_t jp = w.cpos[j];
@@ -1478,6 +1272,11 @@ static int model_init(Model *M, PyObject *args, PyObject *kw)
             }
         }
 
+    {
+        int lvl = isa_pick();
+        if (lvl < 0) goto done;
+        M->ops = &isa_ops[lvl];
+    }
     M->K = K;
     M->S = S;
     M->G = G;
@@ -1488,6 +1287,7 @@ static int model_init(Model *M, PyObject *args, PyObject *kw)
     M->B = B;
     M->GTp = round_up(M->GT, 4);
     M->Hp = round_up(M->H, CW);
+    M->ld = M->Hp + 8; /* not a multiple of 4 KiB: rows at the same column land in different L1 sets */
     M->nb = M->Hp / 8;
     M->es_level = es_level;
     M->mm = mm;
@@ -1496,7 +1296,7 @@ static int model_init(Model *M, PyObject *args, PyObject *kw)
         M->m = mm_ < 1.0 ? 1 : (Py_ssize_t)mm_;
     }
     M->rg = aligned_zalloc((size_t)(K * M->GTp) * sizeof(double));
-    M->rh = aligned_zalloc((size_t)(K * M->Hp) * sizeof(double));
+    M->rh = aligned_zalloc((size_t)(K * M->ld) * sizeof(double));
     M->w = aligned_zalloc((size_t)M->GTp * sizeof(double));
     M->bound_g = aligned_zalloc((size_t)K * sizeof(double));
     M->bound_h = aligned_zalloc((size_t)K * sizeof(double));
@@ -1530,7 +1330,7 @@ static int model_init(Model *M, PyObject *args, PyObject *kw)
     double *neg = tmp, *heap = tmp + M->H;
     for (npy_intp k = 0; k < K; k++) {
         const double *row = R + k * S;
-        double *g = M->rg + k * M->GTp, *h = M->rh + k * M->Hp;
+        double *g = M->rg + k * M->GTp, *h = M->rh + k * M->ld;
         double bg = 0.0, bh = 0.0, gl = 0.0, gs = 0.0;
         for (Py_ssize_t i = 0; i < M->GT; i++) {
             g[i] = row[i];

@@ -1,0 +1,362 @@
+/*
+ * marginflow.core._ccore -- the hot loops, compiled once per instruction set.
+ *
+ * Included by _ccore.c three times, with
+ *   ISA_SFX(name)  name##_generic / name##_avx2 / name##_avx512
+ *   ISA_TARGET     the function attribute (nothing, target("avx2,fma,..."), target("avx512f,..."))
+ *   ISA_LEVEL      0 portable C, 1 AVX2 + FMA, 2 AVX-512 (F, VL, DQ, BW)
+ * The model picks one table of these functions when it is built (cpu check at run time),
+ * so the default build stays portable. Every level computes the same values: the FMA
+ * levels (1, 2) round identically (same accumulation order per scenario); level 0 rounds
+ * the products separately (within 1e-15 relative of the others).
+ */
+
+/* --------------------------------------------------------------- small primitives */
+
+/* bit i set when x[i] >= t, for the 32 values x[0:32] (64-byte aligned) */
+ISA_TARGET static inline uint32_t ISA_SFX(ge32)(const double *x, double t)
+{
+#if ISA_LEVEL == 2
+    __m512d tv = _mm512_set1_pd(t);
+    uint32_t m0 = _mm512_cmp_pd_mask(_mm512_load_pd(x), tv, _CMP_GE_OQ);
+    uint32_t m1 = _mm512_cmp_pd_mask(_mm512_load_pd(x + 8), tv, _CMP_GE_OQ);
+    uint32_t m2 = _mm512_cmp_pd_mask(_mm512_load_pd(x + 16), tv, _CMP_GE_OQ);
+    uint32_t m3 = _mm512_cmp_pd_mask(_mm512_load_pd(x + 24), tv, _CMP_GE_OQ);
+    return m0 | m1 << 8 | m2 << 16 | m3 << 24;
+#elif ISA_LEVEL == 1
+    __m256d tv = _mm256_set1_pd(t);
+    uint32_t m = 0;
+    for (int i = 0; i < 8; i++)
+        m |= (uint32_t)_mm256_movemask_pd(_mm256_cmp_pd(_mm256_load_pd(x + 4 * i), tv, _CMP_GE_OQ)) << (4 * i);
+    return m;
+#else
+    uint32_t m = 0;
+    for (int i = 0; i < 32; i++) m |= (uint32_t)(x[i] >= t) << i;
+    return m;
+#endif
+}
+
+/* any of x[0:4] >= t (NaN never) */
+ISA_TARGET static inline int ISA_SFX(any_ge4)(const double *x, double t)
+{
+#if ISA_LEVEL >= 1
+    return _mm256_movemask_pd(_mm256_cmp_pd(_mm256_load_pd(x), _mm256_set1_pd(t), _CMP_GE_OQ));
+#else
+    return (x[0] >= t) | (x[1] >= t) | (x[2] >= t) | (x[3] >= t);
+#endif
+}
+
+/* number of x[0:n] >= t, n a multiple of 4, x 32-byte aligned (NaN never counted) */
+ISA_TARGET static inline Py_ssize_t ISA_SFX(count_ge)(const double *x, Py_ssize_t n, double t)
+{
+#if ISA_LEVEL >= 1
+    __m256d tv = _mm256_set1_pd(t);
+    __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        c0 = _mm256_sub_epi64(c0, _mm256_castpd_si256(_mm256_cmp_pd(_mm256_load_pd(x + i), tv, _CMP_GE_OQ)));
+        c1 = _mm256_sub_epi64(c1, _mm256_castpd_si256(_mm256_cmp_pd(_mm256_load_pd(x + i + 4), tv, _CMP_GE_OQ)));
+    }
+    if (i < n) c0 = _mm256_sub_epi64(c0, _mm256_castpd_si256(_mm256_cmp_pd(_mm256_load_pd(x + i), tv, _CMP_GE_OQ)));
+    c0 = _mm256_add_epi64(c0, c1);
+    __m128i s = _mm_add_epi64(_mm256_castsi256_si128(c0), _mm256_extracti128_si256(c0, 1));
+    return (Py_ssize_t)(_mm_cvtsi128_si64(s) + _mm_extract_epi64(s, 1));
+#else
+    Py_ssize_t c = 0;
+    for (Py_ssize_t i = 0; i < n; i++) c += x[i] >= t;
+    return c;
+#endif
+}
+
+/* min and max of x[0:n] (n a multiple of 4), NaN skipped */
+ISA_TARGET static inline void ISA_SFX(minmax)(const double *x, Py_ssize_t n, double *lo, double *hi)
+{
+#if ISA_LEVEL >= 1
+    __m256d l = _mm256_set1_pd(INFINITY), h = _mm256_set1_pd(-INFINITY);
+    for (Py_ssize_t i = 0; i < n; i += 4) {
+        __m256d v = _mm256_load_pd(x + i);
+        l = _mm256_min_pd(v, l); /* NaN in v: keeps l */
+        h = _mm256_max_pd(v, h);
+    }
+    double lb[4], hb[4];
+    _mm256_storeu_pd(lb, l);
+    _mm256_storeu_pd(hb, h);
+    *lo = MIND(MIND(lb[0], lb[1]), MIND(lb[2], lb[3]));
+    *hi = MAXD(MAXD(hb[0], hb[1]), MAXD(hb[2], hb[3]));
+#else
+    double l = INFINITY, h = -INFINITY;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        l = x[i] < l ? x[i] : l;
+        h = x[i] > h ? x[i] : h;
+    }
+    *lo = l;
+    *hi = h;
+#endif
+}
+
+/* smallest (want_max = 0) or largest (1) of x[0:n], n a multiple of 4, x 32-byte aligned,
+ * and the lowest index holding it */
+ISA_TARGET static inline double ISA_SFX(extreme)(const double *x, Py_ssize_t n, int want_max, Py_ssize_t *at)
+{
+#if ISA_LEVEL >= 1
+    __m256d e = _mm256_load_pd(x);
+    for (Py_ssize_t i = 4; i < n; i += 4) {
+        __m256d v = _mm256_load_pd(x + i);
+        e = want_max ? _mm256_max_pd(v, e) : _mm256_min_pd(v, e);
+    }
+    double b[4];
+    _mm256_storeu_pd(b, e);
+    double r = want_max ? MAXD(MAXD(b[0], b[1]), MAXD(b[2], b[3])) : MIND(MIND(b[0], b[1]), MIND(b[2], b[3]));
+    __m256d rv = _mm256_set1_pd(r);
+    for (Py_ssize_t i = 0; i < n; i += 4) {
+        int mk = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_load_pd(x + i), rv, _CMP_EQ_OQ));
+        if (mk) {
+            *at = i + __builtin_ctz((unsigned)mk);
+            break;
+        }
+    }
+    return r;
+#else
+    double r = x[0];
+    Py_ssize_t a = 0;
+    for (Py_ssize_t i = 1; i < n; i++)
+        if (want_max ? x[i] > r : x[i] < r) {
+            r = x[i];
+            a = i;
+        }
+    *at = a;
+    return r;
+#endif
+}
+
+/* --------------------------------------------------------------- the FHS kernel */
+
+/* loss[c] = sum_j cq[j] * rh[ck[j], c] for the columns c in [c0, c1) (multiples of CW), and
+ * the 4 lane maxima of each block of CW columns (lane l: the max of scenarios c + l + 4i,
+ * i < 8) into bmax[c / 8 + l]. */
+ISA_TARGET static void ISA_SFX(fhs_kernel)(const double *rh, Py_ssize_t Hp, Py_ssize_t c0, Py_ssize_t c1,
+                                           const int32_t *ck, const double *cq, Py_ssize_t nc, double *loss,
+                                           double *bmax)
+{
+#if ISA_LEVEL == 2
+    for (Py_ssize_t c = c0; c < c1; c += CW) {
+        __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+        for (Py_ssize_t j = 0; j < nc; j++) {
+            const double *r = rh + (Py_ssize_t)ck[j] * Hp + c;
+            __m512d q = _mm512_set1_pd(cq[j]);
+            a0 = _mm512_add_pd(a0, _mm512_mul_pd(q, _mm512_load_pd(r)));
+            a1 = _mm512_add_pd(a1, _mm512_mul_pd(q, _mm512_load_pd(r + 8)));
+            a2 = _mm512_add_pd(a2, _mm512_mul_pd(q, _mm512_load_pd(r + 16)));
+            a3 = _mm512_add_pd(a3, _mm512_mul_pd(q, _mm512_load_pd(r + 24)));
+        }
+        _mm512_store_pd(loss + c, a0);
+        _mm512_store_pd(loss + c + 8, a1);
+        _mm512_store_pd(loss + c + 16, a2);
+        _mm512_store_pd(loss + c + 24, a3);
+        /* lane l of m: max of scenarios c + l + 8i; then fold the two halves */
+        __m512d m = _mm512_max_pd(_mm512_max_pd(a0, a1), _mm512_max_pd(a2, a3));
+        _mm256_store_pd(bmax + c / 8, _mm256_max_pd(_mm512_castpd512_pd256(m), _mm512_extractf64x4_pd(m, 1)));
+    }
+#else
+    for (Py_ssize_t c = c0; c < c1; c += CW) {
+        v4d a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+        for (Py_ssize_t j = 0; j < nc; j++) {
+            const v4d *r = (const v4d *)(rh + (Py_ssize_t)ck[j] * Hp + c);
+            double qj = cq[j];
+            v4d q = {qj, qj, qj, qj};
+            a0 += q * r[0];
+            a1 += q * r[1];
+            a2 += q * r[2];
+            a3 += q * r[3];
+            a4 += q * r[4];
+            a5 += q * r[5];
+            a6 += q * r[6];
+            a7 += q * r[7];
+        }
+        v4d *o = (v4d *)(loss + c);
+        o[0] = a0; o[1] = a1; o[2] = a2; o[3] = a3; o[4] = a4; o[5] = a5; o[6] = a6; o[7] = a7;
+#define VMAX(x, y) ((v4d)(((v4i)(x) & ((x) > (y))) | ((v4i)(y) & ~((x) > (y)))))
+        v4d m0 = VMAX(a0, a1), m1 = VMAX(a2, a3), m2 = VMAX(a4, a5), m3 = VMAX(a6, a7);
+        m0 = VMAX(m0, m1);
+        m2 = VMAX(m2, m3);
+        *(v4d *)(bmax + c / 8) = VMAX(m0, m2);
+#undef VMAX
+    }
+#endif
+}
+
+/* --------------------------------------------------------------- grid margin */
+
+/* Grid margin of the cross positions ck/cq; fills the gacc rows of the touched underlyings
+ * (sorted ascending in w->touched, count in *nt_out). keep: leave w->flag set (explain). */
+ISA_TARGET static double ISA_SFX(grid_margin)(const Model *M, Scratch *w, const int32_t *ck, const double *cq,
+                                              Py_ssize_t nc, Py_ssize_t *nt_out, int *finite, int keep)
+{
+    const Py_ssize_t GTp = M->GTp, GT = M->GT;
+    Py_ssize_t nt = 0;
+    double bound = 0.0;
+    for (Py_ssize_t j = 0; j < nc; j++) {
+        int32_t k = ck[j], u = M->und[k];
+        v4d *g = (v4d *)(w->gacc + (Py_ssize_t)u * GTp);
+        const v4d *r = (const v4d *)(M->rg + (Py_ssize_t)k * GTp);
+        double qj = cq[j];
+        v4d q = {qj, qj, qj, qj};
+        if (!w->flag[u]) {
+            w->flag[u] = 1;
+            Py_ssize_t i = nt++;
+            while (i > 0 && w->touched[i - 1] > u) {
+                w->touched[i] = w->touched[i - 1];
+                i--;
+            }
+            w->touched[i] = u;
+            for (Py_ssize_t i4 = 0; i4 < GTp / 4; i4++) g[i4] = q * r[i4];
+        }
+        else
+            for (Py_ssize_t i4 = 0; i4 < GTp / 4; i4++) g[i4] += q * r[i4];
+        bound += fabs(qj) * M->bound_g[k];
+    }
+    double grid = 0.0;
+    const v4d *wt = (const v4d *)M->w;
+    for (Py_ssize_t t = 0; t < nt; t++) {
+        Py_ssize_t u = w->touched[t];
+        const double *g = w->gacc + u * GTp;
+        if (!keep) w->flag[u] = 0;
+        if (!(bound < 1e300))
+            for (Py_ssize_t i = 0; i < GT; i++)
+                if (!isfinite(g[i])) *finite = 0;
+        /* padding rows have weight 0: their 0 * g never exceeds the 0 the max starts from */
+        v4d mx = {0.0, 0.0, 0.0, 0.0};
+        for (Py_ssize_t i4 = 0; i4 < GTp / 4; i4++) {
+            v4d x = ((const v4d *)g)[i4] * wt[i4];
+            mx = (v4d)(((v4i)x & (x > mx)) | ((v4i)mx & ~(x > mx)));
+        }
+        grid += MAXD(MAXD(mx[0], mx[1]), MAXD(mx[2], mx[3]));
+    }
+    *nt_out = nt;
+    return grid;
+}
+
+/* --------------------------------------------------------------- ES, VaR, worst */
+
+/* ES, VaR and worst scenario from the historical losses loss[0:Hp] (and their block maxima)
+ * of the cross positions ck/cq (nc > 0); loss and bmax are used as scratch.
+ *
+ * Any thr with at least m block maxima >= thr bounds the m-th largest loss from below (m
+ * distinct blocks each hold a loss >= thr), so the m worst losses are among the losses >= thr,
+ * and those lie in the 32-scenario chunks with a block maximum >= thr. thr: bisection on
+ * the block maxima until m..m+2 of them reach it. The candidates are collected in ascending
+ * scenario order (the worst is then the first largest one), and the few extra ones beyond m
+ * are dropped smallest first. */
+ISA_TARGET static void ISA_SFX(fhs_select)(const Model *M, Scratch *w, const int32_t *ck, const double *cq,
+                                           Py_ssize_t nc, double *loss, double *bmax, AcctOut *o)
+{
+    const Py_ssize_t H = M->H, Hp = M->Hp, m = M->m, nb = M->nb;
+    /* bound on |loss| from the per-instrument max |R|: when finite (with a wide margin),
+     * every loss is; else scan them all */
+    double bound = 0.0;
+    for (Py_ssize_t j = 0; j < nc; j++) bound += fabs(cq[j]) * M->bound_h[ck[j]];
+    if (!(bound < 1e300)) {
+        for (Py_ssize_t s = 0; s < H; s++)
+            if (!isfinite(loss[s])) o->finite = 0;
+    }
+    if (!o->finite) {
+        o->es = o->var = NAN;
+        o->worst = 0;
+        return;
+    }
+    /* padding scenarios must never be picked: their losses become -inf, and the block
+     * maxima of the last block are redone (NaN for a block of padding only: never counted) */
+    if (Hp > H) {
+        Py_ssize_t c = Hp - CW;
+        for (Py_ssize_t s = H; s < Hp; s++) loss[s] = -INFINITY;
+        for (int lane = 0; lane < 4; lane++) {
+            double mx = -INFINITY;
+            for (int i = 0; i < 8; i++) mx = MAXD(mx, loss[c + lane + 4 * i]);
+            bmax[c / 8 + lane] = mx == -INFINITY ? NAN : mx;
+        }
+    }
+    Py_ssize_t n = 0;
+    double *cand = w->cand;
+    int32_t *cidx = w->cidx;
+    if (m * 4 <= nb) {
+        double lo = INFINITY, hi = -INFINITY;
+        ISA_SFX(minmax)(bmax, nb, &lo, &hi);
+        if (ISA_SFX(count_ge)(bmax, nb, hi) < m)
+            for (int it = 0; it < 12 && lo < hi; it++) {
+                double mid = lo + 0.5 * (hi - lo);
+                Py_ssize_t cnt = ISA_SFX(count_ge)(bmax, nb, mid);
+                if (cnt >= m) {
+                    lo = mid;
+                    if (cnt <= m + 2) break;
+                }
+                else hi = mid;
+            }
+        else lo = hi;
+        const double thr = lo;
+        /* the chunks holding a block maximum >= thr, listed branch-free, then their losses
+         * >= thr appended in scenario order */
+        int32_t *sel = w->sel;
+        Py_ssize_t ns = 0;
+        for (Py_ssize_t c = 0; c < Hp; c += CW) {
+            sel[ns] = (int32_t)c;
+            ns += ISA_SFX(any_ge4)(bmax + c / 8, thr) != 0;
+        }
+#if ISA_LEVEL == 2
+        const __m512d tv = _mm512_set1_pd(thr);
+        const __m256i step = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for (Py_ssize_t j = 0; j < ns; j++) {
+            Py_ssize_t c = sel[j];
+            for (int q = 0; q < 4; q++) {
+                __m512d v = _mm512_load_pd(loss + c + 8 * q);
+                __mmask8 k = _mm512_cmp_pd_mask(v, tv, _CMP_GE_OQ);
+                /* register compress + plain store (cand/cidx have 8 slots of slack) */
+                _mm512_storeu_pd(cand + n, _mm512_maskz_compress_pd(k, v));
+                __m256i ix = _mm256_add_epi32(_mm256_set1_epi32((int)(c + 8 * q)), step);
+                _mm256_storeu_si256((__m256i *)(cidx + n), _mm256_maskz_compress_epi32(k, ix));
+                n += __builtin_popcount((unsigned)k);
+            }
+        }
+#else
+        for (Py_ssize_t j = 0; j < ns; j++) {
+            Py_ssize_t c = sel[j];
+            uint32_t mk = ISA_SFX(ge32)(loss + c, thr);
+            while (mk) {
+                Py_ssize_t s = c + __builtin_ctz(mk);
+                mk &= mk - 1;
+                cand[n] = loss[s];
+                cidx[n] = (int32_t)s;
+                n++;
+            }
+        }
+#endif
+    }
+    else {
+        memcpy(cand, loss, (size_t)H * sizeof(double));
+        for (Py_ssize_t s = 0; s < H; s++) cidx[s] = (int32_t)s;
+        n = H;
+    }
+    /* pad to a multiple of 4 (cand has room): -inf for the max, then +inf for the mins */
+    Py_ssize_t np4 = (n + 3) & ~(Py_ssize_t)3;
+    for (Py_ssize_t i = n; i < np4; i++) cand[i] = -INFINITY;
+    Py_ssize_t at = 0;
+    ISA_SFX(extreme)(cand, np4, 1, &at); /* first (lowest scenario) of the largest */
+    o->worst = cidx[at];
+    for (Py_ssize_t i = n; i < np4; i++) cand[i] = INFINITY;
+    Py_ssize_t r = n - m;
+    if (r <= 16) {
+        /* drop the r smallest one at a time (+inf marks a dropped one); VaR: the next smallest */
+        for (Py_ssize_t t = 0; t < r; t++) {
+            ISA_SFX(extreme)(cand, np4, 0, &at);
+            cand[at] = INFINITY;
+        }
+        double var = ISA_SFX(extreme)(cand, np4, 0, &at);
+        double sum = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) sum += cand[i] != INFINITY ? cand[i] : 0.0;
+        o->es = sum / (double)m;
+        o->var = var;
+    }
+    else {
+        o->es = top_m(cand, n, m, w->heap) / (double)m;
+        o->var = w->heap[0];
+    }
+}
