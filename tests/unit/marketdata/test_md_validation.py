@@ -103,6 +103,16 @@ def test_suspect_released_after_hold_time_without_contradiction(universe):
     assert accepted_prices(later) == [40000.0]
 
 
+def test_suspect_on_a_quiet_instrument_released_by_other_instruments_ticks(universe):
+    v = TickValidator(universe, ValidationConfig(hold_max_ms=10_000))
+    v.process([tick(0, 60000.0), tick(0, 3000.0, "ETH-PERP")])
+    assert v.process([tick(1, 40000.0)]).accepted == []
+    # BTC-PERP goes quiet; ETH-PERP ticks on, and event time passes the hold limit.
+    out = v.process([tick(5, 3001.0, "ETH-PERP"), tick(12, 3002.0, "ETH-PERP")])
+    assert [(a.tick.instrument, a.tick.price) for a in out.accepted] == [
+        ("ETH-PERP", 3001.0), ("ETH-PERP", 3002.0), ("BTC-PERP", 40000.0)]
+
+
 def test_options_are_exempt_from_the_jump_rule(universe):
     option = next(s for s, i in universe.instruments.items() if i.is_option)
     v = TickValidator(universe)

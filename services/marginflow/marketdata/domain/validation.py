@@ -121,10 +121,22 @@ class TickValidator:
         return sum(len(st.held) + (st.suspect is not None) for st in self._state.values())
 
     def process(self, ticks: list[RawTick]) -> Outcome:
+        """Validate a batch; suspects of quiet instruments older than ``hold_max_ms`` (by the
+        batch's latest event time) are released at the end."""
         out = Outcome()
+        newest = -(2**62)
         for tick in ticks:
             self._one(tick, out)
+            if tick.event_time_ms > newest:
+                newest = tick.event_time_ms
+        if ticks and self._has_suspects():
+            released = self.expire(newest)
+            out.accepted.extend(released.accepted)
+            out.confirmed += released.confirmed
         return out
+
+    def _has_suspects(self) -> bool:
+        return any(st.suspect is not None for st in self._state.values())
 
     def _accept(self, st: _InstrumentState, tick: RawTick, out: Outcome) -> None:
         st.sequence += 1
