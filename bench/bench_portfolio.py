@@ -25,7 +25,7 @@ from marginflow.portfolio.adapters.codec import encode_account
 from marginflow.portfolio.demo_book import generate_book, publish_book
 from marginflow.portfolio.domain.ledger import apply_command
 from marginflow.portfolio.domain.model import Account
-from marginflow.portfolio.entrypoint import PortfolioApp, ledger_rules, portfolio_topics
+from marginflow.portfolio.entrypoint import PortfolioApp, configure_gc, ledger_rules, portfolio_topics
 from marginflow.portfolio.settings import PortfolioSettings
 from marginflow.shared.clock import SystemClock
 from marginflow.shared.config import load
@@ -80,6 +80,7 @@ def _run_until(app: PortfolioApp, done, timeout_s: float = 600.0) -> float:
 def _instance(settings: PortfolioSettings, applied, ready, go, done) -> None:
     """One more service instance in its own process (same consumer group): scale-out by partitions."""
     app = PortfolioApp(settings, SystemClock()).start(serve_grpc=False, serve_http_metrics=False)
+    configure_gc()   # as the service's main does
     ready.set()
     go.wait()
     thread, stopping = app.run_in_thread()
@@ -124,6 +125,7 @@ def bench_end_to_end(accounts: int, seed: int, partitions: int, instances: int =
             ready.wait(120)
             helpers.append((proc, applied))
         app = PortfolioApp(settings, SystemClock()).start(serve_grpc=False, serve_http_metrics=False)
+        configure_gc()   # as the service's main does
         go.set()
         cpu0 = time.process_time()
         elapsed = _run_until(app, lambda: app.totals.fills_applied + app.totals.rejected

@@ -154,6 +154,7 @@ class Applier:
         before = self._load(wanted)
         current: dict[str, Account] = dict(before)
         rules = self._rules
+        events_by_kind: dict[str, int] = {}   # counted once per batch, not per record
         for record in records:
             command = record.command
             if isinstance(command, Rejected):
@@ -179,11 +180,12 @@ class Applier:
                 continue
             if outcome is Outcome.APPLIED:
                 current[account_id] = new
-                if isinstance(command, Fill):
+                if type(command) is Fill:
                     result.fills_applied += 1
                 else:
                     result.events_applied += 1
-                    self._metrics.applied(_event_kind(command), 1)
+                    kind = _EVENT_KINDS.get(type(command), "other")
+                    events_by_kind[kind] = events_by_kind.get(kind, 0) + 1
             else:
                 result.duplicates += 1
                 self._metrics.duplicate("offset" if outcome is Outcome.DUPLICATE_OFFSET else "id")
@@ -196,6 +198,8 @@ class Applier:
         result.accounts_changed = len(changes)
         if result.fills_applied:
             self._metrics.applied("fill", result.fills_applied)
+        for kind, count in events_by_kind.items():
+            self._metrics.applied(kind, count)
         self._metrics.batch_seconds(time.perf_counter() - started)
         return result
 
@@ -224,9 +228,8 @@ class Applier:
         self._source.reject(record, exc)
 
 
-def _event_kind(command: Command) -> str:
-    return {Deposit: "deposit", Withdrawal: "withdrawal", IsolatedTransfer: "isolated_transfer",
-            ModeChange: "mode_change"}.get(type(command), "other")
+_EVENT_KINDS: dict[type, str] = {Deposit: "deposit", Withdrawal: "withdrawal", IsolatedTransfer: "isolated_transfer",
+                                 ModeChange: "mode_change"}
 
 
 def run_apply_loop(source: RecordSource, applier: Applier, stopping: threading.Event,

@@ -144,12 +144,14 @@ class ProtoProducer:
                 self._partition_cache[(topic, key)] = cached
         return cached
 
-    def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> list:
+        """Queue ``(key, value)`` records; returns their futures, in order (after :meth:`flush`,
+        a failed one tells which record the broker did not take)."""
         send, part = self._producer.send, self._partition
-        for key, value in records:
-            send(topic, key=key, value=value, partition=part(topic, key))
+        futures = [send(topic, key=key, value=value, partition=part(topic, key)) for key, value in records]
         if records:
             self._produced.labels(self._service, topic).inc(len(records))
+        return futures
 
     def send(self, topic: str, key: str, message: Message):
         """Queue ``message``; returns the record's future (``.get(timeout)`` waits for the ack)."""

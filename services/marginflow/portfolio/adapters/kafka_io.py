@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from kafka import TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
-from kafka.partitioner.default import murmur2
 
 from marginflow.api.account.v1 import account_pb2 as pb
 from marginflow.portfolio.adapters.codec import event_from_proto, event_to_proto, fill_from_proto
@@ -86,29 +85,22 @@ class KafkaRecordSource:
 class KafkaSnapshotSink:
     """SnapshotSink port: every changed account's snapshot to the compacted portfolio.positions.
 
-    The partition of an account is the default partitioner's (murmur2 of the key), computed once
-    per account and remembered: the same partition as any other producer would pick."""
+    Sent with :meth:`ProtoProducer.send_many`: the partition is the default partitioner's
+    (murmur2 of the account id), computed once per account and remembered, the same partition any
+    other producer would pick; one flush waits for every acknowledgement, then each record's
+    future is checked, so a record the broker refused fails the batch before Redis is written."""
 
-    def __init__(self, producer: ProtoProducer, topic: str, partitions: int) -> None:
+    def __init__(self, producer: ProtoProducer, topic: str) -> None:
         self._producer = producer
         self._topic = topic
-        self._partitions = partitions
-        self._partition_of: dict[str, int] = {}
-
-    def _partition(self, account_id: str) -> int:
-        p = self._partition_of.get(account_id)
-        if p is None:
-            if len(self._partition_of) > 1_000_000:
-                self._partition_of.clear()
-            p = self._partition_of[account_id] = (murmur2(account_id.encode()) & 0x7FFFFFFF) % self._partitions
-        return p
 
     def publish(self, changes: Sequence[StateChange]) -> None:
-        futures = [self._producer.send_raw(self._topic, c.account.account_id.encode(), c.payload,
-                                           partition=self._partition(c.account.account_id)) for c in changes]
+        futures = self._producer.send_many(self._topic, [(c.account.account_id.encode(), c.payload)
+                                                         for c in changes])
         self._producer.flush(timeout=ACK_TIMEOUT_SECONDS)
         for future in futures:
-            future.get(timeout=ACK_TIMEOUT_SECONDS)   # raises if the broker did not take it
+            if not future.is_done or future.failed():
+                future.get(timeout=ACK_TIMEOUT_SECONDS)   # waits, and raises if the broker did not take it
 
 
 class KafkaEventPublisher:

@@ -32,19 +32,32 @@ class PortfolioMetrics:
             registry=registry)
         self.rebuild_accounts = Gauge(
             "marginflow_portfolio_rebuild_accounts", "Accounts restored by the last rebuild", registry=registry)
+        # Children bound once per label value: labels() costs as much as the increment itself.
+        self._events_by_kind: dict[str, Counter] = {}
+        self._duplicates_by: dict[str, Counter] = {}
+        self._rejected_by: dict[str, Counter] = {}
 
     # ApplyMetrics port
     def applied(self, kind: str, count: int) -> None:
         if kind == "fill":
             self.fills_applied.inc(count)
         else:
-            self.events_applied.labels(kind).inc(count)
+            child = self._events_by_kind.get(kind)
+            if child is None:
+                child = self._events_by_kind[kind] = self.events_applied.labels(kind)
+            child.inc(count)
 
     def duplicate(self, by: str) -> None:
-        self.duplicates.labels(by).inc()
+        child = self._duplicates_by.get(by)
+        if child is None:
+            child = self._duplicates_by[by] = self.duplicates.labels(by)
+        child.inc()
 
     def rejected(self, reason: str) -> None:
-        self.rejected_total.labels(reason).inc()
+        child = self._rejected_by.get(reason)
+        if child is None:
+            child = self._rejected_by[reason] = self.rejected_total.labels(reason)
+        child.inc()
 
     def batch_seconds(self, seconds: float) -> None:
         self.apply_latency.observe(seconds)

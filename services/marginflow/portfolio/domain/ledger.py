@@ -27,7 +27,7 @@ from enum import Enum
 from marginflow.portfolio.domain.model import (
     ZERO, Account, Command, Deposit, Fill, InputPosition, InstrumentSpec, IsolatedTransfer, MarginMode,
     ModeChange, Position, Side, Withdrawal)
-from marginflow.portfolio.domain.position_math import DECIMAL_CONTEXT, apply_trade
+from marginflow.portfolio.domain.position_math import DECIMAL_CONTEXT, apply_trade_in_context
 from marginflow.shared.errors import Rejected
 
 MAX_DECIMAL_PLACES = 18            # finer than any asset's smallest unit (ETH: 1e-18)
@@ -175,7 +175,8 @@ def _fill(account: Account, fill: Fill, rules: LedgerRules
         pos = Position(fill.instrument, mode=fill.mode or MarginMode.CROSS)
     elif pos.size == 0 and pos.isolated_collateral_usd == 0 and fill.mode is not None:
         pos = dataclasses.replace(pos, mode=fill.mode)  # a flat position takes the mode of the fill reopening it
-    trade = apply_trade(pos.size, pos.entry_price_usd, fill.signed_size, fill.price_usd, spec.contract_size)
+    trade = apply_trade_in_context(pos.size, pos.entry_price_usd, fill.signed_size, fill.price_usd,
+                                   spec.contract_size)
     settle_usd = trade.realized_pnl_usd - fill.fee_usd
     balances = dict(account.balances)
     isolated = pos.isolated_collateral_usd
