@@ -105,6 +105,9 @@ def main() -> int:
     t_mr, m_r = timed(lambda: mk.model(reference, risk_r), 3)
     rows.append(("model build (per version)", t_mc, t_mr, ""))
 
+    # OpenBLAS worker threads of the twin's model build busy-wait for a while after their last call
+    # and would take a core from the C threads; let them park before timing (time.sleep only).
+    time.sleep(1.0)
     m_c.compute(*pf, n_threads=args.threads)          # warm up (page faults of the outputs)
     t_c, out_c = timed(lambda: m_c.compute(*pf, n_threads=args.threads), args.repeat)
     t_c1, _ = timed(lambda: m_c.compute(*pf, n_threads=1), 3)
