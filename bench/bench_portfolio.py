@@ -19,8 +19,6 @@ import os
 import time
 import uuid
 
-from kafka import KafkaAdminClient
-
 from marginflow.portfolio.adapters.codec import encode_account
 from marginflow.portfolio.demo_book import generate_book, publish_book
 from marginflow.portfolio.domain.ledger import apply_command
@@ -29,7 +27,7 @@ from marginflow.portfolio.entrypoint import PortfolioApp, configure_gc, ledger_r
 from marginflow.portfolio.settings import PortfolioSettings
 from marginflow.shared.clock import SystemClock
 from marginflow.shared.config import load
-from marginflow.shared.kafka import ProtoProducer, ensure_topics, new_producer
+from marginflow.shared.kafka import ProtoProducer, delete_topics, ensure_topics, new_producer
 from marginflow.shared.universe import platform_universe
 
 
@@ -53,13 +51,7 @@ def apply_all(commands, rules) -> tuple[dict[str, Account], float]:
 def cleanup(settings: PortfolioSettings, app: PortfolioApp | None) -> None:
     if app is not None:
         app.store.delete_namespace()
-    admin = KafkaAdminClient(bootstrap_servers=settings.common.bootstrap)
-    try:
-        admin.delete_topics([s.name for s in portfolio_topics(settings)])
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-    finally:
-        admin.close()
+    delete_topics(settings.common.bootstrap, [s.name for s in portfolio_topics(settings)])
 
 
 def _run_until(app: PortfolioApp, done, timeout_s: float = 600.0) -> float:

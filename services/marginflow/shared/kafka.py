@@ -108,6 +108,17 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
         admin.close()
 
 
+def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
+    """Delete topics, best effort (tests and benchmarks clean up after themselves with it)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="marginflow-admin")
+    try:
+        admin.delete_topics(list(names))
+    except Exception:  # noqa: BLE001 - cleanup only: a topic already gone is fine
+        pass
+    finally:
+        admin.close()
+
+
 def new_producer(bootstrap: str, client_id: str, linger_ms: int = 5, **extra) -> KafkaProducer:
     """A producer that waits for the broker's acknowledgement of every record (acks=all)."""
     return KafkaProducer(

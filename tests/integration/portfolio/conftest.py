@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import redis
-from kafka import KafkaAdminClient
 
 from marginflow.portfolio.adapters.codec import event_to_proto, fill_to_proto
 from marginflow.portfolio.entrypoint import PortfolioApp, portfolio_topics
 from marginflow.portfolio.settings import PortfolioSettings
 from marginflow.shared.clock import SystemClock
 from marginflow.shared.config import load
-from marginflow.shared.kafka import ProtoProducer, ensure_topics, new_producer
+from marginflow.shared.kafka import ProtoProducer, delete_topics, ensure_topics, new_producer
 
 from portfolio_it_helpers import ADMIN_TOKEN
 
@@ -28,13 +27,7 @@ def pf_settings(test_env, topic_prefix):
     if keys:
         client.unlink(*keys)
     client.close()
-    admin = KafkaAdminClient(bootstrap_servers=settings.common.bootstrap)
-    try:
-        admin.delete_topics([s.name for s in portfolio_topics(settings)])
-    except Exception:  # noqa: BLE001 - cleanup only
-        pass
-    finally:
-        admin.close()
+    delete_topics(settings.common.bootstrap, [s.name for s in portfolio_topics(settings)])
 
 
 class Running:

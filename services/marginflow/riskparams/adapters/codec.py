@@ -16,34 +16,30 @@ _Tick = marketdata_pb2.Tick
 _Mark = marketdata_pb2.Mark
 
 
-def decode_ticks(values: Sequence[bytes]) -> tuple[list[tuple[str, float, int]], list[tuple[int, Rejected]]]:
-    """``(instrument, price, event_time_ms)`` per decodable value; undecodable ones as errors."""
-    out: list[tuple[str, float, int]] = []
+def _decode(values: Sequence[bytes], message_type, extract) -> tuple[list, list[tuple[int, Rejected]]]:
+    """``extract(message)`` per decodable value; undecodable ones as ``(index, Rejected)``."""
+    out: list = []
     errors: list[tuple[int, Rejected]] = []
-    parse = _Tick.FromString
+    parse = message_type.FromString
     for i, raw in enumerate(values):
         try:
-            t = parse(raw)
+            msg = parse(raw)
         except (DecodeError, TypeError) as exc:
-            errors.append((i, Rejected("malformed", f"not a marginflow.marketdata.v1.Tick: {exc}")))
+            errors.append((i, Rejected("malformed", f"not a {message_type.DESCRIPTOR.full_name}: {exc}")))
             continue
-        out.append((t.instrument, t.price, t.meta.event_time_ms))
+        out.append(extract(msg))
     return out, errors
+
+
+def decode_ticks(values: Sequence[bytes]) -> tuple[list[tuple[str, float, int]], list[tuple[int, Rejected]]]:
+    """``(instrument, price, event_time_ms)`` per decodable value; undecodable ones as errors."""
+    return _decode(values, _Tick, lambda t: (t.instrument, t.price, t.meta.event_time_ms))
 
 
 def decode_marks(values: Sequence[bytes]) -> tuple[list[tuple[str, str, float, float, int]], list[tuple[int, Rejected]]]:
     """``(instrument, underlying, index_price, implied_vol, event_time_ms)`` per decodable value."""
-    out: list[tuple[str, str, float, float, int]] = []
-    errors: list[tuple[int, Rejected]] = []
-    parse = _Mark.FromString
-    for i, raw in enumerate(values):
-        try:
-            m = parse(raw)
-        except (DecodeError, TypeError) as exc:
-            errors.append((i, Rejected("malformed", f"not a marginflow.marketdata.v1.Mark: {exc}")))
-            continue
-        out.append((m.instrument, m.underlying, m.index_price, m.implied_vol, m.meta.event_time_ms))
-    return out, errors
+    return _decode(values, _Mark, lambda m: (m.instrument, m.underlying, m.index_price, m.implied_vol,
+                                             m.meta.event_time_ms))
 
 
 def to_proto(v: RiskParamsVersion, source: str = "riskparams") -> risk_pb2.RiskParams:
