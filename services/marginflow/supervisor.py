@@ -175,23 +175,16 @@ def banner(programs: list[Program], env: dict[str, str], log_dir: pathlib.Path) 
 
 
 def main(argv: list[str] | None = None) -> None:
+    from marginflow.marketdata.__main__ import add_source_options, source_env
+
     parser = argparse.ArgumentParser(prog="marginflow.supervisor", description=__doc__)
-    parser.add_argument("--replay", help="run the platform on a CSV replay instead of the simulator")
-    parser.add_argument("--speed", help="replay/simulator pace: 'max' or a multiple of event time")
-    parser.add_argument("--universe", help="instrument universe TOML")
+    add_source_options(parser)
     parser.add_argument("--only", help="comma-separated services to run (default: all available)")
     args = parser.parse_args(argv)
-    env = dict(os.environ)
-    if args.replay:
-        env["MF_MD_SOURCE"] = "replay"
-        env["MF_MD_REPLAY_FILE"] = str(pathlib.Path(args.replay).resolve())
-    else:
+    env = {**os.environ, **source_env(args)}
+    if not args.replay:
         for key, value in LIVE_DEFAULTS.items():
             env.setdefault(key, value)
-    if args.speed:
-        env["MF_MD_SPEED"] = args.speed
-    if args.universe:
-        env["MF_UNIVERSE_FILE"] = str(pathlib.Path(args.universe).resolve())
     run_dir = pathlib.Path(env.get("MF_RUN_DIR", ROOT / ".run"))
     log_dir = pathlib.Path(env.get("MF_LOG_DIR", run_dir / "logs"))
     wanted = set(args.only.split(",")) if args.only else None
