@@ -5,6 +5,8 @@ from __future__ import annotations
 import pathlib
 import subprocess
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 PROM = ROOT / "deploy" / "prometheus"
 
@@ -19,8 +21,9 @@ def test_alert_rules_pass_their_promtool_unit_tests():
     assert "SUCCESS" in res.stdout
 
 
-def test_prometheus_config_and_rules_are_valid():
-    res = run("promtool", "check", "config", "prometheus.yml", cwd=PROM)
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.compose.yml"])
+def test_prometheus_config_and_rules_are_valid(config):
+    res = run("promtool", "check", "config", config, cwd=PROM)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "rules found" in res.stdout
 

@@ -36,10 +36,18 @@ def test_compose_runs_every_service_the_supervisor_runs_with_the_same_ports():
 
 def test_compose_services_exist_in_the_package():
     for name, svc in compose()["services"].items():
-        if name in ("kafka", "redis"):
+        if name in ("kafka", "redis", "prometheus", "alertmanager"):
             continue
         module = svc["command"][-1]
         assert any(p.module == module and available(p) for p in PROGRAMS), f"{name}: {module} is not a known program"
+
+
+def test_compose_prometheus_scrapes_every_service_by_name():
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.compose.yml").read_text())
+    targets = {t for sc in config["scrape_configs"] for st in sc["static_configs"] for t in st["targets"]}
+    for program in PROGRAMS:
+        if program.metrics_port_var:
+            assert f"{program.name}:{program.metrics_port}" in targets
 
 
 def test_ci_runs_the_readme_test_command():
