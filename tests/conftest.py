@@ -13,8 +13,15 @@ import pathlib
 import uuid
 
 import pytest
+from hypothesis import settings
 
 from marginflow.shared.config import CommonSettings, load
+
+# CI runs every property test on a fixed sequence of examples (a submission's result must not
+# depend on luck); development runs keep exploring new ones. `CI=true` is set by the CI runner.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
