@@ -1,0 +1,250 @@
+"""Margin service benchmark: ``python -m bench.bench_margin`` (no Kafka needed: the model is served in-process).
+
+1. Loads 100,000 accounts / 1,000,000 positions (10 distinct instruments each over the platform universe,
+   10 % isolated, USDC + BTC collateral) into the margin engine, with a risk-parameter version of
+   27 grid + 4 tail + 1,000 historical scenarios; times the full recalculation and reports the process RSS
+   (target ≤ 1 GiB), against the RSS before loading.
+2. Serves MarginService over gRPC from this process and drives WhatIf and GetMargin from a client
+   process, open loop at 500 requests/s (a request is sent at its scheduled time whatever the previous
+   one did), random accounts; p50/p99 per method (target p99 ≤ 5 ms). Baseline: the same engine calls
+   in-process, without gRPC, timed in the same run. A second phase repeats the load while the service
+   re-evaluates every account on marks every 250 ms (what a live venue does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing
+import os
+import threading
+import time
+
+import numpy as np
+
+import marginflow.core as core
+from marginflow.margin.application import TradeDelta
+from marginflow.margin.domain.book import AccountBook
+from marginflow.margin.domain.scenarios import GridSpec, RiskVersion
+from marginflow.margin.service import MarginApp, configure_runtime
+from marginflow.margin.settings import MarginSettings
+from marginflow.shared.config import load
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def risk_version(underlyings: list[str], n_hist: int = 1000) -> RiskVersion:
+    rng = np.random.default_rng(11)
+    grids = {u: GridSpec(u, tuple(np.linspace(-0.15, 0.15, 9)), (-0.25, 0.0, 0.25), (-0.3, 0.3, -0.45, 0.45),
+                         (0.0, 0.0, 0.0, 0.0), (0.5, 0.5, 0.35, 0.35), 3 * 86400.0) for u in underlyings}
+    z = rng.standard_t(4, (n_hist, 1)) * 0.7 + rng.standard_t(4, (n_hist, len(underlyings))) * 0.7
+    hist = np.clip(z * 0.6 * np.sqrt(3 / 365), -0.9, 3.0)
+    now = int(time.time() * 1000)
+    return RiskVersion(1, now, now, {u: 0.6 for u in underlyings}, {}, grids, tuple(underlyings), hist, 0.99)
+
+
+def make_books(engine, n_accounts: int, per_account: int, seed: int = 5) -> list[AccountBook]:
+    rng = np.random.default_rng(seed)
+    K = engine.instruments.n
+    inst = np.argsort(rng.random((n_accounts, K)), axis=1)[:, :per_account].astype(np.int32)
+    size = rng.choice([-1.0, 1.0], (n_accounts, per_account)) * np.round(rng.lognormal(0, 1, (n_accounts, per_account)), 2)
+    size[size == 0] = 0.01
+    entry = engine.mark_price[inst] * (1 + rng.normal(0, 0.02, (n_accounts, per_account)))
+    iso = (rng.random((n_accounts, per_account)) < 0.1).astype(np.uint8)
+    notional = np.abs(size) * engine.mark_price[inst] * engine.instruments.contract_size[inst]
+    coll = np.where(iso == 1, notional * 0.3, 0.0)
+    A = len(engine.config.assets)
+    btc = engine.asset_index.get("BTC")
+    books = []
+    for i in range(n_accounts):
+        bal = np.zeros(A)
+        bal[0] = float(notional[i].sum() * 0.4)
+        if btc is not None and i % 3 == 0:
+            bal[btc] = 0.5
+        books.append(AccountBook(f"acct{i:06d}", 1, inst[i].copy(), size[i].copy(), entry[i].copy(), iso[i].copy(),
+                                 coll[i].copy(), bal))
+    return books
+
+
+def percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(latencies_s) * 1e3
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.max())
+
+
+def client(port: int, accounts: list[str], instruments: list[str], rate: float, seconds: float, out) -> None:
+    """Open-loop load: requests at their scheduled times (futures), alternating WhatIf and GetMargin."""
+    import grpc
+
+    from marginflow.api.common.v1 import common_pb2
+    from marginflow.api.margin.v1 import margin_pb2 as pb
+    from marginflow.api.margin.v1 import margin_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    stub = margin_pb2_grpc.MarginServiceStub(channel)
+    rng = np.random.default_rng(1)
+    for _ in range(50):   # warm-up
+        stub.GetMargin(pb.GetMarginRequest(account_id=accounts[0]), timeout=5)
+    n = int(rate * seconds)
+    results: dict[str, list[float]] = {"WhatIf": [], "GetMargin": []}
+    errors = [0]
+    lock = threading.Lock()
+    pending = []
+    start = time.perf_counter() + 0.1
+    for i in range(n):
+        when = start + i / rate
+        delay = when - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        account = accounts[int(rng.integers(len(accounts)))]
+        sent = time.perf_counter()
+        if i % 2 == 0:
+            trade = pb.TradeDelta(instrument=instruments[int(rng.integers(len(instruments)))],
+                                  size=common_pb2.Decimal(value=str(float(rng.choice([-1, 1])) * 0.5)))
+            fut = stub.WhatIf.future(pb.WhatIfRequest(account_id=account, trades=[trade]), timeout=5)
+            method = "WhatIf"
+        else:
+            fut = stub.GetMargin.future(pb.GetMarginRequest(account_id=account), timeout=5)
+            method = "GetMargin"
+
+        def done(f, method=method, sent=sent):
+            elapsed = time.perf_counter() - sent
+            with lock:
+                if f.exception() is None:
+                    results[method].append(elapsed)
+                else:
+                    errors[0] += 1
+
+        fut.add_done_callback(done)
+        pending.append(fut)
+    for f in pending:
+        try:
+            f.result(timeout=10)
+        except Exception:  # noqa: BLE001 - counted in the callback
+            pass
+    achieved = n / (time.perf_counter() - start)
+    out.put({"results": results, "errors": errors[0], "achieved_rps": achieved})
+    channel.close()
+
+
+def run_load(port, accounts, instruments, rate, seconds) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=client, args=(port, accounts, instruments, rate, seconds, q))
+    proc.start()
+    res = q.get(timeout=seconds + 120)
+    proc.join(30)
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--positions-per-account", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    env = dict(os.environ, MF_MARGIN_GRPC_PORT="0", MF_MARGIN_METRICS_PORT="0", MF_LOG_JSON="false",
+               MF_MARGIN_MODEL_REFRESH_MS="0", MF_LOG_LEVEL="WARNING")
+    settings = load(MarginSettings, env)
+    gc.collect()
+    rss0 = rss_mib()
+    app = MarginApp(settings).start(serve_grpc=True, serve_http_metrics=False, consume=False)
+    engine = app.engine
+    rss_app = rss_mib()
+    t = time.perf_counter()
+    books = make_books(engine, args.accounts, args.positions_per_account)
+    gen_s = time.perf_counter() - t
+    gc.collect()
+    t = time.perf_counter()
+    engine.apply_snapshots(books)
+    load_s = time.perf_counter() - t
+    version = risk_version(list(engine.instruments.underlyings))
+    t = time.perf_counter()
+    engine.apply_risk_params(version)          # model build + full recalculation + first publication of all
+    first_s = time.perf_counter() - t
+    t = time.perf_counter()
+    engine.full_recalculation()               # steady state: nothing changed, nothing published
+    full_s = time.perf_counter() - t
+    f = engine.flat
+    t = time.perf_counter()
+    engine.model.core.compute(f.indptr, f.instrument, f.size, f.isolated, n_threads=2)
+    core_s = time.perf_counter() - t
+    t = time.perf_counter()
+    engine.evaluate()
+    eval_s = time.perf_counter() - t
+    del books
+    configure_runtime()     # as the service's main does after its start
+    rss_loaded = rss_mib()
+    positions = engine.n_positions()
+    counts = engine.last_counts
+    print(f"core: {core.IMPLEMENTATION}; accounts {len(engine.row_of):,}, positions {positions:,}, "
+          f"instruments {engine.instruments.n}, scenarios {engine.model.scenarios.price_shock.shape[0]}")
+    print(f"states: healthy {counts.get(1, 0):,}, margin call {counts.get(2, 0):,}, liquidation {counts.get(3, 0):,}, "
+          f"bankrupt {counts.get(4, 0):,}")
+    print(f"generate books {gen_s:.2f} s, load into engine {load_s:.2f} s")
+    print(f"new version: model build + full recalculation + {len(engine.row_of):,} states built {first_s * 1e3:.0f} ms")
+    print(f"full recalculation, steady state: {full_s * 1e3:.0f} ms (core compute alone {core_s * 1e3:.0f} ms); "
+          f"equity/state evaluation on marks {eval_s * 1e3:.0f} ms")
+    print(f"RSS: {rss0:.0f} MiB before the service, {rss_app:.0f} MiB service started empty, "
+          f"{rss_loaded:.0f} MiB loaded ({rss_loaded - rss_app:.0f} MiB for the accounts, "
+          f"{(rss_loaded - rss_app) * 2**20 / positions:.0f} B/position); target ≤ 1024 MiB: "
+          f"{'met' if rss_loaded <= 1024 else 'NOT met'}")
+
+    # in-process baseline
+    rng = np.random.default_rng(2)
+    ids = engine.account_ids()
+    sample = [ids[int(i)] for i in rng.integers(len(ids), size=2000)]
+    lat_get, lat_wi = [], []
+    for i, a in enumerate(sample):
+        t = time.perf_counter()
+        engine.get_margin(a)
+        lat_get.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        engine.what_if(a, [TradeDelta(int(rng.integers(engine.instruments.n)), 0.5)])
+        lat_wi.append(time.perf_counter() - t)
+    base_get, base_wi = percentiles(lat_get), percentiles(lat_wi)
+    print(f"in-process baseline: GetMargin p50 {base_get[0]:.3f} ms p99 {base_get[1]:.3f} ms; "
+          f"WhatIf p50 {base_wi[0]:.3f} ms p99 {base_wi[1]:.3f} ms")
+
+    instruments = list(engine.instruments.symbols)
+    for phase in ("idle", "marks"):
+        stop = threading.Event()
+        worker = None
+        if phase == "marks":
+            def marks_loop() -> None:
+                k = 0
+                while not stop.is_set():
+                    k += 1
+                    engine.mark_price *= 1.0 + 0.0001 * (1 if k % 2 else -1)
+                    engine.marks_dirty = True
+                    engine.evaluate()
+                    stop.wait(0.25)
+
+            worker = threading.Thread(target=marks_loop, daemon=True)
+            worker.start()
+        res = run_load(app.grpc_port, sample, instruments, args.rate, args.seconds)
+        stop.set()
+        if worker is not None:
+            worker.join(5)
+        label = "idle service" if phase == "idle" else f"while re-evaluating all {len(engine.row_of):,} accounts on marks every 250 ms"
+        print(f"gRPC at {args.rate:.0f} req/s for {args.seconds:.0f} s ({label}): achieved {res['achieved_rps']:.0f} req/s, "
+              f"errors {res['errors']}")
+        for method, base in (("GetMargin", base_get), ("WhatIf", base_wi)):
+            p50, p99, mx = percentiles(res["results"][method])
+            print(f"  {method}: n={len(res['results'][method])}, p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.1f} ms; "
+                  f"p99 {p99 / base[1]:.1f}× in-process; target p99 ≤ 5 ms: {'met' if p99 <= 5 else 'NOT met'}")
+    print(f"RSS after load: {rss_mib():.0f} MiB")
+    app.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""I/O of the margin service: protobuf codec, Kafka, gRPC, Prometheus."""

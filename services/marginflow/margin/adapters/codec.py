@@ -1,0 +1,222 @@
+"""Protobuf ↔ domain for the margin service, with the validation of every input boundary.
+
+Inputs that cannot be accepted raise :class:`~marginflow.shared.errors.Rejected` (reason code →
+dead letter + metric). USD amounts out: decimal strings rounded to the cent, requirements up and
+equity down (``money.usd_up`` / ``usd_down``).
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import numpy as np
+
+from marginflow.api.account.v1 import account_pb2
+from marginflow.api.margin.v1 import margin_pb2 as pb
+from marginflow.api.marketdata.v1 import marketdata_pb2
+from marginflow.api.risk.v1 import risk_pb2
+from marginflow.margin.application import MarkUpdate
+from marginflow.margin.domain.book import AccountBook, InstrumentTable
+from marginflow.margin.domain.results import AccountMargin, Explanation, MarginCallEvent
+from marginflow.margin.domain.scenarios import GridSpec, RiskVersion
+from marginflow.shared.errors import Rejected
+from marginflow.shared.money import parse_decimal, usd_down, usd_up
+
+# Largest plausible amounts: beyond them a value is a unit or encoding error, not a position.
+MAX_ABS_SIZE = 1e12
+MAX_PRICE = 1e12
+
+
+def _finite(x: float, what: str, positive: bool = False, non_negative: bool = False) -> float:
+    if not math.isfinite(x):
+        raise Rejected("non_finite", f"{what} is not finite: {x!r}")
+    if positive and x <= 0:
+        raise Rejected("non_positive_price", f"{what} must be > 0, got {x!r}")
+    if non_negative and x < 0:
+        raise Rejected("negative_value", f"{what} must be >= 0, got {x!r}")
+    return float(x)
+
+
+# ------------------------------------------------------------------ inputs
+
+def mark_from_proto(m: marketdata_pb2.Mark, table: InstrumentTable) -> MarkUpdate:
+    symbol = m.instrument
+    t_ms = int(m.meta.event_time_ms)
+    if t_ms <= 0:
+        raise Rejected("missing_field", f"mark of {symbol!r} has no event time")
+    if symbol.startswith("index:"):
+        und = symbol[len("index:"):]
+        u = table.underlying_index.get(und)
+        if u is None:
+            raise Rejected("unknown_instrument", f"unknown underlying {und!r}")
+        price = _finite(m.index_price or m.mark_price, "index_price", positive=True)
+        if price > MAX_PRICE:
+            raise Rejected("implausible", f"index price {price!r}")
+        return MarkUpdate(None, u, price, price, 0.0, 0.0, 0.0, t_ms)
+    k = table.index.get(symbol)
+    if k is None:
+        raise Rejected("unknown_instrument", f"unknown instrument {symbol!r}")
+    mark = _finite(m.mark_price, "mark_price", non_negative=True)
+    if mark <= 0 and table.kind[k] < 2:
+        raise Rejected("non_positive_price", f"mark_price of {symbol} must be > 0, got {mark!r}")
+    index = _finite(m.index_price, "index_price", non_negative=True)
+    iv = _finite(m.implied_vol, "implied_vol", non_negative=True)
+    half_spread = _finite(m.half_spread_frac, "half_spread_frac", non_negative=True)
+    depth = _finite(m.depth_contracts, "depth_contracts", non_negative=True)
+    if mark > MAX_PRICE or index > MAX_PRICE or iv > 20 or half_spread > 1:
+        raise Rejected("implausible", f"mark of {symbol}: mark {mark!r}, index {index!r}, iv {iv!r}, "
+                                      f"half spread {half_spread!r}")
+    return MarkUpdate(k, int(table.underlying[k]), index, mark, iv, half_spread, depth, t_ms)
+
+
+def risk_params_from_proto(p: risk_pb2.RiskParams) -> RiskVersion:
+    if p.version <= 0:
+        raise Rejected("missing_field", "risk params without a version")
+    sigma = {}
+    index = {}
+    for u in p.underlyings:
+        sigma[u.underlying] = _finite(u.sigma_margin, f"sigma_margin of {u.underlying}", non_negative=True)
+        index[u.underlying] = _finite(u.index_price, f"index_price of {u.underlying}", non_negative=True)
+    grids = {}
+    for g in p.grids:
+        for name, values in (("price_shocks", g.price_shocks), ("vol_shocks", g.vol_shocks),
+                             ("tail_price_shocks", g.tail_price_shocks), ("tail_vol_shocks", g.tail_vol_shocks),
+                             ("tail_weights", g.tail_weights)):
+            if not all(math.isfinite(x) for x in values):
+                raise Rejected("non_finite", f"{name} of {g.underlying} has a non-finite value")
+        grids[g.underlying] = GridSpec(g.underlying, tuple(g.price_shocks), tuple(g.vol_shocks),
+                                       tuple(g.tail_price_shocks), tuple(g.tail_vol_shocks), tuple(g.tail_weights),
+                                       _finite(g.horizon_seconds, "horizon_seconds", non_negative=True))
+    h = p.historical
+    n_u = len(h.underlyings)
+    returns = np.asarray(h.returns, dtype=np.float64)
+    if h.count <= 0 or n_u == 0 or returns.size != h.count * n_u:
+        raise Rejected("bad_risk_params", f"historical scenarios: count {h.count} × {n_u} underlyings "
+                                          f"!= {returns.size} returns")
+    if not np.all(np.isfinite(returns)):
+        raise Rejected("non_finite", "historical scenarios have a non-finite return")
+    return RiskVersion(int(p.version), int(p.meta.event_time_ms), int(p.meta.publish_time_ms), sigma, index, grids,
+                       tuple(h.underlyings), returns.reshape(h.count, n_u), float(p.es_confidence))
+
+
+def book_from_proto(s: account_pb2.AccountSnapshot, table: InstrumentTable, asset_index: dict[str, int],
+                    key: str | None = None) -> AccountBook:
+    account = s.account_id
+    if not account:
+        raise Rejected("missing_field", "snapshot without account_id")
+    if key is not None and key != account:
+        raise Rejected("key_mismatch", f"record key {key!r} != account_id {account!r}")
+    balances = np.zeros(len(asset_index))
+    for b in s.balances:
+        amount = float(parse_decimal(b.amount.value or "0", f"balance of {b.asset}"))
+        i = asset_index.get(b.asset)
+        if i is None:
+            if amount != 0:
+                raise Rejected("unknown_asset", f"balance in unknown asset {b.asset!r}")
+            continue
+        balances[i] += amount
+    inst, size, entry, iso, coll = [], [], [], [], []
+    for p in s.positions:
+        k = table.index.get(p.instrument)
+        if k is None:
+            raise Rejected("unknown_instrument", f"position in unknown instrument {p.instrument!r}")
+        q = float(parse_decimal(p.size.value or "0", f"size of {p.instrument}"))
+        if abs(q) > MAX_ABS_SIZE:
+            raise Rejected("implausible", f"size {q!r} of {p.instrument}")
+        e = float(parse_decimal(p.entry_price.value or "0", f"entry_price of {p.instrument}"))
+        if q != 0 and (e < 0 or e > MAX_PRICE):
+            raise Rejected("implausible", f"entry price {e!r} of {p.instrument}")
+        isolated = p.mode == account_pb2.MARGIN_MODE_ISOLATED
+        c = float(parse_decimal(p.isolated_collateral_usd.value or "0", f"isolated collateral of {p.instrument}"))
+        if q == 0:
+            continue   # flat: portfolio returns isolated collateral to the cross balance
+        inst.append(k)
+        size.append(q)
+        entry.append(e)
+        iso.append(1 if isolated else 0)
+        coll.append(c if isolated else 0.0)
+    return AccountBook(account, int(s.revision), np.asarray(inst, np.int32), np.asarray(size, np.float64),
+                       np.asarray(entry, np.float64), np.asarray(iso, np.uint8), np.asarray(coll, np.float64),
+                       balances, int(s.updated_ms))
+
+
+# ------------------------------------------------------------------ outputs
+
+def _state_fields(msg: pb.MarginState, m: AccountMargin, source: str, publish_ms: int) -> pb.MarginState:
+    msg.meta.event_time_ms = m.event_time_ms
+    msg.meta.publish_time_ms = publish_ms
+    msg.meta.source = source
+    msg.account_id = m.account_id
+    msg.equity_usd.value = str(usd_down(m.equity_usd))
+    msg.im_usd.value = str(usd_up(m.im_usd))
+    msg.mm_usd.value = str(usd_up(m.mm_usd))
+    msg.grid_margin_usd.value = str(usd_up(m.grid_usd))
+    msg.es_usd.value = str(usd_up(m.es_usd))
+    msg.min_margin_usd.value = str(usd_up(m.minimum_usd))
+    msg.liquidity_addon_usd.value = str(usd_up(m.liquidity_usd))
+    msg.state = m.state
+    msg.risk_params_version = m.risk_params_version
+    msg.account_revision = m.revision
+    msg.marks_time_ms = m.marks_time_ms
+    msg.marks_fresh = m.marks_fresh
+    msg.cross_equity_usd.value = str(usd_down(m.cross_equity_usd))
+    msg.cross_im_usd.value = str(usd_up(m.cross_im_usd))
+    msg.cross_mm_usd.value = str(usd_up(m.cross_mm_usd))
+    msg.cross_state = m.cross_state
+    msg.collateral_value_usd.value = str(usd_down(m.collateral_usd))
+    msg.unrealized_pnl_usd.value = str(usd_down(m.cross_pnl_usd))
+    for iso in m.isolated:
+        item = msg.isolated.add(instrument=iso.instrument, state=iso.state)
+        item.equity_usd.value = str(usd_down(iso.equity_usd))
+        item.im_usd.value = str(usd_up(iso.im_usd))
+        item.mm_usd.value = str(usd_up(iso.mm_usd))
+        item.size.value = repr(iso.size)
+        if iso.liquidation_price_usd is not None:
+            item.liquidation_price_usd.value = str(_price(iso.liquidation_price_usd))
+    return msg
+
+
+def _price(x: float) -> Decimal:
+    return Decimal(repr(x)).quantize(Decimal("0.0001"))
+
+
+def margin_state(m: AccountMargin, source: str = "margin", publish_ms: int = 0) -> pb.MarginState:
+    return _state_fields(pb.MarginState(), m, source, publish_ms)
+
+
+def margin_call(c: MarginCallEvent, source: str = "margin", publish_ms: int = 0) -> pb.MarginCall:
+    m = c.margin
+    msg = pb.MarginCall(account_id=m.account_id, state=m.state, previous_state=c.previous_state,
+                        risk_params_version=m.risk_params_version, marks_fresh=m.marks_fresh)
+    msg.meta.event_time_ms = m.event_time_ms
+    msg.meta.publish_time_ms = publish_ms
+    msg.meta.source = source
+    equity, im = usd_down(m.equity_usd), usd_up(m.im_usd)
+    msg.equity_usd.value = str(equity)
+    msg.im_usd.value = str(im)
+    msg.mm_usd.value = str(usd_up(m.mm_usd))
+    msg.shortfall_usd.value = str(max(Decimal("0.00"), im - equity))
+    return msg
+
+
+def explain_response(e: Explanation, publish_ms: int = 0) -> pb.ExplainResponse:
+    out = pb.ExplainResponse(worst_historical_scenario=e.worst_historical_scenario,
+                             binding_component=e.binding_component)
+    _state_fields(out.margin, e.margin, "margin", publish_ms)
+    for p in e.positions:
+        item = out.positions.add(instrument=p.instrument, underlying=p.underlying, isolated=p.isolated,
+                                 liquidation_price_basis=p.liquidation_price_basis)
+        item.loss_in_worst_grid_usd.value = str(usd_up(p.grid_loss_usd))
+        item.es_contribution_usd.value = str(usd_up(p.es_contribution_usd))
+        item.minimum_usd.value = str(usd_up(p.minimum_usd))
+        item.liquidity_usd.value = str(usd_up(p.liquidity_usd))
+        item.size.value = repr(p.size)
+        if p.liquidation_price_usd is not None:
+            item.liquidation_price_usd.value = str(_price(p.liquidation_price_usd))
+    for u in e.underlyings:
+        item = out.underlyings.add(underlying=u.underlying, worst_price_shock=u.worst_price_shock,
+                                   worst_vol_shock=u.worst_vol_shock)
+        item.grid_margin_usd.value = str(usd_up(u.grid_margin_usd))
+        item.es_contribution_usd.value = str(usd_up(u.es_contribution_usd))
+    return out

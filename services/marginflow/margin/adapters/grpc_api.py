@@ -1,0 +1,157 @@
+"""gRPC ``marginflow.margin.v1.MarginService`` over the engine (reads only; never blocks the service loop)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from decimal import Decimal, InvalidOperation
+
+import grpc
+
+from marginflow.api.margin.v1 import margin_pb2 as pb
+from marginflow.api.margin.v1 import margin_pb2_grpc
+from marginflow.margin.adapters import codec
+from marginflow.margin.application import MarginEngine, NotReady, TradeDelta, UnknownAccount
+from marginflow.shared.grpcserver import invalid_argument
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MarginService"].full_name
+MAX_TRADES = 100
+MAX_STREAM_ACCOUNTS = 10_000
+STREAM_QUEUE = 10_000
+
+
+class StateBroadcaster:
+    """Fan-out of published MarginStates to StreamMargin subscribers (bounded queues: a slow one loses the oldest)."""
+
+    def __init__(self) -> None:
+        self._subs: list[tuple[frozenset[str], queue.Queue]] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, accounts: frozenset[str]) -> queue.Queue:
+        q: queue.Queue = queue.Queue(STREAM_QUEUE)
+        with self._lock:
+            self._subs.append((accounts, q))
+        return q
+
+    def unsubscribe(self, q: queue.Queue) -> None:
+        with self._lock:
+            self._subs = [s for s in self._subs if s[1] is not q]
+
+    def publish(self, states: list[pb.MarginState]) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for accounts, q in subs:
+            for s in states:
+                if accounts and s.account_id not in accounts:
+                    continue
+                while True:
+                    try:
+                        q.put_nowait(s)
+                        break
+                    except queue.Full:
+                        try:
+                            q.get_nowait()
+                        except queue.Empty:
+                            pass
+
+
+class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
+    def __init__(self, engine: MarginEngine, broadcaster: StateBroadcaster, what_if_metric=None,
+                 clock_ms=lambda: int(time.time() * 1000)) -> None:
+        self._engine = engine
+        self._broadcaster = broadcaster
+        self._what_if_metric = what_if_metric
+        self._clock_ms = clock_ms
+
+    def _account(self, account_id: str, context: grpc.ServicerContext) -> str:
+        if not account_id or len(account_id) > 128:
+            invalid_argument(context, "account_id must be 1..128 characters")
+        return account_id
+
+    def _fail(self, exc: Exception, context: grpc.ServicerContext, account_id: str):
+        if isinstance(exc, UnknownAccount):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"account {account_id!r} is not known to this margin instance")
+        if isinstance(exc, NotReady):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no risk parameters yet")
+        raise exc
+
+    def GetMargin(self, request: pb.GetMarginRequest, context: grpc.ServicerContext) -> pb.MarginState:
+        account = self._account(request.account_id, context)
+        try:
+            margin = self._engine.get_margin(account)
+        except (UnknownAccount, NotReady) as exc:
+            self._fail(exc, context, account)
+        return codec.margin_state(margin, publish_ms=self._clock_ms())
+
+    def _trades(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> list[TradeDelta]:
+        if not request.trades:
+            invalid_argument(context, "trades must not be empty")
+        if len(request.trades) > MAX_TRADES:
+            invalid_argument(context, f"at most {MAX_TRADES} trades")
+        table = self._engine.instruments
+        out = []
+        for i, t in enumerate(request.trades):
+            k = table.index.get(t.instrument)
+            if k is None:
+                invalid_argument(context, f"trades[{i}].instrument {t.instrument!r} is not a listed instrument")
+            try:
+                size = Decimal(t.size.value)
+            except (InvalidOperation, ValueError):
+                invalid_argument(context, f"trades[{i}].size {t.size.value!r} is not a decimal number")
+            if not size.is_finite() or size == 0 or abs(size) > Decimal("1e12"):
+                invalid_argument(context, f"trades[{i}].size must be finite, non-zero and plausible, got {t.size.value!r}")
+            price = None
+            if t.price.value:
+                try:
+                    p = Decimal(t.price.value)
+                except (InvalidOperation, ValueError):
+                    invalid_argument(context, f"trades[{i}].price {t.price.value!r} is not a decimal number")
+                if not p.is_finite() or p <= 0 or p > Decimal("1e12"):
+                    invalid_argument(context, f"trades[{i}].price must be finite and > 0, got {t.price.value!r}")
+                price = float(p)
+            out.append(TradeDelta(k, float(size), price))
+        return out
+
+    def WhatIf(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> pb.WhatIfResponse:
+        account = self._account(request.account_id, context)
+        trades = self._trades(request, context)
+        started = time.perf_counter()
+        try:
+            before, after = self._engine.what_if(account, trades)
+        except (UnknownAccount, NotReady) as exc:
+            self._fail(exc, context, account)
+        except ValueError as exc:   # the core refused the hypothetical book (overflow)
+            invalid_argument(context, f"what-if cannot be margined: {exc}")
+        if self._what_if_metric is not None:
+            self._what_if_metric.observe(time.perf_counter() - started)
+        now = self._clock_ms()
+        return pb.WhatIfResponse(before=codec.margin_state(before, publish_ms=now),
+                                 after=codec.margin_state(after, publish_ms=now))
+
+    def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
+        account = self._account(request.account_id, context)
+        try:
+            explanation = self._engine.explain(account)
+        except (UnknownAccount, NotReady) as exc:
+            self._fail(exc, context, account)
+        return codec.explain_response(explanation, self._clock_ms())
+
+    def StreamMargin(self, request: pb.StreamMarginRequest, context: grpc.ServicerContext):
+        if len(request.account_ids) > MAX_STREAM_ACCOUNTS:
+            invalid_argument(context, f"at most {MAX_STREAM_ACCOUNTS} account ids")
+        accounts = frozenset(request.account_ids)
+        q = self._broadcaster.subscribe(accounts)
+        try:
+            for account in sorted(accounts):   # the current margin first, then every published change
+                try:
+                    yield codec.margin_state(self._engine.get_margin(account), publish_ms=self._clock_ms())
+                except (UnknownAccount, NotReady):
+                    continue
+            while context.is_active():
+                try:
+                    yield q.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+        finally:
+            self._broadcaster.unsubscribe(q)

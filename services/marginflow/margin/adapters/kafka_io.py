@@ -1,0 +1,110 @@
+"""Kafka side of the margin service: inputs (risk.params, md.marks, portfolio.positions) and outputs.
+
+* ``risk.params`` and ``md.marks``: one consumer without a group, every partition assigned (every
+  instance needs every mark and every version). Risk params from the beginning (compacted: the last
+  versions only; versions not newer than the one in force are skipped), marks from the last
+  ``MF_MARGIN_MARKS_TAIL_RECORDS`` of each partition (the latest mark per instrument).
+* ``portfolio.positions``: a consumer group (accounts shard by partition). Each partition assigned is
+  read from its beginning — the compacted topic holds the latest snapshot per account, so this is
+  the rebuild of the owned accounts; a revoked partition's accounts are forgotten. Offsets are never
+  committed: the state is always rebuilt from the topic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from marginflow.api.account.v1 import account_pb2
+from marginflow.api.marketdata.v1 import marketdata_pb2
+from marginflow.api.risk.v1 import risk_pb2
+from marginflow.margin.adapters import codec
+from marginflow.margin.adapters.grpc_api import StateBroadcaster
+from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
+from marginflow.shared.kafka import ProtoConsumer, ProtoProducer
+from marginflow.shared.logs import get_logger
+
+log = get_logger(__name__)
+
+ACK_TIMEOUT_SECONDS = 30.0
+
+
+class KafkaPublisher:
+    """Publisher port: margin.state (compacted, key account) and margin.calls; StreamMargin fan-out."""
+
+    def __init__(self, producer: ProtoProducer, state_topic: str, calls_topic: str, clock_ms,
+                 broadcaster: StateBroadcaster | None = None, source: str = "margin") -> None:
+        self._producer = producer
+        self._state_topic = state_topic
+        self._calls_topic = calls_topic
+        self._clock_ms = clock_ms
+        self._broadcaster = broadcaster
+        self._source = source
+
+    def publish(self, states: Sequence[AccountMargin], calls: Sequence[MarginCallEvent]) -> None:
+        now = self._clock_ms()
+        msgs = [codec.margin_state(m, self._source, now) for m in states]
+        futures = self._producer.send_many(self._state_topic,
+                                           [(m.account_id.encode(), msg.SerializeToString())
+                                            for m, msg in zip(states, msgs)])
+        futures += self._producer.send_many(self._calls_topic,
+                                            [(c.margin.account_id.encode(),
+                                              codec.margin_call(c, self._source, now).SerializeToString())
+                                             for c in calls])
+        self._producer.flush(timeout=ACK_TIMEOUT_SECONDS)
+        for future in futures:
+            if not future.is_done or future.failed():
+                future.get(timeout=ACK_TIMEOUT_SECONDS)
+        if self._broadcaster is not None and msgs:
+            self._broadcaster.publish(msgs)
+
+
+def market_types(topics) -> dict[str, type]:
+    return {topics.marks: marketdata_pb2.Mark, topics.risk_params: risk_pb2.RiskParams}
+
+
+def assign_market(consumer: ProtoConsumer, marks_topic: str, params_topic: str, tail_records: int,
+                  timeout_s: float) -> None:
+    raw = consumer.raw
+    deadline = time.monotonic() + timeout_s
+    tps: dict[str, list[TopicPartition]] = {}
+    for topic in (marks_topic, params_topic):
+        parts = raw.partitions_for_topic(topic)
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.2)
+            parts = raw.partitions_for_topic(topic)
+        if not parts:
+            raise RuntimeError(f"topic {topic} has no partitions")
+        tps[topic] = [TopicPartition(topic, p) for p in sorted(parts)]
+    raw.assign(tps[marks_topic] + tps[params_topic])
+    raw.seek_to_beginning(*tps[params_topic])
+    end = raw.end_offsets(tps[marks_topic])
+    begin = raw.beginning_offsets(tps[marks_topic])
+    for tp in tps[marks_topic]:
+        raw.seek(tp, max(begin[tp], end[tp] - tail_records))
+
+
+class PositionsRebalance(ConsumerRebalanceListener):
+    """Assigned partitions are re-read from the beginning (rebuild); revoked ones' accounts are dropped."""
+
+    def __init__(self) -> None:
+        self.consumer = None
+        self.revoked: set[int] = set()
+        self.assigned: set[int] = set()
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self.revoked |= {tp.partition for tp in revoked}
+
+    def on_partitions_assigned(self, assigned) -> None:
+        parts = list(assigned)
+        self.assigned |= {tp.partition for tp in parts}
+        self.revoked -= {tp.partition for tp in parts}
+        if parts and self.consumer is not None:
+            self.consumer.seek_to_beginning(*parts)
+        log.info("positions partitions assigned", extra={"partitions": sorted(tp.partition for tp in parts)})
+
+
+def snapshot_type():
+    return account_pb2.AccountSnapshot

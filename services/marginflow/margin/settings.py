@@ -1,0 +1,89 @@
+"""Settings of the margin service (``MF_MARGIN_*``), parsed once at start."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from marginflow.shared.config import (
+    CommonSettings, csv_list, env, float_list, non_negative_int, parse_port, positive_float, positive_int)
+
+
+def mm_factor(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be in [0, 1], got {text!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class MarginSettings:
+    common: CommonSettings = dataclasses.field(default_factory=CommonSettings)
+    grpc_port: int = env("MF_MARGIN_GRPC_PORT", parse_port, 50054, "MarginService gRPC port (0 = any free port)")
+    metrics_port: int = env("MF_MARGIN_METRICS_PORT", parse_port, 9104, "Prometheus /metrics port (0 = any)")
+    consumer_group: str = env("MF_MARGIN_GROUP", str, "marginflow-margin",
+                              "consumer group of portfolio.positions (MF_TOPIC_PREFIX is put in front)")
+    mm_factor: float = env("MF_MARGIN_MM_FACTOR", mm_factor, 0.5, "MM = factor × IM, in (0, 1]")
+    bracket_floors_usd: tuple[float, ...] = env(
+        "MF_MARGIN_BRACKET_FLOORS_USD", float_list, (0.0, 1e6, 5e6, 20e6),
+        "notional floors (USD) of the tiered minimum's brackets, first 0, increasing")
+    bracket_rates: tuple[float, ...] = env(
+        "MF_MARGIN_BRACKET_RATES", float_list, (0.01, 0.02, 0.05, 0.10),
+        "margin rate of each bracket, non-decreasing, in [0, 1]")
+    haircut_z: float = env("MF_MARGIN_HAIRCUT_Z", positive_float, 2.33,
+                           "z of the collateral haircut min(cap, z·σ_m·√horizon)")
+    haircut_cap: float = env("MF_MARGIN_HAIRCUT_CAP", fraction, 0.5, "largest haircut of crypto collateral")
+    haircut_horizon_seconds: float = env("MF_MARGIN_HAIRCUT_HORIZON_SECONDS", positive_float, 259200.0,
+                                         "horizon of the collateral haircut, seconds")
+    stablecoins: tuple[str, ...] = env("MF_MARGIN_STABLECOINS", csv_list, ("USDC", "USDT"),
+                                       "USD stablecoins: price 1, haircut 0")
+    settlement_asset: str = env("MF_MARGIN_SETTLEMENT_ASSET", str, "USDC", "USD stablecoin P&L settles in")
+    assets: tuple[str, ...] = env("MF_MARGIN_ASSETS", csv_list, (),
+                                  "collateral assets (default: the stablecoins and every underlying)")
+    mark_max_age_ms: int = env("MF_MARGIN_MARK_MAX_AGE_MS", positive_int, 30_000,
+                               "a mark older than this (event time, behind the newest) is stale: never liquidate on it")
+    publish_change_fraction: float = env("MF_MARGIN_PUBLISH_CHANGE", fraction, 0.01,
+                                         "republish when equity or IM moved by this fraction (of max(|equity|, IM))")
+    publish_change_min_usd: float = env("MF_MARGIN_PUBLISH_MIN_USD", positive_float, 1.0,
+                                        "... and by at least this many USD")
+    publish_max_interval_ms: int = env("MF_MARGIN_PUBLISH_MAX_INTERVAL_MS", positive_int, 60_000,
+                                       "republish every account at least this often, ms")
+    evaluate_interval_ms: int = env("MF_MARGIN_EVALUATE_INTERVAL_MS", positive_int, 200,
+                                    "shortest interval between two re-evaluations on marks, ms")
+    model_refresh_ms: int = env("MF_MARGIN_MODEL_REFRESH_MS", non_negative_int, 60_000,
+                                "rebuild risk arrays at current marks this often (0 = only per version), ms")
+    incremental_max_accounts: int = env("MF_MARGIN_INCREMENTAL_MAX_ACCOUNTS", positive_int, 2000,
+                                        "a snapshot batch with more accounts is one full recalculation")
+    threads: int = env("MF_MARGIN_THREADS", positive_int, 2, "margin-core threads")
+    marks_tail_records: int = env("MF_MARGIN_MARKS_TAIL_RECORDS", positive_int, 20_000,
+                                  "records per md.marks partition read back at start")
+    poll_timeout_ms: int = env("MF_MARGIN_POLL_TIMEOUT_MS", positive_int, 50, "consumer poll timeout, ms")
+    startup_timeout_seconds: float = env("MF_MARGIN_STARTUP_TIMEOUT_SECONDS", positive_float, 120.0,
+                                         "longest the start (topics, risk params) may take")
+
+    def __post_init__(self) -> None:
+        floors, rates = self.bracket_floors_usd, self.bracket_rates
+        if not floors or floors[0] != 0.0 or any(b <= a for a, b in zip(floors, floors[1:])):
+            raise ValueError(f"MF_MARGIN_BRACKET_FLOORS_USD={floors!r} is invalid: first must be 0, then increasing")
+        if len(rates) != len(floors):
+            raise ValueError(f"MF_MARGIN_BRACKET_RATES={rates!r} is invalid: needs {len(floors)} rates, one per floor")
+        if any(not 0.0 <= r <= 1.0 for r in rates) or any(b < a for a, b in zip(rates, rates[1:])):
+            raise ValueError(f"MF_MARGIN_BRACKET_RATES={rates!r} is invalid: in [0, 1] and non-decreasing")
+        if self.settlement_asset not in self.stablecoins:
+            raise ValueError(f"MF_MARGIN_SETTLEMENT_ASSET={self.settlement_asset!r} is invalid: "
+                             "must be one of MF_MARGIN_STABLECOINS")
+        if self.assets and self.settlement_asset not in self.assets:
+            raise ValueError(f"MF_MARGIN_ASSETS={','.join(self.assets)!r} is invalid: must include "
+                             f"the settlement asset {self.settlement_asset}")
+
+    def collateral_assets(self, underlyings: list[str]) -> tuple[str, ...]:
+        if self.assets:
+            return self.assets
+        out = [self.settlement_asset] + [s for s in self.stablecoins if s != self.settlement_asset]
+        return tuple(out + [u for u in underlyings if u not in out])

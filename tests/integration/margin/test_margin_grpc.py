@@ -1,0 +1,113 @@
+"""MarginService over gRPC on port 0: GetMargin, WhatIf, Explain, StreamMargin; NOT_FOUND and INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from marginflow.api.common.v1 import common_pb2
+from marginflow.api.margin.v1 import margin_pb2 as pb
+from marginflow.api.margin.v1 import margin_pb2_grpc
+
+from margin_it_helpers import mark, risk_params, snapshot, wait_for
+
+
+@pytest.fixture
+def served(mg_settings, publish, start_margin):
+    topics = mg_settings.common.topics
+    publish(topics.risk_params, "current", risk_params())
+    publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 60000.0))
+    publish(topics.marks, "ETH-PERP", mark("ETH-PERP", "ETH", 3000.0))
+    publish(topics.positions, "a", snapshot("a", [("BTC-PERP", "1", "60000")], "10000"))
+    app = start_margin(grpc=True)
+    wait_for(lambda: "a" in app.engine.row_of and app.engine.version == 1)
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    yield app, margin_pb2_grpc.MarginServiceStub(channel), channel
+    channel.close()
+
+
+def test_get_margin_what_if_explain(served):
+    app, stub, channel = served
+    state = stub.GetMargin(pb.GetMarginRequest(account_id="a"), timeout=5)
+    assert state.im_usd.value == "9006.00" and state.mm_usd.value == "4503.00"
+    assert state.equity_usd.value == "10000.00" and state.state == pb.HEALTH_STATE_HEALTHY
+
+    trade = pb.TradeDelta(instrument="BTC-PERP", size=common_pb2.Decimal(value="1"))
+    res = stub.WhatIf(pb.WhatIfRequest(account_id="a", trades=[trade]), timeout=5)
+    assert res.before.im_usd.value == "9006.00"
+    assert res.after.im_usd.value == "18012.00"          # 2 × (9,000 + 6)
+    assert res.after.state == pb.HEALTH_STATE_MARGIN_CALL
+
+    ex = stub.Explain(pb.ExplainRequest(account_id="a"), timeout=5)
+    assert ex.binding_component == "es"
+    assert ex.positions[0].instrument == "BTC-PERP"
+    assert Decimal(ex.positions[0].liquidation_price_usd.value) == Decimal("54503.0000")   # 60,000 − (10,000 − 4,503)
+    assert ex.underlyings[0].underlying == "BTC" and ex.underlyings[0].grid_margin_usd.value == "6000.00"
+    assert 0 <= ex.worst_historical_scenario < 100
+
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_errors_not_found_and_invalid_argument(served):
+    _, stub, _ = served
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetMargin(pb.GetMarginRequest(account_id="nobody"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Explain(pb.ExplainRequest(account_id=""), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for instrument, size, needle in (("DOGE-PERP", "1", "instrument"), ("BTC-PERP", "abc", "size"),
+                                     ("BTC-PERP", "0", "size"), ("BTC-PERP", "NaN", "size")):
+        trade = pb.TradeDelta(instrument=instrument, size=common_pb2.Decimal(value=size))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.WhatIf(pb.WhatIfRequest(account_id="a", trades=[trade]), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert needle in err.value.details()
+
+
+def test_stream_margin_sends_current_then_changes(served, publish, mg_settings):
+    app, stub, _ = served
+    stream = stub.StreamMargin(pb.StreamMarginRequest(account_ids=["a"]), timeout=10)
+    first = next(stream)
+    assert first.account_id == "a" and first.state == pb.HEALTH_STATE_HEALTHY
+    publish(mg_settings.common.topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 59000.0))
+    second = next(stream)
+    assert second.state == pb.HEALTH_STATE_MARGIN_CALL and second.equity_usd.value == "9000.00"
+    stream.cancel()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_process_bad_config_exits_2_and_sigterm_stops_it(run_module, test_env, mg_settings):
+    bad = run_module("marginflow.margin", extra_env={"MF_MARGIN_MM_FACTOR": "2"}, timeout=60)
+    assert bad.returncode == 2 and "MF_MARGIN_MM_FACTOR" in bad.stderr
+    port = _free_port()
+    env = {**os.environ, **test_env, "MF_MARGIN_GRPC_PORT": str(port), "MF_MARGIN_METRICS_PORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "marginflow.margin"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        channel.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,129 @@
+"""Pure domain: health states and their boundaries, haircuts and equity, liquidation prices, scenarios."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from marginflow.margin.domain.equity import HaircutPolicy, account_equity, asset_values
+from marginflow.margin.domain.health import Health, MarginResult, classify, classify_many
+from marginflow.margin.domain.liquidation import black76, linear_liquidation_price, option_liquidation_forward
+from marginflow.margin.domain.scenarios import build_scenarios
+from marginflow.shared.errors import Rejected
+
+from margin_unit_helpers import risk_version
+
+
+# ---- states (USD; IM 1,000, MM 500)
+@pytest.mark.parametrize("equity, fresh, expected", [
+    (1000.00, True, Health.HEALTHY),          # equity = IM: healthy
+    (999.99, True, Health.MARGIN_CALL),
+    (500.00, True, Health.MARGIN_CALL),       # equity = MM: margin call, not yet liquidation
+    (499.99, True, Health.LIQUIDATION),
+    (0.00, True, Health.LIQUIDATION),         # zero equity: liquidation, not bankrupt
+    (-0.01, True, Health.BANKRUPT),
+    (499.99, False, Health.MARGIN_CALL),      # stale marks cap the state at margin call
+    (-50.0, False, Health.MARGIN_CALL),
+    (1200.0, False, Health.HEALTHY),
+])
+def test_state_boundaries(equity, fresh, expected):
+    assert classify(equity, 1000.0, 500.0, fresh) == expected
+    r = MarginResult(equity, 1000.0, 500.0, fresh)
+    assert r.state == expected
+    assert r.is_liquidatable() == (expected in (Health.LIQUIDATION, Health.BANKRUPT))
+    assert classify_many(np.array([equity]), np.array([1000.0]), np.array([500.0]), np.array([fresh]))[0] == expected
+
+
+def test_states_compare_the_rounded_wire_amounts():
+    # IM 1,000.001 goes out as 1,000.01; equity 1,000.009 as 1,000.00 → margin call, as the numbers show
+    assert classify(1000.009, 1000.001, 500.0) == Health.MARGIN_CALL
+    assert classify(1000.01, 1000.001, 500.0) == Health.HEALTHY
+
+
+def test_margin_ratio_by_cross_multiplication():
+    r = MarginResult(equity_usd=750.0, im_usd=1000.0, mm_usd=500.0)
+    assert r.margin_ratio_at_least(3, 2)        # 750 / 500 = 1.5
+    assert not r.margin_ratio_at_least(151, 100)
+    assert MarginResult(10.0, 0.0, 0.0).margin_ratio_at_least(1000, 1)   # MM = 0: no division by zero
+    assert r.shortfall_usd() == pytest.approx(250.0)
+
+
+def test_vectorised_states_match_the_scalar_rule():
+    rng = np.random.default_rng(5)
+    eq = np.round(rng.uniform(-200, 1200, 2000), 2)
+    eq[:4] = [1000.0, 500.0, 0.0, -0.01]
+    fresh = rng.random(2000) < 0.8
+    got = classify_many(eq, np.full(2000, 1000.0), np.full(2000, 500.0), fresh)
+    assert got.tolist() == [classify(e, 1000.0, 500.0, f) for e, f in zip(eq, fresh)]
+
+
+# ---- haircuts and equity
+def test_haircut_is_z_sigma_sqrt_horizon_capped():
+    p = HaircutPolicy(z=2.33, cap=0.5, horizon_seconds=3 * 86400.0)
+    # 2.33 × 0.60 × √(3/365) = 0.12674...
+    assert p.haircut(0.60) == pytest.approx(2.33 * 0.60 * math.sqrt(3 / 365))
+    assert p.haircut(5.0) == 0.5                  # capped
+    assert p.haircut(None) == 0.5                 # unknown σ: the cap
+    assert p.haircut(float("nan")) == 0.5
+
+
+def test_equity_worked_example():
+    # 1,000 USDC + 2,000 USDT + 0.5 BTC at 60,000 with a 10 % haircut (σ_m chosen for it)
+    # + long 2 ETH-PERP from 3,000 marked at 2,900 (−200) + isolated BTC-PERP (excluded from cross).
+    policy = HaircutPolicy(z=1.0, cap=0.5, horizon_seconds=365 * 86400.0)   # h = σ
+    values, haircut = asset_values(["USDC", "USDT", "BTC", "XYZ"], frozenset({"USDC", "USDT"}),
+                                   {"BTC": 60000.0}, {"BTC": 0.10}, policy)
+    assert values.tolist() == pytest.approx([1.0, 1.0, 54000.0, 0.0])
+    assert haircut.tolist() == pytest.approx([0.0, 0.0, 0.10, 0.5])
+    equity = account_equity(np.array([1000.0, 2000.0, 0.5, 7.0]), values, np.array([2.0, 1.0]), np.array([1.0, 1.0]),
+                            np.array([2900.0, 50000.0]), np.array([3000.0, 60000.0]), np.array([0, 1], np.uint8))
+    assert equity == pytest.approx(1000 + 2000 + 27000 - 200)
+
+
+# ---- liquidation prices
+@pytest.mark.parametrize("size", [2.0, -2.0])
+def test_linear_liquidation_price_plugged_back(size):
+    equity, mm, mark, cs = 5000.0, 1200.0, 3000.0, 1.0
+    p = linear_liquidation_price(equity, mm, size, cs, mark)
+    assert p == pytest.approx(mark + (mm - equity) / size)
+    assert equity + size * cs * (p - mark) == pytest.approx(mm)
+    assert (p < mark) == (size > 0)
+
+
+def test_no_liquidation_price_when_none_exists():
+    assert linear_liquidation_price(100000.0, 10.0, 1.0, 1.0, 3000.0) is None   # long, equity above MM even at 0
+    assert linear_liquidation_price(5000.0, 10.0, 0.0, 1.0, 3000.0) is None
+
+
+@pytest.mark.parametrize("is_call, size", [(True, -1.0), (False, -1.0), (True, 1.0)])
+def test_option_liquidation_forward_plugged_back(is_call, size):
+    equity, mm, forward, strike, years, vol = 3000.0, 1000.0, 60000.0, 60000.0, 0.1, 0.6
+    f = option_liquidation_forward(equity, mm, size, 1.0, is_call, forward, strike, years, vol)
+    if is_call and size > 0:
+        # a long call loses at most its premium (~4,800): equity never falls to MM → none... unless premium > 2,000
+        v0 = black76(True, forward, strike, years, vol)
+        assert (f is None) == (v0 < equity - mm)
+        return
+    assert f is not None
+    v0 = black76(is_call, forward, strike, years, vol)
+    v1 = black76(is_call, f, strike, years, vol)
+    assert equity + size * (v1 - v0) == pytest.approx(mm, abs=1e-6)
+
+
+# ---- scenarios from a risk-parameter version
+def test_scenario_rows_grid_then_tails_then_history():
+    s = build_scenarios(risk_version(), ["BTC", "ETH"])
+    assert s.n_grid == 3 and s.tail_weights.tolist() == [0.5, 0.5] and s.n_hist == 100
+    assert s.price_shock.shape == (3 + 2 + 100, 2)
+    assert s.price_shock[:5, 0].tolist() == pytest.approx([-0.1, 0.0, 0.1, -0.2, 0.2])
+    assert s.price_shock[5, 0] == pytest.approx(-0.15) and s.price_shock[5, 1] == pytest.approx(0.15)
+    assert s.horizon_years == pytest.approx(1 / 365)
+
+
+def test_a_version_without_every_underlying_is_rejected():
+    v = risk_version()
+    with pytest.raises(Rejected) as err:
+        build_scenarios(v, ["BTC", "ETH", "SOL"])
+    assert err.value.code == "bad_risk_params" and "SOL" in err.value.detail
