@@ -29,9 +29,43 @@ from marginflow.margin.domain.liquidation import black76, linear_liquidation_pri
 from marginflow.margin.domain.results import (
     AccountMargin, Explanation, IsolatedResult, MarginCallEvent, PositionExplain, UnderlyingExplain)
 from marginflow.margin.domain.scenarios import RiskVersion, ScenarioSet, build_scenarios
-from marginflow.margin.domain.valuation import NEVER_MS, MarketView, Valuation, valuate
+from marginflow.margin.domain.valuation import NEVER_MS, MarketView, Valuation, valuate, valuate_chunked
 from marginflow.shared.clock import Clock
 from marginflow.shared.errors import Rejected
+
+
+# Positions per slice of the vectorised evaluation (~0.5 ms of numpy each on the dev VM, ~10 % overhead).
+EVALUATE_CHUNK_POSITIONS = 8_192
+
+
+# Between slices the evaluation steps aside while queries are running, at most this long per slice.
+EVALUATE_YIELD_MAX_S = 0.005
+
+
+class _Readers:
+    """Queries in flight (any thread): the vectorised evaluation yields to them between its slices."""
+
+    __slots__ = ("count", "_lock")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.count -= 1
+
+    def yield_to_queries(self) -> None:
+        """Release the GIL (and the core): a query waiting for either runs now, not after the whole pass."""
+        time.sleep(0)
+        if self.count:
+            deadline = time.perf_counter() + EVALUATE_YIELD_MAX_S
+            while self.count and time.perf_counter() < deadline:
+                time.sleep(0.0002)
 
 
 # ------------------------------------------------------------------------------------------ ports
@@ -183,6 +217,8 @@ class MarginEngine:
         self.model: _Model | None = None
         self.last_counts: dict[int, int] = {}
         self._lock = threading.RLock()   # held by the mutating thread; readers never take it
+        self._readers = _Readers()
+        self.queries = self._readers   # ``with engine.queries:`` around a whole request (the gRPC handlers)
 
     # ------------------------------------------------------------------ market
     def _seed_marks(self) -> None:
@@ -469,9 +505,11 @@ class MarginEngine:
             f = self.flat
             n = f.n_accounts
             market = self.market_view()
-            val = valuate(f.owner, f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
-                          self.iso_im_flat, self.balances[:n], self.cross_im[:n], self.config.mm_factor, market,
-                          indptr=f.indptr)
+            # In chunks, yielding the GIL between them: gRPC threads wait ~1 chunk, not the whole pass.
+            val = valuate_chunked(f.owner, f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
+                                  self.iso_im_flat, self.balances[:n], self.cross_im[:n], self.config.mm_factor,
+                                  market, indptr=f.indptr, chunk_positions=EVALUATE_CHUNK_POSITIONS,
+                                  pause=self._readers.yield_to_queries)
             outputs: list[AccountMargin] = []
             calls: list[MarginCallEvent] = []
             now = self.clock.now_ms()
@@ -583,6 +621,10 @@ class MarginEngine:
         return _Single(book, flat, core, val)
 
     def get_margin(self, account_id: str) -> AccountMargin:
+        with self._readers:
+            return self._get_margin(account_id)
+
+    def _get_margin(self, account_id: str) -> AccountMargin:
         book, model = self._require(account_id)
         s = self._single(book, model)
         return self._account_margin(book, s.valuation, 0, s.flat, model, core=s.core, liquidation_prices=True)
@@ -621,6 +663,10 @@ class MarginEngine:
                            balances, book.updated_ms)
 
     def what_if(self, account_id: str, trades: Sequence[TradeDelta]) -> tuple[AccountMargin, AccountMargin]:
+        with self._readers:
+            return self._what_if(account_id, trades)
+
+    def _what_if(self, account_id: str, trades: Sequence[TradeDelta]) -> tuple[AccountMargin, AccountMargin]:
         book, model = self._require(account_id)
         for t in trades:
             if not (0 <= t.instrument < self.instruments.n) or not math.isfinite(t.size) or t.size == 0:
@@ -634,6 +680,10 @@ class MarginEngine:
                                      liquidation_prices=True))
 
     def explain(self, account_id: str) -> Explanation:
+        with self._readers:
+            return self._explain(account_id)
+
+    def _explain(self, account_id: str) -> Explanation:
         book, model = self._require(account_id)
         s = self._single(book, model)
         margin = self._account_margin(book, s.valuation, 0, s.flat, model, core=s.core, liquidation_prices=True)

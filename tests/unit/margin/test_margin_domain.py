@@ -127,3 +127,37 @@ def test_a_version_without_every_underlying_is_rejected():
     with pytest.raises(Rejected) as err:
         build_scenarios(v, ["BTC", "ETH", "SOL"])
     assert err.value.code == "bad_risk_params" and "SOL" in err.value.detail
+
+
+def test_valuate_chunked_equals_one_pass():
+    """The sliced evaluation (GIL released between slices) gives exactly the one-pass valuation."""
+    from marginflow.margin.domain.valuation import MarketView, valuate, valuate_chunked
+
+    rng = np.random.default_rng(3)
+    n, K, A = 400, 7, 2
+    lengths = rng.integers(0, 9, n)
+    lengths[5] = 40   # one account longer than a slice
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    nnz = int(indptr[-1])
+    owner = np.repeat(np.arange(n), lengths)
+    instrument = rng.integers(0, K, nnz).astype(np.int32)
+    size = rng.normal(0, 2, nnz) * (rng.random(nnz) > 0.1)
+    entry = rng.uniform(50, 150, nnz)
+    isolated = (rng.random(nnz) < 0.3).astype(np.uint8)
+    iso_coll = np.where(isolated == 1, rng.uniform(0, 100, nnz), 0.0)
+    iso_im = np.where(isolated == 1, rng.uniform(0, 150, nnz), 0.0)
+    balances = rng.uniform(0, 500, (n, A)) * (rng.random((n, A)) < 0.7)
+    cross_im = rng.uniform(0, 400, n)
+    mark_time = np.array([1000, 1000, 0, 990, 1000, 500, 1000], dtype=np.int64)
+    market = MarketView(rng.uniform(50, 150, K), np.ones(K), mark_time, mark_time >= 900, np.array([1.0, 90.0]),
+                        np.array([True, False]), np.array([np.iinfo(np.int64).max, 800], dtype=np.int64))
+    args = (owner, instrument, size, entry, isolated, iso_coll, iso_im, balances, cross_im, 0.5, market)
+    one = valuate(*args, indptr=indptr)
+    pauses = []
+    sliced = valuate_chunked(*args, indptr=indptr, chunk_positions=17, pause=lambda: pauses.append(1))
+    assert len(pauses) > 10
+    for name in one.__dataclass_fields__:
+        a, b = getattr(one, name), getattr(sliced, name)
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)

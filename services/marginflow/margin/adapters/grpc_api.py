@@ -77,6 +77,10 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         raise exc
 
     def GetMargin(self, request: pb.GetMarginRequest, context: grpc.ServicerContext) -> pb.MarginState:
+        with self._engine.queries:   # the engine's background evaluation steps aside meanwhile
+            return self._get_margin(request, context)
+
+    def _get_margin(self, request: pb.GetMarginRequest, context: grpc.ServicerContext) -> pb.MarginState:
         account = self._account(request.account_id, context)
         try:
             margin = self._engine.get_margin(account)
@@ -114,6 +118,10 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         return out
 
     def WhatIf(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> pb.WhatIfResponse:
+        with self._engine.queries:
+            return self._what_if(request, context)
+
+    def _what_if(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> pb.WhatIfResponse:
         account = self._account(request.account_id, context)
         trades = self._trades(request, context)
         started = time.perf_counter()

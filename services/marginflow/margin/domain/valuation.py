@@ -101,3 +101,50 @@ def valuate(owner: np.ndarray, instrument: np.ndarray, size: np.ndarray, entry: 
     im = cross_im + np.bincount(owner, weights=iso_im, minlength=n)
     return Valuation(collateral, cross_pnl, cross_equity, cross_mm, cross_state, equity, im, mm_factor * im,
                      state, fresh, oldest, pnl, iso_equity, iso_mm, iso_state)
+
+
+def valuate_chunked(owner: np.ndarray, instrument: np.ndarray, size: np.ndarray, entry: np.ndarray,
+                    isolated: np.ndarray, isolated_collateral: np.ndarray, isolated_im: np.ndarray,
+                    balances: np.ndarray, cross_im: np.ndarray, mm_factor: float, market: MarketView,
+                    indptr: np.ndarray, chunk_positions: int = 32_768, pause=None) -> Valuation:
+    """:func:`valuate` over account ranges of about ``chunk_positions`` positions each, the same result.
+
+    Each numpy call then runs for a bounded time (``bincount``/``reduceat``/fancy indexing hold the GIL
+    for their whole run: over 1M positions that is tens of ms that a gRPC thread waits); ``pause()`` is
+    called between chunks (e.g. ``time.sleep(0)``: the GIL goes to a waiting thread).
+    """
+    n = balances.shape[0]
+    nnz = size.shape[0]
+    if nnz <= chunk_positions or n <= 1:
+        return valuate(owner, instrument, size, entry, isolated, isolated_collateral, isolated_im, balances,
+                       cross_im, mm_factor, market, indptr=indptr)
+    # row boundaries: the first row whose positions start at or after each multiple of chunk_positions
+    cuts = np.searchsorted(indptr[:n], np.arange(chunk_positions, nnz, chunk_positions), side="left")
+    bounds = np.unique(np.concatenate(([0], cuts, [n]))).tolist()
+    fields = [f.name for f in dataclasses.fields(Valuation)]
+    out: dict[str, np.ndarray] = {}
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b <= a:
+            continue
+        lo, hi = int(indptr[a]), int(indptr[b])
+        sub_indptr = indptr[a:b + 1] - lo
+        part = valuate(owner[lo:hi] - a, instrument[lo:hi], size[lo:hi], entry[lo:hi], isolated[lo:hi],
+                       isolated_collateral[lo:hi], isolated_im[lo:hi], balances[a:b], cross_im[a:b], mm_factor,
+                       market, indptr=sub_indptr)
+        # written into whole-book arrays slice by slice (one concatenate at the end holds the GIL for ms)
+        for name in fields:
+            v = getattr(part, name)
+            per_position = name in _PER_POSITION
+            dst = out.get(name)
+            if dst is None:
+                dst = out[name] = np.empty(nnz if per_position else n, dtype=v.dtype)
+            if per_position:
+                dst[lo:hi] = v
+            else:
+                dst[a:b] = v
+        if pause is not None:
+            pause()
+    return Valuation(**out)
+
+
+_PER_POSITION = frozenset({"pnl", "iso_equity", "iso_mm", "iso_state"})
