@@ -32,7 +32,7 @@ from marginflow.shared.errors import Rejected
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
     platform_topics, read_compacted)
-from marginflow.shared.lifecycle import Lifecycle
+from marginflow.shared.lifecycle import Lifecycle, loop_in_thread, run_steps, tune_gc
 from marginflow.shared.logs import get_logger
 from marginflow.shared.metrics import serve_metrics
 from marginflow.shared.universe import Kind, Universe, platform_universe
@@ -245,10 +245,7 @@ class MarginApp:
                 last_flush = time.monotonic()
 
     def run_in_thread(self) -> tuple[threading.Thread, threading.Event]:
-        stopping = threading.Event()
-        thread = threading.Thread(target=self.run, args=(stopping,), name="margin-loop", daemon=True)
-        thread.start()
-        return thread, stopping
+        return loop_in_thread(self.run, "margin-loop")
 
     # ---- stop
     def stop_grpc(self) -> None:
@@ -266,11 +263,7 @@ class MarginApp:
             steps += [self.market.close, self.positions.close]
         if self.producer is not None:
             steps += [self.producer.flush, self.producer.close]
-        for step in steps:
-            try:
-                step()
-            except Exception:  # noqa: BLE001 - later steps still run
-                log.warning("close step failed", exc_info=True)
+        run_steps(steps)
 
 
 class _BroadcastOnly:
@@ -313,10 +306,7 @@ def lower_loop_priority() -> None:
 
 def configure_runtime() -> None:
     """Collector and GIL settings of the serving process (the service's main, and the benchmark)."""
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    tune_gc(GC_GEN0_THRESHOLD)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 

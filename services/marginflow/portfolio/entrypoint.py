@@ -6,7 +6,6 @@ Tests and the benchmark build a :class:`PortfolioApp` directly and run it in a t
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from decimal import Decimal
@@ -28,7 +27,7 @@ from marginflow.shared.clock import Clock, SystemClock
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
     platform_topics, read_compacted)
-from marginflow.shared.lifecycle import Lifecycle
+from marginflow.shared.lifecycle import Lifecycle, loop_in_thread, run_steps, tune_gc
 from marginflow.shared.logs import get_logger
 from marginflow.shared.metrics import serve_metrics
 from marginflow.shared.redisstore import connect
@@ -68,10 +67,7 @@ GC_GEN0_THRESHOLD = 10_000
 
 def configure_gc() -> None:
     """Collector settings for the consuming process (the service's main, and the benchmark)."""
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    tune_gc(GC_GEN0_THRESHOLD)
 
 
 class PortfolioApp:
@@ -178,10 +174,7 @@ class PortfolioApp:
         return run_apply_loop(self.source, self.applier, stopping, self.totals, tick=tick)
 
     def run_in_thread(self) -> tuple[threading.Thread, threading.Event]:
-        stopping = threading.Event()
-        thread = threading.Thread(target=self.run, args=(stopping,), name="portfolio-apply", daemon=True)
-        thread.start()
-        return thread, stopping
+        return loop_in_thread(self.run, "portfolio-apply")
 
     # ---- stop
     def stop_grpc(self) -> None:
@@ -194,12 +187,8 @@ class PortfolioApp:
             return
         self._closed = True
         self.stop_grpc()
-        for step in (self.source.close, self.producer.flush, self.producer.close, self.admin_producer.close,
-                     self.redis.close):
-            try:
-                step()
-            except Exception:  # noqa: BLE001 - later steps still run
-                log.warning("close step failed", exc_info=True)
+        run_steps([self.source.close, self.producer.flush, self.producer.close, self.admin_producer.close,
+                   self.redis.close])
 
 
 def main(settings: PortfolioSettings, lifecycle: Lifecycle) -> None:
