@@ -20,7 +20,7 @@ def _norm_cdf(x: float) -> float:
 
 
 def black76(forward: float, strike: float, years: float, vol: float, is_call: bool) -> float:
-    if years <= 0.0 or vol <= 0.0:
+    if years <= 0.0 or vol <= 0.0 or forward <= 0.0:
         return max(forward - strike, 0.0) if is_call else max(strike - forward, 0.0)
     sd = vol * math.sqrt(years)
     d1 = (math.log(forward / strike) + 0.5 * sd * sd) / sd

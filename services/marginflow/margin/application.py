@@ -25,7 +25,8 @@ from marginflow.margin.domain.book import (
     CORE_CALL, CORE_PERP, CORE_PUT, AccountBook, FlatBook, InstrumentTable)
 from marginflow.margin.domain.equity import HaircutPolicy, asset_values
 from marginflow.margin.domain.health import Health, cents_down, cents_up
-from marginflow.margin.domain.liquidation import black76, linear_liquidation_price, option_liquidation_forward
+from marginflow.pricing import black76
+from marginflow.margin.domain.liquidation import linear_liquidation_price, option_liquidation_forward
 from marginflow.margin.domain.results import (
     AccountMargin, Explanation, IsolatedResult, MarginCallEvent, PositionExplain, UnderlyingExplain)
 from marginflow.margin.domain.scenarios import RiskVersion, ScenarioSet, build_scenarios
@@ -231,7 +232,7 @@ class MarginEngine:
         t = self.instruments
         if t.kind[k] in (CORE_CALL, CORE_PUT):
             years = float(t.expiry_years(self.newest_event_ms or self.clock.now_ms())[k])
-            return black76(t.kind[k] == CORE_CALL, forward, float(t.strike[k]), years, float(self.implied_vol[k]))
+            return black76(forward, float(t.strike[k]), years, float(self.implied_vol[k]), t.kind[k] == CORE_CALL)
         return forward
 
     def apply_marks(self, marks: Iterable[MarkUpdate]) -> int:

@@ -9,7 +9,8 @@ import pytest
 
 from marginflow.margin.domain.equity import HaircutPolicy, account_equity, asset_values
 from marginflow.margin.domain.health import Health, MarginResult, classify, classify_many
-from marginflow.margin.domain.liquidation import black76, linear_liquidation_price, option_liquidation_forward
+from marginflow.pricing import black76
+from marginflow.margin.domain.liquidation import linear_liquidation_price, option_liquidation_forward
 from marginflow.margin.domain.scenarios import build_scenarios
 from marginflow.shared.errors import Rejected
 
@@ -103,12 +104,12 @@ def test_option_liquidation_forward_plugged_back(is_call, size):
     f = option_liquidation_forward(equity, mm, size, 1.0, is_call, forward, strike, years, vol)
     if is_call and size > 0:
         # a long call loses at most its premium (~4,800): equity never falls to MM → none... unless premium > 2,000
-        v0 = black76(True, forward, strike, years, vol)
+        v0 = black76(forward, strike, years, vol, True)
         assert (f is None) == (v0 < equity - mm)
         return
     assert f is not None
-    v0 = black76(is_call, forward, strike, years, vol)
-    v1 = black76(is_call, f, strike, years, vol)
+    v0 = black76(forward, strike, years, vol, is_call)
+    v1 = black76(f, strike, years, vol, is_call)
     assert equity + size * (v1 - v0) == pytest.approx(mm, abs=1e-6)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from marginflow.pricing import black76
+
 
 def linear_liquidation_price(equity_usd: float, mm_usd: float, size: float, contract_size: float,
                              mark: float) -> float | None:
@@ -26,28 +28,15 @@ def linear_liquidation_price(equity_usd: float, mm_usd: float, size: float, cont
     return price if price > 0 and math.isfinite(price) else None
 
 
-def black76(is_call: bool, forward: float, strike: float, expiry_years: float, vol: float) -> float:
-    """Undiscounted Black-76 value of one unit (intrinsic at σ√T = 0)."""
-    s = vol * math.sqrt(max(expiry_years, 0.0))
-    if s <= 0 or forward <= 0:
-        return max(forward - strike, 0.0) if is_call else max(strike - forward, 0.0)
-    d1 = (math.log(forward / strike) + 0.5 * s * s) / s
-    d2 = d1 - s
-    n = lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))  # noqa: E731
-    if is_call:
-        return forward * n(d1) - strike * n(d2)
-    return strike * n(-d2) - forward * n(-d1)
-
-
 def option_liquidation_forward(equity_usd: float, mm_usd: float, size: float, contract_size: float,
                                is_call: bool, forward: float, strike: float, expiry_years: float,
                                vol: float, iterations: int = 200) -> float | None:
     if size == 0 or forward <= 0 or strike <= 0:
         return None
-    v0 = black76(is_call, forward, strike, expiry_years, vol)
+    v0 = black76(forward, strike, expiry_years, vol, is_call)
 
     def gap(f: float) -> float:
-        return equity_usd + size * contract_size * (black76(is_call, f, strike, expiry_years, vol) - v0) - mm_usd
+        return equity_usd + size * contract_size * (black76(f, strike, expiry_years, vol, is_call) - v0) - mm_usd
 
     lo, hi = forward * 1e-4, forward * 1e4
     g_lo, g_hi = gap(lo), gap(hi)
