@@ -11,8 +11,8 @@ import math
 
 from marginflow.shared.config import (CommonSettings, choice, csv_list, env, float_list, non_negative_float, non_negative_int,
                                       parse_port, positive_float, positive_int, unit_interval)
+from marginflow.shared.universe import MS_PER_DAY
 
-MS_PER_DAY = 86_400_000
 
 
 def _buffer(text: str) -> float:

@@ -17,7 +17,10 @@ from enum import IntEnum
 
 DEFAULT_UNIVERSE_FILE = pathlib.Path(__file__).resolve().parent.parent / "config" / "universe.toml"
 
-MS_PER_YEAR = 365.0 * 24 * 3600 * 1000  # ACT/365 year for time to expiry
+# Time units of the whole platform: an ACT/365 year for time to expiry and annualised vols.
+MS_PER_DAY = 86_400_000
+SECONDS_PER_YEAR = 365.0 * 86_400.0
+MS_PER_YEAR = SECONDS_PER_YEAR * 1000.0
 
 
 class UniverseError(ValueError):

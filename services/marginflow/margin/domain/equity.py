@@ -26,7 +26,8 @@ import math
 
 import numpy as np
 
-SECONDS_PER_YEAR = 365.0 * 24 * 3600   # ACT/365, as riskparams and the universe
+from marginflow.shared.universe import SECONDS_PER_YEAR
+
 
 
 @dataclasses.dataclass(frozen=True)

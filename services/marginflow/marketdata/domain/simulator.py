@@ -32,9 +32,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from marginflow.marketdata.domain.ticks import RawTick
-from marginflow.shared.universe import MS_PER_YEAR, Kind, Universe
-
-MS_PER_DAY = 86_400_000
+from marginflow.shared.universe import MS_PER_DAY, MS_PER_YEAR, Kind, Universe
 
 
 @dataclasses.dataclass(frozen=True)

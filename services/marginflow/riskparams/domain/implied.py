@@ -18,7 +18,8 @@ import dataclasses
 import math
 from collections import defaultdict
 
-MS_PER_YEAR = 365.0 * 86_400_000
+from marginflow.shared.universe import MS_PER_YEAR
+
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,9 +32,10 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
+from marginflow.shared.universe import SECONDS_PER_YEAR
+
 Float64Array = NDArray[np.float64]
 
-SECONDS_PER_YEAR = 365.0 * 86400.0
 MAX_DOWN_MOVE = 0.99            # relative price shocks are clipped at −99 %
 BOOTSTRAP_SEED = 20_130_219     # date of RTS 153/2013; any fixed seed does, this one is documented
 BOOTSTRAP_DOF = 4.0             # Student-t degrees of freedom of the bootstrap set (fat tails)
