@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from marginflow.shared.config import (
-    CommonSettings, csv_list, env, float_list, non_negative_int, parse_port, positive_float, positive_int)
+    CommonSettings, asset_list, asset_symbol, env, float_list, non_negative_int, parse_port, positive_float,
+    positive_int)
 
 
 def mm_factor(text: str) -> float:
@@ -41,10 +42,10 @@ class MarginSettings:
     haircut_cap: float = env("MF_MARGIN_HAIRCUT_CAP", fraction, 0.5, "largest haircut of crypto collateral")
     haircut_horizon_seconds: float = env("MF_MARGIN_HAIRCUT_HORIZON_SECONDS", positive_float, 259200.0,
                                          "horizon of the collateral haircut, seconds")
-    stablecoins: tuple[str, ...] = env("MF_MARGIN_STABLECOINS", csv_list, ("USDC", "USDT"),
+    stablecoins: tuple[str, ...] = env("MF_MARGIN_STABLECOINS", asset_list, ("USDC", "USDT"),
                                        "USD stablecoins: price 1, haircut 0")
-    settlement_asset: str = env("MF_MARGIN_SETTLEMENT_ASSET", str, "USDC", "USD stablecoin P&L settles in")
-    assets: tuple[str, ...] = env("MF_MARGIN_ASSETS", csv_list, (),
+    settlement_asset: str = env("MF_MARGIN_SETTLEMENT_ASSET", asset_symbol, "USDC", "USD stablecoin P&L settles in")
+    assets: tuple[str, ...] = env("MF_MARGIN_ASSETS", asset_list, (),
                                   "collateral assets (default: the stablecoins and every underlying)")
     mark_max_age_ms: int = env("MF_MARGIN_MARK_MAX_AGE_MS", positive_int, 30_000,
                                "a mark older than this (event time, behind the newest) is stale: never liquidate on it")

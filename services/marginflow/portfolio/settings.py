@@ -3,24 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from marginflow.shared.config import (
-    CommonSettings, choice, csv_list, env, parse_bool, parse_port, positive_float, positive_int)
-
-_ASSET = re.compile(r"^[A-Z0-9]{2,12}$")
-
-
-def asset_symbol(text: str) -> str:
-    value = text.strip()
-    if not _ASSET.match(value):
-        raise ValueError(f"an asset symbol is 2-12 of A-Z 0-9, got {text!r}")
-    return value
-
-
-def asset_list(text: str) -> tuple[str, ...]:
-    return tuple(asset_symbol(a) for a in csv_list(text))
-
+    CommonSettings, asset_list, asset_symbol, choice, env, parse_bool, parse_port, positive_float, positive_int)
 
 def redis_prefix(text: str) -> str:
     if "{" in text or "}" in text or "*" in text or " " in text:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -95,6 +96,21 @@ def iso_date(text: str) -> str:
 
 def csv_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+_ASSET = re.compile(r"^[A-Z0-9]{2,12}$")
+
+
+def asset_symbol(text: str) -> str:
+    """A collateral asset symbol: 2-12 of A-Z 0-9 ("USDC", "BTC")."""
+    value = text.strip()
+    if not _ASSET.match(value):
+        raise ValueError(f"an asset symbol is 2-12 of A-Z 0-9, got {text!r}")
+    return value
+
+
+def asset_list(text: str) -> tuple[str, ...]:
+    return tuple(asset_symbol(a) for a in csv_list(text))
 
 
 def float_list(text: str) -> tuple[float, ...]:

@@ -56,3 +56,13 @@ def test_universe_as_of_is_midnight_utc():
     s = load(CommonSettings, {"MF_UNIVERSE_AS_OF": "2026-01-02"})
     assert s.universe_as_of_ms(0) == 1_767_312_000_000
     assert load(CommonSettings, {}).universe_as_of_ms(1_767_312_000_000 + 5_000) == 1_767_312_000_000
+
+
+@pytest.mark.parametrize("var, value", [("MF_MARGIN_ASSETS", "usdc,BTC"), ("MF_MARGIN_STABLECOINS", "US DC"),
+                                        ("MF_MARGIN_SETTLEMENT_ASSET", "X")])
+def test_asset_symbols_are_checked_where_services_take_them(var, value):
+    from marginflow.margin.settings import MarginSettings
+
+    with pytest.raises(ConfigError) as err:
+        load(MarginSettings, {var: value})
+    assert var in str(err.value)
