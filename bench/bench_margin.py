@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import marginflow.core as core
-from marginflow.margin.application import TradeDelta
+from marginflow.margin.domain.trades import TradeDelta
 from marginflow.margin.domain.book import AccountBook
 from marginflow.margin.domain.scenarios import GridSpec, RiskVersion
 from marginflow.margin.service import GRPC_WORKERS, MarginApp, configure_runtime, lower_loop_priority

@@ -50,4 +50,5 @@ else:
 black76_price = _impl.black76_price
 risk_arrays = _impl.risk_arrays
 MarginModel = _impl.MarginModel
-KIND_PERP, KIND_FUTURE, KIND_CALL, KIND_PUT = 0, 1, 2, 3
+# Instrument kinds as the chosen implementation numbers them (both agree: tests/unit/core).
+KIND_PERP, KIND_FUTURE, KIND_CALL, KIND_PUT = _impl.KIND_PERP, _impl.KIND_FUTURE, _impl.KIND_CALL, _impl.KIND_PUT

@@ -92,8 +92,8 @@ def make_market(n_underlyings: int = 10, n_instruments: int = 200, n_hist: int =
     kind = np.where(slot == 0, 0, np.where(slot <= 2, 1, np.where(slot % 2 == 1, 2, 3))).astype(np.int8)
     expiry = np.where(kind == 0, 0.0, rng.choice([7, 14, 30, 90, 180], K) / DAYS_PER_YEAR)
     forward = spot[und] * (1.0 + 0.05 * expiry)
-    strike = np.where(kind >= 2, forward * np.exp(rng.normal(0.0, 0.25, K)), 0.0).round(2)
-    vol = np.where(kind >= 2, sigma[und] * rng.uniform(0.8, 1.3, K), 0.0)
+    strike = np.where(kind >= reference.KIND_CALL, forward * np.exp(rng.normal(0.0, 0.25, K)), 0.0).round(2)
+    vol = np.where(kind >= reference.KIND_CALL, sigma[und] * rng.uniform(0.8, 1.3, K), 0.0)
     mult = np.where(spot[und] > 1000, 0.01, 1.0)          # contracts of 0.01 BTC-like units
     h = horizon_days / DAYS_PER_YEAR
     move = np.clip(6.0 * sigma * np.sqrt(h), 0.08, 0.3)   # grid range: +-6 daily sigma, 8-30 %
@@ -107,7 +107,7 @@ def make_market(n_underlyings: int = 10, n_instruments: int = 200, n_hist: int =
     value = reference.black76_price(kind, forward, strike, expiry, vol)
     mark_value = value * mult
     notional = forward * mult
-    half_spread = np.where(kind >= 2, 0.02, 0.0002)       # 2 % of premium, 2 bp of price
+    half_spread = np.where(kind >= reference.KIND_CALL, 0.02, 0.0002)       # 2 % of premium, 2 bp of price
     depth = rng.uniform(50.0, 500.0, K)                   # contracts inside the spread
     floors = np.array([0.0, 50e3, 250e3, 1e6, 5e6, 20e6])
     rates = np.array([0.01, 0.02, 0.03, 0.05, 0.10, 0.20])

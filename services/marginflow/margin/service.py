@@ -1,7 +1,15 @@
-"""The one place the margin service is wired: settings → adapters → engine.
+"""The one place the margin service is wired: settings → adapters → application, on the service host.
 
 ``python -m marginflow.margin`` runs :func:`main` under :func:`marginflow.shared.service.run_service`.
 Tests and the benchmark build a :class:`MarginApp` directly and run its loop in a thread.
+
+Readiness: the instance serves (gRPC health SERVING, queries answered) and publishes only once its
+inputs are complete — the marks read to the end offsets taken at start, the newest risk-parameter
+version loaded, every assigned ``portfolio.positions`` partition read to the end offset taken at
+assignment, a mark for every instrument with an open position (or ``MF_MARGIN_MARK_WAIT_SECONDS``
+passed, after which those marks count as stale), and the states it published before read back from
+``margin.state`` so that a margin call goes out only on a real transition. A rebalance that assigns
+partitions makes it not ready again until they are read.
 """
 
 from __future__ import annotations
@@ -12,53 +20,38 @@ import sys
 import threading
 import time
 
-import numpy as np
-
 import marginflow.core as core
 from marginflow.api.account.v1 import account_pb2
-from marginflow.api.margin.v1 import margin_pb2_grpc
+from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
 from marginflow.api.risk.v1 import risk_pb2
 from marginflow.margin.adapters import codec
-from marginflow.margin.adapters.grpc_api import SERVICE_NAME, MarginServicer, StateBroadcaster
+from marginflow.margin.adapters.grpc_api import SERVICE_NAME, MarginServicer, state_fanout
 from marginflow.margin.adapters.kafka_io import KafkaPublisher, PositionsRebalance, assign_market, market_types
 from marginflow.margin.adapters.metrics import MarginMetrics, margin_metrics
 from marginflow.margin.application import EngineConfig, MarginEngine
+from marginflow.margin.application.routing import Router
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.equity import HaircutPolicy
 from marginflow.margin.settings import MarginSettings
-from marginflow.shared import grpcserver
 from marginflow.shared.clock import Clock, SystemClock
 from marginflow.shared.errors import Rejected
+from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
     platform_topics, read_compacted)
-from marginflow.shared.lifecycle import Lifecycle, loop_in_thread, run_steps, tune_gc
+from marginflow.shared.lifecycle import Lifecycle, tune_gc
 from marginflow.shared.logs import get_logger
-from marginflow.shared.metrics import serve_metrics
-from marginflow.shared.universe import Kind, Universe, platform_universe
+from marginflow.shared.universe import MS_PER_DAY, Universe, platform_universe
 
 SERVICE = "margin"
 # Handlers are short and hold the GIL most of the time: more threads than cores only queue on the GIL.
 GRPC_WORKERS = 4
 DLQ_BASE = "margin.dlq"
-WEEK_MS = 7 * 24 * 3600 * 1000
 log = get_logger(__name__)
-
-_CORE_KIND = {Kind.PERPETUAL: 0, Kind.FUTURE: 1, Kind.CALL: 2, Kind.PUT: 3}
 
 
 def instrument_table(universe: Universe) -> InstrumentTable:
-    underlyings = tuple(universe.underlyings)
-    uidx = {u: i for i, u in enumerate(underlyings)}
-    insts = list(universe.instruments.values())
-    return InstrumentTable(
-        symbols=tuple(i.symbol for i in insts),
-        kind=np.array([_CORE_KIND[i.kind] for i in insts], dtype=np.int8),
-        underlying=np.array([uidx[i.underlying] for i in insts], dtype=np.int32),
-        underlyings=underlyings,
-        contract_size=np.array([i.contract_size for i in insts], dtype=np.float64),
-        strike=np.array([i.strike_usd for i in insts], dtype=np.float64),
-        expiry_ms=np.array([i.expiry_ms for i in insts], dtype=np.int64))
+    return InstrumentTable.from_universe(universe)
 
 
 def engine_config(s: MarginSettings, universe: Universe) -> EngineConfig:
@@ -80,7 +73,7 @@ def margin_topics(settings: MarginSettings) -> list[TopicSpec]:
     topics = settings.common.topics
     mine = {topics.marks, topics.risk_params, topics.positions, topics.margin_state, topics.margin_calls}
     specs = [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
-    return specs + [TopicSpec(topics.name(DLQ_BASE), 1, retention_ms=WEEK_MS)]
+    return specs + [TopicSpec(topics.name(DLQ_BASE), 1, retention_ms=7 * MS_PER_DAY)]
 
 
 class MarginApp:
@@ -92,13 +85,20 @@ class MarginApp:
         self.clock = clock or SystemClock()
         self.metrics = metrics or margin_metrics()
         self.core = core_impl
-        self.grpc_port = 0
-        self.metrics_port = 0
-        self._server = None
-        self._health = None
-        self._closed = False
-        self.partition_of: dict[str, int] = {}
-        self.broadcaster = StateBroadcaster()
+        self.host = ServiceHost(SERVICE, settings.common)
+        self.fanout = state_fanout()
+        self.producer: ProtoProducer | None = None
+        self.loop: ServiceLoop | None = None
+        self._catching_up: dict = {}      # positions partition → end offset at assignment
+        self._mark_wait_until = 0.0
+
+    @property
+    def grpc_port(self) -> int:
+        return self.host.grpc_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.host.metrics_port
 
     # ---- start
     def start(self, serve_grpc: bool = True, serve_http_metrics: bool = True, consume: bool = True) -> "MarginApp":
@@ -107,61 +107,72 @@ class MarginApp:
         self.universe = platform_universe(common, self.clock.now_ms())
         self.table = instrument_table(self.universe)
         self.config = engine_config(s, self.universe)
-        self.producer = None
         if consume:
             ensure_topics(common.bootstrap, margin_topics(s), timeout_s=s.startup_timeout_seconds)
             self.producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-state"), SERVICE)
             publisher = KafkaPublisher(self.producer, topics.margin_state, topics.margin_calls, self.clock.now_ms,
-                                       self.broadcaster)
+                                       self.fanout)
         else:
-            publisher = _BroadcastOnly(self.broadcaster, self.clock.now_ms)
+            publisher = KafkaPublisher(None, "", "", self.clock.now_ms, self.fanout)
         self.engine = MarginEngine(self.table, self.config, publisher, self.clock, self.core, self.metrics)
+        self.router = Router(self.engine, marks_topic=topics.marks, params_topic=topics.risk_params,
+                             decode_mark=lambda m: codec.mark_from_proto(m, self.table),
+                             decode_params=codec.risk_params_from_proto,
+                             decode_book=lambda m, key: codec.book_from_proto(m, self.table, self.engine.asset_index,
+                                                                              key),
+                             reject=self._reject)
+        if serve_grpc:
+            servicer = MarginServicer(self.engine, self.fanout, self.metrics.what_if_seconds, self.clock.now_ms)
+            self.host.serve_grpc(s.grpc_port, [(margin_pb2_grpc.add_MarginServiceServicer_to_server, servicer,
+                                                SERVICE_NAME)], max_workers=GRPC_WORKERS)
+        if serve_http_metrics:
+            self.host.serve_metrics(s.metrics_port)
         if consume:
+            self._set_ready(False, "starting")
             self.dlq = DeadLetterSink(self.producer, topics.name(DLQ_BASE), SERVICE, self.clock.now_ms)
             market = new_consumer(common.bootstrap, None, f"{SERVICE}-market")
             self.market = ProtoConsumer(market, market_types(topics), self.dlq, SERVICE)
             assign_market(self.market, topics.marks, topics.risk_params, s.marks_tail_records,
                           s.startup_timeout_seconds)
             self.rebalance = PositionsRebalance()
-            positions = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE)
+            positions = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
+                                     session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=max(
+                                         1000, s.session_timeout_ms // 3))
             self.rebalance.consumer = positions
             positions.subscribe([topics.positions], listener=self.rebalance)
             self.positions = ProtoConsumer(positions, {topics.positions: account_pb2.AccountSnapshot}, self.dlq,
                                            SERVICE)
             self._bootstrap_marks()
             self._load_risk_params()
-        if serve_grpc:
-            servicer = MarginServicer(self.engine, self.broadcaster, self.metrics.what_if_seconds, self.clock.now_ms)
-            self._server, self.grpc_port, self._health = grpcserver.build_server(
-                SERVICE, s.grpc_port, [(margin_pb2_grpc.add_MarginServiceServicer_to_server, servicer, SERVICE_NAME)],
-                host=common.bind_host, max_workers=GRPC_WORKERS)
-        if serve_http_metrics:
-            self.metrics_port = serve_metrics(s.metrics_port, common.bind_host)
+            self._mark_wait_until = time.monotonic() + s.mark_wait_seconds
+            self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.producer.flush)])
+            self.host.on_close("market consumer", self.market.close)
+            self.host.on_close("positions consumer", self.positions.close)
+            self.host.on_close("flush producer", self.producer.flush)
+            self.host.on_close("close producer", self.producer.close)
+        else:
+            self._set_ready(True, "in-process")
         log.info("margin started", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port,
                                           "instruments": self.table.n, "core": getattr(self.core, "IMPLEMENTATION", "?")})
         return self
 
+    def _set_ready(self, ready: bool, why: str) -> None:
+        self.engine.ready = ready
+        self.host.set_ready(ready, why)
+
     def _bootstrap_marks(self) -> None:
-        """Read the tail of md.marks up to its current end before the first model is built, so that
-        its forwards and liquidity add-ons come from marks, not from the universe's reference prices."""
+        """Read md.marks up to its end offsets before the first model is built, so that forwards and
+        liquidity add-ons come from marks, not from the universe's reference prices."""
         topics = self.settings.common.topics
         raw = self.market.raw
         tps = [tp for tp in raw.assignment() if tp.topic == topics.marks]
         end = raw.end_offsets(tps)
         deadline = time.monotonic() + self.settings.startup_timeout_seconds
-        self._pending_params = []
         while any(raw.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
-            marks = []
-            for rec in self.market.poll(timeout_ms=200):
-                if rec.topic == topics.marks:
-                    try:
-                        marks.append(codec.mark_from_proto(rec.value, self.table))
-                    except Rejected as exc:
-                        self._reject(self.market, rec, exc)
-                else:
-                    self._pending_params.append(rec)
+            marks, params = self.router.marks_and_params(self.market.poll(timeout_ms=200))
             self.engine.apply_marks(marks)
-        self.engine.first_marks = False
+            self.router.pending_params.extend(params)
+        self.engine.market.first_marks = False
 
     def _load_risk_params(self) -> None:
         common = self.settings.common
@@ -169,112 +180,104 @@ class MarginApp:
                                 f"{SERVICE}-params", timeout_s=self.settings.startup_timeout_seconds)
         versions = sorted(latest.values(), key=lambda p: p.version)
         if versions:
-            self._apply_params(versions[-1], None)
-        for rec in self._pending_params:
-            if rec.value.version > self.engine.version:
-                self._apply_params(rec.value, rec)
+            self.router.apply_params(versions[-1], None)
+        self.router.risk_params(self.router.pending_params)
+        self.router.pending_params = []
 
-    def _reject(self, consumer: ProtoConsumer, record, exc: Rejected) -> None:
+    def _reject(self, record, exc: Rejected) -> None:
         self.metrics.rejected.labels(exc.code).inc()
-        if record is not None:
-            consumer.reject(record, exc)
-        else:
+        if record is None:
             self.dlq.publish(exc.code, exc.detail, source_topic=self.settings.common.topics.risk_params)
-
-    def _apply_params(self, msg: risk_pb2.RiskParams, record) -> None:
-        try:
-            version = codec.risk_params_from_proto(msg)
-            if self.engine.apply_risk_params(version):
-                log.info("risk parameters applied", extra={"version": version.version})
-        except Rejected as exc:
-            self._reject(self.market, record, exc)
+        elif record.topic == self.settings.common.topics.positions:
+            self.positions.reject(record, exc)
+        else:
+            self.market.reject(record, exc)
 
     # ---- run
-    def step(self) -> int:
-        """One turn of the loop: marks and params, then position snapshots, then periodic work."""
-        topics = self.settings.common.topics
+    def turn(self) -> int:
+        """One turn of the loop: marks and params, then position snapshots, then readiness and periodic work."""
         timeout = self.settings.poll_timeout_ms
-        handled = 0
-        marks, params = [], []
-        for rec in self.market.poll(timeout_ms=timeout):
-            handled += 1
-            if rec.topic == topics.marks:
-                try:
-                    marks.append(codec.mark_from_proto(rec.value, self.table))
-                except Rejected as exc:
-                    self._reject(self.market, rec, exc)
-            else:
-                params.append(rec)
-        self.engine.apply_marks(marks)
-        for rec in sorted(params, key=lambda r: r.value.version):
-            if rec.value.version > self.engine.version:
-                self._apply_params(rec.value, rec)
-        books = []
-        for rec in self.positions.poll(timeout_ms=timeout):
-            handled += 1
-            try:
-                book = codec.book_from_proto(rec.value, self.table, self.engine.asset_index, rec.key)
-            except Rejected as exc:
-                self._reject(self.positions, rec, exc)
-                continue
-            self.partition_of[book.account_id] = rec.partition
-            books.append(book)
+        handled = self.router.market(self.market.poll(timeout_ms=timeout))
+        handled += self.router.positions(self.positions.poll(timeout_ms=timeout))
         if self.rebalance.revoked:
-            gone = [a for a, p in self.partition_of.items() if p in self.rebalance.revoked]
-            self.engine.remove_accounts(gone)
-            for a in gone:
-                self.partition_of.pop(a, None)
+            self.router.revoke(set(self.rebalance.revoked))
             self.rebalance.revoked.clear()
-        if books:
-            self.engine.apply_snapshots(books)
-        self.engine.tick()
+        if self.rebalance.newly_assigned:
+            self._catch_up_on(self.rebalance.take_assigned())
+        if self._catching_up or not self.engine.ready:
+            self._check_ready()
+        else:
+            self.engine.tick()
         return handled
+
+    def _catch_up_on(self, partitions) -> None:
+        raw = self.positions.raw
+        end = raw.end_offsets(list(partitions))
+        self._catching_up.update({tp: off for tp, off in end.items()})
+        if self.engine.ready:
+            self._set_ready(False, "reading newly assigned positions partitions")
+
+    def _check_ready(self) -> None:
+        raw = self.positions.raw
+        if not self.rebalance.joined:
+            return   # not yet in the group
+        try:
+            self._catching_up = {tp: end for tp, end in self._catching_up.items() if raw.position(tp) < end}
+        except Exception:  # noqa: BLE001 - a partition revoked meanwhile: the next rebalance says so
+            return
+        if self._catching_up:
+            return
+        if self.engine.model is None:
+            return   # no risk parameters yet
+        missing = self.engine.market.missing_marks(self.engine.accounts.ensure_flat().instrument[
+            self.engine.accounts.flat.size != 0])
+        if missing.size and time.monotonic() < self._mark_wait_until:
+            return
+        if missing.size:
+            log.warning("instruments with open positions have no mark yet; their accounts count as stale",
+                        extra={"instruments": [self.table.symbols[k] for k in missing.tolist()]})
+        self._seed_published()
+        self.engine.ready = True
+        self.engine.full_recalculation()
+        self._set_ready(True, "inputs complete")
+        gc.collect()   # the rebuilt account records leave the collector's scans
+        gc.freeze()
+        log.info("margin ready", extra={"accounts": len(self.engine.accounts), "version": self.engine.version})
+
+    def _seed_published(self) -> None:
+        """What this service published before for the accounts it owns (margin.state, compacted): a
+        restarted instance then publishes only what changed and calls only on real transitions."""
+        common = self.settings.common
+        published = read_compacted(common.bootstrap, common.topics.margin_state, margin_pb2.MarginState,
+                                   f"{SERVICE}-seed", timeout_s=self.settings.startup_timeout_seconds)
+        seeded = 0
+        for key, msg in published.items():
+            try:
+                account, state, equity, im, publish_ms = codec.published_from_proto(msg)
+            except Rejected:
+                continue
+            row = self.engine.accounts.row_of.get(key)
+            if row is None or account != key:
+                continue
+            self.engine.publication.seed(row, state, equity, im, publish_ms)
+            seeded += 1
+        log.info("published states read back", extra={"accounts": seeded})
 
     def run(self, stopping: threading.Event) -> None:
         lower_loop_priority()
-        last_flush = time.monotonic()
-        frozen = False
-        while not stopping.is_set():
-            handled = self.step()
-            if not frozen and not handled and self.engine.version and self.engine.row_of:
-                gc.collect()   # caught up after the rebuild: the account records leave the collector's scans
-                gc.freeze()
-                frozen = True
-            if time.monotonic() - last_flush > 1.0:
-                self.producer.flush()   # dead letters
-                last_flush = time.monotonic()
+        self.loop.run(stopping)
 
     def run_in_thread(self) -> tuple[threading.Thread, threading.Event]:
-        return loop_in_thread(self.run, "margin-loop")
+        return self.loop.run_in_thread()
 
     # ---- stop
     def stop_grpc(self) -> None:
-        if self._server is not None:
-            grpcserver.stop(self._server, self._health, self.settings.common.shutdown_grace_seconds)
-            self._server = None
+        self.fanout.close()
+        self.host.stop_grpc()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.stop_grpc()
-        steps = []
-        if getattr(self, "market", None) is not None:
-            steps += [self.market.close, self.positions.close]
-        if self.producer is not None:
-            steps += [self.producer.flush, self.producer.close]
-        run_steps(steps)
-
-
-class _BroadcastOnly:
-    """Publisher without Kafka (benchmark, in-process use): StreamMargin still sees every state."""
-
-    def __init__(self, broadcaster: StateBroadcaster, clock_ms) -> None:
-        self._broadcaster = broadcaster
-        self._clock_ms = clock_ms
-
-    def publish(self, states, calls) -> None:
-        return None
+        self.fanout.close()
+        self.host.close()
 
 
 # Young-generation collections scan every tracked object made since the last one; with 100k account
@@ -315,10 +318,9 @@ def main(settings: MarginSettings, lifecycle: Lifecycle) -> None:
     app.start()
     configure_runtime()
     # Stop order: the loop ends (no more consuming), gRPC drains with grace, producers flush, clients close.
-    lifecycle.on_stop("grpc", app.stop_grpc)
     lifecycle.on_stop("close", app.close)
     app.run(lifecycle.stopping)
-    log.info("margin loop stopped", extra={"accounts": len(app.engine.row_of), "version": app.engine.version})
+    log.info("margin loop stopped", extra={"accounts": len(app.engine.accounts), "version": app.engine.version})
 
 
 def run() -> None:

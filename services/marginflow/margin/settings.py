@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from marginflow.shared.config import (
-    CommonSettings, asset_list, asset_symbol, env, float_list, non_negative_int, parse_port, positive_float,
+    CommonSettings, asset_list, asset_symbol, env, float_list, non_negative_float, non_negative_int, parse_port, positive_float,
     positive_int)
 
 
@@ -65,6 +65,11 @@ class MarginSettings:
     marks_tail_records: int = env("MF_MARGIN_MARKS_TAIL_RECORDS", positive_int, 20_000,
                                   "records per md.marks partition read back at start")
     poll_timeout_ms: int = env("MF_MARGIN_POLL_TIMEOUT_MS", positive_int, 50, "consumer poll timeout, ms")
+    session_timeout_ms: int = env("MF_MARGIN_SESSION_TIMEOUT_MS", positive_int, 6_000,
+                                  "consumer-group session timeout: how soon a dead instance's partitions move, ms")
+    mark_wait_seconds: float = env("MF_MARGIN_MARK_WAIT_SECONDS", non_negative_float, 10.0,
+                                   "at start, how long to wait for a mark of every instrument with an open "
+                                   "position before its accounts count as stale, seconds")
     startup_timeout_seconds: float = env("MF_MARGIN_STARTUP_TIMEOUT_SECONDS", positive_float, 120.0,
                                          "longest the start (topics, risk params) may take")
 

@@ -15,6 +15,8 @@ from marginflow.marketdata.domain.marks import MarkEngine
 from marginflow.marketdata.domain.ticks import AcceptedTick, MarkValue, RawTick
 from marginflow.marketdata.domain.validation import TickValidator
 from marginflow.shared.clock import Clock
+from marginflow.shared.fanout import Fanout
+from marginflow.shared.metrics import NullMetrics
 
 
 class Sink(Protocol):
@@ -32,14 +34,6 @@ class Metrics(Protocol):
     def skipped(self, n: int) -> None: ...
 
 
-class NullMetrics:
-    def ticks_in(self, n: int) -> None: ...
-    def published(self, ticks: int, marks: int) -> None: ...
-    def rejected(self, code: str) -> None: ...
-    def publish_latency(self, seconds: float) -> None: ...
-    def skipped(self, n: int) -> None: ...
-
-
 @dataclasses.dataclass
 class Totals:
     ticks_in: int = 0
@@ -49,50 +43,20 @@ class Totals:
     skipped: int = 0
 
 
-class MarkBroadcast:
-    """Fan-out of new marks to gRPC stream subscribers; a slow subscriber loses its oldest marks."""
-
-    def __init__(self, max_queue: int = 10_000) -> None:
-        self._lock = threading.Lock()
-        self._subs: list[tuple[set[str], list[MarkValue], threading.Condition]] = []
-        self._max = max_queue
-
-    def subscribe(self, instruments: set[str]) -> tuple[set[str], list[MarkValue], threading.Condition]:
-        sub = (instruments, [], threading.Condition())
-        with self._lock:
-            self._subs.append(sub)
-        return sub
-
-    def unsubscribe(self, sub: tuple[set[str], list[MarkValue], threading.Condition]) -> None:
-        with self._lock:
-            if sub in self._subs:
-                self._subs.remove(sub)
-
-    def publish(self, marks: list[MarkValue]) -> None:
-        with self._lock:
-            subs = list(self._subs)
-        for wanted, queue, cond in subs:
-            with cond:
-                queue.extend(m for m in marks if not wanted or m.instrument in wanted)
-                if len(queue) > self._max:
-                    del queue[: len(queue) - self._max]
-                cond.notify_all()
-
-    @property
-    def subscribers(self) -> int:
-        with self._lock:
-            return len(self._subs)
+def mark_broadcast() -> Fanout[MarkValue]:
+    """Fan-out of new marks to gRPC stream subscribers (keyed by instrument symbol)."""
+    return Fanout(key=lambda m: m.instrument)
 
 
 class MarketDataApp:
     def __init__(self, validator: TickValidator, marks: MarkEngine, sink: Sink, clock: Clock,
-                 metrics: Metrics | None = None, broadcast: MarkBroadcast | None = None) -> None:
+                 metrics: Metrics | None = None, broadcast: Fanout[MarkValue] | None = None) -> None:
         self.validator = validator
         self.marks = marks
         self.sink = sink
         self.clock = clock
         self.metrics = metrics or NullMetrics()
-        self.broadcast = broadcast or MarkBroadcast()
+        self.broadcast = broadcast or mark_broadcast()
         self.totals = Totals()
         self._resume_after: dict[str, int] = {}
 

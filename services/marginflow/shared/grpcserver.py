@@ -1,8 +1,8 @@
 """gRPC server factory: health checking, reflection, a latency-metric interceptor, graceful stop.
 
 ``server, port = build_server(service_name, port, [(add_fn, servicer, full_service_name), ...])``
-binds on loopback by default (``0`` = any free port, as the tests use), marks every service
-SERVING in the health service, and returns the bound port. ``stop(server, grace)`` marks them
+binds on loopback by default (``0`` = any free port, as the tests use), sets every service's
+health status, and returns the bound port. ``stop(server, grace)`` marks them
 NOT_SERVING first so load balancers drain, then stops with grace.
 """
 
@@ -59,7 +59,9 @@ Registration = tuple[Callable[[Any, grpc.Server], None], Any, str]
 
 
 def build_server(service: str, port: int, registrations: Sequence[Registration], host: str = "127.0.0.1",
-                 max_workers: int = 16) -> tuple[grpc.Server, int, health.HealthServicer]:
+                 max_workers: int = 16, serving: bool = True) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Start a server with health and reflection; ``serving=False`` leaves health NOT_SERVING (the
+    service host turns it on when the application is ready)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{service}-grpc"),
         interceptors=[LatencyInterceptor(service)],
@@ -75,9 +77,10 @@ def build_server(service: str, port: int, registrations: Sequence[Registration],
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC server on {host}:{port}")
     server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    health_servicer.set("", status)
     for _add, _servicer, full_name in registrations:
-        health_servicer.set(full_name, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set(full_name, status)
     return server, bound, health_servicer
 
 

@@ -18,6 +18,17 @@ def serve_metrics(port: int, host: str = "127.0.0.1", registry: CollectorRegistr
     return int(server.server_port)
 
 
+class NullMetrics:
+    """Metrics port that records nothing (tests, benchmarks, in-process use): any method, any arguments."""
+
+    def __getattr__(self, _name: str):
+        return _ignore
+
+
+def _ignore(*_args, **_kwargs) -> None:
+    return None
+
+
 class SharedMetrics:
     """Metrics with the same meaning in every service, labelled by service."""
 

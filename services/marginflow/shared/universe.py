@@ -12,7 +12,6 @@ import math
 import pathlib
 import re
 import tomllib
-from collections.abc import Iterable
 from enum import IntEnum
 
 DEFAULT_UNIVERSE_FILE = pathlib.Path(__file__).resolve().parent.parent / "config" / "universe.toml"
@@ -198,11 +197,6 @@ def load_universe(path: str | pathlib.Path | None, as_of_ms: int) -> Universe:
     except OSError as exc:
         raise UniverseError(f"cannot read universe file {path}: {exc}") from None
     return parse_universe(text, as_of_ms)
-
-
-def symbols_of(universe: Universe, kinds: Iterable[Kind]) -> list[str]:
-    wanted = set(kinds)
-    return [s for s, i in universe.instruments.items() if i.kind in wanted]
 
 
 def platform_universe(common: "object", now_ms: int) -> Universe:

@@ -39,10 +39,13 @@ def publish(mg_settings):
 def start_margin(mg_settings):
     started = []
 
-    def start(grpc: bool = False) -> MarginApp:
+    def start(grpc: bool = False, ready: bool = True) -> MarginApp:
+        """A margin instance with its loop in a thread; by default once it says it is ready."""
         app = MarginApp(mg_settings).start(serve_grpc=grpc, serve_http_metrics=False)
         thread, stopping = app.run_in_thread()
         started.append((app, thread, stopping))
+        if ready:
+            assert app.host.wait_ready(30), "margin did not become ready"
         return app
 
     def stop(app: MarginApp) -> None:

@@ -92,7 +92,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_process_bad_config_exits_2_and_sigterm_stops_it(run_module, test_env, mg_settings):
+def test_process_bad_config_exits_2_not_serving_until_ready_and_sigterm_stops_it(run_module, test_env, mg_settings,
+                                                                                 publish):
     bad = run_module("marginflow.margin", extra_env={"MF_MARGIN_MM_FACTOR": "2"}, timeout=60)
     assert bad.returncode == 2 and "MF_MARGIN_MM_FACTOR" in bad.stderr
     port = _free_port()
@@ -102,8 +103,16 @@ def test_process_bad_config_exits_2_and_sigterm_stops_it(run_module, test_env, m
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=30)
-        assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        health = health_pb2_grpc.HealthStub(channel)
+        # No risk parameters on the topic: nothing can be margined, so the instance is not ready.
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as refused:
+            margin_pb2_grpc.MarginServiceStub(channel).GetMargin(pb.GetMarginRequest(account_id="a"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        publish(mg_settings.common.topics.risk_params, "current", risk_params())
+        wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status ==
+                 health_pb2.HealthCheckResponse.SERVING, timeout_s=30)
         channel.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0

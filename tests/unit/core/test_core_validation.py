@@ -202,3 +202,14 @@ def test_what_if_and_explain_reject(both, args, exc, message):
             errors.append(str(info.value))
     assert len(set(errors)) == 1
     assert re.search(message, errors[0]), errors[0]
+
+
+def test_instrument_kinds_agree_between_the_c_core_and_the_twin():
+    import marginflow.core as core
+    from marginflow.core import reference
+
+    names = ("KIND_PERP", "KIND_FUTURE", "KIND_CALL", "KIND_PUT")
+    assert [getattr(core, n) for n in names] == [getattr(reference, n) for n in names]
+    if core.ccore is not None:
+        assert [getattr(core.ccore, n) for n in names] == [getattr(reference, n) for n in names]
+    assert len({getattr(reference, n) for n in names}) == 4

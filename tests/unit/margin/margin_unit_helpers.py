@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from marginflow.margin.application import MarkUpdate
+from marginflow.margin.domain.market import MarkUpdate
 from marginflow.margin.domain.book import AccountBook
 from marginflow.margin.domain.scenarios import GridSpec, RiskVersion
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import marginflow.core as core
-from marginflow.margin.application import TradeDelta, UnknownAccount, NotReady
+from marginflow.margin.application import NotReady, UnknownAccount
+from marginflow.margin.domain.trades import TradeDelta
 from marginflow.margin.domain.health import Health
 
 from margin_unit_helpers import T0, book, mark, risk_version

@@ -61,9 +61,9 @@ def test_restore_skips_ticks_already_published(universe):
 
 def test_broadcast_delivers_only_wanted_marks(universe):
     app, _sink = make_app(universe)
-    wanted, queue, _cond = app.broadcast.subscribe({"index:ETH"})
+    sub = app.broadcast.subscribe({"index:ETH"})
     app.process([RawTick(T0, "BTC", 60000.0), RawTick(T0, "ETH", 3000.0)])
-    assert [m.instrument for m in queue] == ["index:ETH"]
+    assert [m.instrument for m in sub.get(0.0)] == ["index:ETH"]
 
 
 def test_paced_release_follows_event_time_at_speed():

@@ -16,8 +16,8 @@ from marginflow.api.account.v1 import account_pb2
 from marginflow.api.margin.v1 import margin_pb2 as pb
 from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.api.risk.v1 import risk_pb2
-from marginflow.margin.application import MarkUpdate
 from marginflow.margin.domain.book import AccountBook, InstrumentTable
+from marginflow.margin.domain.market import MarkUpdate
 from marginflow.margin.domain.results import AccountMargin, Explanation, MarginCallEvent
 from marginflow.margin.domain.scenarios import GridSpec, RiskVersion
 from marginflow.shared.errors import Rejected
@@ -58,7 +58,7 @@ def mark_from_proto(m: marketdata_pb2.Mark, table: InstrumentTable) -> MarkUpdat
     if k is None:
         raise Rejected("unknown_instrument", f"unknown instrument {symbol!r}")
     mark = _finite(m.mark_price, "mark_price", non_negative=True)
-    if mark <= 0 and table.kind[k] < 2:
+    if mark <= 0 and table.is_linear(k):
         raise Rejected("non_positive_price", f"mark_price of {symbol} must be > 0, got {mark!r}")
     index = _finite(m.index_price, "index_price", non_negative=True)
     iv = _finite(m.implied_vol, "implied_vol", non_negative=True)
@@ -220,3 +220,15 @@ def explain_response(e: Explanation, publish_ms: int = 0) -> pb.ExplainResponse:
         item.grid_margin_usd.value = str(usd_up(u.grid_margin_usd))
         item.es_contribution_usd.value = str(usd_up(u.es_contribution_usd))
     return out
+
+
+def published_from_proto(msg: pb.MarginState) -> tuple[str, int, float, float, int]:
+    """(account, state, equity USD, IM USD, publish time) of a state this service published before."""
+    try:
+        equity = float(Decimal(msg.equity_usd.value or "0"))
+        im = float(Decimal(msg.im_usd.value or "0"))
+    except ArithmeticError:
+        raise Rejected("bad_decimal", f"margin state of {msg.account_id!r} has a malformed amount") from None
+    if not (math.isfinite(equity) and math.isfinite(im)):
+        raise Rejected("non_finite", f"margin state of {msg.account_id!r} has a non-finite amount")
+    return msg.account_id, int(msg.state), equity, im, int(msg.meta.publish_time_ms)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from decimal import Decimal, InvalidOperation
 
@@ -12,7 +10,9 @@ import grpc
 from marginflow.api.margin.v1 import margin_pb2 as pb
 from marginflow.api.margin.v1 import margin_pb2_grpc
 from marginflow.margin.adapters import codec
-from marginflow.margin.application import MarginEngine, NotReady, TradeDelta, UnknownAccount
+from marginflow.margin.application import MarginEngine, NotReady, UnknownAccount
+from marginflow.margin.domain.trades import TradeDelta
+from marginflow.shared.fanout import Fanout
 from marginflow.shared.grpcserver import invalid_argument
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MarginService"].full_name
@@ -21,46 +21,16 @@ MAX_STREAM_ACCOUNTS = 10_000
 STREAM_QUEUE = 10_000
 
 
-class StateBroadcaster:
-    """Fan-out of published MarginStates to StreamMargin subscribers (bounded queues: a slow one loses the oldest)."""
-
-    def __init__(self) -> None:
-        self._subs: list[tuple[frozenset[str], queue.Queue]] = []
-        self._lock = threading.Lock()
-
-    def subscribe(self, accounts: frozenset[str]) -> queue.Queue:
-        q: queue.Queue = queue.Queue(STREAM_QUEUE)
-        with self._lock:
-            self._subs.append((accounts, q))
-        return q
-
-    def unsubscribe(self, q: queue.Queue) -> None:
-        with self._lock:
-            self._subs = [s for s in self._subs if s[1] is not q]
-
-    def publish(self, states: list[pb.MarginState]) -> None:
-        with self._lock:
-            subs = list(self._subs)
-        for accounts, q in subs:
-            for s in states:
-                if accounts and s.account_id not in accounts:
-                    continue
-                while True:
-                    try:
-                        q.put_nowait(s)
-                        break
-                    except queue.Full:
-                        try:
-                            q.get_nowait()
-                        except queue.Empty:
-                            pass
+def state_fanout() -> Fanout[pb.MarginState]:
+    """Fan-out of published MarginStates to StreamMargin subscribers, keyed by account."""
+    return Fanout(key=lambda s: s.account_id, max_queue=STREAM_QUEUE)
 
 
 class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
-    def __init__(self, engine: MarginEngine, broadcaster: StateBroadcaster, what_if_metric=None,
+    def __init__(self, engine: MarginEngine, fanout: Fanout[pb.MarginState], what_if_metric=None,
                  clock_ms=lambda: int(time.time() * 1000)) -> None:
         self._engine = engine
-        self._broadcaster = broadcaster
+        self._fanout = fanout
         self._what_if_metric = what_if_metric
         self._clock_ms = clock_ms
 
@@ -73,11 +43,11 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         if isinstance(exc, UnknownAccount):
             context.abort(grpc.StatusCode.NOT_FOUND, f"account {account_id!r} is not known to this margin instance")
         if isinstance(exc, NotReady):
-            context.abort(grpc.StatusCode.UNAVAILABLE, "no risk parameters yet")
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"margin is not ready: {exc}")
         raise exc
 
     def GetMargin(self, request: pb.GetMarginRequest, context: grpc.ServicerContext) -> pb.MarginState:
-        with self._engine.queries:   # the engine's background evaluation steps aside meanwhile
+        with self._engine.queries.readers:   # the engine's background evaluation steps aside meanwhile
             return self._get_margin(request, context)
 
     def _get_margin(self, request: pb.GetMarginRequest, context: grpc.ServicerContext) -> pb.MarginState:
@@ -118,7 +88,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         return out
 
     def WhatIf(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> pb.WhatIfResponse:
-        with self._engine.queries:
+        with self._engine.queries.readers:
             return self._what_if(request, context)
 
     def _what_if(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> pb.WhatIfResponse:
@@ -149,17 +119,14 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         if len(request.account_ids) > MAX_STREAM_ACCOUNTS:
             invalid_argument(context, f"at most {MAX_STREAM_ACCOUNTS} account ids")
         accounts = frozenset(request.account_ids)
-        q = self._broadcaster.subscribe(accounts)
+        sub = self._fanout.subscribe(accounts)   # before the current margins: no change falls between
         try:
             for account in sorted(accounts):   # the current margin first, then every published change
                 try:
                     yield codec.margin_state(self._engine.get_margin(account), publish_ms=self._clock_ms())
                 except (UnknownAccount, NotReady):
                     continue
-            while context.is_active():
-                try:
-                    yield q.get(timeout=0.5)
-                except queue.Empty:
-                    continue
+            while context.is_active() and not sub.closed:
+                yield from sub.get(0.5)
         finally:
-            self._broadcaster.unsubscribe(q)
+            self._fanout.unsubscribe(sub)

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 
-from marginflow.api.account.v1 import account_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.api.risk.v1 import risk_pb2
 from marginflow.margin.adapters import codec
-from marginflow.margin.adapters.grpc_api import StateBroadcaster
+from marginflow.shared.fanout import Fanout
 from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
 from marginflow.shared.kafka import ProtoConsumer, ProtoProducer
 from marginflow.shared.logs import get_logger
@@ -34,18 +33,22 @@ ACK_TIMEOUT_SECONDS = 30.0
 class KafkaPublisher:
     """Publisher port: margin.state (compacted, key account) and margin.calls; StreamMargin fan-out."""
 
-    def __init__(self, producer: ProtoProducer, state_topic: str, calls_topic: str, clock_ms,
-                 broadcaster: StateBroadcaster | None = None, source: str = "margin") -> None:
+    def __init__(self, producer: ProtoProducer | None, state_topic: str, calls_topic: str, clock_ms,
+                 fanout: Fanout | None = None, source: str = "margin") -> None:
         self._producer = producer
         self._state_topic = state_topic
         self._calls_topic = calls_topic
         self._clock_ms = clock_ms
-        self._broadcaster = broadcaster
+        self._fanout = fanout
         self._source = source
 
     def publish(self, states: Sequence[AccountMargin], calls: Sequence[MarginCallEvent]) -> None:
         now = self._clock_ms()
         msgs = [codec.margin_state(m, self._source, now) for m in states]
+        if self._producer is None:   # in-process (benchmark): the streams only
+            if self._fanout is not None:
+                self._fanout.publish(msgs)
+            return
         futures = self._producer.send_many(self._state_topic,
                                            [(m.account_id.encode(), msg.SerializeToString())
                                             for m, msg in zip(states, msgs)])
@@ -57,8 +60,8 @@ class KafkaPublisher:
         for future in futures:
             if not future.is_done or future.failed():
                 future.get(timeout=ACK_TIMEOUT_SECONDS)
-        if self._broadcaster is not None and msgs:
-            self._broadcaster.publish(msgs)
+        if self._fanout is not None:
+            self._fanout.publish(msgs)
 
 
 def market_types(topics) -> dict[str, type]:
@@ -93,18 +96,24 @@ class PositionsRebalance(ConsumerRebalanceListener):
         self.consumer = None
         self.revoked: set[int] = set()
         self.assigned: set[int] = set()
+        self.newly_assigned: list[TopicPartition] = []
+        self.joined = False   # a first assignment (possibly empty) has been received
 
     def on_partitions_revoked(self, revoked) -> None:
         self.revoked |= {tp.partition for tp in revoked}
+        self.assigned -= {tp.partition for tp in revoked}
+
+    def take_assigned(self) -> list[TopicPartition]:
+        parts, self.newly_assigned = self.newly_assigned, []
+        return parts
 
     def on_partitions_assigned(self, assigned) -> None:
         parts = list(assigned)
+        self.joined = True
+        self.newly_assigned.extend(parts)
         self.assigned |= {tp.partition for tp in parts}
         self.revoked -= {tp.partition for tp in parts}
         if parts and self.consumer is not None:
             self.consumer.seek_to_beginning(*parts)
         log.info("positions partitions assigned", extra={"partitions": sorted(tp.partition for tp in parts)})
 
-
-def snapshot_type():
-    return account_pb2.AccountSnapshot

@@ -12,12 +12,17 @@ import dataclasses
 
 import numpy as np
 
-# Margin-core instrument kinds.
-CORE_PERP, CORE_FUTURE, CORE_CALL, CORE_PUT = 0, 1, 2, 3
+from marginflow.core import KIND_CALL, KIND_FUTURE, KIND_PERP, KIND_PUT
+from marginflow.shared.universe import MS_PER_YEAR, Kind, Universe
+
+# The universe's instrument kinds (the wire's numbering) in the margin core's numbering.
+CORE_KIND = {Kind.PERPETUAL: KIND_PERP, Kind.FUTURE: KIND_FUTURE, Kind.CALL: KIND_CALL, Kind.PUT: KIND_PUT}
 
 
 @dataclasses.dataclass(frozen=True)
 class InstrumentTable:
+    """The instruments as arrays, in the order the risk arrays use."""
+
     symbols: tuple[str, ...]
     kind: np.ndarray            # int8, core kinds
     underlying: np.ndarray      # int32 index into ``underlyings``
@@ -34,9 +39,30 @@ class InstrumentTable:
     def n(self) -> int:
         return len(self.symbols)
 
+    @classmethod
+    def from_universe(cls, universe: Universe) -> "InstrumentTable":
+        underlyings = tuple(universe.underlyings)
+        uidx = {u: i for i, u in enumerate(underlyings)}
+        insts = list(universe.instruments.values())
+        return cls(
+            symbols=tuple(i.symbol for i in insts),
+            kind=np.array([CORE_KIND[i.kind] for i in insts], dtype=np.int8),
+            underlying=np.array([uidx[i.underlying] for i in insts], dtype=np.int32),
+            underlyings=underlyings,
+            contract_size=np.array([i.contract_size for i in insts], dtype=np.float64),
+            strike=np.array([i.strike_usd for i in insts], dtype=np.float64),
+            expiry_ms=np.array([i.expiry_ms for i in insts], dtype=np.int64))
+
+    def is_option(self, k: int) -> bool:
+        return int(self.kind[k]) in (KIND_CALL, KIND_PUT)
+
+    def is_linear(self, k: int) -> bool:
+        return int(self.kind[k]) in (KIND_PERP, KIND_FUTURE)
+
     def expiry_years(self, now_ms: int) -> np.ndarray:
-        years = (self.expiry_ms - now_ms) / (365.0 * 24 * 3600 * 1000)
-        return np.where(self.kind == CORE_PERP, 0.0, np.maximum(years, 0.0))
+        """ACT/365 years to expiry (0 for perpetuals and expired instruments)."""
+        years = (self.expiry_ms - now_ms) / MS_PER_YEAR
+        return np.where(self.kind == KIND_PERP, 0.0, np.maximum(years, 0.0))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
@@ -56,11 +82,6 @@ class AccountBook:
     @property
     def n(self) -> int:
         return int(self.instrument.shape[0])
-
-
-def empty_book(account_id: str, n_assets: int) -> AccountBook:
-    return AccountBook(account_id, 0, np.zeros(0, np.int32), np.zeros(0), np.zeros(0), np.zeros(0, np.uint8),
-                       np.zeros(0), np.zeros(n_assets))
 
 
 @dataclasses.dataclass

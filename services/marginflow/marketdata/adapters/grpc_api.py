@@ -50,15 +50,9 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     def StreamMarks(self, request, context):
         wanted = self._check_symbols(request.instruments, context)
         sub = self.app.broadcast.subscribe(wanted)
-        _wanted, queue, cond = sub
         try:
-            while context.is_active():
-                with cond:
-                    if not queue:
-                        cond.wait(self.stream_poll_s)
-                    batch = queue[:]
-                    queue.clear()
-                for m in batch:
+            while context.is_active() and not sub.closed:
+                for m in sub.get(self.stream_poll_s):
                     yield mark_to_proto(m, m.event_time_ms, "marketdata")
         finally:
             self.app.broadcast.unsubscribe(sub)

@@ -16,11 +16,6 @@ from marginflow.shared.errors import Rejected
 from marginflow.shared.money import parse_decimal
 
 
-def dec_str(value: Decimal) -> str:
-    """Plain string, never exponent notation ("60000", "0.5", "-12.34"); the digits as computed."""
-    return format(value, "f")
-
-
 def wire_dec(value: Decimal) -> common_pb2.Decimal:
     return common_pb2.Decimal(value=format(value, "f"))
 

@@ -51,10 +51,6 @@ class Position:
     isolated_collateral_usd: Decimal = ZERO   # collateral allocated to an isolated position
     updated_ms: int = 0                       # event time of the last fill or event
 
-    @property
-    def is_open(self) -> bool:
-        return self.size != 0
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Account:

@@ -7,7 +7,6 @@ the faust event loop is mutating.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -16,44 +15,40 @@ from marginflow.api.risk.v1 import risk_pb2, risk_pb2_grpc
 from marginflow.riskparams.adapters.codec import select, sigma_change_to_proto
 from marginflow.riskparams.application import SigmaChange
 from marginflow.shared.grpcserver import invalid_argument
+from marginflow.shared.fanout import Fanout, Subscription
 
 MAX_HISTORY_LIMIT = 10_000
 SERVICE_NAME = risk_pb2.DESCRIPTOR.services_by_name["RiskService"].full_name
 
 
 class ParamsHub:
-    """The latest RiskParams, and a condition streams wait on for the next version."""
+    """The latest RiskParams, and each new version fanned out to the streams (conflating: a slow
+    stream skips to the newest version, the only one that matters)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
         self._latest: risk_pb2.RiskParams | None = None
-        self._closed = False
+        self._fanout: Fanout[risk_pb2.RiskParams] = Fanout(max_queue=1)
 
     def set(self, params: risk_pb2.RiskParams) -> None:
-        with self._cond:
-            self._latest = params
-            self._cond.notify_all()
+        self._latest = params
+        self._fanout.publish([params])
 
     @property
     def latest(self) -> risk_pb2.RiskParams | None:
         return self._latest
 
-    def wait_newer(self, version: int, timeout_s: float) -> risk_pb2.RiskParams | None:
-        """The latest params if newer than ``version`` (waits up to ``timeout_s``)."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._closed or (self._latest is not None and self._latest.version > version),
-                                timeout=timeout_s)
-            latest = self._latest
-        return latest if latest is not None and latest.version > version else None
+    def subscribe(self) -> Subscription[risk_pb2.RiskParams]:
+        return self._fanout.subscribe()
+
+    def unsubscribe(self, sub: Subscription[risk_pb2.RiskParams]) -> None:
+        self._fanout.unsubscribe(sub)
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._fanout.close()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._fanout.closed
 
 
 class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
@@ -81,12 +76,18 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
 
     def StreamRiskParams(self, request: risk_pb2.StreamRiskParamsRequest,
                          context: grpc.ServicerContext) -> Iterator[risk_pb2.RiskParams]:
-        version = -1
-        while context.is_active() and not self._hub.closed:
-            params = self._hub.wait_newer(version, self._poll_s)
-            if params is not None:
-                version = params.version
-                yield params
+        sub = self._hub.subscribe()   # before reading the latest: no version can fall between the two
+        try:
+            version = -1
+            latest = self._hub.latest
+            while context.is_active() and not sub.closed:
+                if latest is not None and latest.version > version:
+                    version = latest.version
+                    yield latest
+                newest = sub.get(self._poll_s)
+                latest = newest[-1] if newest else None
+        finally:
+            self._hub.unsubscribe(sub)
 
     def GetSigmaHistory(self, request: risk_pb2.GetSigmaHistoryRequest, context: grpc.ServicerContext):
         if request.underlying:

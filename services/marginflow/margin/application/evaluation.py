@@ -1,0 +1,176 @@
+"""Evaluation: the model per risk version, full recalculation, incremental recalculation of changed
+accounts, and equity at current marks for every account (vectorised), with the publish decision.
+
+One thread (the service loop) calls these; they hold the engine's lock while they mutate.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from marginflow.margin.application.models import Model, build_model
+from marginflow.margin.application.ports import EngineConfig, EngineMetrics
+from marginflow.margin.application.publication import Publication
+from marginflow.margin.application.queries import Queries
+from marginflow.margin.application.results import account_margin
+from marginflow.margin.domain.accounts import AccountTable
+from marginflow.margin.domain.book import AccountBook, InstrumentTable
+from marginflow.margin.domain.market import MarketState
+from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
+from marginflow.margin.domain.scenarios import RiskVersion
+from marginflow.margin.domain.valuation import MarketView, valuate_chunked
+from marginflow.shared.errors import Rejected
+
+# Positions per slice of the vectorised evaluation (~0.5 ms of numpy each on the dev VM, ~10 % overhead).
+EVALUATE_CHUNK_POSITIONS = 8_192
+
+
+class Evaluation:
+    def __init__(self, instruments: InstrumentTable, config: EngineConfig, core, market: MarketState,
+                 accounts: AccountTable, publication: Publication, queries: Queries, metrics: EngineMetrics,
+                 wall_ms: Callable[[], int], market_view: Callable[[], MarketView], lock: threading.RLock) -> None:
+        self.instruments = instruments
+        self.config = config
+        self.core = core
+        self.market = market
+        self.accounts = accounts
+        self.publication = publication
+        self.queries = queries
+        self.metrics = metrics
+        self._wall_ms = wall_ms
+        self._market_view = market_view
+        self._lock = lock
+        self.model: Model | None = None
+        self.active = True      # False while the inputs are incomplete: books are stored, nothing is published
+        self.marks_dirty = False
+        self.last_eval_ms = 0
+        self.last_counts: dict[int, int] = {}
+
+    # ---- model
+    def apply_risk_params(self, version: RiskVersion) -> bool:
+        """A new version: new risk arrays and model, full recalculation. False if not newer."""
+        with self._lock:
+            if self.model is not None and version.version <= self.model.version.version:
+                return False
+            try:
+                model = build_model(self.instruments, self.market, self.config, self.core, version, self._wall_ms())
+            except ValueError as exc:   # the core refused a value: the version is unusable
+                raise Rejected("bad_risk_params", str(exc)) from None
+            self.model = model
+            self.metrics.risk_params(version.version, max(0.0, (self._wall_ms() - version.publish_time_ms) / 1e3))
+            self.full_recalculation()
+            return True
+
+    def refresh_model(self) -> None:
+        """Same version, risk arrays and add-ons at today's marks (forwards drift between versions)."""
+        with self._lock:
+            if self.model is None:
+                return
+            self.model = build_model(self.instruments, self.market, self.config, self.core, self.model.version,
+                                     self._wall_ms())
+            self.full_recalculation()
+
+    # ---- accounts
+    def apply_snapshots(self, books: Sequence[AccountBook]) -> None:
+        """Changed accounts: incremental recomputation of those rows (or one full pass for a large batch)."""
+        with self._lock:
+            rows = self.accounts.upsert(books)
+            if self.model is None or not rows or not self.active:
+                return
+            if len(rows) > self.config.incremental_max_accounts:
+                self.full_recalculation()
+                return
+            outputs: list[AccountMargin] = []
+            calls: list[MarginCallEvent] = []
+            market = self._market_view()
+            now = self._wall_ms()
+            model = self.model
+            for row in rows:
+                started = time.perf_counter()
+                book = self.accounts.rows[row]
+                single = self.queries.single(book, model, market)
+                self.accounts.store_single(row, book, single.core)
+                self.metrics.incremental(time.perf_counter() - started)
+                self.publication.record(row, self.queries.margin_of(single, model), now, outputs, calls)
+            self.publication.emit(outputs, calls)
+
+    def remove_accounts(self, account_ids: Iterable[str]) -> int:
+        """Accounts no longer owned (partitions revoked): forgotten, nothing published."""
+        with self._lock:
+            rows = self.accounts.remove(account_ids)
+            self.publication.forget(rows)
+            return len(rows)
+
+    # ---- full recalculation
+    def full_recalculation(self) -> None:
+        with self._lock:
+            model = self.model
+            if model is None or not self.active:
+                return
+            started = time.perf_counter()
+            f = self.accounts.ensure_flat()
+            out = model.core.compute(f.indptr, f.instrument, f.size, f.isolated, n_threads=self.config.n_threads)
+            self.accounts.store_full(out)
+            self.metrics.full_recalc(time.perf_counter() - started, f.n_accounts)
+            self.evaluate(force=True)
+
+    # ---- marks → equity → states
+    def tick(self) -> None:
+        """Periodic work of the service loop: re-evaluate after marks, refresh the model, heartbeats."""
+        now = self._wall_ms()
+        model = self.model
+        if model is None:
+            return
+        cfg = self.config
+        if (cfg.model_refresh_ms and now - model.built_ms >= cfg.model_refresh_ms) or (
+                self.market.first_marks and now - model.built_ms >= cfg.evaluate_interval_ms):
+            self.market.first_marks = False
+            self.refresh_model()
+            return
+        due = now - self.last_eval_ms >= cfg.evaluate_interval_ms
+        heartbeat = now - self.last_eval_ms >= 1000
+        if due and (self.marks_dirty or self.accounts.flat_dirty or heartbeat):
+            self.evaluate()
+
+    def evaluate(self, force: bool = False) -> int:
+        """Equity of every account at current marks (vectorised), states, publication. Returns states published.
+
+        Only the rows whose published numbers change (state, or a material move, or a heartbeat) get
+        a result built; the rest cost the vectorised comparison alone."""
+        with self._lock:
+            model = self.model
+            self.last_eval_ms = self._wall_ms()
+            self.marks_dirty = False
+            if model is None or not self.active:
+                return 0
+            acc = self.accounts
+            f = acc.ensure_flat()
+            n = f.n_accounts
+            market = self._market_view()
+            # In chunks, yielding the GIL between them: gRPC threads wait ~1 chunk, not the whole pass.
+            val = valuate_chunked(f.owner, f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
+                                  acc.iso_im_flat, acc.balances[:n], acc.cross_im[:n], self.config.mm_factor,
+                                  market, indptr=f.indptr, chunk_positions=EVALUATE_CHUNK_POSITIONS,
+                                  pause=self.queries.readers.yield_to_queries)
+            outputs: list[AccountMargin] = []
+            calls: list[MarginCallEvent] = []
+            now = self._wall_ms()
+            live = acc.computed[:n]   # False for removed rows
+            changed = live & self.publication.changed(val, n, now)
+            event_ms = self.market.newest_event_ms
+            for row in np.flatnonzero(changed).tolist():
+                parts = (float(acc.grid[row]), float(acc.es[row]), float(acc.minimum[row]), float(acc.liquidity[row]))
+                margin = account_margin(self.instruments, self.config.mm_factor, acc.rows[row], val, row, f, model,
+                                        event_ms, parts)
+                self.publication.record(row, margin, now, outputs, calls)
+            self.publication.emit(outputs, calls)
+            counts = np.bincount(val.state[live], minlength=5)
+            self.last_counts = {s: int(counts[s]) for s in range(1, 5)}
+            self.metrics.accounts_by_state(self.last_counts)
+            self.metrics.marks(self.market.oldest_mark_age_seconds(), self.market.newest_event_ms)
+            self.metrics.risk_params(model.version.version, max(0.0, (now - model.version.publish_time_ms) / 1e3))
+            return len(outputs)

@@ -1,0 +1,178 @@
+"""Queries (any gRPC thread): margin, what-if and explain of one account, margined alone.
+
+Readers never take the service loop's lock: they take immutable references (the model, an account's
+:class:`AccountBook`) and read the market arrays as they are. While a query runs, the loop's
+vectorised evaluation steps aside between its slices (:class:`Readers`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from marginflow.core import KIND_CALL
+from marginflow.margin.application.models import Model
+from marginflow.margin.application.ports import EngineConfig, NotReady, UnknownAccount
+from marginflow.margin.application.results import account_margin, core_parts
+from marginflow.margin.domain.accounts import AccountTable
+from marginflow.margin.domain.book import AccountBook, FlatBook, InstrumentTable
+from marginflow.margin.domain.liquidation import linear_liquidation_price, option_liquidation_forward
+from marginflow.margin.domain.market import MarketState
+from marginflow.margin.domain.results import AccountMargin, Explanation, PositionExplain, UnderlyingExplain
+from marginflow.margin.domain.trades import TradeDelta, apply_trades, check_trades
+from marginflow.margin.domain.valuation import MarketView, Valuation, valuate
+
+# Between slices the evaluation steps aside while queries are running, at most this long per slice.
+EVALUATE_YIELD_MAX_S = 0.005
+
+
+class Readers:
+    """Queries in flight (any thread): the vectorised evaluation yields to them between its slices."""
+
+    __slots__ = ("count", "_lock")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.count -= 1
+
+    def yield_to_queries(self) -> None:
+        """Release the GIL (and the core): a query waiting for either runs now, not after the whole pass."""
+        time.sleep(0)
+        if self.count:
+            deadline = time.perf_counter() + EVALUATE_YIELD_MAX_S
+            while self.count and time.perf_counter() < deadline:
+                time.sleep(0.0002)
+
+
+@dataclasses.dataclass
+class Single:
+    """One account margined alone."""
+
+    book: AccountBook
+    flat: FlatBook
+    core: dict
+    valuation: Valuation
+
+
+class Queries:
+    def __init__(self, instruments: InstrumentTable, config: EngineConfig, market: MarketState,
+                 accounts: AccountTable, model: Callable[[], Model | None], market_view: Callable[[], MarketView],
+                 wall_ms: Callable[[], int], ready: Callable[[], bool] = lambda: True) -> None:
+        self.instruments = instruments
+        self.config = config
+        self.market = market
+        self.accounts = accounts
+        self._model = model
+        self._market_view = market_view
+        self._wall_ms = wall_ms
+        self._ready = ready
+        self.readers = Readers()
+        self._settle = list(config.assets).index(config.settlement_asset)
+
+    # ---- one account alone
+    def require(self, account_id: str) -> tuple[AccountBook, Model]:
+        model = self._model()
+        if model is None:
+            raise NotReady("no risk parameters yet")
+        if not self._ready():
+            raise NotReady("margin state is still being rebuilt")
+        book = self.accounts.book(account_id)
+        if book is None:
+            raise UnknownAccount(account_id)
+        return book, model
+
+    def single(self, book: AccountBook, model: Model, market: MarketView | None = None) -> Single:
+        flat = FlatBook.build([book])
+        core = model.core.compute(flat.indptr, flat.instrument, flat.size, flat.isolated, n_threads=1)
+        market = market or self._market_view()
+        val = valuate(flat.owner, flat.instrument, flat.size, flat.entry, flat.isolated, flat.isolated_collateral,
+                      np.asarray(core["isolated_im"], dtype=np.float64), book.balances[None, :],
+                      np.asarray(core["cross_im"], dtype=np.float64), self.config.mm_factor, market,
+                      indptr=flat.indptr)
+        return Single(book, flat, core, val)
+
+    def margin_of(self, s: Single, model: Model, liquidation_prices: bool = False) -> AccountMargin:
+        return account_margin(self.instruments, self.config.mm_factor, s.book, s.valuation, 0, s.flat, model,
+                              self.market.newest_event_ms, core_parts(s.core),
+                              self.liquidation_price if liquidation_prices else None)
+
+    def liquidation_price(self, k: int, size: float, equity: float, mm: float,
+                          model: Model | None) -> tuple[float | None, str]:
+        t, m = self.instruments, self.market
+        cs = float(t.contract_size[k])
+        if t.is_option(k):
+            forward = float(m.index_price[t.underlying[k]])
+            years = float(t.expiry_years(m.now_ms(self._wall_ms()))[k])
+            return option_liquidation_forward(equity, mm, size, cs, t.kind[k] == KIND_CALL, forward,
+                                              float(t.strike[k]), years, float(m.implied_vol[k])), "underlying"
+        return linear_liquidation_price(equity, mm, size, cs, float(m.mark_price[k])), "mark"
+
+    # ---- the queries
+    def get_margin(self, account_id: str) -> AccountMargin:
+        with self.readers:
+            book, model = self.require(account_id)
+            return self.margin_of(self.single(book, model), model, liquidation_prices=True)
+
+    def what_if(self, account_id: str, trades: Sequence[TradeDelta]) -> tuple[AccountMargin, AccountMargin]:
+        with self.readers:
+            book, model = self.require(account_id)
+            check_trades(trades, self.instruments.n)
+            market = self._market_view()
+            before = self.single(book, model, market)
+            after_book = apply_trades(book, trades, self.market.mark_price, self.instruments.contract_size,
+                                      self._settle)
+            after = self.single(after_book, model, market)
+            return self.margin_of(before, model), self.margin_of(after, model, liquidation_prices=True)
+
+    def explain(self, account_id: str) -> Explanation:
+        with self.readers:
+            return self._explain(account_id)
+
+    def _explain(self, account_id: str) -> Explanation:
+        book, model = self.require(account_id)
+        s = self.single(book, model)
+        margin = self.margin_of(s, model, liquidation_prices=True)
+        ex = model.core.explain(book.instrument, book.size, book.isolated)
+        t = self.instruments
+        val = s.valuation
+        positions = []
+        for j in range(book.n):
+            k = int(book.instrument[j])
+            if book.isolated[j]:
+                eq, mm = float(val.iso_equity[j]), float(val.iso_mm[j])
+            else:
+                eq, mm = float(val.cross_equity[0]), float(val.cross_mm[0])
+            liq, basis = self.liquidation_price(k, float(book.size[j]), eq, mm, model)
+            positions.append(PositionExplain(
+                t.symbols[k], t.underlyings[t.underlying[k]], float(book.size[j]), bool(book.isolated[j]),
+                float(ex["position_grid"][j]), float(ex["position_es"][j]), float(ex["position_minimum"][j]),
+                float(ex["position_liquidity"][j]), liq, basis))
+        scen = model.scenarios
+        underlyings = []
+        und_grid = np.asarray(ex["underlying_grid"])
+        und_row = np.asarray(ex["underlying_grid_scenario"])
+        und_es = np.asarray(ex["underlying_es"])
+        n_rows = scen.n_grid + scen.tail_weights.shape[0]
+        for u, name in enumerate(t.underlyings):
+            if not np.any(t.underlying[book.instrument] == u):
+                continue
+            g = int(und_row[u])
+            ps = float(scen.price_shock[g, u]) if 0 <= g < n_rows else 0.0
+            vs = float(scen.vol_shock[g, u]) if 0 <= g < n_rows else 0.0
+            underlyings.append(UnderlyingExplain(name, float(und_grid[u]), float(und_es[u]), ps, vs))
+        parts = {"grid": float(ex["grid"]), "es": float(ex["es"]), "min_margin": float(ex["minimum"])}
+        has_cross = bool(np.any((book.isolated == 0) & (book.size != 0)))
+        binding = max(parts, key=lambda name: parts[name]) if has_cross else "none"
+        return Explanation(margin, int(ex["worst"]), tuple(positions), tuple(underlyings), binding)

@@ -1,0 +1,47 @@
+"""Turning a valuation and the core's results into the margin result of one account."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from marginflow.margin.application.models import Model
+from marginflow.margin.domain.book import AccountBook, FlatBook, InstrumentTable
+from marginflow.margin.domain.results import AccountMargin, IsolatedResult
+from marginflow.margin.domain.valuation import Valuation
+
+# (instrument index, size, equity USD, MM USD, model) → (liquidation price, its basis)
+LiquidationPrice = Callable[[int, float, float, float, Model], tuple[float | None, str]]
+
+
+def account_margin(instruments: InstrumentTable, mm_factor: float, book: AccountBook, val: Valuation, i: int,
+                   flat: FlatBook, model: Model, event_time_ms: int, parts: tuple[float, float, float, float],
+                   liquidation_price: LiquidationPrice | None = None) -> AccountMargin:
+    """Entry ``i`` of ``val``/``flat`` as an :class:`AccountMargin`; ``parts`` = (grid, ES, minimum,
+    liquidity add-on) of the cross IM; liquidation prices of isolated positions when asked."""
+    lo, hi = int(flat.indptr[i]), int(flat.indptr[i + 1])
+    isolated: list[IsolatedResult] = []
+    syms = instruments.symbols
+    for j in range(lo, hi):
+        if flat.isolated[j] and flat.size[j] != 0.0:
+            im_j = float(val.iso_mm[j] / mm_factor) if mm_factor else 0.0
+            liq = None
+            if liquidation_price is not None:
+                liq, _basis = liquidation_price(int(flat.instrument[j]), float(flat.size[j]),
+                                                float(val.iso_equity[j]), float(val.iso_mm[j]), model)
+            isolated.append(IsolatedResult(syms[flat.instrument[j]], float(flat.size[j]), float(val.iso_equity[j]),
+                                           im_j, float(val.iso_mm[j]), int(val.iso_state[j]), liq))
+    grid, es, minimum, liquidity = parts
+    cross_im = float(val.cross_mm[i] / mm_factor)
+    return AccountMargin(
+        account_id=book.account_id, revision=book.revision, risk_params_version=model.version.version,
+        event_time_ms=event_time_ms, equity_usd=float(val.equity[i]), im_usd=float(val.im[i]),
+        mm_usd=float(val.mm[i]), cross_equity_usd=float(val.cross_equity[i]), cross_im_usd=cross_im,
+        cross_mm_usd=float(val.cross_mm[i]), cross_state=int(val.cross_state[i]), grid_usd=grid, es_usd=es,
+        minimum_usd=minimum, liquidity_usd=liquidity, state=int(val.state[i]), marks_fresh=bool(val.fresh[i]),
+        marks_time_ms=int(val.marks_time_ms[i]), collateral_usd=float(val.collateral[i]),
+        cross_pnl_usd=float(val.cross_pnl[i]), isolated=tuple(isolated))
+
+
+def core_parts(core: Mapping) -> tuple[float, float, float, float]:
+    """(grid, ES, minimum, liquidity) of the first account of a core result."""
+    return tuple(float(core[k][0]) for k in ("grid", "es", "minimum", "liquidity"))  # type: ignore[return-value]

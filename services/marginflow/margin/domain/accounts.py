@@ -1,0 +1,170 @@
+"""The account table of one margin instance: a row per owned account, its book, and the margin
+core's last results for it (cross IM and its parts, isolated IM per position), with every book also
+kept in CSR form for the full recalculation.
+
+Rows are never reused while the instance runs: a removed account's row is emptied (``rows[r] is
+None``, ``computed[r] = False``) and the next CSR rebuild gives it no positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from marginflow.margin.domain.book import AccountBook, FlatBook
+
+# Per-row arrays of core results (USD) and their dtypes.
+_RESULT_ARRAYS = (("cross_im", np.float64), ("grid", np.float64), ("es", np.float64), ("minimum", np.float64),
+                  ("liquidity", np.float64), ("computed", np.bool_))
+
+
+class AccountTable:
+    def __init__(self, n_assets: int) -> None:
+        self.rows: list[AccountBook | None] = []
+        self.row_of: dict[str, int] = {}
+        self.balances = np.zeros((0, n_assets))
+        for name, dtype in _RESULT_ARRAYS:
+            setattr(self, name, np.zeros(0, dtype=dtype))
+        self.iso_im_by_row: dict[int, np.ndarray] = {}
+        self.flat = FlatBook.build([])
+        self.iso_im_flat = np.zeros(0)
+        self.flat_dirty = False
+        self._grow_hooks: list = []
+
+    # ---- rows
+    def on_grow(self, hook) -> None:
+        """``hook(capacity)`` whenever the row capacity grows (per-row arrays kept elsewhere follow)."""
+        self._grow_hooks.append(hook)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.cross_im.shape[0])
+
+    def _grow(self, n: int) -> None:
+        old = self.capacity
+        if n <= old:
+            return
+        cap = max(n, 2 * old, 64)
+        self.balances = _grown(self.balances, old, cap)
+        for name, _dtype in _RESULT_ARRAYS:
+            setattr(self, name, _grown(getattr(self, name), old, cap))
+        for hook in self._grow_hooks:
+            hook(cap)
+
+    def row(self, account_id: str) -> int:
+        """The account's row, a new one if it has none."""
+        row = self.row_of.get(account_id)
+        if row is None:
+            row = len(self.rows)
+            self.rows.append(None)
+            self.row_of[account_id] = row
+            self._grow(row + 1)
+            self.flat_dirty = True
+        return row
+
+    def book(self, account_id: str) -> AccountBook | None:
+        row = self.row_of.get(account_id)
+        return self.rows[row] if row is not None and row < len(self.rows) else None
+
+    def upsert(self, books: Sequence[AccountBook]) -> list[int]:
+        """Store the newest revision of each account among ``books``; returns the rows that changed.
+        An older revision than the one held (a redelivery) changes nothing."""
+        latest: dict[str, AccountBook] = {}
+        for b in books:
+            prev = latest.get(b.account_id)
+            if prev is None or b.revision >= prev.revision:
+                latest[b.account_id] = b
+        rows = []
+        for b in latest.values():
+            row = self.row(b.account_id)
+            old = self.rows[row]
+            if old is not None and b.revision < old.revision:
+                continue
+            self.rows[row] = b
+            self.balances[row] = b.balances
+            rows.append(row)
+            if not self.flat_dirty and not self.flat.try_update(row, b):
+                self.flat_dirty = True
+        return rows
+
+    def remove(self, account_ids: Iterable[str]) -> list[int]:
+        """Forget accounts (no longer owned); returns their rows."""
+        removed = []
+        for a in account_ids:
+            row = self.row_of.pop(a, None)
+            if row is None:
+                continue
+            self.rows[row] = None
+            self.balances[row] = 0.0
+            self.cross_im[row] = 0.0
+            self.computed[row] = False
+            self.iso_im_by_row.pop(row, None)
+            self.flat_dirty = True
+            removed.append(row)
+        return removed
+
+    # ---- core results
+    def store_single(self, row: int, book: AccountBook, core: Mapping[str, np.ndarray]) -> None:
+        """The core's results for one account margined alone."""
+        self.cross_im[row] = float(core["cross_im"][0])
+        self.grid[row] = float(core["grid"][0])
+        self.es[row] = float(core["es"][0])
+        self.minimum[row] = float(core["minimum"][0])
+        self.liquidity[row] = float(core["liquidity"][0])
+        self.computed[row] = True
+        iso = np.asarray(core["isolated_im"], dtype=np.float64)
+        if book.isolated.any():
+            self.iso_im_by_row[row] = iso.copy()
+        else:
+            self.iso_im_by_row.pop(row, None)
+        if not self.flat_dirty:
+            lo = int(self.flat.indptr[row])
+            hi = int(self.flat.indptr[row + 1])
+            self.iso_im_flat[lo:hi] = 0.0
+            self.iso_im_flat[lo:lo + iso.shape[0]] = iso
+
+    def store_full(self, out: Mapping[str, np.ndarray]) -> None:
+        """The core's results for every row of the current CSR book."""
+        f = self.flat
+        n = f.n_accounts
+        self.cross_im[:n] = out["cross_im"]
+        self.grid[:n] = out["grid"]
+        self.es[:n] = out["es"]
+        self.minimum[:n] = out["minimum"]
+        self.liquidity[:n] = out["liquidity"]
+        self.computed[:n] = np.fromiter((b is not None for b in self.rows), dtype=bool, count=n)
+        self.iso_im_flat = np.array(out["isolated_im"], dtype=np.float64)
+        self.iso_im_by_row = {}
+        for row in np.unique(f.owner[f.isolated.astype(bool)]).tolist():
+            lo = int(f.indptr[row])
+            b = self.rows[row]
+            if b is not None:
+                self.iso_im_by_row[row] = self.iso_im_flat[lo:lo + b.n].copy()
+
+    def ensure_flat(self) -> FlatBook:
+        """The CSR book of every row, rebuilt when a book outgrew its slot or rows were added/removed."""
+        if self.flat_dirty or self.flat.n_accounts != len(self.rows):
+            self.flat = FlatBook.build(self.rows)
+            self.iso_im_flat = np.zeros(self.flat.size.shape[0])
+            for row, iso in self.iso_im_by_row.items():
+                lo = int(self.flat.indptr[row])
+                self.iso_im_flat[lo:lo + iso.shape[0]] = iso
+            self.flat_dirty = False
+        return self.flat
+
+    # ---- introspection
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def account_ids(self) -> list[str]:
+        return list(self.row_of)
+
+    def n_positions(self) -> int:
+        return sum(b.n for b in self.rows if b is not None)
+
+
+def _grown(a: np.ndarray, old: int, cap: int) -> np.ndarray:
+    out = np.zeros((cap,) + a.shape[1:], dtype=a.dtype)
+    out[:old] = a[:old]
+    return out

@@ -1,0 +1,142 @@
+"""Market state of the margin service: the newest index, mark, implied vol, spread and depth per
+instrument (event time), and the market view equity is computed at.
+
+Before an instrument's first mark it is priced from the universe's reference price of its underlying
+(options by Black-76 at the underlying's reference vol): the model can be built at once, and the
+account's marks count as not fresh (``mark_time_ms == 0``), so nothing liquidates on such a price.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from marginflow.core import KIND_CALL
+from marginflow.margin.domain.book import InstrumentTable
+from marginflow.margin.domain.equity import HaircutPolicy, asset_values
+from marginflow.margin.domain.valuation import NEVER_MS, MarketView
+from marginflow.pricing import black76
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkUpdate:
+    """A validated mark (``instrument`` is None for an ``index:<underlying>`` record)."""
+
+    instrument: int | None
+    underlying: int
+    index_price: float
+    mark_price: float
+    implied_vol: float
+    half_spread: float
+    depth: float
+    event_time_ms: int
+
+
+class MarketState:
+    """The newest market data per instrument and underlying; one writer (the service loop).
+
+    Readers (gRPC threads) read the arrays as they are: floats updated in place, so a reader may see
+    a batch half applied, never a torn number.
+    """
+
+    def __init__(self, instruments: InstrumentTable, fallback_price: dict[str, float],
+                 fallback_vol: dict[str, float], default_depth_contracts: float, now_ms: int) -> None:
+        self.instruments = instruments
+        t = instruments
+        K, U = t.n, len(t.underlyings)
+        self.index_price = np.array([fallback_price.get(u, 1.0) for u in t.underlyings])
+        self.index_time_ms = np.zeros(U, dtype=np.int64)
+        self.mark_price = np.zeros(K)
+        self.implied_vol = np.array([fallback_vol.get(t.underlyings[u], 0.5) for u in t.underlying])
+        self.half_spread = np.zeros(K)
+        self.depth = np.full(K, default_depth_contracts)
+        self.mark_time_ms = np.zeros(K, dtype=np.int64)
+        self.newest_event_ms = 0
+        self.first_marks = False   # an instrument got its first mark: the model priced it from a fallback
+        for k in range(K):
+            self.mark_price[k] = self.model_mark(k, self.index_price[t.underlying[k]], now_ms)
+
+    def now_ms(self, wall_ms: int) -> int:
+        """Event time of the market (the newest mark), or the wall clock before any mark."""
+        return self.newest_event_ms or wall_ms
+
+    def model_mark(self, k: int, forward: float, now_ms: int) -> float:
+        """The instrument's price at ``forward``: the forward itself for linear ones, Black-76 for options."""
+        t = self.instruments
+        if t.is_option(k):
+            years = float(t.expiry_years(now_ms)[k])
+            return black76(forward, float(t.strike[k]), years, float(self.implied_vol[k]), t.kind[k] == KIND_CALL)
+        return forward
+
+    def apply(self, marks: Iterable[MarkUpdate]) -> int:
+        """Newer marks replace older ones per instrument (partitions interleave); returns how many were read."""
+        n = 0
+        for m in marks:
+            n += 1
+            if m.event_time_ms > self.newest_event_ms:
+                self.newest_event_ms = m.event_time_ms
+            u = m.underlying
+            if m.event_time_ms >= self.index_time_ms[u] and m.index_price > 0:
+                self.index_price[u] = m.index_price
+                self.index_time_ms[u] = m.event_time_ms
+            k = m.instrument
+            if k is None or m.event_time_ms < self.mark_time_ms[k]:
+                continue
+            if self.mark_time_ms[k] == 0:
+                self.first_marks = True
+            self.mark_price[k] = m.mark_price
+            self.mark_time_ms[k] = m.event_time_ms
+            if m.implied_vol > 0:
+                self.implied_vol[k] = m.implied_vol
+            self.half_spread[k] = m.half_spread
+            if m.depth > 0:
+                self.depth[k] = m.depth
+        return n
+
+    def forwards(self) -> np.ndarray:
+        """Forward per instrument: its mark for perpetuals/futures, the underlying index for options."""
+        t = self.instruments
+        idx = self.index_price[t.underlying]
+        is_opt = t.kind >= KIND_CALL
+        return np.where(is_opt, idx, np.where(self.mark_time_ms > 0, self.mark_price, idx))
+
+    def index_prices(self, with_time_only: bool = True) -> dict[str, float]:
+        und = self.instruments.underlyings
+        return {u: float(self.index_price[i]) for i, u in enumerate(und)
+                if not with_time_only or self.index_time_ms[i] > 0}
+
+    def view(self, assets: Sequence[str], stablecoins: frozenset[str], sigma_margin: dict[str, float],
+             haircut: HaircutPolicy, max_age_ms: int) -> MarketView:
+        """Marks, freshness and collateral unit values (after haircut) as one snapshot for a valuation."""
+        now = self.newest_event_ms
+        fresh = (self.mark_time_ms > 0) & (self.mark_time_ms >= now - max_age_ms)
+        unit_value, _haircut = asset_values(list(assets), stablecoins, self.index_prices(), sigma_margin, haircut)
+        asset_fresh = np.ones(len(assets), dtype=bool)
+        asset_time = np.full(len(assets), NEVER_MS, dtype=np.int64)
+        uidx = self.instruments.underlying_index
+        for i, a in enumerate(assets):
+            if a in stablecoins:
+                continue
+            u = uidx.get(a)
+            t = int(self.index_time_ms[u]) if u is not None else 0
+            asset_time[i] = t
+            asset_fresh[i] = t > 0 and t >= now - max_age_ms
+        return MarketView(self.mark_price, self.instruments.contract_size, self.mark_time_ms, fresh, unit_value,
+                          asset_fresh, asset_time)
+
+    def haircuts(self, assets: Sequence[str], stablecoins: frozenset[str], sigma_margin: dict[str, float],
+                 haircut: HaircutPolicy) -> dict[str, float]:
+        _v, h = asset_values(list(assets), stablecoins, self.index_prices(with_time_only=False), sigma_margin,
+                             haircut)
+        return dict(zip(assets, h.tolist()))
+
+    def oldest_mark_age_seconds(self) -> float:
+        held = self.mark_time_ms > 0
+        return (self.newest_event_ms - int(self.mark_time_ms[held].min())) / 1e3 if held.any() else 0.0
+
+    def missing_marks(self, instruments: np.ndarray) -> np.ndarray:
+        """Those of ``instruments`` (indices) that have had no mark yet."""
+        instruments = np.unique(np.asarray(instruments, dtype=np.int64))
+        return instruments[self.mark_time_ms[instruments] == 0]
