@@ -23,7 +23,7 @@ from marginflow.portfolio.adapters.codec import encode_account
 from marginflow.portfolio.demo_book import generate_book, publish_book
 from marginflow.portfolio.domain.ledger import apply_command
 from marginflow.portfolio.domain.model import Account
-from marginflow.portfolio.entrypoint import PortfolioApp, configure_gc, ledger_rules, portfolio_topics
+from marginflow.portfolio.service import PortfolioApp, configure_gc, ledger_rules, portfolio_topics
 from marginflow.portfolio.settings import PortfolioSettings
 from marginflow.shared.clock import SystemClock
 from marginflow.shared.config import load

@@ -175,7 +175,7 @@ def banner(programs: list[Program], env: dict[str, str], log_dir: pathlib.Path) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from marginflow.marketdata.__main__ import add_source_options, source_env
+    from marginflow.marketdata.settings import add_source_options, source_env
 
     parser = argparse.ArgumentParser(prog="marginflow.supervisor", description=__doc__)
     add_source_options(parser)

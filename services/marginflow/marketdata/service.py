@@ -17,19 +17,20 @@ from marginflow.marketdata.domain.simulator import MarketSimulator, SimConfig
 from marginflow.marketdata.domain.ticks import RawTick
 from marginflow.marketdata.domain.validation import TickValidator, ValidationConfig
 from marginflow.marketdata.settings import MarketDataSettings
-from marginflow.shared import grpcserver
 from marginflow.shared.clock import SystemClock
 from marginflow.shared.config import ConfigError
 from marginflow.shared.kafka import DeadLetterSink, ProtoProducer, ensure_topics, new_producer, platform_topics
+from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.lifecycle import Lifecycle
 from marginflow.shared.logs import get_logger
-from marginflow.shared.metrics import serve_metrics
 from marginflow.shared.service import run_service
 from marginflow.shared.universe import UniverseError, platform_universe
 
 log = get_logger("marketdata")
 
 REPLAY_BATCH = 2000
+# Producer flush interval of the source loop: bounds how long a tick waits in the client's buffer.
+FLUSH_INTERVAL_S = 0.05
 
 
 def replay_batches(app: MarketDataApp, path: str) -> Iterator[list[RawTick]]:
@@ -83,16 +84,16 @@ def main(settings: MarketDataSettings, lifecycle: Lifecycle) -> None:
     app.restore(previous)
     log.info("restored", extra={"instruments": len(previous)})
 
-    metrics_port = serve_metrics(settings.metrics_port, common.bind_host)
-    server, grpc_port, health = grpcserver.build_server(
-        "marketdata", settings.grpc_port,
-        [(marketdata_pb2_grpc.add_MarketDataServiceServicer_to_server, MarketDataServicer(universe, app),
-          "marginflow.marketdata.v1.MarketDataService")], host=common.bind_host)
-    lifecycle.on_stop("grpc", lambda: grpcserver.stop(server, health, common.shutdown_grace_seconds))
-    lifecycle.on_stop("flush", app.flush)
-    lifecycle.on_stop("close", producer.close)
-    log.info("serving", extra={"grpc_port": grpc_port, "metrics_port": metrics_port, "source": settings.source,
-                               "instruments": len(universe.instruments)})
+    host = ServiceHost("marketdata", common)
+    host.serve_metrics(settings.metrics_port)
+    host.serve_grpc(settings.grpc_port, [(marketdata_pb2_grpc.add_MarketDataServiceServicer_to_server,
+                                          MarketDataServicer(universe, app), "marginflow.marketdata.v1.MarketDataService")])
+    host.on_close("flush", app.flush)
+    host.on_close("close producer", producer.close)
+    lifecycle.on_stop("close", host.close)
+    host.set_ready(True, "marks restored")
+    log.info("serving", extra={"grpc_port": host.grpc_port, "metrics_port": host.metrics_port,
+                               "source": settings.source, "instruments": len(universe.instruments)})
 
     if settings.source == "replay":
         if not settings.replay_file:
@@ -106,12 +107,16 @@ def main(settings: MarketDataSettings, lifecycle: Lifecycle) -> None:
                               start_prices)
         batches = sim_batches(sim, settings.sim_block_steps)
 
-    last_flush = time.monotonic()
-    for batch in paced(batches, settings.speed, time.monotonic, time.sleep, lifecycle.stopping.is_set):
+    released = paced(batches, settings.speed, time.monotonic, time.sleep, lifecycle.stopping.is_set)
+
+    def turn() -> int | None:
+        batch = next(released, None)
+        if batch is None:
+            return None   # the replay is exhausted (or a stop was requested while pacing)
         app.process(batch)
-        if time.monotonic() - last_flush > 0.05:
-            app.flush()
-            last_flush = time.monotonic()
+        return len(batch)
+
+    ServiceLoop("marketdata", turn, every=[Every(FLUSH_INTERVAL_S, app.flush)]).run(lifecycle.stopping)
     app.flush()
     log.info("source ended", extra={"ticks_in": app.totals.ticks_in, "accepted": app.totals.accepted,
                                     "rejected": app.totals.rejected, "marks": app.totals.marks})

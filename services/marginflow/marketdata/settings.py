@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
+import pathlib
 
 from marginflow.shared.config import (CommonSettings, choice, env, non_negative_int, parse_bool, parse_port, positive_float,
                                       positive_int, unit_interval)
@@ -33,3 +36,41 @@ class MarketDataSettings:
                                 "event-time spacing of marks per instrument")
     exit_at_end: bool = env("MF_MD_EXIT_AT_END", parse_bool, False, "exit when a replay ends (default: keep serving)")
     basis_half_life_ms: int = env("MF_MD_BASIS_HALF_LIFE_MS", positive_int, 30_000, "mark basis smoothing")
+
+
+# ---- command-line options that stand for settings (the service and the supervisor share them)
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """--replay / --speed / --universe, shared with the supervisor (``make run REPLAY= SPEED=``)."""
+    parser.add_argument("--replay", help="CSV of ticks to replay instead of the simulator")
+    parser.add_argument("--speed", help="'max' or a multiple of event time (default 1)")
+    parser.add_argument("--universe", help="instrument universe TOML file")
+
+
+def source_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment variables the source options stand for (paths made absolute)."""
+    env: dict[str, str] = {}
+    if args.replay:
+        env["MF_MD_SOURCE"] = "replay"
+        env["MF_MD_REPLAY_FILE"] = str(pathlib.Path(args.replay).resolve())
+    if args.speed:
+        env["MF_MD_SPEED"] = args.speed
+    if args.universe:
+        env["MF_UNIVERSE_FILE"] = str(pathlib.Path(args.universe).resolve())
+    return env
+
+
+def apply_command_line(argv: list[str]) -> None:
+    """``python -m marginflow.marketdata [--replay FILE] [--speed max|N] [--universe FILE] [--seed N]
+    [--exit-at-end]``: the options set the environment variables they stand for (they win)."""
+    parser = argparse.ArgumentParser(prog="marginflow.marketdata",
+                                     description="Market data: simulator or replay, validation, index and marks.")
+    add_source_options(parser)
+    parser.add_argument("--seed", help="simulator seed")
+    parser.add_argument("--exit-at-end", action="store_true", help="exit when the replay ends")
+    args = parser.parse_args(argv)
+    os.environ.update(source_env(args))
+    if args.seed:
+        os.environ["MF_MD_SIM_SEED"] = args.seed
+    if args.exit_at_end:
+        os.environ["MF_MD_EXIT_AT_END"] = "true"

@@ -2,5 +2,5 @@
 
 Layers: :mod:`.domain` (pure position and collateral arithmetic), :mod:`.application` (applies
 batches and admin requests through ports), :mod:`.adapters` (Kafka, Redis, gRPC, metrics, wire
-codec) and :mod:`.entrypoint` (the one place that wires them; ``python -m marginflow.portfolio``).
+codec) and :mod:`.service` (the one place that wires them; ``python -m marginflow.portfolio``).
 """

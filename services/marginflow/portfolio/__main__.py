@@ -1,6 +1,6 @@
 """``python -m marginflow.portfolio``: the portfolio aggregation service."""
 
-from marginflow.portfolio.entrypoint import run
+from marginflow.portfolio.service import run
 
 if __name__ == "__main__":
     run()

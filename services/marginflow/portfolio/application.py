@@ -12,7 +12,7 @@ Exactly once in effect, per batch (see the README for the full argument):
    acknowledgement (Kafka is the truth, so it is written first);
 4. write the same snapshots to Redis (one pipeline; a single SET per account is atomic and
    carries the applied offsets and recent ids with the state);
-5. only then commit the consumer offsets (the caller, :func:`run_apply_loop`).
+5. only then commit the consumer offsets (:class:`ApplyTurn`).
 
 A crash anywhere before 5 redelivers the batch: records already in the state are skipped by
 offset; the others are applied again to the same state and give the same result.
@@ -226,32 +226,37 @@ _EVENT_KINDS: dict[type, str] = {Deposit: "deposit", Withdrawal: "withdrawal", I
                                  ModeChange: "mode_change"}
 
 
-def run_apply_loop(source: RecordSource, applier: Applier, stopping: threading.Event,
-                   totals: BatchResult | None = None, retry_seconds: float = 1.0,
-                   tick: Callable[[], None] | None = None) -> BatchResult:
-    """Poll → apply → commit until ``stopping`` is set; returns the totals.
+class ApplyTurn:
+    """One turn of the portfolio's service loop: poll → apply → commit.
 
-    An infrastructure failure (Redis or Kafka unreachable) rewinds the consumer to the start of
-    the failed batch and retries after ``retry_seconds``: nothing is committed that was not
-    applied, and the retry changes nothing that was.
+    An infrastructure failure (Redis or Kafka unreachable) propagates to the service loop, whose
+    recovery (:meth:`recover`) rewinds the consumer to the start of the failed batch: the loop
+    retries it after a pause, nothing is committed that was not applied, and the retry changes
+    nothing that was.
     """
-    totals = totals if totals is not None else BatchResult()
-    while not stopping.is_set():
-        records = source.poll()
-        if tick is not None:
-            tick()
+
+    def __init__(self, source: RecordSource, applier: Applier, totals: BatchResult | None = None) -> None:
+        self.source = source
+        self.applier = applier
+        self.totals = totals if totals is not None else BatchResult()
+        self._pending: list[InputRecord] | None = None
+
+    def __call__(self) -> int:
+        records = self.source.poll()
         if not records:
-            continue
-        try:
-            totals.add(applier.apply_batch(records))
-        except Exception:  # noqa: BLE001 - keep running; the batch is retried from its first offset
-            log.exception("applying a batch failed; rewinding to retry", extra={"records": len(records)})
-            applier.forget_cache()
-            source.rewind(records)
-            stopping.wait(retry_seconds)
-            continue
-        source.commit()
-    return totals
+            return 0
+        self._pending = records
+        self.totals.add(self.applier.apply_batch(records))
+        self._pending = None
+        self.source.commit()
+        return len(records)
+
+    def recover(self, _exc: BaseException) -> None:
+        self.applier.forget_cache()
+        if self._pending:
+            log.warning("rewinding a failed batch to retry it", extra={"records": len(self._pending)})
+            self.source.rewind(self._pending)
+            self._pending = None
 
 
 # ---- admin requests -------------------------------------------------------------------------

@@ -129,3 +129,14 @@ class RiskParamsSettings:
             raise ValueError("MF_RISKPARAMS_FLOOR_STRESS_WINDOW_RETURNS must not exceed the look-back")
         if any(v <= -1.0 for v in self.grid_vol_shocks):
             raise ValueError("MF_RISKPARAMS_GRID_VOL_SHOCKS must be > -1")
+
+
+def print_help() -> int:
+    """The settings (environment variables) with defaults and meaning; exit code 0."""
+    from marginflow.shared.config import describe
+
+    rows = describe(RiskParamsSettings)
+    width = max(len(r[0]) for r in rows)
+    print("python -m marginflow.riskparams — settings (environment variables):")
+    print("\n".join(f"{name:<{width}}  {default!s:<22} {doc}" for name, default, doc in rows))
+    return 0

@@ -123,13 +123,14 @@ class Every:
 class ServiceLoop:
     """The one loop of a service: ``turn()`` until stopping, periodic jobs between turns.
 
-    ``turn`` returns how many records it handled. If it raises, the failure is logged, ``recover``
+    ``turn`` returns how many records it handled (None: its source is exhausted, the loop ends). If it raises, the failure is logged, ``recover``
     (if any) runs, and the loop waits ``retry_seconds`` before the next turn: a dependency that is
     down (Kafka, Redis) stalls the service instead of killing it, and nothing is committed that
-    was not handled. ``on_idle`` runs once after the first turn that handled nothing (caught up).
+    was not handled. Periodic jobs run after every turn, failed or not. ``on_idle`` runs once after
+    the first turn that handled nothing (caught up).
     """
 
-    def __init__(self, name: str, turn: Callable[[], int], every: Sequence[Every] = (),
+    def __init__(self, name: str, turn: Callable[[], int | None], every: Sequence[Every] = (),
                  recover: Callable[[BaseException], None] | None = None, retry_seconds: float = 1.0,
                  on_idle: Callable[[], None] | None = None, before: Callable[[], None] | None = None) -> None:
         self.name = name
@@ -150,6 +151,8 @@ class ServiceLoop:
         while not stopping.is_set():
             try:
                 n = self._turn()
+                if n is None:
+                    return   # the turn's source is exhausted (a replay that ended)
             except Exception as exc:  # noqa: BLE001 - the service keeps running; the turn is retried
                 log.exception("service loop turn failed; retrying", extra={"loop": self.name})
                 if self._recover is not None:
@@ -158,12 +161,13 @@ class ServiceLoop:
                     except Exception:  # noqa: BLE001 - recovery is best effort; the retry follows
                         log.exception("recovery after a failed turn failed", extra={"loop": self.name})
                 stopping.wait(self._retry_seconds)
-                continue
-            self.turns += 1
-            self.handled += n
-            if not idle_done and n == 0:
-                idle_done = True
-                self._on_idle()
+                n = -1
+            if n >= 0:
+                self.turns += 1
+                self.handled += n
+                if not idle_done and n == 0:
+                    idle_done = True
+                    self._on_idle()
             now = time.monotonic()
             for i, every in enumerate(self._every):
                 if now - last[i] >= every.seconds:

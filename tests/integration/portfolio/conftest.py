@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from marginflow.portfolio.adapters.codec import event_to_proto, fill_to_proto
-from marginflow.portfolio.entrypoint import PortfolioApp, portfolio_topics
+from marginflow.portfolio.service import PortfolioApp, portfolio_topics
 from marginflow.portfolio.settings import PortfolioSettings
 from marginflow.shared.clock import SystemClock
 from marginflow.shared.config import load

@@ -5,7 +5,8 @@ from decimal import Decimal as D
 import pytest
 
 from marginflow.portfolio.adapters.codec import SnapshotEncoder
-from marginflow.portfolio.application import AdminError, AdminService, Applier, InputRecord, run_apply_loop
+from marginflow.portfolio.application import AdminError, AdminService, Applier, ApplyTurn, InputRecord
+from marginflow.shared.host import Every, ServiceLoop
 from marginflow.portfolio.domain.model import Account, Deposit, Fill, InputPosition, MarginMode, Side, Withdrawal
 from marginflow.shared.clock import ManualClock
 from marginflow.shared.errors import Rejected
@@ -132,7 +133,9 @@ def test_loop_rewinds_a_failed_batch_and_commits_only_after_success(world):
             store.fail_save = False
         if source.commits:
             stopping.set()
-    totals = run_apply_loop(source, applier, stopping, retry_seconds=0.0, tick=tick)
+    turn = ApplyTurn(source, applier)
+    ServiceLoop("portfolio", turn, every=[Every(0.0, tick)], recover=turn.recover, retry_seconds=0.0).run(stopping)
+    totals = turn.totals
     assert len(source.rewound) == 1 and source.commits == 1 and totals.fills_applied == 1
     assert state(store).positions["BTC-PERP"].size == D("0.5")
 

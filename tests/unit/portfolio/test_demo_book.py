@@ -8,7 +8,7 @@ import pytest
 from marginflow.portfolio.demo_book import ARCHETYPES, generate_book
 from marginflow.portfolio.domain.ledger import apply_command
 from marginflow.portfolio.domain.model import Account, Deposit, Fill
-from marginflow.portfolio.entrypoint import ledger_rules
+from marginflow.portfolio.service import ledger_rules
 from marginflow.portfolio.settings import PortfolioSettings
 from marginflow.shared.config import load
 from marginflow.shared.universe import Kind, load_universe

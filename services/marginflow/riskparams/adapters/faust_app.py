@@ -202,12 +202,15 @@ class RiskParamsFaust:
             await consumer.commit()
 
     # ---- run -------------------------------------------------------------------------------
-    async def run(self, stopping: Callable[[], bool], started: Callable[[], None] = lambda: None) -> None:
-        """Start the app, wait for ``stopping()``, then stop in order: consuming, state, app."""
+    async def run(self, stopping: Callable[[], bool], started: Callable[[], None] = lambda: None,
+                  every_100ms: Callable[[], None] = lambda: None) -> None:
+        """Start the app, wait for ``stopping()`` (calling ``every_100ms`` meanwhile), then stop in
+        order: consuming, state, app."""
         await self.app.start()
         started()
         try:
             while not stopping():
+                every_100ms()
                 await asyncio.sleep(0.1)
         finally:
             await self.shutdown()

@@ -18,18 +18,17 @@ from marginflow.portfolio.adapters.kafka_io import (
     KafkaEventPublisher, KafkaRecordSource, KafkaSnapshotSink, input_types)
 from marginflow.portfolio.adapters.metrics import PortfolioMetrics, portfolio_metrics
 from marginflow.portfolio.adapters.redis_store import RedisStateStore
-from marginflow.portfolio.application import AdminService, Applier, BatchResult, run_apply_loop
+from marginflow.portfolio.application import AdminService, Applier, ApplyTurn, BatchResult
 from marginflow.portfolio.domain.ledger import LedgerRules
 from marginflow.portfolio.domain.model import InstrumentSpec
 from marginflow.portfolio.settings import PortfolioSettings
-from marginflow.shared import grpcserver
 from marginflow.shared.clock import Clock, SystemClock
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
     platform_topics, read_compacted)
-from marginflow.shared.lifecycle import Lifecycle, loop_in_thread, run_steps, tune_gc
+from marginflow.shared.host import Every, ServiceHost, ServiceLoop
+from marginflow.shared.lifecycle import Lifecycle, tune_gc
 from marginflow.shared.logs import get_logger
-from marginflow.shared.metrics import serve_metrics
 from marginflow.shared.redisstore import connect
 from marginflow.shared.universe import Universe, platform_universe
 
@@ -78,13 +77,17 @@ class PortfolioApp:
         self.clock = clock
         self.metrics = metrics or portfolio_metrics()
         self.totals = BatchResult()
-        self.grpc_port = 0
-        self.metrics_port = 0
+        self.host = ServiceHost(SERVICE, settings.common)
         self.rebuilt_accounts: int | None = None
         self.rebuild_seconds: float | None = None
-        self._server = None
-        self._health = None
-        self._closed = False
+
+    @property
+    def grpc_port(self) -> int:
+        return self.host.grpc_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.host.metrics_port
 
     # ---- start
     def start(self, serve_grpc: bool = True, serve_http_metrics: bool = True) -> "PortfolioApp":
@@ -111,14 +114,20 @@ class PortfolioApp:
         self.admin = AdminService(self.rules, self.store,
                                   KafkaEventPublisher(self.admin_producer, topics.account_events, self.clock.now_ms),
                                   self.store, self.clock)
+        self.turn = ApplyTurn(self.source, self.applier, self.totals)
+        self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.refresh_gauges)], recover=self.turn.recover)
         if serve_grpc:
             servicer = AccountServicer(self.store, self.admin, s.admin_token, frozenset(self.rules.instruments))
-            self._server, self.grpc_port, self._health = grpcserver.build_server(
-                SERVICE, s.grpc_port, [(account_pb2_grpc.add_AccountServiceServicer_to_server, servicer, SERVICE_NAME)],
-                host=common.bind_host)
+            self.host.serve_grpc(s.grpc_port, [(account_pb2_grpc.add_AccountServiceServicer_to_server, servicer,
+                                                SERVICE_NAME)])
         if serve_http_metrics:
-            self.metrics_port = serve_metrics(s.metrics_port, common.bind_host)
+            self.host.serve_metrics(s.metrics_port)
+        for name, step in (("consumer", self.source.close), ("flush producer", self.producer.flush),
+                           ("close producer", self.producer.close), ("close admin producer", self.admin_producer.close),
+                           ("close redis", self.redis.close)):
+            self.host.on_close(name, step)
         self.refresh_gauges()
+        self.host.set_ready(True, "state rebuilt")
         log.info("portfolio started", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port,
                                              "instruments": len(self.rules.instruments)})
         return self
@@ -161,34 +170,18 @@ class PortfolioApp:
         self.metrics.positions.set(positions)
 
     def run(self, stopping: threading.Event) -> BatchResult:
-        last = [time.monotonic()]
-
-        def tick() -> None:
-            if time.monotonic() - last[0] >= 1.0:
-                last[0] = time.monotonic()
-                try:
-                    self.refresh_gauges()
-                except Exception:  # noqa: BLE001 - a gauge must not stop consumption
-                    log.warning("gauge refresh failed", exc_info=True)
-
-        return run_apply_loop(self.source, self.applier, stopping, self.totals, tick=tick)
+        self.loop.run(stopping)
+        return self.totals
 
     def run_in_thread(self) -> tuple[threading.Thread, threading.Event]:
-        return loop_in_thread(self.run, "portfolio-apply")
+        return self.loop.run_in_thread()
 
     # ---- stop
     def stop_grpc(self) -> None:
-        if self._server is not None:
-            grpcserver.stop(self._server, self._health, self.settings.common.shutdown_grace_seconds)
-            self._server = None
+        self.host.stop_grpc()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.stop_grpc()
-        run_steps([self.source.close, self.producer.flush, self.producer.close, self.admin_producer.close,
-                   self.redis.close])
+        self.host.close()
 
 
 def main(settings: PortfolioSettings, lifecycle: Lifecycle) -> None:
@@ -197,7 +190,6 @@ def main(settings: PortfolioSettings, lifecycle: Lifecycle) -> None:
     configure_gc()
     # Stop order: consuming ends when run() returns (offsets committed after each batch), then
     # gRPC drains with grace, then producers flush and clients close.
-    lifecycle.on_stop("grpc", app.stop_grpc)
     lifecycle.on_stop("close", app.close)
     totals = app.run(lifecycle.stopping)
     log.info("consumer stopped", extra={"fills_applied": totals.fills_applied, "events_applied": totals.events_applied,
