@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from marginflow.shared.units import DAYS_PER_YEAR
+
 from . import reference
 
 __all__ = ["Market", "grid_scenarios", "make_market", "make_portfolio"]
 
-DAYS_PER_YEAR = 365.0
 
 
 def grid_scenarios(price_range: np.ndarray, vol_up: np.ndarray, vol_down: np.ndarray,

@@ -41,7 +41,8 @@ from marginflow.shared.kafka import (
     platform_topics, read_compacted)
 from marginflow.shared.lifecycle import Lifecycle, tune_gc
 from marginflow.shared.logs import get_logger
-from marginflow.shared.universe import MS_PER_DAY, Universe, platform_universe
+from marginflow.shared.universe import Universe, platform_universe
+from marginflow.shared.units import MS_PER_DAY
 
 SERVICE = "margin"
 # Handlers are short and hold the GIL most of the time: more threads than cores only queue on the GIL.

@@ -37,6 +37,7 @@ from marginflow.riskparams.domain.series import ReturnSeries
 from marginflow.shared.errors import Rejected
 from marginflow.shared.universe import Kind, Universe
 from marginflow.shared.metrics import NullMetrics
+from marginflow.shared.units import MS_PER_DAY, MS_PER_HOUR
 
 INF = math.inf
 STATE_FORMAT = 1
@@ -47,7 +48,7 @@ STATE_FORMAT = 1
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
     underlyings: tuple[str, ...]
-    interval_ms: int = 86_400_000
+    interval_ms: int = MS_PER_DAY
     max_fill: int = 10
     lambda_fast: float = 0.94
     lambda_slow: float = 0.97
@@ -65,8 +66,8 @@ class EngineConfig:
     fhs_min_history: int = 250
     es_confidence: float = 0.99
     implied_tenor_days: float = 30.0
-    implied_min_expiry_ms: int = 86_400_000
-    implied_max_age_ms: int = 3_600_000
+    implied_min_expiry_ms: int = MS_PER_DAY
+    implied_max_age_ms: int = MS_PER_HOUR
     sigma_history_len: int = 500
     max_pending_rows: int = 1000
 
@@ -102,7 +103,7 @@ def engine_config(settings: Any, underlyings: Sequence[str]) -> EngineConfig:
         grid=GridConfig(s.grid_z, s.grid_horizon_seconds, s.grid_buckets, s.grid_vol_shocks,
                         s.tail_multiples, s.tail_weights),
         fhs_count=s.fhs_count, fhs_min_history=s.fhs_min_history, es_confidence=s.es_confidence,
-        implied_tenor_days=s.implied_tenor_days, implied_min_expiry_ms=int(s.implied_min_expiry_hours * 3_600_000),
+        implied_tenor_days=s.implied_tenor_days, implied_min_expiry_ms=int(s.implied_min_expiry_hours * MS_PER_HOUR),
         implied_max_age_ms=int(s.implied_max_age_seconds * 1000), sigma_history_len=s.sigma_history_len)
 
 

@@ -11,7 +11,7 @@ import math
 
 from marginflow.shared.config import (CommonSettings, choice, csv_list, env, float_list, non_negative_float, non_negative_int,
                                       parse_port, positive_float, positive_int, unit_interval)
-from marginflow.shared.universe import MS_PER_DAY
+from marginflow.shared.units import MS_PER_DAY, SECONDS_PER_DAY
 
 
 
@@ -93,7 +93,7 @@ class RiskParamsSettings:
 
     # Scenarios
     grid_z: float = env("MF_RISKPARAMS_GRID_Z", positive_float, 3.0, "z of the grid range z·σ_m·√horizon")
-    grid_horizon_seconds: float = env("MF_RISKPARAMS_GRID_HORIZON_SECONDS", positive_float, 3 * 86400.0,
+    grid_horizon_seconds: float = env("MF_RISKPARAMS_GRID_HORIZON_SECONDS", positive_float, 3.0 * SECONDS_PER_DAY,
                                       "close-out horizon of the grid and the FHS set, seconds")
     grid_buckets: int = env("MF_RISKPARAMS_GRID_BUCKETS", positive_int, 4, "price buckets on each side of 0")
     grid_vol_shocks: tuple[float, ...] = env("MF_RISKPARAMS_GRID_VOL_SHOCKS", float_list, (-0.25, 0.0, 0.25),

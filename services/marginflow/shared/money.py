@@ -7,7 +7,9 @@ as USD) it is rounded to the cent in the venue's favour: requirements up, equity
 from __future__ import annotations
 
 import math
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
+
+import numpy as np
 
 from marginflow.shared.errors import Rejected
 
@@ -25,15 +27,40 @@ def parse_decimal(text: str, what: str) -> Decimal:
     return value
 
 
+# Float estimates carry representation error (1.1 × 100 = 110.00000000000001): a hundred-millionth
+# of a cent either side of a cent boundary counts as on it, so 1.1 rounds to 1.10, not 1.11.
+CENT_TOLERANCE = 1e-9
+
+
+def cents_up(usd: float) -> int:
+    """A float USD requirement in whole cents, rounded up (the venue never asks for less than the risk)."""
+    if not math.isfinite(usd):
+        raise ValueError(f"non-finite USD amount {usd!r}")
+    return math.ceil(usd * 100.0 - CENT_TOLERANCE)
+
+
+def cents_down(usd: float) -> int:
+    """A float USD amount the venue credits (equity) in whole cents, rounded down."""
+    if not math.isfinite(usd):
+        raise ValueError(f"non-finite USD amount {usd!r}")
+    return math.floor(usd * 100.0 + CENT_TOLERANCE)
+
+
+def cents_up_array(usd: np.ndarray) -> np.ndarray:
+    """:func:`cents_up` element by element (float64 whole cents; non-finite stays non-finite)."""
+    return np.ceil(usd * 100.0 - CENT_TOLERANCE)
+
+
+def cents_down_array(usd: np.ndarray) -> np.ndarray:
+    """:func:`cents_down` element by element (float64 whole cents)."""
+    return np.floor(usd * 100.0 + CENT_TOLERANCE)
+
+
 def usd_up(value: float) -> Decimal:
-    """A float USD requirement as a Decimal rounded up to the cent."""
-    if not math.isfinite(value):
-        raise ValueError(f"non-finite USD amount {value!r}")
-    return Decimal(repr(value)).quantize(CENT, rounding=ROUND_CEILING)
+    """A float USD requirement as a Decimal rounded up to the cent (the same cents as :func:`cents_up`)."""
+    return Decimal(cents_up(value)).scaleb(-2)
 
 
 def usd_down(value: float) -> Decimal:
     """A float USD amount the venue credits (equity) as a Decimal rounded down to the cent."""
-    if not math.isfinite(value):
-        raise ValueError(f"non-finite USD amount {value!r}")
-    return Decimal(repr(value)).quantize(CENT, rounding=ROUND_FLOOR)
+    return Decimal(cents_down(value)).scaleb(-2)

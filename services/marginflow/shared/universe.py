@@ -14,12 +14,11 @@ import re
 import tomllib
 from enum import IntEnum
 
+from marginflow.shared.units import MS_PER_DAY, MS_PER_YEAR
+
 DEFAULT_UNIVERSE_FILE = pathlib.Path(__file__).resolve().parent.parent / "config" / "universe.toml"
 
 # Time units of the whole platform: an ACT/365 year for time to expiry and annualised vols.
-MS_PER_DAY = 86_400_000
-SECONDS_PER_YEAR = 365.0 * 86_400.0
-MS_PER_YEAR = SECONDS_PER_YEAR * 1000.0
 
 
 class UniverseError(ValueError):

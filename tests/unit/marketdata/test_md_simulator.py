@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from marginflow.marketdata.domain.simulator import MarketSimulator, SimConfig
-from marginflow.shared.universe import MS_PER_DAY, MS_PER_YEAR
+from marginflow.shared.units import MS_PER_DAY, MS_PER_YEAR
 
 CALM = SimConfig(seed=11, step_ms=60_000, garch_alpha=0.0, garch_beta=0.0, p_calm_to_stress_per_day=0.0,
                  jumps_per_day_calm=0.0)

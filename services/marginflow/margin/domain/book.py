@@ -13,7 +13,8 @@ import dataclasses
 import numpy as np
 
 from marginflow.core import KIND_CALL, KIND_FUTURE, KIND_PERP, KIND_PUT
-from marginflow.shared.universe import MS_PER_YEAR, Kind, Universe
+from marginflow.shared.universe import Kind, Universe
+from marginflow.shared.units import MS_PER_YEAR
 
 # The universe's instrument kinds (the wire's numbering) in the margin core's numbering.
 CORE_KIND = {Kind.PERPETUAL: KIND_PERP, Kind.FUTURE: KIND_FUTURE, Kind.CALL: KIND_CALL, Kind.PUT: KIND_PUT}

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from marginflow.shared.universe import SECONDS_PER_YEAR
+from marginflow.shared.units import SECONDS_PER_DAY, SECONDS_PER_YEAR
 
 
 
@@ -34,7 +34,7 @@ from marginflow.shared.universe import SECONDS_PER_YEAR
 class HaircutPolicy:
     z: float = 2.33                  # one-sided 99 % normal quantile
     cap: float = 0.5                 # largest haircut: a coin is never valued below (1 - cap) × index
-    horizon_seconds: float = 3 * 86400.0
+    horizon_seconds: float = 3 * SECONDS_PER_DAY
 
     def __post_init__(self) -> None:
         if not (self.z > 0 and 0 <= self.cap <= 1 and self.horizon_seconds > 0):

@@ -7,22 +7,20 @@ States (values = ``marginflow.margin.v1.HealthState``):
 * LIQUIDATION  equity < MM            (only on fresh marks: stale marks cap the state at MARGIN_CALL)
 * BANKRUPT     equity < 0             (same cap)
 
-Comparisons are made on the amounts as they go on the wire, i.e. on cents rounded in the venue's
-favour (equity down, requirements up), so the state never contradicts the published numbers.
-Ratios (equity / MM ≥ x) are compared by cross-multiplication, never by division.
+Comparisons are made on the amounts as they go on the wire, i.e. on whole cents rounded in the
+venue's favour (equity down, requirements up, ``shared.money``: the one rounding the wire uses too),
+so the state never contradicts the published numbers. Ratios (equity / MM ≥ x) are compared by
+cross-multiplying whole cents, never by division.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from enum import IntEnum
-from fractions import Fraction
 
 import numpy as np
 
-CENTS_PER_USD = 100.0
-
+from marginflow.shared.money import cents_down, cents_down_array, cents_up, cents_up_array
 
 class Health(IntEnum):
     """Same numbering as ``marginflow.margin.v1.HealthState``; a larger value is a worse state."""
@@ -32,16 +30,6 @@ class Health(IntEnum):
     MARGIN_CALL = 2
     LIQUIDATION = 3
     BANKRUPT = 4
-
-
-def cents_down(usd: float) -> float:
-    """USD rounded down to the cent (equity: the venue never credits what it may not have)."""
-    return math.floor(usd * CENTS_PER_USD + 1e-9) / CENTS_PER_USD
-
-
-def cents_up(usd: float) -> float:
-    """USD rounded up to the cent (requirements: the venue never asks for less than the risk)."""
-    return math.ceil(usd * CENTS_PER_USD - 1e-9) / CENTS_PER_USD
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,13 +53,11 @@ class MarginResult:
         """equity / MM ≥ numerator / denominator, by cross-multiplying exact fractions (MM = 0: True)."""
         if denominator <= 0:
             raise ValueError("denominator must be > 0")
-        equity = Fraction(cents_down(self.equity_usd)).limit_denominator(100)
-        mm = Fraction(cents_up(self.mm_usd)).limit_denominator(100)
-        return equity * denominator >= mm * numerator
+        return cents_down(self.equity_usd) * denominator >= cents_up(self.mm_usd) * numerator
 
     def shortfall_usd(self) -> float:
         """IM − equity when positive (what restores HEALTHY), else 0."""
-        return max(0.0, cents_up(self.im_usd) - cents_down(self.equity_usd))
+        return max(0, cents_up(self.im_usd) - cents_down(self.equity_usd)) / 100.0
 
 
 def classify(equity_usd: float, im_usd: float, mm_usd: float, marks_fresh: bool = True) -> Health:
@@ -88,9 +74,9 @@ def classify(equity_usd: float, im_usd: float, mm_usd: float, marks_fresh: bool 
 def classify_many(equity_usd: np.ndarray, im_usd: np.ndarray, mm_usd: np.ndarray,
                   marks_fresh: np.ndarray) -> np.ndarray:
     """:func:`classify` over arrays (int8 states), the same rule element by element."""
-    equity = np.floor(equity_usd * CENTS_PER_USD + 1e-9)
-    im = np.ceil(im_usd * CENTS_PER_USD - 1e-9)
-    mm = np.ceil(mm_usd * CENTS_PER_USD - 1e-9)
+    equity = cents_down_array(equity_usd)
+    im = cents_up_array(im_usd)
+    mm = cents_up_array(mm_usd)
     state = np.full(equity.shape, Health.HEALTHY, dtype=np.int8)
     below_im = equity < im
     state[below_im] = Health.MARGIN_CALL

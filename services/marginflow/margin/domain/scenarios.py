@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from marginflow.shared.errors import Rejected
-from marginflow.shared.universe import SECONDS_PER_YEAR
+from marginflow.shared.units import SECONDS_PER_YEAR
 
 
 @dataclasses.dataclass(frozen=True)

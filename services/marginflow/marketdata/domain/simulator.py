@@ -32,7 +32,8 @@ import numpy as np
 from scipy.special import ndtr
 
 from marginflow.marketdata.domain.ticks import RawTick
-from marginflow.shared.universe import MS_PER_DAY, MS_PER_YEAR, Kind, Universe
+from marginflow.shared.universe import Kind, Universe
+from marginflow.shared.units import DAYS_PER_YEAR, MS_PER_DAY, MS_PER_YEAR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +207,7 @@ class MarketSimulator:
         iv = np.zeros((steps, n_inst))
         if self.is_option.any():
             atm = cfg.iv_premium * vol_level[:, self.und_idx]
-            safe_years = np.maximum(years, 1.0 / 365.0)
+            safe_years = np.maximum(years, 1.0 / DAYS_PER_YEAR)
             x = np.log(self.strike[None, :].clip(1e-9) / fwd) / np.sqrt(safe_years)
             smile = np.maximum(atm * (1.0 + cfg.smile_skew * x + cfg.smile_curvature * x * x), 0.05)
             opt = black76_vec(fwd, np.maximum(self.strike[None, :], 1e-9), years, smile, self.is_call[None, :])

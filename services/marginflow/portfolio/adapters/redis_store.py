@@ -31,8 +31,9 @@ from marginflow.api.account.v1 import account_pb2 as pb
 from marginflow.portfolio.adapters.codec import decode_account
 from marginflow.portfolio.application import StateChange
 from marginflow.portfolio.domain.model import Account, Position
+from marginflow.shared.units import SECONDS_PER_DAY
 
-REQUEST_TTL_SECONDS = 7 * 24 * 3600
+REQUEST_TTL_SECONDS = 7 * SECONDS_PER_DAY
 _CHUNK = 2000   # keys per MGET / commands per pipeline flush
 
 

@@ -18,7 +18,7 @@ import dataclasses
 import math
 from collections import defaultdict
 
-from marginflow.shared.universe import MS_PER_YEAR
+from marginflow.shared.units import DAYS_PER_YEAR, MS_PER_YEAR
 
 
 
@@ -64,7 +64,7 @@ def atm_implied_vol(quotes: list[OptionQuote], index_price_usd: float, as_of_ms:
         points.append((t, atm * atm * t))
     if not points:
         return 0.0
-    tau = tenor_days / 365.0
+    tau = tenor_days / DAYS_PER_YEAR
     if tau <= points[0][0]:
         return math.sqrt(points[0][1] / points[0][0])
     if tau >= points[-1][0]:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from marginflow.shared.units import MS_PER_YEAR
+
 
 @dataclasses.dataclass(slots=True)
 class Sampler:
@@ -78,4 +80,4 @@ class Sampler:
 
 def samples_per_year(interval_ms: int) -> float:
     """Sampling intervals in a 365-day year (crypto trades every day)."""
-    return 365.0 * 86_400_000 / interval_ms
+    return MS_PER_YEAR / interval_ms

@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from marginflow.shared.universe import SECONDS_PER_YEAR
+from marginflow.shared.units import SECONDS_PER_DAY, SECONDS_PER_YEAR
 
 Float64Array = NDArray[np.float64]
 
@@ -44,7 +44,7 @@ BOOTSTRAP_DOF = 4.0             # Student-t degrees of freedom of the bootstrap 
 @dataclasses.dataclass(frozen=True)
 class GridConfig:
     z: float = 3.0
-    horizon_seconds: float = 3 * 86400.0
+    horizon_seconds: float = 3 * SECONDS_PER_DAY
     buckets_each_side: int = 4
     vol_shocks: tuple[float, ...] = (-0.25, 0.0, 0.25)
     tail_multiples: tuple[float, ...] = (2.0, 3.0)
