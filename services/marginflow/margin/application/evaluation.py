@@ -93,7 +93,7 @@ class Evaluation:
                 started = time.perf_counter()
                 book = self.accounts.rows[row]
                 single = self.queries.single(book, model, market)
-                self.accounts.store_single(row, book, single.core)
+                self.accounts.store_single(row, single.core)
                 self.metrics.incremental(time.perf_counter() - started)
                 self.publication.record(row, self.queries.margin_of(single, model), now, outputs, calls)
             self.publication.emit(outputs, calls)

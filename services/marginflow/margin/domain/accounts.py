@@ -105,7 +105,7 @@ class AccountTable:
         return removed
 
     # ---- core results
-    def store_single(self, row: int, book: AccountBook, core: Mapping[str, np.ndarray]) -> None:
+    def store_single(self, row: int, core: Mapping[str, np.ndarray]) -> None:
         """The core's results for one account margined alone."""
         self.cross_im[row] = float(core["cross_im"][0])
         self.grid[row] = float(core["grid"][0])
@@ -114,11 +114,9 @@ class AccountTable:
         self.liquidity[row] = float(core["liquidity"][0])
         self.computed[row] = True
         iso = np.asarray(core["isolated_im"], dtype=np.float64)
-        if book.isolated.any():
+        if self.flat_dirty:   # the layout is stale: kept aside until the next rebuild
             self.iso_im_by_row[row] = iso.copy()
         else:
-            self.iso_im_by_row.pop(row, None)
-        if not self.flat_dirty:
             lo = int(self.flat.indptr[row])
             hi = int(self.flat.indptr[row + 1])
             self.iso_im_flat[lo:hi] = 0.0
@@ -136,20 +134,23 @@ class AccountTable:
         self.computed[:n] = np.fromiter((b is not None for b in self.rows), dtype=bool, count=n)
         self.iso_im_flat = np.array(out["isolated_im"], dtype=np.float64)
         self.iso_im_by_row = {}
-        for row in np.unique(f.owner[f.isolated.astype(bool)]).tolist():
-            lo = int(f.indptr[row])
-            b = self.rows[row]
-            if b is not None:
-                self.iso_im_by_row[row] = self.iso_im_flat[lo:lo + b.n].copy()
 
     def ensure_flat(self) -> FlatBook:
-        """The CSR book of every row, rebuilt when a book outgrew its slot or rows were added/removed."""
+        """The CSR book of every row, rebuilt when a book outgrew its slot or rows were added/removed.
+
+        Isolated IM per position carries over to the new layout: for every row whose number of
+        positions is unchanged it is moved with one vectorised gather; rows recomputed alone since
+        the layout went stale (``iso_im_by_row``) take their own values."""
         if self.flat_dirty or self.flat.n_accounts != len(self.rows):
+            old, old_iso = self.flat, self.iso_im_flat
             self.flat = FlatBook.build(self.rows)
-            self.iso_im_flat = np.zeros(self.flat.size.shape[0])
+            self.iso_im_flat = _carry_over(old.indptr, old_iso, self.flat.indptr)
             for row, iso in self.iso_im_by_row.items():
                 lo = int(self.flat.indptr[row])
-                self.iso_im_flat[lo:lo + iso.shape[0]] = iso
+                hi = int(self.flat.indptr[row + 1])
+                self.iso_im_flat[lo:hi] = 0.0
+                self.iso_im_flat[lo:lo + min(iso.shape[0], hi - lo)] = iso[:hi - lo]
+            self.iso_im_by_row = {}
             self.flat_dirty = False
         return self.flat
 
@@ -162,6 +163,25 @@ class AccountTable:
 
     def n_positions(self) -> int:
         return sum(b.n for b in self.rows if b is not None)
+
+
+def _carry_over(old_indptr: np.ndarray, old_values: np.ndarray, new_indptr: np.ndarray) -> np.ndarray:
+    """Per-position values of the old CSR layout moved to the new one, for every row whose length
+    is the same in both (other rows: zeros)."""
+    out = np.zeros(int(new_indptr[-1]))
+    m = min(old_indptr.shape[0], new_indptr.shape[0]) - 1
+    if m <= 0 or old_values.size == 0:
+        return out
+    old_len = np.diff(old_indptr[:m + 1])
+    new_len = np.diff(new_indptr[:m + 1])
+    rows = np.flatnonzero((old_len == new_len) & (new_len > 0))
+    if rows.size == 0:
+        return out
+    lengths = new_len[rows]
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    offset = np.arange(int(lengths.sum())) - starts
+    out[np.repeat(new_indptr[rows], lengths) + offset] = old_values[np.repeat(old_indptr[rows], lengths) + offset]
+    return out
 
 
 def _grown(a: np.ndarray, old: int, cap: int) -> np.ndarray:
