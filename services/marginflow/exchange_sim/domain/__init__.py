@@ -1,0 +1,1 @@
+"""Pure exchange-simulator domain: IOC matching against a depth book (no I/O)."""
