@@ -37,3 +37,17 @@ def usd_down(value: float) -> Decimal:
     if not math.isfinite(value):
         raise ValueError(f"non-finite USD amount {value!r}")
     return Decimal(repr(value)).quantize(CENT, rounding=ROUND_FLOOR)
+
+
+def cents_toward_floor(value: Decimal) -> Decimal:
+    """An exact USD amount to the cent toward −∞: what the venue takes from an account (a fee)."""
+    if not value.is_finite():
+        raise ValueError(f"non-finite USD amount {value!r}")
+    return value.quantize(CENT, rounding=ROUND_FLOOR)
+
+
+def cents_toward_ceiling(value: Decimal) -> Decimal:
+    """An exact USD amount to the cent toward +∞: what must be paid to make an account whole (a deficit)."""
+    if not value.is_finite():
+        raise ValueError(f"non-finite USD amount {value!r}")
+    return value.quantize(CENT, rounding=ROUND_CEILING)

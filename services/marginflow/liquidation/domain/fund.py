@@ -23,22 +23,12 @@ absorb. The balance never goes negative.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 
-from marginflow.shared.money import CENT
+from marginflow.shared.money import cents_toward_ceiling, cents_toward_floor
 
 ZERO = Decimal(0)
 DEFAULT_MAX_FEE_RATE = Decimal("0.015")   # dimensionless fraction of fill notional (dYdX 15,000 ppm)
-
-
-def cents_down(value: Decimal) -> Decimal:
-    """To the cent toward −∞ (what the venue takes from an account)."""
-    return value.quantize(CENT, rounding=ROUND_FLOOR)
-
-
-def cents_up(value: Decimal) -> Decimal:
-    """To the cent toward +∞ (what the fund must pay to make an account whole)."""
-    return value.quantize(CENT, rounding=ROUND_CEILING)
 
 
 @dataclass(frozen=True)
@@ -77,8 +67,8 @@ def settle_liquidation_fill(position_side: int, fill_size_contracts: Decimal, co
     notional = units * fill_price_usd
     surplus = position_side * units * (fill_price_usd - bankruptcy_price_usd)
     if surplus < 0:
-        return FillSettlement(notional, surplus, ZERO, cents_up(-surplus))
-    fee = cents_down(min(fee_rate * notional, surplus))
+        return FillSettlement(notional, surplus, ZERO, cents_toward_ceiling(-surplus))
+    fee = cents_toward_floor(min(fee_rate * notional, surplus))
     return FillSettlement(notional, surplus, fee, ZERO)
 
 
