@@ -6,8 +6,8 @@ from decimal import Decimal as D
 
 from hypothesis import given, settings, strategies as st
 
-from marginflow.liquidation.domain.plan import (AccountState, OrderSide, PlanSettings, PositionState, is_reduce_only,
-                                                limit_and_bankruptcy, plan_round, required_equity_usd,
+from marginflow.liquidation.domain.plan import (AccountState, CooldownMode, OrderSide, PlanSettings, PositionState,
+                                                is_reduce_only, limit_and_bankruptcy, plan_round, required_equity_usd,
                                                 slice_cap_contracts)
 from marginflow.shared.universe import Kind
 
@@ -60,6 +60,10 @@ def test_large_position_cooldown():
     assert again.intents == () and again.targets                 # still needed, but cooling down
     later = plan_round(acct, [5000.0], T + 30_001, cooldown_until_ms=first.cooldown_until_ms)
     assert later.intents[0].size_contracts == D("0.6")
+    # Hyperliquid's rule instead: during the cooldown the whole remaining target goes at once
+    full = PlanSettings(large_position_cooldown_mode=CooldownMode.FULL)
+    rush = plan_round(acct, [5000.0], T + 10_000, full, cooldown_until_ms=first.cooldown_until_ms)
+    assert rush.intents[0].size_contracts == rush.targets[0].reduce_contracts > D("0.6")
 
 
 def _linear_after(acct: AccountState, relief, targets, s: PlanSettings):

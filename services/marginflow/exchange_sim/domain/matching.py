@@ -110,7 +110,8 @@ def match_ioc(book: Book, order: IocOrder) -> MatchResult:
     k = 0
     while remaining > 0 and k < len(levels):
         lv = levels[k]
-        within = lv.price_usd <= order.limit_price_usd if order.side is Side.BUY else lv.price_usd >= order.limit_price_usd
+        limit = order.limit_price_usd
+        within = lv.price_usd <= limit if order.side is Side.BUY else lv.price_usd >= limit
         if not within:
             break
         n = min(remaining, lv.size_contracts)

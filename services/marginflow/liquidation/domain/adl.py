@@ -12,9 +12,15 @@ and the more leveraged, the earlier)::
 is the one used here.) Positions on the side opposite the bankrupt position are taken in descending score
 (ties: account id) and reduced, each by at most its size, at the bankrupt position's **bankruptcy price**
 until the bankrupt position is closed: the bankrupt account ends at exactly zero, and the counterparties
-give up the part of their profit beyond the bankruptcy price. dYdX v4 ``x/clob/keeper/deleveraging.go``
-likewise offsets a position that the insurance fund cannot cover against opposite positions at the
-bankruptcy price.
+give up the part of their profit beyond the bankruptcy price (BitMEX: "The price at which a trader's position
+is closed out is the Bankruptcy Price of the initial liquidated order"). dYdX v4
+``x/clob/keeper/deleveraging.go`` (``OffsetSubaccountPerpetualPosition``) likewise offsets a position the
+insurance fund cannot cover against opposite positions at the bankruptcy price, but walks the subaccounts
+from a pseudo-random start instead of ranking them.
+
+Effective leverage: BitMEX defines it per position as ``|mark value| / (mark value − bankrupt value)``; the
+denominator is the equity that backs the position, which for a cross account is the account's equity
+(the form used here).
 
 ADL indicator: the quantile of an account's score among positions on its side, shown as 1–5 lights
 (5 = first in the queue): ``light = ceil(5·(N − rank)/N)``, ``rank = 0`` for the highest score.

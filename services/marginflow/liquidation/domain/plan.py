@@ -25,7 +25,9 @@ Pacing (per position and round)::
                                                                      (MinPositionNotionalLiquidated,
                                                                       MaxPositionPortionLiquidatedPpm)
     notional > 100,000 USD:  cap_usd = 20 % · notional, then a 30 s cooldown   (Hyperliquid docs,
-                                                                     "Liquidations": large positions)
+                                                                     "Liquidations": partial liquidations)
+    during the cooldown: no slice of that position (PAUSE, default) or the whole remaining target
+    (FULL, Hyperliquid's rule); see :class:`CooldownMode`.
 
 A slice is ``min(target remaining, cap)`` in contracts, rounded DOWN to the lot (at least one lot, never more
 than the target or the position): reduce-only, it never flips or increases a position.
@@ -55,6 +57,18 @@ class OrderSide(str, Enum):
     SELL = "sell"
 
 
+class CooldownMode(str, Enum):
+    """What a large position gets while its cooldown runs.
+
+    PAUSE — no slice until the cooldown ends (paced; the default). FULL — Hyperliquid's rule: during the
+    cooldown "all market liquidation orders for that user will be for the entire position" (here: the whole
+    remaining target, still never more than needed).
+    """
+
+    PAUSE = "pause"
+    FULL = "full"
+
+
 @dataclass(frozen=True)
 class PlanSettings:
     """Liquidation pacing and pricing (frozen; defaults with their sources).
@@ -72,7 +86,9 @@ class PlanSettings:
     large_position_portion : Decimal
         0.20 of a large position per round (Hyperliquid).
     large_position_cooldown_ms : int
-        30,000 ms between slices of a large position (Hyperliquid: 30 s).
+        30,000 ms after a partial slice of a large position (Hyperliquid: 30 s).
+    large_position_cooldown_mode : CooldownMode
+        PAUSE (default): nothing more of that position during the cooldown; FULL: Hyperliquid's behaviour.
     spread_to_mm_ratio, bankruptcy_adjustment : Decimal
         dYdX fillable-price parameters (SMMR 1.5, BA 1).
     fee_rate : Decimal
@@ -85,6 +101,7 @@ class PlanSettings:
     large_position_notional_usd: Decimal = Decimal("100000")
     large_position_portion: Decimal = Decimal("0.20")
     large_position_cooldown_ms: int = 30_000
+    large_position_cooldown_mode: CooldownMode = CooldownMode.PAUSE
     spread_to_mm_ratio: Decimal = DEFAULT_SPREAD_TO_MM_RATIO
     bankruptcy_adjustment: Decimal = DEFAULT_BANKRUPTCY_ADJUSTMENT
     fee_rate: Decimal = DEFAULT_MAX_FEE_RATE
@@ -321,15 +338,17 @@ def plan_round(account: AccountState, relief: ReliefFn | Sequence[float], now_ms
     for t in targets:
         p = account.positions[t.position_index]
         large = p.notional_usd > settings.large_position_notional_usd
-        if large and cooldowns.get(p.instrument, 0) > now_ms:
+        cooling = large and cooldowns.get(p.instrument, 0) > now_ms
+        if cooling and settings.large_position_cooldown_mode is CooldownMode.PAUSE:
             continue
-        size = min(t.reduce_contracts, slice_cap_contracts(p, settings), abs(p.size_contracts))
+        cap = abs(p.size_contracts) if cooling else slice_cap_contracts(p, settings)
+        size = min(t.reduce_contracts, cap, abs(p.size_contracts))
         if size <= 0:
             continue
         limit, b = priced[t.position_index]
-        intents.append(OrderIntent(p.instrument, t.position_index, OrderSide.SELL if p.side > 0 else OrderSide.BUY,
-                                   size, limit, b))
-        if large:
+        side = OrderSide.SELL if p.side > 0 else OrderSide.BUY
+        intents.append(OrderIntent(p.instrument, t.position_index, side, size, limit, b))
+        if large and not cooling and size < t.reduce_contracts:
             cooldowns[p.instrument] = now_ms + settings.large_position_cooldown_ms
     return RoundPlan(account.account_id, tuple(intents), tuple(targets), required, restores, False, False,
                      cooldowns)
