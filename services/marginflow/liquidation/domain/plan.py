@@ -11,13 +11,15 @@ most margin relief per USD of notional first, ``relief_i(|q_i|) / notional_i``.
 Reducing ``x`` contracts of position ``i`` at its limit price ``L_i`` (the fillable price,
 :func:`marginflow.liquidation.domain.prices.fillable_price`) changes, to first order::
 
-    equity:  −x·cs_i·(|mark_i − L_i| + fee_rate·L_i)   (the liquidation spread and the largest fee)
+    equity:  −x·cs_i·(|mark_i − L_i| + min(fee_rate·L_i, |L_i − b_i|))   (spread and the largest fee, which
+                                                                          is capped at the surplus over b_i)
     IM:      −relief_i(x)                              (the margin service's what-if, per position)
 
 The target reduction of each position, in priority order, is the smallest whole number of lots that
 closes the remaining gap (found by bisection over lots, ``relief_i`` increasing); a position whose reduction
-does not help (relief smaller than its cost) is skipped; when every position is exhausted the plan closes
-everything it can (``restores = False``).
+does not help (relief smaller than its cost) is skipped. When reducing every helpful position is not enough,
+the plan is a close-out: the skipped positions are closed too (``restores`` then says whether even that
+reaches the target under the linear model).
 
 Pacing (per position and round)::
 
@@ -50,6 +52,7 @@ from marginflow.shared.universe import Kind
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
+RESTORE_TOLERANCE_USD = 0.005   # half a cent: float noise of the linear estimate, not a margin decision
 
 
 class OrderSide(str, Enum):
@@ -302,12 +305,14 @@ def plan_round(account: AccountState, relief: ReliefFn | Sequence[float], now_ms
     targets: list[ReductionTarget] = []
     priced: dict[int, tuple[Decimal, Decimal]] = {}
     restores = False
+    skipped: list[tuple[int, float]] = []
     for i in _priority(account, fn):
         p = account.positions[i]
         limit, b = limit_and_bankruptcy(account, i, settings)
         priced[i] = (limit, b)
-        cost_per_contract = float(p.contract_size) * (abs(float(p.mark_price_usd - limit))
-                                                     + float(settings.fee_rate) * float(limit))
+        # spread to the limit + the fee, which is capped at what the fill leaves above bankruptcy
+        fee_per_unit = min(settings.fee_rate * limit, max(p.side * (limit - b), ZERO))
+        cost_per_contract = float(p.contract_size * (abs(p.mark_price_usd - limit) + fee_per_unit))
         size = abs(p.size_contracts)
         lot = p.lot_size_contracts
 
@@ -316,7 +321,8 @@ def plan_round(account: AccountState, relief: ReliefFn | Sequence[float], now_ms
 
         full = gap(size)
         if full <= gap(ZERO):
-            continue                       # reducing this position does not help
+            skipped.append((i, cost_per_contract))   # reducing it alone does not help
+            continue
         if full < 0:
             targets.append(ReductionTarget(p.instrument, i, size))
             equity -= cost_per_contract * float(size)
@@ -334,6 +340,14 @@ def plan_round(account: AccountState, relief: ReliefFn | Sequence[float], now_ms
         targets.append(ReductionTarget(p.instrument, i, x))
         restores = True
         break
+    if not restores:
+        # Nothing short of a close-out restores the account: close the positions skipped above too.
+        for i, cost_per_contract in skipped:
+            size = abs(account.positions[i].size_contracts)
+            targets.append(ReductionTarget(account.positions[i].instrument, i, size))
+            equity -= cost_per_contract * float(size)
+            im -= fn(i, size)
+        restores = equity >= buffer * im - RESTORE_TOLERANCE_USD   # a full close-out lands on 0 ± float noise
     intents: list[OrderIntent] = []
     for t in targets:
         p = account.positions[t.position_index]
