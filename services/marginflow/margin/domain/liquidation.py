@@ -83,7 +83,7 @@ def linear_liquidation_price(equity_usd: float, mm_usd: float, size: float, cont
         return None
     if mark <= 0:
         return None
-    own_mm_per_price = (mm_usd - mm_other_usd) / mark         # m·|Q|, USD per USD of price
+    own_mm_per_price = max(mm_usd - mm_other_usd, 0.0) / mark   # m·|Q|, USD per USD of price
     denominator = own_mm_per_price - exposure
     if denominator == 0:
         return None
