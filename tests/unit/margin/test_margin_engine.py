@@ -97,7 +97,7 @@ def test_liquidation_price_of_a_perp_gives_equity_equal_to_the_recomputed_mm_whe
     ex = engine.explain("a")
     liq = ex.positions[0].liquidation_price_usd
     # MM = 0.5 × (ES 15 % + liquidity 0.01 %) × notional = 0.07505 × p (4,503 USD at 60,000): it moves with p.
-    # long:  p* = (10,000 − 60,000) / (0.07505 − 1) = −50,000 / −0.92495 = 54,057.0031 USD
+    # long:  p* = (10,000 − 60,000) / (0.07505 − 1) = −50,000 / −0.92495 = 54,056.9761 USD
     # short: p* = (10,000 + 60,000) / (0.07505 + 1) =  70,000 /  1.07505 = 65,113.2505 USD
     # (MM held at 4,503 would give 54,503 / 65,497: the old, wrong quotes.)
     assert liq == pytest.approx(50000.0 / 0.92495 if size > 0 else 70000.0 / 1.07505, rel=1e-12)
