@@ -89,8 +89,9 @@ def test_partial_liquidation_of_a_cross_account_in_slices():
     acct2 = _cross_account("7233.29", "15220", "7610", "27", "0.9", "4860", "2250")
     plan2 = plan_round(acct2, RELIEF, T + 1000)
     # ABR = 1 − 7,233.29/7,610 = 0.049502; ETH spread = 0.049502·1.5·4,860/27 = 13.366 → 2,986.634 → 2,986.65
-    # (sell: tick 0.05 up). cost/ETH = 13.366 + 44.80 = 58.165; gap = 7,233.29 − 15,524.40 + (367.2 − 58.165)x
-    # ⇒ x ≥ 26.83 ETH: ETH alone now suffices. Slice: 10 %·81,000 = 8,100 USD = 2.7 ETH.
+    # (sell: tick 0.05 up). cost/ETH = (3,000 − 2,986.65) + 1.5 %·2,986.65 = 13.35 + 44.80 = 58.15;
+    # gap = 7,233.29 − 15,524.40 + (367.2 − 58.15)x = −8,291.11 + 309.05x ≥ 0 ⇒ x ≥ 26.828 → 26.83 ETH:
+    # ETH alone now suffices. Slice: 10 %·81,000 = 8,100 USD = 2.7 ETH.
     assert [(t.instrument, t.reduce_contracts) for t in plan2.targets] == [("ETH-PERP", D("26.83"))]
     assert [(o.instrument, o.size_contracts, o.limit_price_usd) for o in plan2.intents] == [
         ("ETH-PERP", D("2.7"), D("2986.65"))]
