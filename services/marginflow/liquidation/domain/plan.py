@@ -271,7 +271,7 @@ def _priority(account: AccountState, relief: ReliefFn) -> list[int]:
 def plan_round(account: AccountState, relief: ReliefFn | Sequence[float], now_ms: int,
                settings: PlanSettings = PlanSettings(),
                cooldown_until_ms: dict[str, int] | None = None) -> RoundPlan:
-    """The orders of one liquidation round for ``account``.
+    """The orders of one liquidation round for ``account`` (call it only while its episode is LIQUIDATING).
 
     Parameters
     ----------
