@@ -61,8 +61,15 @@ LIVE_DEFAULTS = {
 
 
 def available(program: Program) -> bool:
+    """A program runs when its module exists and, for a package, it has a ``__main__`` (a service whose
+    pure domain is there but not yet its wiring is not started)."""
     try:
-        return importlib.util.find_spec(program.module) is not None
+        spec = importlib.util.find_spec(program.module)
+        if spec is None:
+            return False
+        if spec.submodule_search_locations is not None:
+            return importlib.util.find_spec(program.module + ".__main__") is not None
+        return True
     except ModuleNotFoundError:
         return False
 

@@ -7,7 +7,7 @@ as USD) it is rounded to the cent in the venue's favour: requirements up, equity
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 
 import numpy as np
 
@@ -64,3 +64,17 @@ def usd_up(value: float) -> Decimal:
 def usd_down(value: float) -> Decimal:
     """A float USD amount the venue credits (equity) as a Decimal rounded down to the cent."""
     return Decimal(cents_down(value)).scaleb(-2)
+
+
+def cents_toward_floor(value: Decimal) -> Decimal:
+    """An exact USD amount to the cent toward −∞: what the venue takes from an account (a fee)."""
+    if not value.is_finite():
+        raise ValueError(f"non-finite USD amount {value!r}")
+    return value.quantize(CENT, rounding=ROUND_FLOOR)
+
+
+def cents_toward_ceiling(value: Decimal) -> Decimal:
+    """An exact USD amount to the cent toward +∞: what must be paid to make an account whole (a deficit)."""
+    if not value.is_finite():
+        raise ValueError(f"non-finite USD amount {value!r}")
+    return value.quantize(CENT, rounding=ROUND_CEILING)

@@ -50,7 +50,8 @@ def test_get_margin_what_if_explain(served):
     ex = stub.Explain(pb.ExplainRequest(account_id="a"), timeout=5)
     assert ex.binding_component == "es"
     assert ex.positions[0].instrument == "BTC-PERP"
-    assert Decimal(ex.positions[0].liquidation_price_usd.value) == Decimal("54503.0000")   # 60,000 − (10,000 − 4,503)
+    # MM moves with the price (0.07505 × p): (10,000 − 60,000)/(4,503/60,000 − 1) = 50,000/0.92495 = 54,056.9761
+    assert Decimal(ex.positions[0].liquidation_price_usd.value) == Decimal("54056.9761")
     assert ex.underlyings[0].underlying == "BTC" and ex.underlyings[0].grid_margin_usd.value == "6000.00"
     assert 0 <= ex.worst_historical_scenario < 100
 

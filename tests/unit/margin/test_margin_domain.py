@@ -83,19 +83,32 @@ def test_equity_worked_example():
     assert equity == pytest.approx(1000 + 2000 + 27000 - 200)
 
 
-# ---- liquidation prices
+# ---- liquidation prices (MM recomputed at the price)
 @pytest.mark.parametrize("size", [2.0, -2.0])
-def test_linear_liquidation_price_plugged_back(size):
+def test_linear_liquidation_price_plugged_back_meets_the_recomputed_mm(size):
     equity, mm, mark, cs = 5000.0, 1200.0, 3000.0, 1.0
     p = linear_liquidation_price(equity, mm, size, cs, mark)
-    assert p == pytest.approx(mark + (mm - equity) / size)
-    assert equity + size * cs * (p - mark) == pytest.approx(mm)
+    # MM fraction m = 1,200 / (2 × 3,000) = 20 %;
+    # long:  p* = (5,000 − 6,000) / (0.2·2 − 2) = −1,000 / −1.6 = 625 USD
+    # short: p* = (5,000 + 6,000) / (0.2·2 + 2) = 11,000 / 2.4 = 4,583.33 USD
+    assert p == pytest.approx(625.0 if size > 0 else 11000.0 / 2.4)
+    assert equity + size * cs * (p - mark) == pytest.approx(mm * p / mark)    # requirement at p: m·|q|·p
     assert (p < mark) == (size > 0)
+
+
+def test_linear_liquidation_price_holds_other_positions_mm_fixed():
+    # 1 long with MM 300 of its own and 900 from other positions: 5,000 + (p − 3,000) = 900 + 0.1·p
+    # ⇒ p* = (5,000 − 3,000 − 900) / (0.1 − 1) < 0 → none; with 4 long: (5,000 − 12,000 − 900)/(0.4 − 4) = 2,194.44
+    assert linear_liquidation_price(5000.0, 1200.0, 1.0, 1.0, 3000.0, mm_other_usd=900.0) is None
+    p = linear_liquidation_price(5000.0, 2100.0, 4.0, 1.0, 3000.0, mm_other_usd=900.0)
+    assert p == pytest.approx(7900.0 / 3.6)
+    assert 5000.0 + 4.0 * (p - 3000.0) == pytest.approx(900.0 + 1200.0 * p / 3000.0)
 
 
 def test_no_liquidation_price_when_none_exists():
     assert linear_liquidation_price(100000.0, 10.0, 1.0, 1.0, 3000.0) is None   # long, equity above MM even at 0
     assert linear_liquidation_price(5000.0, 10.0, 0.0, 1.0, 3000.0) is None
+    assert linear_liquidation_price(float("nan"), 10.0, 1.0, 1.0, 3000.0) is None
 
 
 @pytest.mark.parametrize("is_call, size", [(True, -1.0), (False, -1.0), (True, 1.0)])
@@ -162,3 +175,30 @@ def test_valuate_chunked_equals_one_pass():
         a, b = getattr(one, name), getattr(sliced, name)
         assert a.dtype == b.dtype and a.shape == b.shape, name
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+# ---- the general root finder (scenario margin at shifted prices)
+def test_scenario_liquidation_price_equals_the_closed_form_for_a_linear_position():
+    # short 3 at 3,000, equity 1,000, MM 5 % of notional: closed form 10,000 / 3.15 = 3,174.603 USD
+    from marginflow.margin.domain.liquidation import scenario_liquidation_price
+    p = scenario_liquidation_price(lambda x: 1000.0 - 3.0 * (x - 3000.0), lambda x: 0.05 * 3.0 * x, 3000.0,
+                                   direction=1)
+    assert p == pytest.approx(10000.0 / 3.15, rel=1e-10)
+    assert scenario_liquidation_price(lambda x: 1000.0 - 3.0 * (x - 3000.0), lambda x: 0.05 * 3.0 * x, 3000.0,
+                                      direction=-1) is None       # a short never liquidates on a fall
+
+
+def test_scenario_liquidation_price_none_when_fully_collateralised():
+    from marginflow.margin.domain.liquidation import scenario_liquidation_price
+    # long 1 at 100 with 1,000 of collateral: equity ≥ 900 > MM 0.1·p for every p in (0, 10⁶]
+    assert scenario_liquidation_price(lambda x: 1000.0 + (x - 100.0), lambda x: 0.1 * x, 100.0) is None
+
+
+def test_option_liquidation_forward_with_the_requirement_recomputed():
+    # short 1 call, requirement = 10 % of the forward (a stand-in for the model at shifted marks)
+    equity, forward, strike, years, vol = 9000.0, 60000.0, 60000.0, 0.1, 0.6
+    f = option_liquidation_forward(equity, 6000.0, -1.0, 1.0, True, forward, strike, years, vol,
+                                   requirement_at=lambda x: 0.1 * x)
+    v0 = black76(forward, strike, years, vol, True)
+    assert f is not None and f > forward
+    assert equity - (black76(f, strike, years, vol, True) - v0) == pytest.approx(0.1 * f, abs=1e-6)

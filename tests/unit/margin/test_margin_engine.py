@@ -91,18 +91,22 @@ def test_stale_marks_never_put_an_account_in_liquidation(make_engine):
 
 
 @pytest.mark.parametrize("size", [1.0, -1.0])
-def test_liquidation_price_of_a_perp_gives_equity_equal_to_mm_when_plugged_back(make_engine, size):
+def test_liquidation_price_of_a_perp_gives_equity_equal_to_the_recomputed_mm_when_plugged_back(make_engine, size):
     engine, _, clock = make_engine()
     engine.apply_snapshots([book("a", [(BTC, size, 60000.0, 0, 0.0)], {"USDC": 10000.0})])
     engine.apply_risk_params(risk_version())
     ex = engine.explain("a")
     liq = ex.positions[0].liquidation_price_usd
-    # long: 60,000 + (4,503 − 10,000)/1 = 54,503; short: 60,000 + (4,503 − 10,000)/(−1) = 65,497
-    assert liq == pytest.approx(54503.0 if size > 0 else 65497.0)
+    # MM = 0.5 × (ES 15 % + liquidity 0.01 %) × notional = 0.07505 × p (4,503 USD at 60,000): it moves with p.
+    # long:  p* = (10,000 − 60,000) / (0.07505 − 1) = −50,000 / −0.92495 = 54,056.9761 USD
+    # short: p* = (10,000 + 60,000) / (0.07505 + 1) =  70,000 /  1.07505 = 65,113.2505 USD
+    # (MM held at 4,503 would give 54,503 / 65,497: the old, wrong quotes.)
+    assert liq == pytest.approx(50000.0 / 0.92495 if size > 0 else 70000.0 / 1.07505, rel=1e-12)
     engine.apply_marks([mark(BTC, liq, T0 + 1000)])
+    engine.refresh_model()                          # the requirement recomputed at the new mark
     at = engine.get_margin("a")
-    assert at.equity_usd == pytest.approx(at.mm_usd, abs=1e-6)
-    assert at.state == Health.MARGIN_CALL          # equity = MM exactly is not yet liquidation
+    assert at.mm_usd == pytest.approx(0.07505 * liq, rel=1e-9)
+    assert at.equity_usd == pytest.approx(at.mm_usd, rel=1e-9)
 
 
 def test_isolated_position_margined_alone_with_its_own_collateral(make_engine):

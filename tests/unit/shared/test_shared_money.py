@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from marginflow.margin.domain.health import Health, classify, classify_many
-from marginflow.shared.money import cents_down, cents_down_array, cents_up, cents_up_array, usd_down, usd_up
+from marginflow.shared.money import (
+    cents_down, cents_down_array, cents_toward_ceiling, cents_toward_floor, cents_up, cents_up_array, usd_down, usd_up)
 
 amounts = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False, allow_infinity=False)
 near_cent = st.integers(min_value=-10**9, max_value=10**9).map(lambda c: c / 100.0)
@@ -44,3 +45,11 @@ def test_state_never_contradicts_the_published_amounts(equity, im, mm_factor):
                 Health.BANKRUPT if e < 0 else Health.LIQUIDATION)
     assert state == expected
     assert classify_many(np.array([equity]), np.array([im]), np.array([mm]), np.array([True]))[0] == expected
+
+
+def test_decimal_cents_by_direction():
+    assert cents_toward_floor(Decimal("74.4375")) == Decimal("74.43")        # a fee the venue takes: down
+    assert cents_toward_ceiling(Decimal("199.991")) == Decimal("200.00")     # a deficit the fund pays: up
+    assert cents_toward_floor(Decimal("-0.001")) == Decimal("-0.01")
+    with pytest.raises(ValueError):
+        cents_toward_floor(Decimal("NaN"))
