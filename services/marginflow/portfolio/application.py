@@ -70,8 +70,19 @@ class RecordSource(Protocol):
     def rewind(self, records: Sequence[InputRecord]) -> None: ...
 
 
+class CacheLost(Exception):
+    """The cache no longer holds (or may not hold) every account of these partitions (Redis emptied,
+    restarted, failed over): nothing may be applied to them until they are rebuilt from Kafka."""
+
+    def __init__(self, partitions: Iterable[int]) -> None:
+        self.partitions = frozenset(partitions)
+        super().__init__(f"account cache lost for partitions {sorted(self.partitions)}")
+
+
 class StateStore(Protocol):
-    def load_payloads(self, account_ids: Iterable[str]) -> dict[str, bytes]: ...
+    def load_payloads(self, account_partitions: Mapping[str, int]) -> dict[str, bytes]:
+        """Payloads of the accounts present (account → its partition); raises :class:`CacheLost` when
+        the cache of any of those partitions is not intact (an absent account is then unknown, not new)."""
     def save(self, changes: Sequence[StateChange]) -> None: ...
 
 
@@ -130,8 +141,8 @@ class Applier:
     def forget_cache(self) -> None:
         self._cache.clear()
 
-    def _load(self, account_ids: set[str]) -> dict[str, Account]:
-        payloads = self._store.load_payloads(account_ids)
+    def _load(self, account_partitions: Mapping[str, int]) -> dict[str, Account]:
+        payloads = self._store.load_payloads(account_partitions)
         out: dict[str, Account] = {}
         for account_id, payload in payloads.items():
             cached = self._cache.get(account_id)
@@ -144,7 +155,7 @@ class Applier:
     def apply_batch(self, records: Sequence[InputRecord]) -> BatchResult:
         started = time.perf_counter()
         result = BatchResult()
-        wanted = {r.command.account_id for r in records if not isinstance(r.command, Rejected)}
+        wanted = {r.command.account_id: r.at.partition for r in records if not isinstance(r.command, Rejected)}
         before = self._load(wanted)
         current: dict[str, Account] = dict(before)
         rules = self._rules
@@ -232,13 +243,16 @@ class ApplyTurn:
     An infrastructure failure (Redis or Kafka unreachable) propagates to the service loop, whose
     recovery (:meth:`recover`) rewinds the consumer to the start of the failed batch: the loop
     retries it after a pause, nothing is committed that was not applied, and the retry changes
-    nothing that was.
+    nothing that was. A lost cache (:class:`CacheLost`, raised before anything of the batch is
+    published) is rebuilt from Kafka first, through the ``rebuild`` port.
     """
 
-    def __init__(self, source: RecordSource, applier: Applier, totals: BatchResult | None = None) -> None:
+    def __init__(self, source: RecordSource, applier: Applier, totals: BatchResult | None = None,
+                 rebuild: Callable[[frozenset[int]], object] | None = None) -> None:
         self.source = source
         self.applier = applier
         self.totals = totals if totals is not None else BatchResult()
+        self._rebuild = rebuild
         self._pending: list[InputRecord] | None = None
 
     def __call__(self) -> int:
@@ -251,8 +265,11 @@ class ApplyTurn:
         self.source.commit()
         return len(records)
 
-    def recover(self, _exc: BaseException) -> None:
+    def recover(self, exc: BaseException) -> None:
         self.applier.forget_cache()
+        if isinstance(exc, CacheLost) and self._rebuild is not None:
+            log.warning("account cache lost; rebuilding from Kafka", extra={"partitions": sorted(exc.partitions)})
+            self._rebuild(exc.partitions)
         if self._pending:
             log.warning("rewinding a failed batch to retry it", extra={"records": len(self._pending)})
             self.source.rewind(self._pending)

@@ -100,11 +100,11 @@ class PortfolioApp:
         self.store = RedisStateStore(self.redis, s.redis_prefix)
         self.producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-state"), SERVICE)
         self.admin_producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-admin", linger_ms=0), SERVICE)
-        if s.rebuild == "always" or not self.store.is_built():
-            self.rebuild()
         consumer = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
                                 [topics.fills, topics.account_events])
-        self._check_copartitioned(consumer)
+        self.partitions = self._check_copartitioned(consumer)
+        every = frozenset(range(self.partitions))
+        self.rebuild(every if s.rebuild == "always" else frozenset(self.store.missing_partitions(every)))
         dlq = DeadLetterSink(self.producer, topics.portfolio_dlq, SERVICE, self.clock.now_ms)
         self.source = KafkaRecordSource(ProtoConsumer(consumer, input_types(topics), dlq, SERVICE), self.producer,
                                         topics, s.poll_timeout_ms, s.batch_max_records)
@@ -114,10 +114,13 @@ class PortfolioApp:
         self.admin = AdminService(self.rules, self.store,
                                   KafkaEventPublisher(self.admin_producer, topics.account_events, self.clock.now_ms),
                                   self.store, self.clock)
-        self.turn = ApplyTurn(self.source, self.applier, self.totals)
-        self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.refresh_gauges)], recover=self.turn.recover)
+        self.turn = ApplyTurn(self.source, self.applier, self.totals, rebuild=self.rebuild)
+        self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.refresh_gauges),
+                                                           Every(s.cache_check_seconds, self.check_cache)],
+                                recover=self.turn.recover)
         if serve_grpc:
-            servicer = AccountServicer(self.store, self.admin, s.admin_token, frozenset(self.rules.instruments))
+            servicer = AccountServicer(self.store, self.admin, s.admin_token, frozenset(self.rules.instruments),
+                                       self.partitions)
             self.host.serve_grpc(s.grpc_port, [(account_pb2_grpc.add_AccountServiceServicer_to_server, servicer,
                                                 SERVICE_NAME)])
         if serve_http_metrics:
@@ -132,36 +135,54 @@ class PortfolioApp:
                                              "instruments": len(self.rules.instruments)})
         return self
 
-    def _check_copartitioned(self, consumer) -> None:
+    def _check_copartitioned(self, consumer) -> int:
         """Fills and events of one account must land on the same partition number of both topics, so that
-        one consumer owns the account (range assignment): both topics need the same partition count."""
+        one consumer owns the account (range assignment), and its snapshot on the same partition of
+        portfolio.positions (a lost cache is rebuilt per partition): the three need the same partition
+        count, which is returned."""
         topics = self.settings.common.topics
         counts = {}
         deadline = time.monotonic() + 30
-        for topic in (topics.fills, topics.account_events):
+        for topic in (topics.fills, topics.account_events, topics.positions):
             parts = consumer.partitions_for_topic(topic)
             while not parts and time.monotonic() < deadline:
                 time.sleep(0.1)
                 parts = consumer.partitions_for_topic(topic)
             counts[topic] = len(parts or ())
         if len(set(counts.values())) != 1:
-            raise RuntimeError(f"{topics.fills} and {topics.account_events} must have the same number of partitions "
-                               f"(account ordering and ownership depend on it): {counts}")
+            raise RuntimeError(f"{topics.fills}, {topics.account_events} and {topics.positions} must have the same "
+                               f"number of partitions (account ordering and ownership depend on it): {counts}")
+        return counts[topics.fills]
 
-    def rebuild(self) -> int:
-        """Restore Redis from the compacted portfolio.positions topic (the truth)."""
+    def rebuild(self, partitions: frozenset[int]) -> int:
+        """Restore the accounts of ``partitions`` in Redis from the compacted portfolio.positions topic
+        (the truth), then mark those partitions' cache whole."""
+        if not partitions:
+            return 0
         common = self.settings.common
         started = time.perf_counter()
         snapshots = read_compacted(common.bootstrap, common.topics.positions, pb.AccountSnapshot,
-                                   f"{SERVICE}-rebuild", timeout_s=self.settings.rebuild_timeout_seconds)
+                                   f"{SERVICE}-rebuild", timeout_s=self.settings.rebuild_timeout_seconds,
+                                   partitions=partitions)
         count = self.store.restore(snapshots)
         seconds = time.perf_counter() - started
-        self.store.mark_built(self.clock.now_ms(), count, seconds)
+        self.store.mark_built(partitions, self.clock.now_ms(), count, seconds)
         self.metrics.rebuild_seconds.set(seconds)
         self.metrics.rebuild_accounts.set(count)
+        self.metrics.rebuilds.inc()
         self.rebuilt_accounts, self.rebuild_seconds = count, seconds
-        log.info("state rebuilt from Kafka", extra={"accounts": count, "seconds": round(seconds, 3)})
+        log.info("state rebuilt from Kafka", extra={"accounts": count, "seconds": round(seconds, 3),
+                                                    "partitions": sorted(partitions)})
         return count
+
+    def check_cache(self) -> None:
+        """Between batches: a partition this instance owns whose cache is no longer whole is rebuilt
+        now, not at its next record (reads of its accounts answer UNAVAILABLE meanwhile)."""
+        owned = self.source.assigned_partitions()
+        missing = self.store.missing_partitions(owned) if owned else set()
+        if missing:
+            log.warning("account cache lost; rebuilding from Kafka", extra={"partitions": sorted(missing)})
+            self.rebuild(frozenset(missing))
 
     # ---- run
     def refresh_gauges(self) -> None:

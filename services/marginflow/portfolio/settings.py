@@ -35,6 +35,8 @@ class PortfolioSettings:
                                  "dead-letter fills whose size is not a whole number of lots")
     rebuild: str = env("MF_PORTFOLIO_REBUILD", choice("auto", "always"), "auto",
                        "auto: rebuild Redis from portfolio.positions when Redis is empty; always: at every start")
+    cache_check_seconds: float = env("MF_PORTFOLIO_CACHE_CHECK_SECONDS", positive_float, 1.0,
+                                     "how often the owned partitions' Redis cache is checked to be whole, s")
     rebuild_timeout_seconds: float = env("MF_PORTFOLIO_REBUILD_TIMEOUT_SECONDS", positive_float, 600.0,
                                          "longest a rebuild may take before the start fails")
     cache_accounts: int = env("MF_PORTFOLIO_CACHE_ACCOUNTS", positive_int, 200_000,

@@ -127,6 +127,11 @@ def new_producer(bootstrap: str, client_id: str, linger_ms: int = 5, **extra) ->
         compression_type=None, **extra)
 
 
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as every client computes it) gives ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 class ProtoProducer:
     """Publishes protobuf messages; keys are strings (instrument or account id).
 
@@ -150,7 +155,7 @@ class ProtoProducer:
             if count is None:
                 count = len(self._producer.partitions_for(topic))
                 self._partition_counts[topic] = count
-            cached = (murmur2(key) & 0x7FFFFFFF) % count
+            cached = key_partition(key, count)
             if len(self._partition_cache) < 100_000:
                 self._partition_cache[(topic, key)] = cached
         return cached
@@ -282,14 +287,15 @@ class ProtoConsumer:
 
 
 def read_compacted(bootstrap: str, topic: str, message_type: type[M], client_id: str,
-                   timeout_s: float = 60.0) -> dict[str, M]:
+                   timeout_s: float = 60.0, partitions: Iterable[int] | None = None) -> dict[str, M]:
     """Read a compacted state topic from the beginning to its current end: latest value per key.
 
-    Used to rebuild state at start (no consumer group: the whole topic, every partition).
+    Used to rebuild state (no consumer group: every partition, or only ``partitions``).
     """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, group_id=None,
                              enable_auto_commit=False, max_poll_records=10000,
                              fetch_max_bytes=64 * 1024 * 1024)
+    wanted = set(partitions) if partitions is not None else None
     try:
         deadline = time.monotonic() + timeout_s
         partitions = consumer.partitions_for_topic(topic)
@@ -298,7 +304,11 @@ def read_compacted(bootstrap: str, topic: str, message_type: type[M], client_id:
             partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             return {}
+        if wanted is not None:
+            partitions = set(partitions) & wanted
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return {}
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)

@@ -20,6 +20,7 @@ from marginflow.portfolio.adapters.redis_store import RedisStateStore
 from marginflow.portfolio.application import AdminError, AdminResult, AdminService
 from marginflow.portfolio.domain.ledger import ACCOUNT_ID
 from marginflow.shared.grpcserver import invalid_argument
+from marginflow.shared.kafka import key_partition
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
 DEFAULT_PAGE_SIZE = 100
@@ -41,8 +42,9 @@ def decode_page_token(token: str) -> str:
 
 class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     def __init__(self, store: RedisStateStore, admin: AdminService, admin_token: str,
-                 instruments: frozenset[str]) -> None:
+                 instruments: frozenset[str], partitions: int) -> None:
         self._store = store
+        self._partitions = partitions
         self._admin = admin
         self._token = admin_token
         self._instruments = instruments
@@ -87,6 +89,9 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             invalid_argument(context, f"account_id {request.account_id!r} is not a valid account id")
         payload = self._store.get_payload(request.account_id)
         if payload is None:
+            if not self._store.is_built(key_partition(request.account_id.encode(), self._partitions)):
+                context.abort(grpc.StatusCode.UNAVAILABLE,
+                              "the account cache is being rebuilt from Kafka; retry shortly")
             context.abort(grpc.StatusCode.NOT_FOUND, f"account {request.account_id!r} not found")
         return pb.AccountSnapshot.FromString(payload)
 

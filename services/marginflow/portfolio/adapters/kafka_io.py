@@ -78,6 +78,10 @@ class KafkaRecordSource:
             except (KafkaError, AssertionError, ValueError) as exc:  # partition revoked meanwhile
                 log.warning("cannot rewind", extra={"partition": str(tp), "error": str(exc)})
 
+    def assigned_partitions(self) -> set[int]:
+        """Partition numbers this instance owns now (fills and events are co-partitioned)."""
+        return {tp.partition for tp in self._consumer.raw.assignment()}
+
     def close(self) -> None:
         self._consumer.close()
 

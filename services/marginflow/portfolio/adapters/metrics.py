@@ -30,6 +30,9 @@ class PortfolioMetrics:
         self.rebuild_seconds = Gauge(
             "marginflow_portfolio_rebuild_seconds", "Duration of the last rebuild of Redis from portfolio.positions",
             registry=registry)
+        self.rebuilds = Counter(
+            "marginflow_portfolio_rebuilds_total", "Rebuilds of the Redis cache from portfolio.positions (start, "
+            "or a cache found emptied)", registry=registry)
         self.rebuild_accounts = Gauge(
             "marginflow_portfolio_rebuild_accounts", "Accounts restored by the last rebuild", registry=registry)
         # Children bound once per label value: labels() costs as much as the increment itself.

@@ -12,9 +12,18 @@ key                                   type       holds
 ``P req:{<account>}:<request_id>``    string     event id of an admin request (TTL 7 days)
 ``P accounts``                        zset       every account id (score 0, paged by lex)
 ``P inst:{<instrument>}``             zset       accounts with an open position in it
-``P meta``                            hash       ``built_ms``, ``accounts``, ``rebuild_seconds``
-                                                 of the last rebuild from Kafka
+``P built:<partition>``               hash       ``generation``, ``built_ms``, ``accounts``: the
+                                                 cache of that partition's accounts is whole
 ====================================  =========  ==============================================
+
+Redis is a cache, never the truth. The accounts of a ``trades.fills`` partition are trusted only
+while that partition's ``built`` marker exists with the same generation before and after they
+are read: an emptied or restarted Redis (or a failover to an empty replica) loses the markers
+with the data, and the service rebuilds those partitions from ``portfolio.positions`` before it
+applies anything to them (:class:`~marginflow.portfolio.application.CacheLost`). A rebuild never
+overwrites a key that exists (``SET NX``): what a live writer put there is at least as new as
+the snapshot the rebuild read. Redis must not evict keys (``maxmemory-policy noeviction``, its
+default): an evicted account under an intact marker would read as a new account.
 
 The indexes are written around the state (additions before, removals after, in one pipeline),
 so a reader that filters index hits by the state itself never misses an open position.
@@ -22,6 +31,7 @@ so a reader that filters index hits by the state itself never misses an open pos
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
@@ -29,7 +39,7 @@ import redis
 
 from marginflow.api.account.v1 import account_pb2 as pb
 from marginflow.portfolio.adapters.codec import decode_account
-from marginflow.portfolio.application import StateChange
+from marginflow.portfolio.application import CacheLost, StateChange
 from marginflow.portfolio.domain.model import Account, Position
 from marginflow.shared.units import SECONDS_PER_DAY
 
@@ -44,7 +54,6 @@ class RedisStateStore:
         self._r = client
         self.prefix = prefix
         self._accounts_key = f"{prefix}accounts"
-        self._meta_key = f"{prefix}meta"
         self._cluster = isinstance(client, redis.RedisCluster)
 
     # ---- keys
@@ -53,6 +62,9 @@ class RedisStateStore:
 
     def instrument_key(self, instrument: str) -> str:
         return f"{self.prefix}inst:{{{instrument}}}"
+
+    def built_key(self, partition: int) -> str:
+        return f"{self.prefix}built:{partition}"
 
     def request_key(self, account_id: str, request_id: str) -> str:
         return f"{self.prefix}req:{{{account_id}}}:{request_id}"
@@ -68,11 +80,20 @@ class RedisStateStore:
         return out
 
     # ---- StateStore
-    def load_payloads(self, account_ids: Iterable[str]) -> dict[str, bytes]:
-        ids = list(account_ids)
+    def load_payloads(self, account_partitions: Mapping[str, int]) -> dict[str, bytes]:
+        ids = list(account_partitions)
         if not ids:
             return {}
+        partitions = sorted(set(account_partitions.values()))
+        before = self.generations(partitions)
+        lost = [p for p, g in before.items() if g is None]
+        if lost:
+            raise CacheLost(lost)
         values = self._mget([self.account_key(a) for a in ids])
+        after = self.generations(partitions)
+        changed = [p for p in partitions if after[p] != before[p]]
+        if changed:   # emptied (and maybe rebuilt) while being read: what was read may be partial
+            raise CacheLost(changed)
         return {a: v for a, v in zip(ids, values) if v is not None}
 
     def save(self, changes: Sequence[StateChange]) -> None:
@@ -156,17 +177,29 @@ class RedisStateStore:
         self._r.set(self.request_key(account_id, request_id), event_id, ex=REQUEST_TTL_SECONDS)
 
     # ---- rebuild
-    def is_built(self) -> bool:
-        return bool(self._r.exists(self._meta_key))
+    def generations(self, partitions: Iterable[int]) -> dict[int, str | None]:
+        """The ``built`` marker's generation per partition (None: not built, the cache is not whole)."""
+        parts = list(partitions)
+        pipe = self._r.pipeline(transaction=False)
+        for p in parts:
+            pipe.hget(self.built_key(p), "generation")
+        return {p: (g.decode() if g is not None else None) for p, g in zip(parts, pipe.execute())}
+
+    def missing_partitions(self, partitions: Iterable[int]) -> set[int]:
+        return {p for p, g in self.generations(partitions).items() if g is None}
+
+    def is_built(self, partition: int) -> bool:
+        return self.generations([partition])[partition] is not None
 
     def restore(self, snapshots: Mapping[str, pb.AccountSnapshot]) -> int:
-        """Write every snapshot and the indexes (from the compacted topic at start); returns the count."""
+        """Write every snapshot that Redis does not hold, and the indexes (from the compacted topic);
+        returns the count read."""
         items = list(snapshots.items())
         for i in range(0, len(items), _CHUNK):
             pipe = self._r.pipeline(transaction=False)
             by_inst: dict[str, list[str]] = {}
             for account_id, snap in items[i:i + _CHUNK]:
-                pipe.set(self.account_key(account_id), snap.SerializeToString(deterministic=True))
+                pipe.set(self.account_key(account_id), snap.SerializeToString(deterministic=True), nx=True)
                 for p in snap.positions:
                     if Decimal(p.size.value or 0) != 0:
                         by_inst.setdefault(p.instrument, []).append(account_id)
@@ -176,9 +209,13 @@ class RedisStateStore:
             pipe.execute()
         return len(items)
 
-    def mark_built(self, now_ms: int, accounts: int, seconds: float) -> None:
-        self._r.hset(self._meta_key, mapping={"built_ms": now_ms, "accounts": accounts,
-                                              "rebuild_seconds": f"{seconds:.3f}"})
+    def mark_built(self, partitions: Iterable[int], now_ms: int, accounts: int, seconds: float) -> None:
+        """The cache of these partitions is whole again (a new generation each time)."""
+        pipe = self._r.pipeline(transaction=False)
+        for p in partitions:
+            pipe.hset(self.built_key(p), mapping={"generation": uuid.uuid4().hex, "built_ms": now_ms,
+                                                  "accounts": accounts, "rebuild_seconds": f"{seconds:.3f}"})
+        pipe.execute()
 
     def delete_namespace(self) -> int:
         """Delete every key under the prefix (tests, benchmarks: 'Redis flushed' for this service only)."""

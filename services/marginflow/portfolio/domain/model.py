@@ -166,3 +166,9 @@ class InputPosition:
 
     stream: str
     offset: int
+
+    @property
+    def partition(self) -> int:
+        """The partition number of the stream (-1 when the stream has none)."""
+        _topic, sep, part = self.stream.rpartition(":")
+        return int(part) if sep and part.isdigit() else -1

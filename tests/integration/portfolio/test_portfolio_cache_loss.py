@@ -1,0 +1,180 @@
+"""Redis is a cache, never the truth: fills under load while the cache is emptied (FLUSHALL) and
+while Redis restarts empty; afterwards every position on portfolio.positions and over gRPC equals
+the fold of trades.fills, and no account ever answers NOT_FOUND.
+
+The test runs its own redis-server on a free loopback port, so that FLUSHALL and the restart touch
+nothing but this test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from decimal import Decimal as D
+
+import grpc
+import pytest
+import redis
+
+from marginflow.api.account.v1 import account_pb2 as pb
+from marginflow.api.account.v1 import account_pb2_grpc
+from marginflow.portfolio.adapters.codec import fill_to_proto
+from marginflow.portfolio.domain.model import Fill, Side
+from marginflow.portfolio.service import PortfolioApp
+from marginflow.shared.clock import SystemClock
+from marginflow.shared.kafka import ProtoProducer, new_producer, read_compacted
+
+from portfolio_it_helpers import wait_for
+
+ACCOUNTS = [f"cache-{i:03d}" for i in range(200)]
+INSTRUMENTS = ("BTC-PERP", "ETH-PERP", "SOL-PERP")
+FILLS = 3000
+RATE_PER_S = 1000.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of this test alone (no persistence: a restart comes back empty)."""
+
+    def __init__(self, tmp_path) -> None:
+        self.port = _free_port()
+        self.dir = tmp_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: _pings(client), timeout_s=10, what="private redis up")
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (deploy/local/tools.sh installs it)")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _fills() -> list[Fill]:
+    out = []
+    for n in range(FILLS):
+        account = ACCOUNTS[(n * 7) % len(ACCOUNTS)]
+        side = Side.BUY if (n // len(ACCOUNTS)) % 3 != 2 else Side.SELL
+        out.append(Fill(f"cl-{n}", account, INSTRUMENTS[n % 3], side, D("0.1") * (1 + n % 5), D(100 + n % 50),
+                        D("0.01"), 1_700_000_000_000 + n))
+    return out
+
+
+def _fold(fills: list[Fill]) -> dict[tuple[str, str], D]:
+    out: dict[tuple[str, str], D] = {}
+    for f in fills:
+        signed = f.size if f.side == Side.BUY else -f.size
+        out[(f.account_id, f.instrument)] = out.get((f.account_id, f.instrument), D(0)) + signed
+    return {k: v for k, v in out.items() if v != 0}
+
+
+def _positions(snapshots) -> dict[tuple[str, str], D]:
+    out = {}
+    for snap in snapshots:
+        for p in snap.positions:
+            if D(p.size.value or 0) != 0:
+                out[(snap.account_id, p.instrument)] = D(p.size.value)
+    return out
+
+
+def test_fills_survive_flushall_and_a_redis_restart_under_load(pf_settings, private_redis):
+    settings = dataclasses.replace(pf_settings, common=dataclasses.replace(pf_settings.common,
+                                                                           redis_url=private_redis.url),
+                                   cache_check_seconds=3600.0)   # only the check at each load can catch the loss
+    topics = settings.common.topics
+    app = PortfolioApp(settings, SystemClock()).start(serve_http_metrics=False)
+    rebuilds_at_start = app.metrics.rebuilds._value.get()
+    thread, stopping = app.run_in_thread()
+    fills = _fills()
+    producer = ProtoProducer(new_producer(settings.common.bootstrap, "test-cache-loss"), "test")
+    sent = [0]
+
+    def send_all() -> None:
+        start = time.perf_counter()
+        for i, f in enumerate(fills):
+            delay = start + i / RATE_PER_S - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)   # paced producer, not a wait for a result
+            producer.send(topics.fills, f.account_id, fill_to_proto(f, "test"))
+            sent[0] = i + 1
+        producer.flush()
+
+    sender = threading.Thread(target=send_all)
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    stub = account_pb2_grpc.AccountServiceStub(channel)
+    not_found = []
+    try:
+        sender.start()
+        wait_for(lambda: app.totals.fills_applied >= FILLS // 4, timeout_s=30, what="a quarter applied")
+        client = redis.Redis.from_url(private_redis.url)
+        client.flushall()                                  # the cache emptied under load
+        client.close()
+        wait_for(lambda: sent[0] >= FILLS // 2, timeout_s=30, what="half sent")
+        private_redis.stop()                               # Redis dies ...
+        private_redis.start()                              # ... and comes back empty
+        sender.join(60)
+        assert not sender.is_alive()
+        expected = _fold(fills)
+
+        def converged() -> bool:
+            got = _positions(read_compacted(settings.common.bootstrap, topics.positions, pb.AccountSnapshot,
+                                            "test-cache-check", timeout_s=30).values())
+            return got == expected
+
+        wait_for(converged, timeout_s=60, what="portfolio.positions equal to the fold of trades.fills")
+        # Over gRPC too, and no account unknown: every one of them had fills.
+        for account in ACCOUNTS:
+            try:
+                snap = stub.GetAccount(pb.GetAccountRequest(account_id=account), timeout=5)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    not_found.append(account)
+                    continue
+                raise
+            got = {(account, p.instrument): D(p.size.value) for p in snap.positions if D(p.size.value or 0) != 0}
+            assert got == {k: v for k, v in expected.items() if k[0] == account}, account
+        assert not_found == []
+        assert app.totals.rejected == 0
+        assert app.metrics.rebuilds._value.get() >= rebuilds_at_start + 2   # the flush and the restart found
+    finally:
+        channel.close()
+        stopping.set()
+        thread.join(15)
+        app.close()
+        producer.close()
