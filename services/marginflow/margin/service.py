@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
 import threading
 import time
@@ -75,6 +76,15 @@ def margin_topics(settings: MarginSettings) -> list[TopicSpec]:
     mine = {topics.marks, topics.risk_params, topics.positions, topics.margin_state, topics.margin_calls}
     specs = [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
     return specs + [TopicSpec(topics.name(DLQ_BASE), 1, retention_ms=7 * MS_PER_DAY)]
+
+
+def instance_id(s: MarginSettings) -> str | None:
+    """The static group membership id: set, or host:port of a fixed gRPC port, or None (dynamic)."""
+    if s.instance_id:
+        return s.instance_id
+    if s.grpc_port:
+        return f"{SERVICE}-{socket.gethostname()}-{s.grpc_port}"
+    return None
 
 
 class MarginApp:
@@ -137,8 +147,9 @@ class MarginApp:
                           s.startup_timeout_seconds)
             self.rebalance = PositionsRebalance()
             positions = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
-                                     session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=max(
-                                         1000, s.session_timeout_ms // 3))
+                                     session_timeout_ms=s.session_timeout_ms,
+                                     heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
+                                     group_instance_id=instance_id(s))
             self.rebalance.consumer = positions
             positions.subscribe([topics.positions], listener=self.rebalance)
             self.positions = ProtoConsumer(positions, {topics.positions: account_pb2.AccountSnapshot}, self.dlq,

@@ -67,6 +67,10 @@ class MarginSettings:
     poll_timeout_ms: int = env("MF_MARGIN_POLL_TIMEOUT_MS", positive_int, 50, "consumer poll timeout, ms")
     session_timeout_ms: int = env("MF_MARGIN_SESSION_TIMEOUT_MS", positive_int, 6_000,
                                   "consumer-group session timeout: how soon a dead instance's partitions move, ms")
+    instance_id: str = env("MF_MARGIN_INSTANCE_ID", str, "",
+                           "static consumer-group membership id, unique per instance and stable across its "
+                           "restarts (a restarted instance gets its partitions back at once); default: "
+                           "<host>:<gRPC port> when the port is fixed, else dynamic membership")
     mark_wait_seconds: float = env("MF_MARGIN_MARK_WAIT_SECONDS", non_negative_float, 10.0,
                                    "at start, how long to wait for a mark of every instrument with an open "
                                    "position before its accounts count as stale, seconds")
