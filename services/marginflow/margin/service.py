@@ -29,6 +29,7 @@ from marginflow.margin.adapters import codec
 from marginflow.margin.adapters.grpc_api import SERVICE_NAME, MarginServicer, state_fanout
 from marginflow.margin.adapters.kafka_io import KafkaPublisher, PositionsRebalance, assign_market, market_types
 from marginflow.margin.adapters.metrics import MarginMetrics, margin_metrics
+from marginflow.margin.adapters.owners import Forwarder, OwnerRegistry
 from marginflow.margin.application import EngineConfig, MarginEngine
 from marginflow.margin.application.routing import Router
 from marginflow.margin.domain.book import InstrumentTable
@@ -42,6 +43,7 @@ from marginflow.shared.kafka import (
     platform_topics, read_compacted)
 from marginflow.shared.lifecycle import Lifecycle, tune_gc
 from marginflow.shared.logs import get_logger
+from marginflow.shared.redisstore import connect
 from marginflow.shared.universe import Universe, platform_universe
 from marginflow.shared.units import MS_PER_DAY
 
@@ -76,6 +78,16 @@ def margin_topics(settings: MarginSettings) -> list[TopicSpec]:
     mine = {topics.marks, topics.risk_params, topics.positions, topics.margin_state, topics.margin_calls}
     specs = [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
     return specs + [TopicSpec(topics.name(DLQ_BASE), 1, retention_ms=7 * MS_PER_DAY)]
+
+
+def advertise_address(s: MarginSettings, grpc_port: int) -> str:
+    """Where other instances reach this one's gRPC server."""
+    if s.advertise_address:
+        return s.advertise_address
+    host = s.common.bind_host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"{host}:{grpc_port}"
 
 
 def instance_id(s: MarginSettings) -> str | None:
@@ -132,8 +144,10 @@ class MarginApp:
                              decode_book=lambda m, key: codec.book_from_proto(m, self.table, self.engine.asset_index,
                                                                               key),
                              reject=self._reject)
+        self.servicer = None
         if serve_grpc:
-            servicer = MarginServicer(self.engine, self.fanout, self.metrics.what_if_seconds, self.clock.now_ms)
+            servicer = self.servicer = MarginServicer(self.engine, self.fanout, self.metrics.what_if_seconds,
+                                                      self.clock.now_ms)
             self.host.serve_grpc(s.grpc_port, [(margin_pb2_grpc.add_MarginServiceServicer_to_server, servicer,
                                                 SERVICE_NAME)], max_workers=GRPC_WORKERS)
         if serve_http_metrics:
@@ -157,7 +171,11 @@ class MarginApp:
             self._bootstrap_marks()
             self._load_risk_params()
             self._mark_wait_until = time.monotonic() + s.mark_wait_seconds
-            self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.producer.flush)])
+            every = [Every(1.0, self.producer.flush)]
+            if self.servicer is not None:
+                self._start_forwarding(positions)
+                every.append(Every(1.0, self._announce))
+            self.loop = ServiceLoop(SERVICE, self.turn, every=every)
             self.host.on_close("market consumer", self.market.close)
             self.host.on_close("positions consumer", self.positions.close)
             self.host.on_close("flush producer", self.producer.flush)
@@ -167,6 +185,29 @@ class MarginApp:
         log.info("margin started", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port,
                                           "instruments": self.table.n, "core": getattr(self.core, "IMPLEMENTATION", "?")})
         return self
+
+    # ---- ownership: any instance answers for any account
+    def _start_forwarding(self, positions) -> None:
+        s, common = self.settings, self.settings.common
+        deadline = time.monotonic() + s.startup_timeout_seconds
+        parts = positions.partitions_for_topic(common.topics.positions)
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.1)
+            parts = positions.partitions_for_topic(common.topics.positions)
+        self.redis = connect(common.redis_url)
+        self.owners = OwnerRegistry(self.redis, s.redis_prefix, f"{common.topic_prefix}{s.consumer_group}",
+                                    s.owner_ttl_seconds)
+        self.address = advertise_address(s, self.grpc_port)
+        self.forwarder = Forwarder(self.owners, self.address, len(parts or ()))
+        self.servicer.use_forwarder(self.forwarder)
+        self.host.on_close("withdraw ownership", lambda: self.owners.withdraw(self.rebalance.assigned, self.address))
+        self.host.on_close("close peers", self.forwarder.close)
+        self.host.on_close("close redis", self.redis.close)
+
+    def _announce(self) -> None:
+        """Renew the claim on the partitions this instance owns and serves (only while ready)."""
+        if self.engine.ready and self.rebalance.assigned:
+            self.owners.announce(self.rebalance.assigned, self.address)
 
     def _set_ready(self, ready: bool, why: str) -> None:
         self.engine.ready = ready
@@ -212,8 +253,11 @@ class MarginApp:
         handled = self.router.market(self.market.poll(timeout_ms=timeout))
         handled += self.router.positions(self.positions.poll(timeout_ms=timeout))
         if self.rebalance.revoked:
-            self.router.revoke(set(self.rebalance.revoked))
+            revoked = set(self.rebalance.revoked)
+            self.router.revoke(revoked)
             self.rebalance.revoked.clear()
+            if getattr(self, "owners", None) is not None:
+                self.owners.withdraw(revoked, self.address)
         if self.rebalance.newly_assigned:
             self._catch_up_on(self.rebalance.take_assigned())
         if self._catching_up or not self.engine.ready:

@@ -71,6 +71,13 @@ class MarginSettings:
                            "static consumer-group membership id, unique per instance and stable across its "
                            "restarts (a restarted instance gets its partitions back at once); default: "
                            "<host>:<gRPC port> when the port is fixed, else dynamic membership")
+    advertise_address: str = env("MF_MARGIN_ADVERTISE_ADDRESS", str, "",
+                                 "host:port other instances forward queries to (default: the bind host, or this "
+                                 "host's name when binding every address, and the gRPC port)")
+    owner_ttl_seconds: float = env("MF_MARGIN_OWNER_TTL_SECONDS", positive_float, 5.0,
+                                   "how long an instance's claim on its partitions lives unless renewed (every "
+                                   "second), seconds")
+    redis_prefix: str = env("MF_MARGIN_REDIS_PREFIX", str, "mf:mg:", "prefix of the margin service's Redis keys")
     mark_wait_seconds: float = env("MF_MARGIN_MARK_WAIT_SECONDS", non_negative_float, 10.0,
                                    "at start, how long to wait for a mark of every instrument with an open "
                                    "position before its accounts count as stale, seconds")

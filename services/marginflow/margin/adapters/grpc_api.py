@@ -12,9 +12,14 @@ from marginflow.api.margin.v1 import margin_pb2_grpc
 from marginflow.margin.adapters import codec
 from marginflow.margin.application import MarginEngine, NotReady, UnknownAccount
 from marginflow.margin.domain.trades import TradeDelta
+from marginflow.margin.adapters.owners import FORWARDED_HEADER, Forwarder
 from marginflow.shared.fanout import Fanout
+from marginflow.shared.kafka import key_partition
 from marginflow.shared.grpcserver import invalid_argument
 
+# Codes of the owning instance passed on as they are; anything else means it could not be reached.
+_FORWARDED_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
+                              grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION})
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MarginService"].full_name
 MAX_TRADES = 100
 MAX_STREAM_ACCOUNTS = 10_000
@@ -28,23 +33,48 @@ def state_fanout() -> Fanout[pb.MarginState]:
 
 class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
     def __init__(self, engine: MarginEngine, fanout: Fanout[pb.MarginState], what_if_metric=None,
-                 clock_ms=lambda: int(time.time() * 1000)) -> None:
+                 clock_ms=lambda: int(time.time() * 1000), forwarder: Forwarder | None = None) -> None:
         self._engine = engine
         self._fanout = fanout
         self._what_if_metric = what_if_metric
         self._clock_ms = clock_ms
+        self._forwarder = forwarder
+
+    def use_forwarder(self, forwarder: Forwarder | None) -> None:
+        self._forwarder = forwarder
 
     def _account(self, account_id: str, context: grpc.ServicerContext) -> str:
         if not account_id or len(account_id) > 128:
             invalid_argument(context, "account_id must be 1..128 characters")
         return account_id
 
-    def _fail(self, exc: Exception, context: grpc.ServicerContext, account_id: str):
+    def _fail(self, exc: Exception, context: grpc.ServicerContext, account_id: str, method: str = "",
+              request=None):
+        """An account another instance owns is answered by that instance (one hop); otherwise the
+        documented codes: NOT_FOUND for an account no instance holds, UNAVAILABLE while not ready."""
         if isinstance(exc, UnknownAccount):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"account {account_id!r} is not known to this margin instance")
+            forwarded = self._forward(context, account_id, method, request)
+            if forwarded is not None:
+                return forwarded
+            context.abort(grpc.StatusCode.NOT_FOUND, f"account {account_id!r} is not known to the margin service")
         if isinstance(exc, NotReady):
             context.abort(grpc.StatusCode.UNAVAILABLE, f"margin is not ready: {exc}")
         raise exc
+
+    def _forward(self, context: grpc.ServicerContext, account_id: str, method: str, request):
+        if self._forwarder is None or not method:
+            return None
+        if any(key == FORWARDED_HEADER for key, _value in context.invocation_metadata()):
+            return None   # already forwarded once: the owner said it does not hold the account
+        stub = self._forwarder.stub_for(key_partition(account_id.encode(), self._forwarder.partitions))
+        if stub is None:
+            return None
+        try:
+            return getattr(stub, method)(request, timeout=self._forwarder.timeout_s,
+                                         metadata=((FORWARDED_HEADER, "1"),))
+        except grpc.RpcError as err:
+            code = err.code() if err.code() in _FORWARDED_CODES else grpc.StatusCode.UNAVAILABLE
+            context.abort(code, f"from the owning instance: {err.details()}")
 
     def GetMargin(self, request: pb.GetMarginRequest, context: grpc.ServicerContext) -> pb.MarginState:
         with self._engine.queries.readers:   # the engine's background evaluation steps aside meanwhile
@@ -55,7 +85,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         try:
             margin = self._engine.get_margin(account)
         except (UnknownAccount, NotReady) as exc:
-            self._fail(exc, context, account)
+            return self._fail(exc, context, account, "GetMargin", request)
         return codec.margin_state(margin, publish_ms=self._clock_ms())
 
     def _trades(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> list[TradeDelta]:
@@ -98,7 +128,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         try:
             before, after = self._engine.what_if(account, trades)
         except (UnknownAccount, NotReady) as exc:
-            self._fail(exc, context, account)
+            return self._fail(exc, context, account, "WhatIf", request)
         except ValueError as exc:   # the core refused the hypothetical book (overflow)
             invalid_argument(context, f"what-if cannot be margined: {exc}")
         if self._what_if_metric is not None:
@@ -112,7 +142,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         try:
             explanation = self._engine.explain(account)
         except (UnknownAccount, NotReady) as exc:
-            self._fail(exc, context, account)
+            return self._fail(exc, context, account, "Explain", request)
         return codec.explain_response(explanation, self._clock_ms())
 
     def StreamMargin(self, request: pb.StreamMarginRequest, context: grpc.ServicerContext):
