@@ -1,0 +1,158 @@
+"""Published health states that mean something: hysteresis on the way out of a worse state,
+confirmation on the way in, and episodes.
+
+The raw state of an account (``health.classify_many``) follows every tick of its equity. The
+published state follows it under two rules, vectorised over every account:
+
+* **Hysteresis (leaving a worse state).** A state is left only when equity clears its threshold by
+  a buffer: MARGIN_CALL only once equity ≥ IM·(1 + b), LIQUIDATION only once equity ≥ MM·(1 + b),
+  BANKRUPT only once equity ≥ b·MM (Drift leaves liquidation only at MM plus a 2 % margin buffer).
+  Trade-off: a larger b means fewer flip-flops around a threshold, but an account stays flagged a
+  little longer after it has recovered.
+* **Confirmation (entering a worse state).** A worse raw state is published once it has held for
+  ``confirm_evaluations`` evaluations *and* ``confirm_ms`` of event time (so on marks newer than the
+  ones that first showed it); at once when the shortfall is beyond a band (equity < MM·(1 − band)
+  for LIQUIDATION, < IM·(1 − band) for MARGIN_CALL), when the account is bankrupt, or when the
+  account's own inputs changed (a trade, a withdrawal: no market noise to filter). Trade-off: a
+  longer window filters more one-tick noise but delays a real call by that much; the band bounds
+  the delay to moves that are small against the requirement, so the venue is never left waiting
+  while it is at risk.
+
+Amounts are compared in whole cents as published (``shared.money``), by cross-multiplying the
+buffer as an exact ratio of integers (basis points), never by dividing.
+
+**Episodes.** An episode starts when an account leaves HEALTHY and ends when it is published
+HEALTHY again; every call carries the account's episode number, and a call for a state the episode
+has already reached is marked a repeat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from marginflow.margin.domain.health import Health
+from marginflow.shared.money import cents_down_array, cents_up_array
+
+BPS = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class TransitionRules:
+    exit_buffer_bps: int = 200            # b = 2 %: leave a worse state only this far above its threshold
+    confirm_evaluations: int = 2          # a worse raw state held this many evaluations ...
+    confirm_ms: int = 1_000               # ... and this long in event time before it is published
+    immediate_band_bps: int = 1_000       # 10 %: a shortfall beyond this publishes at once
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.exit_buffer_bps < BPS:
+            raise ValueError("exit_buffer_bps must be in [0, 10000)")
+        if not 0 <= self.immediate_band_bps <= BPS:
+            raise ValueError("immediate_band_bps must be in [0, 10000]")
+        if self.confirm_evaluations < 1 or self.confirm_ms < 0:
+            raise ValueError("confirm_evaluations must be ≥ 1 and confirm_ms ≥ 0")
+
+
+@dataclasses.dataclass
+class Pending:
+    """Per account: the worse raw state waiting for confirmation, since when, seen how often."""
+
+    state: np.ndarray        # int8, 0 = none
+    since_ms: np.ndarray     # int64, event time it was first seen
+    count: np.ndarray        # int32
+
+    @classmethod
+    def empty(cls, n: int) -> "Pending":
+        return cls(np.zeros(n, np.int8), np.zeros(n, np.int64), np.zeros(n, np.int32))
+
+
+def sticky_state(equity_usd: np.ndarray, im_usd: np.ndarray, mm_usd: np.ndarray, exit_buffer_bps: int) -> np.ndarray:
+    """The best state an account may be published in when it comes from a worse one: the first
+    threshold (from the bottom) that equity does not clear by the buffer.
+
+    ``equity·10⁴ ≥ threshold·(10⁴ + b)`` in whole cents, so no division and no rounding."""
+    e = cents_down_array(equity_usd)
+    im = cents_up_array(im_usd)
+    mm = cents_up_array(mm_usd)
+    up = BPS + exit_buffer_bps
+    clear_mc = e * BPS >= im * up
+    clear_liq = e * BPS >= mm * up
+    clear_bk = e * BPS >= mm * exit_buffer_bps
+    return np.where(~clear_bk, Health.BANKRUPT, np.where(~clear_liq, Health.LIQUIDATION,
+                                                        np.where(~clear_mc, Health.MARGIN_CALL, Health.HEALTHY)))
+
+
+def urgent(raw: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarray, mm_usd: np.ndarray, band_bps: int) -> np.ndarray:
+    """Worse states published without confirmation: bankrupt, or a shortfall beyond the band."""
+    e = cents_down_array(equity_usd)
+    im = cents_up_array(im_usd)
+    mm = cents_up_array(mm_usd)
+    down = BPS - band_bps
+    deep_liq = (raw == Health.LIQUIDATION) & (e * BPS < mm * down)
+    deep_mc = (raw == Health.MARGIN_CALL) & (e * BPS < im * down)
+    return (raw == Health.BANKRUPT) | deep_liq | deep_mc
+
+
+def next_states(published: np.ndarray, raw: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarray,
+                mm_usd: np.ndarray, pending: Pending, event_ms: int, rules: TransitionRules,
+                immediate: np.ndarray | None = None) -> np.ndarray:
+    """The states to publish now (int8), given the published ones and this evaluation's raw ones.
+
+    ``pending`` is updated in place. ``published == 0`` (never published) takes the raw state as
+    it is: a from-scratch computation has nothing to confirm against. ``immediate`` marks accounts
+    whose own inputs changed (they skip confirmation)."""
+    published = np.asarray(published, dtype=np.int8)
+    raw = np.asarray(raw, dtype=np.int8)
+    out = published.copy()
+    fresh_start = published == Health.UNSPECIFIED
+    out[fresh_start] = raw[fresh_start]
+    known = ~fresh_start
+    # better: hysteresis
+    better = known & (raw < published)
+    if better.any():
+        sticky = sticky_state(equity_usd, im_usd, mm_usd, rules.exit_buffer_bps).astype(np.int8)
+        out[better] = np.maximum(raw[better], np.minimum(published[better], sticky[better]))
+    # worse: confirmation
+    worse = known & (raw > published)
+    same_pending = worse & (pending.state == raw)
+    restart = worse & ~same_pending
+    pending.state[restart] = raw[restart]
+    pending.since_ms[restart] = event_ms
+    pending.count[restart] = 1
+    pending.count[same_pending] += 1
+    confirmed = worse & (pending.count >= rules.confirm_evaluations) & (event_ms - pending.since_ms >= rules.confirm_ms)
+    go = confirmed | (worse & urgent(raw, equity_usd, im_usd, mm_usd, rules.immediate_band_bps))
+    if immediate is not None:
+        go |= worse & immediate
+    out[go] = raw[go]
+    # whatever is not waiting any more forgets its pending state
+    done = ~worse | go
+    pending.state[done] = 0
+    pending.count[done] = 0
+    return out
+
+
+@dataclasses.dataclass
+class Episodes:
+    """Per account: the current episode number (0 = none yet) and the worst state it reached."""
+
+    number: np.ndarray       # int64
+    worst: np.ndarray        # int8
+
+    @classmethod
+    def empty(cls, n: int) -> "Episodes":
+        return cls(np.zeros(n, np.int64), np.zeros(n, np.int8))
+
+    def advance(self, row: int, previous: int, state: int) -> tuple[int, bool]:
+        """Record the published transition ``previous → state`` of ``row``; returns (episode, repeat):
+        the episode the state belongs to, and whether that episode already reached this state."""
+        if state <= Health.HEALTHY:
+            self.worst[row] = 0
+            return int(self.number[row]), False
+        if previous <= Health.HEALTHY:
+            self.number[row] += 1
+            self.worst[row] = 0
+        repeat = state <= int(self.worst[row])
+        self.worst[row] = max(int(self.worst[row]), state)
+        return int(self.number[row]), repeat
