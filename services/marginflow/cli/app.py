@@ -31,6 +31,8 @@ margin_app = typer.Typer(help="Margin of an account: current, after hypothetical
 account_app = typer.Typer(help="Accounts as the portfolio service holds them.", no_args_is_help=True)
 admin_app = typer.Typer(help="Admin calls of the AccountService (token from MF_ADMIN_TOKEN).",
                         no_args_is_help=True)
+# Negative numbers ("-50" out of an isolated position) are arguments, not options.
+NUMBERS = {"ignore_unknown_options": True}
 app.add_typer(margin_app, name="margin")
 app.add_typer(account_app, name="account")
 app.add_typer(admin_app, name="admin")
@@ -164,7 +166,7 @@ def _trade(text: str, pb: Any) -> Any:
     return delta
 
 
-@margin_app.command("what-if")
+@margin_app.command("what-if", context_settings=NUMBERS)
 def margin_what_if(account: str = typer.Argument(..., help="account id"),
                    trades: list[str] = typer.Argument(..., help="INSTRUMENT=SIZE[@PRICE], signed contracts added"),
                    as_json: bool = JsonOption) -> None:
@@ -306,7 +308,7 @@ def params(underlying: Optional[str] = typer.Argument(None, help="underlying (de
     for u in p.underlyings:
         change = last.get(u.underlying)
         why = (f"{change.sigma_before:.2%} → {change.sigma_after:.2%} {change.cause} (v{change.version}, "
-               f"{out.ms_time(change.event_time_ms)})" if change else "")
+               f"{out.ms_time(change.event_time_ms)})" if change else "no change logged yet")
         rows.append((u.underlying, f"{u.index_price:,.2f}", out.pct(u.sigma_ewma_fast), out.pct(u.sigma_ewma_slow),
                      out.pct(u.sigma_garch) + ("" if u.garch_ok else f" ({u.garch_status})"),
                      out.pct(u.sigma_implied) if u.sigma_implied else "—", out.pct(u.sigma_floor),
@@ -396,7 +398,7 @@ def _request_id(given: str) -> str:
     return given.strip() or f"cli-{uuid.uuid4().hex}"
 
 
-@admin_app.command("deposit")
+@admin_app.command("deposit", context_settings=NUMBERS)
 def admin_deposit(account: str = typer.Argument(...), asset: str = typer.Argument(..., help="USDC, BTC, ..."),
                   amount: str = typer.Argument(..., help="asset units, > 0"), request_id: str = RequestId,
                   as_json: bool = JsonOption) -> None:
@@ -410,7 +412,7 @@ def admin_deposit(account: str = typer.Argument(...), asset: str = typer.Argumen
     _admin_reply(reply, f"deposit {request.amount.value} {request.asset} to {request.account_id}", as_json)
 
 
-@admin_app.command("withdraw")
+@admin_app.command("withdraw", context_settings=NUMBERS)
 def admin_withdraw(account: str = typer.Argument(...), asset: str = typer.Argument(..., help="USDC, BTC, ..."),
                    amount: str = typer.Argument(..., help="asset units, > 0"), request_id: str = RequestId,
                    as_json: bool = JsonOption) -> None:
@@ -424,7 +426,7 @@ def admin_withdraw(account: str = typer.Argument(...), asset: str = typer.Argume
     _admin_reply(reply, f"withdraw {request.amount.value} {request.asset} from {request.account_id}", as_json)
 
 
-@admin_app.command("set-mode")
+@admin_app.command("set-mode", context_settings=NUMBERS)
 def admin_set_mode(account: str = typer.Argument(...), instrument: str = typer.Argument(...),
                    mode: str = typer.Argument(..., help="cross or isolated"), request_id: str = RequestId,
                    as_json: bool = JsonOption) -> None:
@@ -440,7 +442,7 @@ def admin_set_mode(account: str = typer.Argument(...), instrument: str = typer.A
     _admin_reply(reply, f"{request.instrument} of {request.account_id} → {mode.strip().lower()}", as_json)
 
 
-@admin_app.command("transfer-isolated")
+@admin_app.command("transfer-isolated", context_settings=NUMBERS)
 def admin_transfer_isolated(account: str = typer.Argument(...), instrument: str = typer.Argument(...),
                             amount_usd: str = typer.Argument(..., help="USD, > 0 into the position, < 0 out of it"),
                             request_id: str = RequestId, as_json: bool = JsonOption) -> None:
