@@ -1,6 +1,6 @@
 """The platform under its supervisor, for the CLI's tests: real processes, real gRPC, real Kafka/Redis.
 
-One platform per test module (starting it takes seconds): marketdata on the simulator, riskparams,
+One platform per test session, started by the first test that needs it: marketdata on the simulator, riskparams,
 portfolio, margin (and liquidation once it is part of the build) on free ports, a small demo book,
 its own topic prefix, Redis namespace, run directory and consumer groups. ``run_cli`` runs the
 ``marginflow`` command in-process against it.
@@ -16,7 +16,7 @@ import pytest
 from cli_it_helpers import ADMIN_TOKEN, Platform, Result, platform_env
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def platform(kafka_bootstrap, redis_url, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("platform")
     env = platform_env(kafka_bootstrap, redis_url, run_dir)

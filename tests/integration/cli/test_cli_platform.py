@@ -29,7 +29,7 @@ def wait_until(what: str, probe, timeout_s: float = 90.0):
     raise AssertionError(f"{what} not seen within {timeout_s}s (last: {last!r})")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def book(platform):
     """(account with positions, its instrument) once the margin service has margined the demo book."""
     from marginflow.api.account.v1 import account_pb2, account_pb2_grpc
@@ -238,7 +238,7 @@ def balance(run_cli, account_id: str, asset: str) -> decimal.Decimal:
     return sum((decimal.Decimal(b["amount"]) for b in data["balances"] if b["asset"] == asset), decimal.Decimal(0))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def isolated(platform, book):
     """(account, instrument) of an isolated position of the demo book."""
     from marginflow.api.account.v1 import account_pb2, account_pb2_grpc
