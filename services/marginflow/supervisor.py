@@ -119,7 +119,8 @@ class Supervisor:
         child.ready = False
         child.next_check = child.started_at + 0.2
         child.warned_slow = False
-        print(f"[supervisor] started {p.name} (pid {child.proc.pid}), waiting for it to be ready", flush=True)
+        waiting = ", waiting for it to be ready" if p.grpc_port_var else ""
+        print(f"[supervisor] started {p.name} (pid {child.proc.pid}){waiting}", flush=True)
 
     def _check_ready(self, child: Child, now: float) -> None:
         """Ask the child's gRPC health service; report it once it answers SERVING."""

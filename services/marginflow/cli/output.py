@@ -114,6 +114,8 @@ def ms_time(ms: int) -> str:
 def age(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "—"
+    if seconds <= 0:
+        return "0 s"
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f} µs"
     if seconds < 0.1:

@@ -241,10 +241,10 @@ def render(snap: Snapshot) -> Group:
                     sample.endpoint.metrics_url if sample.metrics is not None else Text("down", style="red"))
 
     md = s.get("marketdata")
-    market = _table("market data", ["ticks in/s", "ticks published/s", "marks/s", "instruments marked",
-                                    "oldest mark", "ticks rejected"],
-                    right=("ticks in/s", "ticks published/s", "marks/s", "instruments marked", "oldest mark",
-                           "ticks rejected"))
+    # Mark ages as marketdata exports them (index and perpetual marks, wall time since their event time).
+    market = _table("market data", ["ticks in/s", "published/s", "marks/s", "index+perp marks", "oldest mark",
+                                    "rejected"],
+                    right=("ticks in/s", "published/s", "marks/s", "index+perp marks", "oldest mark", "rejected"))
     if md is not None and md.metrics is not None:
         ages = md.series("marginflow_md_mark_age_seconds")
         market.add_row(_num(snap.rate("marketdata", "marginflow_md_ticks_in_total")),
@@ -273,8 +273,9 @@ def render(snap: Snapshot) -> Group:
     mg = s.get("margin")
     pf = s.get("portfolio")
     recent, overall = _recalc_seconds(snap)
-    margin = _table("margin", ["accounts (portfolio)", *STATES, "risk version", "mark age", "full recalc (last / mean)"],
-                    right=("accounts (portfolio)", *STATES, "risk version", "mark age", "full recalc (last / mean)"))
+    margin_cols = ["accounts", *STATES, "risk v", "mark age", "recalc last / mean"]
+    margin = _table("margin  (accounts: portfolio; states, version, recalculation: margin)", margin_cols,
+                    right=tuple(margin_cols))
     if mg is not None and mg.metrics is not None:
         margin.add_row(_num(pf.value("marginflow_portfolio_accounts") if pf is not None else None),
                        *[_num(mg.value("marginflow_margin_accounts", state=st)) for st in STATES],

@@ -67,7 +67,7 @@ def test_plain_keeps_money_as_the_wire_string_and_names_enums_briefly():
 
 
 def test_ages_read_naturally():
-    assert out.age(None) == "—" and out.age(0.0000042) == "4 µs" and out.age(0.0123) == "12.3 ms"
+    assert out.age(None) == "—" and out.age(0.0) == "0 s" and out.age(0.0000042) == "4 µs" and out.age(0.0123) == "12.3 ms"
     assert out.age(0.5) == "500 ms" and out.age(3.21) == "3.2 s" and out.age(600) == "10.0 min"
     assert out.ms_time(0) == "" and out.ms_time(1_764_000_000_000) == "2025-11-24 16:00:00.000Z"
 
