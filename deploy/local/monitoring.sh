@@ -31,6 +31,26 @@ render_config() {
   promtool check config "$PROM_DIR/prometheus.yml" >/dev/null
 }
 
+# http_ready HOST PORT: true when GET /-/ready answers 200 (plain bash: curl is not on every machine).
+http_ready() {
+  (
+    exec 3<>"/dev/tcp/$1/$2" || exit 1
+    printf 'GET /-/ready HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" >&3
+    read -r -t 2 _ status _ <&3 || exit 1
+    [ "$status" = 200 ]
+  ) 2>/dev/null
+}
+
+# wait_ready NAME HOST PORT PIDFILE: until /-/ready answers 200, the process exits or the deadline passes.
+wait_ready() {
+  local name=$1 host=$2 port=$3 pidfile=$4 deadline=$(( $(date +%s) + MONITORING_START_TIMEOUT_S ))
+  until http_ready "$host" "$port"; do
+    if ! pid_alive "$pidfile"; then mf_log "$name exited during start-up; see its log"; return 1; fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then mf_log "$name not ready within ${MONITORING_START_TIMEOUT_S}s"; return 1; fi
+    sleep 0.2
+  done
+}
+
 # start_one NAME PIDFILE PORT LOG URL COMMAND...: start in the background unless running; wait until ready.
 start_one() {
   local name=$1 pidfile=$2 port=$3 log=$4 url=$5; shift 5
@@ -41,7 +61,7 @@ start_one() {
   mf_log "starting $name on $MONITORING_HOST:$port (log $log)"
   nohup "$@" >>"$log" 2>&1 </dev/null &
   echo $! > "$pidfile"
-  if ! wait_port "$MONITORING_HOST" "$port" "$MONITORING_START_TIMEOUT_S" "$name" "$pidfile"; then
+  if ! wait_ready "$name" "$MONITORING_HOST" "$port" "$pidfile"; then
     tail -20 "$log" >&2; stop_pid "$pidfile" "$name"; exit 1
   fi
   mf_log "$name ready: $url"

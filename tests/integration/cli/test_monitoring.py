@@ -176,6 +176,7 @@ def test_monitoring_script_starts_prometheus_and_alertmanager_with_the_projects_
         assert f"Prometheus   http://127.0.0.1:{prom_port}" in started.stdout
         assert f"Alertmanager http://127.0.0.1:{am_port}" in started.stdout
         prom = f"http://127.0.0.1:{prom_port}"
+        assert http_get(f"{prom}/-/ready").startswith("Prometheus Server is Ready")   # ready when start returns
         rules = json.loads(http_get(f"{prom}/api/v1/rules"))["data"]["groups"]
         alerts = {r["name"] for g in rules for r in g["rules"]}
         assert {"MarginflowServiceDown", "MarketDataMarksStale", "MarginAccountsInLiquidation"} <= alerts
