@@ -509,6 +509,9 @@ def main(argv: list[str] | None = None) -> None:
         # typer carries its own click; its usage errors are recognised by their interface, not imported.
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
+        if type(exc).__name__ == "NoArgsIsHelpError":    # a bare group: its help, as click shows it
+            sys.stderr.write(exc.format_message() + "\n")
+            sys.exit(EXIT_BAD_ARGUMENT)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None and exc.exit_code == 2 else ""
         _fail(f"{exc.format_message()}{hint}", exc.exit_code)

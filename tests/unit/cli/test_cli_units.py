@@ -103,6 +103,11 @@ def test_a_bad_port_variable_is_named(capsys, monkeypatch):
     assert code == 2 and "MF_RISKPARAMS_GRPC_PORT" in err
 
 
+def test_a_bare_group_prints_its_help_and_exits_2(capsys):
+    code, _stdout, err = run(capsys, "margin")
+    assert code == 2 and err.startswith("Usage: marginflow margin") and "what-if" in err
+
+
 def test_help_lists_every_command(capsys):
     code, stdout, _err = run(capsys, "--help")
     assert code == 0
