@@ -6,6 +6,7 @@ PYTHON_BIN ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STACK := deploy/local/stack.sh
+MONITORING := deploy/local/monitoring.sh
 # Addresses of Kafka and Redis: the local stack's unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set.
 STACK_ENV = $(shell $(STACK) env | xargs)
 
@@ -52,9 +53,9 @@ stack-up: tools
 stack-down:
 	$(STACK) down
 
-# Starts the stack and the supervisor in the foreground; Ctrl-C stops the services and the stack.
+# Starts the stack, Prometheus + Alertmanager and the supervisor in the foreground; Ctrl-C stops them all.
 run: build stack-up
-	@trap '$(STACK) down' EXIT; env $(STACK_ENV) $(PY) -m marginflow.supervisor $(if $(REPLAY),--replay $(REPLAY)) $(if $(SPEED),--speed $(SPEED)) $(if $(UNIVERSE),--universe $(UNIVERSE))
+	@trap '$(STACK) down' EXIT; $(MONITORING) start && env $(STACK_ENV) $$($(MONITORING) env | xargs) $(PY) -m marginflow.supervisor $(if $(REPLAY),--replay $(REPLAY)) $(if $(SPEED),--speed $(SPEED)) $(if $(UNIVERSE),--universe $(UNIVERSE))
 
 stop:
 	$(STACK) down

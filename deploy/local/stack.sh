@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The local infrastructure marginflow runs on: Kafka and Redis, started by the project.
+# The local infrastructure marginflow runs on: Kafka and Redis, started by the project
+# (Prometheus and Alertmanager: monitoring.sh, started by `make run`, stopped here too).
 #   stack.sh up | down | status | env
 # With KAFKA_BOOTSTRAP_SERVERS or REDIS_URL set, that part is external and not started here.
 set -euo pipefail
@@ -16,6 +17,7 @@ down() {
   # Anything a killed supervisor left behind, by the pid files it wrote.
   local f
   for f in "$MF_RUN_DIR"/services/*.pid; do [ -e "$f" ] && stop_pid "$f" "$(basename "$f" .pid)"; done
+  "$HERE/monitoring.sh" stop
   "$HERE/redis.sh" stop
   "$HERE/kafka.sh" stop
 }
@@ -23,6 +25,7 @@ status() {
   local rc=0
   "$HERE/kafka.sh" status || rc=1
   "$HERE/redis.sh" status || rc=1
+  "$HERE/monitoring.sh" status || true
   if pid_alive "$MF_RUN_DIR/supervisor.pid"; then echo "supervisor running pid $(cat "$MF_RUN_DIR/supervisor.pid")"; else echo "supervisor stopped"; fi
   return $rc
 }

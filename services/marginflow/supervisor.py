@@ -1,9 +1,14 @@
 """One supervisor for the platform's services: ``python -m marginflow.supervisor``.
 
 Starts every service as its own process (logs in ``$MF_LOG_DIR/<service>.log``, pid files in
-``$MF_RUN_DIR/services/``), restarts a service that dies with a growing back-off, runs one-shot
-jobs (the demo book) once, and on SIGTERM/SIGINT stops them all: SIGTERM, a grace period, then
-SIGKILL. ``make stop`` stops it by its pid file; nothing it started is left behind.
+``$MF_RUN_DIR/services/``), reports each one as it becomes ready (its gRPC health check answers
+SERVING) or names it and its log when it fails to start, restarts a service that dies with a
+growing back-off, runs one-shot jobs (the demo book) once, and on SIGTERM/SIGINT stops them all:
+SIGTERM, a grace period, then SIGKILL. ``make stop`` stops it by its pid file; nothing it started
+is left behind.
+
+``PROGRAMS`` is the one table of the platform's ports: docker-compose.yml, both Prometheus
+configs, the README and the ``marginflow`` CLI agree with it (tests/unit/shared/test_shared_deploy.py).
 """
 
 from __future__ import annotations
@@ -81,6 +86,10 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     done: bool = False
+    started_at: float = 0.0
+    ready: bool = False
+    next_check: float = 0.0
+    warned_slow: bool = False
 
 
 class Supervisor:
@@ -93,18 +102,64 @@ class Supervisor:
         self.env = env
         self.grace_s = grace_s
         self.stopping = False
+        self.host = connect_host(env)
+        self.ready_timeout_s = float(env.get("MF_SUPERVISOR_READY_TIMEOUT_SECONDS", "120"))
+        self.announced_all_ready = False
+
+    def log_path(self, program: Program) -> pathlib.Path:
+        return self.log_dir / f"{program.name}.log"
+
+    def grpc_port(self, program: Program) -> int:
+        return int(self.env.get(program.grpc_port_var) or program.grpc_port)
 
     def _start(self, child: Child) -> None:
         p = child.program
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{p.name}.log", "ab")
+        log = open(self.log_path(p), "ab")
         # Own process group: a Ctrl-C on `make run` reaches the supervisor, which stops children in order.
         child.proc = subprocess.Popen([sys.executable, "-m", p.module, *p.args], stdout=log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
         log.close()
         (self.pid_dir / f"{p.name}.pid").write_text(str(child.proc.pid))
-        print(f"[supervisor] started {p.name} (pid {child.proc.pid})", flush=True)
+        child.started_at = time.monotonic()
+        child.ready = False
+        child.next_check = child.started_at + 0.2
+        child.warned_slow = False
+        waiting = ", waiting for it to be ready" if p.grpc_port_var else ""
+        print(f"[supervisor] started {p.name} (pid {child.proc.pid}){waiting}", flush=True)
+
+    def _check_ready(self, child: Child, now: float) -> None:
+        """Ask the child's gRPC health service; report it once it answers SERVING."""
+        p = child.program
+        if not p.grpc_port_var or child.ready or now < child.next_check:
+            return
+        child.next_check = now + 0.5
+        port = self.grpc_port(p)
+        if health_status(self.host, port, timeout_s=0.3) == "SERVING":
+            child.ready = True
+            print(f"[supervisor] {p.name} ready: gRPC {self.host}:{port} serving after {now - child.started_at:.1f} s",
+                  flush=True)
+            return
+        if not child.warned_slow and now - child.started_at > self.ready_timeout_s:
+            child.warned_slow = True
+            print(f"[supervisor] {p.name} is not ready after {self.ready_timeout_s:.0f} s (gRPC {self.host}:{port}); "
+                  f"see {self.log_path(p)}", flush=True)
+
+    def _announce_all_ready(self) -> None:
+        served = [c for c in self.children if c.program.grpc_port_var and not c.done]
+        if self.announced_all_ready or not served or not all(c.ready for c in served):
+            return
+        self.announced_all_ready = True
+        print(f"[supervisor] all {len(served)} services ready ({', '.join(c.program.name for c in served)}); "
+              f"watch them with: {cli_command()} status", flush=True)
+
+    def _report_failure(self, child: Child, rc: int) -> None:
+        """A child died before it was ready: name it, its exit code, its log and the log's last lines."""
+        log = self.log_path(child.program)
+        print(f"[supervisor] {child.program.name} failed to start (exit code {rc}); its log: {log}", flush=True)
+        for line in tail(log, 5):
+            print(f"[supervisor]   | {line}", flush=True)
 
     def poll(self) -> None:
         now = time.monotonic()
@@ -117,9 +172,14 @@ class Supervisor:
                 continue
             rc = child.proc.poll()
             if rc is None:
+                self._check_ready(child, now)
                 continue
             (self.pid_dir / f"{child.program.name}.pid").unlink(missing_ok=True)
             child.proc = None
+            was_ready = child.ready
+            child.ready = False
+            if child.program.grpc_port_var and not was_ready:
+                self._report_failure(child, rc)
             if child.program.one_shot and rc == 0:
                 child.done = True
                 print(f"[supervisor] {child.program.name} finished", flush=True)
@@ -134,6 +194,7 @@ class Supervisor:
             child.next_start = now + delay
             print(f"[supervisor] {child.program.name} exited with {rc}; restart {child.restarts} in {delay:.0f}s",
                   flush=True)
+        self._announce_all_ready()
 
     def stop(self) -> None:
         running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
@@ -164,19 +225,63 @@ class Supervisor:
             self.stop()
 
 
+def connect_host(env: dict[str, str]) -> str:
+    """Where a local client reaches the services: MF_BIND_HOST, loopback for a wildcard address."""
+    host = env.get("MF_BIND_HOST", "127.0.0.1")
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+
+
+def health_status(host: str, port: int, timeout_s: float) -> str:
+    """The gRPC health status of the server at host:port ("SERVING", ...), "DOWN" when it does not answer."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                              timeout=timeout_s)
+        except grpc.RpcError:
+            return "DOWN"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def cli_command() -> str:
+    """How to run the ``marginflow`` CLI of this environment (the venv's console script)."""
+    script = pathlib.Path(sys.executable).parent / "marginflow"
+    try:
+        return str(script.relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def tail(path: pathlib.Path, lines: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
 def banner(programs: list[Program], env: dict[str, str], log_dir: pathlib.Path) -> str:
     lines = ["", "marginflow is starting. Where to look:",
              f"  Kafka        {env.get('KAFKA_BOOTSTRAP_SERVERS', '127.0.0.1:19092')}   "
              f"(topics: md.ticks md.marks risk.params trades.fills portfolio.positions margin.state ...)",
              f"  Redis        {env.get('REDIS_URL', 'redis://127.0.0.1:16379/0')}"]
+    host = connect_host(env)
     for p in programs:
         if p.grpc_port_var:
             grpc_port = env.get(p.grpc_port_var, str(p.grpc_port))
             metrics_port = env.get(p.metrics_port_var, str(p.metrics_port))
-            lines.append(f"  {p.name:<12} gRPC 127.0.0.1:{grpc_port}   metrics http://127.0.0.1:{metrics_port}/metrics")
+            lines.append(f"  {p.name:<12} gRPC {host}:{grpc_port}   metrics http://{host}:{metrics_port}/metrics")
+    if env.get("MF_PROMETHEUS_URL"):
+        lines.append(f"  prometheus   {env['MF_PROMETHEUS_URL']}   (alerts: {env['MF_PROMETHEUS_URL']}/alerts)")
+    if env.get("MF_ALERTMANAGER_URL"):
+        lines.append(f"  alertmanager {env['MF_ALERTMANAGER_URL']}")
     lines += [f"  logs         {log_dir}/<service>.log   (tail -f {log_dir}/marketdata.log)",
-              "  try          grpcurl -plaintext 127.0.0.1:50051 list   |   kcat -b "
-              f"{env.get('KAFKA_BOOTSTRAP_SERVERS', '127.0.0.1:19092')} -C -t md.marks -o end",
+              f"  try          {cli_command()} status   (also: params, marks, account list, margin get ACCOUNT)",
               "  stop         Ctrl-C here, or 'make stop' from another terminal", ""]
     return "\n".join(lines)
 

@@ -55,14 +55,46 @@ def exported_metric_names() -> set[str]:
     return names
 
 
-def test_every_metric_an_alert_uses_is_exported_by_the_code():
+def dashboard_exprs() -> list[str]:
+    import json
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "marginflow.json").read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def unexported(text: str) -> tuple[set[str], set[str]]:
     import re
 
-    rules = (PROM / "rules" / "marginflow.yml").read_text()
-    used = set(re.findall(r"\b(marginflow_[a-z_]+)\b", rules))
+    used = set(re.findall(r"\b(marginflow_[a-z_]+)\b", text))
     exported = exported_metric_names()
     # Counters are exported as <name>_total, histograms as <name>_bucket etc.; families without suffix.
     missing = {n for n in used if n not in exported and n.removesuffix("_total") not in exported
                and n.removesuffix("_bucket") not in exported}
+    return used, missing
+
+
+def test_every_metric_an_alert_uses_is_exported_by_the_code():
+    used, missing = unexported((PROM / "rules" / "marginflow.yml").read_text())
     assert not missing, f"alerted on but never exported: {sorted(missing)}"
     assert len(used) >= 8
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_exported_by_the_code():
+    used, missing = unexported("\n".join(dashboard_exprs()))
+    assert not missing, f"on the dashboard but never exported: {sorted(missing)}"
+    assert len(used) >= 30
+
+
+def test_every_dashboard_query_is_valid_promql():
+    # promtool parses PromQL in rule files: the dashboard's queries as recording rules of a throwaway file.
+    import tempfile
+
+    import yaml
+
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query_{i}", "expr": e}
+                                                        for i, e in enumerate(dashboard_exprs())]}]}
+    with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
+        yaml.safe_dump(rules, f)
+        f.flush()
+        res = run("promtool", "check", "rules", f.name, cwd=PROM)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,0 +1,5 @@
+"""``python -m marginflow.cli`` = the ``marginflow`` console script."""
+
+from marginflow.cli import main
+
+main()
