@@ -16,8 +16,12 @@ A **jump** is a move of the price from the instrument's reference (last accepted
 is real and the suspect and the held ticks are accepted in order (a 40–50 % crash in crypto does
 happen and must pass); when a following tick lies back within ``confirm_band`` of the reference,
 the suspect is contradicted and dead-lettered, and the tick that contradicted it goes on normally.
-A suspect not settled within ``hold_max_ms`` of event time is released as confirmed (a quiet
-market after a real gap). Options are exempt from the jump rule: their relative moves are large
+A suspect is confirmed by ``confirm_ticks`` ticks *or* by ``hold_max_ms`` of event time passing
+without a contradiction, whichever comes first, and can be contradicted only within that hold
+window: a tick after the window first releases the suspect, then is checked against the new level
+(so at daily spacing a close that the next day moves away from is kept, and at sub-second spacing
+a one-print spike that returns is still dropped). A quiet instrument's suspect is released once
+event time on any instrument has passed its hold window. Options are exempt from the jump rule: their relative moves are large
 by nature (they are repriced from the underlying instead).
 """
 
@@ -165,6 +169,11 @@ class TickValidator:
                 tick, "time_backwards", f"event time {tick.event_time_ms} < last {newest} for {tick.instrument}"))
             return
         cfg = self.config
+        if st.suspect is not None and tick.event_time_ms - st.suspect.event_time_ms > cfg.hold_max_ms:
+            # The hold time is checked first: a suspect that stood unchallenged for the whole hold
+            # window is confirmed by then, so a tick after the window (the next daily close, a
+            # market waking up) is judged against the new level, never as a contradiction.
+            self._release(st, out)
         if st.suspect is not None:
             to_suspect = abs(math.log(tick.price / st.suspect.price))
             to_reference = abs(math.log(tick.price / st.reference))
@@ -181,10 +190,6 @@ class TickValidator:
                 st.held.append(tick)
                 if len(st.held) >= cfg.confirm_ticks:
                     self._release(st, out)
-                return
-            if tick.event_time_ms - st.suspect.event_time_ms > cfg.hold_max_ms:
-                self._release(st, out)
-                self._one(tick, out)
                 return
             # Neither at the suspect nor back at the reference: keep waiting with it.
             st.held.append(tick)
