@@ -119,7 +119,7 @@ class MarginApp:
         if consume:
             self.dlq = DeadLetterSink(self.producer, topics.name(DLQ_BASE), SERVICE, self.clock.now_ms)
             market = new_consumer(common.bootstrap, None, f"{SERVICE}-market")
-            self.market = ProtoConsumer(market, market_types(topics), self.dlq, SERVICE)
+            self.market = ProtoConsumer(market, market_types(topics), self.dlq, SERVICE, common.max_message_bytes)
             assign_market(self.market, topics.marks, topics.risk_params, s.marks_tail_records,
                           s.startup_timeout_seconds)
             self.rebalance = PositionsRebalance()
@@ -127,7 +127,7 @@ class MarginApp:
             self.rebalance.consumer = positions
             positions.subscribe([topics.positions], listener=self.rebalance)
             self.positions = ProtoConsumer(positions, {topics.positions: account_pb2.AccountSnapshot}, self.dlq,
-                                           SERVICE)
+                                           SERVICE, common.max_message_bytes)
             self._bootstrap_marks()
             self._load_risk_params()
         if serve_grpc:

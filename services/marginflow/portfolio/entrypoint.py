@@ -103,7 +103,8 @@ class PortfolioApp:
                                 [topics.fills, topics.account_events])
         self._check_copartitioned(consumer)
         dlq = DeadLetterSink(self.producer, topics.portfolio_dlq, SERVICE, self.clock.now_ms)
-        self.source = KafkaRecordSource(ProtoConsumer(consumer, input_types(topics), dlq, SERVICE), self.producer,
+        self.source = KafkaRecordSource(ProtoConsumer(consumer, input_types(topics), dlq, SERVICE,
+                                                      common.max_message_bytes), self.producer,
                                         topics, s.poll_timeout_ms, s.batch_max_records)
         self.applier = Applier(self.rules, self.store,
                                KafkaSnapshotSink(self.producer, topics.positions), self.source,

@@ -8,6 +8,7 @@ stop consuming → flush state and publish → stop gRPC with grace → flush an
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 
 from marginflow.api.risk.v1 import risk_pb2
@@ -85,9 +86,10 @@ def main(settings: RiskParamsSettings, lifecycle: Lifecycle) -> None:
                        commit_interval_s=settings.commit_interval_seconds)
     app, table = create_app(fcfg)
     service = RiskParamsService(
-        engine, decode_ticks=decode_ticks, decode_marks=decode_marks, store=FaustTableStore(table),
+        engine, decode_ticks=functools.partial(decode_ticks, max_bytes=common.max_message_bytes),
+        decode_marks=functools.partial(decode_marks, max_bytes=common.max_message_bytes), store=FaustTableStore(table),
         publisher=KafkaParamsPublisher(producer, topics.risk_params, hub),
-        dead_letters=DeadLetterPort(DeadLetterSink(producer, topics.ticks_dlq, SERVICE, clock.now_ms)),
+        dead_letters=DeadLetterPort(DeadLetterSink(producer, topics.riskparams_dlq, SERVICE, clock.now_ms)),
         metrics=metrics, clock_ms=clock.now_ms, ticks_topic=topics.ticks, marks_topic=topics.marks)
     runner = RiskParamsFaust(app, table, service, fcfg, on_consumer_lag=metrics.records_behind)
 

@@ -22,7 +22,7 @@ from kafka.errors import TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
 from marginflow.api.common.v1 import common_pb2
-from marginflow.shared.config import Topics
+from marginflow.shared.config import DEFAULT_MAX_MESSAGE_BYTES, Topics
 from marginflow.shared.errors import Rejected
 from marginflow.shared.logs import get_logger
 from marginflow.shared.metrics import shared_metrics
@@ -30,6 +30,14 @@ from marginflow.shared.metrics import shared_metrics
 log = get_logger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+
+def check_size(value: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    """Raise :class:`Rejected` (``empty_payload`` / ``oversized``) for a value no decoder takes."""
+    if value is None:
+        raise Rejected("empty_payload", "record has no value")
+    if len(value) > max_bytes:
+        raise Rejected("oversized", f"payload of {len(value)} bytes exceeds the limit of {max_bytes}")
 
 
 def _use_compiled_crc32c() -> None:
@@ -71,16 +79,19 @@ def platform_topics(topics: Topics, partitions: int) -> list[TopicSpec]:
     return [
         TopicSpec(topics.ticks, partitions, retention_ms=24 * 3600 * 1000),
         TopicSpec(topics.ticks_dlq, 1, retention_ms=week),
+        TopicSpec(topics.riskparams_dlq, 1, retention_ms=week),
         TopicSpec(topics.marks, partitions, retention_ms=24 * 3600 * 1000),
         TopicSpec(topics.risk_params, 1, compacted=True),
         TopicSpec(topics.fills, partitions),
         TopicSpec(topics.account_events, partitions),
         TopicSpec(topics.portfolio_dlq, 1, retention_ms=week),
+        TopicSpec(topics.margin_dlq, 1, retention_ms=week),
         TopicSpec(topics.positions, partitions, compacted=True),
         TopicSpec(topics.margin_state, partitions, compacted=True),
         TopicSpec(topics.margin_calls, partitions),
         TopicSpec(topics.liquidation_orders, partitions),
         TopicSpec(topics.liquidation_events, partitions),
+        TopicSpec(topics.liquidation_dlq, 1, retention_ms=week),
     ]
 
 
@@ -233,11 +244,12 @@ class ProtoConsumer:
     """Polls batches of protobuf records; records that do not decode go to the dead-letter sink."""
 
     def __init__(self, consumer: KafkaConsumer, types: dict[str, type[Message]], dead_letters: DeadLetterSink,
-                 service: str) -> None:
+                 service: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._consumer = consumer
         self._types = types
         self._dlq = dead_letters
         self._service = service
+        self._max_bytes = max_message_bytes
         self._consumed = shared_metrics().kafka_consumed
 
     @property
@@ -247,13 +259,13 @@ class ProtoConsumer:
     def poll(self, timeout_ms: int = 200, max_records: int = 5000) -> list[Decoded]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         out: list[Decoded] = []
+        max_bytes = self._max_bytes
         for tp, records in batches.items():
             message_type = self._types[tp.topic]
             self._consumed.labels(self._service, tp.topic).inc(len(records))
             for rec in records:
                 try:
-                    if rec.value is None:
-                        raise Rejected("empty_payload", "record has no value")
+                    check_size(rec.value, max_bytes)
                     msg = message_type.FromString(rec.value)
                 except DecodeError as exc:
                     self._dlq.publish("malformed", f"not a {message_type.DESCRIPTOR.full_name}: {exc}",

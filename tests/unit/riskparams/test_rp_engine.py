@@ -47,9 +47,11 @@ def test_service_dead_letters_undecodable_and_bad_ticks_and_keeps_going():
     good = h.tick_bytes("BTC-PERP", 60000.0, h.AS_OF_MS + 5)
     values = [b"\xff\xff\xff", h.tick_bytes("BTC-PERP", math.nan, h.AS_OF_MS + 6), good,
               h.tick_bytes("NOPE", 1.0, h.AS_OF_MS + 7)]
-    rep = svc.on_ticks(values, [b"k0", b"k1", b"k2", b"k3"])
-    assert [(l[1], l[3]) for l in dlq.letters] == [(b"k0", "malformed"), (b"k1", "non_finite_price"),
-                                                   (b"k3", "unknown_instrument")]
+    # Keys as marketdata sets them (the instrument); a key that contradicts its payload is a
+    # dead letter of its own (tests/unit/riskparams/test_rp_bad_input.py).
+    rep = svc.on_ticks(values, [b"k0", b"BTC-PERP", b"BTC-PERP", b"NOPE"])
+    assert [(l[1], l[3]) for l in dlq.letters] == [(b"k0", "malformed"), (b"BTC-PERP", "non_finite_price"),
+                                                   (b"NOPE", "unknown_instrument")]
     assert dlq.letters[1][2] == values[1]                          # the payload travels with it
     assert rep.accepted == 1
     assert svc.engine.units["BTC"].sampler.last_price == 60000.0
