@@ -18,7 +18,7 @@ from marginflow.api.common.v1 import common_pb2
 from marginflow.api.margin.v1 import margin_pb2 as pb
 from marginflow.api.margin.v1 import margin_pb2_grpc
 
-from margin_it_helpers import mark, risk_params, snapshot, wait_for
+from margin_it_helpers import first_matching, mark, risk_params, snapshot, wait_for
 
 
 @pytest.fixture
@@ -77,12 +77,15 @@ def test_errors_not_found_and_invalid_argument(served):
 
 def test_stream_margin_sends_current_then_changes(served, publish, mg_settings):
     app, stub, _ = served
-    stream = stub.StreamMargin(pb.StreamMarginRequest(account_ids=["a"]), timeout=10)
-    first = next(stream)
+    stream = stub.StreamMargin(pb.StreamMarginRequest(account_ids=["a"]), timeout=20)
+    first = next(stream)          # the current state comes first, by contract
     assert first.account_id == "a" and first.state == pb.HEALTH_STATE_HEALTHY
     publish(mg_settings.common.topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 59000.0))
-    second = next(stream)
-    assert second.state == pb.HEALTH_STATE_MARGIN_CALL and second.equity_usd.value == "9000.00"
+    # Then every published change; the one the mark causes (equity 9,000 < IM 9,006) comes within
+    # the call's deadline, whatever was republished before it.
+    changed = first_matching(stream, lambda s: s.state != pb.HEALTH_STATE_HEALTHY)
+    assert changed.account_id == "a"
+    assert changed.state == pb.HEALTH_STATE_MARGIN_CALL and changed.equity_usd.value == "9000.00"
     stream.cancel()
 
 

@@ -74,9 +74,12 @@ def test_state_matches_core_mark_move_calls_and_bad_input_is_dead_lettered(mg_se
     publish(topics.positions, "c", snapshot("c", [("DOGE-PERP", "1", "1")], "10"))
     # The service goes on: the mark move (equity 9,000 < IM 9,006.00) makes a margin call.
     publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 59000.0))
-    calls = wait_for(lambda: consume_all(kafka_bootstrap, topics.margin_calls, expect_at_least=1, timeout_s=1.0))
-    call = margin_pb2.MarginCall.FromString(calls[0].value)
-    assert calls[0].key == b"a"
+    def calls_of_a():
+        records = consume_all(kafka_bootstrap, topics.margin_calls, expect_at_least=1, timeout_s=1.0)
+        return [margin_pb2.MarginCall.FromString(r.value) for r in records if r.key == b"a"]
+
+    call = wait_for(calls_of_a)[0]           # a's first margin call: the one the mark move caused
+    assert call.account_id == "a"
     assert call.state == margin_pb2.HEALTH_STATE_MARGIN_CALL
     assert call.previous_state == margin_pb2.HEALTH_STATE_HEALTHY
     assert call.equity_usd.value == "9000.00" and call.shortfall_usd.value == "6.00"

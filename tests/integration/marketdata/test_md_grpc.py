@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pytest
@@ -80,10 +81,10 @@ def test_latest_marks_and_stream(served):
 
     t = threading.Thread(target=reader)
     t.start()
-    # Wait for the subscription, then publish.
-    for _ in range(100):
-        if app.broadcast.subscribers:
-            break
+    # Wait for the subscription (with a deadline), then publish.
+    deadline = time.monotonic() + 10
+    while not app.broadcast.subscribers:
+        assert time.monotonic() < deadline, "the stream never subscribed"
         threading.Event().wait(0.02)
     app.process([RawTick(T0, "BTC", 60000.0)])
     for i in range(3):   # one mark per instrument per batch at most

@@ -103,13 +103,15 @@ def test_redelivered_and_republished_fills_change_nothing(start_service, publish
     # 1) a consumer that applies a batch and dies before committing its offsets
     first = start_service(consume=False)
     applied = 0
-    for _ in range(200):
+
+    def poll_and_apply() -> bool:
+        nonlocal applied
         records = first.app.source.poll()
         if records:
             applied += first.app.applier.apply_batch(records).fills_applied
-        if applied == 20:
-            break
-    assert applied == 20
+        return applied == 20
+
+    wait_for(poll_and_apply, what="20 fills applied by the first consumer")
     after_first = first.app.store.get_payload(A)
     first.stop()   # closes without committing
     # 2) the next consumer of the group gets every record again and skips each one by offset
