@@ -155,7 +155,7 @@ class MarginApp:
             for rec in self.market.poll(timeout_ms=200):
                 if rec.topic == topics.marks:
                     try:
-                        marks.append(codec.mark_from_proto(rec.value, self.table))
+                        marks.append(codec.mark_from_proto(rec.value, self.table, rec.key))
                     except Rejected as exc:
                         self._reject(self.market, rec, exc)
                 else:
@@ -200,7 +200,7 @@ class MarginApp:
             handled += 1
             if rec.topic == topics.marks:
                 try:
-                    marks.append(codec.mark_from_proto(rec.value, self.table))
+                    marks.append(codec.mark_from_proto(rec.value, self.table, rec.key))
                 except Rejected as exc:
                     self._reject(self.market, rec, exc)
             else:

@@ -315,6 +315,8 @@ class RiskEngine:
             if u is None:
                 if sym in known:
                     rep.ignored += 1
+                elif not sym:
+                    rep.rejected.append((k, Rejected("missing_field", "tick without an instrument")))
                 else:
                     rep.rejected.append((k, Rejected("unknown_instrument", f"{sym!r} is not in the universe")))
                 continue
@@ -352,7 +354,8 @@ class RiskEngine:
                 rep.rejected.append((k, Rejected("non_finite_mark", f"{sym}: index {index_price!r} iv {iv!r}")))
                 continue
             if sym not in self._known:
-                rep.rejected.append((k, Rejected("unknown_instrument", f"{sym!r} is not in the universe")))
+                rep.rejected.append((k, Rejected("unknown_instrument", f"{sym!r} is not in the universe")
+                                     if sym else Rejected("missing_field", "mark without an instrument")))
                 continue
             expected = self.market.underlying_of.get(sym)
             if expected is not None and und != expected:

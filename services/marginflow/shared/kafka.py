@@ -33,8 +33,10 @@ M = TypeVar("M", bound=Message)
 
 
 def check_size(value: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-    """Raise :class:`Rejected` (``empty_payload`` / ``oversized``) for a value no decoder takes."""
-    if value is None:
+    """Raise :class:`Rejected` (``empty_payload`` / ``oversized``) for a value no decoder takes.
+
+    An empty value is the all-default message, which no topic of the platform ever carries."""
+    if not value:
         raise Rejected("empty_payload", "record has no value")
     if len(value) > max_bytes:
         raise Rejected("oversized", f"payload of {len(value)} bytes exceeds the limit of {max_bytes}")

@@ -27,7 +27,7 @@ def _decode(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None,
     errors: list[tuple[int, Rejected]] = []
     parse = message_type.FromString
     for i, raw in enumerate(values):
-        if raw is None or len(raw) > max_bytes:
+        if not raw or len(raw) > max_bytes:
             try:
                 check_size(raw, max_bytes)
             except Rejected as exc:
