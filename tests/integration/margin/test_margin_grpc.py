@@ -12,12 +12,15 @@ from decimal import Decimal
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from marginflow.api.common.v1 import common_pb2
 from marginflow.api.margin.v1 import margin_pb2 as pb
 from marginflow.api.margin.v1 import margin_pb2_grpc
 
+from grpc_fuzz import DOCUMENTED, call, fuzz_every_rpc
 from margin_it_helpers import first_matching, mark, risk_params, snapshot, wait_for
 
 
@@ -114,3 +117,31 @@ def test_process_bad_config_exits_2_and_sigterm_stops_it(run_module, test_env, m
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_fuzz_every_rpc_answers_only_documented_codes(served, data):
+    _app, _stub, channel = served
+    fuzz_every_rpc(data, channel, pb.DESCRIPTOR.services_by_name["MarginService"],
+                   known={"account_id": ["a", "nobody"], "account_ids": ["a", "nobody"],
+                          "instrument": ["BTC-PERP", "ETH-PERP"]})
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(sizes=st.lists(st.one_of(st.decimals(allow_nan=True), st.sampled_from(["1e11", "-1e11", "1e-300", "0.001"])),
+                      min_size=1, max_size=5),
+       prices=st.lists(st.one_of(st.none(), st.decimals(allow_nan=True), st.sampled_from(["1e12", "1e-300", "0.01"])),
+                       min_size=5, max_size=5))
+def test_fuzz_what_if_of_a_known_account_answers_only_documented_codes(served, sizes, prices):
+    # The generic fuzz rarely builds a whole valid trade list; here every trade names a listed
+    # instrument of the known account, so sizes and prices reach the engine and the core.
+    _app, _stub, channel = served
+    trades = [pb.TradeDelta(instrument=("BTC-PERP", "ETH-PERP")[i % 2], size=common_pb2.Decimal(value=str(s)),
+                            price=common_pb2.Decimal(value="" if p is None else str(p)))
+              for i, (s, p) in enumerate(zip(sizes, prices))]
+    method = pb.DESCRIPTOR.services_by_name["MarginService"].methods_by_name["WhatIf"]
+    code = call(channel, method, pb.WhatIfRequest(account_id="a", trades=trades))
+    assert code in DOCUMENTED, f"WhatIf answered {code.name} to {trades}"

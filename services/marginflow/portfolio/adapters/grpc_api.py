@@ -19,6 +19,7 @@ from marginflow.portfolio.adapters.codec import position_to_proto
 from marginflow.portfolio.adapters.redis_store import RedisStateStore
 from marginflow.portfolio.application import AdminError, AdminResult, AdminService
 from marginflow.portfolio.domain.ledger import ACCOUNT_ID
+from marginflow.shared import grpcserver
 from marginflow.shared.grpcserver import invalid_argument
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
@@ -78,7 +79,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         except AdminError as exc:
             code = (grpc.StatusCode.FAILED_PRECONDITION if exc.status == "failed_precondition"
                     else grpc.StatusCode.INVALID_ARGUMENT)
-            context.abort(code, exc.message)
+            grpcserver.abort(context, code, exc.message)
         return pb.AdminResponse(event_id=result.event_id, accepted=result.accepted)
 
     # ---- reads
@@ -87,7 +88,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             invalid_argument(context, f"account_id {request.account_id!r} is not a valid account id")
         payload = self._store.get_payload(request.account_id)
         if payload is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"account {request.account_id!r} not found")
+            grpcserver.abort(context, grpc.StatusCode.NOT_FOUND, f"account {request.account_id!r} not found")
         return pb.AccountSnapshot.FromString(payload)
 
     def ListAccounts(self, request: pb.ListAccountsRequest, context: grpc.ServicerContext) -> pb.ListAccountsResponse:
