@@ -195,6 +195,13 @@ class ProtoProducer:
         self._producer.close(timeout=timeout)
 
 
+# Most of a rejected payload a dead letter carries, bytes. The whole of a payload near the size
+# limit, wrapped in a DeadLetter, would exceed the producer's request size and the broker's
+# message size: the dead letter would fail, and with it the service. The first 64 KiB tell what
+# the record was; the reason says how long it was.
+MAX_DEAD_LETTER_PAYLOAD = 64 * 1024
+
+
 class DeadLetterSink:
     """Publishes a rejected record to a dead-letter topic with its reason, and counts it."""
 
@@ -212,6 +219,11 @@ class DeadLetterSink:
 
     def publish(self, reason_code: str, reason: str, *, payload: bytes = b"", key: bytes | None = None,
                 source_topic: str = "", partition: int = -1, offset: int = -1) -> None:
+        if len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+            reason = f"{reason} (payload of {len(payload)} bytes, first {MAX_DEAD_LETTER_PAYLOAD} kept)"
+            payload = payload[:MAX_DEAD_LETTER_PAYLOAD]
+        if key is not None and len(key) > MAX_DEAD_LETTER_PAYLOAD:
+            key = key[:MAX_DEAD_LETTER_PAYLOAD]
         letter = common_pb2.DeadLetter(
             source_topic=source_topic, source_partition=partition, source_offset=offset,
             key=key or b"", payload=payload, reason_code=reason_code, reason=reason,

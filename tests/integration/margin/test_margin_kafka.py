@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import numpy as np
+from prometheus_client import REGISTRY
 
 import marginflow.core as core
 from marginflow.api.common.v1 import common_pb2
@@ -115,3 +116,42 @@ def test_new_risk_params_version_recalculates_and_restart_rebuilds(mg_settings, 
     app2 = start_margin()
     wait_for(lambda: app2.engine.row_of.get("s") is not None and app2.engine.version == 2, timeout_s=20)
     assert app2.engine.get_margin("s").im_usd == second.im_usd
+
+
+def test_bad_records_on_every_input_topic_are_dead_lettered_and_the_service_goes_on(
+        mg_settings, publish, start_margin, consume_all, kafka_bootstrap, produce_compressed):
+    topics = mg_settings.common.topics
+    publish(topics.risk_params, "current", risk_params())
+    publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 60000.0))
+    publish(topics.positions, "a", snapshot("a", [("BTC-PERP", "1", "60000")], "10000"))
+    app = start_margin()
+    wait_for(lambda: "a" in app.engine.row_of and app.engine.version == 1)
+    dlq = topics.name(DLQ_BASE)
+    before = {r: REGISTRY.get_sample_value("marginflow_dead_letters_total",
+                                           {"service": "margin", "topic": dlq, "reason": r}) or 0.0
+              for r in ("oversized", "key_mismatch", "empty_payload", "implausible", "underlying_mismatch")}
+
+    huge = mark("BTC-PERP", "BTC", 61000.0)
+    huge.meta.source = "x" * (1024 * 1024)
+    produce_compressed(kafka_bootstrap, topics.marks, b"BTC-PERP", huge.SerializeToString())    # oversized
+    publish(topics.marks, "ETH-PERP", mark("BTC-PERP", "BTC", 1.0))                             # key ≠ instrument
+    publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "ETH", 1.0))                             # wrong underlying
+    publish(topics.positions, "a", raw=b"")                                                     # empty payload
+    publish(topics.positions, "z", snapshot("a", [("BTC-PERP", "5", "60000")], "1"))            # key ≠ account
+    publish(topics.positions, "a", snapshot("a", [("BTC-PERP", "1", "60000")], "1e400"))        # beyond a float
+    # Valid records after the garbage are still applied.
+    publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 59000.0))
+    publish(topics.positions, "b", snapshot("b", [("BTC-PERP", "-1", "60000")], "20000"))
+
+    letters = wait_for(lambda: (lambda r: r if len(r) >= 6 else None)(
+        consume_all(kafka_bootstrap, dlq, expect_at_least=6, timeout_s=1.0)), timeout_s=30)
+    decoded = [common_pb2.DeadLetter.FromString(r.value) for r in letters]
+    assert sorted(d.reason_code for d in decoded) == sorted(
+        ["oversized", "key_mismatch", "underlying_mismatch", "empty_payload", "key_mismatch", "implausible"])
+    assert all(d.service == "margin" and d.reason for d in decoded)
+    wait_for(lambda: "b" in app.engine.row_of and app.engine.get_margin("a").equity_usd == 9000.0)
+    assert app.engine.get_margin("b").equity_usd == 21000.0          # 20,000 + 1 × (60,000 − 59,000)
+    for reason, n in (("oversized", 1), ("key_mismatch", 2), ("empty_payload", 1), ("implausible", 1),
+                      ("underlying_mismatch", 1)):
+        assert REGISTRY.get_sample_value("marginflow_dead_letters_total",
+                                         {"service": "margin", "topic": dlq, "reason": reason}) == before[reason] + n

@@ -518,3 +518,21 @@ def test_bad_replay_row_is_dead_lettered_with_its_reason_and_the_next_one_applie
     assert [(t, d.reason_code) for t, d in consumer.producer.letters] == [(consumer.dlq, reason)]
     assert counted(consumer.service, consumer.dlq, reason) == before + 1
     assert consumer.applied(), "the valid row after the bad one was not applied"
+
+
+def test_a_dead_letter_of_a_payload_near_the_limit_stays_publishable():
+    # A record just under the size limit passes the size check and is then rejected (its key
+    # contradicts it): wrapped whole in a DeadLetter it would exceed the producer's 1 MiB request
+    # size and fail the service, so the dead letter keeps its first 64 KiB and says so.
+    consumer = MarginConsumer(TOPICS.positions)
+    big = snapshot(account="acct-1")
+    big.positions[0].instrument = "BTC-PERP"
+    big.meta.source = "x" * (DEFAULT_MAX_MESSAGE_BYTES - 200)
+    payload = b(big)
+    assert DEFAULT_MAX_MESSAGE_BYTES - 200 < len(payload) <= DEFAULT_MAX_MESSAGE_BYTES
+    consumer.feed([(b"acct-7", payload), consumer.valid()])
+    [(_topic, letter)] = consumer.producer.letters
+    assert letter.reason_code == "key_mismatch"
+    assert len(letter.SerializeToString()) < 70 * 1024
+    assert letter.payload == payload[:64 * 1024] and f"{len(payload)} bytes" in letter.reason
+    assert consumer.applied()
