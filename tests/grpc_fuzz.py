@@ -2,15 +2,17 @@
 from its descriptor, and a call of any RPC by its descriptor that returns the status code.
 
 Strings are empty, huge (100k characters), arbitrary unicode or one of the service's own names for
-that field (``known``: field name -> names, so the fuzz reaches past the first lookup); numbers include NaN, ±inf, negatives and the ends of their
-range; ``marginflow.common.v1.Decimal`` values are malformed, non-finite, huge or tiny decimal
-strings; enums take values outside their declaration. A servicer must answer all of it with a
+that field (``known``: field name -> names, so the fuzz reaches past the first lookup); numbers
+include NaN, ±inf, negatives and the ends of their range; ``marginflow.common.v1.Decimal`` values
+are malformed, non-finite, huge or tiny decimal strings; enums take values outside their
+declaration. A servicer must answer all of it with a
 documented status code — never UNKNOWN (an exception escaped) or INTERNAL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import grpc
 from google.protobuf import message_factory
@@ -62,7 +64,7 @@ def _scalar(field: FieldDescriptor, known: Mapping[str, Sequence[str]]) -> st.Se
 
 
 @st.composite
-def requests(draw, message_class, known: Mapping[str, Sequence[str]] = {}, depth: int = 0):
+def requests(draw, message_class, known: Mapping[str, Sequence[str]] = MappingProxyType({}), depth: int = 0):
     """An instance of ``message_class`` with each field left unset or drawn as above."""
     msg = message_class()
     if message_class.DESCRIPTOR.full_name == "marginflow.common.v1.Decimal":

@@ -14,7 +14,7 @@ import urllib.request
 
 import grpc
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from marginflow.api.account.v1 import account_pb2, account_pb2_grpc
 from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
@@ -59,8 +59,6 @@ def dead_letters_counted(metrics_port: int) -> dict[str, float]:
 
 def topic_sizes(bootstrap: str, names: list[str]) -> dict[str, int]:
     """Records ever written to each topic (end offset − beginning offset, over its partitions)."""
-    from kafka import KafkaConsumer, TopicPartition
-
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:
         sizes = {}

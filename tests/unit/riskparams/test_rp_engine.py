@@ -42,6 +42,17 @@ def test_unknown_instruments_are_rejected_and_known_others_ignored():
     assert e.ingest_ticks([(fut, 60000.0, h.AS_OF_MS)]).ignored == 1
 
 
+def test_index_ticks_of_every_underlying_are_ignored_not_dead_lettered():
+    # marketdata publishes each underlying's index ticks on md.ticks under the bare symbol.
+    svc, _, dlq = make_service()
+    before = svc.engine.units["BTC"].sampler.to_state()
+    values = [h.tick_bytes(u, 100.0, h.AS_OF_MS + i) for i, u in enumerate(h.universe().underlyings)]
+    rep = svc.on_ticks(values, [u.encode() for u in h.universe().underlyings])
+    assert dlq.letters == [] and rep.rejected == []
+    assert rep.ignored == len(values) and rep.accepted == 0
+    assert svc.engine.units["BTC"].sampler.to_state() == before      # never sampled as a price
+
+
 def test_service_dead_letters_undecodable_and_bad_ticks_and_keeps_going():
     svc, _, dlq = make_service()
     good = h.tick_bytes("BTC-PERP", 60000.0, h.AS_OF_MS + 5)

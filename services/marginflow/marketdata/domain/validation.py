@@ -8,7 +8,7 @@ Rules, each with the reason code that goes to ``md.ticks.dlq`` and to the reject
 - ``negative_size``       a size < 0
 - ``crossed_book``        bid > ask with both present
 - ``time_backwards``      event time earlier than the instrument's last accepted tick
-- ``jump_contradicted``   a suspect jump that the following ticks did not confirm
+- ``jump_contradicted``   a suspect jump undone by a tick back at the old level within its hold window
 
 A **jump** is a move of the price from the instrument's reference (last accepted price) with
 |ln(p / ref)| > ``jump_threshold``. It is held as *suspect*, not dropped: when the next
