@@ -35,9 +35,8 @@ from marginflow.riskparams.domain.scenarios import (Grid, GridConfig, bootstrap_
                                                     filtered_historical_scenarios, scenario_grid)
 from marginflow.riskparams.domain.series import ReturnSeries
 from marginflow.shared.errors import Rejected
-from marginflow.shared.universe import Kind, Universe
+from marginflow.shared.universe import MAX_IMPLIED_VOL, MAX_PRICE_USD, Kind, Universe
 
-INF = math.inf
 STATE_FORMAT = 1
 
 
@@ -307,9 +306,10 @@ class RiskEngine:
         known = self._known_ticks
         touched: set[_Underlying] = set()
         for k, (sym, price, t) in enumerate(ticks):
-            if not (0.0 < price < INF):                     # NaN fails too
-                rep.rejected.append((k, Rejected("non_finite_price" if not math.isfinite(price) else
-                                                 "non_positive_price", f"{sym}: price {price!r}")))
+            if not (0.0 < price <= MAX_PRICE_USD):          # NaN fails too
+                code = ("non_finite_price" if not math.isfinite(price) else
+                        "non_positive_price" if price <= 0 else "implausible")
+                rep.rejected.append((k, Rejected(code, f"{sym}: price {price!r}")))
                 continue
             u = by_ref.get(sym)
             if u is None:
@@ -352,6 +352,9 @@ class RiskEngine:
         for k, (sym, und, index_price, iv, t) in enumerate(marks):
             if not (math.isfinite(index_price) and math.isfinite(iv)) or index_price < 0 or iv < 0:
                 rep.rejected.append((k, Rejected("non_finite_mark", f"{sym}: index {index_price!r} iv {iv!r}")))
+                continue
+            if index_price > MAX_PRICE_USD or iv > MAX_IMPLIED_VOL:
+                rep.rejected.append((k, Rejected("implausible", f"{sym}: index {index_price!r} iv {iv!r}")))
                 continue
             if sym not in self._known:
                 rep.rejected.append((k, Rejected("unknown_instrument", f"{sym!r} is not in the universe")

@@ -22,6 +22,11 @@ MS_PER_DAY = 86_400_000
 SECONDS_PER_YEAR = 365.0 * 86_400.0
 MS_PER_YEAR = SECONDS_PER_YEAR * 1000.0
 
+# Plausibility bounds every consumer applies to market data: beyond them a value is a unit or
+# encoding error, not a market (no crypto asset trades near 10^12 USD; 2000 % vol is no smile).
+MAX_PRICE_USD = 1e12
+MAX_IMPLIED_VOL = 20.0
+
 
 class UniverseError(ValueError):
     pass

@@ -33,6 +33,8 @@ def accepted_prices(outcome) -> list[float]:
         (RawTick(T0, "BTC-PERP", 60000.0, bid=-1.0, ask=60001.0), "non_positive_price"),
         (RawTick(T0, "BTC-PERP", 60000.0, bid_size=-1.0), "negative_size"),
         (RawTick(T0, "BTC-PERP", 60000.0, bid=60010.0, ask=60000.0), "crossed_book"),
+        (RawTick(T0, "BTC-PERP", 1e13), "implausible"),
+        (RawTick(T0, "BTC-PERP", 60000.0, bid=59990.0, ask=1e300), "implausible"),
         (RawTick(T0, "BTC-PERP", 60000.0, bids=((59990.0, -1.0),), asks=((60010.0, 1.0),)), "negative_size"),
     ],
 )

@@ -22,10 +22,11 @@ from marginflow.margin.domain.results import AccountMargin, Explanation, MarginC
 from marginflow.margin.domain.scenarios import GridSpec, RiskVersion
 from marginflow.shared.errors import Rejected
 from marginflow.shared.money import parse_decimal, usd_down, usd_up
+from marginflow.shared.universe import MAX_IMPLIED_VOL, MAX_PRICE_USD
 
 # Largest plausible amounts: beyond them a value is a unit or encoding error, not a position.
 MAX_ABS_SIZE = 1e12
-MAX_PRICE = 1e12
+MAX_PRICE = MAX_PRICE_USD
 MAX_ABS_AMOUNT = 1e15     # collateral balance or isolated collateral, asset units / USD
 
 
@@ -84,7 +85,7 @@ def mark_from_proto(m: marketdata_pb2.Mark, table: InstrumentTable, key: str | N
     iv = _finite(m.implied_vol, "implied_vol", non_negative=True)
     half_spread = _finite(m.half_spread_frac, "half_spread_frac", non_negative=True)
     depth = _finite(m.depth_contracts, "depth_contracts", non_negative=True)
-    if mark > MAX_PRICE or index > MAX_PRICE or iv > 20 or half_spread > 1:
+    if mark > MAX_PRICE or index > MAX_PRICE or iv > MAX_IMPLIED_VOL or half_spread > 1:
         raise Rejected("implausible", f"mark of {symbol}: mark {mark!r}, index {index!r}, iv {iv!r}, "
                                       f"half spread {half_spread!r}")
     return MarkUpdate(k, int(table.underlying[k]), index, mark, iv, half_spread, depth, t_ms)

@@ -5,6 +5,7 @@ Rules, each with the reason code that goes to ``md.ticks.dlq`` and to the reject
 - ``unknown_instrument``  the symbol is neither in the universe nor an underlying's index
 - ``non_finite_price``    price, bid, ask, a size or the implied vol is NaN or ±inf
 - ``non_positive_price``  price ≤ 0 (bid/ask may be 0 = absent, never negative)
+- ``implausible``         price, bid or ask above ``MAX_PRICE_USD``, implied vol above ``MAX_IMPLIED_VOL``
 - ``negative_size``       a size < 0
 - ``crossed_book``        bid > ask with both present
 - ``time_backwards``      event time earlier than the instrument's last accepted tick
@@ -31,7 +32,7 @@ import dataclasses
 import math
 
 from marginflow.marketdata.domain.ticks import AcceptedTick, RawTick
-from marginflow.shared.universe import Universe
+from marginflow.shared.universe import MAX_IMPLIED_VOL, MAX_PRICE_USD, Universe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,8 @@ def static_check(tick: RawTick, universe: Universe) -> tuple[str, str] | None:
         return "negative_size", f"bid_size {tick.bid_size!r} / ask_size {tick.ask_size!r} negative"
     if tick.implied_vol < 0:
         return "non_finite_price", f"implied_vol {tick.implied_vol!r} negative"
+    if max(tick.price, tick.bid, tick.ask) > MAX_PRICE_USD or tick.implied_vol > MAX_IMPLIED_VOL:
+        return "implausible", f"price {tick.price!r} / bid {tick.bid!r} / ask {tick.ask!r} / iv {tick.implied_vol!r}"
     if tick.bid > 0 and tick.ask > 0 and tick.bid > tick.ask:
         return "crossed_book", f"bid {tick.bid!r} > ask {tick.ask!r}"
     return None
