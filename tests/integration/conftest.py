@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 
 def consume_all(bootstrap: str, topic: str, expect_at_least: int = 0, timeout_s: float = 20.0) -> list:
@@ -53,3 +53,19 @@ def run_module(test_env):
                               timeout=timeout)
 
     return run
+
+
+def produce_compressed(bootstrap: str, topic: str, key: bytes | None, value: bytes) -> None:
+    """Publish one record gzip-compressed, so a payload over the broker's 1 MiB batch limit (the
+    limit applies to the compressed batch) reaches the consumers, as a bad producer's could."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, compression_type="gzip", max_request_size=8 * 1024 * 1024,
+                             acks="all")
+    try:
+        producer.send(topic, key=key, value=value).get(timeout=30)
+    finally:
+        producer.close()
+
+
+@pytest.fixture(name="produce_compressed")
+def produce_compressed_fixture():
+    return produce_compressed

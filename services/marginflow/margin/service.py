@@ -45,12 +45,10 @@ from marginflow.shared.lifecycle import Lifecycle, tune_gc
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
 from marginflow.shared.universe import Universe, platform_universe
-from marginflow.shared.units import MS_PER_DAY
 
 SERVICE = "margin"
 # Handlers are short and hold the GIL most of the time: more threads than cores only queue on the GIL.
 GRPC_WORKERS = 4
-DLQ_BASE = "margin.dlq"
 log = get_logger(__name__)
 
 
@@ -75,9 +73,9 @@ def engine_config(s: MarginSettings, universe: Universe) -> EngineConfig:
 
 def margin_topics(settings: MarginSettings) -> list[TopicSpec]:
     topics = settings.common.topics
-    mine = {topics.marks, topics.risk_params, topics.positions, topics.margin_state, topics.margin_calls}
-    specs = [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
-    return specs + [TopicSpec(topics.name(DLQ_BASE), 1, retention_ms=7 * MS_PER_DAY)]
+    mine = {topics.marks, topics.risk_params, topics.positions, topics.margin_state, topics.margin_calls,
+            topics.margin_dlq}
+    return [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
 
 
 def advertise_address(s: MarginSettings, grpc_port: int) -> str:
@@ -139,7 +137,7 @@ class MarginApp:
             publisher = KafkaPublisher(None, "", "", self.clock.now_ms, self.fanout)
         self.engine = MarginEngine(self.table, self.config, publisher, self.clock, self.core, self.metrics)
         self.router = Router(self.engine, marks_topic=topics.marks, params_topic=topics.risk_params,
-                             decode_mark=lambda m: codec.mark_from_proto(m, self.table),
+                             decode_mark=lambda m, key: codec.mark_from_proto(m, self.table, key),
                              decode_params=codec.risk_params_from_proto,
                              decode_book=lambda m, key: codec.book_from_proto(m, self.table, self.engine.asset_index,
                                                                               key),
@@ -154,9 +152,9 @@ class MarginApp:
             self.host.serve_metrics(s.metrics_port)
         if consume:
             self._set_ready(False, "starting")
-            self.dlq = DeadLetterSink(self.producer, topics.name(DLQ_BASE), SERVICE, self.clock.now_ms)
+            self.dlq = DeadLetterSink(self.producer, topics.margin_dlq, SERVICE, self.clock.now_ms)
             market = new_consumer(common.bootstrap, None, f"{SERVICE}-market")
-            self.market = ProtoConsumer(market, market_types(topics), self.dlq, SERVICE)
+            self.market = ProtoConsumer(market, market_types(topics), self.dlq, SERVICE, common.max_message_bytes)
             assign_market(self.market, topics.marks, topics.risk_params, s.marks_tail_records,
                           s.startup_timeout_seconds)
             self.rebalance = PositionsRebalance()
@@ -167,7 +165,7 @@ class MarginApp:
             self.rebalance.consumer = positions
             positions.subscribe([topics.positions], listener=self.rebalance)
             self.positions = ProtoConsumer(positions, {topics.positions: account_pb2.AccountSnapshot}, self.dlq,
-                                           SERVICE)
+                                           SERVICE, common.max_message_bytes)
             self._bootstrap_marks()
             self._load_risk_params()
             self._mark_wait_until = time.monotonic() + s.mark_wait_seconds

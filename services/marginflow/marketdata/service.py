@@ -75,7 +75,8 @@ def main(settings: MarketDataSettings, lifecycle: Lifecycle) -> None:
     sink = KafkaMarketSink(producer, dlq, topics.ticks, topics.marks,
                            source_topic_label=f"replay:{settings.replay_file}" if settings.source == "replay" else "simulator")
     validator = TickValidator(universe, ValidationConfig(jump_threshold=settings.jump_threshold,
-                                                         confirm_ticks=settings.confirm_ticks))
+                                                         confirm_ticks=settings.confirm_ticks,
+                                                         hold_max_ms=settings.jump_hold_ms))
     marks = MarkEngine(universe, MarkConfig(basis_half_life_ms=settings.basis_half_life_ms,
                                             interval_ms=settings.mark_interval_ms))
     app = MarketDataApp(validator, marks, sink, clock)

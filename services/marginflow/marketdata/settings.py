@@ -32,6 +32,8 @@ class MarketDataSettings:
     jump_threshold: float = env("MF_MD_JUMP_THRESHOLD", unit_interval, 0.10,
                                 "log move from the last price that holds a tick as suspect")
     confirm_ticks: int = env("MF_MD_JUMP_CONFIRM_TICKS", positive_int, 3, "ticks that confirm a suspect jump")
+    jump_hold_ms: int = env("MF_MD_JUMP_HOLD_MS", positive_int, 60_000,
+                            "event time after which an uncontradicted suspect jump is confirmed")
     mark_interval_ms: int = env("MF_MD_MARK_INTERVAL_MS", non_negative_int, 250,
                                 "event-time spacing of marks per instrument")
     exit_at_end: bool = env("MF_MD_EXIT_AT_END", parse_bool, False, "exit when a replay ends (default: keep serving)")

@@ -106,7 +106,8 @@ class PortfolioApp:
         every = frozenset(range(self.partitions))
         self.rebuild(every if s.rebuild == "always" else frozenset(self.store.missing_partitions(every)))
         dlq = DeadLetterSink(self.producer, topics.portfolio_dlq, SERVICE, self.clock.now_ms)
-        self.source = KafkaRecordSource(ProtoConsumer(consumer, input_types(topics), dlq, SERVICE), self.producer,
+        self.source = KafkaRecordSource(ProtoConsumer(consumer, input_types(topics), dlq, SERVICE,
+                                                      common.max_message_bytes), self.producer,
                                         topics, s.poll_timeout_ms, s.batch_max_records)
         self.applier = Applier(self.rules, self.store,
                                KafkaSnapshotSink(self.producer, topics.positions), self.source,

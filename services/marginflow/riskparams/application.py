@@ -35,11 +35,10 @@ from marginflow.riskparams.domain.scenarios import (Grid, GridConfig, bootstrap_
                                                     filtered_historical_scenarios, scenario_grid)
 from marginflow.riskparams.domain.series import ReturnSeries
 from marginflow.shared.errors import Rejected
-from marginflow.shared.universe import Kind, Universe
 from marginflow.shared.metrics import NullMetrics
 from marginflow.shared.units import MS_PER_DAY, MS_PER_HOUR
+from marginflow.shared.universe import MAX_IMPLIED_VOL, MAX_PRICE_USD, Kind, Universe
 
-INF = math.inf
 STATE_FORMAT = 1
 
 
@@ -118,12 +117,19 @@ class OptionSpec:
 @dataclasses.dataclass(frozen=True)
 class Market:
     """What the engine needs of the universe: the reference instrument of each underlying (its
-    price is the one sampled), the option specs, the prior volatility, and every known symbol."""
+    price is the one sampled), the option specs, the prior volatility, and every known symbol.
+
+    ``index_ticks`` are the underlyings' symbols: marketdata publishes an underlying's index ticks
+    on md.ticks under the bare symbol (``BTC``). They are known and ignored by design: returns are
+    sampled from the reference instrument, and the index price comes from the ``index:<u>`` marks.
+    """
 
     reference: dict[str, str]           # instrument symbol -> underlying
     options: dict[str, OptionSpec]
     prior_annual_vol: dict[str, float]
-    known: frozenset[str]
+    known: frozenset[str]               # instruments and index:<underlying> marks
+    index_ticks: frozenset[str] = frozenset()
+    underlying_of: dict[str, str] = dataclasses.field(default_factory=dict)   # known symbol -> underlying
 
     @classmethod
     def from_universe(cls, universe: Universe, underlyings: Sequence[str]) -> "Market":
@@ -142,7 +148,9 @@ class Market:
                    for i in universe.instruments.values() if i.is_option and i.underlying in underlyings}
         prior = {u: universe.underlyings[u].annual_vol for u in underlyings}
         known = frozenset(universe.instruments) | {f"index:{u}" for u in universe.underlyings}
-        return cls(reference, options, prior, known)
+        underlying_of = {s: i.underlying for s, i in universe.instruments.items()}
+        underlying_of.update({f"index:{u}": u for u in universe.underlyings})
+        return cls(reference, options, prior, known, frozenset(universe.underlyings), underlying_of)
 
 
 # ---- outputs -----------------------------------------------------------------------------------
@@ -204,7 +212,7 @@ class RiskParamsVersion:
 @dataclasses.dataclass
 class IngestReport:
     accepted: int = 0
-    ignored: int = 0          # known instruments that are not sampled (futures, options on ticks)
+    ignored: int = 0          # known instruments that are not sampled (futures, options, index ticks)
     late: int = 0             # event time older than the last seen: dropped
     returns: int = 0          # sampling intervals closed
     rejected: list[tuple[int, Rejected]] = dataclasses.field(default_factory=list)
@@ -275,6 +283,7 @@ class RiskEngine:
                       for i, u in enumerate(config.underlyings)}
         self._by_reference = {sym: self.units[u] for sym, u in market.reference.items() if u in self.units}
         self._known = market.known
+        self._known_ticks = market.known | market.index_ticks
         self.covariance = EwmaCovariance(len(self.units), config.lambda_correlation,
                                          np.array([u.prior_var for u in self.units.values()]))
         self._pending: dict[int, list] = {}       # bucket -> [returns, present]
@@ -296,17 +305,20 @@ class RiskEngine:
         """
         rep = IngestReport()
         by_ref = self._by_reference
-        known = self._known
+        known = self._known_ticks
         touched: set[_Underlying] = set()
         for k, (sym, price, t) in enumerate(ticks):
-            if not (0.0 < price < INF):                     # NaN fails too
-                rep.rejected.append((k, Rejected("non_finite_price" if not math.isfinite(price) else
-                                                 "non_positive_price", f"{sym}: price {price!r}")))
+            if not (0.0 < price <= MAX_PRICE_USD):          # NaN fails too
+                code = ("non_finite_price" if not math.isfinite(price) else
+                        "non_positive_price" if price <= 0 else "implausible")
+                rep.rejected.append((k, Rejected(code, f"{sym}: price {price!r}")))
                 continue
             u = by_ref.get(sym)
             if u is None:
                 if sym in known:
                     rep.ignored += 1
+                elif not sym:
+                    rep.rejected.append((k, Rejected("missing_field", "tick without an instrument")))
                 else:
                     rep.rejected.append((k, Rejected("unknown_instrument", f"{sym!r} is not in the universe")))
                 continue
@@ -343,8 +355,19 @@ class RiskEngine:
             if not (math.isfinite(index_price) and math.isfinite(iv)) or index_price < 0 or iv < 0:
                 rep.rejected.append((k, Rejected("non_finite_mark", f"{sym}: index {index_price!r} iv {iv!r}")))
                 continue
+            if index_price > MAX_PRICE_USD or iv > MAX_IMPLIED_VOL:
+                rep.rejected.append((k, Rejected("implausible", f"{sym}: index {index_price!r} iv {iv!r}")))
+                continue
             if sym not in self._known:
-                rep.rejected.append((k, Rejected("unknown_instrument", f"{sym!r} is not in the universe")))
+                rep.rejected.append((k, Rejected("unknown_instrument", f"{sym!r} is not in the universe")
+                                     if sym else Rejected("missing_field", "mark without an instrument")))
+                continue
+            expected = self.market.underlying_of.get(sym)
+            if expected is not None and und != expected:
+                # A mark that names another underlying (or none: another message type read as a
+                # Mark) would move the wrong index price.
+                rep.rejected.append((k, Rejected("underlying_mismatch",
+                                                 f"{sym}: underlying {und!r}, the universe says {expected!r}")))
                 continue
             if t <= 0:
                 rep.rejected.append((k, Rejected("bad_event_time", f"{sym}: event_time_ms {t}")))
@@ -619,7 +642,8 @@ class Metrics(Protocol):
     def version(self, version: RiskParamsVersion, now_ms: int) -> None: ...
 
 
-Decoder = Callable[[Sequence[bytes]], tuple[list, list[tuple[int, Rejected]]]]
+# (values, keys) -> (decoded tuples, [(position, Rejected)]); keys may be None (no key check).
+Decoder = Callable[[Sequence[bytes], Sequence[bytes | None] | None], tuple[list, list[tuple[int, Rejected]]]]
 
 
 class RiskParamsService:
@@ -647,7 +671,7 @@ class RiskParamsService:
 
     def _ingest(self, values: Sequence[bytes], keys: Sequence[bytes | None] | None, decode: Decoder,
                 ingest: Callable, topic: str, source: str, record_time_ms: int | None) -> IngestReport:
-        decoded, errors = decode(values)
+        decoded, errors = decode(values, keys)
         rep: IngestReport = ingest(decoded)
         # positions in `decoded` -> positions in `values`
         if rep.rejected and errors:

@@ -9,6 +9,7 @@ served (the one restored from risk.params, or the first new one).
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from marginflow.api.risk.v1 import risk_pb2
 from marginflow.riskparams.adapters.codec import decode_marks, decode_ticks
@@ -59,9 +60,10 @@ def main(settings: RiskParamsSettings, lifecycle: Lifecycle) -> None:
                        commit_interval_s=settings.commit_interval_seconds)
     app, table = create_app(fcfg)
     service = RiskParamsService(
-        engine, decode_ticks=decode_ticks, decode_marks=decode_marks, store=FaustTableStore(table),
+        engine, decode_ticks=functools.partial(decode_ticks, max_bytes=common.max_message_bytes),
+        decode_marks=functools.partial(decode_marks, max_bytes=common.max_message_bytes), store=FaustTableStore(table),
         publisher=KafkaParamsPublisher(producer, topics.risk_params, hub, SERVICE),
-        dead_letters=DeadLetterPort(DeadLetterSink(producer, topics.ticks_dlq, SERVICE, clock.now_ms)),
+        dead_letters=DeadLetterPort(DeadLetterSink(producer, topics.riskparams_dlq, SERVICE, clock.now_ms)),
         metrics=metrics, clock_ms=clock.now_ms, ticks_topic=topics.ticks, marks_topic=topics.marks)
     runner = RiskParamsFaust(app, table, service, fcfg, on_consumer_lag=metrics.records_behind)
 

@@ -21,6 +21,11 @@ T = TypeVar("T")
 
 _MISSING = object()
 
+# Largest consumed Kafka payload, bytes (MF_MAX_MESSAGE_BYTES). Nothing the platform publishes comes
+# near it (a full risk-parameter version is ~100 KiB); a larger record is dead-lettered `oversized`
+# before protobuf parses it, so one bad producer cannot make a consumer parse and hold huge messages.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
@@ -219,9 +224,27 @@ class Topics:
     def ticks(self) -> str:
         return self.name("md.ticks")
 
+    # One dead-letter topic per consuming service (marketdata's holds the ticks it rejected).
     @property
     def ticks_dlq(self) -> str:
         return self.name("md.ticks.dlq")
+
+    @property
+    def riskparams_dlq(self) -> str:
+        return self.name("riskparams.dlq")
+
+    @property
+    def margin_dlq(self) -> str:
+        return self.name("margin.dlq")
+
+    @property
+    def liquidation_dlq(self) -> str:
+        return self.name("liquidation.dlq")
+
+    @property
+    def dead_letter_topics(self) -> tuple[str, ...]:
+        """Every service's dead-letter topic."""
+        return (self.ticks_dlq, self.riskparams_dlq, self.portfolio_dlq, self.margin_dlq, self.liquidation_dlq)
 
     @property
     def marks(self) -> str:
@@ -285,6 +308,8 @@ class CommonSettings:
                               "date (YYYY-MM-DD, UTC) relative expiries resolve from; default today")
     shutdown_grace_seconds: float = env("MF_SHUTDOWN_GRACE_SECONDS", positive_float, 5.0,
                                         "grace given to in-flight gRPC calls at shutdown")
+    max_message_bytes: int = env("MF_MAX_MESSAGE_BYTES", positive_int, DEFAULT_MAX_MESSAGE_BYTES,
+                                 "largest consumed Kafka payload, bytes; larger ones are dead-lettered")
 
     @property
     def topics(self) -> Topics:

@@ -90,6 +90,18 @@ def stop(server: grpc.Server, health_servicer: health.HealthServicer, grace_seco
     server.stop(grace_seconds).wait(grace_seconds + 1.0)
 
 
+# Status details travel in a trailer, and peers refuse metadata over 8 KiB by default: a message
+# that echoes a huge argument would turn into RESOURCE_EXHAUSTED on the client.
+MAX_DETAIL_CHARS = 1000
+
+
+def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+    """Abort the call with ``code`` and ``message``, cut to MAX_DETAIL_CHARS (raises)."""
+    if len(message) > MAX_DETAIL_CHARS:
+        message = message[:MAX_DETAIL_CHARS - 3] + "..."
+    context.abort(code, message)
+
+
 def invalid_argument(context: grpc.ServicerContext, message: str) -> None:
     """Abort the call with INVALID_ARGUMENT and a clear message (raises)."""
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+    abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)

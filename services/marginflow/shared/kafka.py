@@ -22,14 +22,25 @@ from kafka.errors import TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
 from marginflow.api.common.v1 import common_pb2
-from marginflow.shared.config import Topics
+from marginflow.shared.config import DEFAULT_MAX_MESSAGE_BYTES, Topics
 from marginflow.shared.errors import Rejected
 from marginflow.shared.logs import get_logger
 from marginflow.shared.metrics import shared_metrics
+from marginflow.shared.units import MS_PER_DAY
 
 log = get_logger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+
+def check_size(value: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    """Raise :class:`Rejected` (``empty_payload`` / ``oversized``) for a value no decoder takes.
+
+    An empty value is the all-default message, which no topic of the platform ever carries."""
+    if not value:
+        raise Rejected("empty_payload", "record has no value")
+    if len(value) > max_bytes:
+        raise Rejected("oversized", f"payload of {len(value)} bytes exceeds the limit of {max_bytes}")
 
 
 def _use_compiled_crc32c() -> None:
@@ -67,20 +78,23 @@ class TopicSpec:
 
 def platform_topics(topics: Topics, partitions: int) -> list[TopicSpec]:
     """Every topic of the platform: keyed by instrument or account, state topics compacted."""
-    week = 7 * 24 * 3600 * 1000
+    week = 7 * MS_PER_DAY
     return [
-        TopicSpec(topics.ticks, partitions, retention_ms=24 * 3600 * 1000),
+        TopicSpec(topics.ticks, partitions, retention_ms=MS_PER_DAY),
         TopicSpec(topics.ticks_dlq, 1, retention_ms=week),
-        TopicSpec(topics.marks, partitions, retention_ms=24 * 3600 * 1000),
+        TopicSpec(topics.riskparams_dlq, 1, retention_ms=week),
+        TopicSpec(topics.marks, partitions, retention_ms=MS_PER_DAY),
         TopicSpec(topics.risk_params, 1, compacted=True),
         TopicSpec(topics.fills, partitions),
         TopicSpec(topics.account_events, partitions),
         TopicSpec(topics.portfolio_dlq, 1, retention_ms=week),
+        TopicSpec(topics.margin_dlq, 1, retention_ms=week),
         TopicSpec(topics.positions, partitions, compacted=True),
         TopicSpec(topics.margin_state, partitions, compacted=True),
         TopicSpec(topics.margin_calls, partitions),
         TopicSpec(topics.liquidation_orders, partitions),
         TopicSpec(topics.liquidation_events, partitions),
+        TopicSpec(topics.liquidation_dlq, 1, retention_ms=week),
     ]
 
 
@@ -187,6 +201,13 @@ class ProtoProducer:
         self._producer.close(timeout=timeout)
 
 
+# Most of a rejected payload a dead letter carries, bytes. The whole of a payload near the size
+# limit, wrapped in a DeadLetter, would exceed the producer's request size and the broker's
+# message size: the dead letter would fail, and with it the service. The first 64 KiB tell what
+# the record was; the reason says how long it was.
+MAX_DEAD_LETTER_PAYLOAD = 64 * 1024
+
+
 class DeadLetterSink:
     """Publishes a rejected record to a dead-letter topic with its reason, and counts it."""
 
@@ -204,6 +225,11 @@ class DeadLetterSink:
 
     def publish(self, reason_code: str, reason: str, *, payload: bytes = b"", key: bytes | None = None,
                 source_topic: str = "", partition: int = -1, offset: int = -1) -> None:
+        if len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+            reason = f"{reason} (payload of {len(payload)} bytes, first {MAX_DEAD_LETTER_PAYLOAD} kept)"
+            payload = payload[:MAX_DEAD_LETTER_PAYLOAD]
+        if key is not None and len(key) > MAX_DEAD_LETTER_PAYLOAD:
+            key = key[:MAX_DEAD_LETTER_PAYLOAD]
         letter = common_pb2.DeadLetter(
             source_topic=source_topic, source_partition=partition, source_offset=offset,
             key=key or b"", payload=payload, reason_code=reason_code, reason=reason,
@@ -238,11 +264,12 @@ class ProtoConsumer:
     """Polls batches of protobuf records; records that do not decode go to the dead-letter sink."""
 
     def __init__(self, consumer: KafkaConsumer, types: dict[str, type[Message]], dead_letters: DeadLetterSink,
-                 service: str) -> None:
+                 service: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._consumer = consumer
         self._types = types
         self._dlq = dead_letters
         self._service = service
+        self._max_bytes = max_message_bytes
         self._consumed = shared_metrics().kafka_consumed
 
     @property
@@ -252,13 +279,13 @@ class ProtoConsumer:
     def poll(self, timeout_ms: int = 200, max_records: int = 5000) -> list[Decoded]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         out: list[Decoded] = []
+        max_bytes = self._max_bytes
         for tp, records in batches.items():
             message_type = self._types[tp.topic]
             self._consumed.labels(self._service, tp.topic).inc(len(records))
             for rec in records:
                 try:
-                    if rec.value is None:
-                        raise Rejected("empty_payload", "record has no value")
+                    check_size(rec.value, max_bytes)
                     msg = message_type.FromString(rec.value)
                 except DecodeError as exc:
                     self._dlq.publish("malformed", f"not a {message_type.DESCRIPTOR.full_name}: {exc}",

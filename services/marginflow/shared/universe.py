@@ -20,6 +20,11 @@ DEFAULT_UNIVERSE_FILE = pathlib.Path(__file__).resolve().parent.parent / "config
 
 # Time units of the whole platform: an ACT/365 year for time to expiry and annualised vols.
 
+# Plausibility bounds every consumer applies to market data: beyond them a value is a unit or
+# encoding error, not a market (no crypto asset trades near 10^12 USD; 2000 % vol is no smile).
+MAX_PRICE_USD = 1e12
+MAX_IMPLIED_VOL = 20.0
+
 
 class UniverseError(ValueError):
     pass

@@ -157,7 +157,7 @@ def test_a_crashed_service_fires_its_alert_in_a_real_prometheus(tmp_path, test_e
         from marginflow.shared.kafka import delete_topics
         from marginflow.shared.config import CommonSettings, load
         from marginflow.portfolio.settings import PortfolioSettings
-        from marginflow.portfolio.entrypoint import portfolio_topics
+        from marginflow.portfolio.service import portfolio_topics
 
         delete_topics(load(CommonSettings, env).bootstrap,
                       [s.name for s in portfolio_topics(load(PortfolioSettings, env))])

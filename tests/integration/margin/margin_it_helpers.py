@@ -56,3 +56,13 @@ def wait_for(predicate, timeout_s: float = 15.0, interval_s: float = 0.1):
             return value
         time.sleep(interval_s)
     raise AssertionError("condition not met in time")
+
+
+def first_matching(stream, predicate):
+    """The first message of a gRPC server stream that satisfies ``predicate``: states published in
+    between (a republish, an evaluation of an older mark) are skipped. The call's own deadline
+    bounds the wait (DEADLINE_EXCEEDED fails the test)."""
+    for message in stream:
+        if predicate(message):
+            return message
+    raise AssertionError("the stream ended before the expected message")

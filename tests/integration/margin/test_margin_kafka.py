@@ -6,11 +6,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 import numpy as np
+from prometheus_client import REGISTRY
 
 import marginflow.core as core
 from marginflow.api.common.v1 import common_pb2
 from marginflow.api.margin.v1 import margin_pb2
-from marginflow.margin.service import DLQ_BASE
 
 from margin_it_helpers import HIST, UNDERLYINGS, mark, risk_params, snapshot, wait_for
 
@@ -74,9 +74,12 @@ def test_state_matches_core_mark_move_calls_and_bad_input_is_dead_lettered(mg_se
     publish(topics.positions, "c", snapshot("c", [("DOGE-PERP", "1", "1")], "10"))
     # The service goes on: the mark move (equity 9,000 < IM 9,006.00) makes a margin call.
     publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 59000.0))
-    calls = wait_for(lambda: consume_all(kafka_bootstrap, topics.margin_calls, expect_at_least=1, timeout_s=1.0))
-    call = margin_pb2.MarginCall.FromString(calls[0].value)
-    assert calls[0].key == b"a"
+    def calls_of_a():
+        records = consume_all(kafka_bootstrap, topics.margin_calls, expect_at_least=1, timeout_s=1.0)
+        return [margin_pb2.MarginCall.FromString(r.value) for r in records if r.key == b"a"]
+
+    call = wait_for(calls_of_a)[0]           # a's first margin call: the one the mark move caused
+    assert call.account_id == "a"
     assert call.state == margin_pb2.HEALTH_STATE_MARGIN_CALL
     assert call.previous_state == margin_pb2.HEALTH_STATE_HEALTHY
     assert call.equity_usd.value == "9000.00" and call.shortfall_usd.value == "6.00"
@@ -85,7 +88,7 @@ def test_state_matches_core_mark_move_calls_and_bad_input_is_dead_lettered(mg_se
     assert after[-1].equity_usd.value == "9000.00"
 
     letters = wait_for(lambda: (lambda r: r if len(r) >= 3 else None)(
-        consume_all(kafka_bootstrap, topics.name(DLQ_BASE), expect_at_least=3, timeout_s=1.0)))
+        consume_all(kafka_bootstrap, topics.margin_dlq, expect_at_least=3, timeout_s=1.0)))
     reasons = sorted(common_pb2.DeadLetter.FromString(r.value).reason_code for r in letters)
     assert reasons == ["malformed", "non_finite", "unknown_instrument"]
     assert app.engine.version == 1 and "c" not in app.engine.row_of
@@ -112,3 +115,42 @@ def test_new_risk_params_version_recalculates_and_restart_rebuilds(mg_settings, 
     app2 = start_margin()
     wait_for(lambda: app2.engine.row_of.get("s") is not None and app2.engine.version == 2, timeout_s=20)
     assert app2.engine.get_margin("s").im_usd == second.im_usd
+
+
+def test_bad_records_on_every_input_topic_are_dead_lettered_and_the_service_goes_on(
+        mg_settings, publish, start_margin, consume_all, kafka_bootstrap, produce_compressed):
+    topics = mg_settings.common.topics
+    publish(topics.risk_params, "current", risk_params())
+    publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 60000.0))
+    publish(topics.positions, "a", snapshot("a", [("BTC-PERP", "1", "60000")], "10000"))
+    app = start_margin()
+    wait_for(lambda: "a" in app.engine.row_of and app.engine.version == 1)
+    dlq = topics.margin_dlq
+    before = {r: REGISTRY.get_sample_value("marginflow_dead_letters_total",
+                                           {"service": "margin", "topic": dlq, "reason": r}) or 0.0
+              for r in ("oversized", "key_mismatch", "empty_payload", "implausible", "underlying_mismatch")}
+
+    huge = mark("BTC-PERP", "BTC", 61000.0)
+    huge.meta.source = "x" * (1024 * 1024)
+    produce_compressed(kafka_bootstrap, topics.marks, b"BTC-PERP", huge.SerializeToString())    # oversized
+    publish(topics.marks, "ETH-PERP", mark("BTC-PERP", "BTC", 1.0))                             # key ≠ instrument
+    publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "ETH", 1.0))                             # wrong underlying
+    publish(topics.positions, "a", raw=b"")                                                     # empty payload
+    publish(topics.positions, "z", snapshot("a", [("BTC-PERP", "5", "60000")], "1"))            # key ≠ account
+    publish(topics.positions, "a", snapshot("a", [("BTC-PERP", "1", "60000")], "1e400"))        # beyond a float
+    # Valid records after the garbage are still applied.
+    publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 59000.0))
+    publish(topics.positions, "b", snapshot("b", [("BTC-PERP", "-1", "60000")], "20000"))
+
+    letters = wait_for(lambda: (lambda r: r if len(r) >= 6 else None)(
+        consume_all(kafka_bootstrap, dlq, expect_at_least=6, timeout_s=1.0)), timeout_s=30)
+    decoded = [common_pb2.DeadLetter.FromString(r.value) for r in letters]
+    assert sorted(d.reason_code for d in decoded) == sorted(
+        ["oversized", "key_mismatch", "underlying_mismatch", "empty_payload", "key_mismatch", "implausible"])
+    assert all(d.service == "margin" and d.reason for d in decoded)
+    wait_for(lambda: "b" in app.engine.row_of and app.engine.get_margin("a").equity_usd == 9000.0)
+    assert app.engine.get_margin("b").equity_usd == 21000.0          # 20,000 + 1 × (60,000 − 59,000)
+    for reason, n in (("oversized", 1), ("key_mismatch", 2), ("empty_payload", 1), ("implausible", 1),
+                      ("underlying_mismatch", 1)):
+        assert REGISTRY.get_sample_value("marginflow_dead_letters_total",
+                                         {"service": "margin", "topic": dlq, "reason": reason}) == before[reason] + n

@@ -55,7 +55,13 @@ def test_any_instance_answers_for_any_account_and_one_survives_the_other(mg_sett
                          stderr=subprocess.DEVNULL)
     try:
         # The group splits the two partitions: each instance owns one and holds only its accounts.
-        wait_for(lambda: len(a.rebalance.assigned) == 1 and a.engine.ready, timeout_s=60)
+        def split() -> bool:
+            owned = set(a.rebalance.assigned)
+            held = set(a.engine.row_of)
+            return (len(owned) == 1 and a.engine.ready and bool(held)
+                    and all(key_partition(x.encode(), 2) in owned for x in held))
+
+        wait_for(split, timeout_s=60)
         owned_by_a = {x for x in ACCOUNTS if x in a.engine.row_of}
         assert 0 < len(owned_by_a) < len(ACCOUNTS)
         with grpc.insecure_channel(f"127.0.0.1:{a.grpc_port}") as ca, \

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from grpc_fuzz import fuzz_every_rpc
 from marginflow.api.common.v1 import common_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from marginflow.marketdata.adapters.grpc_api import MarketDataServicer
@@ -80,10 +84,10 @@ def test_latest_marks_and_stream(served):
 
     t = threading.Thread(target=reader)
     t.start()
-    # Wait for the subscription, then publish.
-    for _ in range(100):
-        if app.broadcast.subscribers:
-            break
+    # Wait for the subscription (with a deadline), then publish.
+    deadline = time.monotonic() + 10
+    while not app.broadcast.subscribers:
+        assert time.monotonic() < deadline, "the stream never subscribed"
         threading.Event().wait(0.02)
     app.process([RawTick(T0, "BTC", 60000.0)])
     for i in range(3):   # one mark per instrument per batch at most
@@ -104,3 +108,15 @@ def test_health_and_reflection(served):
     answers = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in answers[0].list_services_response.service}
     assert "marginflow.marketdata.v1.MarketDataService" in names
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_fuzz_every_rpc_answers_only_documented_codes(served, data):
+    universe, app, channel = served
+    if not app.marks.latest:
+        app.process([RawTick(T0, "BTC", 60000.0), RawTick(T0, "BTC-PERP", 60010.0)])
+    symbols = ["BTC-PERP", "ETH-PERP", "index:BTC", "NOPE", *list(universe.instruments)[-2:]]
+    fuzz_every_rpc(data, channel, marketdata_pb2.DESCRIPTOR.services_by_name["MarketDataService"],
+                   known={"instruments": symbols, "underlying": ["BTC", "ETH", "DOGE"]})

@@ -18,13 +18,15 @@ BAD = [
 ]
 
 
-def write(path, rows):
-    path.write_text("ts,instrument,price,bid,ask,bid_size,ask_size\n" + "\n".join(rows) + "\n")
+def write(path, rows, tail: bytes = b""):
+    path.write_bytes(("ts,instrument,price,bid,ask,bid_size,ask_size\n" + "\n".join(rows) + "\n").encode() + tail)
 
 
 def test_replay_publishes_ticks_and_marks_and_dead_letters_bad_rows(tmp_path, run_module, kafka_bootstrap, topic_prefix, consume_all):
     csv = tmp_path / "ticks.csv"
-    write(csv, sorted(GOOD, key=lambda r: r.split(",")[0]) + BAD)
+    # Bytes that are not UTF-8, and a 1 MiB row: dead-lettered, the replay goes on to the end.
+    write(csv, sorted(GOOD, key=lambda r: r.split(",")[0]) + BAD,
+          tail=b"\xff\xfe\x00 binary junk\n" + f"{T0 + 40_000},BTC-PERP,".encode() + b"6" * (1024 * 1024) + b"\n")
     res = run_module("marginflow.marketdata", "--replay", str(csv), "--speed", "max", "--exit-at-end",
                      extra_env={"MF_MARKETDATA_GRPC_PORT": "0", "MF_MARKETDATA_METRICS_PORT": "0"})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -41,9 +43,10 @@ def test_replay_publishes_ticks_and_marks_and_dead_letters_bad_rows(tmp_path, ru
     last_perp = max((m for m in marks if m.instrument == "BTC-PERP"), key=lambda m: m.meta.event_time_ms)
     assert abs(last_perp.mark_price - last_perp.index_price) <= 0.005 * last_perp.index_price
 
-    dlq = [common_pb2.DeadLetter.FromString(r.value) for r in consume_all(kafka_bootstrap, topic_prefix + "md.ticks.dlq", 5)]
+    dlq = [common_pb2.DeadLetter.FromString(r.value) for r in consume_all(kafka_bootstrap, topic_prefix + "md.ticks.dlq", 7)]
     reasons = sorted(d.reason_code for d in dlq)
-    assert reasons == sorted(["non_finite_price", "unknown_instrument", "crossed_book", "malformed_row", "time_backwards"])
+    assert reasons == sorted(["non_finite_price", "unknown_instrument", "crossed_book", "malformed_row", "time_backwards",
+                              "malformed_row", "malformed_row"])
     assert all(d.service == "marketdata" and d.reason for d in dlq)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -48,16 +51,20 @@ def test_entry_point_serves_health_and_stops_cleanly_on_sigterm(pf_settings, tes
     proc = subprocess.Popen([sys.executable, "-m", "marginflow.portfolio"], env=env, stderr=subprocess.PIPE,
                             text=True)
     try:
-        port = None
+        # Lines are read in a thread, so the deadline holds even if the child prints nothing.
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+        port, seen = None, []
         deadline = time.monotonic() + 30
-        lines = []
         while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            seen.append(line)
             if '"portfolio started"' in line:
-                import json
                 port = json.loads(line)["grpc_port"]
-        assert port, "".join(lines)
+        assert port, "".join(seen)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
             assert status.status == health_pb2.HealthCheckResponse.SERVING

@@ -103,13 +103,15 @@ def test_redelivered_and_republished_fills_change_nothing(start_service, publish
     # 1) a consumer that applies a batch and dies before committing its offsets
     first = start_service(consume=False)
     applied = 0
-    for _ in range(200):
+
+    def poll_and_apply() -> bool:
+        nonlocal applied
         records = first.app.source.poll()
         if records:
             applied += first.app.applier.apply_batch(records).fills_applied
-        if applied == 20:
-            break
-    assert applied == 20
+        return applied == 20
+
+    wait_for(poll_and_apply, what="20 fills applied by the first consumer")
     after_first = first.app.store.get_payload(A)
     first.stop()   # closes without committing
     # 2) the next consumer of the group gets every record again and skips each one by offset
@@ -234,3 +236,24 @@ def test_malformed_or_impossible_inputs_are_dead_lettered_and_change_nothing(sta
     publish(fill(9, A, "BTC-PERP", Side.BUY, "0.001", "60000"))
     wait_for(lambda: state(service, A).positions.get("BTC-PERP"), what="good fill applied")
     assert state(service, A).balance("USDC") == D(100)
+
+
+def test_garbage_payloads_and_contradicting_keys_are_dead_lettered(start_service, publish, pf_settings,
+                                                                   produce_compressed):
+    topics = pf_settings.common.topics
+    service = start_service()
+    huge = fill_to_proto(fill(5, A, "BTC-PERP", Side.BUY, "1", "60000"))
+    huge.order_id = "x" * (1024 * 1024)
+    produce_compressed(pf_settings.common.bootstrap, topics.fills, A.encode(), huge.SerializeToString())
+    publish(raw=[(topics.fills, A.encode(), b""),                                          # empty payload
+                 (topics.account_events, A.encode(), fill_to_proto(fill(6, A, "BTC-PERP", Side.BUY, "1", "1"))
+                  .SerializeToString()),                                                  # a Fill on account.events
+                 (topics.fills, B.encode(), fill_to_proto(fill(7, A, "BTC-PERP", Side.BUY, "1", "1"))
+                  .SerializeToString())])                                                 # key ≠ account
+    letters = read_topic(pf_settings.common.bootstrap, topics.portfolio_dlq, common_pb2.DeadLetter, 4)
+    assert sorted(letter.reason_code for letter in letters) == sorted(
+        ["oversized", "empty_payload", "empty_event", "key_mismatch"])
+    assert all(letter.service == "portfolio" and letter.reason for letter in letters)
+    assert service.app.totals.fills_applied == 0 and state(service, A) is None
+    publish(fill(9, A, "BTC-PERP", Side.BUY, "0.001", "60000"))          # the service goes on
+    wait_for(lambda: state(service, A) and state(service, A).positions.get("BTC-PERP"), what="good fill applied")

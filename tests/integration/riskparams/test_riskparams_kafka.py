@@ -105,7 +105,7 @@ def env(test_env) -> dict[str, str]:
             "MF_RISKPARAMS_COMMIT_INTERVAL_SECONDS": "0.3", "MF_RISKPARAMS_IMPLIED_MAX_AGE_SECONDS": "864000"}
 
 
-def test_replay_publish_serve_restart(env, kafka_bootstrap, common_settings):
+def test_replay_publish_serve_restart(env, kafka_bootstrap, common_settings, produce_compressed):
     topics = common_settings.topics
     ensure_topics(kafka_bootstrap, platform_topics(topics, 2))
     ticks = csv_ticks(CSV)
@@ -113,7 +113,17 @@ def test_replay_publish_serve_restart(env, kafka_bootstrap, common_settings):
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
     produce_ticks(producer, topics.ticks, first)
     last_ts = first[-1][2]
-    produce_ticks(producer, topics.ticks, [("BTC-PERP", math.nan, last_ts + 1), ("DOGE-PERP", 1.0, last_ts + 2)])
+    # Two bad ticks (dead letters) and an index tick under the bare underlying, as marketdata
+    # publishes them (known, ignored: never a dead letter).
+    produce_ticks(producer, topics.ticks, [("BTC-PERP", math.nan, last_ts + 1), ("DOGE-PERP", 1.0, last_ts + 2),
+                                           ("BTC", 60000.0, last_ts + 3)])
+    # A tick under another instrument's key, and one over the 1 MiB limit (compressed on the wire).
+    contradicting = marketdata_pb2.Tick(instrument="BTC-PERP", price=1.0)
+    contradicting.meta.event_time_ms = last_ts + 4
+    producer.send(topics.ticks, key=b"ETH-PERP", value=contradicting.SerializeToString())
+    huge = marketdata_pb2.Tick(instrument="BTC-PERP", price=1.0, implied_vol=0.0)
+    huge.meta.source = "x" * (1024 * 1024)
+    produce_compressed(kafka_bootstrap, topics.ticks, b"BTC-PERP", huge.SerializeToString())
     # Option marks for BTC: a flat 65 % smile → σ_implied = 0.65.
     universe = load_universe(None, AS_OF_MS)
     for inst in universe.instruments.values():
@@ -145,8 +155,11 @@ def test_replay_publish_serve_restart(env, kafka_bootstrap, common_settings):
     on_topic = read_compacted(kafka_bootstrap, topics.risk_params, risk_pb2.RiskParams, "rp-it")["current"]
     assert on_topic.version >= params.version
     assert on_topic.underlyings[0].returns_observed == n_days - 2
-    letters = [common_pb2.DeadLetter.FromString(r.value) for r in read_topic(kafka_bootstrap, topics.ticks_dlq)]
-    assert sorted(l.reason_code for l in letters) == ["non_finite_price", "unknown_instrument"]
+    letters = [common_pb2.DeadLetter.FromString(r.value) for r in read_topic(kafka_bootstrap, topics.riskparams_dlq)]
+    assert sorted(l.reason_code for l in letters) == ["key_mismatch", "non_finite_price", "oversized",
+                                                      "unknown_instrument"]
+    assert {l.service for l in letters} == {"riskparams"}
+    assert read_topic(kafka_bootstrap, topics.ticks_dlq) == []       # marketdata's own topic stays untouched
 
     # Restart: the last version is served at once, state comes back from the changelog.
     svc = Service(env)

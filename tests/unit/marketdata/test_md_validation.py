@@ -33,6 +33,8 @@ def accepted_prices(outcome) -> list[float]:
         (RawTick(T0, "BTC-PERP", 60000.0, bid=-1.0, ask=60001.0), "non_positive_price"),
         (RawTick(T0, "BTC-PERP", 60000.0, bid_size=-1.0), "negative_size"),
         (RawTick(T0, "BTC-PERP", 60000.0, bid=60010.0, ask=60000.0), "crossed_book"),
+        (RawTick(T0, "BTC-PERP", 1e13), "implausible"),
+        (RawTick(T0, "BTC-PERP", 60000.0, bid=59990.0, ask=1e300), "implausible"),
         (RawTick(T0, "BTC-PERP", 60000.0, bids=((59990.0, -1.0),), asks=((60010.0, 1.0),)), "negative_size"),
     ],
 )
@@ -133,3 +135,72 @@ def test_restore_continues_sequence_and_time(universe):
 def test_bad_validation_config_is_refused(kw):
     with pytest.raises(ValueError):
         ValidationConfig(**kw)
+
+
+DAY_MS = 86_400_000
+
+
+def daily(prices: list[float], instrument: str = "BTC-PERP") -> list[RawTick]:
+    return [RawTick(T0 + i * DAY_MS, instrument, p) for i, p in enumerate(prices)]
+
+
+def test_daily_closes_with_a_crash_day_and_recoveries_are_all_kept(universe):
+    # One close a day: a -48 % day (ln 0.52 = -0.65) and spikes that the following days move away
+    # from. Each suspect stood uncontradicted for more than the 60 s hold window before the next
+    # close arrived, so it is confirmed by time and every close passes, in order.
+    prices = [60000.0, 61000.0, 31720.0, 36000.0, 31000.0, 40000.0, 39000.0, 52000.0, 41000.0, 42000.0]
+    v = TickValidator(universe)
+    out = v.process(daily(prices))
+    assert accepted_prices(out) == prices
+    assert out.rejected == [] and v.held_count() == 0
+    assert [a.sequence for a in out.accepted] == list(range(1, len(prices) + 1))
+
+
+def test_daily_closes_in_one_tick_at_a_time_keep_every_close(universe):
+    # The same closes fed one by one (a replay at live pace): the last one is held as suspect
+    # until event time passes its hold window, then released; nothing is dead-lettered.
+    prices = [60000.0, 31200.0, 60500.0, 31000.0, 31100.0]
+    v = TickValidator(universe)
+    kept: list[float] = []
+    for t in daily(prices):
+        out = v.process([t])
+        assert out.rejected == []
+        kept += accepted_prices(out)
+    kept += accepted_prices(v.expire(T0 + len(prices) * DAY_MS))
+    assert kept == prices
+
+
+def test_daily_spike_that_returns_within_a_day_long_hold_is_dropped(universe):
+    # With a hold window longer than the spacing (3 days), a one-close spike that the next close
+    # undoes is dropped, while a -48 % day that the next closes stay at is confirmed by ticks.
+    cfg = ValidationConfig(hold_max_ms=3 * DAY_MS, confirm_ticks=3)
+    prices = [60000.0, 84000.0, 60300.0, 31200.0, 31500.0, 31000.0, 31300.0, 31400.0]
+    out = TickValidator(universe, cfg).process(daily(prices))
+    assert [(r.code, r.tick.price) for r in out.rejected] == [("jump_contradicted", 84000.0)]
+    assert accepted_prices(out) == [60000.0, 60300.0, 31200.0, 31500.0, 31000.0, 31300.0, 31400.0]
+    assert out.confirmed == 1
+
+
+@pytest.mark.parametrize("spacing_ms", [1, 100, 500])
+def test_sub_second_one_tick_spike_that_returns_is_dropped(universe, spacing_ms):
+    v = TickValidator(universe)
+    ticks = [RawTick(T0 + i * spacing_ms, "BTC-PERP", p)
+             for i, p in enumerate([60000.0, 60010.0, 72000.0, 60020.0, 60005.0])]
+    out = v.process(ticks)
+    assert [(r.code, r.tick.price) for r in out.rejected] == [("jump_contradicted", 72000.0)]
+    assert accepted_prices(out) == [60000.0, 60010.0, 60020.0, 60005.0]
+
+
+def test_a_tick_after_the_hold_window_releases_the_suspect_before_it_is_judged(universe):
+    # A tick back at the old level after the hold window no longer contradicts the suspect: the
+    # suspect was confirmed by time, and the tick is itself a jump from the new level.
+    v = TickValidator(universe, ValidationConfig(hold_max_ms=10_000))
+    v.process([tick(0, 60000.0)])
+    assert v.process([tick(1, 40000.0)]).accepted == []
+    out = v.process([tick(30, 60000.0)])
+    assert accepted_prices(out) == [40000.0] and out.rejected == [] and out.confirmed == 1
+    assert out.suspects == 1 and v.held_count() == 1
+    # Within its own hold window a tick back near 40,000 contradicts the new suspect.
+    back = v.process([tick(31, 40100.0)])
+    assert [(r.code, r.tick.price) for r in back.rejected] == [("jump_contradicted", 60000.0)]
+    assert accepted_prices(back) == [40100.0]

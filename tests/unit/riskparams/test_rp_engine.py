@@ -42,14 +42,27 @@ def test_unknown_instruments_are_rejected_and_known_others_ignored():
     assert e.ingest_ticks([(fut, 60000.0, h.AS_OF_MS)]).ignored == 1
 
 
+def test_index_ticks_of_every_underlying_are_ignored_not_dead_lettered():
+    # marketdata publishes each underlying's index ticks on md.ticks under the bare symbol.
+    svc, _, dlq = make_service()
+    before = svc.engine.units["BTC"].sampler.to_state()
+    values = [h.tick_bytes(u, 100.0, h.AS_OF_MS + i) for i, u in enumerate(h.universe().underlyings)]
+    rep = svc.on_ticks(values, [u.encode() for u in h.universe().underlyings])
+    assert dlq.letters == [] and rep.rejected == []
+    assert rep.ignored == len(values) and rep.accepted == 0
+    assert svc.engine.units["BTC"].sampler.to_state() == before      # never sampled as a price
+
+
 def test_service_dead_letters_undecodable_and_bad_ticks_and_keeps_going():
     svc, _, dlq = make_service()
     good = h.tick_bytes("BTC-PERP", 60000.0, h.AS_OF_MS + 5)
     values = [b"\xff\xff\xff", h.tick_bytes("BTC-PERP", math.nan, h.AS_OF_MS + 6), good,
               h.tick_bytes("NOPE", 1.0, h.AS_OF_MS + 7)]
-    rep = svc.on_ticks(values, [b"k0", b"k1", b"k2", b"k3"])
-    assert [(l[1], l[3]) for l in dlq.letters] == [(b"k0", "malformed"), (b"k1", "non_finite_price"),
-                                                   (b"k3", "unknown_instrument")]
+    # Keys as marketdata sets them (the instrument); a key that contradicts its payload is a
+    # dead letter of its own (tests/unit/riskparams/test_rp_bad_input.py).
+    rep = svc.on_ticks(values, [b"k0", b"BTC-PERP", b"BTC-PERP", b"NOPE"])
+    assert [(l[1], l[3]) for l in dlq.letters] == [(b"k0", "malformed"), (b"BTC-PERP", "non_finite_price"),
+                                                   (b"NOPE", "unknown_instrument")]
     assert dlq.letters[1][2] == values[1]                          # the payload travels with it
     assert rep.accepted == 1
     assert svc.engine.units["BTC"].sampler.last_price == 60000.0

@@ -22,10 +22,21 @@ from marginflow.margin.domain.results import AccountMargin, Explanation, MarginC
 from marginflow.margin.domain.scenarios import GridSpec, RiskVersion
 from marginflow.shared.errors import Rejected
 from marginflow.shared.money import parse_decimal, usd_down, usd_up
+from marginflow.shared.universe import MAX_IMPLIED_VOL, MAX_PRICE_USD
 
 # Largest plausible amounts: beyond them a value is a unit or encoding error, not a position.
 MAX_ABS_SIZE = 1e12
-MAX_PRICE = 1e12
+MAX_PRICE = MAX_PRICE_USD
+MAX_ABS_AMOUNT = 1e15     # collateral balance or isolated collateral, asset units / USD
+
+
+def _amount(text: str, what: str) -> float:
+    """A decimal string as a float that the core can take: finite and plausible ("1e400" parses
+    as a finite Decimal but is inf as a float)."""
+    value = float(parse_decimal(text or "0", what))
+    if not abs(value) <= MAX_ABS_AMOUNT:
+        raise Rejected("implausible", f"{what} {text!r}")
+    return value
 
 
 def _finite(x: float, what: str, positive: bool = False, non_negative: bool = False) -> float:
@@ -40,8 +51,11 @@ def _finite(x: float, what: str, positive: bool = False, non_negative: bool = Fa
 
 # ------------------------------------------------------------------ inputs
 
-def mark_from_proto(m: marketdata_pb2.Mark, table: InstrumentTable) -> MarkUpdate:
+def mark_from_proto(m: marketdata_pb2.Mark, table: InstrumentTable, key: str | None = None) -> MarkUpdate:
+    """A validated mark; ``key`` (the record key, the instrument) must agree with the payload."""
     symbol = m.instrument
+    if key is not None and key != symbol:
+        raise Rejected("key_mismatch", f"record key {key!r} != instrument {symbol!r}")
     t_ms = int(m.meta.event_time_ms)
     if t_ms <= 0:
         raise Rejected("missing_field", f"mark of {symbol!r} has no event time")
@@ -50,6 +64,8 @@ def mark_from_proto(m: marketdata_pb2.Mark, table: InstrumentTable) -> MarkUpdat
         u = table.underlying_index.get(und)
         if u is None:
             raise Rejected("unknown_instrument", f"unknown underlying {und!r}")
+        if m.underlying != und:
+            raise Rejected("underlying_mismatch", f"{symbol}: underlying {m.underlying!r}")
         price = _finite(m.index_price or m.mark_price, "index_price", positive=True)
         if price > MAX_PRICE:
             raise Rejected("implausible", f"index price {price!r}")
@@ -57,6 +73,11 @@ def mark_from_proto(m: marketdata_pb2.Mark, table: InstrumentTable) -> MarkUpdat
     k = table.index.get(symbol)
     if k is None:
         raise Rejected("unknown_instrument", f"unknown instrument {symbol!r}")
+    expected = table.underlyings[int(table.underlying[k])]
+    if m.underlying != expected:
+        # Another message type read as a Mark, or a mark naming the wrong underlying: its index
+        # price would be taken for the wrong asset.
+        raise Rejected("underlying_mismatch", f"{symbol}: underlying {m.underlying!r}, expected {expected!r}")
     mark = _finite(m.mark_price, "mark_price", non_negative=True)
     if mark <= 0 and table.is_linear(k):
         raise Rejected("non_positive_price", f"mark_price of {symbol} must be > 0, got {mark!r}")
@@ -64,7 +85,7 @@ def mark_from_proto(m: marketdata_pb2.Mark, table: InstrumentTable) -> MarkUpdat
     iv = _finite(m.implied_vol, "implied_vol", non_negative=True)
     half_spread = _finite(m.half_spread_frac, "half_spread_frac", non_negative=True)
     depth = _finite(m.depth_contracts, "depth_contracts", non_negative=True)
-    if mark > MAX_PRICE or index > MAX_PRICE or iv > 20 or half_spread > 1:
+    if mark > MAX_PRICE or index > MAX_PRICE or iv > MAX_IMPLIED_VOL or half_spread > 1:
         raise Rejected("implausible", f"mark of {symbol}: mark {mark!r}, index {index!r}, iv {iv!r}, "
                                       f"half spread {half_spread!r}")
     return MarkUpdate(k, int(table.underlying[k]), index, mark, iv, half_spread, depth, t_ms)
@@ -109,7 +130,7 @@ def book_from_proto(s: account_pb2.AccountSnapshot, table: InstrumentTable, asse
         raise Rejected("key_mismatch", f"record key {key!r} != account_id {account!r}")
     balances = np.zeros(len(asset_index))
     for b in s.balances:
-        amount = float(parse_decimal(b.amount.value or "0", f"balance of {b.asset}"))
+        amount = _amount(b.amount.value, f"balance of {b.asset}")
         i = asset_index.get(b.asset)
         if i is None:
             if amount != 0:
@@ -128,7 +149,7 @@ def book_from_proto(s: account_pb2.AccountSnapshot, table: InstrumentTable, asse
         if q != 0 and (e < 0 or e > MAX_PRICE):
             raise Rejected("implausible", f"entry price {e!r} of {p.instrument}")
         isolated = p.mode == account_pb2.MARGIN_MODE_ISOLATED
-        c = float(parse_decimal(p.isolated_collateral_usd.value or "0", f"isolated collateral of {p.instrument}"))
+        c = _amount(p.isolated_collateral_usd.value, f"isolated collateral of {p.instrument}")
         if q == 0:
             continue   # flat: portfolio returns isolated collateral to the cross balance
         inst.append(k)

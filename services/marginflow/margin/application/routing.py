@@ -31,7 +31,7 @@ class Record(Protocol):
 
 class Router:
     def __init__(self, engine: MarginEngine, *, marks_topic: str, params_topic: str,
-                 decode_mark: Callable[[Any], MarkUpdate], decode_params: Callable[[Any], RiskVersion],
+                 decode_mark: Callable[[Any, str], MarkUpdate], decode_params: Callable[[Any], RiskVersion],
                  decode_book: Callable[[Any, str], AccountBook],
                  reject: Callable[[Record | None, Rejected], None]) -> None:
         self.engine = engine
@@ -51,7 +51,7 @@ class Router:
         for rec in records:
             if rec.topic == self.marks_topic:
                 try:
-                    marks.append(self._decode_mark(rec.value))
+                    marks.append(self._decode_mark(rec.value, rec.key))
                 except Rejected as exc:
                     self._reject(rec, exc)
             else:

@@ -8,6 +8,7 @@ from marginflow.api.common.v1 import common_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from marginflow.marketdata.adapters.kafka_io import mark_to_proto
 from marginflow.marketdata.application import MarketDataApp
+from marginflow.shared.grpcserver import invalid_argument
 from marginflow.shared.universe import Instrument, Universe
 
 
@@ -27,14 +28,14 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
         unknown = [s for s in symbols if s not in self.universe.instruments
                    and not (s.startswith("index:") and s[6:] in self.universe.underlyings)]
         if unknown:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown instruments: {', '.join(sorted(unknown)[:10])}")
+            invalid_argument(context, f"unknown instruments: {', '.join(sorted(unknown)[:10])}")
         return set(symbols)
 
     def ListInstruments(self, request, context):
         if request.underlying and request.underlying not in self.universe.underlyings:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown underlying {request.underlying!r}")
+            invalid_argument(context, f"unknown underlying {request.underlying!r}")
         if request.kind and request.kind not in common_pb2.InstrumentKind.values():
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown instrument kind {request.kind}")
+            invalid_argument(context, f"unknown instrument kind {request.kind}")
         out = [instrument_to_proto(i) for i in self.universe.instruments.values()
                if (not request.underlying or i.underlying == request.underlying)
                and (not request.kind or int(i.kind) == request.kind)]

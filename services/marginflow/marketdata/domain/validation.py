@@ -5,10 +5,11 @@ Rules, each with the reason code that goes to ``md.ticks.dlq`` and to the reject
 - ``unknown_instrument``  the symbol is neither in the universe nor an underlying's index
 - ``non_finite_price``    price, bid, ask, a size or the implied vol is NaN or ±inf
 - ``non_positive_price``  price ≤ 0 (bid/ask may be 0 = absent, never negative)
+- ``implausible``         price, bid or ask above ``MAX_PRICE_USD``, implied vol above ``MAX_IMPLIED_VOL``
 - ``negative_size``       a size < 0
 - ``crossed_book``        bid > ask with both present
 - ``time_backwards``      event time earlier than the instrument's last accepted tick
-- ``jump_contradicted``   a suspect jump that the following ticks did not confirm
+- ``jump_contradicted``   a suspect jump undone by a tick back at the old level within its hold window
 
 A **jump** is a move of the price from the instrument's reference (last accepted price) with
 |ln(p / ref)| > ``jump_threshold``. It is held as *suspect*, not dropped: when the next
@@ -16,8 +17,12 @@ A **jump** is a move of the price from the instrument's reference (last accepted
 is real and the suspect and the held ticks are accepted in order (a 40–50 % crash in crypto does
 happen and must pass); when a following tick lies back within ``confirm_band`` of the reference,
 the suspect is contradicted and dead-lettered, and the tick that contradicted it goes on normally.
-A suspect not settled within ``hold_max_ms`` of event time is released as confirmed (a quiet
-market after a real gap). Options are exempt from the jump rule: their relative moves are large
+A suspect is confirmed by ``confirm_ticks`` ticks *or* by ``hold_max_ms`` of event time passing
+without a contradiction, whichever comes first, and can be contradicted only within that hold
+window: a tick after the window first releases the suspect, then is checked against the new level
+(so at daily spacing a close that the next day moves away from is kept, and at sub-second spacing
+a one-print spike that returns is still dropped). A quiet instrument's suspect is released once
+event time on any instrument has passed its hold window. Options are exempt from the jump rule: their relative moves are large
 by nature (they are repriced from the underlying instead).
 """
 
@@ -27,7 +32,7 @@ import dataclasses
 import math
 
 from marginflow.marketdata.domain.ticks import AcceptedTick, RawTick
-from marginflow.shared.universe import Universe
+from marginflow.shared.universe import MAX_IMPLIED_VOL, MAX_PRICE_USD, Universe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +99,8 @@ def static_check(tick: RawTick, universe: Universe) -> tuple[str, str] | None:
         return "negative_size", f"bid_size {tick.bid_size!r} / ask_size {tick.ask_size!r} negative"
     if tick.implied_vol < 0:
         return "non_finite_price", f"implied_vol {tick.implied_vol!r} negative"
+    if max(tick.price, tick.bid, tick.ask) > MAX_PRICE_USD or tick.implied_vol > MAX_IMPLIED_VOL:
+        return "implausible", f"price {tick.price!r} / bid {tick.bid!r} / ask {tick.ask!r} / iv {tick.implied_vol!r}"
     if tick.bid > 0 and tick.ask > 0 and tick.bid > tick.ask:
         return "crossed_book", f"bid {tick.bid!r} > ask {tick.ask!r}"
     return None
@@ -165,6 +172,11 @@ class TickValidator:
                 tick, "time_backwards", f"event time {tick.event_time_ms} < last {newest} for {tick.instrument}"))
             return
         cfg = self.config
+        if st.suspect is not None and tick.event_time_ms - st.suspect.event_time_ms > cfg.hold_max_ms:
+            # The hold time is checked first: a suspect that stood unchallenged for the whole hold
+            # window is confirmed by then, so a tick after the window (the next daily close, a
+            # market waking up) is judged against the new level, never as a contradiction.
+            self._release(st, out)
         if st.suspect is not None:
             to_suspect = abs(math.log(tick.price / st.suspect.price))
             to_reference = abs(math.log(tick.price / st.reference))
@@ -181,10 +193,6 @@ class TickValidator:
                 st.held.append(tick)
                 if len(st.held) >= cfg.confirm_ticks:
                     self._release(st, out)
-                return
-            if tick.event_time_ms - st.suspect.event_time_ms > cfg.hold_max_ms:
-                self._release(st, out)
-                self._one(tick, out)
                 return
             # Neither at the suspect nor back at the reference: keep waiting with it.
             st.held.append(tick)

@@ -19,6 +19,7 @@ from marginflow.portfolio.adapters.codec import position_to_proto
 from marginflow.portfolio.adapters.redis_store import RedisStateStore
 from marginflow.portfolio.application import AdminError, AdminResult, AdminService
 from marginflow.portfolio.domain.ledger import ACCOUNT_ID
+from marginflow.shared import grpcserver
 from marginflow.shared.grpcserver import invalid_argument
 from marginflow.shared.kafka import key_partition
 
@@ -80,7 +81,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         except AdminError as exc:
             code = (grpc.StatusCode.FAILED_PRECONDITION if exc.status == "failed_precondition"
                     else grpc.StatusCode.INVALID_ARGUMENT)
-            context.abort(code, exc.message)
+            grpcserver.abort(context, code, exc.message)
         return pb.AdminResponse(event_id=result.event_id, accepted=result.accepted)
 
     # ---- reads
@@ -92,7 +93,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             if not self._store.is_built(key_partition(request.account_id.encode(), self._partitions)):
                 context.abort(grpc.StatusCode.UNAVAILABLE,
                               "the account cache is being rebuilt from Kafka; retry shortly")
-            context.abort(grpc.StatusCode.NOT_FOUND, f"account {request.account_id!r} not found")
+            grpcserver.abort(context, grpc.StatusCode.NOT_FOUND, f"account {request.account_id!r} not found")
         return pb.AccountSnapshot.FromString(payload)
 
     def ListAccounts(self, request: pb.ListAccountsRequest, context: grpc.ServicerContext) -> pb.ListAccountsResponse:

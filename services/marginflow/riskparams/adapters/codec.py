@@ -10,36 +10,56 @@ from google.protobuf.message import DecodeError
 from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.api.risk.v1 import risk_pb2
 from marginflow.riskparams.application import RiskParamsVersion, SigmaChange
+from marginflow.shared.config import DEFAULT_MAX_MESSAGE_BYTES
 from marginflow.shared.errors import Rejected
+from marginflow.shared.kafka import check_size
 
 _Tick = marketdata_pb2.Tick
 _Mark = marketdata_pb2.Mark
 
 
-def _decode(values: Sequence[bytes], message_type, extract) -> tuple[list, list[tuple[int, Rejected]]]:
-    """``extract(message)`` per decodable value; undecodable ones as ``(index, Rejected)``."""
+def _decode(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None, message_type, extract,
+            max_bytes: int) -> tuple[list, list[tuple[int, Rejected]]]:
+    """``extract(message)`` per acceptable value; the others as ``(index, Rejected)``: no value
+    (``empty_payload``), larger than ``max_bytes`` (``oversized``), not the message type
+    (``malformed``), or a record key that is not the message's instrument (``key_mismatch``)."""
     out: list = []
     errors: list[tuple[int, Rejected]] = []
     parse = message_type.FromString
     for i, raw in enumerate(values):
+        if not raw or len(raw) > max_bytes:
+            try:
+                check_size(raw, max_bytes)
+            except Rejected as exc:
+                errors.append((i, exc))
+                continue
         try:
             msg = parse(raw)
         except (DecodeError, TypeError) as exc:
             errors.append((i, Rejected("malformed", f"not a {message_type.DESCRIPTOR.full_name}: {exc}")))
             continue
+        if keys is not None:
+            key = keys[i]
+            if key and key.decode("utf-8", "replace") != msg.instrument:
+                errors.append((i, Rejected("key_mismatch", f"record key {key!r} != instrument {msg.instrument!r}")))
+                continue
         out.append(extract(msg))
     return out, errors
 
 
-def decode_ticks(values: Sequence[bytes]) -> tuple[list[tuple[str, float, int]], list[tuple[int, Rejected]]]:
-    """``(instrument, price, event_time_ms)`` per decodable value; undecodable ones as errors."""
-    return _decode(values, _Tick, lambda t: (t.instrument, t.price, t.meta.event_time_ms))
+def decode_ticks(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None,
+                 max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 ) -> tuple[list[tuple[str, float, int]], list[tuple[int, Rejected]]]:
+    """``(instrument, price, event_time_ms)`` per decodable value; the others as errors."""
+    return _decode(values, keys, _Tick, lambda t: (t.instrument, t.price, t.meta.event_time_ms), max_bytes)
 
 
-def decode_marks(values: Sequence[bytes]) -> tuple[list[tuple[str, str, float, float, int]], list[tuple[int, Rejected]]]:
+def decode_marks(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None,
+                 max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 ) -> tuple[list[tuple[str, str, float, float, int]], list[tuple[int, Rejected]]]:
     """``(instrument, underlying, index_price, implied_vol, event_time_ms)`` per decodable value."""
-    return _decode(values, _Mark, lambda m: (m.instrument, m.underlying, m.index_price, m.implied_vol,
-                                             m.meta.event_time_ms))
+    return _decode(values, keys, _Mark, lambda m: (m.instrument, m.underlying, m.index_price, m.implied_vol,
+                                                   m.meta.event_time_ms), max_bytes)
 
 
 def to_proto(v: RiskParamsVersion, source: str = "riskparams") -> risk_pb2.RiskParams:
