@@ -34,6 +34,7 @@ from marginflow.margin.application import EngineConfig, MarginEngine
 from marginflow.margin.application.routing import Router
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.equity import HaircutPolicy
+from marginflow.margin.domain.transitions import TransitionRules
 from marginflow.margin.settings import MarginSettings
 from marginflow.shared.clock import Clock, SystemClock
 from marginflow.shared.errors import Rejected
@@ -67,6 +68,7 @@ def engine_config(s: MarginSettings, universe: Universe) -> EngineConfig:
         evaluate_interval_ms=s.evaluate_interval_ms, model_refresh_ms=s.model_refresh_ms,
         incremental_max_accounts=s.incremental_max_accounts, n_threads=s.threads,
         default_depth_contracts=100.0,
+        transitions=TransitionRules(s.exit_buffer_bps, s.confirm_evaluations, s.confirm_ms, s.immediate_band_bps),
         fallback_vol={u: x.annual_vol for u, x in universe.underlyings.items()},
         fallback_price={u: x.index_price_usd for u, x in universe.underlyings.items()})
 
@@ -307,13 +309,13 @@ class MarginApp:
         seeded = 0
         for key, msg in published.items():
             try:
-                account, state, equity, im, publish_ms = codec.published_from_proto(msg)
+                account, state, equity, im, publish_ms, episode = codec.published_from_proto(msg)
             except Rejected:
                 continue
             row = self.engine.accounts.row_of.get(key)
             if row is None or account != key:
                 continue
-            self.engine.publication.seed(row, state, equity, im, publish_ms)
+            self.engine.publication.seed(row, state, equity, im, publish_ms, episode)
             seeded += 1
         log.info("published states read back", extra={"accounts": seeded})
 

@@ -78,6 +78,16 @@ class MarginSettings:
                                    "how long an instance's claim on its partitions lives unless renewed (every "
                                    "second), seconds")
     redis_prefix: str = env("MF_MARGIN_REDIS_PREFIX", str, "mf:mg:", "prefix of the margin service's Redis keys")
+    exit_buffer_bps: int = env("MF_MARGIN_EXIT_BUFFER_BPS", non_negative_int, 200,
+                               "a worse state is left only when equity clears its threshold by this much, bp "
+                               "(200 = 2 %: margin call left at IM·1.02, liquidation at MM·1.02)")
+    confirm_evaluations: int = env("MF_MARGIN_CONFIRM_EVALUATIONS", positive_int, 2,
+                                   "a worse state is published once seen in this many evaluations ...")
+    confirm_ms: int = env("MF_MARGIN_CONFIRM_MS", non_negative_int, 1_000,
+                          "... and for this long in the marks' event time, ms")
+    immediate_band_bps: int = env("MF_MARGIN_IMMEDIATE_BAND_BPS", non_negative_int, 1_000,
+                                  "a shortfall beyond this below the threshold is published at once, bp "
+                                  "(1000: equity < 0.9·MM enters liquidation without waiting)")
     mark_wait_seconds: float = env("MF_MARGIN_MARK_WAIT_SECONDS", non_negative_float, 10.0,
                                    "at start, how long to wait for a mark of every instrument with an open "
                                    "position before its accounts count as stale, seconds")

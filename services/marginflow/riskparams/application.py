@@ -69,6 +69,12 @@ class EngineConfig:
     implied_max_age_ms: int = MS_PER_HOUR
     sigma_history_len: int = 500
     max_pending_rows: int = 1000
+    # A version is published only when it differs materially from the last one published: σ_m of an
+    # underlying by more than this fraction, a correlation by more than this much, a new window of
+    # historical scenarios — or when the last one is this old (ms of wall time).
+    publish_min_sigma_change: float = 0.005
+    publish_min_correlation_change: float = 0.02
+    publish_max_interval_ms: int = 300_000
 
     @property
     def samples_per_year(self) -> float:
@@ -103,7 +109,10 @@ def engine_config(settings: Any, underlyings: Sequence[str]) -> EngineConfig:
                         s.tail_multiples, s.tail_weights),
         fhs_count=s.fhs_count, fhs_min_history=s.fhs_min_history, es_confidence=s.es_confidence,
         implied_tenor_days=s.implied_tenor_days, implied_min_expiry_ms=int(s.implied_min_expiry_hours * MS_PER_HOUR),
-        implied_max_age_ms=int(s.implied_max_age_seconds * 1000), sigma_history_len=s.sigma_history_len)
+        implied_max_age_ms=int(s.implied_max_age_seconds * 1000), sigma_history_len=s.sigma_history_len,
+        publish_min_sigma_change=s.publish_min_sigma_change,
+        publish_min_correlation_change=s.publish_min_correlation_change,
+        publish_max_interval_ms=int(s.publish_max_interval_seconds * 1000))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,6 +300,7 @@ class RiskEngine:
         self.version = 0
         self.last_event_ms = 0
         self._changed = True                       # something new since the last version
+        self._last_published: tuple | None = None  # what the last published version was built from
         self._dirty: set[str] = {"meta", "cov", *(f"u:{u}" for u in self.units)}
         self._deleted: set[str] = set()
         self._history_lock = threading.Lock()      # gRPC threads read the σ_m history
@@ -531,11 +541,34 @@ class RiskEngine:
         sigma_m = np.array([e.sigma_margin for e in estimates])
         grids = tuple((e.underlying, scenario_grid(e.sigma_margin, self.config.grid)) for e in estimates)
         historical = self.historical_set(sigma_m, corr)
+        if not force and not self._material(sigma_m, corr, historical, publish_time_ms):
+            return None   # immaterial: the version in force stands; _changed stays set for the next look
+        self._last_published = (sigma_m.copy(), corr.copy(), historical.last_event_time_ms, historical.bootstrap,
+                                publish_time_ms)
         self.version += 1
         self._changed = False
         self._dirty.add("meta")
         return RiskParamsVersion(self.version, self.last_event_ms, publish_time_ms, tuple(estimates),
                                  tuple(self.units), corr, repaired, grids, historical, self.config.es_confidence)
+
+    def _material(self, sigma_m: np.ndarray, corr: np.ndarray, historical: "HistoricalSet", now_ms: int) -> bool:
+        """Whether a version built now differs materially from the last one published (see EngineConfig)."""
+        last = self._last_published
+        if last is None:
+            return True
+        cfg = self.config
+        sigma0, corr0, hist_end0, bootstrap0, published_ms = last
+        if now_ms - published_ms >= cfg.publish_max_interval_ms:
+            return True
+        if historical.last_event_time_ms != hist_end0 or historical.bootstrap != bootstrap0:
+            return True
+        if sigma0.shape != sigma_m.shape or corr0.shape != corr.shape:
+            return True
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(sigma0 > 0, np.abs(sigma_m / sigma0 - 1.0), np.where(sigma_m > 0, np.inf, 0.0))
+        if rel.size and float(rel.max()) > cfg.publish_min_sigma_change:
+            return True
+        return bool(corr.size) and float(np.abs(corr - corr0).max()) > cfg.publish_min_correlation_change
 
     def sigma_history(self, underlying: str = "", limit: int = 100) -> list[SigmaChange]:
         """Most recent first; all underlyings when ``underlying`` is empty."""

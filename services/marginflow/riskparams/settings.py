@@ -109,6 +109,13 @@ class RiskParamsSettings:
                                "expected-shortfall confidence published with the scenarios")
 
     # Publishing / history
+    publish_min_sigma_change: float = env("MF_RISKPARAMS_PUBLISH_MIN_SIGMA_CHANGE", non_negative_float, 0.005,
+                                          "publish a version only when some σ_m moved by more than this fraction "
+                                          "(or a correlation, or the historical window, or the longest interval)")
+    publish_min_correlation_change: float = env("MF_RISKPARAMS_PUBLISH_MIN_CORRELATION_CHANGE", non_negative_float,
+                                                0.02, "... or some correlation moved by more than this")
+    publish_max_interval_seconds: float = env("MF_RISKPARAMS_PUBLISH_MAX_INTERVAL_SECONDS", positive_float, 300.0,
+                                              "... or the last version is this old, seconds")
     publish_interval_seconds: float = env("MF_RISKPARAMS_PUBLISH_INTERVAL_SECONDS", positive_float, 1.0,
                                           "wall-clock period of the publisher (a version only when something changed)")
     sigma_history_len: int = env("MF_RISKPARAMS_SIGMA_HISTORY", positive_int, 500,

@@ -84,6 +84,7 @@ def test_stream_margin_sends_current_then_changes(served, publish, mg_settings):
     stream = stub.StreamMargin(pb.StreamMarginRequest(account_ids=["a"]), timeout=20)
     first = next(stream)          # the current state comes first, by contract
     assert first.account_id == "a" and first.state == pb.HEALTH_STATE_HEALTHY
+    # 0.07 % short of IM is inside the immediate band: published once it has held for the window
     publish(mg_settings.common.topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 59000.0))
     # Then every published change; the one the mark causes (equity 9,000 < IM 9,006) comes within
     # the call's deadline, whatever was republished before it.

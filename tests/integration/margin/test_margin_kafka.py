@@ -72,7 +72,8 @@ def test_state_matches_core_mark_move_calls_and_bad_input_is_dead_lettered(mg_se
     publish(topics.marks, "BTC-PERP", raw=b"\xff\xff\xff garbage")
     publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", float("nan")))
     publish(topics.positions, "c", snapshot("c", [("DOGE-PERP", "1", "1")], "10"))
-    # The service goes on: the mark move (equity 9,000 < IM 9,006.00) makes a margin call.
+    # The service goes on: the mark move (equity 9,000 < IM 9,006.00) makes a margin call once it
+    # has held for the confirmation window (the shortfall is inside the immediate band).
     publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 59000.0))
     def calls_of_a():
         records = consume_all(kafka_bootstrap, topics.margin_calls, expect_at_least=1, timeout_s=1.0)

@@ -55,17 +55,23 @@ def test_mark_moves_equity_into_margin_call_then_liquidation(make_engine):
     engine, pub, clock = make_engine()
     engine.apply_snapshots([book("a", [(BTC, 1.0, 60000.0, 0, 0.0)], {"USDC": 10000.0})])
     engine.apply_risk_params(risk_version())
-    engine.apply_marks([mark(BTC, 59000.0, T0 + 1000)])    # equity 9,000 < IM 9,006
+    engine.apply_marks([mark(BTC, 59000.0, T0 + 1000)])    # equity 9,000 < IM 9,006: 0.07 % short, inside the band
+    clock.advance(1000)
+    engine.evaluate()
+    assert pub.last("a").state == Health.HEALTHY and pub.calls == []   # seen once: not yet confirmed
+    engine.apply_marks([mark(BTC, 59000.0, T0 + 2000)])    # a fresh mark 1 s later says the same
     clock.advance(1000)
     engine.evaluate()
     assert pub.last("a").state == Health.MARGIN_CALL
     assert [c.margin.state for c in pub.calls] == [Health.MARGIN_CALL]
-    engine.apply_marks([mark(BTC, 54000.0, T0 + 2000)])    # equity 4,000 < MM 4,503
+    assert pub.calls[0].episode == 1 and not pub.calls[0].repeat
+    engine.apply_marks([mark(BTC, 54000.0, T0 + 3000)])    # equity 4,000 < 0.9 × MM 4,503 = 4,052.70: at once
     clock.advance(1000)
     engine.evaluate()
     assert pub.last("a").state == Health.LIQUIDATION
     assert [c.previous_state for c in pub.calls] == [Health.HEALTHY, Health.MARGIN_CALL]
-    engine.apply_marks([mark(BTC, 49000.0, T0 + 3000)])    # equity −1,000
+    assert [c.episode for c in pub.calls] == [1, 1]
+    engine.apply_marks([mark(BTC, 49000.0, T0 + 4000)])    # equity −1,000: bankrupt, at once
     clock.advance(1000)
     engine.evaluate()
     assert pub.last("a").state == Health.BANKRUPT
@@ -240,3 +246,36 @@ def test_c_core_and_twin_give_the_same_margins(make_engine, impl):
     ref_engine.apply_risk_params(risk_version())
     assert m.im_usd == pytest.approx(ref_pub.last("a").im_usd, rel=1e-9)
     assert m.equity_usd == pytest.approx(ref_pub.last("a").equity_usd, rel=1e-12)
+
+
+def test_every_call_says_what_moved_the_account(make_engine):
+    from marginflow.margin.domain.results import ChangeCause
+
+    engine, pub, clock = make_engine()
+    engine.apply_snapshots([book("a", [(BTC, 1.0, 60000.0, 0, 0.0)], {"USDC": 10000.0})])
+    engine.apply_risk_params(risk_version())
+    # BTC-PERP from 60,000 to 54,000: 1 contract × 1 BTC × −6,000 = −6,000 USD of equity; beyond the band
+    engine.apply_marks([mark(BTC, 54000.0, T0 + 1000)])
+    clock.advance(1000)
+    engine.evaluate()
+    call = pub.calls[-1]
+    assert call.margin.state == Health.LIQUIDATION and call.cause == ChangeCause.MARK_MOVE
+    moves = [c for c in call.causes if c.subject == "BTC-PERP"]
+    assert len(moves) == 1 and moves[0].equity_change_usd == pytest.approx(-6000.0)
+    assert moves[0].relative_move == pytest.approx(-0.1)
+    assert engine.explain("a").last_change == call.causes
+
+
+def test_a_call_after_a_trade_names_the_position_change(make_engine):
+    from marginflow.margin.domain.results import ChangeCause
+
+    engine, pub, clock = make_engine()
+    engine.apply_snapshots([book("a", [(BTC, 1.0, 60000.0, 0, 0.0)], {"USDC": 10000.0})])
+    engine.apply_risk_params(risk_version())
+    assert pub.calls == []
+    # the account doubles its position: IM 9,006 → 18,012 against equity 10,000 → margin call at once
+    engine.apply_snapshots([book("a", [(BTC, 2.0, 60000.0, 0, 0.0)], {"USDC": 10000.0}, revision=2)])
+    call = pub.calls[-1]
+    assert call.margin.state == Health.MARGIN_CALL and call.cause == ChangeCause.POSITION_CHANGE
+    change = [c for c in call.causes if c.cause == ChangeCause.POSITION_CHANGE][0]
+    assert change.im_change_usd == pytest.approx(9006.0)

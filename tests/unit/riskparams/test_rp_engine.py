@@ -151,3 +151,36 @@ def test_proto_round_trip_and_selection():
     assert len(eth.historical.returns) == msg.historical.count
     np.testing.assert_allclose(list(eth.historical.returns),
                                np.asarray(msg.historical.returns).reshape(-1, 3)[:, 1])
+
+
+def test_versions_only_on_material_change_or_at_the_longest_interval():
+    e = h.engine(publish_min_sigma_change=0.005, publish_max_interval_ms=300_000)
+    e.ingest_ticks(h.daily_ticks(h.daily_paths(60)))
+    first = e.build_version(1_000)
+    assert first is not None and first.version == 1
+    # an option mark with a low implied vol: the implied estimate changes, σ_m (the max of the
+    # estimators, implied 0.05 far below the realised ones) does not
+    opt = next(i for i in h.universe().instruments.values()
+               if i.is_option and i.underlying == "BTC" and i.expiry_ms > h.AS_OF_MS + 70 * h.DAY_MS)
+    e.ingest_marks([(opt.symbol, "BTC", 60000.0, 0.05, h.AS_OF_MS + 59 * h.DAY_MS)])
+    assert e.changed
+    assert e.build_version(2_000) is None                 # immaterial: version 1 stands
+    assert e.version == 1 and e.changed                   # ... and the change is looked at again later
+    assert e.build_version(301_000).version == 2          # the longest interval passed
+    # a new day of returns: a new window of historical scenarios is material at once
+    e.ingest_ticks(h.daily_ticks(h.daily_paths(3, seed=9), start_ms=h.AS_OF_MS + 60 * h.DAY_MS))
+    assert e.build_version(302_000).version == 3
+    assert e.build_version(303_000, force=True).version == 4
+
+
+def test_an_immaterial_version_never_moves_a_portfolios_margin():
+    """σ_m moved by less than the threshold: no version, so the IM of an unchanged portfolio stands."""
+    e = h.engine(publish_min_sigma_change=0.5)
+    e.ingest_ticks(h.daily_ticks(h.daily_paths(60)))
+    v1 = e.build_version(1_000)
+    e.ingest_ticks(h.daily_ticks(h.daily_paths(2, seed=5), start_ms=h.AS_OF_MS + 60 * h.DAY_MS))
+    v2 = e.build_version(2_000)   # a new historical window: published
+    assert v2 is not None
+    sig1 = {x.underlying: x.sigma_margin for x in v1.underlyings}
+    sig2 = {x.underlying: x.sigma_margin for x in v2.underlyings}
+    assert all(abs(sig2[u] / sig1[u] - 1) <= 0.5 for u in sig1)

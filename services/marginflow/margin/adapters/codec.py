@@ -187,6 +187,7 @@ def _state_fields(msg: pb.MarginState, m: AccountMargin, source: str, publish_ms
     msg.cross_state = m.cross_state
     msg.collateral_value_usd.value = str(usd_down(m.collateral_usd))
     msg.unrealized_pnl_usd.value = str(usd_down(m.cross_pnl_usd))
+    msg.episode = m.episode
     for iso in m.isolated:
         item = msg.isolated.add(instrument=iso.instrument, state=iso.state)
         item.equity_usd.value = str(usd_down(iso.equity_usd))
@@ -209,7 +210,9 @@ def margin_state(m: AccountMargin, source: str = "margin", publish_ms: int = 0) 
 def margin_call(c: MarginCallEvent, source: str = "margin", publish_ms: int = 0) -> pb.MarginCall:
     m = c.margin
     msg = pb.MarginCall(account_id=m.account_id, state=m.state, previous_state=c.previous_state,
-                        risk_params_version=m.risk_params_version, marks_fresh=m.marks_fresh)
+                        risk_params_version=m.risk_params_version, marks_fresh=m.marks_fresh,
+                        episode=c.episode, repeat=c.repeat, account_revision=m.revision, cause=int(c.cause))
+    _contributions(msg.causes, c.causes)
     msg.meta.event_time_ms = m.event_time_ms
     msg.meta.publish_time_ms = publish_ms
     msg.meta.source = source
@@ -221,9 +224,18 @@ def margin_call(c: MarginCallEvent, source: str = "margin", publish_ms: int = 0)
     return msg
 
 
+def _contributions(field, contributions) -> None:
+    """Contributions on the wire: equity changes rounded down, IM changes up (the venue's side)."""
+    for c in contributions:
+        item = field.add(cause=int(c.cause), subject=c.subject, relative_move=c.relative_move)
+        item.equity_change_usd.value = str(usd_down(c.equity_change_usd))
+        item.im_change_usd.value = str(usd_up(c.im_change_usd))
+
+
 def explain_response(e: Explanation, publish_ms: int = 0) -> pb.ExplainResponse:
     out = pb.ExplainResponse(worst_historical_scenario=e.worst_historical_scenario,
                              binding_component=e.binding_component)
+    _contributions(out.last_change, e.last_change)
     _state_fields(out.margin, e.margin, "margin", publish_ms)
     for p in e.positions:
         item = out.positions.add(instrument=p.instrument, underlying=p.underlying, isolated=p.isolated,
@@ -243,8 +255,8 @@ def explain_response(e: Explanation, publish_ms: int = 0) -> pb.ExplainResponse:
     return out
 
 
-def published_from_proto(msg: pb.MarginState) -> tuple[str, int, float, float, int]:
-    """(account, state, equity USD, IM USD, publish time) of a state this service published before."""
+def published_from_proto(msg: pb.MarginState) -> tuple[str, int, float, float, int, int]:
+    """(account, state, equity USD, IM USD, publish time, episode) of a state this service published before."""
     try:
         equity = float(Decimal(msg.equity_usd.value or "0"))
         im = float(Decimal(msg.im_usd.value or "0"))
@@ -252,4 +264,4 @@ def published_from_proto(msg: pb.MarginState) -> tuple[str, int, float, float, i
         raise Rejected("bad_decimal", f"margin state of {msg.account_id!r} has a malformed amount") from None
     if not (math.isfinite(equity) and math.isfinite(im)):
         raise Rejected("non_finite", f"margin state of {msg.account_id!r} has a non-finite amount")
-    return msg.account_id, int(msg.state), equity, im, int(msg.meta.publish_time_ms)
+    return msg.account_id, int(msg.state), equity, im, int(msg.meta.publish_time_ms), int(msg.episode)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from marginflow.margin.domain.health import Health
+from marginflow.margin.domain.results import ChangeCause
 from marginflow.shared.metrics import LATENCY_BUCKETS
 
 RECALC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -39,6 +40,10 @@ class MarginMetrics:
             "marginflow_margin_states_published_total", "MarginState records published", registry=registry)
         self.calls_published = Counter(
             "marginflow_margin_calls_published_total", "MarginCall records published", registry=registry)
+        self.calls = Counter(
+            "marginflow_margin_calls_total", "Margin calls by state entered and by the cause that moved the account "
+            "most (repeat: the episode had reached that state already)", ["state", "cause", "repeat"],
+            registry=registry)
         self.rejected = Counter(
             "marginflow_margin_rejected_total", "Inputs dead-lettered, by reason", ["reason"], registry=registry)
         self._state_children = {s: self.accounts.labels(s.name.lower()) for s in Health if s != Health.UNSPECIFIED}
@@ -66,6 +71,10 @@ class MarginMetrics:
     def published(self, states: int, calls: int) -> None:
         self.states_published.inc(states)
         self.calls_published.inc(calls)
+
+    def call(self, state: int, cause: int, repeat: bool) -> None:
+        self.calls.labels(Health(state).name.lower(), ChangeCause(cause).name.lower(),
+                          "true" if repeat else "false").inc()
 
 
 _metrics: MarginMetrics | None = None

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from marginflow.margin.application.evaluation import Evaluation
 from marginflow.margin.application.models import Model
 from marginflow.margin.application.ports import EngineConfig, EngineMetrics, Publisher
-from marginflow.margin.application.publication import Publication
+from marginflow.margin.application.publication import Instruments, Publication
 from marginflow.margin.application.queries import Queries
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.domain.book import AccountBook, InstrumentTable
@@ -39,11 +39,13 @@ class MarginEngine:
         self.market = MarketState(instruments, config.fallback_price, config.fallback_vol,
                                   config.default_depth_contracts, clock.now_ms())
         self.accounts = AccountTable(len(config.assets))
-        self.publication = Publication(config, publisher, self.metrics)
+        self.publication = Publication(config, publisher, self.metrics, Instruments(
+            instruments.contract_size, instruments.symbols,
+            [instruments.underlyings[u] for u in instruments.underlying.tolist()]))
         self.accounts.on_grow(self.publication.grow)
         self._lock = threading.RLock()   # held by the mutating thread; readers never take it
         self.queries = Queries(instruments, config, self.market, self.accounts, lambda: self.evaluation.model,
-                               self.market_view, clock.now_ms, lambda: self.ready)
+                               self.market_view, clock.now_ms, lambda: self.ready, self.publication)
         self.evaluation = Evaluation(instruments, config, core, self.market, self.accounts, self.publication,
                                      self.queries, self.metrics, clock.now_ms, self.market_view, self._lock)
 

@@ -6,6 +6,7 @@ One thread (the service loop) calls these; they hold the engine's lock while the
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ from marginflow.margin.application.queries import Queries
 from marginflow.margin.application.results import account_margin
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.domain.book import AccountBook, InstrumentTable
+from marginflow.margin.domain.causes import Snapshot
 from marginflow.margin.domain.market import MarketState
 from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
 from marginflow.margin.domain.scenarios import RiskVersion
@@ -45,6 +47,7 @@ class Evaluation:
         self._market_view = market_view
         self._lock = lock
         self.model: Model | None = None
+        self._builds = 0
         self.active = True      # False while the inputs are incomplete: books are stored, nothing is published
         self.marks_dirty = False
         self.last_eval_ms = 0
@@ -57,7 +60,7 @@ class Evaluation:
             if self.model is not None and version.version <= self.model.version.version:
                 return False
             try:
-                model = build_model(self.instruments, self.market, self.config, self.core, version, self._wall_ms())
+                model = self._build(version)
             except ValueError as exc:   # the core refused a value: the version is unusable
                 raise Rejected("bad_risk_params", str(exc)) from None
             self.model = model
@@ -70,9 +73,18 @@ class Evaluation:
         with self._lock:
             if self.model is None:
                 return
-            self.model = build_model(self.instruments, self.market, self.config, self.core, self.model.version,
-                                     self._wall_ms())
+            self.model = self._build(self.model.version)
             self.full_recalculation()
+
+    def _build(self, version: RiskVersion) -> Model:
+        self._builds += 1
+        return build_model(self.instruments, self.market, self.config, self.core, version, self._wall_ms(),
+                           self._builds)
+
+    def _snapshot(self, book, marks: np.ndarray, collateral_usd: float, margin: AccountMargin) -> Snapshot:
+        model = self.model
+        return Snapshot(book, marks, collateral_usd, margin.equity_usd, margin.im_usd, model.version.version,
+                        model.sigma_margin, model.build_id)
 
     # ---- accounts
     def apply_snapshots(self, books: Sequence[AccountBook]) -> None:
@@ -89,13 +101,20 @@ class Evaluation:
             market = self._market_view()
             now = self._wall_ms()
             model = self.model
+            marks = self.market.mark_price.copy()
+            event_ms = self.market.newest_event_ms
             for row in rows:
                 started = time.perf_counter()
                 book = self.accounts.rows[row]
                 single = self.queries.single(book, model, market)
                 self.accounts.store_single(row, single.core)
                 self.metrics.incremental(time.perf_counter() - started)
-                self.publication.record(row, self.queries.margin_of(single, model), now, outputs, calls)
+                # the account's own inputs changed: a transition needs no confirmation
+                state = int(self.publication.next_states(single.valuation, row, row + 1, now,
+                                                         immediate=np.ones(1, dtype=bool))[0])
+                margin = dataclasses.replace(self.queries.margin_of(single, model), state=state)
+                self.publication.record(row, margin, now, outputs, calls,
+                                        self._snapshot(book, marks, float(single.valuation.collateral[0]), margin))
             self.publication.emit(outputs, calls)
 
     def remove_accounts(self, account_ids: Iterable[str]) -> int:
@@ -160,15 +179,21 @@ class Evaluation:
             calls: list[MarginCallEvent] = []
             now = self._wall_ms()
             live = acc.computed[:n]   # False for removed rows
-            changed = live & self.publication.changed(val, n, now)
             event_ms = self.market.newest_event_ms
-            for row in np.flatnonzero(changed).tolist():
+            published = self.publication.next_states(val, 0, n, now)
+            changed = live & self.publication.changed(published, val, n, now)
+            rows = np.flatnonzero(changed).tolist()
+            marks = self.market.mark_price.copy() if rows else None
+            for row in rows:
                 parts = (float(acc.grid[row]), float(acc.es[row]), float(acc.minimum[row]), float(acc.liquidity[row]))
                 margin = account_margin(self.instruments, self.config.mm_factor, acc.rows[row], val, row, f, model,
                                         event_ms, parts)
-                self.publication.record(row, margin, now, outputs, calls)
+                if margin.state != published[row]:
+                    margin = dataclasses.replace(margin, state=int(published[row]))
+                self.publication.record(row, margin, now, outputs, calls,
+                                        self._snapshot(acc.rows[row], marks, float(val.collateral[row]), margin))
             self.publication.emit(outputs, calls)
-            counts = np.bincount(val.state[live], minlength=5)
+            counts = np.bincount(published[live], minlength=5)
             self.last_counts = {s: int(counts[s]) for s in range(1, 5)}
             self.metrics.accounts_by_state(self.last_counts)
             self.metrics.marks(self.market.oldest_mark_age_seconds(), self.market.newest_event_ms)

@@ -24,6 +24,7 @@ class Model:
     implied_vol: np.ndarray
     expiry_years: np.ndarray
     built_ms: int
+    build_id: int = 0              # one per build (a refresh of the same version is a new build)
 
     @property
     def sigma_margin(self) -> dict[str, float]:
@@ -31,7 +32,7 @@ class Model:
 
 
 def build_model(instruments: InstrumentTable, market: MarketState, config: EngineConfig, core, version: RiskVersion,
-                wall_ms: int) -> Model:
+                wall_ms: int, build_id: int = 0) -> Model:
     """Risk arrays by full repricing (options by Black-76) over the version's scenarios, then the
     core model with the tiered minimum and the liquidity add-on. ValueError if the core refuses a value."""
     t, cfg = instruments, config
@@ -50,4 +51,4 @@ def build_model(instruments: InstrumentTable, market: MarketState, config: Engin
     core_model = core.MarginModel(
         risk, t.underlying, scen.n_grid, scen.tail_weights, scen.es_level, forward * t.contract_size,
         mark_value, np.maximum(market.half_spread, 0.0), market.depth.copy(), floors, rates, cfg.mm_factor)
-    return Model(core_model, version, scen, forward, iv, years, wall_ms)
+    return Model(core_model, version, scen, forward, iv, years, wall_ms, build_id)

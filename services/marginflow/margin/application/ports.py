@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from marginflow.margin.domain.equity import HaircutPolicy
+from marginflow.margin.domain.transitions import TransitionRules
 from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
 
 
@@ -23,6 +24,7 @@ class EngineMetrics(Protocol):
     def marks(self, oldest_age_seconds: float, newest_event_ms: int) -> None: ...
     def risk_params(self, version: int, age_seconds: float) -> None: ...
     def published(self, states: int, calls: int) -> None: ...
+    def call(self, state: int, cause: int, repeat: bool) -> None: ...
 
 
 class UnknownAccount(KeyError):
@@ -51,6 +53,7 @@ class EngineConfig:
     incremental_max_accounts: int = 2_000         # larger snapshot batches: one full recalculation
     n_threads: int = 2
     default_depth_contracts: float = 100.0
+    transitions: TransitionRules = TransitionRules()
     fallback_vol: dict[str, float] = dataclasses.field(default_factory=dict)     # per underlying
     fallback_price: dict[str, float] = dataclasses.field(default_factory=dict)   # per underlying
 

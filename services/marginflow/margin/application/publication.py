@@ -1,70 +1,133 @@
-"""The publish decision: which accounts' margin goes out, and when.
+"""The publish decision: which accounts' margin goes out, in which state, and when.
 
-An account's state is published when its health state changes, when its equity or IM moved by
-more than ``max(publish_change_min_usd, publish_change_fraction × max(|equity|, IM))`` since the
-last publication, or when ``publish_max_interval_ms`` passed (a heartbeat per account). A margin
-call is published on every entry into a worse-than-healthy state. Only those accounts' results are
-built (the others cost a vectorised comparison).
+* **State.** Each evaluation's raw states pass the transition rules (``domain.transitions``):
+  hysteresis on the way out of a worse state, confirmation over evaluations on the way in (at once
+  beyond a band, when bankrupt, or when the account's own inputs changed).
+* **When.** An account's margin is published when its (published) state changes, when its equity
+  or IM moved by more than ``max(publish_change_min_usd, publish_change_fraction × max(|equity|,
+  IM))`` since the last publication, or when ``publish_max_interval_ms`` passed (a heartbeat per
+  account). Only those accounts' results are built (the others cost a vectorised comparison).
+* **Calls.** A margin call goes out on every move into a worse state, with the account's episode,
+  whether the episode had reached that state already (a repeat), and what moved the account since
+  its last published state (``domain.causes``), each part with its size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from marginflow.margin.application.ports import EngineConfig, EngineMetrics, Publisher
+from marginflow.margin.domain.causes import Snapshot, contributions
 from marginflow.margin.domain.health import Health
-from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
+from marginflow.margin.domain.results import AccountMargin, Contribution, MarginCallEvent
+from marginflow.margin.domain.transitions import Episodes, Pending, next_states, sticky_state
 from marginflow.margin.domain.valuation import Valuation
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruments:
+    """What cause attribution needs of the instrument table."""
+
+    contract_size: np.ndarray
+    symbols: Sequence[str]
+    underlying_of: Sequence[str]     # per instrument
 
 
 class Publication:
     """What was last published per account row, and the port it goes out through."""
 
-    def __init__(self, config: EngineConfig, publisher: Publisher, metrics: EngineMetrics) -> None:
+    def __init__(self, config: EngineConfig, publisher: Publisher, metrics: EngineMetrics,
+                 instruments: Instruments) -> None:
         self.config = config
+        self.rules = config.transitions
         self.publisher = publisher
         self.metrics = metrics
+        self.instruments = instruments
         self.state = np.zeros(0, dtype=np.int8)
         self.equity = np.zeros(0)
         self.im = np.zeros(0)
         self.ms = np.zeros(0, dtype=np.int64)
+        self.pending = Pending.empty(0)
+        self.episodes = Episodes.empty(0)
+        self.snapshots: list[Snapshot | None] = []
+        self.last_change: dict[int, tuple[Contribution, ...]] = {}
 
     def grow(self, capacity: int) -> None:
-        for name in ("state", "equity", "im", "ms"):
-            a = getattr(self, name)
+        for owner, name in ((self, "state"), (self, "equity"), (self, "im"), (self, "ms"),
+                            (self.pending, "state"), (self.pending, "since_ms"), (self.pending, "count"),
+                            (self.episodes, "number"), (self.episodes, "worst")):
+            a = getattr(owner, name)
             out = np.zeros(capacity, dtype=a.dtype)
             out[:a.shape[0]] = a
-            setattr(self, name, out)
+            setattr(owner, name, out)
+        self.snapshots.extend([None] * (capacity - len(self.snapshots)))
 
-    def changed(self, val: Valuation, n: int, now_ms: int) -> np.ndarray:
-        """Rows 0..n−1 whose valuation differs materially from what was published (or is due a heartbeat)."""
+    # ---- states
+    def next_states(self, val: Valuation, lo: int, hi: int, now_ms: int,
+                    immediate: np.ndarray | None = None) -> np.ndarray:
+        """Published states of rows lo..hi−1 after this valuation (entries 0..hi−lo−1 of ``val``)."""
+        pending = Pending(self.pending.state[lo:hi], self.pending.since_ms[lo:hi], self.pending.count[lo:hi])
+        return next_states(self.state[lo:hi], val.state, val.equity, val.im, val.mm, pending, now_ms, self.rules,
+                           immediate)
+
+    def query_state(self, row: int | None, raw: int, equity_usd: float, im_usd: float, mm_usd: float) -> int:
+        """The state a query reports: the raw one, but a worse published state is left only with the
+        exit buffer (a query never shows an account better than the publication would)."""
+        if row is None or row >= self.state.shape[0]:
+            return raw
+        published = int(self.state[row])
+        if published == Health.UNSPECIFIED or raw >= published:
+            return raw
+        sticky = int(sticky_state(np.array([equity_usd]), np.array([im_usd]), np.array([mm_usd]),
+                                  self.rules.exit_buffer_bps)[0])
+        return max(raw, min(published, sticky))
+
+    def changed(self, published: np.ndarray, val: Valuation, n: int, now_ms: int) -> np.ndarray:
+        """Rows 0..n−1 whose state or numbers differ materially from what was published (or due a heartbeat)."""
         cfg = self.config
         st, eq, im = self.state[:n], self.equity[:n], self.im[:n]
         thr = np.maximum(cfg.publish_change_min_usd, cfg.publish_change_fraction * np.maximum(np.abs(eq), im))
-        changed = (val.state != st) | (np.abs(val.equity - eq) > thr) | (np.abs(val.im - im) > thr)
+        changed = (published != st) | (np.abs(val.equity - eq) > thr) | (np.abs(val.im - im) > thr)
         changed |= (now_ms - self.ms[:n]) >= cfg.publish_max_interval_ms
         return changed
 
+    # ---- one publication
     def record(self, row: int, margin: AccountMargin, now_ms: int, outputs: list[AccountMargin],
-               calls: list[MarginCallEvent]) -> None:
-        """``margin`` goes out for ``row``; a call with it when it enters a worse-than-healthy state."""
+               calls: list[MarginCallEvent], snapshot: Snapshot) -> None:
+        """``margin`` (in its published state) goes out for ``row``; a call with it when it enters a
+        worse state."""
         prev = int(self.state[row])
+        state = int(margin.state)
+        causes: tuple[Contribution, ...] = ()
+        if state != prev:
+            inst = self.instruments
+            causes = contributions(self.snapshots[row], snapshot, inst.contract_size, inst.symbols,
+                                   inst.underlying_of)
+            self.last_change[row] = causes
+            episode, repeat = self.episodes.advance(row, prev, state)
+        else:
+            episode, repeat = int(self.episodes.number[row]), False
+        margin = dataclasses.replace(margin, episode=episode)
         outputs.append(margin)
-        if margin.state >= Health.MARGIN_CALL and margin.state != prev:
-            calls.append(MarginCallEvent(margin, prev))
-        self.state[row] = margin.state
+        if state > prev and state >= Health.MARGIN_CALL:
+            calls.append(MarginCallEvent(margin, prev, episode, repeat, causes))
+        self.state[row] = state
         self.equity[row] = margin.equity_usd
         self.im[row] = margin.im_usd
         self.ms[row] = now_ms
+        self.snapshots[row] = snapshot
 
-    def seed(self, row: int, state: int, equity_usd: float, im_usd: float, publish_ms: int) -> None:
+    def seed(self, row: int, state: int, equity_usd: float, im_usd: float, publish_ms: int, episode: int) -> None:
         """What was published for ``row`` before a restart (read back from margin.state)."""
         self.state[row] = state
         self.equity[row] = equity_usd
         self.im[row] = im_usd
         self.ms[row] = publish_ms
+        self.episodes.number[row] = episode
+        self.episodes.worst[row] = state if state > Health.HEALTHY else 0
 
     def forget(self, rows: Sequence[int]) -> None:
         for row in rows:
@@ -72,8 +135,21 @@ class Publication:
             self.equity[row] = 0.0
             self.im[row] = 0.0
             self.ms[row] = 0
+            self.pending.state[row] = 0
+            self.pending.count[row] = 0
+            self.episodes.number[row] = 0
+            self.episodes.worst[row] = 0
+            self.snapshots[row] = None
+            self.last_change.pop(row, None)
 
     def emit(self, outputs: Sequence[AccountMargin], calls: Sequence[MarginCallEvent]) -> None:
         if outputs or calls:
             self.publisher.publish(outputs, calls)
             self.metrics.published(len(outputs), len(calls))
+            for c in calls:
+                self.metrics.call(int(c.margin.state), int(c.cause), c.repeat)
+
+
+def snapshot_of(book, marks: np.ndarray, collateral_usd: float, margin: AccountMargin, version: int,
+                sigma_margin: Mapping[str, float], model_id: int) -> Snapshot:
+    return Snapshot(book, marks, collateral_usd, margin.equity_usd, margin.im_usd, version, sigma_margin, model_id)

@@ -11,6 +11,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from marginflow.margin.domain.market import MarketState
 from marginflow.margin.domain.results import AccountMargin, Explanation, PositionExplain, UnderlyingExplain
 from marginflow.margin.domain.trades import TradeDelta, apply_trades, check_trades
 from marginflow.margin.domain.valuation import MarketView, Valuation, valuate
+
+if TYPE_CHECKING:
+    from marginflow.margin.application.publication import Publication
 
 # Between slices the evaluation steps aside while queries are running, at most this long per slice.
 EVALUATE_YIELD_MAX_S = 0.005
@@ -69,7 +73,8 @@ class Single:
 class Queries:
     def __init__(self, instruments: InstrumentTable, config: EngineConfig, market: MarketState,
                  accounts: AccountTable, model: Callable[[], Model | None], market_view: Callable[[], MarketView],
-                 wall_ms: Callable[[], int], ready: Callable[[], bool] = lambda: True) -> None:
+                 wall_ms: Callable[[], int], ready: Callable[[], bool] = lambda: True,
+                 publication: "Publication | None" = None) -> None:
         self.instruments = instruments
         self.config = config
         self.market = market
@@ -78,6 +83,7 @@ class Queries:
         self._market_view = market_view
         self._wall_ms = wall_ms
         self._ready = ready
+        self._publication = publication
         self.readers = Readers()
         self._settle = list(config.assets).index(config.settlement_asset)
 
@@ -104,9 +110,22 @@ class Queries:
         return Single(book, flat, core, val)
 
     def margin_of(self, s: Single, model: Model, liquidation_prices: bool = False) -> AccountMargin:
+        """The account alone, in its raw state."""
         return account_margin(self.instruments, self.config.mm_factor, s.book, s.valuation, 0, s.flat, model,
                               self.market.newest_event_ms, core_parts(s.core),
                               self.liquidation_price if liquidation_prices else None)
+
+    def reported(self, margin: AccountMargin) -> AccountMargin:
+        """A query's answer: the published state's hysteresis applied, and the account's episode."""
+        pub = self._publication
+        if pub is None:
+            return margin
+        row = self.accounts.row_of.get(margin.account_id)
+        state = pub.query_state(row, int(margin.state), margin.equity_usd, margin.im_usd, margin.mm_usd)
+        episode = int(pub.episodes.number[row]) if row is not None and row < pub.episodes.number.shape[0] else 0
+        if state == margin.state and episode == margin.episode:
+            return margin
+        return dataclasses.replace(margin, state=state, episode=episode)
 
     def liquidation_price(self, k: int, size: float, equity: float, mm: float,
                           model: Model | None) -> tuple[float | None, str]:
@@ -123,7 +142,7 @@ class Queries:
     def get_margin(self, account_id: str) -> AccountMargin:
         with self.readers:
             book, model = self.require(account_id)
-            return self.margin_of(self.single(book, model), model, liquidation_prices=True)
+            return self.reported(self.margin_of(self.single(book, model), model, liquidation_prices=True))
 
     def what_if(self, account_id: str, trades: Sequence[TradeDelta]) -> tuple[AccountMargin, AccountMargin]:
         with self.readers:
@@ -134,7 +153,8 @@ class Queries:
             after_book = apply_trades(book, trades, self.market.mark_price, self.instruments.contract_size,
                                       self._settle)
             after = self.single(after_book, model, market)
-            return self.margin_of(before, model), self.margin_of(after, model, liquidation_prices=True)
+            return (self.reported(self.margin_of(before, model)),
+                    self.margin_of(after, model, liquidation_prices=True))
 
     def explain(self, account_id: str) -> Explanation:
         with self.readers:
@@ -143,7 +163,7 @@ class Queries:
     def _explain(self, account_id: str) -> Explanation:
         book, model = self.require(account_id)
         s = self.single(book, model)
-        margin = self.margin_of(s, model, liquidation_prices=True)
+        margin = self.reported(self.margin_of(s, model, liquidation_prices=True))
         ex = model.core.explain(book.instrument, book.size, book.isolated)
         t = self.instruments
         val = s.valuation
@@ -175,4 +195,8 @@ class Queries:
         parts = {"grid": float(ex["grid"]), "es": float(ex["es"]), "min_margin": float(ex["minimum"])}
         has_cross = bool(np.any((book.isolated == 0) & (book.size != 0)))
         binding = max(parts, key=lambda name: parts[name]) if has_cross else "none"
-        return Explanation(margin, int(ex["worst"]), tuple(positions), tuple(underlyings), binding)
+        last_change: tuple = ()
+        if self._publication is not None:
+            row = self.accounts.row_of.get(account_id)
+            last_change = self._publication.last_change.get(row, ()) if row is not None else ()
+        return Explanation(margin, int(ex["worst"]), tuple(positions), tuple(underlyings), binding, last_change)

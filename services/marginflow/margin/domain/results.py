@@ -3,6 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import IntEnum
+
+
+class ChangeCause(IntEnum):
+    """Same numbering as ``marginflow.margin.v1.ChangeCause``."""
+
+    UNSPECIFIED = 0
+    MARK_MOVE = 1
+    RISK_PARAMS = 2
+    MODEL_REFRESH = 3
+    POSITION_CHANGE = 4
+    COLLATERAL_CHANGE = 5
+    FIRST_EVALUATION = 6
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Contribution:
+    """One part of what moved an account: equity and IM changes in USD (signed)."""
+
+    cause: ChangeCause
+    subject: str = ""              # instrument / collateral asset / underlying
+    relative_move: float = 0.0     # mark after/before − 1, or σ_m after/before − 1
+    equity_change_usd: float = 0.0
+    im_change_usd: float = 0.0
+
+    @property
+    def effect_usd(self) -> float:
+        """What it did to the margin surplus (equity − IM): negative when it worsened the account."""
+        return self.equity_change_usd - self.im_change_usd
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,12 +68,23 @@ class AccountMargin:
     collateral_usd: float
     cross_pnl_usd: float
     isolated: tuple[IsolatedResult, ...] = ()
+    episode: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MarginCallEvent:
     margin: AccountMargin
     previous_state: int
+    episode: int = 0
+    repeat: bool = False
+    causes: tuple[Contribution, ...] = ()
+
+    @property
+    def cause(self) -> ChangeCause:
+        """The contribution that worsened the account most (first evaluation: nothing to compare)."""
+        if not self.causes:
+            return ChangeCause.UNSPECIFIED
+        return min(self.causes, key=lambda c: c.effect_usd).cause
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,3 +117,4 @@ class Explanation:
     positions: tuple[PositionExplain, ...]
     underlyings: tuple[UnderlyingExplain, ...]
     binding_component: str           # "grid", "es", "min_margin" ("none" without cross positions)
+    last_change: tuple[Contribution, ...] = ()   # what moved the account at its last state change

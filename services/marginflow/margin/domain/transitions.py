@@ -10,8 +10,9 @@ published state follows it under two rules, vectorised over every account:
   Trade-off: a larger b means fewer flip-flops around a threshold, but an account stays flagged a
   little longer after it has recovered.
 * **Confirmation (entering a worse state).** A worse raw state is published once it has held for
-  ``confirm_evaluations`` evaluations *and* ``confirm_ms`` of event time (so on marks newer than the
-  ones that first showed it); at once when the shortfall is beyond a band (equity < MM·(1 − band)
+  ``confirm_evaluations`` evaluations *and* ``confirm_ms`` (the service evaluates on every batch of
+  marks and at least once a second, so a one-tick excursion that the next marks undo is never
+  published, and a quiet market never holds a real call back); at once when the shortfall is beyond a band (equity < MM·(1 − band)
   for LIQUIDATION, < IM·(1 − band) for MARGIN_CALL), when the account is bankrupt, or when the
   account's own inputs changed (a trade, a withdrawal: no market noise to filter). Trade-off: a
   longer window filters more one-tick noise but delays a real call by that much; the band bounds
@@ -42,7 +43,7 @@ BPS = 10_000
 class TransitionRules:
     exit_buffer_bps: int = 200            # b = 2 %: leave a worse state only this far above its threshold
     confirm_evaluations: int = 2          # a worse raw state held this many evaluations ...
-    confirm_ms: int = 1_000               # ... and this long in event time before it is published
+    confirm_ms: int = 1_000               # ... and this long before it is published
     immediate_band_bps: int = 1_000       # 10 %: a shortfall beyond this publishes at once
 
     def __post_init__(self) -> None:
@@ -59,7 +60,7 @@ class Pending:
     """Per account: the worse raw state waiting for confirmation, since when, seen how often."""
 
     state: np.ndarray        # int8, 0 = none
-    since_ms: np.ndarray     # int64, event time it was first seen
+    since_ms: np.ndarray     # int64, when it was first seen
     count: np.ndarray        # int32
 
     @classmethod
@@ -95,7 +96,7 @@ def urgent(raw: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarray, mm_usd: 
 
 
 def next_states(published: np.ndarray, raw: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarray,
-                mm_usd: np.ndarray, pending: Pending, event_ms: int, rules: TransitionRules,
+                mm_usd: np.ndarray, pending: Pending, now_ms: int, rules: TransitionRules,
                 immediate: np.ndarray | None = None) -> np.ndarray:
     """The states to publish now (int8), given the published ones and this evaluation's raw ones.
 
@@ -118,10 +119,10 @@ def next_states(published: np.ndarray, raw: np.ndarray, equity_usd: np.ndarray, 
     same_pending = worse & (pending.state == raw)
     restart = worse & ~same_pending
     pending.state[restart] = raw[restart]
-    pending.since_ms[restart] = event_ms
+    pending.since_ms[restart] = now_ms
     pending.count[restart] = 1
     pending.count[same_pending] += 1
-    confirmed = worse & (pending.count >= rules.confirm_evaluations) & (event_ms - pending.since_ms >= rules.confirm_ms)
+    confirmed = worse & (pending.count >= rules.confirm_evaluations) & (now_ms - pending.since_ms >= rules.confirm_ms)
     go = confirmed | (worse & urgent(raw, equity_usd, im_usd, mm_usd, rules.immediate_band_bps))
     if immediate is not None:
         go |= worse & immediate
