@@ -23,8 +23,8 @@ from marginflow.backtest.adapters.progress import rich_progress
 from marginflow.backtest.adapters.report import headline, write_report
 from marginflow.backtest.application import BacktestConfig, run_backtest, run_sweep
 from marginflow.backtest.domain.estimates import EstimatorSettings
+from marginflow.backtest.domain.history import validation_for
 from marginflow.backtest.domain.portfolios import PortfolioError, parse_portfolios, select_portfolios
-from marginflow.marketdata.domain.validation import ValidationConfig
 from marginflow.riskparams.domain.apc import ApcConfig
 from marginflow.riskparams.domain.scenarios import GridConfig
 from marginflow.shared.universe import DEFAULT_UNIVERSE_FILE, MS_PER_DAY, UniverseError, load_universe
@@ -98,10 +98,11 @@ def main(
         source = str(data)
         shown_seed = None
     try:
-        probe_interval = interval_ms or None
-        history, report = load_history(data, universe, probe_interval, _validation(jump_threshold, probe_interval))
-        if not jump_threshold and not interval_ms and history.interval_ms < 3_600_000:
-            history, report = load_history(data, universe, None, _validation(0.0, history.interval_ms))
+        given = interval_ms or None
+        history, report = load_history(data, universe, given, validation_for(given, jump_threshold))
+        if given is None and not jump_threshold and history.interval_ms < 3_600_000:
+            # the detected interval is intraday: validate again with marketdata's own jump threshold
+            history, report = load_history(data, universe, history.interval_ms, validation_for(history.interval_ms))
         cfg = BacktestConfig(
             estimator=settings_for(history.interval_ms, lambda_fast=lambda_fast, lambda_slow=lambda_slow,
                                    apc_buffer=apc_buffer, floor_weight=floor_weight, z=z,
@@ -123,15 +124,6 @@ def main(
     path = write_report(result, report, out, source=source, seed=shown_seed, core_impl=core.IMPLEMENTATION,
                         sweep=points, skipped=skipped, settings=settings)
     _summary(Console(), result, report, path, time.perf_counter() - started)
-
-
-def _validation(jump_threshold: float, interval_ms: int | None) -> ValidationConfig:
-    if jump_threshold:
-        return ValidationConfig(jump_threshold=jump_threshold)
-    if interval_ms is not None and interval_ms < 3_600_000:
-        return ValidationConfig()
-    # daily or hourly closes move more than 10 % often; 0.5 (≈ 40–65 %) still catches a slipped decimal
-    return ValidationConfig(jump_threshold=0.5)
 
 
 def _summary(console: Console, result, report, path: pathlib.Path, seconds: float) -> None:

@@ -24,6 +24,22 @@ from marginflow.riskparams.domain.sampling import Sampler, samples_per_year
 from marginflow.shared.universe import Instrument, Kind, Underlying, Universe
 
 DEFAULT_PRIOR_VOL = 0.8      # annualised prior of an underlying the universe does not know (crypto-typical)
+COARSE_JUMP_THRESHOLD = 0.5  # log move held as a suspect in hourly or coarser closes (≈ −40 % / +65 %)
+
+
+def validation_for(interval_ms: int | None, jump_threshold: float = 0.0) -> ValidationConfig:
+    """marketdata's validation rules for a history sampled every ``interval_ms``.
+
+    Below one hour, marketdata's own settings (a 10 % move is a suspect jump). Daily or hourly
+    closes move more than 10 % often in crypto, and a one-day move that reverses the next day is
+    exactly what the noise-liquidation count must see, so there a suspect is a log move beyond
+    0.5 (a slipped decimal point or a fat-fingered close), unless ``jump_threshold`` says otherwise.
+    """
+    if jump_threshold:
+        return ValidationConfig(jump_threshold=jump_threshold)
+    if interval_ms is not None and interval_ms < 3_600_000:
+        return ValidationConfig()
+    return ValidationConfig(jump_threshold=COARSE_JUMP_THRESHOLD)
 
 
 @dataclasses.dataclass(frozen=True)
