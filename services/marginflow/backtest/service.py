@@ -12,6 +12,7 @@ import pathlib
 import sys
 import time
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -144,12 +145,13 @@ def _summary(console: Console, result, report, path: pathlib.Path, seconds: floa
 
 def run(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
-    except typer.Exit as exc:
-        return exc.exit_code
-    except SystemExit as exc:   # click usage errors
+        rc = app(args=argv, standalone_mode=False)     # returns the exit code of a typer.Exit
+    except SystemExit as exc:
         return int(exc.code or 0)
-    return 0
+    except click.exceptions.ClickException as exc:    # usage errors
+        exc.show()
+        return 2
+    return int(rc or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -126,22 +126,22 @@ def build_book(history: History, portfolios: list[PortfolioSpec], horizon_steps:
     strike = np.where(d_is_opt[None, :], d_money[None, :] * history.close[:, d_und], 0.0)   # [T, D]
     expiry_ms = history.time_ms[:, None].astype(np.float64) + d_tenor_ms[None, :]
 
-    def dated_value(t: int, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Forward, years, iv and value at ``t`` of the slots opened at vintages ``v`` ([D] each)."""
-        spot = history.close[t, d_und]
-        years = np.maximum((expiry_ms[v, np.arange(D)] - history.time_ms[t]) / MS_PER_YEAR, 0.0)
+    cols = np.arange(D)
+    times = history.time_ms.astype(np.float64)
+
+    def dated_value(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Forward, years, iv and value at observations ``t`` [n] of the slots opened at ``v`` [n] ([n, D] each)."""
+        spot = history.close[t][:, d_und]
+        years = np.maximum((expiry_ms[v][:, cols] - times[t][:, None]) / MS_PER_YEAR, 0.0)
         fwd = np.where(d_is_opt, spot, spot * np.exp(carry_per_year * years))
-        k = strike[v, np.arange(D)]
-        iv = np.where(d_is_opt, smile.vol(atm[t, d_und], np.where(d_is_opt, k, spot), spot, years), atm[t, d_und])
+        k = strike[v][:, cols]
+        level = atm[t][:, d_und]
+        iv = np.where(d_is_opt, smile.vol(level, np.where(d_is_opt, k, spot), spot, years), level)
         val = np.where(d_is_opt, black76_vec(fwd, np.where(d_is_opt, k, 1.0), years, iv, d_is_call), fwd)
         return fwd, years, iv, val
 
-    open_value = np.zeros((T, D))
-    open_iv = np.zeros((T, D))
-    open_years = np.zeros((T, D))
-    for t in range(T):
-        _f, yrs, iv, val = dated_value(t, np.full(D, t))
-        open_value[t], open_iv[t], open_years[t] = val, iv, yrs
+    every = np.arange(T)
+    _f, open_years, open_iv, open_value = dated_value(every, every)
     # sizes per vintage: notional / index at opening; delta hedges cancel the options' delta
     npos = len(pos_leg)
     size = np.zeros((T, npos))
@@ -180,19 +180,19 @@ def build_book(history: History, portfolios: list[PortfolioSpec], horizon_steps:
     half = np.concatenate([history.half_spread_frac] +
                           [np.where(d_is_opt, option_half_spread, history.half_spread_frac[d_und])] * (h + 1))
     depth_usd = np.concatenate([history.depth_usd] + [history.depth_usd[d_und]] * (h + 1))
+    per_lag = []
+    for lag in range(h + 1):
+        v = np.maximum(every - lag, 0)
+        f, y, iv, val = dated_value(every, v)
+        per_lag.append((f, y, iv, val, np.where(d_is_opt, strike[v][:, cols], 0.0)))
+    zeros = np.zeros(U)
     steps = []
     for t in range(T):
-        fw, yr, ivs, vals, ks = [history.close[t]], [np.zeros(U)], [atm[t]], [history.close[t]], [np.zeros(U)]
-        for lag in range(h + 1):
-            v = np.full(D, max(t - lag, 0))
-            f, y, iv, val = dated_value(t, v)
-            fw.append(f)
-            yr.append(y)
-            ivs.append(iv)
-            vals.append(val)
-            ks.append(np.where(d_is_opt, strike[v, np.arange(D)], 0.0))
-        steps.append(MarketStep(kind, und, np.concatenate(fw), np.concatenate(ks), np.concatenate(yr),
-                                np.concatenate(ivs), np.concatenate(vals), half, depth_usd / history.close[t, und]))
+        steps.append(MarketStep(
+            kind, und, np.concatenate([history.close[t]] + [x[0][t] for x in per_lag]),
+            np.concatenate([zeros] + [x[4][t] for x in per_lag]), np.concatenate([zeros] + [x[1][t] for x in per_lag]),
+            np.concatenate([atm[t]] + [x[2][t] for x in per_lag]),
+            np.concatenate([history.close[t]] + [x[3][t] for x in per_lag]), half, depth_usd / history.close[t, und]))
     return Book(history, tuple(portfolios), h, D, indptr, pos_portfolio_a, np.array(pos_is_perp), np.array(pos_ref),
                 np.array(pos_und), size, open_value, np.array(acc_lag), np.array(acc_port), np.array(flat_pos),
                 np.array(flat_lag), np.array(flat_inst, dtype=np.int32), steps)

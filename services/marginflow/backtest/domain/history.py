@@ -25,21 +25,26 @@ from marginflow.shared.universe import Instrument, Kind, Underlying, Universe
 
 DEFAULT_PRIOR_VOL = 0.8      # annualised prior of an underlying the universe does not know (crypto-typical)
 COARSE_JUMP_THRESHOLD = 0.5  # log move held as a suspect in hourly or coarser closes (≈ −40 % / +65 %)
+COARSE_CONFIRM_BAND = 0.15   # log distance of the next closes that settles a suspect there
 
 
 def validation_for(interval_ms: int | None, jump_threshold: float = 0.0) -> ValidationConfig:
-    """marketdata's validation rules for a history sampled every ``interval_ms``.
+    """marketdata's validation rules with settings for a history sampled every ``interval_ms``.
 
-    Below one hour, marketdata's own settings (a 10 % move is a suspect jump). Daily or hourly
-    closes move more than 10 % often in crypto, and a one-day move that reverses the next day is
-    exactly what the noise-liquidation count must see, so there a suspect is a log move beyond
-    0.5 (a slipped decimal point or a fat-fingered close), unless ``jump_threshold`` says otherwise.
+    Below one hour, marketdata's own settings (a 10 % move is a suspect jump, settled within 3 % by
+    the next ticks). Hourly or daily closes move more than 10 % often in crypto and the next close
+    is rarely within 3 % of anything, so there: a suspect is a log move beyond 0.5 (≈ −40 % / +65 %:
+    a slipped decimal point, a fat-fingered close), the next closes settle it within 0.15 of the old
+    or the new level, and it is held for up to 4 intervals (marketdata releases a suspect after
+    60 s of event time — at daily sampling that is the very next close). ``interval_ms`` None: daily.
+    ``jump_threshold`` overrides the threshold.
     """
-    if jump_threshold:
-        return ValidationConfig(jump_threshold=jump_threshold)
     if interval_ms is not None and interval_ms < 3_600_000:
-        return ValidationConfig()
-    return ValidationConfig(jump_threshold=COARSE_JUMP_THRESHOLD)
+        base = ValidationConfig()
+    else:
+        base = ValidationConfig(jump_threshold=COARSE_JUMP_THRESHOLD, confirm_band=COARSE_CONFIRM_BAND,
+                                hold_max_ms=4 * (interval_ms or 86_400_000))
+    return dataclasses.replace(base, jump_threshold=jump_threshold) if jump_threshold else base
 
 
 @dataclasses.dataclass(frozen=True)
