@@ -59,7 +59,7 @@ def _floats(text: str) -> tuple[float, ...]:
 def main(
     data: pathlib.Path = typer.Option(None, help="price history, the replay CSV (ts,instrument,price,...); "
                                                  "without it the marketdata simulator generates one"),
-    out: pathlib.Path = typer.Option(pathlib.Path("backtest-report"), help="directory of report.html and the PNGs"),
+    out: pathlib.Path = typer.Option(pathlib.Path(".run/backtest"), help="directory of report.html and the PNGs"),
     portfolios: pathlib.Path = typer.Option(DEFAULT_PORTFOLIOS, help="reference portfolios (TOML)"),
     days: int = typer.Option(3650, help="simulated history: days"),
     seed: int = typer.Option(7, help="simulated history: seed"),
