@@ -273,14 +273,10 @@ def run_backtest(history: History, portfolios: Sequence[PortfolioSpec], config: 
                                      progress("margin: APC off", steps))
     seconds["margin"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    T, A = history.n, book.indptr.size - 1
-    pnl = np.zeros((T, A))
-    gross = np.zeros((T, A))
-    for t in range(T):
-        pnl[t], gross[t] = book.pnl_gross_at(t)
+    pnl, gross = _pnl_gross(book)
     P = book.n_portfolios
     loss = -pnl[scored + h][:, h * P:(h + 1) * P]
-    margins["fixed_10"] = fixed_margins(gross, np.full(A, config.fixed_rate), config.mm_factor)
+    margins["fixed_10"] = fixed_margins(gross, np.full(gross.shape[1], config.fixed_rate), config.mm_factor)
     rate = calibrated_rates(loss, gross[scored, :P], config.coverage_levels[0], config.mm_factor)
     margins["fixed_calibrated"] = fixed_margins(gross, np.tile(rate, h + 1), config.mm_factor)
     results = {rule: score_rule(book, rule, margins[rule], pnl, gross, scored, config) for rule in RULES}
@@ -288,6 +284,16 @@ def run_backtest(history: History, portfolios: Sequence[PortfolioSpec], config: 
     seconds["total"] = time.perf_counter() - t0
     return BacktestResult(config, history, book.portfolios, h, scored, path, garch, loss, gross, margins, results,
                           seconds)
+
+
+def _pnl_gross(book: Book) -> tuple[np.ndarray, np.ndarray]:
+    """P&L since opening and gross notional of every account ``[T, A]`` (market only: shared by every rule)."""
+    T, A = book.history.n, book.indptr.size - 1
+    pnl = np.zeros((T, A))
+    gross = np.zeros((T, A))
+    for t in range(T):
+        pnl[t], gross[t] = book.pnl_gross_at(t)
+    return pnl, gross
 
 
 def expected_fits(n: int, s: EstimatorSettings) -> int:
@@ -350,27 +356,24 @@ def run_sweep(history: History, portfolios: Sequence[PortfolioSpec], config: Bac
               variants: list[tuple[str, str, BacktestConfig]] | None = None) -> list[SweepPoint]:
     """The platform rule at each variant (the GARCH path is the same for all: it depends on returns only)."""
     variants = variants if variants is not None else sweep_variants(config)
-    books: dict[int, Book] = {}
+    books: dict[int, tuple[Book, np.ndarray, np.ndarray]] = {}   # horizon -> book, P&L, gross notional
     floors: dict[tuple, np.ndarray] = {}
     advance = progress("sweep", len(variants))
     points = []
     for setting, value, cfg in variants:
         s = cfg.estimator
         h = cfg.horizon_steps(history.interval_ms)
-        book = books.get(h)
-        if book is None:
-            book = books[h] = prepare(history, portfolios, cfg, horizon_steps=h)
+        if h not in books:
+            book = prepare(history, portfolios, cfg, horizon_steps=h)
+            pnl, gross = _pnl_gross(book)
+            books[h] = (book, pnl, gross)
+        book, pnl, gross = books[h]
         key = (s.floor_lookback, s.floor_stress_window, s.floor_stress_weight, s.floor_min_returns)
         if key not in floors:
             floors[key] = floor_path(history.returns, s, history.samples_per_year)
         path = estimator_path(history.returns, history.prior_annual_vol, s, history.samples_per_year, garch, floors[key])
         scored = scored_vintages(history, cfg, h)
         margins = margin_pass(book, path, path.sigma_margin, s, cfg, core, int(scored[0]), lambda _n: None)
-        T, A = history.n, book.indptr.size - 1
-        pnl = np.zeros((T, A))
-        gross = np.zeros((T, A))
-        for t in range(int(scored[0]), T):
-            pnl[t], gross[t] = book.pnl_gross_at(t)
         res = score_rule(book, "platform", margins, pnl, gross, scored, cfg)
         P = book.n_portfolios
         loss = -pnl[scored + h][:, h * P:(h + 1) * P]

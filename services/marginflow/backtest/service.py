@@ -124,7 +124,22 @@ def main(
                  ("interval_ms", str(history.interval_ms)), ("horizon_steps", str(result.horizon_steps))]
     path = write_report(result, report, out, source=source, seed=shown_seed, core_impl=core.IMPLEMENTATION,
                         sweep=points, skipped=skipped, settings=settings)
+    if points:
+        _sweep_table(Console(), points, cfg)
     _summary(Console(), result, report, path, time.perf_counter() - started)
+
+
+def _sweep_table(console: Console, points, cfg: BacktestConfig) -> None:
+    c0 = cfg.coverage_levels[0]
+    table = Table(title=f"trade-off front (★ configured, ● not dominated) — MM at {100 * c0:g} %, target rate {1 - c0:.3f}")
+    for col in ("point", "MM exception rate", "failing K/C", "Σ IM / Σ notional", "median peak/trough",
+                "liquidations on noise", ""):
+        table.add_column(col, justify="right")
+    for p in points:
+        mark = ("★" if p.configured else "") + ("●" if p.efficient else "")
+        table.add_row(p.label, f"{p.mm_exception_rate:.4f}", str(p.kupiec_failures), f"{p.capital:.4f}",
+                      f"{p.peak_to_trough:.2f}", str(p.noise_liquidations), mark)
+    console.print(table)
 
 
 def _summary(console: Console, result, report, path: pathlib.Path, seconds: float) -> None:

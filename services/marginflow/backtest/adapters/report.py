@@ -58,7 +58,6 @@ def plot_price_sigma(res: BacktestResult, out: pathlib.Path) -> str:
 
 
 def plot_im_loss(res: BacktestResult, out: pathlib.Path, portfolio: int = 0) -> str:
-    P = len(res.portfolios)
     v = res.scored
     d = _dates(res.history.time_ms[v])
     loss = res.loss[:, portfolio]
@@ -76,7 +75,6 @@ def plot_im_loss(res: BacktestResult, out: pathlib.Path, portfolio: int = 0) -> 
     ax.set_ylabel("USD")
     ax.set_title(f"{res.portfolios[portfolio].name}: platform IM/MM against the realised loss")
     ax.legend(fontsize=8, ncol=3)
-    del P
     return _save(fig, out / "im_vs_loss.png")
 
 
@@ -146,7 +144,7 @@ Margin core: {{ core }}. Seed: {{ seed }}.</p>
 {% for p in plots %}<p><img src="{{ p }}" alt="{{ p }}"></p>{% endfor %}
 
 <h2>Coverage: exceptions, Kupiec, Christoffersen, traffic light</h2>
-<p>Exceptions per day count overlapping {{ h }}-observation windows; the tests and the traffic light use every {{ h }}-th window (independent losses).
+<p>Exceptions per day count overlapping {{ h }}-observation windows; the tests and the traffic light use one window in {{ h }} (non-overlapping: independent losses).
 Kupiec POF (1995) χ²(1); Christoffersen (1998) independence χ²(1) and conditional coverage χ²(2); Basel (1996) zones per block of 250 tested windows.</p>
 {% for rule, rows in coverage.items() %}
 <h3>{{ rule_label[rule] }}</h3>

@@ -17,7 +17,6 @@ Arrays are ``[T, U]``: observation ``t`` is the close of the ``t``-th interval, 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -184,6 +183,3 @@ def risk_version(underlyings: tuple[str, ...], t: int, event_time_ms: int, index
                        {u: float(p) for u, p in zip(underlyings, index_price)}, grids, underlyings, hist,
                        s.es_confidence)
 
-
-def annualised(var_per_interval: float, samples_per_year: float) -> float:
-    return math.sqrt(max(var_per_interval, 0.0) * samples_per_year)
