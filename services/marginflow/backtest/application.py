@@ -2,8 +2,9 @@
 sweep the settings that matter.
 
 Ports (passed in): ``core`` (``marginflow.core`` — the C core or its numpy twin), ``garch_fitter``
-(riskparams' ``fit_garch11`` behind a cache in a sweep), ``progress`` (a callable
-``progress(label, total) -> advance(n)``). Nothing here reads files, the clock or the environment.
+(riskparams' ``fit_garch11`` by default; a sweep reuses the fitted GARCH path, which depends on the
+returns only), ``progress`` (a callable ``progress(label, total) -> advance(n)``). Nothing here reads
+files, the clock or the environment.
 
 Rules scored on the same data:
 
