@@ -132,8 +132,8 @@ def main(
 def _sweep_table(console: Console, points, cfg: BacktestConfig) -> None:
     c0 = cfg.coverage_levels[0]
     table = Table(title=f"trade-off front (★ configured, ● not dominated) — MM at {100 * c0:g} %, target rate {1 - c0:.3f}")
-    for col in ("point", "MM exception rate", "failing K/C", "Σ IM / Σ notional", "median peak/trough",
-                "liquidations on noise", ""):
+    table.add_column("point", justify="left", no_wrap=True)
+    for col in ("MM exc. rate", "failing K/C", "Σ IM/Σ notional", "median peak/trough", "noise liq.", ""):
         table.add_column(col, justify="right")
     for p in points:
         mark = ("★" if p.configured else "") + ("●" if p.efficient else "")
