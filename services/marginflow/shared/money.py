@@ -66,6 +66,23 @@ def usd_down(value: float) -> Decimal:
     return Decimal(cents_down(value)).scaleb(-2)
 
 
+def cents_text(cents: int) -> str:
+    """Whole cents as the wire's decimal string ("-12.34", "0.05", "9006.00"), without a Decimal."""
+    sign = "-" if cents < 0 else ""
+    whole, frac = divmod(abs(cents), 100)
+    return f"{sign}{whole}.{frac:02d}"
+
+
+def usd_up_text(value: float) -> str:
+    """:func:`usd_up` as its decimal string (the hot path of the margin codec)."""
+    return cents_text(cents_up(value))
+
+
+def usd_down_text(value: float) -> str:
+    """:func:`usd_down` as its decimal string."""
+    return cents_text(cents_down(value))
+
+
 def cents_toward_floor(value: Decimal) -> Decimal:
     """An exact USD amount to the cent toward −∞: what the venue takes from an account (a fee)."""
     if not value.is_finite():

@@ -53,3 +53,11 @@ def test_decimal_cents_by_direction():
     assert cents_toward_floor(Decimal("-0.001")) == Decimal("-0.01")
     with pytest.raises(ValueError):
         cents_toward_floor(Decimal("NaN"))
+
+
+@given(amounts)
+def test_the_fast_wire_text_is_the_decimal_rounded_in_the_venues_favour(x):
+    from marginflow.shared.money import usd_down_text, usd_up_text
+
+    assert Decimal(usd_up_text(x)) == usd_up(x) and Decimal(usd_down_text(x)) == usd_down(x)
+    assert usd_up_text(x) == str(usd_up(x)) and usd_down_text(x) == str(usd_down(x))

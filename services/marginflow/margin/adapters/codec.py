@@ -21,7 +21,7 @@ from marginflow.margin.domain.market import MarkUpdate
 from marginflow.margin.domain.results import AccountMargin, Explanation, MarginCallEvent
 from marginflow.margin.domain.scenarios import GridSpec, RiskVersion
 from marginflow.shared.errors import Rejected
-from marginflow.shared.money import parse_decimal, usd_down, usd_up
+from marginflow.shared.money import parse_decimal, usd_down, usd_down_text, usd_up, usd_up_text
 from marginflow.shared.universe import MAX_IMPLIED_VOL, MAX_PRICE_USD
 
 # Largest plausible amounts: beyond them a value is a unit or encoding error, not a position.
@@ -169,30 +169,30 @@ def _state_fields(msg: pb.MarginState, m: AccountMargin, source: str, publish_ms
     msg.meta.publish_time_ms = publish_ms
     msg.meta.source = source
     msg.account_id = m.account_id
-    msg.equity_usd.value = str(usd_down(m.equity_usd))
-    msg.im_usd.value = str(usd_up(m.im_usd))
-    msg.mm_usd.value = str(usd_up(m.mm_usd))
-    msg.grid_margin_usd.value = str(usd_up(m.grid_usd))
-    msg.es_usd.value = str(usd_up(m.es_usd))
-    msg.min_margin_usd.value = str(usd_up(m.minimum_usd))
-    msg.liquidity_addon_usd.value = str(usd_up(m.liquidity_usd))
+    msg.equity_usd.value = usd_down_text(m.equity_usd)
+    msg.im_usd.value = usd_up_text(m.im_usd)
+    msg.mm_usd.value = usd_up_text(m.mm_usd)
+    msg.grid_margin_usd.value = usd_up_text(m.grid_usd)
+    msg.es_usd.value = usd_up_text(m.es_usd)
+    msg.min_margin_usd.value = usd_up_text(m.minimum_usd)
+    msg.liquidity_addon_usd.value = usd_up_text(m.liquidity_usd)
     msg.state = m.state
     msg.risk_params_version = m.risk_params_version
     msg.account_revision = m.revision
     msg.marks_time_ms = m.marks_time_ms
     msg.marks_fresh = m.marks_fresh
-    msg.cross_equity_usd.value = str(usd_down(m.cross_equity_usd))
-    msg.cross_im_usd.value = str(usd_up(m.cross_im_usd))
-    msg.cross_mm_usd.value = str(usd_up(m.cross_mm_usd))
+    msg.cross_equity_usd.value = usd_down_text(m.cross_equity_usd)
+    msg.cross_im_usd.value = usd_up_text(m.cross_im_usd)
+    msg.cross_mm_usd.value = usd_up_text(m.cross_mm_usd)
     msg.cross_state = m.cross_state
-    msg.collateral_value_usd.value = str(usd_down(m.collateral_usd))
-    msg.unrealized_pnl_usd.value = str(usd_down(m.cross_pnl_usd))
+    msg.collateral_value_usd.value = usd_down_text(m.collateral_usd)
+    msg.unrealized_pnl_usd.value = usd_down_text(m.cross_pnl_usd)
     msg.episode = m.episode
     for iso in m.isolated:
         item = msg.isolated.add(instrument=iso.instrument, state=iso.state)
-        item.equity_usd.value = str(usd_down(iso.equity_usd))
-        item.im_usd.value = str(usd_up(iso.im_usd))
-        item.mm_usd.value = str(usd_up(iso.mm_usd))
+        item.equity_usd.value = usd_down_text(iso.equity_usd)
+        item.im_usd.value = usd_up_text(iso.im_usd)
+        item.mm_usd.value = usd_up_text(iso.mm_usd)
         item.size.value = repr(iso.size)
         if iso.liquidation_price_usd is not None:
             item.liquidation_price_usd.value = str(_price(iso.liquidation_price_usd))
@@ -219,7 +219,7 @@ def margin_call(c: MarginCallEvent, source: str = "margin", publish_ms: int = 0)
     equity, im = usd_down(m.equity_usd), usd_up(m.im_usd)
     msg.equity_usd.value = str(equity)
     msg.im_usd.value = str(im)
-    msg.mm_usd.value = str(usd_up(m.mm_usd))
+    msg.mm_usd.value = usd_up_text(m.mm_usd)
     msg.shortfall_usd.value = str(max(Decimal("0.00"), im - equity))
     return msg
 
@@ -228,8 +228,8 @@ def _contributions(field, contributions) -> None:
     """Contributions on the wire: equity changes rounded down, IM changes up (the venue's side)."""
     for c in contributions:
         item = field.add(cause=int(c.cause), subject=c.subject, relative_move=c.relative_move)
-        item.equity_change_usd.value = str(usd_down(c.equity_change_usd))
-        item.im_change_usd.value = str(usd_up(c.im_change_usd))
+        item.equity_change_usd.value = usd_down_text(c.equity_change_usd)
+        item.im_change_usd.value = usd_up_text(c.im_change_usd)
 
 
 def explain_response(e: Explanation, publish_ms: int = 0) -> pb.ExplainResponse:
@@ -240,18 +240,18 @@ def explain_response(e: Explanation, publish_ms: int = 0) -> pb.ExplainResponse:
     for p in e.positions:
         item = out.positions.add(instrument=p.instrument, underlying=p.underlying, isolated=p.isolated,
                                  liquidation_price_basis=p.liquidation_price_basis)
-        item.loss_in_worst_grid_usd.value = str(usd_up(p.grid_loss_usd))
-        item.es_contribution_usd.value = str(usd_up(p.es_contribution_usd))
-        item.minimum_usd.value = str(usd_up(p.minimum_usd))
-        item.liquidity_usd.value = str(usd_up(p.liquidity_usd))
+        item.loss_in_worst_grid_usd.value = usd_up_text(p.grid_loss_usd)
+        item.es_contribution_usd.value = usd_up_text(p.es_contribution_usd)
+        item.minimum_usd.value = usd_up_text(p.minimum_usd)
+        item.liquidity_usd.value = usd_up_text(p.liquidity_usd)
         item.size.value = repr(p.size)
         if p.liquidation_price_usd is not None:
             item.liquidation_price_usd.value = str(_price(p.liquidation_price_usd))
     for u in e.underlyings:
         item = out.underlyings.add(underlying=u.underlying, worst_price_shock=u.worst_price_shock,
                                    worst_vol_shock=u.worst_vol_shock)
-        item.grid_margin_usd.value = str(usd_up(u.grid_margin_usd))
-        item.es_contribution_usd.value = str(usd_up(u.es_contribution_usd))
+        item.grid_margin_usd.value = usd_up_text(u.grid_margin_usd)
+        item.es_contribution_usd.value = usd_up_text(u.es_contribution_usd)
     return out
 
 

@@ -46,6 +46,7 @@ class MarginMetrics:
             registry=registry)
         self.rejected = Counter(
             "marginflow_margin_rejected_total", "Inputs dead-lettered, by reason", ["reason"], registry=registry)
+        self._call_children: dict = {}
         self._state_children = {s: self.accounts.labels(s.name.lower()) for s in Health if s != Health.UNSPECIFIED}
 
     # EngineMetrics port
@@ -73,8 +74,12 @@ class MarginMetrics:
         self.calls_published.inc(calls)
 
     def call(self, state: int, cause: int, repeat: bool) -> None:
-        self.calls.labels(Health(state).name.lower(), ChangeCause(cause).name.lower(),
-                          "true" if repeat else "false").inc()
+        key = (state, cause, repeat)
+        child = self._call_children.get(key)
+        if child is None:
+            child = self._call_children[key] = self.calls.labels(
+                Health(state).name.lower(), ChangeCause(cause).name.lower(), "true" if repeat else "false")
+        child.inc()
 
 
 _metrics: MarginMetrics | None = None

@@ -112,8 +112,9 @@ class Evaluation:
                 # the account's own inputs changed: a transition needs no confirmation
                 state = int(self.publication.next_states(single.valuation, row, row + 1, now,
                                                          immediate=np.ones(1, dtype=bool))[0])
-                margin = dataclasses.replace(self.queries.margin_of(single, model), state=state)
-                self.publication.record(row, margin, now, outputs, calls,
+                episode, repeat = self.publication.episode(row, state)
+                margin = dataclasses.replace(self.queries.margin_of(single, model), state=state, episode=episode)
+                self.publication.record(row, margin, repeat, now, outputs, calls,
                                         self._snapshot(book, marks, float(single.valuation.collateral[0]), margin))
             self.publication.emit(outputs, calls)
 
@@ -186,11 +187,11 @@ class Evaluation:
             marks = self.market.mark_price.copy() if rows else None
             for row in rows:
                 parts = (float(acc.grid[row]), float(acc.es[row]), float(acc.minimum[row]), float(acc.liquidity[row]))
+                state = int(published[row])
+                episode, repeat = self.publication.episode(row, state)
                 margin = account_margin(self.instruments, self.config.mm_factor, acc.rows[row], val, row, f, model,
-                                        event_ms, parts)
-                if margin.state != published[row]:
-                    margin = dataclasses.replace(margin, state=int(published[row]))
-                self.publication.record(row, margin, now, outputs, calls,
+                                        event_ms, parts, state=state, episode=episode)
+                self.publication.record(row, margin, repeat, now, outputs, calls,
                                         self._snapshot(acc.rows[row], marks, float(val.collateral[row]), margin))
             self.publication.emit(outputs, calls)
             counts = np.bincount(published[live], minlength=5)

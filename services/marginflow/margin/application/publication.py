@@ -95,22 +95,27 @@ class Publication:
         return changed
 
     # ---- one publication
-    def record(self, row: int, margin: AccountMargin, now_ms: int, outputs: list[AccountMargin],
+    def episode(self, row: int, state: int) -> tuple[int, bool]:
+        """The episode ``row`` is in once published in ``state`` (advanced on a state change), and
+        whether that episode had reached ``state`` already."""
+        prev = int(self.state[row])
+        if state != prev:
+            return self.episodes.advance(row, prev, state)
+        return int(self.episodes.number[row]), False
+
+    def record(self, row: int, margin: AccountMargin, repeat: bool, now_ms: int, outputs: list[AccountMargin],
                calls: list[MarginCallEvent], snapshot: Snapshot) -> None:
-        """``margin`` (in its published state) goes out for ``row``; a call with it when it enters a
-        worse state."""
+        """``margin`` (in its published state and episode, see :meth:`episode`) goes out for ``row``;
+        a call with it when it enters a worse state."""
         prev = int(self.state[row])
         state = int(margin.state)
+        episode = margin.episode
         causes: tuple[Contribution, ...] = ()
         if state != prev:
             inst = self.instruments
             causes = contributions(self.snapshots[row], snapshot, inst.contract_size, inst.symbols,
                                    inst.underlying_of)
             self.last_change[row] = causes
-            episode, repeat = self.episodes.advance(row, prev, state)
-        else:
-            episode, repeat = int(self.episodes.number[row]), False
-        margin = dataclasses.replace(margin, episode=episode)
         outputs.append(margin)
         if state > prev and state >= Health.MARGIN_CALL:
             calls.append(MarginCallEvent(margin, prev, episode, repeat, causes))

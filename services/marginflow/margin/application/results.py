@@ -15,9 +15,11 @@ LiquidationPrice = Callable[[int, float, float, float, Model], tuple[float | Non
 
 def account_margin(instruments: InstrumentTable, mm_factor: float, book: AccountBook, val: Valuation, i: int,
                    flat: FlatBook, model: Model, event_time_ms: int, parts: tuple[float, float, float, float],
-                   liquidation_price: LiquidationPrice | None = None) -> AccountMargin:
+                   liquidation_price: LiquidationPrice | None = None, state: int | None = None,
+                   episode: int = 0) -> AccountMargin:
     """Entry ``i`` of ``val``/``flat`` as an :class:`AccountMargin`; ``parts`` = (grid, ES, minimum,
-    liquidity add-on) of the cross IM; liquidation prices of isolated positions when asked."""
+    liquidity add-on) of the cross IM; liquidation prices of isolated positions when asked; ``state``
+    (default: the raw one) and ``episode`` as published."""
     lo, hi = int(flat.indptr[i]), int(flat.indptr[i + 1])
     isolated: list[IsolatedResult] = []
     syms = instruments.symbols
@@ -37,9 +39,10 @@ def account_margin(instruments: InstrumentTable, mm_factor: float, book: Account
         event_time_ms=event_time_ms, equity_usd=float(val.equity[i]), im_usd=float(val.im[i]),
         mm_usd=float(val.mm[i]), cross_equity_usd=float(val.cross_equity[i]), cross_im_usd=cross_im,
         cross_mm_usd=float(val.cross_mm[i]), cross_state=int(val.cross_state[i]), grid_usd=grid, es_usd=es,
-        minimum_usd=minimum, liquidity_usd=liquidity, state=int(val.state[i]), marks_fresh=bool(val.fresh[i]),
-        marks_time_ms=int(val.marks_time_ms[i]), collateral_usd=float(val.collateral[i]),
-        cross_pnl_usd=float(val.cross_pnl[i]), isolated=tuple(isolated))
+        minimum_usd=minimum, liquidity_usd=liquidity, state=int(val.state[i]) if state is None else int(state),
+        marks_fresh=bool(val.fresh[i]), marks_time_ms=int(val.marks_time_ms[i]),
+        collateral_usd=float(val.collateral[i]), cross_pnl_usd=float(val.cross_pnl[i]), isolated=tuple(isolated),
+        episode=episode)
 
 
 def core_parts(core: Mapping) -> tuple[float, float, float, float]:
