@@ -9,7 +9,7 @@
   account). Only those accounts' results are built (the others cost a vectorised comparison).
 * **Calls.** A margin call goes out on every move into a worse state, with the account's episode,
   whether the episode had reached that state already (a repeat), and what moved the account since
-  its last published state (``domain.causes``), each part with its size.
+  its state last changed (``domain.causes``), each part with its size.
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ class Publication:
         self.equity[row] = margin.equity_usd
         self.im[row] = margin.im_usd
         self.ms[row] = now_ms
-        self.snapshots[row] = snapshot
+        if state != prev or self.snapshots[row] is None:
+            self.snapshots[row] = snapshot   # causes are told from the last change of state
 
     def seed(self, row: int, state: int, equity_usd: float, im_usd: float, publish_ms: int, episode: int) -> None:
         """What was published for ``row`` before a restart (read back from margin.state)."""
