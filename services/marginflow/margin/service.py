@@ -68,7 +68,10 @@ def engine_config(s: MarginSettings, universe: Universe) -> EngineConfig:
         evaluate_interval_ms=s.evaluate_interval_ms, model_refresh_ms=s.model_refresh_ms,
         incremental_max_accounts=s.incremental_max_accounts, n_threads=s.threads,
         default_depth_contracts=100.0,
-        transitions=TransitionRules(s.exit_buffer_bps, s.confirm_evaluations, s.confirm_ms, s.immediate_band_bps),
+        transitions=TransitionRules(exit_buffer_bps=s.exit_buffer_bps,
+                                    margin_call_exit_buffer_bps=s.margin_call_exit_buffer_bps,
+                                    confirm_evaluations=s.confirm_evaluations, confirm_ms=s.confirm_ms,
+                                    immediate_band_bps=s.immediate_band_bps),
         fallback_vol={u: x.annual_vol for u, x in universe.underlyings.items()},
         fallback_price={u: x.index_price_usd for u, x in universe.underlyings.items()})
 

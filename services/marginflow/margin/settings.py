@@ -79,8 +79,10 @@ class MarginSettings:
                                    "second), seconds")
     redis_prefix: str = env("MF_MARGIN_REDIS_PREFIX", str, "mf:mg:", "prefix of the margin service's Redis keys")
     exit_buffer_bps: int = env("MF_MARGIN_EXIT_BUFFER_BPS", non_negative_int, 200,
-                               "a worse state is left only when equity clears its threshold by this much, bp "
-                               "(200 = 2 %: margin call left at IM·1.02, liquidation at MM·1.02)")
+                               "bankrupt is left (for liquidation) once equity ≥ this × MM, bp")
+    margin_call_exit_buffer_bps: int = env("MF_MARGIN_MARGIN_CALL_EXIT_BUFFER_BPS", non_negative_int, 500,
+                                           "margin call and liquidation end once equity ≥ IM × (1 + this), bp "
+                                           "(500: restored at IM·1.05)")
     confirm_evaluations: int = env("MF_MARGIN_CONFIRM_EVALUATIONS", positive_int, 2,
                                    "a worse state is published once seen in this many evaluations ...")
     confirm_ms: int = env("MF_MARGIN_CONFIRM_MS", non_negative_int, 1_000,

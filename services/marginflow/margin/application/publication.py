@@ -81,9 +81,9 @@ class Publication:
         published = int(self.state[row])
         if published == Health.UNSPECIFIED or raw >= published:
             return raw
-        sticky = int(sticky_state(np.array([equity_usd]), np.array([im_usd]), np.array([mm_usd]),
-                                  self.rules.exit_buffer_bps)[0])
-        return max(raw, min(published, sticky))
+        sticky = int(sticky_state(np.array([published], np.int8), np.array([equity_usd]), np.array([im_usd]),
+                                  np.array([mm_usd]), self.rules)[0])
+        return max(raw, sticky)
 
     def changed(self, published: np.ndarray, val: Valuation, n: int, now_ms: int) -> np.ndarray:
         """Rows 0..n−1 whose state or numbers differ materially from what was published (or due a heartbeat)."""

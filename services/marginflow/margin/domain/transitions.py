@@ -4,11 +4,17 @@ confirmation on the way in, and episodes.
 The raw state of an account (``health.classify_many``) follows every tick of its equity. The
 published state follows it under two rules, vectorised over every account:
 
-* **Hysteresis (leaving a worse state).** A state is left only when equity clears its threshold by
-  a buffer: MARGIN_CALL only once equity ≥ IM·(1 + b), LIQUIDATION only once equity ≥ MM·(1 + b),
-  BANKRUPT only once equity ≥ b·MM (Drift leaves liquidation only at MM plus a 2 % margin buffer).
-  Trade-off: a larger b means fewer flip-flops around a threshold, but an account stays flagged a
-  little longer after it has recovered.
+* **Hysteresis (leaving a worse state).** A state is left only when equity clears a threshold by a
+  buffer: MARGIN_CALL only once equity ≥ IM·(1 + b_mc); LIQUIDATION only once the account is
+  *restored*, equity ≥ IM·(1 + b_mc) — the point at which a partial liquidation stops (an account
+  that went below maintenance stays in liquidation, not back in margin call, until restored, so an
+  episode enters each state once); BANKRUPT is left for LIQUIDATION once equity ≥ b·MM (the buffer
+  Drift puts on maintenance margin). Trade-off: a larger buffer means fewer flip-flops around a
+  threshold and fewer repeated notifications, but an account stays flagged a little longer after it
+  has recovered.
+* **Confirmation of recoveries.** A better state is published only once it has held over the same
+  window as a worse one (below), unless the account's own inputs changed (a deposit, a liquidation
+  fill): a requirement that dips for one evaluation does not end an episode.
 * **Confirmation (entering a worse state).** A worse raw state is published once it has held for
   ``confirm_evaluations`` evaluations *and* ``confirm_ms`` (the service evaluates on every batch of
   marks and at least once a second, so a one-tick excursion that the next marks undo is never
@@ -41,14 +47,15 @@ BPS = 10_000
 
 @dataclasses.dataclass(frozen=True)
 class TransitionRules:
-    exit_buffer_bps: int = 200            # b = 2 %: leave a worse state only this far above its threshold
+    exit_buffer_bps: int = 200            # b = 2 %: bankrupt is left for liquidation at b·MM
+    margin_call_exit_buffer_bps: int = 500   # b_mc = 5 %: margin call and liquidation end at IM·(1 + b_mc)
     confirm_evaluations: int = 2          # a worse raw state held this many evaluations ...
     confirm_ms: int = 1_000               # ... and this long before it is published
     immediate_band_bps: int = 1_000       # 10 %: a shortfall beyond this publishes at once
 
     def __post_init__(self) -> None:
-        if not 0 <= self.exit_buffer_bps < BPS:
-            raise ValueError("exit_buffer_bps must be in [0, 10000)")
+        if not 0 <= self.exit_buffer_bps < BPS or not 0 <= self.margin_call_exit_buffer_bps < BPS:
+            raise ValueError("exit buffers must be in [0, 10000) bp")
         if not 0 <= self.immediate_band_bps <= BPS:
             raise ValueError("immediate_band_bps must be in [0, 10000]")
         if self.confirm_evaluations < 1 or self.confirm_ms < 0:
@@ -68,20 +75,20 @@ class Pending:
         return cls(np.zeros(n, np.int8), np.zeros(n, np.int64), np.zeros(n, np.int32))
 
 
-def sticky_state(equity_usd: np.ndarray, im_usd: np.ndarray, mm_usd: np.ndarray, exit_buffer_bps: int) -> np.ndarray:
-    """The best state an account may be published in when it comes from a worse one: the first
-    threshold (from the bottom) that equity does not clear by the buffer.
+def sticky_state(published: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarray, mm_usd: np.ndarray,
+                 rules: "TransitionRules") -> np.ndarray:
+    """The best state an account may move to from its published (worse) state: HEALTHY once equity
+    ≥ IM·(1 + b_mc); from BANKRUPT, LIQUIDATION once equity ≥ b·MM; otherwise it stays.
 
     ``equity·10⁴ ≥ threshold·(10⁴ + b)`` in whole cents, so no division and no rounding."""
     e = cents_down_array(equity_usd)
     im = cents_up_array(im_usd)
     mm = cents_up_array(mm_usd)
-    up = BPS + exit_buffer_bps
-    clear_mc = e * BPS >= im * up
-    clear_liq = e * BPS >= mm * up
-    clear_bk = e * BPS >= mm * exit_buffer_bps
-    return np.where(~clear_bk, Health.BANKRUPT, np.where(~clear_liq, Health.LIQUIDATION,
-                                                        np.where(~clear_mc, Health.MARGIN_CALL, Health.HEALTHY)))
+    restored = e * BPS >= im * (BPS + rules.margin_call_exit_buffer_bps)
+    solvent = e * BPS >= mm * rules.exit_buffer_bps
+    published = np.asarray(published, dtype=np.int8)
+    stay = np.where((published == Health.BANKRUPT) & solvent, Health.LIQUIDATION, published)
+    return np.where(restored, Health.HEALTHY, stay).astype(np.int8)
 
 
 def urgent(raw: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarray, mm_usd: np.ndarray, band_bps: int) -> np.ndarray:
@@ -109,26 +116,35 @@ def next_states(published: np.ndarray, raw: np.ndarray, equity_usd: np.ndarray, 
     fresh_start = published == Health.UNSPECIFIED
     out[fresh_start] = raw[fresh_start]
     known = ~fresh_start
-    # better: hysteresis
+    # better: hysteresis gives the target, then it must hold like a worse state
+    target = raw.copy()
     better = known & (raw < published)
     if better.any():
-        sticky = sticky_state(equity_usd, im_usd, mm_usd, rules.exit_buffer_bps).astype(np.int8)
-        out[better] = np.maximum(raw[better], np.minimum(published[better], sticky[better]))
-    # worse: confirmation
+        sticky = sticky_state(published, equity_usd, im_usd, mm_usd, rules)
+        target[better] = np.maximum(raw[better], sticky[better])
+    better = known & (target < published)
+    return _confirm(out, known, published, target, better, equity_usd, im_usd, mm_usd, pending, now_ms, rules,
+                    immediate)
+
+
+def _confirm(out, known, published, target, better, equity_usd, im_usd, mm_usd, pending: Pending, now_ms: int,
+             rules: "TransitionRules", immediate) -> np.ndarray:
+    raw = target
     worse = known & (raw > published)
-    same_pending = worse & (pending.state == raw)
-    restart = worse & ~same_pending
+    moving = worse | better
+    same_pending = moving & (pending.state == raw)
+    restart = moving & ~same_pending
     pending.state[restart] = raw[restart]
     pending.since_ms[restart] = now_ms
     pending.count[restart] = 1
     pending.count[same_pending] += 1
-    confirmed = worse & (pending.count >= rules.confirm_evaluations) & (now_ms - pending.since_ms >= rules.confirm_ms)
+    confirmed = moving & (pending.count >= rules.confirm_evaluations) & (now_ms - pending.since_ms >= rules.confirm_ms)
     go = confirmed | (worse & urgent(raw, equity_usd, im_usd, mm_usd, rules.immediate_band_bps))
     if immediate is not None:
-        go |= worse & immediate
+        go |= moving & immediate
     out[go] = raw[go]
     # whatever is not waiting any more forgets its pending state
-    done = ~worse | go
+    done = ~moving | go
     pending.state[done] = 0
     pending.count[done] = 0
     return out
