@@ -1,4 +1,5 @@
-"""Margin core: risk arrays, portfolio margin (grid, ES, tiered minimum, liquidity), what-if, explain.
+"""Margin core: risk arrays, portfolio margin (grid, ES, tiered minimum, liquidity), what-if, explain,
+valuation (equity, requirements and health states at current marks).
 
 Two implementations with the same API and semantics:
 
@@ -19,7 +20,7 @@ from types import ModuleType
 
 from . import reference
 
-__all__ = ["black76_price", "risk_arrays", "MarginModel", "IMPLEMENTATION", "ccore", "reference",
+__all__ = ["black76_price", "risk_arrays", "MarginModel", "valuate", "IMPLEMENTATION", "ccore", "reference",
            "KIND_PERP", "KIND_FUTURE", "KIND_CALL", "KIND_PUT"]
 
 ccore: ModuleType | None
@@ -50,5 +51,6 @@ else:
 black76_price = _impl.black76_price
 risk_arrays = _impl.risk_arrays
 MarginModel = _impl.MarginModel
+valuate = _impl.valuate
 # Instrument kinds as the chosen implementation numbers them (both agree: tests/unit/core).
 KIND_PERP, KIND_FUTURE, KIND_CALL, KIND_PUT = _impl.KIND_PERP, _impl.KIND_FUTURE, _impl.KIND_CALL, _impl.KIND_PUT

@@ -1457,6 +1457,403 @@ static PyType_Spec model_spec = {
     .slots = model_slots,
 };
 
+/* ------------------------------------------------------------------ valuation */
+
+/* Equity, requirements and health states of every account at current marks: the twin's
+ * reference.valuate, formulas in its docstring. One pass per account over its positions
+ * (P&L, cross P&L, freshness, oldest mark, isolated sums) and its balance row, a second
+ * over its isolated positions (their states need the account's freshness). Threads take
+ * chunks of about VAL_CHUNK positions + accounts from a shared counter. */
+#define VAL_CHUNK 16384
+#define NEVER_MS INT64_MAX
+#define CENT_TOLERANCE 1e-9 /* shared.money: a hundred-millionth of a cent counts as on the boundary */
+
+enum { STATE_HEALTHY = 1 }; /* then MARGIN_CALL 2, LIQUIDATION 3, BANKRUPT 4 */
+
+/* floor / ceil, exact, inline (the baseline x86-64 floor() is a libm call): below 2^52 the
+ * truncation to int64 is exact, at or above it every double is already an integer (and
+ * NaN / inf come back unchanged, as from floor()). Only -0.0 differs (gives +0.0): the
+ * cents are only compared. */
+static inline double floor_exact(double x)
+{
+    if (!(fabs(x) < 4503599627370496.0)) return x;
+    double t = (double)(int64_t)x;
+    return t > x ? t - 1.0 : t;
+}
+
+static inline double ceil_exact(double x)
+{
+    if (!(fabs(x) < 4503599627370496.0)) return x;
+    double t = (double)(int64_t)x;
+    return t < x ? t + 1.0 : t;
+}
+
+/* health.classify on whole cents in the venue's favour (equity down, requirements up):
+ * HEALTHY 1 if E >= I, else MARGIN_CALL 2 unless fresh and E < M: LIQUIDATION 3, or
+ * BANKRUPT 4 if also E < 0. Branch-free (the states of a book are mixed); the cents stay
+ * doubles, as in the twin (NaN compares false: HEALTHY, like the twin). */
+static inline int8_t classify_cents(double equity, double im, double mm, int fresh)
+{
+    double e = floor_exact(equity * 100.0 + CENT_TOLERANCE);
+    double i = ceil_exact(im * 100.0 - CENT_TOLERANCE);
+    double m = ceil_exact(mm * 100.0 - CENT_TOLERANCE);
+    int below = e < i, liq = below & (e < m) & (fresh != 0), bankrupt = liq & (e < 0.0);
+    return (int8_t)(STATE_HEALTHY + below + liq + bankrupt);
+}
+
+/* numpy's pairwise summation (np.add.reduce over a contiguous row), bit for bit: the twin's
+ * collateral is (balances * unit_value).sum(axis=1). */
+static double pairwise_sum(const double *a, Py_ssize_t n)
+{
+    if (n < 8) {
+        double r = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) r += a[i];
+        return r;
+    }
+    if (n <= 128) {
+        double r[8];
+        Py_ssize_t i;
+        for (int j = 0; j < 8; j++) r[j] = a[j];
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; j++) r[j] += a[i + j];
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += a[i];
+        return res;
+    }
+    Py_ssize_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+}
+
+typedef struct {
+    Py_ssize_t N, K, A, nchunks;
+    const int64_t *indptr;
+    const int32_t *inst;
+    const double *size, *entry, *icoll, *iim, *bal, *cim;
+    const uint8_t *iso;
+    double mm;
+    const double *mark, *cs, *uv;
+    const int64_t *mt, *at;
+    const uint8_t *fresh, *afresh;
+    Py_ssize_t next;             /* next chunk (atomic) */
+    Py_ssize_t max_pos;          /* positions of the largest account */
+    double *prod[MAX_THREADS];   /* per thread: one balance row times unit_value */
+    int32_t *isol[MAX_THREADS];  /* per thread: the account's held isolated positions */
+    int bad[MAX_THREADS];        /* per thread: a bad input was met (instrument index, non-finite) */
+    /* outputs */
+    double *collateral, *cross_pnl, *cross_equity, *cross_mm, *equity, *im, *mm_out, *pnl, *iso_eq, *iso_mm;
+    int8_t *cross_state, *state, *iso_state;
+    uint8_t *acc_fresh;
+    int64_t *oldest;
+} ValCtx;
+
+/* First account of chunk ch: the first i with indptr[i] + i >= ch * VAL_CHUNK (positions and
+ * accounts both cost: a run of empty accounts is split too). */
+static Py_ssize_t val_bound(const ValCtx *c, Py_ssize_t ch)
+{
+    if (ch >= c->nchunks) return c->N;
+    int64_t target = (int64_t)ch * VAL_CHUNK;
+    Py_ssize_t lo = 0, hi = c->N;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (c->indptr[mid] + mid < target) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Accounts [i0, i1); returns 1 if a bad input was met (results are then discarded).
+ * Branch-light: held / isolated positions are mixed at random in real books. */
+static int val_accounts(const ValCtx *c, double *restrict prod, int32_t *restrict isol, Py_ssize_t i0,
+                        Py_ssize_t i1)
+{
+    const Py_ssize_t K = c->K, A = c->A;
+    const double mmf = c->mm;
+    const int64_t *restrict indptr = c->indptr;
+    const int32_t *restrict inst = c->inst;
+    const double *restrict size = c->size, *restrict entry = c->entry, *restrict icoll = c->icoll,
+                 *restrict iim = c->iim, *restrict mark = c->mark, *restrict cs = c->cs, *restrict uv = c->uv;
+    const uint8_t *restrict isof = c->iso, *restrict freshf = c->fresh, *restrict afresh = c->afresh;
+    const int64_t *restrict mt = c->mt, *restrict at = c->at;
+    double *restrict o_pnl = c->pnl, *restrict o_ieq = c->iso_eq, *restrict o_imm = c->iso_mm;
+    int8_t *restrict o_ist = c->iso_state;
+    int bad = 0;
+    for (Py_ssize_t i = i0; i < i1; i++) {
+        const Py_ssize_t p0 = indptr[i], p1 = indptr[i + 1];
+        double cross_pnl = 0.0, iso_eq = 0.0, iso_im = 0.0;
+        /* x - x is 0 for a finite x, NaN otherwise: one test per account covers every input */
+        double chk = 0.0;
+        int stale = 0, n_iso = 0;
+        int64_t oldest = NEVER_MS;
+        for (Py_ssize_t j = p0; j < p1; j++) {
+            int32_t k = inst[j];
+            if ((uint32_t)k >= (uint32_t)K) { /* negative too */
+                bad = 1;
+                k = 0;
+            }
+            const double q = size[j], e = entry[j], ic = icoll[j], ii = iim[j];
+            chk += ((q - q) + (e - e)) + ((ic - ic) + (ii - ii));
+            const double pnl = q * cs[k] * (mark[k] - e);
+            const int held = q != 0.0, iso = isof[j] != 0, iso_held = iso & held;
+            stale |= held & !freshf[k];
+            const int64_t t = held ? mt[k] : NEVER_MS;
+            oldest = t < oldest ? t : oldest;
+            const double eq_j = iso_held ? ic + pnl : 0.0, im_j = iso_held ? ii : 0.0;
+            o_pnl[j] = pnl;
+            o_ieq[j] = eq_j;
+            o_imm[j] = mmf * im_j;
+            o_ist[j] = 0;
+            isol[n_iso] = (int32_t)(j - p0);
+            n_iso += iso_held;
+            /* the same additions, in position order, as the twin's bincount (zeros included) */
+            cross_pnl += iso ? 0.0 : pnl;
+            iso_eq += eq_j;
+            iso_im += im_j;
+        }
+        const double *restrict b = c->bal + i * A;
+        for (Py_ssize_t a = 0; a < A; a++) {
+            const double x = b[a];
+            const int used = x != 0.0;
+            chk += x - x;
+            prod[a] = x * uv[a];
+            stale |= used & !afresh[a];
+            const int64_t t = used ? at[a] : NEVER_MS;
+            oldest = t < oldest ? t : oldest;
+        }
+        const double cim = c->cim[i];
+        chk += cim - cim;
+        bad |= chk != 0.0;
+        const int fresh = !stale;
+        const double collateral = pairwise_sum(prod, A);
+        const double cross_equity = collateral + cross_pnl, cross_mm = mmf * cim;
+        int8_t st = classify_cents(cross_equity, cim, cross_mm, fresh);
+        c->collateral[i] = collateral;
+        c->cross_pnl[i] = cross_pnl;
+        c->cross_equity[i] = cross_equity;
+        c->cross_mm[i] = cross_mm;
+        c->cross_state[i] = st;
+        /* isolated states need the account's freshness: a second look at those positions */
+        for (int n = 0; n < n_iso; n++) {
+            const Py_ssize_t j = p0 + isol[n];
+            const int8_t s = classify_cents(o_ieq[j], iim[j], o_imm[j], fresh);
+            o_ist[j] = s;
+            st = s > st ? s : st;
+        }
+        const double im = cim + iso_im;
+        c->state[i] = st;
+        c->acc_fresh[i] = (uint8_t)fresh;
+        c->oldest[i] = oldest == NEVER_MS ? 0 : oldest;
+        c->equity[i] = cross_equity + iso_eq;
+        c->im[i] = im;
+        c->mm_out[i] = mmf * im;
+    }
+    return bad;
+}
+
+static void val_work(void *p, int tid, int nthreads)
+{
+    ValCtx *c = (ValCtx *)p;
+    int bad = 0;
+    for (;;) {
+        Py_ssize_t ch = __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED);
+        if (ch >= c->nchunks) break;
+        bad |= val_accounts(c, c->prod[tid], c->isol[tid], val_bound(c, ch), val_bound(c, ch + 1));
+    }
+    c->bad[tid] = bad;
+}
+
+/* Values of the inputs in argument order (the twin's order): raises the first bad element of
+ * the first bad argument; 0 if every value is good. Run with the GIL, after the kernel saw a
+ * fault (or before it, when a small argument is bad). */
+static int val_check_values(const ValCtx *c, Py_ssize_t nnz)
+{
+    if (check_range_i32(c->inst, nnz, c->K, "instrument") < 0) return -1;
+    if (check_values(c->size, nnz, CHK_FINITE, "size") < 0) return -1;
+    if (check_values(c->entry, nnz, CHK_FINITE, "entry") < 0) return -1;
+    if (check_values(c->icoll, nnz, CHK_FINITE, "isolated_collateral") < 0) return -1;
+    if (check_values(c->iim, nnz, CHK_FINITE, "isolated_im") < 0) return -1;
+    for (Py_ssize_t i = 0; i < c->N * c->A; i++)
+        if (!isfinite(c->bal[i])) return bad_value_2d("balances", i / c->A, i % c->A, "finite");
+    if (check_values(c->cim, c->N, CHK_FINITE, "cross_im") < 0) return -1;
+    if (!(c->mm > 0.0 && c->mm <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "mm_factor must be in (0, 1]");
+        return -1;
+    }
+    if (check_values(c->mark, c->K, CHK_FINITE, "mark") < 0) return -1;
+    if (check_values(c->cs, c->K, CHK_FINITE, "contract_size") < 0) return -1;
+    if (check_values(c->uv, c->A, CHK_FINITE, "unit_value") < 0) return -1;
+    return 0;
+}
+
+static int val_small_args_ok(const ValCtx *c)
+{
+    if (!(c->mm > 0.0 && c->mm <= 1.0)) return 0;
+    for (Py_ssize_t k = 0; k < c->K; k++)
+        if (!isfinite(c->mark[k]) || !isfinite(c->cs[k])) return 0;
+    for (Py_ssize_t a = 0; a < c->A; a++)
+        if (!isfinite(c->uv[a])) return 0;
+    return 1;
+}
+
+#define VAL_NIN 17
+#define VAL_NOUT 15
+
+static PyObject *py_valuate(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"indptr", "instrument", "size", "entry", "isolated", "isolated_collateral",
+                             "isolated_im", "balances", "cross_im", "mm_factor", "mark", "contract_size",
+                             "mark_time_ms", "fresh", "unit_value", "asset_fresh", "asset_time_ms", "n_threads",
+                             NULL};
+    /* outputs: name, dtype, per position (else per account) */
+    static const char *out_keys[VAL_NOUT] = {"collateral", "cross_pnl", "cross_equity", "cross_mm", "cross_state",
+                                             "equity", "im", "mm", "state", "fresh", "marks_time_ms", "pnl",
+                                             "iso_equity", "iso_mm", "iso_state"};
+    static const int out_types[VAL_NOUT] = {NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64, NPY_INT8,
+                                            NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64, NPY_INT8,    NPY_BOOL,
+                                            NPY_INT64,   NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64, NPY_INT8};
+    PyObject *o[VAL_NIN], *onth = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOOOOOOOOO|$O:valuate", kwlist, &o[0], &o[1], &o[2], &o[3],
+                                     &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13],
+                                     &o[14], &o[15], &o[16], &onth))
+        return NULL;
+    /* a[9] (mm_factor) stays NULL */
+    PyArrayObject *a[VAL_NIN] = {NULL}, *outs[VAL_NOUT] = {NULL};
+    PyObject *ret = NULL;
+    ValCtx *c = NULL;
+    int nth = 1;
+    double mm;
+    if (!(a[0] = get_array(o[0], "indptr", NPY_INT64, 1))) goto done;
+    if (PyArray_DIM(a[0], 0) < 1) {
+        PyErr_SetString(PyExc_ValueError, "indptr must have at least 1 element");
+        goto done;
+    }
+    npy_intp N = PyArray_DIM(a[0], 0) - 1;
+    if (!(a[1] = get_array(o[1], "instrument", NPY_INT32, 1))) goto done;
+    npy_intp nnz = PyArray_DIM(a[1], 0);
+    {
+        static const char *pos_names[5] = {"size", "entry", "isolated", "isolated_collateral", "isolated_im"};
+        for (int i = 2; i <= 6; i++) {
+            const char *name = pos_names[i - 2];
+            a[i] = i == 4 ? get_flags(o[i], name) : get_array(o[i], name, NPY_FLOAT64, 1);
+            if (!a[i] || check_len(a[i], name, nnz) < 0) goto done;
+        }
+    }
+    if (!(a[7] = get_array(o[7], "balances", NPY_FLOAT64, 2))) goto done;
+    npy_intp A = PyArray_DIM(a[7], 1);
+    {
+        npy_intp want[2] = {N, A};
+        if (check_shape(a[7], "balances", 2, want) < 0) goto done;
+    }
+    if (!(a[8] = get_array(o[8], "cross_im", NPY_FLOAT64, 1)) || check_len(a[8], "cross_im", N) < 0) goto done;
+    if (get_real(o[9], "mm_factor", &mm) < 0) goto done;
+    if (!(a[10] = get_array(o[10], "mark", NPY_FLOAT64, 1))) goto done;
+    npy_intp K = PyArray_DIM(a[10], 0);
+    if (!(a[11] = get_array(o[11], "contract_size", NPY_FLOAT64, 1)) || check_len(a[11], "contract_size", K) < 0)
+        goto done;
+    if (!(a[12] = get_array(o[12], "mark_time_ms", NPY_INT64, 1)) || check_len(a[12], "mark_time_ms", K) < 0)
+        goto done;
+    if (!(a[13] = get_flags(o[13], "fresh")) || check_len(a[13], "fresh", K) < 0) goto done;
+    if (!(a[14] = get_array(o[14], "unit_value", NPY_FLOAT64, 1)) || check_len(a[14], "unit_value", A) < 0)
+        goto done;
+    if (!(a[15] = get_flags(o[15], "asset_fresh")) || check_len(a[15], "asset_fresh", A) < 0) goto done;
+    if (!(a[16] = get_array(o[16], "asset_time_ms", NPY_INT64, 1)) || check_len(a[16], "asset_time_ms", A) < 0)
+        goto done;
+    if (get_threads(onth, &nth) < 0) goto done;
+    nth = onth ? nth : 1;
+    const int64_t *ip = PyArray_DATA(a[0]);
+    if (ip[0] != 0) {
+        PyErr_SetString(PyExc_ValueError, "indptr[0] must be 0");
+        goto done;
+    }
+    Py_ssize_t max_pos = 0;
+    for (npy_intp i = 1; i <= N; i++) {
+        if (ip[i] < ip[i - 1]) {
+            PyErr_Format(PyExc_ValueError, "indptr must be non-decreasing: indptr[%zd] < indptr[%zd]",
+                         (Py_ssize_t)i, (Py_ssize_t)(i - 1));
+            goto done;
+        }
+        if (ip[i] - ip[i - 1] > max_pos) max_pos = (Py_ssize_t)(ip[i] - ip[i - 1]);
+    }
+    if (ip[N] != nnz) {
+        PyErr_Format(PyExc_ValueError, "indptr[-1] = %lld must equal the number of positions %zd",
+                     (long long)ip[N], (Py_ssize_t)nnz);
+        goto done;
+    }
+    if (!(c = PyMem_Calloc(1, sizeof *c))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    *c = (ValCtx){.N = N, .K = K, .A = A, .indptr = ip, .inst = PyArray_DATA(a[1]), .size = PyArray_DATA(a[2]),
+                  .entry = PyArray_DATA(a[3]), .iso = PyArray_DATA(a[4]), .icoll = PyArray_DATA(a[5]),
+                  .iim = PyArray_DATA(a[6]), .bal = PyArray_DATA(a[7]), .cim = PyArray_DATA(a[8]), .mm = mm,
+                  .mark = PyArray_DATA(a[10]), .cs = PyArray_DATA(a[11]), .mt = PyArray_DATA(a[12]),
+                  .fresh = PyArray_DATA(a[13]), .uv = PyArray_DATA(a[14]), .afresh = PyArray_DATA(a[15]),
+                  .at = PyArray_DATA(a[16])};
+    /* (no instruments but positions: every index is bad; the kernel never reads mark[0] then) */
+    if (!val_small_args_ok(c) || (K == 0 && nnz > 0)) {
+        if (val_check_values(c, nnz) == 0)
+            PyErr_SetString(PyExc_SystemError, "valuate: a bad input was seen but not found again");
+        goto done;
+    }
+    for (int i = 0; i < VAL_NOUT; i++) {
+        /* no zeroing: the kernel writes every element */
+        if (!(outs[i] = (PyArrayObject *)PyArray_EMPTY(1, i >= 11 ? &nnz : &N, out_types[i], 0))) goto done;
+    }
+    double **fo[10] = {&c->collateral, &c->cross_pnl, &c->cross_equity, &c->cross_mm, &c->equity,
+                       &c->im,         &c->mm_out,    &c->pnl,          &c->iso_eq,   &c->iso_mm};
+    static const int fidx[10] = {0, 1, 2, 3, 5, 6, 7, 11, 12, 13};
+    for (int i = 0; i < 10; i++) *fo[i] = PyArray_DATA(outs[fidx[i]]);
+    c->cross_state = PyArray_DATA(outs[4]);
+    c->state = PyArray_DATA(outs[8]);
+    c->acc_fresh = PyArray_DATA(outs[9]);
+    c->oldest = PyArray_DATA(outs[10]);
+    c->iso_state = PyArray_DATA(outs[14]);
+    c->nchunks = N ? (Py_ssize_t)((nnz + N + VAL_CHUNK - 1) / VAL_CHUNK) : 0;
+    /* one chunk per thread at least; starting a thread costs ~20-50 us */
+    if (nth > c->nchunks) nth = c->nchunks > 0 ? (int)c->nchunks : 1;
+    for (int t = 0; t < nth; t++) {
+        c->prod[t] = malloc((size_t)(A + 1) * sizeof(double));
+        c->isol[t] = malloc((size_t)(max_pos + 1) * sizeof(int32_t));
+        if (!c->prod[t] || !c->isol[t]) {
+            for (int s = 0; s <= t; s++) {
+                free(c->prod[s]);
+                free(c->isol[s]);
+            }
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run_parallel(val_work, c, nth);
+    Py_END_ALLOW_THREADS
+    int bad = 0;
+    for (int t = 0; t < nth; t++) {
+        free(c->prod[t]);
+        free(c->isol[t]);
+        bad |= c->bad[t];
+    }
+    if (bad) {
+        if (val_check_values(c, nnz) == 0)
+            PyErr_SetString(PyExc_SystemError, "valuate: a bad input was seen but not found again");
+        goto done;
+    }
+    {
+        PyObject *d = PyDict_New();
+        if (!d) goto done;
+        for (int i = 0; i < VAL_NOUT; i++)
+            if (PyDict_SetItemString(d, out_keys[i], (PyObject *)outs[i]) < 0) {
+                Py_DECREF(d);
+                goto done;
+            }
+        ret = d;
+    }
+done:
+    PyMem_Free(c);
+    for (int i = 0; i < VAL_NIN; i++) Py_XDECREF(a[i]);
+    for (int i = 0; i < VAL_NOUT; i++) Py_XDECREF(outs[i]);
+    return ret;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef module_methods[] = {
@@ -1465,6 +1862,11 @@ static PyMethodDef module_methods[] = {
     {"risk_arrays", (PyCFunction)(void (*)(void))py_risk_arrays, METH_VARARGS | METH_KEYWORDS,
      "risk_arrays(kind, underlying, forward, strike, expiry_years, implied_vol, multiplier, price_shock, "
      "vol_shock, *, horizon_years=0.0, vol_shock_relative=False, n_threads=2) -> float64[K, S]"},
+    {"valuate", (PyCFunction)(void (*)(void))py_valuate, METH_VARARGS | METH_KEYWORDS,
+     "valuate(indptr, instrument, size, entry, isolated, isolated_collateral, isolated_im, balances, cross_im, "
+     "mm_factor, mark, contract_size, mark_time_ms, fresh, unit_value, asset_fresh, asset_time_ms, *, "
+     "n_threads=1) -> dict: equity, requirements and health states at current marks "
+     "(see marginflow.core.reference.valuate)"},
     {NULL},
 };
 

@@ -10,6 +10,7 @@ Int64Array: TypeAlias = npt.NDArray[np.int64]
 Int32Array: TypeAlias = npt.NDArray[np.int32]
 Int8Array: TypeAlias = npt.NDArray[np.int8]
 FlagArray: TypeAlias = npt.NDArray[np.uint8] | npt.NDArray[np.bool_]
+BoolArray: TypeAlias = npt.NDArray[np.bool_]
 
 KIND_PERP: int
 KIND_FUTURE: int
@@ -26,6 +27,13 @@ def risk_arrays(
     price_shock: Float64Array, vol_shock: Float64Array, *, horizon_years: float = 0.0,
     vol_shock_relative: bool = False, n_threads: int = 2,
 ) -> Float64Array: ...
+def valuate(
+    indptr: Int64Array, instrument: Int32Array, size: Float64Array, entry: Float64Array, isolated: FlagArray,
+    isolated_collateral: Float64Array, isolated_im: Float64Array, balances: Float64Array, cross_im: Float64Array,
+    mm_factor: float, mark: Float64Array, contract_size: Float64Array, mark_time_ms: Int64Array,
+    fresh: FlagArray, unit_value: Float64Array, asset_fresh: FlagArray, asset_time_ms: Int64Array, *,
+    n_threads: int = 1,
+) -> dict[str, Float64Array | Int64Array | Int8Array | BoolArray]: ...
 
 class MarginModel:
     def __init__(

@@ -1,17 +1,20 @@
 """Equity, requirements and health of many accounts at once (the same code margins one account).
 
 Inputs are the flat book (CSR), the core's requirements (cross IM per account, isolated IM per
-position) and a :class:`MarketView` (marks, freshness, collateral unit values). Everything is
-vectorised: one pass over positions, ``bincount`` per account.
+position) and a :class:`MarketView` (marks, freshness, collateral unit values). The arithmetic
+is the core's ``valuate`` (``marginflow.core``: the C kernel, threaded with the GIL released, or
+its numpy twin, ``marginflow.core.reference.valuate``, where the formulas are written out).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from types import ModuleType
+
 import numpy as np
 
-from marginflow.margin.domain.health import classify_many
+import marginflow.core
 
 NEVER_MS = np.iinfo(np.int64).max
 
@@ -46,78 +49,55 @@ class Valuation:
     iso_state: np.ndarray        # int8[nnz] (0 for cross positions)
 
 
-def _segment_min(values: np.ndarray, indptr: np.ndarray, fill: int) -> np.ndarray:
-    """Minimum of each CSR segment (``fill`` for an empty one); reduceat, not ufunc.at (10× faster)."""
-    n = indptr.shape[0] - 1
-    out = np.full(n, fill, dtype=values.dtype)
-    nonempty = indptr[1:] > indptr[:-1]
-    if values.size and nonempty.any():
-        out[nonempty] = np.minimum.reduceat(values, indptr[:-1][nonempty])
-    return out
-
-
-def valuate(owner: np.ndarray, instrument: np.ndarray, size: np.ndarray, entry: np.ndarray, isolated: np.ndarray,
-            isolated_collateral: np.ndarray, isolated_im: np.ndarray, balances: np.ndarray, cross_im: np.ndarray,
-            mm_factor: float, market: MarketView, indptr: np.ndarray | None = None) -> Valuation:
-    """``owner`` must be non-decreasing (CSR order); ``indptr`` is derived from it when not given."""
+def _core_valuate(core: ModuleType | None, owner: np.ndarray, instrument: np.ndarray, size: np.ndarray,
+                  entry: np.ndarray, isolated: np.ndarray, isolated_collateral: np.ndarray, isolated_im: np.ndarray,
+                  balances: np.ndarray, cross_im: np.ndarray, mm_factor: float, market: MarketView,
+                  indptr: np.ndarray | None, n_threads: int) -> Valuation:
+    impl = marginflow.core if core is None else core
     n = balances.shape[0]
     if indptr is None:
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(owner, minlength=n), out=indptr[1:])
-    iso = isolated.astype(bool)
-    mark = market.mark[instrument]
-    pnl = size * market.contract_size[instrument] * (mark - entry)
-    held = size != 0.0
-    # Not ``balances @ unit_value``: a BLAS call wakes OpenBLAS threads that then spin on the cores
-    # the gRPC threads need.
-    collateral = (balances * market.unit_value).sum(axis=1) if balances.size else np.zeros(n)
-    cross_pnl = np.bincount(owner, weights=np.where(iso, 0.0, pnl), minlength=n)
-    cross_equity = collateral + cross_pnl
-    # Freshness: every instrument held and every crypto collateral asset with a balance.
-    pos_stale = held & ~market.fresh[instrument]
-    stale = np.bincount(owner, weights=pos_stale, minlength=n) > 0
-    stale |= ((balances != 0) & ~market.asset_fresh).any(axis=1)
-    fresh = ~stale
-    oldest = _segment_min(np.where(held, market.mark_time_ms[instrument], NEVER_MS), indptr, NEVER_MS)
-    if balances.size:
-        used = np.where(balances != 0, market.asset_time_ms[None, :], NEVER_MS)
-        np.minimum(oldest, used.min(axis=1), out=oldest)
-    oldest[oldest == NEVER_MS] = 0
-    cross_mm = mm_factor * cross_im
-    cross_state = classify_many(cross_equity, cross_im, cross_mm, fresh)
-    iso_held = iso & held
-    iso_equity = np.where(iso_held, isolated_collateral + pnl, 0.0)
-    iso_im = np.where(iso_held, isolated_im, 0.0)
-    iso_mm = mm_factor * iso_im
-    iso_state = np.zeros(pnl.shape, dtype=np.int8)
-    if iso_held.any():
-        iso_state[iso_held] = classify_many(iso_equity[iso_held], iso_im[iso_held], iso_mm[iso_held],
-                                            fresh[owner[iso_held]])
-    state = cross_state.copy()
-    if iso_held.any():
-        worst_iso = -_segment_min(-iso_state.astype(np.int64), indptr, 0)
-        np.maximum(state, worst_iso.astype(np.int8), out=state)
-    equity = cross_equity + np.bincount(owner, weights=iso_equity, minlength=n)
-    im = cross_im + np.bincount(owner, weights=iso_im, minlength=n)
-    return Valuation(collateral, cross_pnl, cross_equity, cross_mm, cross_state, equity, im, mm_factor * im,
-                     state, fresh, oldest, pnl, iso_equity, iso_mm, iso_state)
+    out = impl.valuate(indptr, instrument, size, entry, isolated, isolated_collateral, isolated_im, balances,
+                       cross_im, mm_factor, market.mark, market.contract_size, market.mark_time_ms, market.fresh,
+                       market.unit_value, market.asset_fresh, market.asset_time_ms, n_threads=n_threads)
+    return Valuation(**out)
+
+
+def valuate(owner: np.ndarray, instrument: np.ndarray, size: np.ndarray, entry: np.ndarray, isolated: np.ndarray,
+            isolated_collateral: np.ndarray, isolated_im: np.ndarray, balances: np.ndarray, cross_im: np.ndarray,
+            mm_factor: float, market: MarketView, indptr: np.ndarray | None = None, *,
+            core: ModuleType | None = None, n_threads: int = 1) -> Valuation:
+    """``owner`` must be non-decreasing (CSR order); ``indptr`` is derived from it when not given.
+
+    ``core`` is the implementation of ``valuate`` (default: ``marginflow.core``, the C core when built)."""
+    return _core_valuate(core, owner, instrument, size, entry, isolated, isolated_collateral, isolated_im, balances,
+                         cross_im, mm_factor, market, indptr, n_threads)
+
+
+def _is_c(core: ModuleType | None) -> bool:
+    impl = marginflow.core if core is None else core
+    return impl is marginflow.core.ccore or (impl is marginflow.core and marginflow.core.IMPLEMENTATION == "c")
 
 
 def valuate_chunked(owner: np.ndarray, instrument: np.ndarray, size: np.ndarray, entry: np.ndarray,
                     isolated: np.ndarray, isolated_collateral: np.ndarray, isolated_im: np.ndarray,
                     balances: np.ndarray, cross_im: np.ndarray, mm_factor: float, market: MarketView,
-                    indptr: np.ndarray, chunk_positions: int = 32_768, pause=None) -> Valuation:
-    """:func:`valuate` over account ranges of about ``chunk_positions`` positions each, the same result.
+                    indptr: np.ndarray, chunk_positions: int = 32_768, pause=None, *,
+                    core: ModuleType | None = None, n_threads: int = 1) -> Valuation:
+    """:func:`valuate` in a form that leaves the GIL to other threads, the same result.
 
-    Each numpy call then runs for a bounded time (``bincount``/``reduceat``/fancy indexing hold the GIL
-    for their whole run: over 1M positions that is tens of ms that a gRPC thread waits); ``pause()`` is
-    called between chunks (e.g. ``time.sleep(0)``: the GIL goes to a waiting thread).
+    The C kernel releases the GIL for its whole run: it is called once, on ``n_threads`` threads
+    (``chunk_positions`` and ``pause`` are then unused). The numpy twin holds the GIL inside each
+    numpy call (``bincount``/``reduceat``/fancy indexing: over 1M positions tens of ms that a gRPC
+    thread waits), so it runs over account ranges of about ``chunk_positions`` positions each and
+    ``pause()`` is called between them (e.g. ``time.sleep(0)``: the GIL goes to a waiting thread).
     """
     n = balances.shape[0]
     nnz = size.shape[0]
-    if nnz <= chunk_positions or n <= 1:
-        return valuate(owner, instrument, size, entry, isolated, isolated_collateral, isolated_im, balances,
-                       cross_im, mm_factor, market, indptr=indptr)
+    if _is_c(core) or nnz <= chunk_positions or n <= 1:
+        return _core_valuate(core, owner, instrument, size, entry, isolated, isolated_collateral, isolated_im,
+                             balances, cross_im, mm_factor, market, indptr, n_threads)
     # row boundaries: the first row whose positions start at or after each multiple of chunk_positions
     cuts = np.searchsorted(indptr[:n], np.arange(chunk_positions, nnz, chunk_positions), side="left")
     bounds = np.unique(np.concatenate(([0], cuts, [n]))).tolist()
@@ -128,9 +108,9 @@ def valuate_chunked(owner: np.ndarray, instrument: np.ndarray, size: np.ndarray,
             continue
         lo, hi = int(indptr[a]), int(indptr[b])
         sub_indptr = indptr[a:b + 1] - lo
-        part = valuate(owner[lo:hi] - a, instrument[lo:hi], size[lo:hi], entry[lo:hi], isolated[lo:hi],
-                       isolated_collateral[lo:hi], isolated_im[lo:hi], balances[a:b], cross_im[a:b], mm_factor,
-                       market, indptr=sub_indptr)
+        part = _core_valuate(core, owner[lo:hi] - a, instrument[lo:hi], size[lo:hi], entry[lo:hi], isolated[lo:hi],
+                             isolated_collateral[lo:hi], isolated_im[lo:hi], balances[a:b], cross_im[a:b],
+                             mm_factor, market, sub_indptr, n_threads)
         # written into whole-book arrays slice by slice (one concatenate at the end holds the GIL for ms)
         for name in fields:
             v = getattr(part, name)
