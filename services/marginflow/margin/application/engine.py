@@ -45,7 +45,7 @@ class MarginEngine:
         self.accounts.on_grow(self.publication.grow)
         self._lock = threading.RLock()   # held by the mutating thread; readers never take it
         self.queries = Queries(instruments, config, self.market, self.accounts, lambda: self.evaluation.model,
-                               self.market_view, clock.now_ms, lambda: self.ready, self.publication)
+                               self.market_view, clock.now_ms, lambda: self.ready, self.publication, core)
         self.evaluation = Evaluation(instruments, config, core, self.market, self.accounts, self.publication,
                                      self.queries, self.metrics, clock.now_ms, self.market_view, self._lock)
 

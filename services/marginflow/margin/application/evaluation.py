@@ -175,7 +175,8 @@ class Evaluation:
             val = valuate_chunked(f.owner, f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
                                   acc.iso_im_flat, acc.balances[:n], acc.cross_im[:n], self.config.mm_factor,
                                   market, indptr=f.indptr, chunk_positions=EVALUATE_CHUNK_POSITIONS,
-                                  pause=self.queries.readers.yield_to_queries)
+                                  pause=self.queries.readers.yield_to_queries, core=self.core,
+                                  n_threads=self.config.n_threads)
             outputs: list[AccountMargin] = []
             calls: list[MarginCallEvent] = []
             now = self._wall_ms()

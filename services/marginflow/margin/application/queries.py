@@ -74,7 +74,7 @@ class Queries:
     def __init__(self, instruments: InstrumentTable, config: EngineConfig, market: MarketState,
                  accounts: AccountTable, model: Callable[[], Model | None], market_view: Callable[[], MarketView],
                  wall_ms: Callable[[], int], ready: Callable[[], bool] = lambda: True,
-                 publication: "Publication | None" = None) -> None:
+                 publication: "Publication | None" = None, core=None) -> None:
         self.instruments = instruments
         self.config = config
         self.market = market
@@ -84,6 +84,7 @@ class Queries:
         self._wall_ms = wall_ms
         self._ready = ready
         self._publication = publication
+        self._core = core
         self.readers = Readers()
         self._settle = list(config.assets).index(config.settlement_asset)
 
@@ -106,7 +107,7 @@ class Queries:
         val = valuate(flat.owner, flat.instrument, flat.size, flat.entry, flat.isolated, flat.isolated_collateral,
                       np.asarray(core["isolated_im"], dtype=np.float64), book.balances[None, :],
                       np.asarray(core["cross_im"], dtype=np.float64), self.config.mm_factor, market,
-                      indptr=flat.indptr)
+                      indptr=flat.indptr, core=self._core)
         return Single(book, flat, core, val)
 
     def margin_of(self, s: Single, model: Model, liquidation_prices: bool = False) -> AccountMargin:
