@@ -188,7 +188,8 @@ def margin_state(m: AccountMargin, source: str = "margin", publish_ms: int = 0) 
 def margin_call(c: MarginCallEvent, source: str = "margin", publish_ms: int = 0) -> pb.MarginCall:
     m = c.margin
     msg = pb.MarginCall(account_id=m.account_id, state=m.state, previous_state=c.previous_state,
-                        risk_params_version=m.risk_params_version, marks_fresh=m.marks_fresh)
+                        risk_params_version=m.risk_params_version, marks_fresh=m.marks_fresh,
+                        account_revision=m.revision)
     msg.meta.event_time_ms = m.event_time_ms
     msg.meta.publish_time_ms = publish_ms
     msg.meta.source = source
