@@ -103,6 +103,8 @@ class LiquidationApp:
         self.engine = LiquidationEngine(engine_settings(s), self.instruments, self.margin_client, self.account_client,
                                         KafkaPublisher(self.producer, topics, self.clock.now_ms), ledger,
                                         self.fund_cache, self.clock.now_ms, self.metrics)
+        if fund_state is None:   # the initial balance becomes the truth at once (a restart keeps it)
+            self.engine.publisher.publish_effects((), (), ledger.snapshot())
         self.fund_cache.write(ledger.snapshot())
         events = read_events(common.bootstrap, topics.liquidation_events, f"{SERVICE}-events", timeout)
         self.engine.rebuild(events)
