@@ -62,9 +62,9 @@ class LiquidationSettings:
     mark_max_age_ms: int = env("MF_LIQUIDATION_MARK_MAX_AGE_MS", positive_int, 30_000,
                                "a mark older than this (behind the newest mark, event time) is stale: no action")
     index_band: float = env("MF_LIQUIDATION_INDEX_BAND", positive_float, 0.10,
-                            "pause an instrument while |mark − index| > band·index")
+                            "pause an instrument while abs(mark − index) > band·index")
     twap_band: float = env("MF_LIQUIDATION_TWAP_BAND", positive_float, 0.50,
-                           "pause an instrument while |mark − TWAP| > band·TWAP")
+                           "pause an instrument while abs(mark − TWAP) > band·TWAP")
     twap_window_ms: int = env("MF_LIQUIDATION_TWAP_WINDOW_MS", positive_int, 300_000, "TWAP window of the mark, ms")
     margin_buffer: Decimal = env("MF_LIQUIDATION_MARGIN_BUFFER", decimal_non_negative, Decimal("0.02"),
                                  "an episode ends at equity ≥ IM·(1 + buffer)")
