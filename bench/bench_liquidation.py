@@ -93,7 +93,7 @@ def pct(values_ms: list[float]) -> str:
     if not values_ms:
         return "n/a"
     a = np.asarray(values_ms)
-    return f"p50 {np.percentile(a, 50):.0f} ms, p99 {np.percentile(a, 99):.0f} ms, max {a.max():.0f} ms"
+    return f"min {a.min():.0f} ms, p50 {np.percentile(a, 50):.0f} ms, p99 {np.percentile(a, 99):.0f} ms, max {a.max():.0f} ms"
 
 
 def main() -> int:
@@ -130,7 +130,10 @@ def main() -> int:
                                         "MF_LIQUIDATION_PORTFOLIO_ADDRESS": "127.0.0.1:1"})
         liq = LiquidationApp(ls).start(serve_http_metrics=False)
         lthread, lstop = liq.run_in_thread()
-        time.sleep(2.0)   # consumer groups joined (the liquidation's own start is not measured)
+        deadline = time.monotonic() + 60    # the consumer group joined (the liquidation's start is not measured)
+        while not liq.group.raw.assignment() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
         move_ms = int(time.time() * 1000)
         producer.send(topics.marks, "BTC-PERP", mark(51000.0, move_ms))
         producer.flush()
@@ -146,6 +149,9 @@ def main() -> int:
         if publish:
             print(f"orders/s sustained over the burst: {len(publish) / span_s:,.0f} ({len(publish):,} orders in "
                   f"{span_s:.2f} s); target p99 ≤ 500 ms")
+        started = collect(ms.common.bootstrap, topics.liquidation_events, liquidation_pb2.LiquidationEvent, n_liq, 10)
+        print(f"liquidation: mark event → first event (episode started): "
+              f"{pct([e.meta.publish_time_ms - move_ms for e in started.values()])}")
         for stop, thread, app in ((lstop, lthread, liq), (mstop, mthread, margin)):
             stop.set()
             thread.join(30)

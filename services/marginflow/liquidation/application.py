@@ -454,6 +454,7 @@ class LiquidationEngine:
         self.accounts: dict[str, Tracked] = {}
         self.states: dict[str, StateSeen] = {}
         self.events: collections.deque[Event] = collections.deque(maxlen=settings.history)
+        self._batch: tuple[list[Event], list[Order]] | None = None
 
     # ---- restart
     def rebuild(self, events: Iterable[Event]) -> None:
@@ -685,6 +686,10 @@ class LiquidationEngine:
             return
         older = v.risk_version < call.risk_version or v.revision < call.revision
         if older and t.rechecks < RECHECK_TRIES:
+            if t.rechecks == 0:
+                log.info("margin read older than the call; reading again", extra={
+                    "account": t.account_id, "risk_version": v.risk_version, "call_risk_version": call.risk_version,
+                    "revision": v.revision, "call_revision": call.revision})
             t.rechecks += 1
             t.due_ms = now + RECHECK_DELAY_MS
             return
@@ -799,9 +804,8 @@ class LiquidationEngine:
         # which is what a restarted service rebuilds its slice numbers from.
         self._emit(events)
         if orders:
-            self.publisher.publish_orders(orders)
+            self._send(orders)
             t.slices_sent += len(orders)
-            self.metrics.orders_sent(orders, self.clock_ms())
 
     def _crossing(self, p: PositionState, intent):
         """The intent with a limit at least ``min_slippage`` from the mark, so an IOC can cross the spread.
@@ -972,9 +976,37 @@ class LiquidationEngine:
     def _emit(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        self.publisher.publish_events(events)
+        if self._batch is not None:
+            self._batch[0].extend(events)
+        else:
+            self.publisher.publish_events(events)
         for e in events:
             self.events.append(e)
+
+    def _send(self, orders: Sequence[Order]) -> None:
+        if self._batch is not None:
+            self._batch[1].extend(orders)
+        else:
+            self.publisher.publish_orders(orders)
+            self.metrics.orders_sent(orders, self.clock_ms())
+
+    def begin_batch(self) -> None:
+        """Collect the events and orders of several decisions; :meth:`end_batch` publishes them with one
+        acknowledgement each: all the events first, then all the orders (the order of durability holds)."""
+        if self._batch is None:
+            self._batch = ([], [])
+
+    def end_batch(self) -> int:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return 0
+        events, orders = batch
+        if events:
+            self.publisher.publish_events(events)
+        if orders:
+            self.publisher.publish_orders(orders)
+            self.metrics.orders_sent(orders, self.clock_ms())
+        return len(orders)
 
     def _fund_gauges(self) -> None:
         self.metrics.fund(self.ledger.balance, self.ledger.drawdown)

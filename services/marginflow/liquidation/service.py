@@ -45,6 +45,7 @@ from marginflow.shared.redisstore import connect
 from marginflow.shared.universe import platform_universe
 
 SERVICE = "liquidation"
+FETCH_WAIT_MS = 20
 log = get_logger(__name__)
 
 
@@ -116,12 +117,14 @@ class LiquidationApp:
                                                 servicer, SERVICE_NAME)])
         if serve_http_metrics:
             self.host.serve_metrics(s.metrics_port)
-        market = new_consumer(common.bootstrap, None, f"{SERVICE}-market")
+        # A short fetch wait: a margin call or a mark is acted on within tens of ms, not half a second.
+        market = new_consumer(common.bootstrap, None, f"{SERVICE}-market", fetch_max_wait_ms=FETCH_WAIT_MS)
         self.market = ProtoConsumer(market, {topics.marks: marketdata_pb2.Mark,
                                              topics.margin_state: margin_pb2.MarginState}, self.dlq, SERVICE)
         self._assign_market()
         group = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
-                             [topics.margin_calls, topics.fills], session_timeout_ms=6000, heartbeat_interval_ms=2000)
+                             [topics.margin_calls, topics.fills], session_timeout_ms=6000, heartbeat_interval_ms=2000,
+                             fetch_max_wait_ms=FETCH_WAIT_MS)
         self.group = ProtoConsumer(group, {topics.margin_calls: margin_pb2.MarginCall, topics.fills: account_pb2.Fill},
                                    self.dlq, SERVICE)
         self.pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix=f"{SERVICE}-assess")
@@ -202,15 +205,20 @@ class LiquidationApp:
         timeout = self.settings.poll_timeout_ms
         handled = self._route_market(self.market.poll(timeout_ms=0 if self._inflight else timeout, max_records=20000))
         records = self.group.poll(timeout_ms=0, max_records=5000)
+        self.engine.begin_batch()
+        try:
+            if records:
+                handled += self._route_group(records)
+            self._run_admin_requests()
+            for account, future in list(self._inflight.items()):
+                if future.done():
+                    del self._inflight[account]
+                    self.engine.act(future.result())
+                    handled += 1
+        finally:
+            self.engine.end_batch()   # events, then orders, each acknowledged: before the offsets are committed
         if records:
-            handled += self._route_group(records)
             self.group.commit()
-        self._run_admin_requests()
-        for account, future in list(self._inflight.items()):
-            if future.done():
-                del self._inflight[account]
-                self.engine.act(future.result())
-                handled += 1
         room = self.settings.workers * 4 - len(self._inflight)
         if room > 0:
             for account in self.engine.due(self.clock.now_ms(), room):
