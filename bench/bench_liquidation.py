@@ -1,7 +1,7 @@
 """Liquidation benchmark: ``python -m bench.bench_liquidation [--accounts N] [--liquidating F]``.
 
-On the real Kafka (KAFKA_BOOTSTRAP_SERVERS), in this process: the margin service (gRPC on port 0) and the
-liquidation service. N accounts, each long 1 BTC-PERP at 60,000; a fraction F of them with 12,000 USDC
+On the real Kafka (KAFKA_BOOTSTRAP_SERVERS): the margin service in its own process (``python -m
+marginflow.margin``, as deployed) and the liquidation service in this one. N accounts, each long 1 BTC-PERP at 60,000; a fraction F of them with 12,000 USDC
 (below MM after the move), the rest with 30,000 USDC (healthy throughout). One mark move 60,000 → 51,000
 is published with its event time; measured:
 
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
 import sys
 import time
 import uuid
 
+import grpc
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
@@ -30,7 +33,7 @@ from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.api.risk.v1 import risk_pb2
 from marginflow.liquidation.service import LiquidationApp, liquidation_topics
 from marginflow.liquidation.settings import LiquidationSettings
-from marginflow.margin.service import MarginApp, margin_topics
+from marginflow.margin.service import margin_topics
 from marginflow.margin.settings import MarginSettings
 from marginflow.shared.config import load
 from marginflow.shared.kafka import ProtoProducer, delete_topics, ensure_topics, new_producer
@@ -96,6 +99,32 @@ def pct(values_ms: list[float]) -> str:
     return f"min {a.min():.0f} ms, p50 {np.percentile(a, 50):.0f} ms, p99 {np.percentile(a, 99):.0f} ms, max {a.max():.0f} ms"
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_serving(port: int, timeout_s: float) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError("margin did not become ready")
+    finally:
+        channel.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--accounts", type=int, default=int(os.environ.get("MF_BENCH_LIQ_ACCOUNTS", "100000")))
@@ -122,11 +151,14 @@ def main() -> int:
             producer.send_many(topics.positions, records[k:k + 20000])
             producer.flush(120)
         t = time.perf_counter()
-        margin = MarginApp(ms).start(serve_grpc=True, serve_http_metrics=False)
-        mthread, mstop = margin.run_in_thread()
-        assert margin.host.wait_ready(300), "margin not ready"
+        # The margin service in its own process, as deployed (one GIL each): the liquidation in this one.
+        port = free_port()
+        margin = subprocess.Popen([sys.executable, "-m", "marginflow.margin"],
+                                  env={**env, "MF_MARGIN_GRPC_PORT": str(port)}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        wait_serving(port, 600)
         print(f"margin ready with {args.accounts:,} accounts in {time.perf_counter() - t:.1f} s", flush=True)
-        ls = load(LiquidationSettings, {**env, "MF_LIQUIDATION_MARGIN_ADDRESS": f"127.0.0.1:{margin.grpc_port}",
+        ls = load(LiquidationSettings, {**env, "MF_LIQUIDATION_MARGIN_ADDRESS": f"127.0.0.1:{port}",
                                         "MF_LIQUIDATION_PORTFOLIO_ADDRESS": "127.0.0.1:1"})
         liq = LiquidationApp(ls).start(serve_http_metrics=False)
         lthread, lstop = liq.run_in_thread()
@@ -152,12 +184,14 @@ def main() -> int:
         started = collect(ms.common.bootstrap, topics.liquidation_events, liquidation_pb2.LiquidationEvent, n_liq, 10)
         print(f"liquidation: mark event → first event (episode started): "
               f"{pct([e.meta.publish_time_ms - move_ms for e in started.values()])}")
-        for stop, thread, app in ((lstop, lthread, liq), (mstop, mthread, margin)):
-            stop.set()
-            thread.join(30)
-            app.close()
+        lstop.set()
+        lthread.join(30)
+        liq.close()
         return 0
     finally:
+        if margin is not None:
+            margin.terminate()
+            margin.wait(30)
         producer.close()
         delete_topics(ms.common.bootstrap, [s.name for s in specs + liquidation_topics(load(LiquidationSettings, env))])
 
