@@ -301,6 +301,11 @@ class RequestLog(Protocol):
     def remember(self, account_id: str, request_id: str, event_id: str) -> None: ...
 
 
+class WithdrawalGate(Protocol):
+    def check(self, account: Account, asset: str, amount: Decimal) -> str | None:
+        """None when the margin allows the withdrawal, else why not (margin unreachable: refused)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class AdminResult:
     event_id: str
@@ -324,12 +329,13 @@ class AdminService:
     """
 
     def __init__(self, rules: LedgerRules, reader: AccountReader, events: EventPublisher, requests: RequestLog,
-                 clock: Clock) -> None:
+                 clock: Clock, gate: WithdrawalGate | None = None) -> None:
         self._rules = rules
         self._reader = reader
         self._events = events
         self._requests = requests
         self._clock = clock
+        self._gate = gate
 
     def deposit(self, account_id: str, asset: str, amount: str, request_id: str) -> AdminResult:
         return self._submit(account_id, request_id, lambda eid, t: Deposit(
@@ -369,6 +375,10 @@ class AdminService:
         except Rejected as exc:
             status = "failed_precondition" if exc.code in _PRECONDITIONS else "invalid_argument"
             raise AdminError(status, exc.detail) from None
+        if isinstance(event, Withdrawal) and self._gate is not None:
+            refusal = self._gate.check(state, event.asset, event.amount)
+            if refusal is not None:
+                raise AdminError("failed_precondition", refusal)
         self._events.publish_event(event)
         self._requests.remember(account_id, request_id, event.event_id)
         return AdminResult(event.event_id, True)

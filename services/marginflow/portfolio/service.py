@@ -16,6 +16,7 @@ from marginflow.portfolio.adapters import codec
 from marginflow.portfolio.adapters.grpc_api import SERVICE_NAME, AccountServicer
 from marginflow.portfolio.adapters.kafka_io import (
     KafkaEventPublisher, KafkaRecordSource, KafkaSnapshotSink, input_types)
+from marginflow.portfolio.adapters.margin_gate import MarginWithdrawalGate
 from marginflow.portfolio.adapters.metrics import PortfolioMetrics, portfolio_metrics
 from marginflow.portfolio.adapters.redis_store import RedisStateStore
 from marginflow.portfolio.application import AdminService, Applier, ApplyTurn, BatchResult
@@ -112,9 +113,10 @@ class PortfolioApp:
         self.applier = Applier(self.rules, self.store,
                                KafkaSnapshotSink(self.producer, topics.positions), self.source,
                                codec.SnapshotEncoder(), self.clock, self.metrics, s.cache_accounts)
+        self.gate = MarginWithdrawalGate(s.margin_address, s.margin_timeout_ms / 1000) if s.margin_address else None
         self.admin = AdminService(self.rules, self.store,
                                   KafkaEventPublisher(self.admin_producer, topics.account_events, self.clock.now_ms),
-                                  self.store, self.clock)
+                                  self.store, self.clock, self.gate)
         self.turn = ApplyTurn(self.source, self.applier, self.totals, rebuild=self.rebuild)
         self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.refresh_gauges),
                                                            Every(s.cache_check_seconds, self.check_cache)],
@@ -128,7 +130,8 @@ class PortfolioApp:
             self.host.serve_metrics(s.metrics_port)
         for name, step in (("consumer", self.source.close), ("flush producer", self.producer.flush),
                            ("close producer", self.producer.close), ("close admin producer", self.admin_producer.close),
-                           ("close redis", self.redis.close)):
+                           ("close redis", self.redis.close),
+                           ("close margin channel", self.gate.close if self.gate else (lambda: None))):
             self.host.on_close(name, step)
         self.refresh_gauges()
         self.host.set_ready(True, "state rebuilt")

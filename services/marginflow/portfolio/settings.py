@@ -7,6 +7,17 @@ import dataclasses
 from marginflow.shared.config import (
     CommonSettings, asset_list, asset_symbol, choice, env, parse_bool, parse_port, positive_float, positive_int)
 
+def margin_address(text: str) -> str:
+    """``host:port`` of the MarginService, or ``none`` (no withdrawal gate: tests of the portfolio alone)."""
+    value = text.strip()
+    if value.lower() == "none":
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"must be host:port or none, got {text!r}")
+    return value
+
+
 def redis_prefix(text: str) -> str:
     if "{" in text or "}" in text or "*" in text or " " in text:
         raise ValueError(f"must not contain braces, '*' or spaces, got {text!r}")
@@ -39,6 +50,11 @@ class PortfolioSettings:
                                      "how often the owned partitions' Redis cache is checked to be whole, s")
     rebuild_timeout_seconds: float = env("MF_PORTFOLIO_REBUILD_TIMEOUT_SECONDS", positive_float, 600.0,
                                          "longest a rebuild may take before the start fails")
+    margin_address: str = env("MF_PORTFOLIO_MARGIN_ADDRESS", margin_address, "127.0.0.1:50054",
+                              "MarginService host:port asked before a withdrawal (refused when unreachable); "
+                              "none = no margin check")
+    margin_timeout_ms: int = env("MF_PORTFOLIO_MARGIN_TIMEOUT_MS", positive_int, 1000,
+                                 "deadline of the margin check of a withdrawal, ms")
     cache_accounts: int = env("MF_PORTFOLIO_CACHE_ACCOUNTS", positive_int, 200_000,
                               "decoded account states kept in memory (checked against Redis bytes)")
 

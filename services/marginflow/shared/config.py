@@ -286,6 +286,14 @@ class Topics:
     def liquidation_events(self) -> str:
         return self.name("liquidation.events")
 
+    @property
+    def liquidation_fund(self) -> str:
+        return self.name("liquidation.fund")
+
+    @property
+    def liquidation_dlq(self) -> str:
+        return self.name("liquidation.dlq")
+
 
 @dataclasses.dataclass(frozen=True)
 class CommonSettings:

@@ -94,6 +94,7 @@ def platform_topics(topics: Topics, partitions: int) -> list[TopicSpec]:
         TopicSpec(topics.margin_calls, partitions),
         TopicSpec(topics.liquidation_orders, partitions),
         TopicSpec(topics.liquidation_events, partitions),
+        TopicSpec(topics.liquidation_fund, 1, compacted=True),
         TopicSpec(topics.liquidation_dlq, 1, retention_ms=week),
     ]
 

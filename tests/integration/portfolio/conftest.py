@@ -18,7 +18,8 @@ from portfolio_it_helpers import ADMIN_TOKEN
 @pytest.fixture
 def pf_settings(test_env, topic_prefix):
     env = dict(test_env, MF_PORTFOLIO_REDIS_PREFIX=f"{topic_prefix}pf:", MF_PORTFOLIO_GRPC_PORT="0",
-               MF_PORTFOLIO_METRICS_PORT="0", MF_ADMIN_TOKEN=ADMIN_TOKEN, MF_PORTFOLIO_POLL_TIMEOUT_MS="50")
+               MF_PORTFOLIO_METRICS_PORT="0", MF_ADMIN_TOKEN=ADMIN_TOKEN, MF_PORTFOLIO_POLL_TIMEOUT_MS="50",
+               MF_PORTFOLIO_MARGIN_ADDRESS="none")   # the portfolio alone; the margin gate: tests/integration/liquidation
     settings = load(PortfolioSettings, env)
     ensure_topics(settings.common.bootstrap, portfolio_topics(settings))
     yield settings

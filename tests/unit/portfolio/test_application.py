@@ -244,3 +244,44 @@ def test_admin_request_already_applied_is_accepted_without_republishing(admin):
     reader.accounts[A] = Account(A, {"USDC": D(0)}, recent_ids=("e:adm-req-5",))
     result = service.withdraw(A, "USDC", "60", "req-5")   # applied earlier: balance now 0, still accepted
     assert result.duplicate and events.events == []
+
+
+class RefusingGate:
+    def __init__(self, answer):
+        self.answer, self.asked = answer, []
+
+    def check(self, account, asset, amount):
+        self.asked.append((account.account_id, asset, amount))
+        return self.answer
+
+
+@pytest.mark.parametrize("answer", ["withdrawal refused: it would leave equity below the initial margin", None])
+def test_admin_withdrawal_asks_the_margin_gate_and_a_refusal_is_a_failed_precondition(rules, answer):
+    reader, events, requests = FakeReader(), FakeEvents(), FakeRequests()
+    reader.accounts[A] = Account(A, {"USDC": D(100)})
+    gate = RefusingGate(answer)
+    service = AdminService(rules, reader, events, requests, ManualClock(42), gate)
+    if answer is None:
+        assert service.withdraw(A, "USDC", "60", "req-g").accepted
+        assert len(events.events) == 1
+    else:
+        with pytest.raises(AdminError) as err:
+            service.withdraw(A, "USDC", "60", "req-g")
+        assert err.value.status == "failed_precondition" and "initial margin" in err.value.message
+        assert not events.events
+    assert gate.asked == [(A, "USDC", D(60))]
+    service.deposit(A, "USDC", "5", "req-d")          # deposits never ask
+    assert len(gate.asked) == 1
+
+
+def test_the_margin_gate_refuses_when_margin_is_unreachable():
+    from marginflow.portfolio.adapters.margin_gate import MarginWithdrawalGate
+    from marginflow.portfolio.domain.model import Position
+
+    gate = MarginWithdrawalGate("127.0.0.1:1", timeout_s=0.5)
+    try:
+        account = Account(A, {"USDC": D(100)}, {"BTC-PERP": Position("BTC-PERP", D(1), D(60000))})
+        refusal = gate.check(account, "USDC", D(10))
+        assert refusal is not None and "cannot confirm" in refusal
+    finally:
+        gate.close()

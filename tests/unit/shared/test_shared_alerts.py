@@ -38,6 +38,7 @@ def exported_metric_names() -> set[str]:
     """Every metric family the services register, read from fresh registries."""
     from prometheus_client import CollectorRegistry
 
+    from marginflow.liquidation.adapters.metrics import LiquidationMetrics
     from marginflow.margin.adapters.metrics import MarginMetrics
     from marginflow.marketdata.adapters.metrics import MarketDataMetrics
     from marginflow.portfolio.adapters.metrics import PortfolioMetrics
@@ -45,7 +46,7 @@ def exported_metric_names() -> set[str]:
     from marginflow.shared.metrics import SharedMetrics
 
     names: set[str] = set()
-    for make in (MarginMetrics, PortfolioMetrics, PrometheusMetrics, SharedMetrics,
+    for make in (MarginMetrics, LiquidationMetrics, PortfolioMetrics, PrometheusMetrics, SharedMetrics,
                  lambda registry: MarketDataMetrics(dict, registry=registry)):
         registry = CollectorRegistry()
         make(registry=registry)

@@ -88,9 +88,27 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
             return self._fail(exc, context, account, "GetMargin", request)
         return codec.margin_state(margin, publish_ms=self._clock_ms())
 
+    def _collateral(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> list[tuple[int, float]]:
+        if len(request.collateral) > MAX_TRADES:
+            invalid_argument(context, f"at most {MAX_TRADES} collateral changes")
+        out = []
+        for i, c in enumerate(request.collateral):
+            column = self._engine.asset_index.get(c.asset)
+            if column is None:
+                invalid_argument(context, f"collateral[{i}].asset {c.asset!r} is not a collateral asset")
+            try:
+                amount = Decimal(c.amount.value)
+            except (InvalidOperation, ValueError):
+                invalid_argument(context, f"collateral[{i}].amount {c.amount.value!r} is not a decimal number")
+            if not amount.is_finite() or amount == 0 or abs(amount) > Decimal("1e15"):
+                invalid_argument(context, f"collateral[{i}].amount must be finite, non-zero and plausible, "
+                                          f"got {c.amount.value!r}")
+            out.append((column, float(amount)))
+        return out
+
     def _trades(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> list[TradeDelta]:
-        if not request.trades:
-            invalid_argument(context, "trades must not be empty")
+        if not request.trades and not request.collateral:
+            invalid_argument(context, "trades and collateral must not both be empty")
         if len(request.trades) > MAX_TRADES:
             invalid_argument(context, f"at most {MAX_TRADES} trades")
         table = self._engine.instruments
@@ -124,9 +142,10 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
     def _what_if(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> pb.WhatIfResponse:
         account = self._account(request.account_id, context)
         trades = self._trades(request, context)
+        collateral = self._collateral(request, context)
         started = time.perf_counter()
         try:
-            before, after = self._engine.what_if(account, trades)
+            before, after = self._engine.what_if(account, trades, collateral)
         except (UnknownAccount, NotReady) as exc:
             return self._fail(exc, context, account, "WhatIf", request)
         except ValueError as exc:   # the core refused the hypothetical book (overflow)

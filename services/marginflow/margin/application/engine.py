@@ -92,8 +92,9 @@ class MarginEngine:
     def get_margin(self, account_id: str) -> AccountMargin:
         return self.queries.get_margin(account_id)
 
-    def what_if(self, account_id: str, trades: Sequence[TradeDelta]) -> tuple[AccountMargin, AccountMargin]:
-        return self.queries.what_if(account_id, trades)
+    def what_if(self, account_id: str, trades: Sequence[TradeDelta],
+                collateral: Sequence[tuple[int, float]] = ()) -> tuple[AccountMargin, AccountMargin]:
+        return self.queries.what_if(account_id, trades, collateral)
 
     def explain(self, account_id: str) -> Explanation:
         return self.queries.explain(account_id)

@@ -145,7 +145,10 @@ class Queries:
             book, model = self.require(account_id)
             return self.reported(self.margin_of(self.single(book, model), model, liquidation_prices=True))
 
-    def what_if(self, account_id: str, trades: Sequence[TradeDelta]) -> tuple[AccountMargin, AccountMargin]:
+    def what_if(self, account_id: str, trades: Sequence[TradeDelta],
+                collateral: Sequence[tuple[int, float]] = ()) -> tuple[AccountMargin, AccountMargin]:
+        """Margin before and after hypothetical trades and collateral changes ``(asset column, signed
+        amount in asset units)`` (a withdrawal is a negative amount)."""
         with self.readers:
             book, model = self.require(account_id)
             check_trades(trades, self.instruments.n)
@@ -153,6 +156,11 @@ class Queries:
             before = self.single(book, model, market)
             after_book = apply_trades(book, trades, self.market.mark_price, self.instruments.contract_size,
                                       self._settle)
+            if collateral:
+                balances = after_book.balances.copy()
+                for column, amount in collateral:
+                    balances[column] += amount
+                after_book = dataclasses.replace(after_book, balances=balances)
             after = self.single(after_book, model, market)
             return (self.reported(self.margin_of(before, model)),
                     self.margin_of(after, model, liquidation_prices=True))

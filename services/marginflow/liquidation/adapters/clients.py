@@ -1,0 +1,70 @@
+"""gRPC clients of the services the liquidation reads: MarginService (margin) and AccountService (portfolio)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import grpc
+
+from marginflow.api.account.v1 import account_pb2, account_pb2_grpc
+from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
+from marginflow.liquidation.adapters.codec import dec, margin_view
+from marginflow.liquidation.application import MarginView, OpenPosition
+
+PAGE_SIZE = 1000
+
+
+class MarginClient:
+    """``explain`` = a fresh margin computation with the positions; ``im_after`` = IM after hypothetical trades."""
+
+    def __init__(self, address: str, timeout_s: float) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = margin_pb2_grpc.MarginServiceStub(self._channel)
+        self._timeout = timeout_s
+
+    def explain(self, account_id: str) -> MarginView:
+        return margin_view(self._stub.Explain(margin_pb2.ExplainRequest(account_id=account_id), timeout=self._timeout))
+
+    def im_after(self, account_id: str, trades) -> Decimal:
+        req = margin_pb2.WhatIfRequest(account_id=account_id)
+        for instrument, size in trades:
+            req.trades.add(instrument=instrument).size.value = str(size)
+        resp = self._stub.WhatIf(req, timeout=self._timeout)
+        return dec(resp.after.im_usd.value, "im_usd")
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class AccountClient:
+    """Open positions by instrument (paged) and of one account, from the portfolio service."""
+
+    def __init__(self, address: str, timeout_s: float) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = account_pb2_grpc.AccountServiceStub(self._channel)
+        self._timeout = timeout_s
+
+    def positions_by_instrument(self, instrument: str) -> list[OpenPosition]:
+        out, token = [], ""
+        while True:
+            resp = self._stub.PositionsByInstrument(account_pb2.PositionsByInstrumentRequest(
+                instrument=instrument, page_size=PAGE_SIZE, page_token=token), timeout=self._timeout)
+            for ap in resp.positions:
+                out.append(OpenPosition(ap.account_id, instrument, dec(ap.position.size.value, "size"),
+                                        dec(ap.position.entry_price.value, "entry_price", Decimal(0))))
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    def positions_of(self, account_id: str) -> list[OpenPosition]:
+        try:
+            snap = self._stub.GetAccount(account_pb2.GetAccountRequest(account_id=account_id), timeout=self._timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise
+        return [OpenPosition(account_id, p.instrument, dec(p.size.value, "size"),
+                             dec(p.entry_price.value, "entry_price", Decimal(0))) for p in snap.positions]
+
+    def close(self) -> None:
+        self._channel.close()

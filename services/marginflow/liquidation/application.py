@@ -1,0 +1,1027 @@
+"""Liquidation use cases, with their ports passed in (no Kafka, gRPC or Redis here).
+
+What happens, in the service loop's thread unless said otherwise:
+
+* ``margin.calls`` (an account entered LIQUIDATION/BANKRUPT on fresh marks) → the account is *pending*.
+  A call on stale marks is recorded (SKIPPED_STALE_MARK) and nothing else happens.
+* ``margin.state`` → the last equity/IM/MM of every account (ADL leverage, the queue, restart triggers).
+* ``md.marks`` → marks, indexes and a short mark history per instrument (the guards).
+* Due accounts are **assessed** by a worker thread (reads only): the margin service's ``Explain`` (a fresh
+  computation of that account: equity, IM, MM, positions) and one ``WhatIf`` per cross position closing it
+  (its IM relief); for a bankrupt account the opposite positions from the portfolio service.
+* The loop thread **acts** on an assessment (:meth:`LiquidationEngine.act`): re-checks that the account is
+  below MM on fresh marks with a risk version and revision not older than the call's, starts or advances
+  the episode (domain ``episode``), plans the round (domain ``plan_round``), and publishes: first the
+  ORDER_SENT events (acknowledged), then the orders. Episodes are rebuilt from ``liquidation.events`` at
+  start, so an order id on the wire always has its event, and a restarted service never reuses a slice.
+* ``trades.fills`` of our orders → the fee to the insurance fund, once per fill id (the fund ledger
+  remembers the applied offsets and recent ids, and is published to ``liquidation.fund`` before the
+  offsets are committed).
+* A bankrupt account (equity < 0 on fresh marks): per position, domain ``resolve_bankruptcy``: the fund
+  pays the loss of the part it can take over (an ``account.events`` Deposit of the amount, then that part
+  closed at the mark against the house), the rest is auto-deleveraged at the bankruptcy price against the
+  ranked opposite positions (fills for both accounts); every step an event.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Protocol
+
+from marginflow.liquidation.domain import (
+    AccountState, AdlCandidate, CooldownMode, Episode, EpisodeState, FundSettings, GuardSettings, GuardVerdict,
+    InsuranceFund, MarginObservation, OrderSide, PlanSettings, PositionRisk, PositionState, adl_lights,
+    adl_score, allocate_slices, bankruptcy_price, begin_round, instrument_guard, observe, parse_order_id,
+    plan_round, rank_for_adl, record_attempt, resolve_bankruptcy, round_limit_to_tick, start,
+    time_weighted_average)
+from marginflow.shared.logs import get_logger
+from marginflow.shared.money import cents_toward_ceiling, cents_toward_floor
+from marginflow.shared.universe import Kind, Universe
+
+log = get_logger(__name__)
+ZERO = Decimal(0)
+
+# Health states, numbered as marginflow.margin.v1.HealthState.
+HEALTHY, MARGIN_CALL, LIQUIDATION, BANKRUPT = 1, 2, 3, 4
+# A call whose margin (GetMargin) still looks older than the call is re-read this soon, at most this often.
+RECHECK_DELAY_MS = 100
+RECHECK_TRIES = 20
+# An assessment that failed (margin unreachable, a timeout) is retried after this long.
+FAILURE_BACKOFF_MS = 1000
+
+
+# ---- what comes in ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    account_id: str
+    state: int
+    marks_fresh: bool
+    risk_version: int
+    revision: int
+    event_time_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSeen:
+    account_id: str
+    state: int
+    equity_usd: Decimal
+    im_usd: Decimal
+    mm_usd: Decimal
+    marks_fresh: bool
+    event_time_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkSeen:
+    instrument: str
+    mark_usd: float
+    index_usd: float
+    event_time_ms: int
+    half_spread_fraction: float = 0.0
+    depth_contracts: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FillSeen:
+    topic: str
+    partition: int
+    offset: int
+    fill_id: str
+    account_id: str
+    instrument: str
+    side: int                 # +1 buy, −1 sell
+    size: Decimal
+    price_usd: Decimal
+    fee_usd: Decimal
+    liquidation: bool
+    order_id: str
+    event_time_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionView:
+    instrument: str
+    size: Decimal
+    isolated: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MarginView:
+    """A fresh margin computation of one account (the margin service's Explain)."""
+
+    account_id: str
+    state: int
+    equity_usd: Decimal
+    im_usd: Decimal
+    mm_usd: Decimal
+    marks_fresh: bool
+    risk_version: int
+    revision: int
+    event_time_ms: int
+    positions: tuple[PositionView, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenPosition:
+    account_id: str
+    instrument: str
+    size: Decimal
+    entry_price_usd: Decimal
+
+
+# ---- what goes out ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One step of a liquidation (``kind``: the suffix of ``LIQUIDATION_EVENT_KIND_*``)."""
+
+    kind: str
+    account_id: str
+    episode: int
+    time_ms: int
+    order_id: str = ""
+    counterparty: str = ""
+    instrument: str = ""
+    size: Decimal | None = None
+    amount_usd: Decimal | None = None
+    fund_balance_usd: Decimal | None = None
+    detail: str = ""
+    round: int = 0
+    slice: int = 0
+    price_usd: Decimal | None = None
+    side: int = 0            # +1 buy, −1 sell
+    reference: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Order:
+    order_id: str
+    account_id: str
+    instrument: str
+    side: int                # +1 buy, −1 sell
+    size: Decimal
+    limit_price_usd: Decimal
+    bankruptcy_price_usd: Decimal
+    episode: int
+    slice: int
+    reason: str
+    time_ms: int
+    mark_time_ms: int        # event time of the newest mark when planned (latency metric)
+
+
+@dataclasses.dataclass(frozen=True)
+class FillOut:
+    fill_id: str
+    account_id: str
+    instrument: str
+    side: int
+    size: Decimal
+    price_usd: Decimal
+    fee_usd: Decimal
+    liquidation: bool
+    order_id: str
+    time_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DepositOut:
+    event_id: str
+    account_id: str
+    asset: str
+    amount: Decimal
+    time_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FundSnapshot:
+    balance_usd: Decimal
+    high_water_usd: Decimal
+    updated_ms: int
+    revision: int
+    applied_offsets: dict[str, int]
+    recent_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class FundChange:
+    time_ms: int
+    kind: str
+    account_id: str
+    delta_usd: Decimal
+    balance_usd: Decimal
+    reference: str
+
+
+# ---- ports --------------------------------------------------------------------------------------
+
+class MarginPort(Protocol):
+    def explain(self, account_id: str) -> MarginView: ...
+    def im_after(self, account_id: str, trades: Sequence[tuple[str, Decimal]]) -> Decimal: ...
+
+
+class PositionsPort(Protocol):
+    def positions_by_instrument(self, instrument: str) -> list[OpenPosition]: ...
+    def positions_of(self, account_id: str) -> list[OpenPosition]: ...
+
+
+class Publisher(Protocol):
+    def publish_events(self, events: Sequence[Event]) -> None:
+        """Publish and wait for the broker's acknowledgement."""
+
+    def publish_orders(self, orders: Sequence[Order]) -> None: ...
+
+    def publish_effects(self, fills: Sequence[FillOut], deposits: Sequence[DepositOut],
+                        fund: FundSnapshot | None) -> None:
+        """Fills (trades.fills), deposits (account.events) and the fund state (liquidation.fund), acknowledged."""
+
+
+class FundCache(Protocol):
+    def write(self, fund: FundSnapshot) -> None: ...
+
+
+# ---- instruments --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class InstrumentInfo:
+    symbol: str
+    kind: Kind
+    contract_size: Decimal
+    lot_size: Decimal
+    tick_size_usd: Decimal
+
+
+def instrument_infos(universe: Universe) -> dict[str, InstrumentInfo]:
+    # repr() of the TOML floats is their shortest decimal form: 0.001 → Decimal("0.001") exactly.
+    return {s: InstrumentInfo(s, i.kind, Decimal(repr(i.contract_size)), Decimal(repr(i.lot_size)),
+                              Decimal(repr(i.tick_size_usd)))
+            for s, i in universe.instruments.items()}
+
+
+def on_tick(price: float | Decimal, tick: Decimal) -> Decimal:
+    """A float price as an exact Decimal on the tick grid (half-even)."""
+    value = Decimal(repr(float(price))) if not isinstance(price, Decimal) else price
+    return (value / tick).to_integral_value(rounding=ROUND_HALF_EVEN) * tick
+
+
+# ---- marks and guards ---------------------------------------------------------------------------
+
+class Marks:
+    """Latest mark, index and a mark history (for the TWAP) per instrument; admin pauses."""
+
+    def __init__(self, guards: GuardSettings) -> None:
+        self.guards = guards
+        self.latest: dict[str, MarkSeen] = {}
+        self.history: dict[str, collections.deque] = {}
+        self.newest_ms = 0
+        self.venue_paused = False
+        self.paused: set[str] = set()
+
+    def update(self, marks: Iterable[MarkSeen]) -> None:
+        for m in marks:
+            prev = self.latest.get(m.instrument)
+            if prev is not None and m.event_time_ms < prev.event_time_ms:
+                continue
+            self.latest[m.instrument] = m
+            hist = self.history.setdefault(m.instrument, collections.deque())
+            hist.append((m.event_time_ms, m.mark_usd))
+            start = m.event_time_ms - self.guards.twap_window_ms
+            while len(hist) > 1 and hist[1][0] <= start:   # keep the price in force at the window's start
+                hist.popleft()
+            self.newest_ms = max(self.newest_ms, m.event_time_ms)
+
+    def twap(self, instrument: str) -> float | None:
+        hist = self.history.get(instrument)
+        if not hist:
+            return None
+        return time_weighted_average([t for t, _ in hist], [p for _, p in hist], self.newest_ms,
+                                     self.guards.twap_window_ms)
+
+    def verdict(self, instrument: str) -> GuardVerdict:
+        m = self.latest.get(instrument)
+        admin = self.venue_paused or instrument in self.paused
+        if m is None:
+            return GuardVerdict.PAUSED_ADMIN if admin else GuardVerdict.NO_PRICE
+        index = m.index_usd if m.index_usd > 0 else None
+        return instrument_guard(m.mark_usd, m.event_time_ms, index, self.twap(instrument), self.newest_ms,
+                                self.guards, admin_paused=admin)
+
+
+# ---- episodes -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Tracked:
+    """What the service knows of one account it may act on."""
+
+    account_id: str
+    episode: Episode | None = None       # the latest episode (final or live)
+    last_number: int = 0
+    pending: Call | None = None          # a call not yet acted on
+    due_ms: int = 0                      # wall time of the next assessment
+    in_flight: bool = False
+    rechecks: int = 0
+    cooldowns: dict[str, int] = dataclasses.field(default_factory=dict)
+    slices_sent: int = 0
+    stuck: bool = False
+    last_equity_usd: Decimal = ZERO
+    last_mm_usd: Decimal = ZERO
+
+    @property
+    def live(self) -> bool:
+        return self.episode is not None and self.episode.state is EpisodeState.LIQUIDATING
+
+
+FINAL_KINDS = {"RESTORED": EpisodeState.RESTORED, "CLOSED_OUT": EpisodeState.CLOSED_OUT,
+               "BANKRUPT": EpisodeState.BANKRUPT}
+
+
+# ---- the insurance fund ledger ------------------------------------------------------------------
+
+class FundLedger:
+    """The fund balance with its exactly-once bookkeeping (applied offsets, recent ids) and a history."""
+
+    def __init__(self, initial_usd: Decimal, recent_max: int, history_max: int) -> None:
+        self.fund = InsuranceFund(initial_usd)
+        self.high_water = initial_usd
+        self.revision = 0
+        self.updated_ms = 0
+        self.applied: dict[str, int] = {}
+        self.recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.recent_max = recent_max
+        self.history: collections.deque[FundChange] = collections.deque(maxlen=history_max)
+
+    def restore(self, snap: FundSnapshot) -> None:
+        self.fund = InsuranceFund(snap.balance_usd)
+        self.high_water = max(snap.high_water_usd, snap.balance_usd)
+        self.revision = snap.revision
+        self.updated_ms = snap.updated_ms
+        self.applied = dict(snap.applied_offsets)
+        self.recent = collections.OrderedDict((i, None) for i in snap.recent_ids)
+
+    @property
+    def balance(self) -> Decimal:
+        return self.fund.balance_usd
+
+    @property
+    def drawdown(self) -> Decimal:
+        return self.high_water - self.fund.balance_usd
+
+    def seen(self, key: str) -> bool:
+        return key in self.recent
+
+    def already_applied(self, topic: str, partition: int, offset: int) -> bool:
+        return offset <= self.applied.get(f"{topic}:{partition}", -1)
+
+    def mark_offset(self, topic: str, partition: int, offset: int) -> None:
+        key = f"{topic}:{partition}"
+        self.applied[key] = max(self.applied.get(key, -1), offset)
+
+    def _remember(self, key: str) -> None:
+        self.recent[key] = None
+        while len(self.recent) > self.recent_max:
+            self.recent.popitem(last=False)
+
+    def credit(self, key: str, amount: Decimal, now_ms: int, kind: str, account: str, reference: str) -> None:
+        self.fund = self.fund.apply_fee(amount)
+        self.high_water = max(self.high_water, self.fund.balance_usd)
+        self._changed(key, amount, now_ms, kind, account, reference)
+
+    def debit(self, key: str, amount: Decimal, now_ms: int, kind: str, account: str, reference: str) -> None:
+        """Pay ``amount`` (≤ balance: the caller sized it with ``InsuranceFund.cover``)."""
+        coverage = self.fund.cover(amount)
+        if coverage.uncovered_usd != 0:
+            raise ValueError(f"the fund cannot pay {amount} (balance {self.fund.balance_usd})")
+        self.fund = coverage.fund
+        self._changed(key, -amount, now_ms, kind, account, reference)
+
+    def _changed(self, key: str, delta: Decimal, now_ms: int, kind: str, account: str, reference: str) -> None:
+        self._remember(key)
+        self.revision += 1
+        self.updated_ms = now_ms
+        self.history.append(FundChange(now_ms, kind, account, delta, self.fund.balance_usd, reference))
+
+    def snapshot(self) -> FundSnapshot:
+        return FundSnapshot(self.fund.balance_usd, self.high_water, self.updated_ms, self.revision,
+                            dict(self.applied), tuple(self.recent))
+
+
+# ---- the engine ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EngineSettings:
+    plan: PlanSettings
+    guards: GuardSettings
+    fund: FundSettings
+    max_attempts_per_round: int = 3
+    round_interval_ms: int = 1000
+    max_rounds: int = 100
+    house_account: str = "house"
+    settlement_asset: str = "USDC"
+    history: int = 10_000
+    min_slippage_fraction: Decimal = Decimal("0.001")
+
+
+@dataclasses.dataclass(frozen=True)
+class Assessment:
+    """What a worker read for one account: a fresh margin, relief per cross position, ADL candidates."""
+
+    account_id: str
+    view: MarginView | None = None
+    relief_usd: tuple[Decimal, ...] = ()            # IM relief of closing each cross position (≥ 0)
+    candidates: dict[str, list[AdlCandidate]] = dataclasses.field(default_factory=dict)
+    error: str = ""
+
+
+class LiquidationEngine:
+    def __init__(self, settings: EngineSettings, instruments: dict[str, InstrumentInfo], margin: MarginPort,
+                 positions: PositionsPort, publisher: Publisher, fund: FundLedger, fund_cache: FundCache,
+                 clock_ms: Callable[[], int], metrics) -> None:
+        self.s = settings
+        self.instruments = instruments
+        self.margin = margin
+        self.positions = positions
+        self.publisher = publisher
+        self.ledger = fund
+        self.fund_cache = fund_cache
+        self.clock_ms = clock_ms
+        self.metrics = metrics
+        self.marks = Marks(settings.guards)
+        self.accounts: dict[str, Tracked] = {}
+        self.states: dict[str, StateSeen] = {}
+        self.events: collections.deque[Event] = collections.deque(maxlen=settings.history)
+        self._batch: tuple[list[Event], list[Order]] | None = None
+
+    # ---- restart
+    def rebuild(self, events: Iterable[Event]) -> None:
+        """Episodes, slices, pauses and history from ``liquidation.events`` (read from the beginning)."""
+        for e in events:
+            self._remember_event(e)
+            if e.kind == "ADMIN_PAUSED":
+                self._pause(e.instrument, True)
+                continue
+            if e.kind == "ADMIN_RESUMED":
+                self._pause(e.instrument, False)
+                continue
+            if not e.account_id or e.episode <= 0:
+                continue
+            t = self._tracked(e.account_id)
+            ep = t.episode
+            if e.kind == "STARTED" and (ep is None or e.episode > ep.number):
+                t.episode = Episode(e.account_id, e.episode, EpisodeState.LIQUIDATING, e.time_ms)
+                t.last_number = max(t.last_number, e.episode)
+                t.slices_sent = 0
+                continue
+            if ep is None or ep.number != e.episode:
+                continue
+            if e.kind == "ORDER_SENT":
+                t.episode = dataclasses.replace(ep, next_slice=max(ep.next_slice, e.slice + 1),
+                                                round_number=max(ep.round_number, e.round))
+                t.slices_sent += 1
+            elif e.kind in FINAL_KINDS:
+                t.episode = dataclasses.replace(ep, state=FINAL_KINDS[e.kind], ended_ms=e.time_ms,
+                                                deficit_usd=e.amount_usd or ZERO if e.kind == "BANKRUPT" else ZERO)
+        for t in self.accounts.values():
+            if t.live:
+                t.due_ms = 0   # a live episode goes on at once
+        self.refresh_gauges()
+
+    def seed_pending_from_states(self) -> int:
+        """After a restart: accounts whose latest margin.state is LIQUIDATION/BANKRUPT on fresh marks are
+        pending (a call committed before the crash but not yet acted on is not lost)."""
+        n = 0
+        for s in self.states.values():
+            if s.state in (LIQUIDATION, BANKRUPT) and s.marks_fresh:
+                t = self._tracked(s.account_id)
+                if not t.live and t.pending is None:
+                    t.pending = Call(s.account_id, s.state, True, 0, 0, s.event_time_ms)
+                    n += 1
+        return n
+
+    def _tracked(self, account_id: str) -> Tracked:
+        t = self.accounts.get(account_id)
+        if t is None:
+            t = self.accounts[account_id] = Tracked(account_id)
+        return t
+
+    # ---- inputs
+    def on_marks(self, marks: Sequence[MarkSeen]) -> None:
+        self.marks.update(marks)
+
+    def on_states(self, states: Sequence[StateSeen]) -> None:
+        for s in states:
+            self.states[s.account_id] = s
+            t = self.accounts.get(s.account_id)
+            if t is not None and t.live:
+                t.last_equity_usd, t.last_mm_usd = s.equity_usd, s.mm_usd
+
+    def on_calls(self, calls: Sequence[Call]) -> None:
+        now = self.clock_ms()
+        out: list[Event] = []
+        for c in calls:
+            if c.account_id == self.s.house_account or c.state not in (LIQUIDATION, BANKRUPT):
+                continue
+            t = self._tracked(c.account_id)
+            if not c.marks_fresh:
+                out.append(Event("SKIPPED_STALE_MARK", c.account_id, t.episode.number if t.live else 0, now,
+                                 detail="margin call on stale marks: no action"))
+                continue
+            if t.live:
+                t.due_ms = min(t.due_ms, now) if t.due_ms else now
+                continue
+            t.pending = c
+            t.rechecks = 0
+            t.due_ms = now
+            t.stuck = False
+        self._emit(out)
+
+    def on_fills(self, fills: Sequence[FillSeen]) -> int:
+        """Fees of our liquidation fills to the fund, once per fill id; returns how many were credited."""
+        now = self.clock_ms()
+        events: list[Event] = []
+        credited = 0
+        touched = False
+        for f in fills:
+            if self.ledger.already_applied(f.topic, f.partition, f.offset):
+                continue
+            self.ledger.mark_offset(f.topic, f.partition, f.offset)
+            touched = True
+            if not f.liquidation or not f.order_id.startswith("liq-"):
+                continue
+            try:
+                account, episode, slice_number = parse_order_id(f.order_id)
+            except ValueError:
+                continue
+            if account != f.account_id:
+                continue   # the house side of the fill
+            key = f"f:{f.fill_id}"
+            if self.ledger.seen(key):
+                continue
+            self.metrics.fill()
+            info = self.instruments.get(f.instrument)
+            cap = self.s.plan.fee_rate * f.size * (info.contract_size if info else Decimal(1)) * f.price_usd
+            fee = cents_toward_floor(min(max(f.fee_usd, ZERO), cap))
+            events.append(Event("ORDER_FILLED", account, episode, now, order_id=f.order_id, instrument=f.instrument,
+                                size=f.size, price_usd=f.price_usd, side=f.side, slice=slice_number,
+                                reference=f.fill_id))
+            if fee > 0:
+                self.ledger.credit(key, fee, now, "FEE_TO_FUND", account, f.fill_id)
+                credited += 1
+                events.append(Event("FEE_TO_FUND", account, episode, now, order_id=f.order_id,
+                                    instrument=f.instrument, amount_usd=fee, fund_balance_usd=self.ledger.balance,
+                                    reference=f.fill_id))
+            else:
+                self.ledger._remember(key)
+            t = self.accounts.get(account)
+            if t is not None and t.live:
+                # The fill moves the account: look again soon, once portfolio and margin have it.
+                t.due_ms = min(t.due_ms, now + self.s.round_interval_ms // 2) if t.due_ms else now
+        if touched:
+            snap = self.ledger.snapshot()
+            self.publisher.publish_effects((), (), snap)
+            self.fund_cache.write(snap)
+        self._emit(events)
+        self._fund_gauges()
+        return credited
+
+    # ---- which accounts to look at now
+    def due(self, now_ms: int, limit: int) -> list[str]:
+        out = []
+        for t in self.accounts.values():
+            if t.in_flight or t.stuck or not (t.live or t.pending is not None):
+                continue
+            if t.due_ms <= now_ms:
+                out.append(t.account_id)
+                t.in_flight = True
+                if len(out) >= limit:
+                    break
+        return out
+
+    # ---- worker thread: reads only
+    def assess(self, account_id: str) -> Assessment:
+        try:
+            view = self.margin.explain(account_id)
+        except Exception as exc:  # noqa: BLE001 - one account's failure never stalls the others
+            return Assessment(account_id, error=f"margin explain failed: {exc}")
+        t = self.accounts.get(account_id)
+        live = t is not None and t.live
+        # Not acted on: above MM before an episode, restored during one, or stale marks (no action at all).
+        if not view.marks_fresh or (view.equity_usd >= view.mm_usd and not live) \
+                or view.equity_usd >= view.im_usd * (1 + self.s.plan.margin_buffer_fraction):
+            return Assessment(account_id, view)
+        cross = [p for p in view.positions if not p.isolated and p.size != 0]
+        if view.equity_usd < 0:
+            candidates: dict[str, list[AdlCandidate]] = {}
+            try:
+                for p in cross:
+                    candidates[p.instrument] = self.adl_candidates(p.instrument, exclude=account_id)
+            except Exception as exc:  # noqa: BLE001
+                return Assessment(account_id, view, error=f"positions for ADL failed: {exc}")
+            reliefs = self._reliefs(account_id, view, cross)
+            if isinstance(reliefs, str):
+                return Assessment(account_id, view, error=reliefs)
+            return Assessment(account_id, view, reliefs, candidates)
+        reliefs = self._reliefs(account_id, view, cross)
+        if isinstance(reliefs, str):
+            return Assessment(account_id, view, error=reliefs)
+        return Assessment(account_id, view, reliefs)
+
+    def _reliefs(self, account_id: str, view: MarginView, cross: Sequence[PositionView]) -> tuple[Decimal, ...] | str:
+        out = []
+        for p in cross:
+            try:
+                after = self.margin.im_after(account_id, [(p.instrument, -p.size)])
+            except Exception as exc:  # noqa: BLE001
+                return f"margin what-if failed: {exc}"
+            out.append(max(view.im_usd - after, ZERO))
+        return tuple(out)
+
+    def adl_candidates(self, instrument: str, exclude: str = "") -> list[AdlCandidate]:
+        """Open positions of ``instrument`` (portfolio) with their account's equity (margin.state)."""
+        info = self.instruments[instrument]
+        mark = self.marks.latest.get(instrument)
+        if mark is None:
+            return []
+        mark_usd = on_tick(mark.mark_usd, info.tick_size_usd)
+        out = []
+        for p in self.positions.positions_by_instrument(instrument):
+            if p.account_id in (exclude, self.s.house_account) or p.size == 0:
+                continue
+            state = self.states.get(p.account_id)
+            if state is None:
+                continue
+            out.append(AdlCandidate(p.account_id, p.size, p.entry_price_usd, mark_usd, info.contract_size,
+                                    state.equity_usd))
+        return out
+
+    # ---- loop thread: decisions and effects
+    def act(self, a: Assessment) -> None:
+        t = self._tracked(a.account_id)
+        t.in_flight = False
+        now = self.clock_ms()
+        if a.error or a.view is None:
+            self.metrics.error("assess")
+            log.warning("liquidation assessment failed", extra={"account": a.account_id, "error": a.error})
+            t.due_ms = now + FAILURE_BACKOFF_MS
+            return
+        v = a.view
+        t.last_equity_usd, t.last_mm_usd = v.equity_usd, v.mm_usd
+        if not t.live:
+            self._maybe_start(t, a, now)
+            if not t.live:
+                return
+        self._advance(t, a, now)
+
+    def _maybe_start(self, t: Tracked, a: Assessment, now: int) -> None:
+        v, call = a.view, t.pending
+        if call is None:
+            return
+        if not v.marks_fresh:
+            self._emit([Event("SKIPPED_STALE_MARK", t.account_id, 0, now, detail="margin on stale marks at recheck")])
+            t.pending = None
+            return
+        older = v.risk_version < call.risk_version or v.revision < call.revision
+        if older and t.rechecks < RECHECK_TRIES:
+            if t.rechecks == 0:
+                log.info("margin read older than the call; reading again", extra={
+                    "account": t.account_id, "risk_version": v.risk_version, "call_risk_version": call.risk_version,
+                    "revision": v.revision, "call_revision": call.revision})
+            t.rechecks += 1
+            t.due_ms = now + RECHECK_DELAY_MS
+            return
+        obs = MarginObservation(v.equity_usd, v.im_usd, v.mm_usd, v.marks_fresh, v.event_time_ms,
+                                has_positions=any(p.size != 0 for p in v.positions))
+        episode = start(t.account_id, obs, t.last_number)
+        t.pending = None
+        if episode is None:
+            self._emit([Event("RECHECK_HEALTHY", t.account_id, 0, now, amount_usd=v.equity_usd,
+                              detail=f"equity {v.equity_usd} ≥ MM {v.mm_usd} at the moment of acting")])
+            return
+        t.episode, t.last_number = episode, episode.number
+        t.cooldowns, t.slices_sent, t.stuck = {}, 0, False
+        self.metrics.episode("started")
+        self._emit([Event("STARTED", t.account_id, episode.number, now, amount_usd=v.equity_usd,
+                          detail=f"equity {v.equity_usd} < MM {v.mm_usd} (IM {v.im_usd}), risk v{v.risk_version}")])
+
+    def _advance(self, t: Tracked, a: Assessment, now: int) -> None:
+        v, ep = a.view, t.episode
+        t.due_ms = now + self.s.round_interval_ms
+        if not v.marks_fresh:
+            self._emit([Event("SKIPPED_STALE_MARK", t.account_id, ep.number, now, detail="margin on stale marks")])
+            return
+        obs = MarginObservation(v.equity_usd, v.im_usd, v.mm_usd, True, v.event_time_ms,
+                                has_positions=any(p.size != 0 for p in v.positions))
+        new = observe(t.account_id, ep, obs, t.last_number, self.s.plan.margin_buffer_fraction)
+        if new is not ep and new.state is EpisodeState.BANKRUPT:
+            if not a.relief_usd and any(not p.isolated and p.size != 0 for p in v.positions):
+                t.due_ms = now   # an assessment without the bankruptcy inputs (a race): read again
+                return
+            self._resolve_bankruptcy(t, a, new, now)
+            return
+        if new is not ep:
+            t.episode = new
+            kind = "RESTORED" if new.state is EpisodeState.RESTORED else "CLOSED_OUT"
+            self.metrics.episode(kind.lower())
+            self._emit([Event(kind, t.account_id, new.number, now, amount_usd=v.equity_usd,
+                              detail=f"equity {v.equity_usd}, IM {v.im_usd}")])
+            return
+        if ep.round_number >= self.s.max_rounds:
+            if not t.stuck:
+                t.stuck = True
+                self._emit([Event("ROUND_EXHAUSTED", t.account_id, ep.number, now, round=ep.round_number,
+                                  detail=f"{self.s.max_rounds} rounds without restoring: left to the operator")])
+            return
+        self._round(t, a, now)
+
+    def _position_states(self, t: Tracked, a: Assessment, now: int) -> tuple[list[PositionState], list[int], list[Event]]:
+        """The cross positions the guards let us act on (with their MM shares), their indexes, guard events."""
+        v = a.view
+        cross = [p for p in v.positions if not p.isolated and p.size != 0]
+        total = sum(a.relief_usd, ZERO)
+        states, index, events = [], [], []
+        for i, p in enumerate(cross):
+            info = self.instruments.get(p.instrument)
+            verdict = self.marks.verdict(p.instrument)
+            if info is None or verdict is not GuardVerdict.ACT:
+                self.metrics.guard_pause(verdict.value if info else "unknown_instrument")
+                events.append(Event("GUARD_PAUSED", t.account_id, t.episode.number, now, instrument=p.instrument,
+                                    detail=verdict.value))
+                continue
+            share = a.relief_usd[i] / total if total > 0 else Decimal(1) / len(cross)
+            mark = self.marks.latest[p.instrument]
+            states.append(PositionState(p.instrument, info.kind, p.size, info.contract_size,
+                                        on_tick(mark.mark_usd, info.tick_size_usd), v.mm_usd * share,
+                                        info.lot_size, info.tick_size_usd))
+            index.append(i)
+        return states, index, events
+
+    def _round(self, t: Tracked, a: Assessment, now: int) -> None:
+        v = a.view
+        if len(a.relief_usd) != sum(1 for p in v.positions if not p.isolated and p.size != 0):
+            t.due_ms = now   # assessed before the episode started (no reliefs read): assess again
+            return
+        ep = begin_round(t.episode)
+        states, index, events = self._position_states(t, a, now)
+        if not states:
+            t.episode = ep
+            self._emit(events)
+            return
+        account = AccountState(t.account_id, v.equity_usd, v.im_usd, v.mm_usd, tuple(states))
+        relief_full = [a.relief_usd[i] for i in index]
+
+        def relief(i: int, x: Decimal) -> float:
+            size = abs(states[i].size_contracts)
+            return float(relief_full[i] * x / size) if size > 0 else 0.0
+
+        plan = plan_round(account, relief, self.marks.newest_ms or now, self.s.plan, t.cooldowns)
+        t.cooldowns = dict(plan.cooldown_until_ms)
+        intents = []
+        for intent in (self._crossing(states[i.position_index], i) for i in plan.intents):
+            ep, ok = record_attempt(ep, self.s.max_attempts_per_round)
+            if not ok:
+                events.append(Event("ROUND_EXHAUSTED", t.account_id, ep.number, now, round=ep.round_number,
+                                    detail=f"{len(plan.intents) - len(intents)} slices left to the next round"))
+                break
+            intents.append(intent)
+        ep, ids = allocate_slices(ep, len(intents))
+        t.episode = ep
+        orders = []
+        for intent, oid in zip(intents, ids):
+            _acct, _ep, slice_number = parse_order_id(oid)
+            side = 1 if intent.side is OrderSide.BUY else -1
+            orders.append(Order(oid, t.account_id, intent.instrument, side, intent.size_contracts,
+                                intent.limit_price_usd, intent.bankruptcy_price_usd, ep.number, slice_number,
+                                "restore" if plan.restores else "close_out", now, self.marks.newest_ms))
+            events.append(Event("ORDER_SENT", t.account_id, ep.number, now, order_id=oid, instrument=intent.instrument,
+                                size=intent.size_contracts, price_usd=intent.limit_price_usd, side=side,
+                                round=ep.round_number, slice=slice_number,
+                                detail=f"IOC reduce-only, bankruptcy {intent.bankruptcy_price_usd}"))
+        # Events first (acknowledged), then the orders: every order id on the wire has its ORDER_SENT event,
+        # which is what a restarted service rebuilds its slice numbers from.
+        self._emit(events)
+        if orders:
+            self._send(orders)
+            t.slices_sent += len(orders)
+
+    def _crossing(self, p: PositionState, intent):
+        """The intent with a limit at least ``min_slippage`` from the mark, so an IOC can cross the spread.
+
+        Above MM (an episode continues to IM·(1+buffer)) the fillable price is the mark itself, which an IOC
+        never reaches through a spread; the limit is widened to ``mark·(1 ∓ min_slippage)`` on the tick grid,
+        and never beyond the bankruptcy price.
+        """
+        s = self.s.min_slippage_fraction
+        if s <= 0:
+            return intent
+        if intent.side is OrderSide.SELL:
+            wide = round_limit_to_tick(p.mark_price_usd * (1 - s), p.tick_size_usd, -1)   # down: sells lower
+            limit = max(min(intent.limit_price_usd, wide), intent.bankruptcy_price_usd)
+        else:
+            wide = round_limit_to_tick(p.mark_price_usd * (1 + s), p.tick_size_usd, 1)    # up: buys higher
+            limit = min(max(intent.limit_price_usd, wide), intent.bankruptcy_price_usd)
+        return dataclasses.replace(intent, limit_price_usd=limit)
+
+    def _resolve_bankruptcy(self, t: Tracked, a: Assessment, new: Episode, now: int) -> None:
+        """Fund first (a Deposit of the loss of the part it takes over, closed at the mark against the house),
+        then ADL at the bankruptcy price against the ranked opposite positions; the account ends at ≥ 0."""
+        v = a.view
+        acct, n = t.account_id, new.number
+        cross = [p for p in v.positions if not p.isolated and p.size != 0]
+        total = sum(a.relief_usd, ZERO)
+        fund = self.ledger.fund
+        fills: list[FillOut] = []
+        events: list[Event] = [Event("BANKRUPT", acct, n, now, amount_usd=-v.equity_usd,
+                                     detail=f"equity {v.equity_usd} < 0: deficit to the fund, then ADL")]
+        paid_total = ZERO
+        for i, p in enumerate(cross):
+            info = self.instruments.get(p.instrument)
+            mark_seen = self.marks.latest.get(p.instrument)
+            if info is None or mark_seen is None:
+                events.append(Event("UNCOVERED", acct, n, now, instrument=p.instrument, size=p.size,
+                                    detail="no mark for the instrument: left open"))
+                continue
+            mark = on_tick(mark_seen.mark_usd, info.tick_size_usd)
+            share = a.relief_usd[i] / total if total > 0 else Decimal(1) / len(cross)
+            risk = PositionRisk(p.size, info.contract_size, mark, v.mm_usd * share, v.equity_usd, v.mm_usd)
+            side = 1 if p.size > 0 else -1
+            b = round_limit_to_tick(bankruptcy_price(risk), info.tick_size_usd, side)
+            res = resolve_bankruptcy(p.size, info.contract_size, mark, b, info.lot_size, fund,
+                                     a.candidates.get(p.instrument, ()), self.s.fund, paid_total)
+            fund = res.coverage.fund
+            paid_total += res.coverage.paid_usd
+            close = -side   # the closing trade's side
+            tag = f"{acct}-{n}-{i}"
+            if res.fund_takeover_contracts > 0:
+                fills += [FillOut(f"liqbk-{tag}-t", acct, p.instrument, close, res.fund_takeover_contracts, mark,
+                                  ZERO, True, f"liqbk-{tag}", now),
+                          FillOut(f"liqbk-{tag}-t-h", self.s.house_account, p.instrument, -close,
+                                  res.fund_takeover_contracts, mark, ZERO, True, f"liqbk-{tag}", now)]
+                events.append(Event("FUND_TAKEOVER", acct, n, now, instrument=p.instrument,
+                                    size=res.fund_takeover_contracts, price_usd=mark, side=close,
+                                    amount_usd=res.coverage.paid_usd, reference=f"liqbk-{tag}-t",
+                                    detail=f"closed at the mark {mark} (bankruptcy {b}); loss paid by the fund"))
+            for k, f in enumerate(res.adl_fills):
+                fills += [FillOut(f"adl-{tag}-{k}", acct, p.instrument, close, f.size_contracts, f.price_usd, ZERO,
+                                  True, f"adl-{tag}", now),
+                          FillOut(f"adl-{tag}-{k}-c", f.account_id, p.instrument, side, f.size_contracts,
+                                  f.price_usd, ZERO, True, f"adl-{tag}", now)]
+                events.append(Event("ADL", acct, n, now, counterparty=f.account_id, instrument=p.instrument,
+                                    size=f.size_contracts, price_usd=f.price_usd, side=close,
+                                    amount_usd=f.size_contracts * info.contract_size * f.price_usd,
+                                    reference=f"adl-{tag}-{k}",
+                                    detail=f"deleveraged at the bankruptcy price; counterparty PnL {f.realized_pnl_usd}"))
+                self.metrics.adl()
+            if res.unmatched_contracts > 0:
+                loss = res.unmatched_contracts * info.contract_size * abs(mark - b)
+                fills += [FillOut(f"liqbk-{tag}-u", acct, p.instrument, close, res.unmatched_contracts, mark, ZERO,
+                                  True, f"liqbk-{tag}", now),
+                          FillOut(f"liqbk-{tag}-u-h", self.s.house_account, p.instrument, -close,
+                                  res.unmatched_contracts, mark, ZERO, True, f"liqbk-{tag}", now)]
+                events.append(Event("UNCOVERED", acct, n, now, instrument=p.instrument, size=res.unmatched_contracts,
+                                    amount_usd=loss, detail="no opposite position left for ADL: closed at the mark"))
+        deposits: list[DepositOut] = []
+        key = f"d:{acct}:{n}"
+        snap = None
+        if not self.ledger.seen(key):
+            amount = min(cents_toward_ceiling(paid_total), self.ledger.balance)
+            if amount > 0:
+                eid = f"liq-fund-{acct}-{n}"
+                deposits.append(DepositOut(eid, acct, self.s.settlement_asset, amount, now))
+                self.ledger.debit(key, amount, now, "DEFICIT_COVERED", acct, eid)
+                events.append(Event("DEFICIT_COVERED", acct, n, now, amount_usd=amount,
+                                    fund_balance_usd=self.ledger.balance, reference=eid,
+                                    detail=f"deficit {-v.equity_usd}: the fund paid {amount}"))
+            else:
+                self.ledger._remember(key)
+            snap = self.ledger.snapshot()
+        # Effects first (idempotent by their ids), then the events: a crash in between redoes the same effects.
+        self.publisher.publish_effects(fills, deposits, snap)
+        if snap is not None:
+            self.fund_cache.write(snap)
+        t.episode = new
+        self.metrics.episode("bankrupt")
+        self._emit(events)
+        self._fund_gauges()
+
+    # ---- admin
+    def _pause(self, instrument: str, paused: bool) -> None:
+        if not instrument:
+            self.marks.venue_paused = paused
+        elif paused:
+            self.marks.paused.add(instrument)
+        else:
+            self.marks.paused.discard(instrument)
+
+    def pause(self, instrument: str, paused: bool, reason: str) -> tuple[bool, list[str]]:
+        if instrument and instrument not in self.instruments:
+            raise ValueError(f"instrument {instrument!r} is not in the universe")
+        self._pause(instrument, paused)
+        self._emit([Event("ADMIN_PAUSED" if paused else "ADMIN_RESUMED", "", 0, self.clock_ms(),
+                          instrument=instrument, detail=reason or ("paused" if paused else "resumed"))])
+        self.metrics.paused(self.marks.venue_paused, len(self.marks.paused))
+        return self.marks.venue_paused, sorted(self.marks.paused)
+
+    # ---- queries (any thread: copies of small structures)
+    def queue(self, limit: int) -> list[Tracked]:
+        live = [t for t in list(self.accounts.values()) if t.live]
+        live.sort(key=lambda t: (t.episode.started_ms, t.account_id))
+        return live[:limit]
+
+    def recent_events(self, account_id: str, limit: int) -> list[Event]:
+        out = []
+        for e in reversed(list(self.events)):
+            if not account_id or e.account_id == account_id or e.counterparty == account_id:
+                out.append(e)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def adl_ranks_of_account(self, account_id: str) -> list[tuple[str, Decimal, float, int, int]]:
+        """(instrument, size, score, light, rank) of each open position of the account."""
+        out = []
+        for p in self.positions.positions_of(account_id):
+            if p.size == 0 or p.instrument not in self.instruments:
+                continue
+            cands = self.adl_candidates(p.instrument)
+            lights = adl_lights(cands)
+            mine = next((c for c in cands if c.account_id == account_id), None)
+            if mine is None:
+                continue
+            same = rank_for_adl(cands, -mine.side)
+            rank = next(i for i, c in enumerate(same) if c.account_id == account_id)
+            out.append((p.instrument, p.size, adl_score(mine), lights[account_id], rank))
+        return out
+
+    def adl_ranks_of_instrument(self, instrument: str, limit: int) -> list[tuple[AdlCandidate, float, int, int]]:
+        cands = self.adl_candidates(instrument)
+        lights = adl_lights(cands)
+        out = []
+        for side in (1, -1):
+            for rank, c in enumerate(rank_for_adl(cands, -side)[:limit]):
+                out.append((c, adl_score(c), lights[c.account_id], rank))
+        return out
+
+    # ---- bookkeeping
+    def _remember_event(self, e: Event) -> None:
+        self.events.append(e)
+        if e.kind in ("FEE_TO_FUND", "DEFICIT_COVERED") and e.amount_usd is not None:
+            delta = e.amount_usd if e.kind == "FEE_TO_FUND" else -e.amount_usd
+            self.ledger.history.append(FundChange(e.time_ms, e.kind, e.account_id, delta,
+                                                  e.fund_balance_usd or ZERO, e.reference))
+
+    def _emit(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        if self._batch is not None:
+            self._batch[0].extend(events)
+        else:
+            self.publisher.publish_events(events)
+        for e in events:
+            self.events.append(e)
+
+    def _send(self, orders: Sequence[Order]) -> None:
+        if self._batch is not None:
+            self._batch[1].extend(orders)
+        else:
+            self.publisher.publish_orders(orders)
+            self.metrics.orders_sent(orders, self.clock_ms())
+
+    def begin_batch(self) -> None:
+        """Collect the events and orders of several decisions; :meth:`end_batch` publishes them with one
+        acknowledgement each: all the events first, then all the orders (the order of durability holds)."""
+        if self._batch is None:
+            self._batch = ([], [])
+
+    def end_batch(self) -> int:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return 0
+        events, orders = batch
+        if events:
+            self.publisher.publish_events(events)
+        if orders:
+            self.publisher.publish_orders(orders)
+            self.metrics.orders_sent(orders, self.clock_ms())
+        return len(orders)
+
+    def _fund_gauges(self) -> None:
+        self.metrics.fund(self.ledger.balance, self.ledger.drawdown)
+
+    def refresh_gauges(self) -> None:
+        now = self.clock_ms()
+        ages = [max(0, now - t.episode.started_ms) / 1000.0 for t in self.accounts.values() if t.live]
+        self.metrics.episodes(ages)
+        self.metrics.paused(self.marks.venue_paused, len(self.marks.paused))
+        self._fund_gauges()
+
+
+def cooldown_mode(name: str) -> CooldownMode:
+    return CooldownMode(name)
+
+
+def monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)

@@ -1,0 +1,273 @@
+"""The one place the liquidation service is wired: settings → adapters → application, on the service host.
+
+``python -m marginflow.liquidation`` runs :func:`main` under :func:`marginflow.shared.service.run_service`.
+Tests and the benchmark build a :class:`LiquidationApp` directly and run its loop in a thread.
+
+Start: the fund from ``liquidation.fund`` (compacted; the initial balance when empty), the episodes, slice
+numbers, admin pauses and history from ``liquidation.events``, the last margin of every account from
+``margin.state`` (to its end offsets) and the tail of ``md.marks``; then ready. ``margin.calls`` and
+``trades.fills`` come through the consumer group (offsets committed after each batch has been handled and
+its outputs acknowledged).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from kafka import TopicPartition
+
+from marginflow.api.account.v1 import account_pb2
+from marginflow.api.liquidation.v1 import liquidation_pb2, liquidation_pb2_grpc
+from marginflow.api.margin.v1 import margin_pb2
+from marginflow.api.marketdata.v1 import marketdata_pb2
+from marginflow.liquidation.adapters import codec
+from marginflow.liquidation.adapters.clients import AccountClient, MarginClient
+from marginflow.liquidation.adapters.grpc_api import SERVICE_NAME, LiquidationServicer
+from marginflow.liquidation.adapters.kafka_io import KafkaPublisher, read_events
+from marginflow.liquidation.adapters.metrics import LiquidationMetrics, liquidation_metrics
+from marginflow.liquidation.adapters.redis_cache import RedisFundCache
+from marginflow.liquidation.application import (
+    EngineSettings, FundLedger, LiquidationEngine, instrument_infos)
+from marginflow.liquidation.domain import CooldownMode, FundSettings, GuardSettings, PlanSettings
+from marginflow.liquidation.settings import LiquidationSettings
+from marginflow.shared.clock import Clock, SystemClock
+from marginflow.shared.errors import Rejected
+from marginflow.shared.host import Every, ServiceHost, ServiceLoop
+from marginflow.shared.kafka import (
+    DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
+    platform_topics, read_compacted)
+from marginflow.shared.lifecycle import Lifecycle
+from marginflow.shared.logs import get_logger
+from marginflow.shared.redisstore import connect
+from marginflow.shared.universe import platform_universe
+
+SERVICE = "liquidation"
+FETCH_WAIT_MS = 20
+log = get_logger(__name__)
+
+
+def liquidation_topics(settings: LiquidationSettings) -> list[TopicSpec]:
+    t = settings.common.topics
+    mine = {t.marks, t.margin_state, t.margin_calls, t.fills, t.account_events, t.liquidation_orders,
+            t.liquidation_events, t.liquidation_fund, t.liquidation_dlq}
+    return [s for s in platform_topics(t, settings.common.topic_partitions) if s.name in mine]
+
+
+def engine_settings(s: LiquidationSettings) -> EngineSettings:
+    plan = PlanSettings(margin_buffer_fraction=s.margin_buffer, fee_rate=s.fee_rate,
+                        large_position_cooldown_mode=CooldownMode(s.cooldown_mode))
+    guards = GuardSettings(s.mark_max_age_ms, s.index_band, s.twap_band, s.twap_window_ms)
+    return EngineSettings(plan, guards, FundSettings(s.fund_max_loss_per_account_usd), s.max_attempts_per_round,
+                          s.round_interval_ms, s.max_rounds, s.house_account, history=s.history,
+                          min_slippage_fraction=s.min_slippage)
+
+
+class LiquidationApp:
+    def __init__(self, settings: LiquidationSettings, clock: Clock | None = None,
+                 metrics: LiquidationMetrics | None = None, margin=None, positions=None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or liquidation_metrics()
+        self.host = ServiceHost(SERVICE, settings.common)
+        self._margin = margin
+        self._positions = positions
+        self._inflight: dict[str, Future] = {}
+        self._admin: queue.Queue = queue.Queue()
+        self.loop: ServiceLoop | None = None
+
+    @property
+    def grpc_port(self) -> int:
+        return self.host.grpc_port
+
+    # ---- start
+    def start(self, serve_grpc: bool = True, serve_http_metrics: bool = True) -> "LiquidationApp":
+        s, common = self.settings, self.settings.common
+        topics = common.topics
+        timeout = s.startup_timeout_seconds
+        universe = platform_universe(common, self.clock.now_ms())
+        self.instruments = instrument_infos(universe)
+        ensure_topics(common.bootstrap, liquidation_topics(s), timeout_s=timeout)
+        self.producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-out", linger_ms=0), SERVICE)
+        self.redis = connect(common.redis_url)
+        self.fund_cache = RedisFundCache(self.redis, s.redis_prefix)
+        grpc_timeout = s.grpc_timeout_ms / 1000.0
+        self.margin_client = self._margin or MarginClient(s.margin_address, grpc_timeout)
+        self.account_client = self._positions or AccountClient(s.portfolio_address, grpc_timeout)
+        ledger = FundLedger(s.fund_initial_usd, s.recent_ids, s.history)
+        fund_state = read_compacted(common.bootstrap, topics.liquidation_fund, liquidation_pb2.InsuranceFundState,
+                                    f"{SERVICE}-fund", timeout_s=timeout).get("fund")
+        if fund_state is not None:
+            ledger.restore(codec.fund_from_proto(fund_state))
+        self.engine = LiquidationEngine(engine_settings(s), self.instruments, self.margin_client, self.account_client,
+                                        KafkaPublisher(self.producer, topics, self.clock.now_ms), ledger,
+                                        self.fund_cache, self.clock.now_ms, self.metrics)
+        if fund_state is None:   # the initial balance becomes the truth at once (a restart keeps it)
+            self.engine.publisher.publish_effects((), (), ledger.snapshot())
+        self.fund_cache.write(ledger.snapshot())
+        events = read_events(common.bootstrap, topics.liquidation_events, f"{SERVICE}-events", timeout)
+        self.engine.rebuild(events)
+        self.dlq = DeadLetterSink(self.producer, topics.liquidation_dlq, SERVICE, self.clock.now_ms)
+        if serve_grpc:
+            servicer = LiquidationServicer(self.engine, s.admin_token, lambda: self.host.ready, self.fund_cache.read,
+                                           self.run_admin)
+            self.host.serve_grpc(s.grpc_port, [(liquidation_pb2_grpc.add_LiquidationServiceServicer_to_server,
+                                                servicer, SERVICE_NAME)])
+        if serve_http_metrics:
+            self.host.serve_metrics(s.metrics_port)
+        # A short fetch wait: a margin call or a mark is acted on within tens of ms, not half a second.
+        market = new_consumer(common.bootstrap, None, f"{SERVICE}-market", fetch_max_wait_ms=FETCH_WAIT_MS)
+        self.market = ProtoConsumer(market, {topics.marks: marketdata_pb2.Mark,
+                                             topics.margin_state: margin_pb2.MarginState}, self.dlq, SERVICE)
+        self._assign_market()
+        group = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
+                             [topics.margin_calls, topics.fills], session_timeout_ms=6000, heartbeat_interval_ms=2000,
+                             fetch_max_wait_ms=FETCH_WAIT_MS)
+        self.group = ProtoConsumer(group, {topics.margin_calls: margin_pb2.MarginCall, topics.fills: account_pb2.Fill},
+                                   self.dlq, SERVICE)
+        self.pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix=f"{SERVICE}-assess")
+        self._catch_up_states(timeout)
+        seeded = self.engine.seed_pending_from_states()
+        self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.engine.refresh_gauges)])
+        for name, step in (("market consumer", self.market.close), ("group consumer", self.group.close),
+                           ("assessments", lambda: self.pool.shutdown(wait=True, cancel_futures=True)),
+                           ("flush producer", self.producer.flush), ("close producer", self.producer.close),
+                           ("close redis", self.redis.close)):
+            self.host.on_close(name, step)
+        self.host.set_ready(True, "state rebuilt")
+        log.info("liquidation started", extra={"grpc_port": self.grpc_port, "events": len(events),
+                                               "fund_usd": str(ledger.balance), "pending": seeded,
+                                               "live": sum(1 for t in self.engine.accounts.values() if t.live)})
+        return self
+
+    def _assign_market(self) -> None:
+        topics, raw = self.settings.common.topics, self.market.raw
+        deadline = time.monotonic() + self.settings.startup_timeout_seconds
+        tps = []
+        for topic in (topics.marks, topics.margin_state):
+            parts = raw.partitions_for_topic(topic)
+            while not parts and time.monotonic() < deadline:
+                time.sleep(0.2)
+                parts = raw.partitions_for_topic(topic)
+            tps += [TopicPartition(topic, p) for p in sorted(parts or ())]
+        raw.assign(tps)
+        marks = [tp for tp in tps if tp.topic == topics.marks]
+        states = [tp for tp in tps if tp.topic == topics.margin_state]
+        raw.seek_to_beginning(*states)
+        end, begin = raw.end_offsets(marks), raw.beginning_offsets(marks)
+        for tp in marks:
+            raw.seek(tp, max(begin[tp], end[tp] - self.settings.marks_tail_records))
+        self._market_end = raw.end_offsets(tps)
+
+    def _catch_up_states(self, timeout_s: float) -> None:
+        raw = self.market.raw
+        deadline = time.monotonic() + timeout_s
+        while any(raw.position(tp) < end for tp, end in self._market_end.items()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("margin.state / md.marks not read to their end in time")
+            self._route_market(self.market.poll(timeout_ms=200, max_records=20000))
+
+    # ---- the loop
+    def _route_market(self, records) -> int:
+        topics = self.settings.common.topics
+        marks, states = [], []
+        for r in records:
+            try:
+                if r.topic == topics.marks:
+                    marks.append(codec.mark_from_proto(r.value, self.instruments))
+                else:
+                    states.append(codec.state_from_proto(r.value))
+            except Rejected as exc:
+                self.market.reject(r, exc)
+        self.engine.on_marks(marks)
+        self.engine.on_states(states)
+        return len(records)
+
+    def _route_group(self, records) -> int:
+        topics = self.settings.common.topics
+        calls, fills = [], []
+        for r in records:
+            try:
+                if r.topic == topics.margin_calls:
+                    calls.append(codec.call_from_proto(r.value, r.key))
+                else:
+                    fills.append(codec.fill_from_proto(r.value, r.topic, r.partition, r.offset))
+            except Rejected as exc:
+                self.group.reject(r, exc)
+        self.engine.on_calls(calls)
+        if fills:
+            self.engine.on_fills(fills)
+        return len(records)
+
+    def turn(self) -> int:
+        timeout = self.settings.poll_timeout_ms
+        handled = self._route_market(self.market.poll(timeout_ms=0 if self._inflight else timeout, max_records=20000))
+        records = self.group.poll(timeout_ms=0, max_records=5000)
+        self.engine.begin_batch()
+        try:
+            if records:
+                handled += self._route_group(records)
+            self._run_admin_requests()
+            for account, future in list(self._inflight.items()):
+                if future.done():
+                    del self._inflight[account]
+                    self.engine.act(future.result())
+                    handled += 1
+        finally:
+            self.engine.end_batch()   # events, then orders, each acknowledged: before the offsets are committed
+        if records:
+            self.group.commit()
+        room = self.settings.workers * 4 - len(self._inflight)
+        if room > 0:
+            for account in self.engine.due(self.clock.now_ms(), room):
+                self._inflight[account] = self.pool.submit(self.engine.assess, account)
+        if self._inflight and not handled:
+            time.sleep(0.001)
+        return handled
+
+    # ---- admin calls from gRPC threads run in the loop's thread
+    def run_admin(self, fn):
+        if self.loop is None or threading.current_thread().name.endswith("-loop"):
+            return fn()
+        future: Future = Future()
+        self._admin.put((fn, future))
+        return future.result(timeout=10)
+
+    def _run_admin_requests(self) -> None:
+        while True:
+            try:
+                fn, future = self._admin.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # noqa: BLE001 - handed back to the gRPC thread
+                future.set_exception(exc)
+
+    def run(self, stopping: threading.Event) -> None:
+        self.loop.run(stopping)
+
+    def run_in_thread(self):
+        return self.loop.run_in_thread()
+
+    def close(self) -> None:
+        self.host.close()
+        for client in (self.margin_client, self.account_client):
+            close = getattr(client, "close", None)
+            if close is not None and client not in (self._margin, self._positions):
+                close()
+
+
+def main(settings: LiquidationSettings, lifecycle: Lifecycle) -> None:
+    app = LiquidationApp(settings, SystemClock())
+    app.start()
+    lifecycle.on_stop("close", app.close)
+    app.run(lifecycle.stopping)
+
+
+def run() -> None:
+    from marginflow.shared.service import run_service
+
+    run_service(SERVICE, LiquidationSettings, main)

@@ -1,0 +1,176 @@
+"""The liquidation application with fakes for its ports (no Kafka, gRPC or Redis)."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal as D
+
+import pytest
+
+from marginflow.liquidation.application import (
+    BANKRUPT, LIQUIDATION, Call, EngineSettings, Event, FillSeen, FundLedger, LiquidationEngine, MarginView,
+    MarkSeen, OpenPosition, PositionView, StateSeen, instrument_infos)
+from marginflow.liquidation.domain import FundSettings, GuardSettings, PlanSettings
+from marginflow.shared.metrics import NullMetrics
+from marginflow.shared.universe import load_universe
+
+UNIVERSE = load_universe(None, int(time.time() * 1000))
+NOW = 1_800_000_000_000
+
+
+class FakeMargin:
+    def __init__(self) -> None:
+        self.views: dict[str, MarginView] = {}
+        self.im_after_close = D("0")
+
+    def explain(self, account_id):
+        return self.views[account_id]
+
+    def im_after(self, account_id, trades):
+        return self.im_after_close
+
+
+class FakePositions:
+    def __init__(self) -> None:
+        self.by_instrument: dict[str, list[OpenPosition]] = {}
+
+    def positions_by_instrument(self, instrument):
+        return self.by_instrument.get(instrument, [])
+
+    def positions_of(self, account_id):
+        return [p for ps in self.by_instrument.values() for p in ps if p.account_id == account_id]
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.events, self.orders, self.fills, self.deposits, self.funds = [], [], [], [], []
+
+    def publish_events(self, events):
+        self.events.extend(events)
+
+    def publish_orders(self, orders):
+        self.orders.extend(orders)
+
+    def publish_effects(self, fills, deposits, fund):
+        self.fills.extend(fills)
+        self.deposits.extend(deposits)
+        if fund is not None:
+            self.funds.append(fund)
+
+
+class FakeCache:
+    def write(self, fund):
+        self.last = fund
+
+
+def view(account="a", equity="2500", im="9000", mm="4500", fresh=True, size="1", risk=1, revision=3):
+    return MarginView(account, LIQUIDATION, D(equity), D(im), D(mm), fresh, risk, revision, NOW,
+                      (PositionView("BTC-PERP", D(size), False),))
+
+
+@pytest.fixture
+def world():
+    margin, positions, pub = FakeMargin(), FakePositions(), FakePublisher()
+    settings = EngineSettings(PlanSettings(), GuardSettings(), FundSettings(), round_interval_ms=0)
+    clock = [NOW]
+    engine = LiquidationEngine(settings, instrument_infos(UNIVERSE), margin, positions, pub,
+                               FundLedger(D("100"), 100, 100), FakeCache(), lambda: clock[0], NullMetrics())
+    engine.on_marks([MarkSeen("BTC-PERP", 51000.0, 51000.0, NOW, 0.0001, 1000.0)])
+    return engine, margin, positions, pub
+
+
+def kinds(pub):
+    return [e.kind for e in pub.events]
+
+
+def step(engine, now=NOW + 10_000):
+    for account in engine.due(now, 100):
+        engine.act(engine.assess(account))
+
+
+def test_a_call_below_mm_on_fresh_marks_starts_an_episode_and_sends_a_paced_reduce_only_slice(world):
+    engine, margin, _positions, pub = world
+    margin.views["a"] = view()
+    margin.im_after_close = D("0")
+    engine.on_calls([Call("a", LIQUIDATION, True, 1, 3, NOW)])
+    step(engine)
+    assert kinds(pub)[:2] == ["STARTED", "ORDER_SENT"]
+    (order,) = pub.orders
+    assert order.order_id == "liq-a-1-0" and order.side == -1 and order.size == D("0.100")
+    assert order.bankruptcy_price_usd <= order.limit_price_usd <= D("51000")
+    step(engine)                                        # the next round: the next slice number
+    assert [o.order_id for o in pub.orders] == ["liq-a-1-0", "liq-a-1-1"]
+
+
+def test_a_call_on_stale_marks_or_an_account_healthy_again_at_the_recheck_sends_nothing(world):
+    engine, margin, _positions, pub = world
+    engine.on_calls([Call("s", LIQUIDATION, False, 1, 1, NOW)])
+    assert kinds(pub) == ["SKIPPED_STALE_MARK"]
+    margin.views["h"] = view("h", equity="5000")        # ≥ MM 4,500: margin.calls was behind
+    engine.on_calls([Call("h", LIQUIDATION, True, 1, 1, NOW)])
+    step(engine)
+    assert kinds(pub)[-1] == "RECHECK_HEALTHY" and not pub.orders
+
+
+def test_guards_hold_an_admin_paused_or_band_breaking_instrument(world):
+    engine, margin, _positions, pub = world
+    margin.views["a"] = view()
+    engine.pause("BTC-PERP", True, "incident")
+    engine.on_calls([Call("a", LIQUIDATION, True, 1, 3, NOW)])
+    step(engine)
+    assert "GUARD_PAUSED" in kinds(pub) and not pub.orders
+    engine.pause("BTC-PERP", False, "")
+    engine.on_marks([MarkSeen("BTC-PERP", 51000.0, 40000.0, NOW + 1, 0.0001, 1000.0)])   # 27 % off the index
+    step(engine)
+    assert not pub.orders and pub.events[-1].detail == "paused_index_band"
+    engine.on_marks([MarkSeen("BTC-PERP", 51000.0, 51000.0, NOW + 2, 0.0001, 1000.0)])
+    step(engine)
+    assert [o.order_id for o in pub.orders] == ["liq-a-1-0"]
+
+
+def test_a_fee_reaches_the_fund_once_per_fill_id_and_a_replayed_offset_changes_nothing(world):
+    engine, _margin, _positions, pub = world
+    f = FillSeen("trades.fills", 0, 7, "liq-a-1-0-f0", "a", "BTC-PERP", -1, D("0.1"), D("50994.5"), D("76.49"),
+                 True, "liq-a-1-0", NOW)
+    assert engine.on_fills([f]) == 1
+    assert engine.on_fills([f]) == 0                                          # same offset: skipped
+    assert engine.on_fills([FillSeen(**{**f.__dict__, "offset": 9})]) == 0    # republished under the same id
+    house = FillSeen(**{**f.__dict__, "offset": 10, "fill_id": "liq-a-1-0-f0-h", "account_id": "house"})
+    assert engine.on_fills([house]) == 0
+    assert engine.ledger.balance == D("176.49") and pub.funds[-1].balance_usd == D("176.49")
+    assert pub.funds[-1].applied_offsets == {"trades.fills:0": 10}
+
+
+def test_a_fee_is_capped_at_the_liquidation_rate(world):
+    engine, *_ = world
+    f = FillSeen("trades.fills", 0, 1, "x-f0", "a", "BTC-PERP", -1, D("0.1"), D("50000"), D("1000"), True,
+                 "liq-a-1-0", NOW)
+    engine.on_fills([f])
+    assert engine.ledger.balance == D("100") + D("75.00")     # 1.5 % of 5,000
+
+
+def test_a_rebuilt_engine_continues_the_episode_with_the_next_slice(world):
+    engine, margin, positions, pub = world
+    history = [Event("STARTED", "a", 1, NOW), Event("ORDER_SENT", "a", 1, NOW, order_id="liq-a-1-0", slice=0, round=1),
+               Event("ORDER_SENT", "a", 1, NOW, order_id="liq-a-1-1", slice=1, round=2)]
+    engine.rebuild(history)
+    margin.views["a"] = view()
+    step(engine)
+    assert [o.order_id for o in pub.orders] == ["liq-a-1-2"]
+
+
+def test_bankrupt_account_paid_by_the_fund_then_adl_for_what_it_cannot(world):
+    engine, margin, positions, pub = world
+    margin.views["b"] = MarginView("b", BANKRUPT, D("-1000"), D("9000"), D("4500"), True, 1, 3, NOW,
+                                   (PositionView("BTC-PERP", D("1"), False),))
+    positions.by_instrument["BTC-PERP"] = [OpenPosition("c", "BTC-PERP", D("-1"), D("60000"))]
+    engine.on_states([StateSeen("c", 1, D("50000"), D("9000"), D("4500"), True, NOW)])
+    engine.on_calls([Call("b", BANKRUPT, True, 1, 3, NOW)])
+    step(engine)
+    # The fund (100) pays the loss of 0.1 BTC at 1,000/BTC; the other 0.9 BTC are deleveraged against c at b.
+    assert [d.amount for d in pub.deposits] == [D("100.00")] and engine.ledger.balance == 0
+    adl = {f.fill_id: f for f in pub.fills if f.fill_id.startswith("adl-")}
+    assert adl["adl-b-1-0-0"].size == D("0.900") and adl["adl-b-1-0-0-c"].account_id == "c"
+    assert adl["adl-b-1-0-0"].price_usd == D("52000.0")       # 51,000 − (−1,000)/1
+    assert {"BANKRUPT", "FUND_TAKEOVER", "ADL", "DEFICIT_COVERED"} <= set(kinds(pub))
+    assert all(s.balance_usd >= 0 for s in pub.funds)
