@@ -41,7 +41,7 @@ mg_settings = _margin.mg_settings
 start_margin = _margin.start_margin
 pf_settings = _portfolio.pf_settings
 
-ADMIN_TOKEN = "liq-admin-token"
+from liq_it_helpers import ADMIN_TOKEN  # noqa: E402
 
 
 @pytest.fixture

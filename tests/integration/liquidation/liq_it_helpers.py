@@ -11,6 +11,8 @@ from marginflow.api.account.v1 import account_pb2
 from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
 from marginflow.shared.kafka import ProtoProducer, new_producer
 
+ADMIN_TOKEN = "liq-admin-token"
+
 
 def wait_for(predicate, timeout_s: float = 20.0, what: str = "condition", interval_s: float = 0.05):
     deadline = time.monotonic() + timeout_s

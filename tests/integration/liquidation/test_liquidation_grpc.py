@@ -11,7 +11,7 @@ import pytest
 from marginflow.api.liquidation.v1 import liquidation_pb2 as lpb
 from marginflow.api.liquidation.v1 import liquidation_pb2_grpc
 
-from conftest import ADMIN_TOKEN
+from liq_it_helpers import ADMIN_TOKEN
 
 
 def stub_of(app):
