@@ -65,6 +65,19 @@ LIVE_DEFAULTS = {
 }
 
 
+# Services that call another over gRPC, and the setting that holds its address.
+PEERS = {"MF_LIQUIDATION_MARGIN_ADDRESS": "margin", "MF_LIQUIDATION_PORTFOLIO_ADDRESS": "portfolio",
+         "MF_PORTFOLIO_MARGIN_ADDRESS": "margin"}
+
+
+def peer_addresses(env: dict[str, str]) -> dict[str, str]:
+    """The peers' addresses from the program table (and the ports the user moved), unless set."""
+    ports = {p.name: env.get(p.grpc_port_var, str(p.grpc_port)) for p in PROGRAMS if p.grpc_port_var}
+    host = env.get("MF_BIND_HOST", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return {var: f"{host}:{ports[name]}" for var, name in PEERS.items() if not env.get(var) and name in ports}
+
+
 def available(program: Program) -> bool:
     """A program runs when its module exists and, for a package, it has a ``__main__`` (a service whose
     pure domain is there but not yet its wiring is not started)."""
@@ -297,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.replay:
         for key, value in LIVE_DEFAULTS.items():
             env.setdefault(key, value)
+    env.update(peer_addresses(env))
     run_dir = pathlib.Path(env.get("MF_RUN_DIR", ROOT / ".run"))
     log_dir = pathlib.Path(env.get("MF_LOG_DIR", run_dir / "logs"))
     wanted = set(args.only.split(",")) if args.only else None

@@ -21,7 +21,7 @@ import yaml
 from cli_it_helpers import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-SERVED = ("marketdata", "riskparams", "portfolio", "margin")
+SERVED = ("marketdata", "riskparams", "portfolio", "margin", "liquidation")
 
 
 def http_get(url: str, timeout_s: float = 2.0) -> str:

@@ -171,7 +171,8 @@ def test_fills_survive_flushall_and_a_redis_restart_under_load(pf_settings, priv
             assert got == {k: v for k, v in expected.items() if k[0] == account}, account
         assert not_found == []
         assert app.totals.rejected == 0
-        assert app.metrics.rebuilds._value.get() >= rebuilds_at_start + 2   # the flush and the restart found
+        # the loss was found (the flush and the restart count once when no batch ran between them)
+        assert app.metrics.rebuilds._value.get() >= rebuilds_at_start + 1
     finally:
         channel.close()
         stopping.set()
