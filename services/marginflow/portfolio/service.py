@@ -120,7 +120,7 @@ class PortfolioApp:
                                                            Every(s.cache_check_seconds, self.check_cache)],
                                 recover=self.turn.recover)
         if serve_grpc:
-            servicer = AccountServicer(self.store, self.admin, s.admin_token, frozenset(self.rules.instruments),
+            servicer = AccountServicer(self.store, self.admin, frozenset(self.rules.instruments),
                                        self.partitions)
             self.host.serve_grpc(s.grpc_port, [(account_pb2_grpc.add_AccountServiceServicer_to_server, servicer,
                                                 SERVICE_NAME)])

@@ -95,7 +95,25 @@ def platform_topics(topics: Topics, partitions: int) -> list[TopicSpec]:
         TopicSpec(topics.liquidation_orders, partitions),
         TopicSpec(topics.liquidation_events, partitions),
         TopicSpec(topics.liquidation_dlq, 1, retention_ms=week),
+        # Kept forever: compaction (keys are unique event ids) and no time limit.
+        TopicSpec(topics.audit, 1, compacted=True, retention_ms=-1),
     ]
+
+
+# How this process's Kafka clients authenticate (TLS, SASL): set once at start from
+# CommonSettings.kafka_security by ``run_service`` (``use_security``), merged into every client below.
+_SECURITY: dict = {}
+
+
+def use_security(options: dict) -> None:
+    """Every Kafka client made from now on uses ``options`` (KafkaSecurity.client_options())."""
+    _SECURITY.clear()
+    _SECURITY.update(options)
+
+
+def security_options(**extra) -> dict:
+    """The process's Kafka security options, with ``extra`` taking precedence."""
+    return {**_SECURITY, **extra}
 
 
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> None:
@@ -104,7 +122,7 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
     while True:
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="marginflow-admin",
-                                     request_timeout_ms=int(timeout_s * 1000))
+                                     request_timeout_ms=int(timeout_s * 1000), **security_options())
             break
         except Exception as exc:  # noqa: BLE001 - broker still starting: retry until the deadline
             if time.monotonic() > deadline:
@@ -124,7 +142,7 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
 
 def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
     """Delete topics, best effort (tests and benchmarks clean up after themselves with it)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="marginflow-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="marginflow-admin", **security_options())
     try:
         admin.delete_topics(list(names))
     except Exception:  # noqa: BLE001 - cleanup only: a topic already gone is fine
@@ -138,7 +156,7 @@ def new_producer(bootstrap: str, client_id: str, linger_ms: int = 5, **extra) ->
     return KafkaProducer(
         bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=linger_ms,
         retries=5, max_in_flight_requests_per_connection=1, batch_size=256 * 1024,
-        compression_type=None, **extra)
+        compression_type=None, **security_options(**extra))
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -254,7 +272,7 @@ def new_consumer(bootstrap: str, group_id: str | None, client_id: str, topics: S
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group_id, client_id=client_id,
         enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
-        max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024, **extra)
+        max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024, **security_options(**extra))
     if topics:
         consumer.subscribe(list(topics))
     return consumer
@@ -314,14 +332,14 @@ class ProtoConsumer:
 
 
 def read_compacted(bootstrap: str, topic: str, message_type: type[M], client_id: str,
-                   timeout_s: float = 60.0, partitions: Iterable[int] | None = None) -> dict[str, M]:
+                   timeout_s: float = 60.0, partitions: Iterable[int] | None = None, **extra) -> dict[str, M]:
     """Read a compacted state topic from the beginning to its current end: latest value per key.
 
     Used to rebuild state (no consumer group: every partition, or only ``partitions``).
     """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, group_id=None,
                              enable_auto_commit=False, max_poll_records=10000,
-                             fetch_max_bytes=64 * 1024 * 1024)
+                             fetch_max_bytes=64 * 1024 * 1024, **security_options(**extra))
     wanted = set(partitions) if partitions is not None else None
     try:
         deadline = time.monotonic() + timeout_s
