@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STACK := deploy/local/stack.sh
 MONITORING := deploy/local/monitoring.sh
+PKI := deploy/local/pki.sh
 # Addresses of Kafka and Redis: the local stack's unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set.
 STACK_ENV = $(shell $(STACK) env | xargs)
 
@@ -54,8 +55,10 @@ stack-down:
 	$(STACK) down
 
 # Starts the stack, Prometheus + Alertmanager and the supervisor in the foreground; Ctrl-C stops them all.
+# gRPC is TLS with tokens: the local CA, certificates and role tokens are made on first start (pki.sh).
 run: build stack-up
-	@trap '$(STACK) down' EXIT; $(MONITORING) start && env $(STACK_ENV) $$($(MONITORING) env | xargs) $(PY) -m marginflow.supervisor $(if $(REPLAY),--replay $(REPLAY)) $(if $(SPEED),--speed $(SPEED)) $(if $(UNIVERSE),--universe $(UNIVERSE))
+	@$(PKI) ensure
+	@trap '$(STACK) down' EXIT; $(MONITORING) start && env $(STACK_ENV) $$($(MONITORING) env | xargs) $$($(PKI) env | xargs) $(PY) -m marginflow.supervisor $(if $(REPLAY),--replay $(REPLAY)) $(if $(SPEED),--speed $(SPEED)) $(if $(UNIVERSE),--universe $(UNIVERSE))
 
 stop:
 	$(STACK) down

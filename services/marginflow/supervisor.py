@@ -136,7 +136,7 @@ class Supervisor:
             return
         child.next_check = now + 0.5
         port = self.grpc_port(p)
-        if health_status(self.host, port, timeout_s=0.3) == "SERVING":
+        if health_status(self.host, port, timeout_s=0.3, environ=self.env) == "SERVING":
             child.ready = True
             print(f"[supervisor] {p.name} ready: gRPC {self.host}:{port} serving after {now - child.started_at:.1f} s",
                   flush=True)
@@ -231,12 +231,14 @@ def connect_host(env: dict[str, str]) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
 
 
-def health_status(host: str, port: int, timeout_s: float) -> str:
+def health_status(host: str, port: int, timeout_s: float, environ: dict[str, str] | None = None) -> str:
     """The gRPC health status of the server at host:port ("SERVING", ...), "DOWN" when it does not answer."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
+    from marginflow.shared.security import client_settings, client_channel
+
+    with client_channel(f"{host}:{port}", client_settings(environ), token="") as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
                                                               timeout=timeout_s)

@@ -53,7 +53,7 @@ def ledger_rules(settings: PortfolioSettings, universe: Universe) -> LedgerRules
 
 def portfolio_topics(settings: PortfolioSettings) -> list[TopicSpec]:
     topics = settings.common.topics
-    mine = {topics.fills, topics.account_events, topics.portfolio_dlq, topics.positions}
+    mine = {topics.fills, topics.account_events, topics.portfolio_dlq, topics.positions, topics.audit}
     return [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
 
 

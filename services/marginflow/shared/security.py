@@ -639,6 +639,38 @@ def client_channel(target: str, sec: SecuritySettings, token: str | None = None,
     return channel
 
 
+def default_client_env_file(environ: Mapping[str, str]) -> str:
+    """Where ``make run`` leaves the operator's client settings: ``$MF_RUN_DIR/pki/client.env``."""
+    import pathlib
+
+    run_dir = environ.get("MF_RUN_DIR") or str(pathlib.Path(__file__).resolve().parents[3] / ".run")
+    return str(pathlib.Path(run_dir) / "pki" / "client.env")
+
+
+CLIENT_VARIABLES = ("MF_GRPC_TLS", "MF_GRPC_TLS_CA_FILE", "MF_AUTH_TOKEN", "MF_AUTH_TOKEN_FILE")
+
+
+def client_settings(environ: Mapping[str, str] | None = None) -> SecuritySettings:
+    """The settings a client process (CLI, supervisor) dials with: the environment, and when it sets
+    none of the client variables, the client env file ``make run`` wrote (``MF_CLIENT_ENV_FILE``,
+    empty = none), so the CLI in another terminal finds the CA and its token."""
+    import os
+
+    from marginflow.shared.config import load
+
+    env_map = dict(os.environ if environ is None else environ)
+    path = env_map.get("MF_CLIENT_ENV_FILE")
+    if path is None:
+        path = default_client_env_file(env_map)
+    if path and os.path.isfile(path) and not any(env_map.get(k) for k in CLIENT_VARIABLES):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                key, sep, value = line.strip().partition("=")
+                if sep and not key.startswith("#"):
+                    env_map.setdefault(key.strip(), value.strip())
+    return load(SecuritySettings, env_map)
+
+
 def generate_token() -> str:
     """A new random token (256 bits, URL-safe)."""
     import secrets

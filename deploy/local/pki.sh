@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The local security material of `make run` (and of docker-compose's `pki` step), made on first use:
+# a CA, a server certificate for every service name, a client certificate for mutual TLS, one
+# random token per local role and the token file of their hashes. Nothing here is ever overwritten.
+#   pki.sh ensure | env | client-env | rotate ROLE
+# PKI_DIR (default $MF_RUN_DIR/pki) holds it; files with keys or tokens are mode 600.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+PKI_DIR=${PKI_DIR:-$MF_RUN_DIR/pki}
+PKI_DAYS=${PKI_DAYS:-825}
+# Names a client may dial a service by: loopback for `make run`, the compose service names.
+PKI_SERVER_NAMES=${PKI_SERVER_NAMES:-localhost marketdata riskparams portfolio margin liquidation exchange-sim}
+ROLES="reader risk-admin service"
+
+hash_of() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+
+ensure() {
+  command -v openssl >/dev/null || { mf_log "openssl is needed (apt-get install openssl)"; exit 1; }
+  mkdir -p "$PKI_DIR"; chmod 700 "$PKI_DIR"
+  umask 077
+  if [ ! -s "$PKI_DIR/ca.crt" ]; then
+    mf_log "creating the local CA in $PKI_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days "$PKI_DAYS" \
+      -keyout "$PKI_DIR/ca.key" -out "$PKI_DIR/ca.crt" -subj "/CN=marginflow local CA" 2>/dev/null
+  fi
+  if [ ! -s "$PKI_DIR/server.crt" ]; then
+    local san="IP:127.0.0.1,IP:::1" n
+    for n in $PKI_SERVER_NAMES; do san="$san,DNS:$n"; done
+    issue server "/CN=marginflow" "subjectAltName=$san
+extendedKeyUsage=serverAuth,clientAuth"
+  fi
+  # A client certificate for mutual TLS (MF_GRPC_TLS_CLIENT_AUTH=require): common name <role>/<name>.
+  [ -s "$PKI_DIR/client-service.crt" ] || issue client-service "/CN=service\\/local" "extendedKeyUsage=clientAuth"
+  local role
+  for role in $ROLES; do
+    [ -s "$PKI_DIR/token.$role" ] || { openssl rand -hex 32 > "$PKI_DIR/token.$role"; }
+  done
+  write_token_file
+  umask 022
+  chmod 644 "$PKI_DIR/ca.crt" "$PKI_DIR/server.crt" "$PKI_DIR/client-service.crt"
+}
+
+# issue NAME SUBJECT EXTENSIONS: a key and a certificate signed by the CA.
+issue() {
+  local name=$1 subject=$2 ext=$3
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$PKI_DIR/$name.key" \
+    -out "$PKI_DIR/$name.csr" -subj "$subject" 2>/dev/null
+  printf '%s\n' "$ext" > "$PKI_DIR/$name.ext"
+  openssl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/ca.crt" -CAkey "$PKI_DIR/ca.key" -CAcreateserial \
+    -days "$PKI_DAYS" -out "$PKI_DIR/$name.crt" -extfile "$PKI_DIR/$name.ext" 2>/dev/null
+  rm -f "$PKI_DIR/$name.csr" "$PKI_DIR/$name.ext"
+}
+
+# The token file: the local roles' hashes, then any lines an operator added to tokens.extra.
+write_token_file() {
+  local role tmp="$PKI_DIR/tokens.tmp"
+  { echo "# sha256:<hash of the token> <role> [<account>]; made by deploy/local/pki.sh"
+    for role in $ROLES; do echo "sha256:$(hash_of "$(cat "$PKI_DIR/token.$role")") $role"; done
+    [ -f "$PKI_DIR/tokens.extra" ] && cat "$PKI_DIR/tokens.extra"
+  } > "$tmp"
+  mv "$tmp" "$PKI_DIR/tokens"
+}
+
+# rotate ROLE: a new token for ROLE; the old one stops working when the services restart.
+rotate() {
+  local role=$1
+  case " $ROLES " in *" $role "*) ;; *) mf_log "roles made here: $ROLES"; exit 2 ;; esac
+  umask 077; openssl rand -hex 32 > "$PKI_DIR/token.$role"; write_token_file
+  mf_log "new $role token in $PKI_DIR/token.$role; restart the services to drop the old one"
+}
+
+# What the services of `make run` read: TLS on every server, every call authenticated.
+env_out() {
+  echo "MF_GRPC_TLS_CERT_FILE=$PKI_DIR/server.crt"
+  echo "MF_GRPC_TLS_KEY_FILE=$PKI_DIR/server.key"
+  echo "MF_GRPC_TLS_CA_FILE=$PKI_DIR/ca.crt"
+  echo "MF_AUTH_TOKENS_FILE=$PKI_DIR/tokens"
+  echo "MF_AUTH_TOKEN_FILE=$PKI_DIR/token.service"
+}
+
+# What the operator's CLI reads (MF_CLIENT_ENV_FILE): the CA and the risk-admin token.
+client_env_out() {
+  echo "MF_GRPC_TLS_CA_FILE=$PKI_DIR/ca.crt"
+  echo "MF_AUTH_TOKEN_FILE=$PKI_DIR/token.risk-admin"
+}
+
+case "${1:-}" in
+  ensure) ensure; client_env_out > "$PKI_DIR/client.env" ;;
+  env) env_out ;;
+  client-env) client_env_out ;;
+  rotate) ensure; rotate "${2:?role}" ;;
+  *) echo "usage: $0 ensure|env|client-env|rotate ROLE" >&2; exit 2 ;;
+esac
