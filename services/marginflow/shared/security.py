@@ -510,19 +510,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return _refusing_handler(handler, grpc.StatusCode.PERMISSION_DENIED,
                                      f"{short}: streaming requests are not allowed by the policy")
 
-        def check(request: Any, context: grpc.ServicerContext) -> Principal:
+        def check(request: Any, context: grpc.ServicerContext, who: list[Principal]) -> None:
             if rule is None:
                 raise _Refused(grpc.StatusCode.PERMISSION_DENIED, f"{short} has no access rule: refused")
-            principal = self._auth.principal(metadata, context, needs_token=rule.audit)
-            authorize(principal, rule, request, short)
-            return principal
+            who[0] = self._auth.principal(metadata, context, needs_token=rule.audit)
+            authorize(who[0], rule, request, short)
 
         if kind == "unary_unary":
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                principal = ANONYMOUS_PRINCIPAL
+                who = [ANONYMOUS_PRINCIPAL]   # who called, as far as it was established
                 code, detail = "OK", ""
                 try:
-                    principal = check(request, context)
+                    check(request, context, who)
                     return inner(request, context)
                 except _Refused as refused:
                     code, detail = refused.code.name, refused.message
@@ -534,14 +533,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     raise
                 finally:
                     if rule is not None and rule.audit:
-                        self._record(method, principal, context, request, code, detail)
+                        self._record(method, who[0], context, request, code, detail)
 
             return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
                                                        response_serializer=handler.response_serializer)
 
         def stream(request: Any, context: grpc.ServicerContext):
             try:
-                check(request, context)
+                check(request, context, [ANONYMOUS_PRINCIPAL])
             except _Refused as refused:
                 context.abort(refused.code, refused.message)
             yield from inner(request, context)
