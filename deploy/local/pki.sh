@@ -11,6 +11,9 @@ PKI_DAYS=${PKI_DAYS:-825}
 # Names a client may dial a service by: loopback for `make run`, the compose service names.
 PKI_SERVER_NAMES=${PKI_SERVER_NAMES:-localhost marketdata riskparams portfolio margin liquidation exchange-sim}
 ROLES="reader risk-admin service"
+# Redis ACL users: each service only under its key prefix, no FLUSHALL/KEYS/CONFIG (@dangerous);
+# `admin` is the operator's. Passwords in redis-pass.<user>; the ACL file holds only their hashes.
+REDIS_USERS=${REDIS_USERS:-"portfolio:mf:pf: margin:mf:mg:"}
 
 hash_of() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 
@@ -36,6 +39,12 @@ extendedKeyUsage=serverAuth,clientAuth"
     [ -s "$PKI_DIR/token.$role" ] || { openssl rand -hex 32 > "$PKI_DIR/token.$role"; }
   done
   write_token_file
+  local entry user
+  for entry in $REDIS_USERS admin:; do
+    user=${entry%%:*}
+    [ -s "$PKI_DIR/redis-pass.$user" ] || openssl rand -hex 24 > "$PKI_DIR/redis-pass.$user"
+  done
+  write_redis_acl
   umask 022
   chmod 644 "$PKI_DIR/ca.crt" "$PKI_DIR/server.crt" "$PKI_DIR/client-service.crt"
 }
@@ -59,6 +68,19 @@ write_token_file() {
     [ -f "$PKI_DIR/tokens.extra" ] && cat "$PKI_DIR/tokens.extra"
   } > "$tmp"
   mv "$tmp" "$PKI_DIR/tokens"
+}
+
+write_redis_acl() {
+  local entry user prefix tmp="$PKI_DIR/redis.acl.tmp"
+  { echo "user default off"
+    for entry in $REDIS_USERS; do
+      user=${entry%%:*}; prefix=${entry#*:}
+      echo "user $user on #$(hash_of "$(cat "$PKI_DIR/redis-pass.$user")") resetkeys ~${prefix}* resetchannels +@all -@dangerous"
+    done
+    echo "user admin on #$(hash_of "$(cat "$PKI_DIR/redis-pass.admin")") ~* &* +@all"
+  } > "$tmp"
+  chmod 644 "$tmp"   # hashes only: the Redis server (another user in containers) reads it
+  mv "$tmp" "$PKI_DIR/redis.acl"
 }
 
 # rotate ROLE: a new token for ROLE; the old one stops working when the services restart.

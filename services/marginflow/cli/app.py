@@ -415,8 +415,7 @@ def _admin_client() -> Client:
         except ConfigError as exc:
             raise CliError(str(exc), EXIT_BAD_ARGUMENT) from None
     if not token:
-        raise CliError("MF_ADMIN_TOKEN is not set: admin calls need the platform's admin token "
-                       "(or a risk-admin MF_AUTH_TOKEN[_FILE])", EXIT_BAD_ARGUMENT)
+        raise CliError("MF_ADMIN_TOKEN is not set: admin calls need the platform's admin token", EXIT_BAD_ARGUMENT)
     return _state().client("portfolio", token)
 
 

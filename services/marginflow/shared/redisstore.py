@@ -31,6 +31,8 @@ def connect(url: str, timeout_s: float = 30.0, **auth) -> redis.Redis:
         try:
             client.ping()
             return client
+        except redis.AuthenticationError:
+            raise   # a wrong user or password does not get better by waiting
         except redis.ConnectionError as exc:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cannot reach Redis at {url}: {exc}") from exc

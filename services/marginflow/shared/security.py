@@ -257,8 +257,9 @@ class SecuritySettings:
     admin_token: str = env("MF_ADMIN_TOKEN", str, "",
                            "a risk-admin token accepted besides the token file (older single-token setups)",
                            secret=True)
-    allow_insecure: bool = env("MF_ALLOW_INSECURE", parse_bool, False,
-                               "start a non-loopback deployment without TLS or authentication anyway")
+    allow_insecure: frozenset[str] = env("MF_ALLOW_INSECURE", lambda t: _insecure_parts(t), frozenset(),
+                                         "start a non-loopback deployment without TLS or authentication anyway: "
+                                         "true (all), or some of grpc,kafka,redis")
     grpc_max_message_bytes: int = env("MF_GRPC_MAX_MESSAGE_BYTES", int, 4 * 1024 * 1024,
                                       "largest gRPC request a server accepts, bytes")
 
@@ -300,6 +301,22 @@ class SecuritySettings:
         return TokenTable(entries)
 
 
+INSECURE_PARTS = ("grpc", "kafka", "redis")
+
+
+def _insecure_parts(text: str) -> frozenset[str]:
+    value = text.strip().lower()
+    try:
+        return frozenset(INSECURE_PARTS) if parse_bool(value) else frozenset()
+    except ValueError:
+        pass
+    parts = frozenset(p.strip() for p in value.split(",") if p.strip())
+    unknown = parts - set(INSECURE_PARTS)
+    if unknown or not parts:
+        raise ValueError(f"expected true/false or some of {','.join(INSECURE_PARTS)}, got {text!r}")
+    return parts
+
+
 def _read_bytes(variable: str, path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -339,34 +356,35 @@ def _host_of(address: str) -> str:
     return address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
 
 
-def deployment_problems(common: Any) -> list[str]:
-    """What makes this deployment unsafe off loopback (empty when it is fine or on loopback)."""
+def deployment_problems(common: Any) -> list[tuple[str, str]]:
+    """(part, problem) for what makes this deployment unsafe off loopback (empty when fine or on loopback)."""
     sec: SecuritySettings = common.security
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     if not is_loopback(common.bind_host):
         if not sec.server_tls:
-            problems.append(f"gRPC listens on {common.bind_host} without TLS (set MF_GRPC_TLS_CERT_FILE/_KEY_FILE)")
+            problems.append(("grpc", f"gRPC listens on {common.bind_host} without TLS "
+                                     "(set MF_GRPC_TLS_CERT_FILE/_KEY_FILE)"))
         if not sec.auth_required:
-            problems.append(f"gRPC listens on {common.bind_host} without authentication "
-                            "(set MF_AUTH_TOKENS_FILE or MF_GRPC_TLS_CLIENT_AUTH=require)")
+            problems.append(("grpc", f"gRPC listens on {common.bind_host} without authentication "
+                                     "(set MF_AUTH_TOKENS_FILE or MF_GRPC_TLS_CLIENT_AUTH=require)"))
     if any(not is_loopback(_host_of(s)) for s in common.kafka_bootstrap_servers):
-        kafka = common.kafka_security
-        if kafka.protocol == "plaintext":
-            problems.append("Kafka is not on loopback and MF_KAFKA_SECURITY_PROTOCOL is PLAINTEXT")
+        if common.kafka_security.protocol == "plaintext":
+            problems.append(("kafka", "Kafka is not on loopback and MF_KAFKA_SECURITY_PROTOCOL is PLAINTEXT"))
     redis_host = _host_of(common.redis_url)
-    if common.redis_url.startswith("redis://") and not is_loopback(redis_host):
-        problems.append("Redis is not on loopback and REDIS_URL is not rediss:// (TLS)")
-    if not is_loopback(redis_host) and not common.redis_auth.password and "@" not in common.redis_url:
-        problems.append("Redis is not on loopback and has no password (MF_REDIS_PASSWORD)")
+    if not common.redis_url.startswith("unix://") and not is_loopback(redis_host):
+        if common.redis_url.startswith("redis://"):
+            problems.append(("redis", "Redis is not on loopback and REDIS_URL is not rediss:// (TLS)"))
+        if not common.redis_auth.password and "@" not in common.redis_url:
+            problems.append(("redis", "Redis is not on loopback and has no password (MF_REDIS_PASSWORD)"))
     return problems
 
 
 def check_deployment(common: Any) -> None:
-    """Refuse to start an unsafe non-loopback deployment unless MF_ALLOW_INSECURE=true."""
-    problems = deployment_problems(common)
-    if problems and not common.security.allow_insecure:
+    """Refuse to start an unsafe non-loopback deployment unless MF_ALLOW_INSECURE names that part."""
+    problems = [text for part, text in deployment_problems(common) if part not in common.security.allow_insecure]
+    if problems:
         raise ConfigError("refusing to start an insecure deployment: " + "; ".join(problems)
-                          + " (MF_ALLOW_INSECURE=true starts it anyway)")
+                          + " (MF_ALLOW_INSECURE=true, or =grpc,kafka,redis for some parts, starts it anyway)")
 
 
 # ---- audit sink (the Kafka implementation is shared.audit) -------------------------------------

@@ -203,8 +203,15 @@ def test_a_network_facing_deployment_without_tls_and_auth_is_refused(tmp_path):
     for fragment in ("without TLS", "without authentication", "Kafka is not on loopback", "not rediss://",
                      "no password", "MF_ALLOW_INSECURE=true"):
         assert fragment in message
-    security.check_deployment(dataclasses.replace(
-        common, security=dataclasses.replace(common.security, allow_insecure=True)))
+    security.check_deployment(load(CommonSettings, {"MF_BIND_HOST": "0.0.0.0", "MF_ALLOW_INSECURE": "true",
+                                                    "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"}))
+    some = load(CommonSettings, {"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092", "MF_ALLOW_INSECURE": "kafka,redis",
+                                 "REDIS_URL": "redis://redis:6379/0", "MF_BIND_HOST": "0.0.0.0"})
+    with pytest.raises(ConfigError, match="gRPC listens") as err:
+        security.check_deployment(some)
+    assert "Kafka" not in str(err.value)
+    with pytest.raises(ConfigError, match="MF_ALLOW_INSECURE"):
+        load(CommonSettings, {"MF_ALLOW_INSECURE": "everything"})
 
 
 def test_a_network_facing_deployment_with_tls_and_auth_starts(tmp_path):
