@@ -19,7 +19,7 @@ hash_of() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 
 ensure() {
   command -v openssl >/dev/null || { mf_log "openssl is needed (apt-get install openssl)"; exit 1; }
-  mkdir -p "$PKI_DIR"; chmod 700 "$PKI_DIR"
+  mkdir -p "$PKI_DIR"; chmod 755 "$PKI_DIR"   # keys and tokens are 600 each; certs and the ACL file are public
   umask 077
   if [ ! -s "$PKI_DIR/ca.crt" ]; then
     mf_log "creating the local CA in $PKI_DIR"
