@@ -14,6 +14,7 @@ ROLES="reader risk-admin service"
 # Redis ACL users: each service only under its key prefix, no FLUSHALL/KEYS/CONFIG (@dangerous);
 # `admin` is the operator's. Passwords in redis-pass.<user>; the ACL file holds only their hashes.
 REDIS_USERS=${REDIS_USERS:-"portfolio:mf:pf: margin:mf:mg:"}
+KAFKA_USERS=${KAFKA_USERS:-"marketdata riskparams portfolio margin liquidation exchange-sim"}
 
 hash_of() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 
@@ -45,6 +46,10 @@ extendedKeyUsage=serverAuth,clientAuth"
     [ -s "$PKI_DIR/redis-pass.$user" ] || openssl rand -hex 24 > "$PKI_DIR/redis-pass.$user"
   done
   write_redis_acl
+  # Kafka SCRAM users (kafka.sh KAFKA_SASL=1): the broker's super user `admin` and one per service.
+  for user in admin $KAFKA_USERS; do
+    [ -s "$PKI_DIR/kafka-pass.$user" ] || openssl rand -hex 24 > "$PKI_DIR/kafka-pass.$user"
+  done
   umask 022
   chmod 644 "$PKI_DIR/ca.crt" "$PKI_DIR/server.crt" "$PKI_DIR/client-service.crt"
 }

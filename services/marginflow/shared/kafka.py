@@ -116,13 +116,38 @@ def security_options(**extra) -> dict:
     return {**_SECURITY, **extra}
 
 
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> None:
+def aiokafka_options() -> dict:
+    """The same security for aiokafka clients (which take an SSL context instead of a CA file)."""
+    opts = dict(_SECURITY)
+    cafile = opts.pop("ssl_cafile", None)
+    if opts.get("security_protocol", "PLAINTEXT").endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        opts["ssl_context"] = create_ssl_context(cafile=cafile)
+    return opts
+
+
+def faust_credentials():
+    """faust's broker_credentials for the process's Kafka security (None: PLAINTEXT)."""
+    opts = aiokafka_options()
+    protocol = opts.get("security_protocol", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return None
+    import faust
+
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=opts["sasl_plain_username"], password=opts["sasl_plain_password"],
+                                     mechanism=opts["sasl_mechanism"], ssl_context=opts.get("ssl_context"))
+    return faust.SSLCredentials(opts["ssl_context"])
+
+
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0, **client_options) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="marginflow-admin",
-                                     request_timeout_ms=int(timeout_s * 1000), **security_options())
+                                     request_timeout_ms=int(timeout_s * 1000), **security_options(**client_options))
             break
         except Exception as exc:  # noqa: BLE001 - broker still starting: retry until the deadline
             if time.monotonic() > deadline:
