@@ -18,8 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from marginflow.shared.metrics import shared_metrics
-from marginflow.shared.security import (AuditSink, Authenticator, AuthInterceptor, SecuritySettings, policies_of,
-                                        server_credentials)
+from marginflow.shared.security import (AuditSink, Authenticator, AuthInterceptor, CallerLimits, SecuritySettings,
+                                        policies_of, server_credentials)
 
 
 class LatencyInterceptor(grpc.ServerInterceptor):
@@ -74,7 +74,9 @@ def build_server(service: str, port: int, registrations: Sequence[Registration],
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{service}-grpc"),
         interceptors=[LatencyInterceptor(service),
-                      AuthInterceptor(service, policies_of(registrations), authenticator, audit)],
+                      AuthInterceptor(service, policies_of(registrations), authenticator, audit,
+                                      limits=CallerLimits(security.grpc_rate_per_caller,
+                                                          security.grpc_max_streams_per_caller))],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", security.grpc_max_message_bytes)])
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -63,6 +63,7 @@ class Rule:
     account_field: str = ""
     audit: bool = False
     public: bool = False   # market-wide data: any authenticated caller, trader-self included
+    rate_limited: bool = False   # costly queries (what-if, explain): MF_GRPC_RATE_PER_CALLER applies
 
     def __post_init__(self) -> None:
         unknown = set(self.roles) - set(ROLES)
@@ -79,6 +80,12 @@ def account_read(account_field: str = "account_id") -> Rule:
     """A query about accounts named in ``account_field``: readers, admins, services, and the trader
     of that account."""
     return Rule(frozenset(ROLES), account_field=account_field)
+
+
+def costly_read(account_field: str = "account_id") -> Rule:
+    """An account query that costs computation (what-if, explain): as account_read, rate-limited per
+    caller (services are not limited: they forward calls a first server already counted)."""
+    return Rule(frozenset(ROLES), account_field=account_field, rate_limited=True)
 
 
 def any_account_read() -> Rule:
@@ -262,6 +269,10 @@ class SecuritySettings:
                                          "true (all), or some of grpc,kafka,redis")
     grpc_max_message_bytes: int = env("MF_GRPC_MAX_MESSAGE_BYTES", int, 4 * 1024 * 1024,
                                       "largest gRPC request a server accepts, bytes")
+    grpc_rate_per_caller: float = env("MF_GRPC_RATE_PER_CALLER", float, 1000.0,
+                                      "what-if/explain calls per second per caller (burst: one second's worth; 0 = no limit)")
+    grpc_max_streams_per_caller: int = env("MF_GRPC_MAX_STREAMS_PER_CALLER", int, 16,
+                                           "open server streams per caller (0 = no limit)")
 
     @property
     def server_tls(self) -> bool:
@@ -499,12 +510,71 @@ def authorize(principal: Principal, rule: Rule, request: Any, method: str) -> No
                            f"a trader-self caller sees only its own account {principal.account!r}")
 
 
+class CallerLimits:
+    """Per-caller token buckets (costly calls) and open-stream counts; callers are principals, or the
+    peer's address for anonymous ones. Bounded: the oldest callers are forgotten past MAX_CALLERS."""
+
+    MAX_CALLERS = 10_000
+
+    def __init__(self, rate_per_s: float, max_streams: int, clock: Callable[[], float] = time.monotonic) -> None:
+        import collections
+        import threading
+
+        self.rate = rate_per_s
+        self.max_streams = max_streams
+        self._clock = clock
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+        self._streams: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, caller: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.pop(caller, (self.rate, now))
+            tokens = min(self.rate, tokens + (now - last) * self.rate)
+            ok = tokens >= 1.0
+            self._buckets[caller] = (tokens - 1.0 if ok else tokens, now)
+            while len(self._buckets) > self.MAX_CALLERS:
+                self._buckets.popitem(last=False)
+        return ok
+
+    def open_stream(self, caller: str) -> bool:
+        with self._lock:
+            n = self._streams.get(caller, 0)
+            if self.max_streams > 0 and n >= self.max_streams:
+                return False
+            self._streams[caller] = n + 1
+        return True
+
+    def close_stream(self, caller: str) -> None:
+        with self._lock:
+            n = self._streams.get(caller, 0) - 1
+            if n > 0:
+                self._streams[caller] = n
+            else:
+                self._streams.pop(caller, None)
+
+
+def caller_key(principal: Principal, context) -> str:
+    if principal.role != ANONYMOUS:
+        return f"{principal.via}:{principal.id}"
+    try:
+        peer = context.peer()   # ipv4:127.0.0.1:54321 → the host, so reconnecting does not reset it
+    except Exception:  # noqa: BLE001
+        return "anonymous"
+    return "peer:" + peer.rsplit(":", 1)[0]
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates every call, enforces the per-method policy, audits admin calls."""
 
     def __init__(self, service: str, policies: Mapping[str, Rule], authenticator: Authenticator,
-                 audit: AuditSink | None = None, clock_ms: Callable[[], int] | None = None) -> None:
+                 audit: AuditSink | None = None, clock_ms: Callable[[], int] | None = None,
+                 limits: CallerLimits | None = None) -> None:
         self._service = service
+        self._limits = limits or CallerLimits(0, 0)
         self._policies = dict(policies)   # "/pkg.Service/Method" → rule
         self._auth = authenticator
         self._audit = audit
@@ -533,6 +603,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise _Refused(grpc.StatusCode.PERMISSION_DENIED, f"{short} has no access rule: refused")
             who[0] = self._auth.principal(metadata, context, needs_token=rule.audit)
             authorize(who[0], rule, request, short)
+            if rule.rate_limited and who[0].role != SERVICE and not self._limits.take(caller_key(who[0], context)):
+                raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"rate limit: at most {self._limits.rate:g} {short} calls per second per caller")
 
         if kind == "unary_unary":
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
@@ -557,11 +630,19 @@ class AuthInterceptor(grpc.ServerInterceptor):
                                                        response_serializer=handler.response_serializer)
 
         def stream(request: Any, context: grpc.ServicerContext):
+            who = [ANONYMOUS_PRINCIPAL]
             try:
-                check(request, context, [ANONYMOUS_PRINCIPAL])
+                check(request, context, who)
             except _Refused as refused:
                 context.abort(refused.code, refused.message)
-            yield from inner(request, context)
+            key = caller_key(who[0], context)
+            if not self._limits.open_stream(key):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"at most {self._limits.max_streams} open {short} streams per caller")
+            try:
+                yield from inner(request, context)
+            finally:
+                self._limits.close_stream(key)
 
         return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
                                                     response_serializer=handler.response_serializer)

@@ -230,3 +230,30 @@ def test_client_settings_fall_back_to_the_client_env_file(tmp_path):
     mine = security.client_settings({"MF_CLIENT_ENV_FILE": str(tmp_path / "client.env"), "MF_AUTH_TOKEN": "t"})
     assert mine.grpc_tls_ca_file == "" and mine.auth_token == "t"   # the environment wins as a whole
     assert security.client_settings({"MF_CLIENT_ENV_FILE": ""}).grpc_tls_ca_file == ""
+
+
+# ---- input hardening: per-caller limits
+
+def test_costly_calls_are_limited_per_caller_with_a_one_second_burst():
+    now = [0.0]
+    limits = security.CallerLimits(rate_per_s=3, max_streams=2, clock=lambda: now[0])
+    assert [limits.take("a") for _ in range(4)] == [True, True, True, False]
+    assert limits.take("b")                       # another caller has its own bucket
+    now[0] = 0.34
+    assert limits.take("a") and not limits.take("a")   # one token back after a third of a second
+    assert security.CallerLimits(0, 0).take("a")  # 0 = no limit
+
+
+def test_open_streams_are_bounded_per_caller():
+    limits = security.CallerLimits(0, max_streams=2)
+    assert limits.open_stream("a") and limits.open_stream("a") and not limits.open_stream("a")
+    assert limits.open_stream("b")
+    limits.close_stream("a")
+    assert limits.open_stream("a")
+
+
+def test_the_margin_service_rate_limits_what_if_and_explain_only():
+    from marginflow.margin.adapters.grpc_api import MarginServicer
+
+    limited = {m for m, r in MarginServicer.AUTH_POLICY.items() if r.rate_limited}
+    assert limited == {"WhatIf", "Explain"}

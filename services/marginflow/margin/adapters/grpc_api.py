@@ -33,8 +33,8 @@ def state_fanout() -> Fanout[pb.MarginState]:
 
 
 class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
-    AUTH_POLICY = {"GetMargin": security.account_read(), "WhatIf": security.account_read(),
-                   "Explain": security.account_read(), "StreamMargin": security.account_read("account_ids")}
+    AUTH_POLICY = {"GetMargin": security.account_read(), "WhatIf": security.costly_read(),
+                   "Explain": security.costly_read(), "StreamMargin": security.account_read("account_ids")}
 
     def __init__(self, engine: MarginEngine, fanout: Fanout[pb.MarginState], what_if_metric=None,
                  clock_ms=lambda: int(time.time() * 1000), forwarder: Forwarder | None = None) -> None:
