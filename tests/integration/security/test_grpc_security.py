@@ -156,3 +156,66 @@ def test_mutual_tls_admits_a_client_certificate_as_its_role(test_env, topic_pref
         thread.join(15)
         app.close()
         delete_topics(settings.common.bootstrap, [s.name for s in portfolio_topics(settings)])
+
+
+def test_marginflow_audit_lists_the_admin_calls(service, pki, monkeypatch, capsys):
+    import json
+
+    from marginflow.cli import main
+
+    settings, app = service
+    admin, ch = _client(app, pki, token(pki, "risk-admin"))
+    try:
+        admin.Deposit(_deposit(ALICE, "r-cli-audit"), timeout=5)
+    finally:
+        ch.close()
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", settings.common.bootstrap)
+    monkeypatch.setenv("MF_TOPIC_PREFIX", settings.common.topic_prefix)
+    deadline = time.monotonic() + 20
+    while True:
+        capsys.readouterr()
+        try:
+            main(["audit", "--json", "--method", "Deposit"])
+        except SystemExit as exc:
+            assert not exc.code, capsys.readouterr().err
+        events = json.loads(capsys.readouterr().out)["events"]
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [e["result_code"] for e in events] == ["OK"]
+    assert events[0]["role"] == "risk-admin" and "r-cli-audit" in events[0]["request_summary"]
+
+
+class _Echo(account_pb2_grpc.AccountServiceServicer):
+    """A servicer whose GetAccount counts as costly, to see the per-caller limit on a real server."""
+
+    from marginflow.shared import security as _security
+
+    AUTH_POLICY = {"GetAccount": _security.costly_read()}
+
+    def GetAccount(self, request, context):
+        return pb.AccountSnapshot(account_id=request.account_id)
+
+
+def test_costly_calls_are_rate_limited_per_caller_over_tls(pki):
+    from marginflow.shared import grpcserver
+
+    sec = SecuritySettings(grpc_tls_cert_file=str(pki / "server.crt"), grpc_tls_key_file=str(pki / "server.key"),
+                           grpc_tls_ca_file=str(pki / "ca.crt"), auth_tokens_file=str(pki / "tokens"),
+                           grpc_rate_per_caller=3)
+    server, port, health = grpcserver.build_server(
+        "echo", 0, [(account_pb2_grpc.add_AccountServiceServicer_to_server, _Echo(), "marginflow.account.v1.AccountService")],
+        security=sec)
+    try:
+        reader, ch1 = _client(type("A", (), {"grpc_port": port}), pki, token(pki, "reader"))
+        svc, ch2 = _client(type("A", (), {"grpc_port": port}), pki, token(pki, "service"))
+        for _ in range(3):
+            reader.GetAccount(pb.GetAccountRequest(account_id="a"), timeout=5)
+        code, message = _code(lambda: reader.GetAccount(pb.GetAccountRequest(account_id="a"), timeout=5))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "per caller" in message
+        for _ in range(5):   # services forward calls another server already counted
+            svc.GetAccount(pb.GetAccountRequest(account_id="a"), timeout=5)
+        ch1.close()
+        ch2.close()
+    finally:
+        grpcserver.stop(server, health, 1)
