@@ -14,7 +14,7 @@ ROLES="reader risk-admin service"
 # Redis ACL users: each service only under its key prefix, no FLUSHALL/KEYS/CONFIG (@dangerous);
 # `admin` is the operator's. Passwords in redis-pass.<user>; the ACL file holds only their hashes.
 REDIS_USERS=${REDIS_USERS:-"portfolio:mf:pf: margin:mf:mg:"}
-KAFKA_USERS=${KAFKA_USERS:-"marketdata riskparams portfolio margin liquidation exchange-sim"}
+KAFKA_USERS=${KAFKA_USERS:-"marketdata riskparams portfolio margin liquidation exchange-sim demo-book"}
 
 hash_of() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 
@@ -103,6 +103,9 @@ env_out() {
   echo "MF_GRPC_TLS_CA_FILE=$PKI_DIR/ca.crt"
   echo "MF_AUTH_TOKENS_FILE=$PKI_DIR/tokens"
   echo "MF_AUTH_TOKEN_FILE=$PKI_DIR/token.service"
+  # KAFKA_SASL=1 / REDIS_ACL=1: the supervisor gives each service its own user from these files.
+  if [ "${KAFKA_SASL:-0}" = 1 ]; then echo "MF_KAFKA_SASL_USERS_DIR=$PKI_DIR"; fi
+  if [ "${REDIS_ACL:-0}" = 1 ]; then echo "MF_REDIS_USERS_DIR=$PKI_DIR"; fi
 }
 
 # What the operator's CLI reads (MF_CLIENT_ENV_FILE): the CA and the risk-admin token.

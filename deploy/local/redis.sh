@@ -22,6 +22,10 @@ start() {
   fi
   install
   local acl=() auth=()
+  if [ "${REDIS_ACL:-0}" = 1 ] && [ -z "${REDIS_ACL_FILE:-}" ]; then   # pki.sh's users (make run REDIS_ACL=1)
+    REDIS_ACL_FILE=${PKI_DIR:-$MF_RUN_DIR/pki}/redis.acl
+    REDIS_ADMIN_PASSWORD_FILE=${PKI_DIR:-$MF_RUN_DIR/pki}/redis-pass.admin
+  fi
   if [ -n "${REDIS_ACL_FILE:-}" ]; then
     acl=(--aclfile "$REDIS_ACL_FILE")
     auth=(--user admin --pass "$(cat "${REDIS_ADMIN_PASSWORD_FILE:?REDIS_ADMIN_PASSWORD_FILE is needed with REDIS_ACL_FILE}")" --no-auth-warning)

@@ -21,6 +21,7 @@ WRITERS: Mapping[str, Callable[[Topics], tuple[str, ...]]] = {
     "margin": lambda t: (t.margin_state, t.margin_calls, t.margin_dlq, t.audit),
     "liquidation": lambda t: (t.liquidation_orders, t.liquidation_events, t.liquidation_dlq, t.audit),
     "exchange-sim": lambda t: (t.fills,),
+    "demo-book": lambda t: (t.fills, t.account_events),   # the demo's opening book (make run only)
 }
 SERVICE_USERS = tuple(WRITERS)
 
