@@ -84,7 +84,8 @@ def build_server(service: str, port: int, registrations: Sequence[Registration],
     for add, servicer, full_name in registrations:
         add(servicer, server)
         names.append(full_name)
-    reflection.enable_server_reflection(names, server)
+    if security.grpc_reflection:
+        reflection.enable_server_reflection(names, server)
     credentials = server_credentials(security)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)

@@ -269,6 +269,8 @@ class SecuritySettings:
                                          "true (all), or some of grpc,kafka,redis")
     grpc_max_message_bytes: int = env("MF_GRPC_MAX_MESSAGE_BYTES", int, 4 * 1024 * 1024,
                                       "largest gRPC request a server accepts, bytes")
+    grpc_reflection: bool = env("MF_GRPC_REFLECTION", parse_bool, True,
+                                "serve gRPC reflection (open to every caller, like health checking)")
     grpc_rate_per_caller: float = env("MF_GRPC_RATE_PER_CALLER", float, 1000.0,
                                       "what-if/explain calls per second per caller (burst: one second's worth; 0 = no limit)")
     grpc_max_streams_per_caller: int = env("MF_GRPC_MAX_STREAMS_PER_CALLER", int, 16,
