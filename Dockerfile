@@ -11,8 +11,11 @@ RUN /opt/venv/bin/python tools/gen_protos.py \
  && /opt/venv/bin/pip install --no-cache-dir --no-build-isolation --no-deps .
 
 FROM python:3.11-slim-bookworm
-RUN useradd --system --uid 10001 marginflow
+# openssl: the pki step of docker-compose makes the CA, certificates and tokens (deploy/local/pki.sh).
+RUN apt-get update && apt-get install -y --no-install-recommends openssl && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 marginflow && mkdir -p /pki && chown marginflow /pki
 COPY --from=build /opt/venv /opt/venv
+COPY deploy/local/env.sh deploy/local/pki.sh /opt/marginflow/deploy/local/
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 USER marginflow
 # Overridden per service in docker-compose.yml.

@@ -7,10 +7,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STACK := deploy/local/stack.sh
 MONITORING := deploy/local/monitoring.sh
+PKI := deploy/local/pki.sh
 # Addresses of Kafka and Redis: the local stack's unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set.
 STACK_ENV = $(shell $(STACK) env | xargs)
 
-.PHONY: help venv build protos tools run stop status test test-unit test-integration bench clean distclean stack-up stack-down
+.PHONY: help venv build protos tools pki run stop status test test-unit test-integration bench clean distclean stack-up stack-down
 
 help:
 	@echo "make run     build, start Kafka + Redis + every marginflow service (Ctrl-C or 'make stop' ends it)"
@@ -48,14 +49,19 @@ build: $(VENV)/.built
 tools:
 	deploy/local/tools.sh
 
+pki:
+	@$(PKI) ensure
+
 stack-up: tools
 	$(STACK) up
 stack-down:
 	$(STACK) down
 
 # Starts the stack, Prometheus + Alertmanager and the supervisor in the foreground; Ctrl-C stops them all.
-run: build stack-up
-	@trap '$(STACK) down' EXIT; $(MONITORING) start && env $(STACK_ENV) $$($(MONITORING) env | xargs) $(PY) -m marginflow.supervisor $(if $(REPLAY),--replay $(REPLAY)) $(if $(SPEED),--speed $(SPEED)) $(if $(UNIVERSE),--universe $(UNIVERSE))
+# gRPC is TLS with tokens: the local CA, certificates and role tokens are made on first start (pki.sh).
+# KAFKA_SASL=1 / REDIS_ACL=1: the broker with SCRAM users and ACLs / Redis with ACL users, one user per service.
+run: build pki stack-up
+	@trap '$(STACK) down' EXIT; $(MONITORING) start && env $(STACK_ENV) $$($(MONITORING) env | xargs) $$($(PKI) env | xargs) $(PY) -m marginflow.supervisor $(if $(REPLAY),--replay $(REPLAY)) $(if $(SPEED),--speed $(SPEED)) $(if $(UNIVERSE),--universe $(UNIVERSE))
 
 stop:
 	$(STACK) down

@@ -25,6 +25,9 @@ if os.environ.get("CI"):
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# The tests dial plaintext loopback servers: never the client settings a `make run` left in .run/pki.
+os.environ.setdefault("MF_CLIENT_ENV_FILE", "")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:

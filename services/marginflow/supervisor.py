@@ -132,7 +132,8 @@ class Supervisor:
         log = open(self.log_path(p), "ab")
         # Own process group: a Ctrl-C on `make run` reaches the supervisor, which stops children in order.
         child.proc = subprocess.Popen([sys.executable, "-m", p.module, *p.args], stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, env=credentials_env(self.env, p.name),
+                                      start_new_session=True)
         log.close()
         (self.pid_dir / f"{p.name}.pid").write_text(str(child.proc.pid))
         child.started_at = time.monotonic()
@@ -149,7 +150,7 @@ class Supervisor:
             return
         child.next_check = now + 0.5
         port = self.grpc_port(p)
-        if health_status(self.host, port, timeout_s=0.3) == "SERVING":
+        if health_status(self.host, port, timeout_s=0.3, environ=self.env) == "SERVING":
             child.ready = True
             print(f"[supervisor] {p.name} ready: gRPC {self.host}:{port} serving after {now - child.started_at:.1f} s",
                   flush=True)
@@ -244,12 +245,30 @@ def connect_host(env: dict[str, str]) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
 
 
-def health_status(host: str, port: int, timeout_s: float) -> str:
+def credentials_env(env: dict[str, str], name: str) -> dict[str, str]:
+    """The program's own Kafka and Redis users when the stack runs with them (pki.sh's password files
+    in MF_KAFKA_SASL_USERS_DIR / MF_REDIS_USERS_DIR): each service logs in as itself."""
+    env = dict(env)
+    kafka_dir = env.get("MF_KAFKA_SASL_USERS_DIR", "")
+    if kafka_dir and (pathlib.Path(kafka_dir) / f"kafka-pass.{name}").is_file():
+        env.update(MF_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", MF_KAFKA_SASL_USERNAME=name,
+                   MF_KAFKA_SASL_PASSWORD_FILE=str(pathlib.Path(kafka_dir) / f"kafka-pass.{name}"))
+    redis_dir = env.get("MF_REDIS_USERS_DIR", "")
+    redis_user = "portfolio" if name == "demo-book" else name
+    if redis_dir and (pathlib.Path(redis_dir) / f"redis-pass.{redis_user}").is_file():
+        env.update(MF_REDIS_USERNAME=redis_user,
+                   MF_REDIS_PASSWORD_FILE=str(pathlib.Path(redis_dir) / f"redis-pass.{redis_user}"))
+    return env
+
+
+def health_status(host: str, port: int, timeout_s: float, environ: dict[str, str] | None = None) -> str:
     """The gRPC health status of the server at host:port ("SERVING", ...), "DOWN" when it does not answer."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
+    from marginflow.shared.security import client_settings, client_channel
+
+    with client_channel(f"{host}:{port}", client_settings(environ), token="") as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
                                                               timeout=timeout_s)

@@ -67,12 +67,15 @@ class Client:
     @property
     def stub(self) -> Any:
         if self._stub is None:
-            self._channel = grpc.insecure_channel(self.endpoint.grpc)
+            from marginflow.shared.security import client_channel, client_settings
+
+            self._channel = client_channel(self.endpoint.grpc, client_settings(), token=self.token or None)
             self._stub = _stubs()[self.endpoint.service](self._channel)
         return self._stub
 
     def call(self, method: str, request: Any, admin: bool = False) -> Any:
-        metadata = [("authorization", f"Bearer {self.token}")] if admin else None
+        # The token (the admin's, or MF_AUTH_TOKEN) rides on every call of the channel.
+        metadata = None
         try:
             return getattr(self.stub, method)(request, timeout=self.timeout_s, metadata=metadata)
         except grpc.RpcError as exc:
@@ -99,7 +102,9 @@ def health(endpoint: Endpoint, timeout_s: float = 1.0) -> str:
     """The gRPC health status of the whole server ("SERVING", "NOT_SERVING", ...) or "DOWN"."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(endpoint.grpc) as channel:
+    from marginflow.shared.security import client_channel, client_settings
+
+    with client_channel(endpoint.grpc, client_settings(), token="") as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
                                                               timeout=timeout_s)

@@ -46,6 +46,7 @@ from marginflow.shared.lifecycle import Lifecycle, tune_gc
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
 from marginflow.shared.universe import Universe, platform_universe
+from marginflow.shared.security import client_channel
 
 SERVICE = "margin"
 # Handlers are short and hold the GIL most of the time: more threads than cores only queue on the GIL.
@@ -201,7 +202,8 @@ class MarginApp:
         self.owners = OwnerRegistry(self.redis, s.redis_prefix, f"{common.topic_prefix}{s.consumer_group}",
                                     s.owner_ttl_seconds)
         self.address = advertise_address(s, self.grpc_port)
-        self.forwarder = Forwarder(self.owners, self.address, len(parts or ()))
+        self.forwarder = Forwarder(self.owners, self.address, len(parts or ()),
+                                   channel=lambda address: client_channel(address, common.security))
         self.servicer.use_forwarder(self.forwarder)
         self.host.on_close("withdraw ownership", lambda: self.owners.withdraw(self.rebalance.assigned, self.address))
         self.host.on_close("close peers", self.forwarder.close)

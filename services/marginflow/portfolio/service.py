@@ -54,7 +54,7 @@ def ledger_rules(settings: PortfolioSettings, universe: Universe) -> LedgerRules
 
 def portfolio_topics(settings: PortfolioSettings) -> list[TopicSpec]:
     topics = settings.common.topics
-    mine = {topics.fills, topics.account_events, topics.portfolio_dlq, topics.positions}
+    mine = {topics.fills, topics.account_events, topics.portfolio_dlq, topics.positions, topics.audit}
     return [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
 
 
@@ -122,7 +122,7 @@ class PortfolioApp:
                                                            Every(s.cache_check_seconds, self.check_cache)],
                                 recover=self.turn.recover)
         if serve_grpc:
-            servicer = AccountServicer(self.store, self.admin, s.admin_token, frozenset(self.rules.instruments),
+            servicer = AccountServicer(self.store, self.admin, frozenset(self.rules.instruments),
                                        self.partitions)
             self.host.serve_grpc(s.grpc_port, [(account_pb2_grpc.add_AccountServiceServicer_to_server, servicer,
                                                 SERVICE_NAME)])

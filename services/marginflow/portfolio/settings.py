@@ -29,8 +29,6 @@ class PortfolioSettings:
     common: CommonSettings = dataclasses.field(default_factory=CommonSettings)
     grpc_port: int = env("MF_PORTFOLIO_GRPC_PORT", parse_port, 50053, "AccountService gRPC port (0 = any free port)")
     metrics_port: int = env("MF_PORTFOLIO_METRICS_PORT", parse_port, 9103, "Prometheus /metrics port (0 = any)")
-    admin_token: str = env("MF_ADMIN_TOKEN", str, "",
-                           "bearer token admin calls must carry; empty = admin calls refused")
     redis_prefix: str = env("MF_PORTFOLIO_REDIS_PREFIX", redis_prefix, "mf:pf:", "prefix of every Redis key")
     consumer_group: str = env("MF_PORTFOLIO_GROUP", str, "marginflow-portfolio",
                               "Kafka consumer group (MF_TOPIC_PREFIX is put in front)")

@@ -31,12 +31,26 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
-def env(name: str, parse: Callable[[str], Any] = str, default: Any = _MISSING, doc: str = "") -> Any:
-    """Declare a dataclass field read from the environment variable ``name``."""
-    meta = {"env": name, "parse": parse, "doc": doc}
+def env(name: str, parse: Callable[[str], Any] = str, default: Any = _MISSING, doc: str = "",
+        secret: bool = False) -> Any:
+    """Declare a dataclass field read from the environment variable ``name``.
+
+    ``secret=True``: the value may instead come from the file named by ``<name>_FILE`` (docker
+    secrets), and it never appears in the settings' repr (so never in a log line).
+    """
+    meta = {"env": name, "parse": parse, "doc": doc, "secret": secret}
     if default is _MISSING:
-        return dataclasses.field(metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+        return dataclasses.field(metadata=meta, repr=not secret)
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The content of a secret file (trailing newline stripped); a ConfigError names the variable."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{variable}={path!r} cannot be read: {exc.strerror}") from None
 
 
 # ---- parsers: each raises ValueError with a readable reason ---------------------------------
@@ -164,6 +178,17 @@ def log_level(text: str) -> str:
 
 # ---- loading --------------------------------------------------------------------------------
 
+def _nested_type(field: dataclasses.Field) -> type | None:
+    """The settings class of a nested field (a dataclass, or a factory that makes one)."""
+    factory = field.default_factory
+    if factory is dataclasses.MISSING:
+        return None
+    if isinstance(factory, type):
+        return factory if dataclasses.is_dataclass(factory) else None
+    made = factory()
+    return type(made) if dataclasses.is_dataclass(made) else None
+
+
 def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
     """Build the frozen settings ``cls`` from ``environ`` (default: ``os.environ``).
 
@@ -175,12 +200,14 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         meta = field.metadata
         if "env" not in meta:
-            nested = field.default_factory
-            if isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            nested = _nested_type(field)
+            if nested is not None:
                 values[field.name] = load(nested, environ)
             continue
         name = meta["env"]
         raw = environ.get(name)
+        if (raw is None or raw == "") and meta.get("secret") and environ.get(f"{name}_FILE"):
+            raw = read_secret_file(f"{name}_FILE", environ[f"{name}_FILE"])
         if raw is None or raw == "":
             if field.default is not dataclasses.MISSING:
                 values[field.name] = field.default
@@ -189,6 +216,8 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
         try:
             values[field.name] = meta["parse"](raw)
         except (ValueError, TypeError) as exc:
+            if meta.get("secret"):   # a secret is never echoed, not even a bad one
+                raise ConfigError(f"{name} is invalid") from None
             raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
     try:
         return cls(**values)
@@ -206,8 +235,8 @@ def describe(cls: type) -> list[tuple[str, str, str]]:
         if "env" in meta:
             default = "" if field.default is dataclasses.MISSING else str(field.default)
             rows.append((meta["env"], default, meta.get("doc", "")))
-        elif field.default_factory is not dataclasses.MISSING:
-            rows.extend(describe(field.default_factory))
+        elif _nested_type(field) is not None:
+            rows.extend(describe(_nested_type(field)))
     return rows
 
 
@@ -294,6 +323,17 @@ class Topics:
     def liquidation_dlq(self) -> str:
         return self.name("liquidation.dlq")
 
+    @property
+    def audit(self) -> str:
+        """Admin calls (who, what, when, result): compacted, kept forever."""
+        return self.name("audit.events")
+
+
+def _security():
+    from marginflow.shared import security
+
+    return security
+
 
 @dataclasses.dataclass(frozen=True)
 class CommonSettings:
@@ -318,6 +358,9 @@ class CommonSettings:
                                         "grace given to in-flight gRPC calls at shutdown")
     max_message_bytes: int = env("MF_MAX_MESSAGE_BYTES", positive_int, DEFAULT_MAX_MESSAGE_BYTES,
                                  "largest consumed Kafka payload, bytes; larger ones are dead-lettered")
+    security: "SecuritySettings" = dataclasses.field(default_factory=lambda: _security().SecuritySettings())
+    kafka_security: "KafkaSecurity" = dataclasses.field(default_factory=lambda: _security().KafkaSecurity())
+    redis_auth: "RedisAuth" = dataclasses.field(default_factory=lambda: _security().RedisAuth())
 
     @property
     def topics(self) -> Topics:

@@ -18,6 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from marginflow.shared.metrics import shared_metrics
+from marginflow.shared.security import (AuditSink, Authenticator, AuthInterceptor, CallerLimits, SecuritySettings,
+                                        policies_of, server_credentials)
 
 
 class LatencyInterceptor(grpc.ServerInterceptor):
@@ -59,21 +61,34 @@ Registration = tuple[Callable[[Any, grpc.Server], None], Any, str]
 
 
 def build_server(service: str, port: int, registrations: Sequence[Registration], host: str = "127.0.0.1",
-                 max_workers: int = 16, serving: bool = True) -> tuple[grpc.Server, int, health.HealthServicer]:
+                 max_workers: int = 16, serving: bool = True, security: SecuritySettings | None = None,
+                 audit: AuditSink | None = None) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Start a server with health and reflection; ``serving=False`` leaves health NOT_SERVING (the
-    service host turns it on when the application is ready)."""
+    service host turns it on when the application is ready).
+
+    ``security`` (default: open loopback mode, plaintext) gives TLS from its certificate files and
+    the callers' tokens; every call passes the one :class:`~marginflow.shared.security.AuthInterceptor`,
+    which enforces each servicer's ``AUTH_POLICY`` and writes admin calls to ``audit``."""
+    security = security if security is not None else SecuritySettings()
+    authenticator = Authenticator(security.tokens(), security.auth_required)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{service}-grpc"),
-        interceptors=[LatencyInterceptor(service)],
-        options=[("grpc.so_reuseport", 0)])
+        interceptors=[LatencyInterceptor(service),
+                      AuthInterceptor(service, policies_of(registrations), authenticator, audit,
+                                      limits=CallerLimits(security.grpc_rate_per_caller,
+                                                          security.grpc_max_streams_per_caller))],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", security.grpc_max_message_bytes)])
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [health.SERVICE_NAME, reflection.SERVICE_NAME]
     for add, servicer, full_name in registrations:
         add(servicer, server)
         names.append(full_name)
-    reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if security.grpc_reflection:
+        reflection.enable_server_reflection(names, server)
+    credentials = server_credentials(security)
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC server on {host}:{port}")
     server.start()

@@ -55,10 +55,21 @@ class ServiceHost:
     def serve_grpc(self, port: int, registrations: Sequence[grpcserver.Registration], max_workers: int = 16) -> int:
         """Start the gRPC server; health reports NOT_SERVING until :meth:`set_ready`."""
         self._server, self.grpc_port, self._health = grpcserver.build_server(
-            self.name, port, registrations, host=self.common.bind_host, max_workers=max_workers, serving=False)
+            self.name, port, registrations, host=self.common.bind_host, max_workers=max_workers, serving=False,
+            security=self.common.security, audit=self._audit_sink())
         self._service_names = ["", *(full_name for _add, _servicer, full_name in registrations)]
         self._publish_health()
         return self.grpc_port
+
+    def _audit_sink(self):
+        """Admin calls go to the audit topic; the producer connects on the first one."""
+        from marginflow.shared.audit import KafkaAuditSink
+        from marginflow.shared.kafka import new_producer
+
+        sink = KafkaAuditSink(self.common.topics.audit,
+                              lambda: new_producer(self.common.bootstrap, f"{self.name}-audit", linger_ms=0))
+        self.on_close("close audit producer", sink.close)
+        return sink
 
     def serve_metrics(self, port: int) -> int:
         self.metrics_port = serve_metrics(port, self.common.bind_host)

@@ -96,16 +96,59 @@ def platform_topics(topics: Topics, partitions: int) -> list[TopicSpec]:
         TopicSpec(topics.liquidation_events, partitions),
         TopicSpec(topics.liquidation_fund, 1, compacted=True),
         TopicSpec(topics.liquidation_dlq, 1, retention_ms=week),
+        # Kept forever: compaction (keys are unique event ids) and no time limit.
+        TopicSpec(topics.audit, 1, compacted=True, retention_ms=-1),
     ]
 
 
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> None:
+# How this process's Kafka clients authenticate (TLS, SASL): set once at start from
+# CommonSettings.kafka_security by ``run_service`` (``use_security``), merged into every client below.
+_SECURITY: dict = {}
+
+
+def use_security(options: dict) -> None:
+    """Every Kafka client made from now on uses ``options`` (KafkaSecurity.client_options())."""
+    _SECURITY.clear()
+    _SECURITY.update(options)
+
+
+def security_options(**extra) -> dict:
+    """The process's Kafka security options, with ``extra`` taking precedence."""
+    return {**_SECURITY, **extra}
+
+
+def aiokafka_options() -> dict:
+    """The same security for aiokafka clients (which take an SSL context instead of a CA file)."""
+    opts = dict(_SECURITY)
+    cafile = opts.pop("ssl_cafile", None)
+    if opts.get("security_protocol", "PLAINTEXT").endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        opts["ssl_context"] = create_ssl_context(cafile=cafile)
+    return opts
+
+
+def faust_credentials():
+    """faust's broker_credentials for the process's Kafka security (None: PLAINTEXT)."""
+    opts = aiokafka_options()
+    protocol = opts.get("security_protocol", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return None
+    import faust
+
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=opts["sasl_plain_username"], password=opts["sasl_plain_password"],
+                                     mechanism=opts["sasl_mechanism"], ssl_context=opts.get("ssl_context"))
+    return faust.SSLCredentials(opts["ssl_context"])
+
+
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0, **client_options) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="marginflow-admin",
-                                     request_timeout_ms=int(timeout_s * 1000))
+                                     request_timeout_ms=int(timeout_s * 1000), **security_options(**client_options))
             break
         except Exception as exc:  # noqa: BLE001 - broker still starting: retry until the deadline
             if time.monotonic() > deadline:
@@ -125,7 +168,7 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
 
 def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
     """Delete topics, best effort (tests and benchmarks clean up after themselves with it)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="marginflow-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="marginflow-admin", **security_options())
     try:
         admin.delete_topics(list(names))
     except Exception:  # noqa: BLE001 - cleanup only: a topic already gone is fine
@@ -139,7 +182,7 @@ def new_producer(bootstrap: str, client_id: str, linger_ms: int = 5, **extra) ->
     return KafkaProducer(
         bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=linger_ms,
         retries=5, max_in_flight_requests_per_connection=1, batch_size=256 * 1024,
-        compression_type=None, **extra)
+        compression_type=None, **security_options(**extra))
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -255,7 +298,7 @@ def new_consumer(bootstrap: str, group_id: str | None, client_id: str, topics: S
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group_id, client_id=client_id,
         enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
-        max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024, **extra)
+        max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024, **security_options(**extra))
     if topics:
         consumer.subscribe(list(topics))
     return consumer
@@ -315,14 +358,14 @@ class ProtoConsumer:
 
 
 def read_compacted(bootstrap: str, topic: str, message_type: type[M], client_id: str,
-                   timeout_s: float = 60.0, partitions: Iterable[int] | None = None) -> dict[str, M]:
+                   timeout_s: float = 60.0, partitions: Iterable[int] | None = None, **extra) -> dict[str, M]:
     """Read a compacted state topic from the beginning to its current end: latest value per key.
 
     Used to rebuild state (no consumer group: every partition, or only ``partitions``).
     """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, group_id=None,
                              enable_auto_commit=False, max_poll_records=10000,
-                             fetch_max_bytes=64 * 1024 * 1024)
+                             fetch_max_bytes=64 * 1024 * 1024, **security_options(**extra))
     wanted = set(partitions) if partitions is not None else None
     try:
         deadline = time.monotonic() + timeout_s

@@ -39,7 +39,7 @@ def test_compose_runs_every_service_the_supervisor_runs_with_the_same_ports():
 
 def test_compose_services_exist_in_the_package():
     for name, svc in compose()["services"].items():
-        if name in ("kafka", "redis", "prometheus", "alertmanager", "grafana"):
+        if name in ("kafka", "redis", "prometheus", "alertmanager", "grafana", "pki"):
             continue
         module = svc["command"][-1]
         assert any(p.module == module and available(p) for p in PROGRAMS), f"{name}: {module} is not a known program"

@@ -7,7 +7,6 @@ or none configured), compared in constant time.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -18,6 +17,7 @@ from marginflow.api.liquidation.v1 import liquidation_pb2_grpc
 from marginflow.liquidation.adapters import codec
 from marginflow.liquidation.application import LiquidationEngine
 from marginflow.shared.grpcserver import invalid_argument
+from marginflow.shared import security
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LiquidationService"].full_name
 MAX_HISTORY = 1000
@@ -27,6 +27,12 @@ MAX_RANKS = 1000
 
 
 class LiquidationServicer(liquidation_pb2_grpc.LiquidationServiceServicer):
+    # Who may call what (enforced, and admin calls audited, by the shared auth interceptor): the
+    # fund and the queue are venue-wide, ADL lights are an account's own, pause/resume are admin.
+    AUTH_POLICY = {"GetInsuranceFund": security.any_account_read(), "ListLiquidations": security.any_account_read(),
+                   "GetQueue": security.any_account_read(), "GetAdlRanks": security.any_account_read(),
+                   "Pause": security.admin(), "Resume": security.admin()}
+
     def __init__(self, engine: LiquidationEngine, admin_token: str, ready: Callable[[], bool],
                  fund_reader: Callable[[], dict[str, str]] | None = None, run_admin=None) -> None:
         self._engine = engine
@@ -115,22 +121,7 @@ class LiquidationServicer(liquidation_pb2_grpc.LiquidationServiceServicer):
         return out
 
     # ---- admin
-    def _authorize(self, context) -> None:
-        header = ""
-        for key, value in context.invocation_metadata():
-            if key.lower() == "authorization":
-                header = value if isinstance(value, str) else value.decode()
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "admin call needs metadata 'authorization: Bearer <MF_ADMIN_TOKEN>'")
-        if not self._token:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin calls are disabled: MF_ADMIN_TOKEN is not set")
-        if not hmac.compare_digest(token.strip().encode(), self._token.encode()):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin token is not valid")
-
     def _pause(self, request, context, paused: bool):
-        self._authorize(context)
         self._require_ready(context)
         if request.instrument and request.instrument not in self._engine.instruments:
             invalid_argument(context, f"instrument {request.instrument!r} is not in the universe")

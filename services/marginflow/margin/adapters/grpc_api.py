@@ -16,6 +16,7 @@ from marginflow.margin.adapters.owners import FORWARDED_HEADER, Forwarder
 from marginflow.shared.fanout import Fanout
 from marginflow.shared.kafka import key_partition
 from marginflow.shared.grpcserver import invalid_argument
+from marginflow.shared import security
 
 # Codes of the owning instance passed on as they are; anything else means it could not be reached.
 _FORWARDED_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
@@ -32,6 +33,9 @@ def state_fanout() -> Fanout[pb.MarginState]:
 
 
 class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
+    AUTH_POLICY = {"GetMargin": security.account_read(), "WhatIf": security.costly_read(),
+                   "Explain": security.costly_read(), "StreamMargin": security.account_read("account_ids")}
+
     def __init__(self, engine: MarginEngine, fanout: Fanout[pb.MarginState], what_if_metric=None,
                  clock_ms=lambda: int(time.time() * 1000), forwarder: Forwarder | None = None) -> None:
         self._engine = engine

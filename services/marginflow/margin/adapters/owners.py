@@ -12,7 +12,7 @@ Layout (Redis, small mutable state): ``<prefix>owner:<group>:<partition>`` → `
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 import redis
@@ -54,7 +54,7 @@ class Forwarder:
     """gRPC stubs to the other instances, one channel per address (kept)."""
 
     def __init__(self, registry: OwnerRegistry, self_address: str, partitions: int,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, channel: Callable[[str], grpc.Channel] = grpc.insecure_channel) -> None:
         self.registry = registry
         self.self_address = self_address
         self.partitions = partitions
@@ -62,6 +62,7 @@ class Forwarder:
         self._stubs: dict[str, margin_pb2_grpc.MarginServiceStub] = {}
         self._channels: list[grpc.Channel] = []
         self._lock = threading.Lock()
+        self._channel = channel   # security.client_channel: TLS and this service's token
 
     def stub_for(self, partition: int) -> margin_pb2_grpc.MarginServiceStub | None:
         """The owner's stub, or None when the owner is unknown or this instance."""
@@ -75,7 +76,7 @@ class Forwarder:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
-                channel = grpc.insecure_channel(address)
+                channel = self._channel(address)
                 self._channels.append(channel)
                 stub = self._stubs[address] = margin_pb2_grpc.MarginServiceStub(channel)
         return stub

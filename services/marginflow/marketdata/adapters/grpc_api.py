@@ -10,6 +10,7 @@ from marginflow.marketdata.adapters.kafka_io import mark_to_proto
 from marginflow.marketdata.application import MarketDataApp
 from marginflow.shared.grpcserver import invalid_argument
 from marginflow.shared.universe import Instrument, Universe
+from marginflow.shared import security
 
 
 def instrument_to_proto(i: Instrument) -> common_pb2.Instrument:
@@ -19,6 +20,9 @@ def instrument_to_proto(i: Instrument) -> common_pb2.Instrument:
 
 
 class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
+    AUTH_POLICY = {"ListInstruments": security.public(), "GetMarks": security.public(),
+                   "StreamMarks": security.public()}
+
     def __init__(self, universe: Universe, app: MarketDataApp, stream_poll_s: float = 0.5) -> None:
         self.universe = universe
         self.app = app

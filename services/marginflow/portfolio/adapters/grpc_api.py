@@ -1,15 +1,14 @@
 """gRPC AccountService: reads from Redis, admin calls through :class:`AdminService`.
 
-Admin calls need ``authorization: Bearer <MF_ADMIN_TOKEN>`` in the call metadata: without it
-UNAUTHENTICATED, with a wrong token (or none configured) PERMISSION_DENIED. Page tokens are the
-last account id of the previous page, base64url-encoded.
+Who may call what is ``AUTH_POLICY``, enforced (and admin calls audited) by the shared auth
+interceptor: admin calls need a risk-admin token. Page tokens are the last account id of the
+previous page, base64url-encoded.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 
 import grpc
 
@@ -22,6 +21,7 @@ from marginflow.portfolio.domain.ledger import ACCOUNT_ID
 from marginflow.shared import grpcserver
 from marginflow.shared.grpcserver import invalid_argument
 from marginflow.shared.kafka import key_partition
+from marginflow.shared import security
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
 DEFAULT_PAGE_SIZE = 100
@@ -42,12 +42,17 @@ def decode_page_token(token: str) -> str:
 
 
 class AccountServicer(account_pb2_grpc.AccountServiceServicer):
-    def __init__(self, store: RedisStateStore, admin: AdminService, admin_token: str,
+    # Admin calls: risk-admin only, each one an audit event (the shared auth interceptor enforces it).
+    AUTH_POLICY = {"GetAccount": security.account_read(), "ListAccounts": security.any_account_read(),
+                   "PositionsByInstrument": security.any_account_read(),
+                   "Deposit": security.admin(), "Withdraw": security.admin(),
+                   "SetMarginMode": security.admin(), "TransferIsolated": security.admin()}
+
+    def __init__(self, store: RedisStateStore, admin: AdminService,
                  instruments: frozenset[str], partitions: int) -> None:
         self._store = store
         self._partitions = partitions
         self._admin = admin
-        self._token = admin_token
         self._instruments = instruments
 
     # ---- helpers
@@ -60,22 +65,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             invalid_argument(context, str(exc))
         return page_size or DEFAULT_PAGE_SIZE, after
 
-    def _authorize(self, context: grpc.ServicerContext) -> None:
-        header = ""
-        for key, value in context.invocation_metadata():
-            if key.lower() == "authorization":
-                header = value if isinstance(value, str) else value.decode()
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "admin call needs metadata 'authorization: Bearer <MF_ADMIN_TOKEN>'")
-        if not self._token:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin calls are disabled: MF_ADMIN_TOKEN is not set")
-        if not hmac.compare_digest(token.strip().encode(), self._token.encode()):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin token is not valid")
-
     def _admin_call(self, context: grpc.ServicerContext, call) -> pb.AdminResponse:
-        self._authorize(context)
         try:
             result: AdminResult = call()
         except AdminError as exc:

@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer
 
 from marginflow.riskparams.application import RiskParamsService
 from marginflow.shared.logs import get_logger
+from marginflow.shared.kafka import aiokafka_options, faust_credentials
 
 log = get_logger(__name__)
 
@@ -94,6 +95,7 @@ def create_app(cfg: FaustConfig) -> tuple[faust.App, Any]:
         producer_acks=-1,
         key_serializer="json",          # table keys and values (our topics say "raw" explicitly)
         value_serializer="json",
+        broker_credentials=faust_credentials(),
     )
     table = app.Table(TABLE_NAME, default=None, partitions=1, use_partitioner=True)
     return app, table
@@ -171,7 +173,7 @@ class RiskParamsFaust:
             cfg.ticks_topic, bootstrap_servers=list(cfg.bootstrap_servers), group_id=f"{cfg.app_id}-ticks",
             client_id=f"{cfg.app_id}-ticks", enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=cfg.tick_batch, fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024)
+            max_partition_fetch_bytes=8 * 1024 * 1024, **aiokafka_options())
         await consumer.start()
         log.info("bulk tick consumer started", extra={"topic": cfg.ticks_topic})
         next_commit = time.monotonic() + cfg.commit_interval_s

@@ -16,6 +16,7 @@ from marginflow.riskparams.adapters.codec import select, sigma_change_to_proto
 from marginflow.riskparams.application import SigmaChange
 from marginflow.shared.grpcserver import invalid_argument
 from marginflow.shared.fanout import Fanout, Subscription
+from marginflow.shared import security
 
 MAX_HISTORY_LIMIT = 10_000
 SERVICE_NAME = risk_pb2.DESCRIPTOR.services_by_name["RiskService"].full_name
@@ -52,6 +53,9 @@ class ParamsHub:
 
 
 class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
+    AUTH_POLICY = {"GetRiskParams": security.public(), "StreamRiskParams": security.public(),
+                   "GetSigmaHistory": security.public()}
+
     def __init__(self, hub: ParamsHub, history: Callable[[str, int], list[SigmaChange]],
                  underlyings: tuple[str, ...], poll_s: float = 0.5) -> None:
         self._hub = hub
