@@ -115,6 +115,7 @@ class Runner:
         self.order_ids: set[str] = set()
         self.liquidated: set[str] = set()         # accounts with a liquidation fill
         self.chaos_rejected = 0
+        self.last_input_ms: dict[str, int] = {}   # Kafka timestamp of each account's latest input
         self.deadline = ports.now() + options.budget_seconds
 
     # ---- time
@@ -130,11 +131,13 @@ class Runner:
         for rec in self.p.fills.catch_up(min(120, max(5, self._left()))):
             f = d.fill(rec.value)
             self.fold.add_fill(f.fill_id, f.account_id, f.instrument, int(f.side), d.dec(f.size))
+            self.last_input_ms[f.account_id] = max(rec.timestamp, self.last_input_ms.get(f.account_id, 0))
             if f.liquidation:
                 self.liquidated.add(f.account_id)
         for rec in self.p.events.catch_up(min(120, max(5, self._left()))):
             e = d.event(rec.value)
             self.fold.add_event(e.event_id, e.account_id)
+            self.last_input_ms[e.account_id] = max(rec.timestamp, self.last_input_ms.get(e.account_id, 0))
         for rec in self.p.dead_letters.catch_up(min(60, max(5, self._left()))):
             dl = d.dead_letter(rec.value)
             if dl.source_topic.endswith("trades.fills"):
@@ -231,12 +234,14 @@ class Runner:
         records = self.p.calls.catch_up(min(120, max(5, self._left())))
         found: list[callcheck.Contradiction] = []
         calls = []
+        stamps: dict[str, int] = {}
         for rec in records:
             m = d.call(rec.value)
             call = callcheck.Call(m.account_id, f"{rec.partition}:{rec.offset}", int(m.state), int(m.previous_state),
                                   int(m.episode), d.dec(m.equity_usd), d.dec(m.im_usd), d.dec(m.mm_usd),
-                                  int(m.account_revision), int(m.risk_params_version))
+                                  int(m.account_revision), int(m.risk_params_version), bool(m.marks_fresh))
             calls.append(call)
+            stamps[call.offset] = rec.timestamp
             if (c := self.history.check(call)) is not None:
                 found.append(c)
             snap = self.snapshots.get(call.account_id)
@@ -246,7 +251,11 @@ class Runner:
         last = {c.account_id: c for c in calls}
         recomputed = 0
         for call in list(last.values())[: self.o.recompute_max_calls]:
-            same, c = callcheck.check_recomputation(call, self.p.platform.fresh_margin(call.account_id))
+            fresh = self.p.platform.fresh_margin(call.account_id)
+            acct = self.fold.accounts.get(call.account_id)
+            same = callcheck.same_inputs(call, fresh, acct.inputs if acct else 0,
+                                         self.last_input_ms.get(call.account_id, 0) < stamps[call.offset])
+            same, c = callcheck.check_recomputation(call, fresh, same)
             recomputed += same
             if c is not None:
                 found.append(c)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 from marginflow.chaos.domain import calls as cc
@@ -118,3 +119,20 @@ def test_report_markdown():
     text = markdown([ok, bad], "header")
     assert "| kill -9 margin | 3.2 | 4.0 | 1,000 | 10 | 0 |" in text and "VIOLATION" in text
     assert "- restart Kafka: a: position" in text and ok.ok and not bad.ok
+
+
+def test_stale_marks_cap_the_raw_state_at_margin_call():
+    stale = cc.Call("a", "0:1", cc.MARGIN_CALL, cc.LIQUIDATION, 0, Decimal("10"), Decimal("100"), Decimal("50"), 5, 1,
+                    marks_fresh=False)
+    assert cc.check_numbers(stale, False) is None
+    fresh = dataclasses.replace(stale, marks_fresh=True)
+    assert cc.check_numbers(fresh, False).rule == "numbers"
+
+
+def test_a_call_without_revision_is_compared_when_no_input_followed_it():
+    c = call(cc.LIQUIDATION, cc.HEALTHY, e="40", rev=0)
+    healthy = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 7, 2, False)
+    assert cc.same_inputs(c, healthy, 7, no_input_since_call=True)
+    assert not cc.same_inputs(c, healthy, 7, no_input_since_call=False)
+    assert not cc.same_inputs(c, healthy, 8, no_input_since_call=True)
+    assert cc.check_recomputation(c, healthy, True)[1].rule == "recomputation"

@@ -12,11 +12,13 @@ a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk ve
    announces one from a state the account was not in) breaks this rule.
 2. **Own numbers** — for an account with no isolated position (its state is then the state of its
    totals), a call entering a worse state (S > P) must be the raw state of its own numbers: BANKRUPT iff
-   e < 0, LIQUIDATION iff 0 ≤ e < MM, MARGIN_CALL iff MM ≤ e < IM. A call leaving a worse state
-   (S < P, hysteresis) must not be better than its raw state.
+   e < 0, LIQUIDATION iff 0 ≤ e < MM, MARGIN_CALL iff MM ≤ e < IM — on fresh marks; on stale marks
+   (``marks_fresh`` false) anything below IM is MARGIN_CALL, as stale marks never liquidate. A call
+   leaving a worse state (S < P, hysteresis) must not be better than its raw state.
 3. **Recomputation** — ``GetMargin`` now (a fresh computation), when its account revision is C's (the
    account's positions and collateral are the ones C was computed on; marks, and possibly the risk
-   version, moved since): C says LIQUIDATION or BANKRUPT (e < MM) but the fresh computation is HEALTHY
+   version, moved since; a call without a revision counts as computed on the account's current
+   revision when no input of the account was published after it): C says LIQUIDATION or BANKRUPT (e < MM) but the fresh computation is HEALTHY
    with equity ≥ IM. Between MM and IM lies (1 − mm_factor)·IM — half the IM by default — which the
    seconds of simulated marks between the call and the check do not move an account across, nor one
    risk-parameter version (its step up is bounded, its release of the APC buffer is 25 % at most); a
@@ -49,6 +51,7 @@ class Call:
     mm_usd: Decimal
     account_revision: int
     risk_version: int
+    marks_fresh: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +78,15 @@ class Contradiction:
         return f"{self.account_id} @{self.offset}: {self.rule}: {self.detail}"
 
 
-def raw_state(equity: Decimal, im: Decimal, mm: Decimal) -> int:
+def raw_state(equity: Decimal, im: Decimal, mm: Decimal, marks_fresh: bool = True) -> int:
+    """The state of an account's numbers; stale marks never liquidate (they cap it at MARGIN_CALL)."""
+    if equity >= im:
+        return HEALTHY
+    if equity >= mm or not marks_fresh:
+        return MARGIN_CALL
     if equity < 0:
         return BANKRUPT
-    if equity < mm:
-        return LIQUIDATION
-    if equity < im:
-        return MARGIN_CALL
-    return HEALTHY
+    return LIQUIDATION
 
 
 class CallHistory:
@@ -121,18 +125,33 @@ def check_numbers(call: Call, has_isolated: bool) -> Contradiction | None:
     """Rule 2 (skipped for accounts with isolated positions)."""
     if has_isolated:
         return None
-    raw = raw_state(call.equity_usd, call.im_usd, call.mm_usd)
+    raw = raw_state(call.equity_usd, call.im_usd, call.mm_usd, call.marks_fresh)
     entering = call.state > call.previous
     if (entering and raw != call.state) or (not entering and call.state < raw):
         return Contradiction(call.account_id, call.offset, "numbers",
                              f"{NAMES[call.state]} from {NAMES.get(call.previous)} with equity {call.equity_usd}, "
-                             f"IM {call.im_usd}, MM {call.mm_usd} (raw state {NAMES[raw]})")
+                             f"IM {call.im_usd}, MM {call.mm_usd}, marks {'fresh' if call.marks_fresh else 'stale'} "
+                             f"(raw state {NAMES[raw]})")
     return None
 
 
-def check_recomputation(call: Call, fresh: Fresh | None) -> tuple[bool, Contradiction | None]:
-    """Rule 3. Returns (compared at the same inputs?, contradiction)."""
-    if fresh is None or fresh.account_revision != call.account_revision:
+def same_inputs(call: Call, fresh: Fresh | None, revision_now: int, no_input_since_call: bool) -> bool:
+    """Whether ``fresh`` was computed on the positions and collateral ``call`` was: the same account
+    revision; for a call that carries no revision (0), the account's revision now (``revision_now``,
+    from the fold) when no input of the account was published after the call."""
+    if fresh is None:
+        return False
+    if call.account_revision:
+        return fresh.account_revision == call.account_revision
+    return no_input_since_call and fresh.account_revision == revision_now
+
+
+def check_recomputation(call: Call, fresh: Fresh | None, same: bool | None = None) -> tuple[bool, Contradiction | None]:
+    """Rule 3. Returns (compared at the same inputs?, contradiction). ``same`` overrides the revision
+    comparison (see :func:`same_inputs`)."""
+    if same is None:
+        same = fresh is not None and fresh.account_revision == call.account_revision
+    if fresh is None or not same:
         return False, None
     if call.state >= LIQUIDATION and fresh.state == HEALTHY and fresh.equity_usd >= fresh.im_usd:
         return True, Contradiction(call.account_id, call.offset, "recomputation",
