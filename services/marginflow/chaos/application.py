@@ -261,6 +261,12 @@ class Runner:
                 found.append(c)
         if len(last) > self.o.recompute_max_calls:
             result.notes.append(f"recomputed the first {self.o.recompute_max_calls} of {len(last)} accounts with calls")
+        stale = [c for c in calls if not c.marks_fresh]
+        if stale:
+            better = sum(1 for c in stale if c.state < c.previous)
+            result.notes.append(f"{len(stale)} calls computed on stale marks ({better} of them a LIQUIDATION/BANKRUPT "
+                                f"left for MARGIN_CALL only because stale marks cap the state, not because equity "
+                                f"recovered)")
         result.calls_checked = len(calls)
         result.calls_recomputed = recomputed
         result.contradicting_calls = len(found)
