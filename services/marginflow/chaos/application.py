@@ -117,6 +117,7 @@ class Runner:
         self.chaos_rejected = 0
         self.last_input_ms: dict[str, int] = {}   # Kafka timestamp of each account's latest input
         self.deadline = ports.now() + options.budget_seconds
+        self.results: list[FaultResult] = []
 
     # ---- time
     def _until(self, seconds: float) -> float:
@@ -251,6 +252,9 @@ class Runner:
         last = {c.account_id: c for c in calls}
         recomputed = 0
         for call in list(last.values())[: self.o.recompute_max_calls]:
+            if self._left() <= 0:
+                result.notes.append("recomputation cut short: the time budget is spent")
+                break
             fresh = self.p.platform.fresh_margin(call.account_id)
             acct = self.fold.accounts.get(call.account_id)
             same = callcheck.same_inputs(call, fresh, acct.inputs if acct else 0,
@@ -348,7 +352,7 @@ class Runner:
         return result
 
     def run(self, faults: list[Fault], started: float) -> list[FaultResult]:
-        results = []
+        results = self.results     # kept on the runner: an interrupted run still reports what it measured
         start = FaultResult("start (demo book loaded)")
         self.wait_serving(started, start)
         self.verify(start, started, first=True)

@@ -100,6 +100,7 @@ def run(options: Options, small: bool, report: pathlib.Path | None, run_dir: pat
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     results: list[FaultResult] = []
+    runner = None
     failure = ""
     try:
         log(f"starting Kafka on {stack.bootstrap} and Redis on {stack.redis_url}")
@@ -139,6 +140,8 @@ def run(options: Options, small: bool, report: pathlib.Path | None, run_dir: pat
         import traceback
         traceback.print_exc()
     finally:
+        if runner is not None and not results:
+            results = runner.results
         for s, h in old.items():
             signal.signal(s, h)
         log("stopping everything this run started")
