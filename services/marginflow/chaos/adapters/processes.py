@@ -21,10 +21,28 @@ SCRIPTS = ROOT / "deploy" / "local"
 SHARED_PORTS = {19092, 19093, 16379}      # the shared stack's: never ours
 
 
+_taken: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range (32768+ on Linux), so that no outgoing
+    connection of another process takes it between now and the moment our server binds it; never
+    one handed out before in this run, never one of the shared stack's."""
+    import random
+
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 32000)
+        if port in _taken or port in SHARED_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 class Stack:
