@@ -1,0 +1,85 @@
+"""gRPC towards the platform: health of every service, accounts and fresh margins."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from marginflow.api.account.v1 import account_pb2, account_pb2_grpc
+from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
+from marginflow.chaos.domain.calls import Fresh
+from marginflow.chaos.domain.fold import Observed
+
+
+def observed(snapshot) -> Observed:
+    """An AccountSnapshot (gRPC or portfolio.positions) as the fold compares it."""
+    return Observed(int(snapshot.revision),
+                    {p.instrument: Decimal(p.size.value) for p in snapshot.positions
+                     if p.size.value and Decimal(p.size.value) != 0})
+
+
+def has_isolated(snapshot) -> bool:
+    return any(p.mode == account_pb2.MARGIN_MODE_ISOLATED for p in snapshot.positions)
+
+
+class Platform:
+    def __init__(self, host: str, grpc_ports: dict[str, int]) -> None:
+        self.ports = grpc_ports
+        self.channels = {name: grpc.insecure_channel(f"{host}:{port}") for name, port in grpc_ports.items()}
+        self.accounts = account_pb2_grpc.AccountServiceStub(self.channels["portfolio"])
+        self.margin = margin_pb2_grpc.MarginServiceStub(self.channels["margin"])
+
+    def health(self, service: str, timeout_s: float = 0.5) -> str:
+        try:
+            reply = health_pb2_grpc.HealthStub(self.channels[service]).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        except grpc.RpcError:
+            return "DOWN"
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def all_serving(self) -> list[str]:
+        """The services not SERVING now (empty: all are)."""
+        return [s for s in self.ports if self.health(s) != "SERVING"]
+
+    def answers(self, account_id: str) -> bool:
+        """GetAccount and GetMargin both answer for ``account_id``."""
+        try:
+            self.accounts.GetAccount(account_pb2.GetAccountRequest(account_id=account_id), timeout=2)
+            self.margin.GetMargin(margin_pb2.GetMarginRequest(account_id=account_id), timeout=2)
+            return True
+        except grpc.RpcError:
+            return False
+
+    def list_accounts(self, timeout_s: float = 10) -> dict[str, Observed]:
+        out, token = {}, ""
+        while True:
+            page = self.accounts.ListAccounts(account_pb2.ListAccountsRequest(page_size=1000, page_token=token),
+                                              timeout=timeout_s)
+            for snap in page.accounts:
+                out[snap.account_id] = observed(snap)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def get_account(self, account_id: str) -> Observed | None:
+        try:
+            return observed(self.accounts.GetAccount(account_pb2.GetAccountRequest(account_id=account_id), timeout=5))
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    def fresh_margin(self, account_id: str) -> Fresh | None:
+        try:
+            m = self.margin.GetMargin(margin_pb2.GetMarginRequest(account_id=account_id), timeout=5)
+        except grpc.RpcError:
+            return None
+        return Fresh(int(m.state), Decimal(m.equity_usd.value or "0"), Decimal(m.im_usd.value or "0"),
+                     Decimal(m.mm_usd.value or "0"), int(m.account_revision), int(m.risk_params_version),
+                     bool(m.isolated))
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()

@@ -1,0 +1,180 @@
+"""When a margin call or a liquidation order is contradicted.
+
+Marks move all the time, so "recompute and compare" needs care. A ``margin.calls`` record C (account
+a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk version v) is
+**contradicted** when one of these holds:
+
+1. **History** — calls of one account come in key order on one partition, and each one names the
+   state published before it. So C.previous must be the state of a's previous call (same episode), or
+   HEALTHY (a's state went back to HEALTHY in between, which publishes no call) — with a higher
+   episode than that call's when the service numbers episodes (episode > 0). ``UNSPECIFIED`` (first evaluation) is allowed only for a's first call ever. A
+   restarted margin service that forgot what it had published (and re-announces a transition, or
+   announces one from a state the account was not in) breaks this rule.
+2. **Own numbers** — for an account with no isolated position (its state is then the state of its
+   totals), a call entering a worse state (S > P) must be the raw state of its own numbers: BANKRUPT iff
+   e < 0, LIQUIDATION iff 0 ≤ e < MM, MARGIN_CALL iff MM ≤ e < IM — on fresh marks; on stale marks
+   (``marks_fresh`` false) anything below IM is MARGIN_CALL, as stale marks never liquidate. A call
+   leaving a worse state (S < P, hysteresis) must not be better than its raw state.
+3. **Recomputation** — ``GetMargin`` now (a fresh computation), when its account revision is C's (the
+   account's positions and collateral are the ones C was computed on; marks, and possibly the risk
+   version, moved since; a call without a revision counts as computed on the account's current
+   revision when no input of the account was published after it): C says LIQUIDATION or BANKRUPT (e < MM) but the fresh computation is HEALTHY
+   with equity ≥ IM. Between MM and IM lies (1 − mm_factor)·IM — half the IM by default — which the
+   seconds of simulated marks between the call and the check do not move an account across, nor one
+   risk-parameter version (its step up is bounded, its release of the APC buffer is 25 % at most); a
+   call on a state the inputs do not support does.
+
+A ``liquidation.orders`` record is contradicted when its order id was seen before (a retry doubled
+it), or when its account is, by a fresh ``GetMargin``, not below MM (state HEALTHY or MARGIN_CALL,
+equity ≥ MM) although no liquidation fill of that account followed the order (a fill may have
+restored it: then the order is not judged by today's state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+
+UNSPECIFIED, HEALTHY, MARGIN_CALL, LIQUIDATION, BANKRUPT = 0, 1, 2, 3, 4
+NAMES = {0: "UNSPECIFIED", 1: "HEALTHY", 2: "MARGIN_CALL", 3: "LIQUIDATION", 4: "BANKRUPT"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    account_id: str
+    offset: str                # "partition:offset", for the report
+    state: int
+    previous: int
+    episode: int
+    equity_usd: Decimal
+    im_usd: Decimal
+    mm_usd: Decimal
+    account_revision: int
+    risk_version: int
+    marks_fresh: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Fresh:
+    """A fresh GetMargin of the account."""
+
+    state: int
+    equity_usd: Decimal
+    im_usd: Decimal
+    mm_usd: Decimal
+    account_revision: int
+    risk_version: int
+    has_isolated: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Contradiction:
+    account_id: str
+    offset: str
+    rule: str            # "history", "numbers", "recomputation", "duplicate_order", "order_above_mm"
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.account_id} @{self.offset}: {self.rule}: {self.detail}"
+
+
+def raw_state(equity: Decimal, im: Decimal, mm: Decimal, marks_fresh: bool = True) -> int:
+    """The state of an account's numbers; stale marks never liquidate (they cap it at MARGIN_CALL)."""
+    if equity >= im:
+        return HEALTHY
+    if equity >= mm or not marks_fresh:
+        return MARGIN_CALL
+    if equity < 0:
+        return BANKRUPT
+    return LIQUIDATION
+
+
+class CallHistory:
+    """The last call of every account, for rule 1 (fed every call in topic order, from the start)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Call] = {}
+
+    def check(self, call: Call) -> Contradiction | None:
+        before = self.last.get(call.account_id)
+        self.last[call.account_id] = call
+        if call.state < MARGIN_CALL or call.state == call.previous:
+            return Contradiction(call.account_id, call.offset, "history",
+                                 f"a call for {NAMES.get(call.state)} from {NAMES.get(call.previous)}")
+        if before is None:
+            return None
+        if call.previous == UNSPECIFIED:
+            return Contradiction(call.account_id, call.offset, "history",
+                                 f"first-evaluation call after an earlier call ({NAMES[before.state]}, "
+                                 f"episode {before.episode})")
+        episodes = call.episode > 0 and before.episode > 0   # a service that numbers its episodes
+        if call.previous == before.state:
+            if episodes and call.episode != before.episode:
+                return Contradiction(call.account_id, call.offset, "history",
+                                     f"episode {call.episode} continues {NAMES[before.state]} of episode "
+                                     f"{before.episode}")
+            return None
+        if call.previous == HEALTHY and (not episodes or call.episode > before.episode):
+            return None
+        return Contradiction(call.account_id, call.offset, "history",
+                             f"from {NAMES.get(call.previous)} (episode {call.episode}) but the last call was "
+                             f"{NAMES[before.state]} (episode {before.episode})")
+
+
+def check_numbers(call: Call, has_isolated: bool) -> Contradiction | None:
+    """Rule 2 (skipped for accounts with isolated positions)."""
+    if has_isolated:
+        return None
+    raw = raw_state(call.equity_usd, call.im_usd, call.mm_usd, call.marks_fresh)
+    entering = call.state > call.previous
+    if (entering and raw != call.state) or (not entering and call.state < raw):
+        return Contradiction(call.account_id, call.offset, "numbers",
+                             f"{NAMES[call.state]} from {NAMES.get(call.previous)} with equity {call.equity_usd}, "
+                             f"IM {call.im_usd}, MM {call.mm_usd}, marks {'fresh' if call.marks_fresh else 'stale'} "
+                             f"(raw state {NAMES[raw]})")
+    return None
+
+
+def same_inputs(call: Call, fresh: Fresh | None, revision_now: int, no_input_since_call: bool) -> bool:
+    """Whether ``fresh`` was computed on the positions and collateral ``call`` was: the same account
+    revision; for a call that carries no revision (0), the account's revision now (``revision_now``,
+    from the fold) when no input of the account was published after the call."""
+    if fresh is None:
+        return False
+    if call.account_revision:
+        return fresh.account_revision == call.account_revision
+    return no_input_since_call and fresh.account_revision == revision_now
+
+
+def check_recomputation(call: Call, fresh: Fresh | None, same: bool | None = None) -> tuple[bool, Contradiction | None]:
+    """Rule 3. Returns (compared at the same inputs?, contradiction). ``same`` overrides the revision
+    comparison (see :func:`same_inputs`)."""
+    if same is None:
+        same = fresh is not None and fresh.account_revision == call.account_revision
+    if fresh is None or not same:
+        return False, None
+    if call.state >= LIQUIDATION and fresh.state == HEALTHY and fresh.equity_usd >= fresh.im_usd:
+        return True, Contradiction(call.account_id, call.offset, "recomputation",
+                                   f"call {NAMES[call.state]} (equity {call.equity_usd} < MM {call.mm_usd}) but at "
+                                   f"revision {call.account_revision} (version {call.risk_version} → {fresh.risk_version}) a fresh "
+                                   f"computation is HEALTHY (equity {fresh.equity_usd} ≥ IM {fresh.im_usd})")
+    return True, None
+
+
+@dataclasses.dataclass(frozen=True)
+class Order:
+    order_id: str
+    account_id: str
+    offset: str
+
+
+def check_order(order: Order, seen_ids: set[str], fresh: Fresh | None, filled: bool) -> list[Contradiction]:
+    out = []
+    if order.order_id in seen_ids:
+        out.append(Contradiction(order.account_id, order.offset, "duplicate_order", f"order id {order.order_id} again"))
+    seen_ids.add(order.order_id)
+    if not filled and fresh is not None and fresh.state in (HEALTHY, MARGIN_CALL) and fresh.equity_usd >= fresh.mm_usd:
+        out.append(Contradiction(order.account_id, order.offset, "order_above_mm",
+                                 f"order {order.order_id}, not filled, for an account at equity {fresh.equity_usd} ≥ "
+                                 f"MM {fresh.mm_usd} ({NAMES[fresh.state]})"))
+    return out

@@ -1,0 +1,50 @@
+"""The results table: one row per fault, as Markdown (the README's table) and for rich."""
+
+from __future__ import annotations
+
+import dataclasses
+
+COLUMNS = ("fault", "to SERVING s", "to correct s", "fills checked", "accounts checked", "mismatches",
+           "calls checked", "contradicting calls", "orders checked", "duplicate / unfounded orders", "result")
+
+
+@dataclasses.dataclass
+class FaultResult:
+    fault: str
+    to_serving_s: float | None = None      # fault over → every service SERVING and answering queries
+    to_correct_s: float | None = None      # fault over → positions equal the fold at the cut
+    fills_checked: int = 0                 # distinct fills in the fold at the cut (cumulative)
+    accounts_checked: int = 0
+    mismatches: int = 0
+    calls_checked: int = 0
+    calls_recomputed: int = 0              # of which recomputed at the same account revision
+    contradicting_calls: int = 0
+    orders_checked: int = 0
+    bad_orders: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatches or self.contradicting_calls or self.bad_orders or self.timed_out)
+
+    def cells(self) -> list[str]:
+        def secs(v: float | None) -> str:
+            return "—" if v is None else f"{v:.1f}"
+        return [self.fault, secs(self.to_serving_s), secs(self.to_correct_s), f"{self.fills_checked:,}",
+                f"{self.accounts_checked:,}", str(self.mismatches),
+                f"{self.calls_checked:,} ({self.calls_recomputed:,} recomputed)", str(self.contradicting_calls),
+                f"{self.orders_checked:,}", str(self.bad_orders),
+                "ok" if self.ok else ("TIMEOUT" if self.timed_out else "VIOLATION")]
+
+
+def markdown(results: list[FaultResult], header: str = "") -> str:
+    lines = [header, ""] if header else []
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "|".join("---" for _ in COLUMNS) + "|")
+    for r in results:
+        lines.append("| " + " | ".join(r.cells()) + " |")
+    notes = [f"- {r.fault}: {n}" for r in results for n in r.notes]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
