@@ -48,7 +48,7 @@ def test_fund_pays_a_deficit_then_exhausted_fund_means_adl_at_the_bankruptcy_pri
 
     # BTC 60,000 → 54,000: bob's equity 5,000 − 6,000 = −1,000. The fund (1,000) pays it all.
     pub.send(topics.marks, BTC, mark(BTC, "BTC", 54000.0))
-    wait_for(lambda: "DEFICIT_COVERED" in kinds(events.records(), "bob"), what="bob's deficit covered")
+    wait_for(lambda: "DEFICIT_COVERED" in kinds(events.records(), "bob"), timeout_s=60, what="bob's deficit covered")
     dep = wait_for(lambda: [e for e in acct_events.records() if e.event_id == "liq-fund-bob-1"], what="fund deposit")
     assert dep[0].deposit.asset == "USDC" and Decimal(dep[0].deposit.amount.value) == Decimal("1000.00")
     assert kinds(events.records(), "bob")[:2] == ["STARTED", "BANKRUPT"]
