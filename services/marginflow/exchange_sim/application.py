@@ -19,6 +19,7 @@ from typing import Protocol
 
 from marginflow.exchange_sim.domain import IocOrder, Side, book_around, match_ioc
 from marginflow.liquidation.domain import liquidation_fee_usd
+from marginflow.shared.fills import FillRecord
 
 SEEN_ORDERS = 100_000
 
@@ -44,27 +45,13 @@ class SimOrder:
 
 
 @dataclasses.dataclass(frozen=True)
-class SimFill:
-    fill_id: str
-    account_id: str
-    instrument: str
-    side: int
-    size: Decimal
-    price_usd: Decimal
-    fee_usd: Decimal
-    liquidation: bool
-    order_id: str
-    time_ms: int
-
-
-@dataclasses.dataclass(frozen=True)
 class Spec:
     contract_size: Decimal
     tick_size_usd: Decimal
 
 
 class FillSink(Protocol):
-    def publish(self, fills: Sequence[SimFill]) -> None:
+    def publish(self, fills: Sequence[FillRecord]) -> None:
         """Publish to trades.fills and wait for the acknowledgements."""
 
 
@@ -105,8 +92,8 @@ class Simulator:
         depth = Decimal(repr(float(depth) * c.depth_multiplier))
         return book_around(instrument, m.mark_usd, half, depth, c.levels, spec.tick_size_usd)
 
-    def on_orders(self, orders: Sequence[SimOrder]) -> list[SimFill]:
-        out: list[SimFill] = []
+    def on_orders(self, orders: Sequence[SimOrder]) -> list[FillRecord]:
+        out: list[FillRecord] = []
         now = self.clock_ms()
         for o in orders:
             if o.order_id in self._seen or o.instrument not in self.specs or o.account_id == self.config.house_account:
@@ -128,9 +115,9 @@ class Simulator:
                                               o.bankruptcy_price_usd, self.config.fee_rate)
                 else:
                     fee = Decimal(0)
-                out.append(SimFill(f.fill_id, o.account_id, o.instrument, o.side, f.size_contracts, f.price_usd, fee,
+                out.append(FillRecord(f.fill_id, o.account_id, o.instrument, o.side, f.size_contracts, f.price_usd, fee,
                                    True, o.order_id, now))
-                out.append(SimFill(f"{f.fill_id}-h", self.config.house_account, o.instrument, -o.side,
+                out.append(FillRecord(f"{f.fill_id}-h", self.config.house_account, o.instrument, -o.side,
                                    f.size_contracts, f.price_usd, Decimal(0), False, o.order_id, now))
             if not result.fills:
                 self.unfilled.append(o.order_id)

@@ -41,6 +41,7 @@ from marginflow.liquidation.domain import (
 from marginflow.shared.logs import get_logger
 from marginflow.shared.money import cents_toward_ceiling, cents_toward_floor
 from marginflow.shared.universe import Kind, Universe
+from marginflow.shared.fills import FillRecord
 
 log = get_logger(__name__)
 ZERO = Decimal(0)
@@ -176,20 +177,6 @@ class Order:
 
 
 @dataclasses.dataclass(frozen=True)
-class FillOut:
-    fill_id: str
-    account_id: str
-    instrument: str
-    side: int
-    size: Decimal
-    price_usd: Decimal
-    fee_usd: Decimal
-    liquidation: bool
-    order_id: str
-    time_ms: int
-
-
-@dataclasses.dataclass(frozen=True)
 class DepositOut:
     event_id: str
     account_id: str
@@ -236,7 +223,7 @@ class Publisher(Protocol):
 
     def publish_orders(self, orders: Sequence[Order]) -> None: ...
 
-    def publish_effects(self, fills: Sequence[FillOut], deposits: Sequence[DepositOut],
+    def publish_effects(self, fills: Sequence[FillRecord], deposits: Sequence[DepositOut],
                         fund: FundSnapshot | None) -> None:
         """Fills (trades.fills), deposits (account.events) and the fund state (liquidation.fund), acknowledged."""
 
@@ -833,7 +820,7 @@ class LiquidationEngine:
         cross = [p for p in v.positions if not p.isolated and p.size != 0]
         total = sum(a.relief_usd, ZERO)
         fund = self.ledger.fund
-        fills: list[FillOut] = []
+        fills: list[FillRecord] = []
         events: list[Event] = [Event("BANKRUPT", acct, n, now, amount_usd=-v.equity_usd,
                                      detail=f"equity {v.equity_usd} < 0: deficit to the fund, then ADL")]
         paid_total = ZERO
@@ -856,18 +843,18 @@ class LiquidationEngine:
             close = -side   # the closing trade's side
             tag = f"{acct}-{n}-{i}"
             if res.fund_takeover_contracts > 0:
-                fills += [FillOut(f"liqbk-{tag}-t", acct, p.instrument, close, res.fund_takeover_contracts, mark,
+                fills += [FillRecord(f"liqbk-{tag}-t", acct, p.instrument, close, res.fund_takeover_contracts, mark,
                                   ZERO, True, f"liqbk-{tag}", now),
-                          FillOut(f"liqbk-{tag}-t-h", self.s.house_account, p.instrument, -close,
+                          FillRecord(f"liqbk-{tag}-t-h", self.s.house_account, p.instrument, -close,
                                   res.fund_takeover_contracts, mark, ZERO, True, f"liqbk-{tag}", now)]
                 events.append(Event("FUND_TAKEOVER", acct, n, now, instrument=p.instrument,
                                     size=res.fund_takeover_contracts, price_usd=mark, side=close,
                                     amount_usd=res.coverage.paid_usd, reference=f"liqbk-{tag}-t",
                                     detail=f"closed at the mark {mark} (bankruptcy {b}); loss paid by the fund"))
             for k, f in enumerate(res.adl_fills):
-                fills += [FillOut(f"adl-{tag}-{k}", acct, p.instrument, close, f.size_contracts, f.price_usd, ZERO,
+                fills += [FillRecord(f"adl-{tag}-{k}", acct, p.instrument, close, f.size_contracts, f.price_usd, ZERO,
                                   True, f"adl-{tag}", now),
-                          FillOut(f"adl-{tag}-{k}-c", f.account_id, p.instrument, side, f.size_contracts,
+                          FillRecord(f"adl-{tag}-{k}-c", f.account_id, p.instrument, side, f.size_contracts,
                                   f.price_usd, ZERO, True, f"adl-{tag}", now)]
                 events.append(Event("ADL", acct, n, now, counterparty=f.account_id, instrument=p.instrument,
                                     size=f.size_contracts, price_usd=f.price_usd, side=close,
@@ -877,9 +864,9 @@ class LiquidationEngine:
                 self.metrics.adl()
             if res.unmatched_contracts > 0:
                 loss = res.unmatched_contracts * info.contract_size * abs(mark - b)
-                fills += [FillOut(f"liqbk-{tag}-u", acct, p.instrument, close, res.unmatched_contracts, mark, ZERO,
+                fills += [FillRecord(f"liqbk-{tag}-u", acct, p.instrument, close, res.unmatched_contracts, mark, ZERO,
                                   True, f"liqbk-{tag}", now),
-                          FillOut(f"liqbk-{tag}-u-h", self.s.house_account, p.instrument, -close,
+                          FillRecord(f"liqbk-{tag}-u-h", self.s.house_account, p.instrument, -close,
                                   res.unmatched_contracts, mark, ZERO, True, f"liqbk-{tag}", now)]
                 events.append(Event("UNCOVERED", acct, n, now, instrument=p.instrument, size=res.unmatched_contracts,
                                     amount_usd=loss, detail="no opposite position left for ADL: closed at the mark"))

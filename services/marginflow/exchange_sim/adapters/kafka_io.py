@@ -9,7 +9,8 @@ from decimal import Decimal, InvalidOperation
 from marginflow.api.account.v1 import account_pb2
 from marginflow.api.liquidation.v1 import liquidation_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
-from marginflow.exchange_sim.application import SimFill, SimMark, SimOrder
+from marginflow.exchange_sim.application import SimMark, SimOrder
+from marginflow.shared.fills import FillRecord, fill_to_proto
 from marginflow.shared.errors import Rejected
 from marginflow.shared.kafka import ProtoProducer
 
@@ -50,26 +51,13 @@ def mark_from_proto(msg: marketdata_pb2.Mark, instruments) -> SimMark:
                    int(msg.meta.event_time_ms))
 
 
-def fill_to_proto(f: SimFill, publish_ms: int) -> account_pb2.Fill:
-    msg = account_pb2.Fill(fill_id=f.fill_id, account_id=f.account_id, instrument=f.instrument,
-                           side=account_pb2.SIDE_BUY if f.side > 0 else account_pb2.SIDE_SELL,
-                           liquidation=f.liquidation, order_id=f.order_id)
-    msg.size.value = str(f.size)
-    msg.price.value = str(f.price_usd)
-    msg.fee_usd.value = str(f.fee_usd)
-    msg.meta.event_time_ms = f.time_ms
-    msg.meta.publish_time_ms = publish_ms
-    msg.meta.source = "exchange-sim"
-    return msg
-
-
 class KafkaFillSink:
     def __init__(self, producer: ProtoProducer, topic: str, clock_ms: Callable[[], int]) -> None:
         self._producer, self._topic, self._clock_ms = producer, topic, clock_ms
 
-    def publish(self, fills: Sequence[SimFill]) -> None:
+    def publish(self, fills: Sequence[FillRecord]) -> None:
         now = self._clock_ms()
-        futures = [self._producer.send(self._topic, f.account_id, fill_to_proto(f, now)) for f in fills]
+        futures = [self._producer.send(self._topic, f.account_id, fill_to_proto(f, now, "exchange-sim")) for f in fills]
         self._producer.flush(ACK_TIMEOUT_S)
         for fut in futures:
             fut.get(timeout=ACK_TIMEOUT_S)

@@ -11,7 +11,7 @@ from marginflow.api.liquidation.v1 import liquidation_pb2 as pb
 from marginflow.api.margin.v1 import margin_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.liquidation.application import (
-    Call, DepositOut, Event, FillOut, FillSeen, FundSnapshot, MarginView, MarkSeen, Order, PositionView, StateSeen)
+    Call, DepositOut, Event, FillSeen, FundSnapshot, MarginView, MarkSeen, Order, PositionView, StateSeen)
 from marginflow.shared.errors import Rejected
 
 SOURCE = "liquidation"
@@ -130,18 +130,6 @@ def order_to_proto(o: Order, publish_ms: int) -> pb.LiquidationOrder:
     msg.limit_price.value = str(o.limit_price_usd)
     msg.bankruptcy_price.value = str(o.bankruptcy_price_usd)
     msg.meta.event_time_ms = o.mark_time_ms or o.time_ms
-    msg.meta.publish_time_ms = publish_ms
-    msg.meta.source = SOURCE
-    return msg
-
-
-def fill_to_proto(f: FillOut, publish_ms: int) -> account_pb2.Fill:
-    msg = account_pb2.Fill(fill_id=f.fill_id, account_id=f.account_id, instrument=f.instrument,
-                           side=side_to_proto(f.side), liquidation=f.liquidation, order_id=f.order_id)
-    msg.size.value = str(f.size)
-    msg.price.value = str(f.price_usd)
-    msg.fee_usd.value = str(f.fee_usd)
-    msg.meta.event_time_ms = f.time_ms
     msg.meta.publish_time_ms = publish_ms
     msg.meta.source = SOURCE
     return msg

@@ -9,7 +9,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from marginflow.api.liquidation.v1 import liquidation_pb2 as pb
 from marginflow.liquidation.adapters import codec
-from marginflow.liquidation.application import DepositOut, Event, FillOut, FundSnapshot, Order
+from marginflow.liquidation.application import DepositOut, Event, FundSnapshot, Order
+from marginflow.shared.fills import FillRecord, fill_to_proto
 from marginflow.shared.config import Topics
 from marginflow.shared.kafka import ProtoProducer
 
@@ -40,10 +41,11 @@ class KafkaPublisher:
         self._wait([self._producer.send(self._topics.liquidation_orders, o.account_id, codec.order_to_proto(o, now))
                     for o in orders])
 
-    def publish_effects(self, fills: Sequence[FillOut], deposits: Sequence[DepositOut],
+    def publish_effects(self, fills: Sequence[FillRecord], deposits: Sequence[DepositOut],
                         fund: FundSnapshot | None) -> None:
         now = self._clock_ms()
-        futures = [self._producer.send(self._topics.fills, f.account_id, codec.fill_to_proto(f, now)) for f in fills]
+        futures = [self._producer.send(self._topics.fills, f.account_id, fill_to_proto(f, now, codec.SOURCE))
+                   for f in fills]
         futures += [self._producer.send(self._topics.account_events, d.account_id, codec.deposit_to_proto(d, now))
                     for d in deposits]
         if fund is not None:
