@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing
+import queue
 import os
 import threading
 import time
@@ -144,7 +145,17 @@ def run_load(port, accounts, instruments, rate, seconds) -> dict:
     q = ctx.Queue()
     proc = ctx.Process(target=client, args=(port, accounts, instruments, rate, seconds, q))
     proc.start()
-    res = q.get(timeout=seconds + 120)
+    deadline = time.monotonic() + seconds + 120
+    while True:
+        try:
+            res = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"load client exited with code {proc.exitcode} before reporting") from None
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("load client did not report in time") from None
     proc.join(30)
     return res
 
@@ -155,13 +166,15 @@ def echo_service(engine, account: str):
     from marginflow.api.margin.v1 import margin_pb2_grpc
 
     from marginflow.margin.adapters import codec
-    from marginflow.margin.adapters.grpc_api import SERVICE_NAME
+    from marginflow.margin.adapters.grpc_api import SERVICE_NAME, MarginServicer
 
     state = codec.margin_state(engine.get_margin(account))
     before, after = engine.what_if(account, [TradeDelta(0, 0.5)])
     what_if = pb.WhatIfResponse(before=codec.margin_state(before), after=codec.margin_state(after))
 
     class Echo(margin_pb2_grpc.MarginServiceServicer):
+        AUTH_POLICY = MarginServicer.AUTH_POLICY   # the same access checks as the real service
+
         def GetMargin(self, request, context):
             return state
 
