@@ -33,6 +33,7 @@ from marginflow.margin.adapters.owners import Forwarder, OwnerRegistry
 from marginflow.margin.application import EngineConfig, MarginEngine
 from marginflow.margin.application.routing import Router
 from marginflow.margin.domain.book import InstrumentTable
+from marginflow.margin.domain.contingency import ContingencyRates
 from marginflow.margin.domain.equity import HaircutPolicy
 from marginflow.margin.domain.transitions import TransitionRules
 from marginflow.margin.settings import MarginSettings
@@ -74,7 +75,8 @@ def engine_config(s: MarginSettings, universe: Universe) -> EngineConfig:
                                     confirm_evaluations=s.confirm_evaluations, confirm_ms=s.confirm_ms,
                                     immediate_band_bps=s.immediate_band_bps),
         fallback_vol={u: x.annual_vol for u, x in universe.underlyings.items()},
-        fallback_price={u: x.index_price_usd for u, x in universe.underlyings.items()})
+        fallback_price={u: x.index_price_usd for u, x in universe.underlyings.items()},
+        contingency=ContingencyRates(s.option_contingency_rate, s.basis_contingency_rate))
 
 
 def margin_topics(settings: MarginSettings) -> list[TopicSpec]:

@@ -37,6 +37,14 @@ class MarginSettings:
     bracket_rates: tuple[float, ...] = env(
         "MF_MARGIN_BRACKET_RATES", float_list, (0.01, 0.02, 0.05, 0.10),
         "margin rate of each bracket, non-decreasing, in [0, 1]")
+    option_contingency_rate: float = env(
+        "MF_MARGIN_OPTION_CONTINGENCY_RATE", fraction, 0.01,
+        "contingency per net short option per strike (calls and puts netted), fraction of the underlying's "
+        "value per unit (Deribit: 0.01 BTC per option)")
+    basis_contingency_rate: float = env(
+        "MF_MARGIN_BASIS_CONTINGENCY_RATE", fraction, 0.01,
+        "contingency of offsetting perpetuals/futures of different expiries, fraction of the underlying value "
+        "of the offset min(long, short) (Deribit: 1 %)")
     haircut_z: float = env("MF_MARGIN_HAIRCUT_Z", positive_float, 2.33,
                            "z of the collateral haircut min(cap, z·σ_m·√horizon)")
     haircut_cap: float = env("MF_MARGIN_HAIRCUT_CAP", fraction, 0.5, "largest haircut of crypto collateral")

@@ -37,6 +37,7 @@ from marginflow.riskparams.domain.series import ReturnSeries
 from marginflow.shared.errors import Rejected
 from marginflow.shared.metrics import NullMetrics
 from marginflow.shared.units import MS_PER_DAY, MS_PER_HOUR
+from marginflow.shared.volsurface import VolSurfaceShock
 from marginflow.shared.universe import MAX_IMPLIED_VOL, MAX_PRICE_USD, Kind, Universe
 
 STATE_FORMAT = 1
@@ -106,7 +107,10 @@ def engine_config(settings: Any, underlyings: Sequence[str]) -> EngineConfig:
         floor_min_returns=s.floor_min_returns,
         apc=ApcConfig(s.apc_buffer, s.stress_ratio, s.max_step_up, s.implied_weight),
         grid=GridConfig(s.grid_z, s.grid_horizon_seconds, s.grid_buckets, s.grid_vol_shocks,
-                        s.tail_multiples, s.tail_weights),
+                        s.tail_multiples, s.tail_weights,
+                        VolSurfaceShock(s.vol_tenor_reference_days, s.vol_short_tenor_power, s.vol_long_tenor_power,
+                                        s.vol_tenor_min_days, s.vol_min_shock_up, s.vol_skew_shock,
+                                        s.vol_skew_put_wing, s.vol_skew_moneyness_cap)),
         fhs_count=s.fhs_count, fhs_min_history=s.fhs_min_history, es_confidence=s.es_confidence,
         implied_tenor_days=s.implied_tenor_days, implied_min_expiry_ms=int(s.implied_min_expiry_hours * MS_PER_HOUR),
         implied_max_age_ms=int(s.implied_max_age_seconds * 1000), sigma_history_len=s.sigma_history_len,

@@ -102,6 +102,26 @@ class RiskParamsSettings:
                                             "extended moves as multiples of the grid range (each ±)")
     tail_weights: tuple[float, ...] = env("MF_RISKPARAMS_TAIL_WEIGHTS", float_list, (0.5, 0.35),
                                           "fraction of each extended move's loss counted")
+    # Surface-aware vol shocks per option (marginflow.shared.volsurface), published with each grid
+    vol_tenor_reference_days: float = env("MF_RISKPARAMS_VOL_TENOR_REFERENCE_DAYS", non_negative_float, 30.0,
+                                          "tenor at which an option gets the grid's vol shock unscaled, days "
+                                          "(0 = no tenor scaling); others × (reference/days)^power (Deribit)")
+    vol_short_tenor_power: float = env("MF_RISKPARAMS_VOL_SHORT_TENOR_POWER", non_negative_float, 0.30,
+                                       "power of the tenor scaling below the reference tenor (Deribit 0.30)")
+    vol_long_tenor_power: float = env("MF_RISKPARAMS_VOL_LONG_TENOR_POWER", non_negative_float, 0.13,
+                                      "power of the tenor scaling from the reference tenor on (Deribit 0.13)")
+    vol_tenor_min_days: float = env("MF_RISKPARAMS_VOL_TENOR_MIN_DAYS", positive_float, 1.0,
+                                    "days to expiry are floored here in the tenor scaling, days")
+    vol_min_shock_up: float = env("MF_RISKPARAMS_VOL_MIN_SHOCK_UP", non_negative_float, 0.5,
+                                  "an option's vol in the grid's vol-up states is at least this, annualised "
+                                  "(Deribit's minimum vol for the shock up)")
+    vol_skew_shock: float = env("MF_RISKPARAMS_VOL_SKEW_SHOCK", non_negative_float, 1.0,
+                                "relative vol added per unit of log down move of the price (vol up as the "
+                                "price falls), before the tenor factor")
+    vol_skew_put_wing: float = env("MF_RISKPARAMS_VOL_SKEW_PUT_WING", non_negative_float, 0.5,
+                                   "extra skew shock per unit of put-side moneyness ln(F/K)/(σ√T)")
+    vol_skew_moneyness_cap: float = env("MF_RISKPARAMS_VOL_SKEW_MONEYNESS_CAP", positive_float, 3.0,
+                                        "put-side moneyness is capped here in the skew shock, in σ√T")
     fhs_count: int = env("MF_RISKPARAMS_FHS_COUNT", positive_int, 1000, "filtered historical scenarios, T")
     fhs_min_history: int = env("MF_RISKPARAMS_FHS_MIN_HISTORY", positive_int, 250,
                                "joint returns needed before FHS replaces the bootstrap set")

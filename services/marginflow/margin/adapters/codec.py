@@ -23,6 +23,7 @@ from marginflow.margin.domain.scenarios import GridSpec, RiskVersion
 from marginflow.shared.errors import Rejected
 from marginflow.shared.money import parse_decimal, usd_down, usd_down_text, usd_up, usd_up_text
 from marginflow.shared.universe import MAX_IMPLIED_VOL, MAX_PRICE_USD
+from marginflow.shared.volsurface import VolSurfaceShock
 
 # Largest plausible amounts: beyond them a value is a unit or encoding error, not a position.
 MAX_ABS_SIZE = 1e12
@@ -91,6 +92,18 @@ def mark_from_proto(m: marketdata_pb2.Mark, table: InstrumentTable, key: str | N
     return MarkUpdate(k, int(table.underlying[k]), index, mark, iv, half_spread, depth, t_ms)
 
 
+def _surface(g: risk_pb2.ScenarioGrid) -> VolSurfaceShock:
+    """The grid's surface parameters; absent: the vol states as they are (a version before them)."""
+    if not g.HasField("surface"):
+        return VolSurfaceShock()
+    sf = g.surface
+    try:
+        return VolSurfaceShock(sf.reference_days, sf.short_power, sf.long_power, sf.min_days, sf.min_vol_shock_up,
+                               sf.skew_shock, sf.put_wing, sf.moneyness_cap)
+    except ValueError as exc:
+        raise Rejected("bad_risk_params", f"vol surface shock of {g.underlying}: {exc}") from None
+
+
 def risk_params_from_proto(p: risk_pb2.RiskParams) -> RiskVersion:
     if p.version <= 0:
         raise Rejected("missing_field", "risk params without a version")
@@ -108,7 +121,8 @@ def risk_params_from_proto(p: risk_pb2.RiskParams) -> RiskVersion:
                 raise Rejected("non_finite", f"{name} of {g.underlying} has a non-finite value")
         grids[g.underlying] = GridSpec(g.underlying, tuple(g.price_shocks), tuple(g.vol_shocks),
                                        tuple(g.tail_price_shocks), tuple(g.tail_vol_shocks), tuple(g.tail_weights),
-                                       _finite(g.horizon_seconds, "horizon_seconds", non_negative=True))
+                                       _finite(g.horizon_seconds, "horizon_seconds", non_negative=True),
+                                       _surface(g))
     h = p.historical
     n_u = len(h.underlyings)
     returns = np.asarray(h.returns, dtype=np.float64)
@@ -245,6 +259,11 @@ def explain_response(e: Explanation, publish_ms: int = 0) -> pb.ExplainResponse:
         item.minimum_usd.value = usd_up_text(p.minimum_usd)
         item.liquidity_usd.value = usd_up_text(p.liquidity_usd)
         item.size.value = repr(p.size)
+        item.vol_tenor_factor, item.vol_moneyness = p.vol_tenor_factor, p.vol_moneyness
+        item.vol_shock_up, item.vol_shock_down = p.vol_shock_up, p.vol_shock_down
+        item.vol_shock_in_worst_grid = p.vol_shock_in_worst_grid
+        item.option_contingency_usd.value = usd_up_text(p.option_contingency_usd)
+        item.basis_contingency_usd.value = usd_up_text(p.basis_contingency_usd)
         if p.liquidation_price_usd is not None:
             item.liquidation_price_usd.value = str(_price(p.liquidation_price_usd))
     for u in e.underlyings:

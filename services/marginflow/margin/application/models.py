@@ -1,5 +1,11 @@
 """The margin model of one risk-parameter version: risk arrays and the core's MarginModel, built at
-the market's current forwards, implied vols and liquidity."""
+the market's current forwards, implied vols and liquidity, plus the contingency charges.
+
+Risk arrays carry one column of shocks per instrument: the price move of its underlying's grid row
+and the vol move of that row turned into the option's own shock by its tenor and moneyness
+(:mod:`marginflow.shared.volsurface`). The grid stays a grid (the same rows for every instrument of an
+underlying); only the vol applied to each option in a row differs.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,87 @@ import dataclasses
 
 import numpy as np
 
+from marginflow.core import KIND_CALL
+
 from marginflow.margin.application.ports import EngineConfig
 from marginflow.margin.domain.book import InstrumentTable
+from marginflow.margin.domain.contingency import ContingencyTable
 from marginflow.margin.domain.market import MarketState
 from marginflow.margin.domain.scenarios import RiskVersion, ScenarioSet, build_scenarios
+from marginflow.shared.volsurface import instrument_vol_shocks
+
+
+class ChargedModel:
+    """The core's MarginModel with the contingency charges added to what it returns.
+
+    Same calls and result keys as the core model (``compute``, ``what_if``, ``explain``; other
+    attributes pass through). Cross IM += option + basis contingency of the cross positions, each
+    isolated IM += its own option contingency, IM and MM follow. Extra keys: ``contingency`` and
+    ``basis`` (cross, per account, USD); ``explain`` adds ``position_contingency`` and
+    ``position_basis`` (USD per position, summing to the account's charges).
+    """
+
+    def __init__(self, core_model, table: ContingencyTable, mm_factor: float) -> None:
+        self.core = core_model
+        self.table = table
+        self.mm_factor = mm_factor
+
+    def __getattr__(self, name: str):
+        return getattr(self.core, name)
+
+    def compute(self, indptr, instrument, size, isolated, n_threads: int = 2) -> dict:
+        out = self.core.compute(indptr, instrument, size, isolated, n_threads=n_threads)
+        n = np.asarray(out["im"]).shape[0]
+        if not self.table.rates.active:
+            out["contingency"] = np.zeros(n)
+            out["basis"] = np.zeros(n)
+            return out
+        c = self.table.charges(indptr, instrument, size, isolated)
+        out["cross_im"] = out["cross_im"] + c.cross
+        out["isolated_im"] = np.asarray(out["isolated_im"], dtype=np.float64) + c.isolated
+        out["im"] = out["im"] + c.cross + c.isolated_per_account
+        out["mm"] = self.mm_factor * out["im"]
+        out["contingency"] = c.cross_option
+        out["basis"] = c.cross_basis
+        return out
+
+    def _scalars(self, out: dict, instrument, size, isolated) -> tuple[dict, object]:
+        c = self.table.charges(np.array([0, len(instrument)], dtype=np.int64), instrument, size, isolated)
+        cross, iso = float(c.cross[0]), float(c.isolated_per_account[0])
+        out["cross_im"] = float(out["cross_im"]) + cross
+        out["isolated_im"] = float(out["isolated_im"]) + iso
+        out["im"] = float(out["im"]) + cross + iso
+        out["mm"] = self.mm_factor * out["im"]
+        out["contingency"] = float(c.cross_option[0])
+        out["basis"] = float(c.cross_basis[0])
+        return out, c
+
+    def what_if(self, instrument, size, isolated, delta_instrument, delta_size) -> dict:
+        out = self.core.what_if(instrument, size, isolated, delta_instrument, delta_size)
+        # The book after the trades, merged as the core merges them: each delta onto the first cross
+        # position of its instrument, else appended as a cross position.
+        k_list = [int(x) for x in np.asarray(instrument).tolist()]
+        q_list = [float(x) for x in np.asarray(size).tolist()]
+        iso_list = [bool(x) for x in np.asarray(isolated).tolist()]
+        for k, dq in zip(np.asarray(delta_instrument).tolist(), np.asarray(delta_size).tolist()):
+            for j, kj in enumerate(k_list):
+                if not iso_list[j] and kj == k:
+                    q_list[j] += dq
+                    break
+            else:
+                k_list.append(int(k))
+                q_list.append(float(dq))
+                iso_list.append(False)
+        out, _c = self._scalars(out, np.array(k_list, dtype=np.int64), np.array(q_list), np.array(iso_list))
+        return out
+
+    def explain(self, instrument, size, isolated) -> dict:
+        out = self.core.explain(instrument, size, isolated)
+        out, c = self._scalars(out, instrument, size, isolated)
+        out["position_contingency"] = c.position_option
+        out["position_basis"] = c.position_basis
+        out["position_isolated_im"] = np.asarray(out["position_isolated_im"], dtype=np.float64) + c.isolated
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,25 +108,61 @@ class Model:
     expiry_years: np.ndarray
     built_ms: int
     build_id: int = 0              # one per build (a refresh of the same version is a new build)
+    # Per instrument: relative vol shock in each grid/tail row [G+T, K] (0 for linear instruments),
+    # the tenor factor f and the put-side moneyness m of the surface shock.
+    vol_shock: np.ndarray | None = None
+    tenor_factor: np.ndarray | None = None
+    moneyness: np.ndarray | None = None
+    underlying: np.ndarray | None = None       # [K] underlying index of each instrument
 
     @property
     def sigma_margin(self) -> dict[str, float]:
         return self.version.sigma_margin
 
+    def surface_of(self, k: int, binding_row: int) -> tuple[float, float, float, float, float]:
+        """Instrument ``k``'s (tenor factor, moneyness, vol shock up, vol shock down, vol shock in
+        ``binding_row``): the shocks are its relative vol moves in the grid's highest and lowest vol
+        states at an unchanged price, and in the row given (0 when the row is none: −1)."""
+        if self.vol_shock is None or self.tenor_factor is None or self.moneyness is None:
+            return 1.0, 0.0, 0.0, 0.0, 0.0
+        scen = self.scenarios
+        u = self._underlying_of(k)
+        grid_p = scen.price_shock[:scen.n_grid, u]
+        grid_v = scen.vol_shock[:scen.n_grid, u]
+        flat = np.flatnonzero(grid_p == 0.0)
+        up = down = 0.0
+        if flat.size:
+            hi = flat[np.argmax(grid_v[flat])]
+            lo = flat[np.argmin(grid_v[flat])]
+            up = float(self.vol_shock[hi, k]) if grid_v[hi] > 0.0 else 0.0
+            down = float(self.vol_shock[lo, k]) if grid_v[lo] < 0.0 else 0.0
+        in_row = float(self.vol_shock[binding_row, k]) if 0 <= binding_row < self.vol_shock.shape[0] else 0.0
+        return float(self.tenor_factor[k]), float(self.moneyness[k]), up, down, in_row
+
+    def _underlying_of(self, k: int) -> int:
+        return int(self.underlying[k]) if self.underlying is not None else 0
+
 
 def build_model(instruments: InstrumentTable, market: MarketState, config: EngineConfig, core, version: RiskVersion,
                 wall_ms: int, build_id: int = 0) -> Model:
-    """Risk arrays by full repricing (options by Black-76) over the version's scenarios, then the
-    core model with the tiered minimum and the liquidity add-on. ValueError if the core refuses a value."""
+    """Risk arrays by full repricing (options by Black-76) over the version's scenarios, each option at
+    its own surface-aware vol shock, then the core model with the tiered minimum and the liquidity
+    add-on, and the contingency charges around it. ValueError if the core refuses a value."""
     t, cfg = instruments, config
     scen = build_scenarios(version, list(t.underlyings))
     now = market.now_ms(wall_ms)
     forward = market.forwards()
     years = t.expiry_years(now)
     iv = market.implied_vol.copy()
-    risk = core.risk_arrays(t.kind, t.underlying, forward, t.strike, years, iv, t.contract_size,
-                            scen.price_shock, scen.vol_shock, horizon_years=scen.horizon_years,
-                            vol_shock_relative=True, n_threads=cfg.n_threads)
+    K = t.n
+    is_option = t.kind >= KIND_CALL
+    shocks = instrument_vol_shocks(scen.price_shock, scen.vol_shock, is_option, t.underlying,
+                                   scen.surface or (), forward, t.strike, years, iv)
+    # One shock column per instrument ("underlying" k of the core's call = instrument k): exact, the
+    # core reads column u_k of each row and here u_k = k.
+    risk = core.risk_arrays(t.kind, np.arange(K, dtype=np.int32), forward, t.strike, years, iv, t.contract_size,
+                            np.ascontiguousarray(scen.price_shock[:, t.underlying]), shocks.vol_shock,
+                            horizon_years=scen.horizon_years, vol_shock_relative=True, n_threads=cfg.n_threads)
     U = len(t.underlyings)
     floors = np.tile(np.asarray(cfg.bracket_floors_usd, dtype=np.float64), (U, 1))
     rates = np.tile(np.asarray(cfg.bracket_rates, dtype=np.float64), (U, 1))
@@ -51,4 +170,8 @@ def build_model(instruments: InstrumentTable, market: MarketState, config: Engin
     core_model = core.MarginModel(
         risk, t.underlying, scen.n_grid, scen.tail_weights, scen.es_level, forward * t.contract_size,
         mark_value, np.maximum(market.half_spread, 0.0), market.depth.copy(), floors, rates, cfg.mm_factor)
-    return Model(core_model, version, scen, forward, iv, years, wall_ms, build_id)
+    table = ContingencyTable(t.kind, t.underlying, t.strike, t.expiry_ms, t.contract_size, market.index_price.copy(),
+                             cfg.contingency)
+    n_rows = scen.n_grid + scen.tail_weights.shape[0]
+    return Model(ChargedModel(core_model, table, cfg.mm_factor), version, scen, forward, iv, years, wall_ms, build_id,
+                 shocks.vol_shock[:n_rows].copy(), shocks.tenor_factor, shocks.moneyness, t.underlying.copy())

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
+from marginflow.margin.domain.contingency import ContingencyRates
 from marginflow.margin.domain.equity import HaircutPolicy
 from marginflow.margin.domain.transitions import TransitionRules
 from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
@@ -56,6 +57,7 @@ class EngineConfig:
     transitions: TransitionRules = TransitionRules()
     fallback_vol: dict[str, float] = dataclasses.field(default_factory=dict)     # per underlying
     fallback_price: dict[str, float] = dataclasses.field(default_factory=dict)   # per underlying
+    contingency: ContingencyRates = ContingencyRates()   # all zero: no contingency charges
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mm_factor <= 1.0:

@@ -187,7 +187,9 @@ class Queries:
             positions.append(PositionExplain(
                 t.symbols[k], t.underlyings[t.underlying[k]], float(book.size[j]), bool(book.isolated[j]),
                 float(ex["position_grid"][j]), float(ex["position_es"][j]), float(ex["position_minimum"][j]),
-                float(ex["position_liquidity"][j]), liq, basis))
+                float(ex["position_liquidity"][j]), liq, basis,
+                *model.surface_of(k, int(ex["underlying_grid_scenario"][t.underlying[k]])),
+                float(ex["position_contingency"][j]), float(ex["position_basis"][j])))
         scen = model.scenarios
         underlyings = []
         und_grid = np.asarray(ex["underlying_grid"])

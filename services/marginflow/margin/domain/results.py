@@ -99,6 +99,14 @@ class PositionExplain:
     liquidity_usd: float
     liquidation_price_usd: float | None
     liquidation_price_basis: str      # "mark" or "underlying"
+    # Surface-aware vol shock of an option (linear instruments: factor 1, the rest 0), relative moves.
+    vol_tenor_factor: float = 1.0
+    vol_moneyness: float = 0.0
+    vol_shock_up: float = 0.0         # vol-up state at an unchanged price
+    vol_shock_down: float = 0.0       # vol-down state at an unchanged price
+    vol_shock_in_worst_grid: float = 0.0   # in its underlying's binding grid row
+    option_contingency_usd: float = 0.0
+    basis_contingency_usd: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -8,7 +8,9 @@ Rows of the scenario axis (``S = G + T + H``), columns = the universe's underlyi
 * ``T`` extended (tail) moves with their weights (same count and weights for every underlying);
 * ``H`` filtered historical scenarios, joint across underlyings, vol unchanged.
 
-Vol shocks are relative (``σ' = σ·(1 + v)``), as riskparams publishes them; the horizon is the grid's
+Vol shocks are relative (``σ' = σ·(1 + v)``), as riskparams publishes them: the grid's vol states per
+underlying; each grid's surface parameters (:mod:`marginflow.shared.volsurface`) turn them into one
+shock per option (tenor and skew) when the risk arrays are built. The horizon is the grid's
 (seconds → ACT/365 years). A version that does not fit (an underlying without a grid, different grid
 shapes or tail weights, a historical column missing, a non-finite or ≤ −100 % move) is rejected whole.
 """
@@ -22,6 +24,7 @@ import numpy as np
 
 from marginflow.shared.errors import Rejected
 from marginflow.shared.units import SECONDS_PER_YEAR
+from marginflow.shared.volsurface import VolSurfaceShock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +36,7 @@ class GridSpec:
     tail_vol_shocks: tuple[float, ...]
     tail_weights: tuple[float, ...]
     horizon_seconds: float
+    surface: VolSurfaceShock = VolSurfaceShock()   # all zero: every option gets the grid's vol states
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +55,13 @@ class RiskVersion:
 @dataclasses.dataclass(frozen=True)
 class ScenarioSet:
     price_shock: np.ndarray     # [S, U]
-    vol_shock: np.ndarray       # [S, U], relative
+    vol_shock: np.ndarray       # [S, U], relative: the grid's vol states (0 on tail and historical rows)
     n_grid: int
     tail_weights: np.ndarray    # [T]
     n_hist: int
     horizon_years: float
     es_level: float
+    surface: tuple[VolSurfaceShock, ...] = ()   # per underlying, in the column order
 
 
 def build_scenarios(v: RiskVersion, underlyings: list[str]) -> ScenarioSet:
@@ -108,4 +113,4 @@ def build_scenarios(v: RiskVersion, underlyings: list[str]) -> ScenarioSet:
     if not np.all(np.isfinite(weights) & (weights >= 0)):
         raise Rejected("bad_risk_params", "tail weights must be finite and >= 0")
     return ScenarioSet(price, vol, G, weights, hp.shape[0], first.horizon_seconds / SECONDS_PER_YEAR,
-                       float(v.es_confidence))
+                       float(v.es_confidence), tuple(v.grids[u].surface for u in underlyings))

@@ -81,6 +81,12 @@ def to_proto(v: RiskParamsVersion, source: str = "riskparams") -> risk_pb2.RiskP
         msg.grids.add(underlying=name, price_shocks=g.price_shocks, vol_shocks=g.vol_shocks,
                       tail_price_shocks=g.tail_price_shocks, tail_vol_shocks=g.tail_vol_shocks,
                       tail_weights=g.tail_weights, horizon_seconds=g.horizon_seconds, range_fraction=g.range_fraction)
+        if g.surface.active:
+            sf = g.surface
+            msg.grids[-1].surface.CopyFrom(risk_pb2.VolSurfaceShock(
+                reference_days=sf.reference_days, short_power=sf.short_power, long_power=sf.long_power,
+                min_days=sf.min_days, min_vol_shock_up=sf.min_vol_shock_up, skew_shock=sf.skew_shock,
+                put_wing=sf.put_wing, moneyness_cap=sf.moneyness_cap))
     h = v.historical
     msg.historical.underlyings.extend(h.underlyings)
     msg.historical.count = int(h.returns.shape[0])

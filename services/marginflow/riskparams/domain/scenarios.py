@@ -4,7 +4,10 @@ Grid (Deribit/SPAN style) of one underlying, relative price moves:
 
 .. math:: R = z\\,\\sigma_m\\sqrt{h},\\qquad \\text{price shocks} = \\{ iR/n : i = -n..n \\}
 
-with ``h`` the horizon in years; vol shocks are relative moves of implied vol (down/same/up).
+with ``h`` the horizon in years; vol shocks are relative moves of implied vol (down/same/up), the
+states of the grid; the grid carries the surface parameters that turn a state into each option's own
+shock by tenor and strike (:mod:`marginflow.shared.volsurface`: Deribit's ``(30/days)^power`` vol
+range, a skew shock that raises low strikes' vol in down moves).
 The defaults ``z = 3``, ``h = 3 days``, ``n = 4`` give a ±16 %, 9-point grid at
 ``σ_m = 0.16 / (3·√(3/365)) ≈ 0.588`` — BTC's typical volatility (≈ 0.47) plus the 25 % buffer.
 Extended (tail) moves are ``±m·R`` for each multiple ``m`` with weight ``w`` (the fraction of the
@@ -33,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from marginflow.shared.units import SECONDS_PER_DAY, SECONDS_PER_YEAR
+from marginflow.shared.volsurface import VolSurfaceShock
 
 Float64Array = NDArray[np.float64]
 
@@ -49,6 +53,9 @@ class GridConfig:
     vol_shocks: tuple[float, ...] = (-0.25, 0.0, 0.25)
     tail_multiples: tuple[float, ...] = (2.0, 3.0)
     tail_weights: tuple[float, ...] = (0.5, 0.35)
+    # How each option's vol shock follows its tenor and strike; applied by the margin service per
+    # instrument (all zero: every option gets the vol states as they are).
+    surface: VolSurfaceShock = VolSurfaceShock()
 
     def __post_init__(self) -> None:
         if len(self.tail_multiples) != len(self.tail_weights):
@@ -70,6 +77,7 @@ class Grid:
     tail_weights: tuple[float, ...]
     horizon_seconds: float
     range_fraction: float       # R
+    surface: VolSurfaceShock = VolSurfaceShock()
 
 
 def grid_range(sigma_margin: float, config: GridConfig) -> float:
@@ -93,7 +101,7 @@ def scenario_grid(sigma_margin: float, config: GridConfig) -> Grid:
             tail_v.append(0.0)
             tail_w.append(w)
     return Grid(price, tuple(config.vol_shocks), tuple(tail_p), tuple(tail_v), tuple(tail_w),
-                config.horizon_seconds, r)
+                config.horizon_seconds, r, config.surface)
 
 
 def filtered_historical_scenarios(log_returns: Float64Array, sigma_then: Float64Array,

@@ -1,0 +1,186 @@
+"""Surface-aware vol shocks and contingency charges: riskparams settings → the wire → the margin model,
+validation, C core vs twin agreement on whole models, and Explain per position."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from marginflow.api.risk.v1 import risk_pb2
+from marginflow.core import ccore, reference
+from marginflow.margin.adapters import codec
+from marginflow.margin.application import EngineConfig
+from marginflow.margin.application.models import build_model
+from marginflow.margin.domain.contingency import ContingencyRates
+from marginflow.margin.domain.market import MarketState
+from marginflow.margin.domain.scenarios import build_scenarios
+from marginflow.margin.service import engine_config as margin_engine_config, instrument_table
+from marginflow.margin.settings import MarginSettings
+from marginflow.riskparams.adapters.codec import to_proto
+from marginflow.riskparams.application import engine_config as rp_engine_config
+from marginflow.riskparams.settings import RiskParamsSettings
+from marginflow.shared.config import ConfigError, load
+from marginflow.shared.errors import Rejected
+from marginflow.shared.universe import parse_universe
+from marginflow.shared.volsurface import DERIBIT, VolSurfaceShock, instrument_vol_shocks
+
+from margin_unit_helpers import ASSETS, T0, UNIVERSE, book, risk_version
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "riskparams"))
+import rp_helpers as rph  # noqa: E402
+
+BTC, ETH, CALL = 0, 1, 2
+
+
+def _grid_proto(**surface) -> risk_pb2.RiskParams:
+    p = risk_pb2.RiskParams(version=3, es_confidence=0.99)
+    p.underlyings.add(underlying="BTC", sigma_margin=0.5, index_price=60000)
+    g = p.grids.add(underlying="BTC", price_shocks=[-0.1, 0, 0.1], vol_shocks=[-0.25, 0.0, 0.5],
+                    horizon_seconds=86400)
+    if surface:
+        g.surface.CopyFrom(risk_pb2.VolSurfaceShock(**surface))
+    p.historical.underlyings.extend(["BTC"])
+    p.historical.count = 2
+    p.historical.returns.extend([0.1, -0.1])
+    return p
+
+
+def test_riskparams_settings_publish_the_surface_with_every_grid():
+    s = load(RiskParamsSettings, {"MF_RISKPARAMS_VOL_SHORT_TENOR_POWER": "0.35",
+                                  "MF_RISKPARAMS_VOL_MIN_SHOCK_UP": "0.6"})
+    sf = rp_engine_config(s, rph.UNDERLYINGS).grid.surface
+    assert (sf.reference_days, sf.short_power, sf.long_power, sf.min_vol_shock_up) == (30.0, 0.35, 0.13, 0.6)
+    assert (sf.skew_shock, sf.put_wing, sf.moneyness_cap, sf.min_days) == (1.0, 0.5, 3.0, 1.0)
+    engine = rph.engine(grid=dataclasses.replace(rph.config().grid, surface=sf))
+    engine.ingest_ticks(rph.daily_ticks(rph.daily_paths(30)))
+    msg = to_proto(engine.build_version(rph.AS_OF_MS))
+    assert all(g.HasField("surface") and g.surface.short_power == 0.35 for g in msg.grids)
+    decoded = codec.risk_params_from_proto(msg)
+    assert all(g.surface == sf for g in decoded.grids.values())
+    for env, name in (({"MF_RISKPARAMS_VOL_SHORT_TENOR_POWER": "-0.1"}, "MF_RISKPARAMS_VOL_SHORT_TENOR_POWER"),
+                      ({"MF_RISKPARAMS_VOL_TENOR_MIN_DAYS": "0"}, "MF_RISKPARAMS_VOL_TENOR_MIN_DAYS"),
+                      ({"MF_RISKPARAMS_VOL_SKEW_SHOCK": "x"}, "MF_RISKPARAMS_VOL_SKEW_SHOCK")):
+        with pytest.raises(ConfigError, match=name):
+            load(RiskParamsSettings, env)
+
+
+def test_a_grid_without_surface_parameters_keeps_the_vol_states_and_a_bad_one_is_rejected():
+    assert codec.risk_params_from_proto(_grid_proto()).grids["BTC"].surface == VolSurfaceShock()
+    v = codec.risk_params_from_proto(_grid_proto(reference_days=30, short_power=0.3, long_power=0.13, min_days=1,
+                                                 min_vol_shock_up=0.5, moneyness_cap=3))
+    assert v.grids["BTC"].surface == DERIBIT
+    for bad in ({"reference_days": 30, "short_power": float("nan"), "min_days": 1, "moneyness_cap": 3},
+                {"reference_days": 30, "short_power": -0.3, "min_days": 1, "moneyness_cap": 3},
+                {"reference_days": 30, "min_days": 0, "moneyness_cap": 3}):
+        with pytest.raises(Rejected) as err:
+            codec.risk_params_from_proto(_grid_proto(**bad))
+        assert err.value.code == "bad_risk_params" and "vol surface shock of BTC" in str(err.value)
+
+
+def test_volsurface_parameters_are_validated_with_the_name():
+    with pytest.raises(ValueError, match="put_wing must be finite and >= 0"):
+        VolSurfaceShock(put_wing=-1.0)
+    with pytest.raises(ValueError, match="moneyness_cap must be finite and > 0"):
+        VolSurfaceShock(moneyness_cap=0.0)
+    with pytest.raises(ValueError, match="option_rate must be in"):
+        ContingencyRates(option_rate=1.5)
+
+
+def test_margin_settings_give_deribit_contingency_rates_and_name_a_bad_value():
+    s = load(MarginSettings, {})
+    cfg = margin_engine_config(s, parse_universe(UNIVERSE, T0))
+    assert cfg.contingency == ContingencyRates(0.01, 0.01)
+    with pytest.raises(ConfigError, match="MF_MARGIN_BASIS_CONTINGENCY_RATE"):
+        load(MarginSettings, {"MF_MARGIN_BASIS_CONTINGENCY_RATE": "2"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=st.floats(-0.6, 0.6), v=st.floats(-0.5, 1.0), days=st.floats(0.01, 400.0), iv=st.floats(0.05, 3.0),
+       k=st.floats(0.3, 2.0), skew=st.floats(0.0, 3.0), wing=st.floats(0.0, 2.0))
+def test_vol_shocks_fall_with_the_price_never_below_zero_vol_and_floor_the_shock_up(p, v, days, iv, k, skew, wing):
+    surf = VolSurfaceShock(30.0, 0.3, 0.13, 1.0, 0.5, skew, wing, 3.0)
+    shocks = np.array([[p], [0.0], [min(p, 0.0) - 0.1]])
+    s = instrument_vol_shocks(shocks, np.full((3, 1), v), np.array([True]), np.array([0]), [surf],
+                              np.array([100.0]), np.array([100.0 * k]), np.array([days / 365]), np.array([iv]))
+    out = s.vol_shock[:, 0]
+    assert np.all(out >= -1.0)
+    assert out[2] >= out[1] - 1e-15 and out[2] >= out[0] - 1e-15   # a deeper fall never lowers the vol
+    if v > 0:
+        assert np.all(iv * (1.0 + out) >= 0.5 - 1e-12)
+
+
+MODEL_CASE = st.tuples(
+    st.lists(st.tuples(st.integers(0, 2), st.floats(-5, 5).filter(lambda x: abs(x) > 1e-3), st.booleans()),
+             min_size=1, max_size=6),
+    st.floats(0.2, 1.5), st.floats(0.0, 2.0), st.floats(0.0, 0.05))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=MODEL_CASE)
+def test_c_core_and_twin_agree_on_a_model_with_surface_shocks_and_contingency(case):
+    if ccore is None:
+        pytest.fail("the C core is not built: run `make core-build`")
+    positions, iv, skew, rate = case
+    surf = VolSurfaceShock(30.0, 0.3, 0.13, 1.0, 0.5, skew, 0.5, 3.0)
+    v = risk_version()
+    v = dataclasses.replace(v, grids={u: dataclasses.replace(g, vol_shocks=(-0.25, 0.0, 0.5), surface=surf)
+                                      for u, g in v.grids.items()})
+    cfg = EngineConfig(assets=ASSETS, bracket_floors_usd=(0.0,), bracket_rates=(0.01,), n_threads=1,
+                       contingency=ContingencyRates(rate, rate))
+    table = instrument_table(parse_universe(UNIVERSE, T0))
+    market = MarketState(table, {"BTC": 60000.0, "ETH": 3000.0}, {"BTC": iv, "ETH": iv}, 100.0, T0)
+    models = [build_model(table, market, cfg, impl, v, T0) for impl in (ccore, reference)]
+    k = np.array([x[0] for x in positions], np.int32)
+    q = np.array([x[1] for x in positions])
+    iso = np.array([x[2] for x in positions], np.uint8)
+    outs = [m.core.compute(np.array([0, len(k)], np.int64), k, q, iso, n_threads=1) for m in models]
+    for key in ("im", "mm", "cross_im", "grid", "es", "contingency", "basis"):
+        np.testing.assert_allclose(outs[0][key], outs[1][key], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(outs[0]["isolated_im"], outs[1]["isolated_im"], rtol=1e-9, atol=1e-9)
+    exs = [m.core.explain(k, q, iso) for m in models]
+    for key in ("position_contingency", "position_basis", "position_grid", "position_es"):
+        np.testing.assert_allclose(exs[0][key], exs[1][key], rtol=1e-9, atol=1e-9)
+    assert exs[0]["im"] == pytest.approx(outs[0]["im"][0], rel=1e-12)
+    assert float(np.sum(exs[0]["position_contingency"][iso == 0]) + np.sum(exs[0]["position_basis"])) == \
+        pytest.approx(outs[0]["contingency"][0] + outs[0]["basis"][0], rel=1e-12, abs=1e-9)
+
+
+def test_explain_lists_the_vol_shock_and_contingency_of_each_position(make_engine):
+    engine, _, _ = make_engine(contingency=ContingencyRates(0.01, 0.01))
+    engine.apply_snapshots([book("a", [(BTC, 1.0, 60000.0, 0, 0.0), (CALL, -2.0, 3000.0, 0, 0.0)],
+                                 {"USDC": 50000.0})])
+    v = risk_version()
+    v = dataclasses.replace(v, grids={u: dataclasses.replace(g, vol_shocks=(-0.25, 0.0, 0.5), surface=DERIBIT)
+                                      for u, g in v.grids.items()})
+    engine.apply_risk_params(v)
+    ex = engine.explain("a")
+    call = [p for p in ex.positions if p.instrument == "BTC-C-60000"][0]
+    perp = [p for p in ex.positions if p.instrument == "BTC-PERP"][0]
+    # the call expires 2026-04-01T08:00Z: 90 days 8 hours from T0 → f = (30/90.333)^0.13
+    f = (30.0 / (90 + 8 / 24)) ** 0.13
+    assert call.vol_tenor_factor == pytest.approx(f, rel=1e-9)
+    assert call.vol_shock_up == pytest.approx(0.5 * f, rel=1e-9)
+    assert call.vol_shock_down == pytest.approx(-0.25 * f, rel=1e-9)
+    # short 2 calls on 1 BTC at index 60,000: 2 · 0.01 · 60,000 = 1,200 USD
+    assert call.option_contingency_usd == pytest.approx(1200.0)
+    assert (perp.vol_tenor_factor, perp.vol_shock_up, perp.option_contingency_usd) == (1.0, 0.0, 0.0)
+    m = ex.margin
+    assert m.cross_im_usd == pytest.approx(max(m.grid_usd, m.es_usd, m.minimum_usd) + m.liquidity_usd + 1200.0)
+    msg = codec.explain_response(ex)
+    item = [p for p in msg.positions if p.instrument == "BTC-C-60000"][0]
+    assert item.option_contingency_usd.value == "1200.00"
+    assert item.vol_shock_up == pytest.approx(0.5 * f, rel=1e-9)
+    assert item.basis_contingency_usd.value == "0.00"
+
+
+def test_scenarios_carry_each_underlyings_surface_in_column_order():
+    v = risk_version()
+    v = dataclasses.replace(v, grids={"BTC": dataclasses.replace(v.grids["BTC"], surface=DERIBIT),
+                                      "ETH": v.grids["ETH"]})
+    assert build_scenarios(v, ["ETH", "BTC"]).surface == (VolSurfaceShock(), DERIBIT)
+
