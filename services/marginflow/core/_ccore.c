@@ -552,11 +552,13 @@ static inline double pos_liquidity(const Model *M, int32_t k, double a)
     return M->liq_unit[k] * (a + e * e / d);
 }
 
-static inline double pos_isolated(const Model *M, int32_t k, double q)
+/* sc: the position's scale of its scenario losses (liquidation horizon), 1 without one; the
+ * minimum and the liquidity add-on stay on the true size. */
+static inline double pos_isolated(const Model *M, int32_t k, double q, double sc)
 {
-    double a = fabs(q);
+    double a = fabs(q), as = a * sc;
     Py_ssize_t s = q < 0 ? M->K : 0;
-    double g = a * M->grid1[s + k], e = a * M->es1[s + k];
+    double g = as * M->grid1[s + k], e = as * M->es1[s + k];
     return MAXD(MAXD(g, e), pos_minimum(M, k, a)) + pos_liquidity(M, k, a);
 }
 
@@ -637,16 +639,16 @@ static int isa_pick(void)
 }
 
 /* First pass over one account's n positions: isolated IM (into iso_im, may be NULL),
- * minimum and liquidity of the cross positions, which are listed in ck/cq/cpos (cq = -size).
- * Returns the number of cross positions. */
+ * minimum and liquidity of the cross positions, which are listed in ck/cq/cpos
+ * (cq = -(size * scale), scale = 1 when sc is NULL). Returns the number of cross positions. */
 static Py_ssize_t account_prep(const Model *M, Py_ssize_t n, const int32_t *k, const double *q, const uint8_t *iso,
-                               double *iso_im, int32_t *ck, double *cq, int32_t *cpos, AcctOut *o)
+                               const double *sc, double *iso_im, int32_t *ck, double *cq, int32_t *cpos, AcctOut *o)
 {
     Py_ssize_t nc = 0;
     double iso_total = 0.0, mn = 0.0, lq = 0.0;
     for (Py_ssize_t j = 0; j < n; j++) {
         if (iso[j]) {
-            double v = pos_isolated(M, k[j], q[j]);
+            double v = pos_isolated(M, k[j], q[j], sc ? sc[j] : 1.0);
             if (iso_im) iso_im[j] = v;
             iso_total += v;
         }
@@ -655,7 +657,7 @@ static Py_ssize_t account_prep(const Model *M, Py_ssize_t n, const int32_t *k, c
             mn += pos_minimum(M, k[j], a);
             lq += pos_liquidity(M, k[j], a);
             ck[nc] = k[j];
-            cq[nc] = -q[j];
+            cq[nc] = sc ? -(q[j] * sc[j]) : -q[j];
             cpos[nc] = (int32_t)j;
             nc++;
             if (iso_im) iso_im[j] = 0.0;
@@ -689,9 +691,9 @@ static void account_finish(const Model *M, Scratch *w, const int32_t *ck, const 
 
 /* Margin of one account's n positions (what-if, explain). */
 static void account_margin(const Model *M, Scratch *w, Py_ssize_t n, const int32_t *k, const double *q,
-                           const uint8_t *iso, double *iso_im, AcctOut *o)
+                           const uint8_t *iso, const double *sc, double *iso_im, AcctOut *o)
 {
-    Py_ssize_t nc = account_prep(M, n, k, q, iso, iso_im, w->ck, w->cq, w->cpos, o);
+    Py_ssize_t nc = account_prep(M, n, k, q, iso, sc, iso_im, w->ck, w->cq, w->cpos, o);
     if (nc) M->ops->fhs_kernel(M->rh, M->ld, 0, M->Hp, w->ck, w->cq, nc, w->loss, w->bmax);
     account_finish(M, w, w->ck, w->cq, nc, w->loss, w->bmax, o);
 }
@@ -711,6 +713,7 @@ typedef struct {
     const int32_t *inst;
     const double *size;
     const uint8_t *iso;
+    const double *scale;   /* NULL: 1 for every position */
     Py_ssize_t N;
     Py_ssize_t next;   /* first account of the next chunk (atomic) */
     int stop;          /* a bad position was found: take no new chunk (atomic) */
@@ -751,8 +754,9 @@ static void compute_work(void *p, int tid, int nthreads)
                 }
             }
             AcctOut o;
-            Py_ssize_t nc = account_prep(M, p1 - p0, c->inst + p0, c->size + p0, c->iso + p0, c->iso_im + p0,
-                                         w->ck, w->cq, w->cpos, &o);
+            Py_ssize_t nc = account_prep(M, p1 - p0, c->inst + p0, c->size + p0, c->iso + p0,
+                                         c->scale ? c->scale + p0 : NULL, c->iso_im + p0, w->ck, w->cq, w->cpos,
+                                         &o);
             if (nc) M->ops->fhs_kernel(M->rh, M->ld, 0, M->Hp, w->ck, w->cq, nc, w->loss, w->bmax);
             account_finish(M, w, w->ck, w->cq, nc, w->loss, w->bmax, &o);
             if (!o.finite && c->err_ovf[tid] < 0) c->err_ovf[tid] = i;
@@ -777,13 +781,27 @@ static int dict_set(PyObject *d, const char *key, PyObject *v)
     return r;
 }
 
+/* The optional per-position scale of the scenario losses: None (NULL, every scale 1) or
+ * float64[n], each finite and > 0. */
+static int get_scale(PyObject *obj, npy_intp n, PyArrayObject **out)
+{
+    *out = NULL;
+    if (!obj || obj == Py_None) return 0;
+    if (!(*out = get_array(obj, "scale", NPY_FLOAT64, 1)) || check_len(*out, "scale", n) < 0 ||
+        check_values(PyArray_DATA(*out), n, CHK_POS, "scale") < 0) {
+        Py_CLEAR(*out);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *model_compute(Model *M, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"indptr", "instrument", "size", "isolated", "n_threads", NULL};
-    PyObject *oip, *oin, *osz, *oiso, *onth = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|O:compute", kwlist, &oip, &oin, &osz, &oiso, &onth))
+    static char *kwlist[] = {"indptr", "instrument", "size", "isolated", "n_threads", "scale", NULL};
+    PyObject *oip, *oin, *osz, *oiso, *onth = NULL, *osc = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|O$O:compute", kwlist, &oip, &oin, &osz, &oiso, &onth, &osc))
         return NULL;
-    PyArrayObject *indptr = NULL, *inst = NULL, *size = NULL, *iso = NULL;
+    PyArrayObject *indptr = NULL, *inst = NULL, *size = NULL, *iso = NULL, *scale = NULL;
     PyArrayObject *outs[11] = {NULL};
     PyObject *ret = NULL;
     ComputeCtx *c = NULL;
@@ -793,6 +811,7 @@ static PyObject *model_compute(Model *M, PyObject *args, PyObject *kw)
     npy_intp nnz = PyArray_DIM(inst, 0);
     if (!(size = get_array(osz, "size", NPY_FLOAT64, 1)) || check_len(size, "size", nnz) < 0) goto done;
     if (!(iso = get_flags(oiso, "isolated")) || check_len(iso, "isolated", nnz) < 0) goto done;
+    if (get_scale(osc, nnz, &scale) < 0) goto done;
     if (get_threads(onth, &nth) < 0) goto done;
     npy_intp np1 = PyArray_DIM(indptr, 0);
     const int64_t *ip = PyArray_DATA(indptr);
@@ -844,6 +863,7 @@ static PyObject *model_compute(Model *M, PyObject *args, PyObject *kw)
     c->inst = PyArray_DATA(inst);
     c->size = PyArray_DATA(size);
     c->iso = PyArray_DATA(iso);
+    c->scale = scale ? PyArray_DATA(scale) : NULL;
     c->N = N;
     c->im = PyArray_DATA(outs[0]);
     c->mm = PyArray_DATA(outs[1]);
@@ -900,6 +920,7 @@ done:
     Py_XDECREF(inst);
     Py_XDECREF(size);
     Py_XDECREF(iso);
+    Py_XDECREF(scale);
     for (int i = 0; i < 11; i++) Py_XDECREF(outs[i]);
     return ret;
 }
@@ -1042,7 +1063,7 @@ static PyObject *model_what_if(Model *M, PyObject *const *args, Py_ssize_t nargs
         }
     }
     AcctOut o;
-    account_margin(M, &w, nn, k, q, iso, NULL, &o);
+    account_margin(M, &w, nn, k, q, iso, NULL, NULL, &o);
     free(buf);
     if (!o.finite) {
         overflow_error();
@@ -1079,15 +1100,18 @@ static PyObject *new_vec(npy_intp n, int typ, void **data)
 
 static PyObject *model_explain(Model *M, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"instrument", "size", "isolated", NULL};
-    PyObject *o3[3];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO:explain", kwlist, &o3[0], &o3[1], &o3[2])) return NULL;
+    static char *kwlist[] = {"instrument", "size", "isolated", "scale", NULL};
+    PyObject *o3[3], *osc = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$O:explain", kwlist, &o3[0], &o3[1], &o3[2], &osc)) return NULL;
     OneArgs a;
     PyObject *ret = NULL;
     Scratch w = {0};
     VI *order = NULL;
+    PyArrayObject *scale = NULL;
     if (one_args(M, &a, o3, 3, 0) < 0) goto done;
     Py_ssize_t n = PyArray_DIM(a.inst, 0);
+    if (get_scale(osc, n, &scale) < 0) goto done;
+    const double *sc = scale ? PyArray_DATA(scale) : NULL;
     const int32_t *k = PyArray_DATA(a.inst);
     const double *q = PyArray_DATA(a.size);
     const uint8_t *iso = PyArray_DATA(a.iso);
@@ -1118,7 +1142,7 @@ static PyObject *model_explain(Model *M, PyObject *args, PyObject *kw)
     for (int i = 0; i < 10; i++) ok &= arrs[i] != NULL;
     if (ok) {
         AcctOut o;
-        account_margin(M, &w, n, k, q, iso, p_iso, &o);
+        account_margin(M, &w, n, k, q, iso, sc, p_iso, &o);
         if (!o.finite) {
             overflow_error();
             ok = 0;
@@ -1183,6 +1207,7 @@ done:
     free(order);
     free(w.block);
     one_release(&a);
+    Py_XDECREF(scale);
     return ret;
 }
 

@@ -100,6 +100,16 @@ def _check(name: str, bad: np.ndarray, what: str) -> None:
         raise ValueError(f"{name}[{', '.join(map(str, idx))}] must be {what}")
 
 
+def _scale(scale: Any, n: int) -> np.ndarray | None:
+    """The optional per-position scale of the scenario losses: None, or float64[n] finite and > 0."""
+    if scale is None:
+        return None
+    scale = _array("scale", scale, np.float64, 1)
+    _shape("scale", scale, (n,))
+    _check("scale", ~(np.isfinite(scale) & (scale > 0)), "finite and > 0")
+    return scale
+
+
 def _check_kind(kind: np.ndarray) -> None:
     idx = _first((kind < 0) | (kind > 3))
     if idx is not None:
@@ -457,10 +467,11 @@ class MarginModel:
         e = np.maximum(a - d, 0.0)
         return self._liq_unit[k] * (a + e * e / d)
 
-    def _isolated(self, k: np.ndarray, q: np.ndarray) -> np.ndarray:
+    def _isolated(self, k: np.ndarray, q: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
         a = np.abs(q)
+        a_s = a if scale is None else a * scale      # scenario losses at the scaled size, the rest at |q|
         short = (q < 0).astype(np.intp)
-        return (np.maximum(np.maximum(a * self._grid1[short, k], a * self._es1[short, k]),
+        return (np.maximum(np.maximum(a_s * self._grid1[short, k], a_s * self._es1[short, k]),
                            self._minimum(k, a)) + self._liquidity(k, a))
 
     def _positions(self, instrument, size, name_i="instrument", name_s="size"):
@@ -476,7 +487,7 @@ class MarginModel:
     # ---------------------------------------------------------------- all accounts
 
     @_quiet
-    def compute(self, indptr, instrument, size, isolated, n_threads=2) -> dict[str, np.ndarray]:
+    def compute(self, indptr, instrument, size, isolated, n_threads=2, *, scale=None) -> dict[str, np.ndarray]:
         """Margin of every account (positions in CSR form).
 
         Parameters
@@ -491,6 +502,10 @@ class MarginModel:
             Nonzero: the position is margined alone.
         n_threads : int
             Worker threads (the C core; accepted and ignored here).
+        scale : float64[nnz] or None
+            Per position, a factor on its scenario losses (grid, tails, historical; e.g. the
+            liquidation horizon's ``sqrt(h_eff / h)``), finite and ``> 0``; the minimum and the
+            liquidity add-on stay on the true size. None: 1 for every position.
 
         Returns
         -------
@@ -506,6 +521,7 @@ class MarginModel:
         _shape("size", size, (nnz,))
         iso = _flags("isolated", isolated)
         _shape("isolated", iso, (nnz,))
+        scale = _scale(scale, nnz)
         n_threads = _int("n_threads", n_threads)
         if n_threads < 1:
             raise ValueError("n_threads must be >= 1")
@@ -528,12 +544,14 @@ class MarginModel:
 
         iso_im = np.zeros(nnz)
         if iso.any():
-            iso_im[iso] = self._isolated(instrument[iso], size[iso])
+            iso_im[iso] = self._isolated(instrument[iso], size[iso], None if scale is None else scale[iso])
         iso_total = _sum_by(account, iso_im, n_acc)
 
         cross = ~iso
         acc_c, k_c, q_c = account[cross], instrument[cross], size[cross]
         a_c = np.abs(q_c)
+        if scale is not None:
+            q_c = q_c * scale[cross]     # the scenario losses' weights; a_c keeps the true size
         n_cross = np.bincount(acc_c, minlength=n_acc)
         has = n_cross > 0
         minimum = _sum_by(acc_c, self._minimum(k_c, a_c), n_acc)
@@ -609,16 +627,18 @@ class MarginModel:
             iso = np.array(iso_list, dtype=bool)
         return instrument, size, iso
 
-    def _account(self, instrument, size, iso, explain):
+    def _account(self, instrument, size, iso, explain, scale=None):
         n = instrument.shape[0]
         gt = self._n_grid + self._n_tail
         h, m = self._n_hist, self._m
         iso_im = np.zeros(n)
         if iso.any():
-            iso_im[iso] = self._isolated(instrument[iso], size[iso])
+            iso_im[iso] = self._isolated(instrument[iso], size[iso], None if scale is None else scale[iso])
         cross = np.flatnonzero(~iso)
         k_c, q_c = instrument[cross], size[cross]
         a_c = np.abs(q_c)
+        if scale is not None:
+            q_c = q_c * scale[cross]
         min_c = self._minimum(k_c, a_c)
         liq_c = self._liquidity(k_c, a_c)
         # Per-position losses in the grid/tail rows and in the historical rows.
@@ -698,7 +718,7 @@ class MarginModel:
         return self._account(k, q, iso, explain=False)
 
     @_quiet
-    def explain(self, instrument, size, isolated) -> dict[str, Any]:
+    def explain(self, instrument, size, isolated, *, scale=None) -> dict[str, Any]:
         """Margin of one account and where it comes from.
 
         Returns
@@ -712,9 +732,10 @@ class MarginModel:
         per underlying (U): ``underlying_grid`` (M_u), ``underlying_grid_scenario``
         (binding row in ``[0, G+T)``, -1 if M_u = 0), ``underlying_es``; and
         ``es_scenarios`` (int64[m], the worst historical scenarios, worst first).
+        ``scale`` (float64[n] or None) as in :meth:`compute`.
         """
         k, q, iso = self._one(instrument, size, isolated)
-        return self._account(k, q, iso, explain=True)
+        return self._account(k, q, iso, explain=True, scale=_scale(scale, k.shape[0]))
 
 
 # --------------------------------------------------------------------------- valuation
