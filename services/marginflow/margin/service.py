@@ -34,6 +34,7 @@ from marginflow.margin.application import EngineConfig, MarginEngine
 from marginflow.margin.application.routing import Router
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.contingency import ContingencyRates
+from marginflow.margin.domain.horizon import HorizonRules
 from marginflow.margin.domain.equity import HaircutPolicy
 from marginflow.margin.domain.transitions import TransitionRules
 from marginflow.margin.settings import MarginSettings
@@ -76,7 +77,9 @@ def engine_config(s: MarginSettings, universe: Universe) -> EngineConfig:
                                     immediate_band_bps=s.immediate_band_bps),
         fallback_vol={u: x.annual_vol for u, x in universe.underlyings.items()},
         fallback_price={u: x.index_price_usd for u, x in universe.underlyings.items()},
-        contingency=ContingencyRates(s.option_contingency_rate, s.basis_contingency_rate))
+        contingency=ContingencyRates(s.option_contingency_rate, s.basis_contingency_rate),
+        horizon=HorizonRules(s.liquidation_participation, s.max_horizon_multiple, s.concentration_threshold,
+                             s.concentration_rate))
 
 
 def margin_topics(settings: MarginSettings) -> list[TopicSpec]:

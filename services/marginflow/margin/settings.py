@@ -45,6 +45,19 @@ class MarginSettings:
         "MF_MARGIN_BASIS_CONTINGENCY_RATE", fraction, 0.01,
         "contingency of offsetting perpetuals/futures of different expiries, fraction of the underlying value "
         "of the offset min(long, short) (Deribit: 1 %)")
+    liquidation_participation: float = env(
+        "MF_MARGIN_LIQUIDATION_PARTICIPATION", fraction, 0.1,
+        "share of an instrument's average daily volume a close-out may trade; a larger position's horizon "
+        "h_eff = |q| / (participation · ADV) scales its grid and ES by √(h_eff / h) (0 = off)")
+    max_horizon_multiple: float = env(
+        "MF_MARGIN_MAX_HORIZON_MULTIPLE", positive_float, 10.0,
+        "the liquidation horizon is at most this multiple of the grid's, >= 1")
+    concentration_threshold: float = env(
+        "MF_MARGIN_CONCENTRATION_THRESHOLD", fraction, 0.05,
+        "share of an instrument's open interest from which a position pays the concentration add-on")
+    concentration_rate: float = env(
+        "MF_MARGIN_CONCENTRATION_RATE", non_negative_float, 0.1,
+        "concentration add-on: this × (OI share − threshold) × notional (0 = off)")
     haircut_z: float = env("MF_MARGIN_HAIRCUT_Z", positive_float, 2.33,
                            "z of the collateral haircut min(cap, z·σ_m·√horizon)")
     haircut_cap: float = env("MF_MARGIN_HAIRCUT_CAP", fraction, 0.5, "largest haircut of crypto collateral")
@@ -115,6 +128,11 @@ class MarginSettings:
         if self.settlement_asset not in self.stablecoins:
             raise ValueError(f"MF_MARGIN_SETTLEMENT_ASSET={self.settlement_asset!r} is invalid: "
                              "must be one of MF_MARGIN_STABLECOINS")
+        if self.max_horizon_multiple < 1.0:
+            raise ValueError(f"MF_MARGIN_MAX_HORIZON_MULTIPLE={self.max_horizon_multiple!r} is invalid: must be >= 1")
+        if self.concentration_threshold >= 1.0:
+            raise ValueError(f"MF_MARGIN_CONCENTRATION_THRESHOLD={self.concentration_threshold!r} is invalid: "
+                             "must be < 1")
         if self.assets and self.settlement_asset not in self.assets:
             raise ValueError(f"MF_MARGIN_ASSETS={','.join(self.assets)!r} is invalid: must include "
                              f"the settlement asset {self.settlement_asset}")

@@ -254,3 +254,55 @@ def test_contingency_is_added_to_the_cross_im_and_shown_per_position(table, impl
     # a what-if that closes the short put leg of the straddle: net −2 at the strike → 1,200 USD
     wi = model.core.what_if(k, q, iso, np.array([P15], np.int32), np.array([2.0]))
     assert wi["contingency"] == pytest.approx(1200.0)
+
+
+# ---------------------------------------------------------------- liquidation horizon and concentration
+def test_a_position_ten_times_what_trades_in_its_horizon_has_its_horizon_and_losses_scaled(table, impl):
+    from marginflow.margin.domain.horizon import HorizonRules, HorizonTable, VenueActivity
+
+    rules = HorizonRules(participation=0.1, max_horizon_multiple=20.0, concentration_threshold=0.05,
+                         concentration_rate=0.1)
+    # The perpetual trades 1,000 contracts in 24 h and 7,700 in 7 days (1,100/day): ADV = min(1,000, 1,100)
+    # = 1,000/day. Open interest 10,000 contracts.
+    K = table.n
+    activity = VenueActivity(np.full(K, 1000.0), np.full(K, 7700.0), np.full(K, 10000.0))
+    h = HorizonTable(rules, activity, np.full(K, 60000.0), HORIZON_S)
+    # grid horizon h = 1 day; a close-out trades 0.1 · 1,000 = 100 contracts/day, i.e. 100 in the horizon;
+    # a position of 1,000 contracts is 10× that: t = 1,000 / 100 = 10 days, h_eff = max(1, 10) = 10 days,
+    # scale = √(10 / 1) = 3.162278; OI share 1,000 / 10,000 = 0.10, 0.05 beyond the threshold:
+    # add-on = 0.1 · 0.05 · 1,000 · 60,000 = 300,000 USD.
+    ph = h.positions(np.array([PERP, PERP]), np.array([-1000.0, 50.0]))
+    assert ph.horizon_days.tolist() == pytest.approx([10.0, 1.0])     # 50 contracts close within the day
+    assert ph.scale.tolist() == pytest.approx([math.sqrt(10.0), 1.0])
+    assert ph.oi_share.tolist() == pytest.approx([0.1, 0.005])
+    assert ph.concentration.tolist() == pytest.approx([300000.0, 0.0])
+    # capped: 100,000 contracts would take 1,000 days; h_eff = 20 × 1 day, scale √20
+    assert h.positions(np.array([PERP]), np.array([1e5])).scale[0] == pytest.approx(math.sqrt(20.0))
+
+    # Through the model: the position's grid and ES are √10 × those at h, minimum and liquidity unchanged,
+    # and the add-on joins the cross IM.
+    market = MarketState(table, {"BTC": 60000.0}, {"BTC": 0.8}, 100.0, T0)
+    market.activity = activity
+    cfg = EngineConfig(assets=ASSETS, bracket_floors_usd=(0.0,), bracket_rates=(0.01,), n_threads=1, horizon=rules)
+    model = build_model(table, market, cfg, impl, version(DERIBIT), T0)
+    plain, _ = model_of(table, impl)
+    csr = (np.array([0, 1], np.int64), np.array([PERP], np.int32), np.array([-1000.0]), np.zeros(1, np.uint8))
+    got, base = model.core.compute(*csr, n_threads=1), plain.core.compute(*csr, n_threads=1)
+    assert got["grid"][0] == pytest.approx(math.sqrt(10.0) * base["grid"][0], rel=1e-12)
+    assert got["es"][0] == pytest.approx(math.sqrt(10.0) * base["es"][0], rel=1e-12)
+    assert got["minimum"][0] == base["minimum"][0] and got["liquidity"][0] == base["liquidity"][0]
+    assert got["concentration"][0] == pytest.approx(300000.0)
+    assert got["cross_im"][0] == pytest.approx(max(got["grid"][0], got["es"][0], got["minimum"][0])
+                                               + got["liquidity"][0] + 300000.0, rel=1e-12)
+    ex = model.core.explain(csr[1], csr[2], csr[3])
+    assert ex["position_horizon_days"][0] == pytest.approx(10.0)
+    assert ex["position_scale"][0] == pytest.approx(math.sqrt(10.0))
+    assert ex["position_concentration"][0] == pytest.approx(300000.0)
+    assert ex["im"] == pytest.approx(got["im"][0], rel=1e-12)
+    # isolated, the same position pays its add-on on its own IM and its scenario term √10-fold
+    iso = model.core.compute(csr[0], csr[1], csr[2], np.ones(1, np.uint8), n_threads=1)
+    iso_base = plain.core.compute(csr[0], csr[1], csr[2], np.ones(1, np.uint8), n_threads=1)
+    term = iso_base["isolated_im"][0] - base["liquidity"][0]          # max(|q|·grid₁, |q|·ES₁) > minimum here
+    assert term > base["minimum"][0]
+    assert iso["isolated_im"][0] == pytest.approx(math.sqrt(10.0) * term + base["liquidity"][0] + 300000.0,
+                                                  rel=1e-12)

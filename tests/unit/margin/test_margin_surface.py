@@ -184,3 +184,38 @@ def test_scenarios_carry_each_underlyings_surface_in_column_order():
                                       "ETH": v.grids["ETH"]})
     assert build_scenarios(v, ["ETH", "BTC"]).surface == (VolSurfaceShock(), DERIBIT)
 
+
+
+def test_explain_lists_the_liquidation_horizon_and_concentration_of_each_position(make_engine):
+    from marginflow.margin.domain.horizon import HorizonRules, VenueActivity
+
+    engine, _, _ = make_engine(horizon=HorizonRules(0.1, 10.0, 0.05, 0.1))
+    K = engine.instruments.n
+    # BTC-PERP: ADV min(200, 1,400/7) = 200/day, OI 400; the grid's horizon is 1 day
+    engine.market.activity = VenueActivity(np.full(K, 200.0), np.full(K, 1400.0), np.full(K, 400.0))
+    engine.apply_snapshots([book("a", [(BTC, 100.0, 60000.0, 0, 0.0)], {"USDC": 5e6})])
+    engine.apply_risk_params(risk_version())
+    p = engine.explain("a").positions[0]
+    # t = 100 / (0.1 · 200) = 5 days → scale √5; share 100/400 = 0.25 → 0.1 · 0.20 · 100 · 60,000 = 120,000 USD
+    assert p.liquidation_horizon_days == pytest.approx(5.0)
+    assert p.loss_scale == pytest.approx(5 ** 0.5)
+    assert p.open_interest_share == pytest.approx(0.25)
+    assert p.concentration_usd == pytest.approx(120000.0)
+    item = codec.explain_response(engine.explain("a")).positions[0]
+    # rounded up to the cent on the wire (the float's last bit may carry it over 120,000.00)
+    assert item.concentration_usd.value in ("120000.00", "120000.01") and item.loss_scale == pytest.approx(5 ** 0.5)
+
+
+def test_horizon_rules_and_settings_are_validated_with_the_name():
+    from marginflow.margin.domain.horizon import HorizonRules
+
+    with pytest.raises(ValueError, match="participation must be in"):
+        HorizonRules(participation=1.5)
+    with pytest.raises(ValueError, match="max_horizon_multiple"):
+        HorizonRules(max_horizon_multiple=0.5)
+    with pytest.raises(ConfigError, match="MF_MARGIN_MAX_HORIZON_MULTIPLE"):
+        load(MarginSettings, {"MF_MARGIN_MAX_HORIZON_MULTIPLE": "0.5"})
+    with pytest.raises(ConfigError, match="MF_MARGIN_LIQUIDATION_PARTICIPATION"):
+        load(MarginSettings, {"MF_MARGIN_LIQUIDATION_PARTICIPATION": "2"})
+    cfg = margin_engine_config(load(MarginSettings, {}), parse_universe(UNIVERSE, T0))
+    assert cfg.horizon == HorizonRules(0.1, 10.0, 0.05, 0.1)

@@ -264,6 +264,9 @@ def explain_response(e: Explanation, publish_ms: int = 0) -> pb.ExplainResponse:
         item.vol_shock_in_worst_grid = p.vol_shock_in_worst_grid
         item.option_contingency_usd.value = usd_up_text(p.option_contingency_usd)
         item.basis_contingency_usd.value = usd_up_text(p.basis_contingency_usd)
+        item.liquidation_horizon_days, item.loss_scale = p.liquidation_horizon_days, p.loss_scale
+        item.open_interest_share = p.open_interest_share
+        item.concentration_usd.value = usd_up_text(p.concentration_usd)
         if p.liquidation_price_usd is not None:
             item.liquidation_price_usd.value = str(_price(p.liquidation_price_usd))
     for u in e.underlyings:

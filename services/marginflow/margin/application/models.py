@@ -18,60 +18,81 @@ from marginflow.core import KIND_CALL
 from marginflow.margin.application.ports import EngineConfig
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.contingency import ContingencyTable
+from marginflow.margin.domain.horizon import HorizonTable, PositionHorizon
 from marginflow.margin.domain.market import MarketState
 from marginflow.margin.domain.scenarios import RiskVersion, ScenarioSet, build_scenarios
+from marginflow.shared.units import SECONDS_PER_YEAR
 from marginflow.shared.volsurface import instrument_vol_shocks
 
 
 class ChargedModel:
-    """The core's MarginModel with the contingency charges added to what it returns.
+    """The core's MarginModel with the liquidation horizon, the concentration add-on and the
+    contingency charges.
 
     Same calls and result keys as the core model (``compute``, ``what_if``, ``explain``; other
-    attributes pass through). Cross IM += option + basis contingency of the cross positions, each
-    isolated IM += its own option contingency, IM and MM follow. Extra keys: ``contingency`` and
-    ``basis`` (cross, per account, USD); ``explain`` adds ``position_contingency`` and
-    ``position_basis`` (USD per position, summing to the account's charges).
+    attributes pass through). Each position's scenario losses are scaled by ``√(h_eff/h)`` (the core's
+    ``scale``); cross IM += option + basis contingency + concentration add-on of the cross positions,
+    each isolated IM += its own option contingency and concentration add-on; IM and MM follow. Extra
+    keys (per account, USD): ``contingency``, ``basis``, ``concentration`` (cross); ``explain`` adds per
+    position ``position_contingency``, ``position_basis``, ``position_concentration``,
+    ``position_horizon_days``, ``position_scale`` and ``position_oi_share``.
     """
 
-    def __init__(self, core_model, table: ContingencyTable, mm_factor: float) -> None:
+    def __init__(self, core_model, table: ContingencyTable, mm_factor: float,
+                 horizon: HorizonTable | None = None) -> None:
         self.core = core_model
         self.table = table
         self.mm_factor = mm_factor
+        self.horizon = horizon if horizon is not None and horizon.rules.active else None
 
     def __getattr__(self, name: str):
         return getattr(self.core, name)
 
+    def _horizon(self, instrument, size) -> tuple[PositionHorizon | None, np.ndarray | None]:
+        if self.horizon is None:
+            return None, None
+        ph = self.horizon.positions(instrument, size)
+        return ph, (ph.scale if np.any(ph.scale != 1.0) else None)
+
     def compute(self, indptr, instrument, size, isolated, n_threads: int = 2) -> dict:
-        out = self.core.compute(indptr, instrument, size, isolated, n_threads=n_threads)
+        ph, scale = self._horizon(instrument, size)
+        if scale is None:
+            out = self.core.compute(indptr, instrument, size, isolated, n_threads=n_threads)
+        else:
+            out = self.core.compute(indptr, instrument, size, isolated, n_threads=n_threads, scale=scale)
         n = np.asarray(out["im"]).shape[0]
-        if not self.table.rates.active:
-            out["contingency"] = np.zeros(n)
-            out["basis"] = np.zeros(n)
+        zeros = np.zeros(n)
+        out["contingency"], out["basis"], out["concentration"] = zeros, zeros, zeros
+        if not self.table.rates.active and ph is None:
             return out
-        c = self.table.charges(indptr, instrument, size, isolated)
-        out["cross_im"] = out["cross_im"] + c.cross
-        out["isolated_im"] = np.asarray(out["isolated_im"], dtype=np.float64) + c.isolated
-        out["im"] = out["im"] + c.cross + c.isolated_per_account
+        indptr = np.asarray(indptr, dtype=np.int64)
+        iso = np.asarray(isolated).astype(bool)
+        extra_cross = np.zeros(n)
+        extra_iso = np.zeros(iso.shape[0])
+        if self.table.rates.active:
+            c = self.table.charges(indptr, instrument, size, isolated)
+            extra_cross += c.cross
+            extra_iso += c.isolated
+            out["contingency"], out["basis"] = c.cross_option, c.cross_basis
+        if ph is not None:
+            owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+            conc = np.bincount(owner[~iso], weights=ph.concentration[~iso], minlength=n)
+            extra_cross += conc
+            extra_iso += np.where(iso, ph.concentration, 0.0)
+            out["concentration"] = conc
+            iso_extra_acc = np.bincount(owner, weights=extra_iso, minlength=n)
+        else:
+            iso_extra_acc = np.bincount(np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr)),
+                                        weights=extra_iso, minlength=n)
+        out["cross_im"] = out["cross_im"] + extra_cross
+        out["isolated_im"] = np.asarray(out["isolated_im"], dtype=np.float64) + extra_iso
+        out["im"] = out["im"] + extra_cross + iso_extra_acc
         out["mm"] = self.mm_factor * out["im"]
-        out["contingency"] = c.cross_option
-        out["basis"] = c.cross_basis
         return out
 
-    def _scalars(self, out: dict, instrument, size, isolated) -> tuple[dict, object]:
-        c = self.table.charges(np.array([0, len(instrument)], dtype=np.int64), instrument, size, isolated)
-        cross, iso = float(c.cross[0]), float(c.isolated_per_account[0])
-        out["cross_im"] = float(out["cross_im"]) + cross
-        out["isolated_im"] = float(out["isolated_im"]) + iso
-        out["im"] = float(out["im"]) + cross + iso
-        out["mm"] = self.mm_factor * out["im"]
-        out["contingency"] = float(c.cross_option[0])
-        out["basis"] = float(c.cross_basis[0])
-        return out, c
-
     def what_if(self, instrument, size, isolated, delta_instrument, delta_size) -> dict:
-        out = self.core.what_if(instrument, size, isolated, delta_instrument, delta_size)
-        # The book after the trades, merged as the core merges them: each delta onto the first cross
-        # position of its instrument, else appended as a cross position.
+        """The account after the trades, merged as the core merges them (each delta onto the first
+        cross position of its instrument, else appended as a cross position), margined by compute."""
         k_list = [int(x) for x in np.asarray(instrument).tolist()]
         q_list = [float(x) for x in np.asarray(size).tolist()]
         iso_list = [bool(x) for x in np.asarray(isolated).tolist()]
@@ -84,15 +105,36 @@ class ChargedModel:
                 k_list.append(int(k))
                 q_list.append(float(dq))
                 iso_list.append(False)
-        out, _c = self._scalars(out, np.array(k_list, dtype=np.int64), np.array(q_list), np.array(iso_list))
-        return out
+        out = self.compute(np.array([0, len(k_list)], dtype=np.int64), np.array(k_list, dtype=np.int32),
+                           np.array(q_list, dtype=np.float64), np.array(iso_list, dtype=np.uint8), n_threads=1)
+        return {key: (float(np.sum(v)) if key == "isolated_im" else
+                      int(v[0]) if key == "worst" else float(v[0])) for key, v in out.items()}
 
     def explain(self, instrument, size, isolated) -> dict:
-        out = self.core.explain(instrument, size, isolated)
-        out, c = self._scalars(out, instrument, size, isolated)
+        ph, scale = self._horizon(instrument, size)
+        out = (self.core.explain(instrument, size, isolated) if scale is None else
+               self.core.explain(instrument, size, isolated, scale=scale))
+        n = len(instrument)
+        c = self.table.charges(np.array([0, n], dtype=np.int64), instrument, size, isolated)
+        iso = np.asarray(isolated).astype(bool)
+        conc = ph.concentration if ph is not None else np.zeros(n)
+        cross = float(c.cross[0]) + float(np.sum(conc[~iso]))
+        iso_extra = c.isolated + np.where(iso, conc, 0.0)
+        out["cross_im"] = float(out["cross_im"]) + cross
+        out["isolated_im"] = float(out["isolated_im"]) + float(np.sum(iso_extra))
+        out["im"] = float(out["im"]) + cross + float(np.sum(iso_extra))
+        out["mm"] = self.mm_factor * out["im"]
+        out["contingency"] = float(c.cross_option[0])
+        out["basis"] = float(c.cross_basis[0])
+        out["concentration"] = float(np.sum(conc[~iso]))
         out["position_contingency"] = c.position_option
         out["position_basis"] = c.position_basis
-        out["position_isolated_im"] = np.asarray(out["position_isolated_im"], dtype=np.float64) + c.isolated
+        out["position_concentration"] = conc
+        h_days = self.horizon.h_days if self.horizon is not None else 0.0
+        out["position_horizon_days"] = ph.horizon_days if ph is not None else np.full(n, h_days)
+        out["position_scale"] = ph.scale if ph is not None else np.ones(n)
+        out["position_oi_share"] = ph.oi_share if ph is not None else np.zeros(n)
+        out["position_isolated_im"] = np.asarray(out["position_isolated_im"], dtype=np.float64) + iso_extra
         return out
 
 
@@ -172,6 +214,8 @@ def build_model(instruments: InstrumentTable, market: MarketState, config: Engin
         mark_value, np.maximum(market.half_spread, 0.0), market.depth.copy(), floors, rates, cfg.mm_factor)
     table = ContingencyTable(t.kind, t.underlying, t.strike, t.expiry_ms, t.contract_size, market.index_price.copy(),
                              cfg.contingency)
+    horizon = HorizonTable(cfg.horizon, market.activity, mark_value, scen.horizon_years * SECONDS_PER_YEAR)
     n_rows = scen.n_grid + scen.tail_weights.shape[0]
-    return Model(ChargedModel(core_model, table, cfg.mm_factor), version, scen, forward, iv, years, wall_ms, build_id,
+    return Model(ChargedModel(core_model, table, cfg.mm_factor, horizon), version, scen, forward, iv, years, wall_ms,
+                 build_id,
                  shocks.vol_shock[:n_rows].copy(), shocks.tenor_factor, shocks.moneyness, t.underlying.copy())

@@ -189,7 +189,9 @@ class Queries:
                 float(ex["position_grid"][j]), float(ex["position_es"][j]), float(ex["position_minimum"][j]),
                 float(ex["position_liquidity"][j]), liq, basis,
                 *model.surface_of(k, int(ex["underlying_grid_scenario"][t.underlying[k]])),
-                float(ex["position_contingency"][j]), float(ex["position_basis"][j])))
+                float(ex["position_contingency"][j]), float(ex["position_basis"][j]),
+                float(ex["position_horizon_days"][j]), float(ex["position_scale"][j]),
+                float(ex["position_oi_share"][j]), float(ex["position_concentration"][j])))
         scen = model.scenarios
         underlyings = []
         und_grid = np.asarray(ex["underlying_grid"])

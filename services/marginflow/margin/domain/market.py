@@ -16,6 +16,7 @@ import numpy as np
 from marginflow.core import KIND_CALL
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.equity import HaircutPolicy, asset_values
+from marginflow.margin.domain.horizon import VenueActivity
 from marginflow.margin.domain.valuation import NEVER_MS, MarketView
 from marginflow.pricing import black76
 
@@ -55,6 +56,8 @@ class MarketState:
         self.mark_time_ms = np.zeros(K, dtype=np.int64)
         self.newest_event_ms = 0
         self.first_marks = False   # an instrument got its first mark: the model priced it from a fallback
+        # Volume and open interest per instrument (the liquidation horizon); unknown until reported.
+        self.activity = VenueActivity.unknown(K)
         for k in range(K):
             self.mark_price[k] = self.model_mark(k, self.index_price[t.underlying[k]], now_ms)
 

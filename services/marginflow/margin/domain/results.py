@@ -107,6 +107,10 @@ class PositionExplain:
     vol_shock_in_worst_grid: float = 0.0   # in its underlying's binding grid row
     option_contingency_usd: float = 0.0
     basis_contingency_usd: float = 0.0
+    liquidation_horizon_days: float = 0.0   # h_eff
+    loss_scale: float = 1.0                 # √(h_eff / h) on its scenario losses
+    open_interest_share: float = 0.0
+    concentration_usd: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,0 +1,115 @@
+"""Liquidation horizon and concentration: a position larger than the venue can absorb in the grid's
+horizon takes longer to close, and a position that is a large share of open interest has nobody to
+close against.
+
+Per position of ``a = |q|`` contracts on instrument k, with the venue's average daily volume ``ADV_k``
+(contracts/day, the thinner of the last 24 h and the 7-day daily average: a quiet day after a busy
+week, or a burst after a quiet week, both count the lower) and its open interest ``OI_k`` (contracts,
+one side)::
+
+    t       = a / (participation · ADV_k)                  days to close at the participation rate
+    h_eff   = min(max(h, t), max_horizon_multiple · h)     h = the grid's horizon, days
+    scale   = √(h_eff / h)                                 on the position's grid, tail and ES losses
+    share   = a / OI_k
+    add-on  = concentration_rate · max(0, share − concentration_threshold) · a · mark value
+
+The square root is the usual time scaling of a random-walk loss (LCH / Eurex liquidity add-ons,
+CME SPAN 2's liquidity horizon: a holding period lengthened for large positions). The horizon is
+capped so a position on an instrument that stops trading is margined hard, not infinitely. An
+instrument whose volume is not known yet keeps ``h`` (scale 1); one whose open interest is not known has
+no concentration add-on. The add-on is USD, added like the liquidity add-on (to the cross IM, or to
+an isolated position's own IM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from marginflow.shared.units import SECONDS_PER_DAY
+
+
+@dataclasses.dataclass(frozen=True)
+class HorizonRules:
+    participation: float = 0.0              # fraction of ADV a close-out may trade; 0 = no horizon scaling
+    max_horizon_multiple: float = 10.0      # h_eff ≤ this × h
+    concentration_threshold: float = 0.05   # OI share from which the add-on applies
+    concentration_rate: float = 0.0         # fraction of the notional per unit of OI share beyond it; 0 = none
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.participation) and 0.0 <= self.participation <= 1.0):
+            raise ValueError(f"participation must be in [0, 1], got {self.participation!r}")
+        if not (math.isfinite(self.max_horizon_multiple) and self.max_horizon_multiple >= 1.0):
+            raise ValueError(f"max_horizon_multiple must be finite and >= 1, got {self.max_horizon_multiple!r}")
+        if not (math.isfinite(self.concentration_threshold) and 0.0 <= self.concentration_threshold < 1.0):
+            raise ValueError(f"concentration_threshold must be in [0, 1), got {self.concentration_threshold!r}")
+        if not (math.isfinite(self.concentration_rate) and self.concentration_rate >= 0.0):
+            raise ValueError(f"concentration_rate must be finite and >= 0, got {self.concentration_rate!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.participation > 0.0 or self.concentration_rate > 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VenueActivity:
+    """What the venue trades and holds per instrument (contracts); NaN = not known yet."""
+
+    volume_24h: np.ndarray      # [K] contracts traded in the last 24 h
+    volume_7d: np.ndarray       # [K] contracts traded in the last 7 days
+    open_interest: np.ndarray   # [K] contracts open (one side: Σ of the long positions)
+
+    @classmethod
+    def unknown(cls, n: int) -> "VenueActivity":
+        nan = np.full(n, np.nan)
+        return cls(nan, nan.copy(), nan.copy())
+
+    def adv(self) -> np.ndarray:
+        """Average daily volume, contracts/day: the thinner of 24 h and 7 d / 7 (NaN when either is unknown)."""
+        return np.minimum(self.volume_24h, self.volume_7d / 7.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionHorizon:
+    horizon_days: np.ndarray    # [nnz] h_eff
+    scale: np.ndarray           # [nnz] √(h_eff / h)
+    oi_share: np.ndarray        # [nnz] |q| / OI (0 when OI is not known)
+    concentration: np.ndarray   # [nnz] add-on, USD
+
+
+class HorizonTable:
+    """Per-instrument constants of one model: the close-out rate and the open interest."""
+
+    def __init__(self, rules: HorizonRules, activity: VenueActivity, mark_value: np.ndarray,
+                 horizon_seconds: float) -> None:
+        self.rules = rules
+        self.h_days = horizon_seconds / SECONDS_PER_DAY
+        adv = activity.adv()
+        # contracts a close-out trades per day; NaN: unknown (scale 1), 0: nothing trades (the cap)
+        self.rate_per_day = np.where(np.isfinite(adv), rules.participation * np.maximum(adv, 0.0), np.nan)
+        oi = np.asarray(activity.open_interest, dtype=np.float64)
+        self.open_interest = np.where(np.isfinite(oi) & (oi > 0.0), oi, np.nan)
+        self.mark_value = np.asarray(mark_value, dtype=np.float64)    # USD per contract
+
+    def positions(self, instrument: np.ndarray, size: np.ndarray) -> PositionHorizon:
+        k = np.asarray(instrument, dtype=np.int64)
+        a = np.abs(np.asarray(size, dtype=np.float64))
+        r = self.rules
+        h = self.h_days
+        if r.participation > 0.0 and h > 0.0:
+            rate = self.rate_per_day[k]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.where(rate > 0.0, a / np.where(rate > 0.0, rate, 1.0), np.where(a > 0.0, np.inf, 0.0))
+            t = np.where(np.isfinite(rate), t, 0.0)                  # volume unknown: h
+            h_eff = np.minimum(np.maximum(h, t), r.max_horizon_multiple * h)
+            scale = np.sqrt(h_eff / h)
+        else:
+            h_eff = np.full(a.shape, h)
+            scale = np.ones(a.shape)
+        oi = self.open_interest[k]
+        share = np.where(np.isfinite(oi), a / np.where(np.isfinite(oi), oi, 1.0), 0.0)
+        excess = np.maximum(share - r.concentration_threshold, 0.0)
+        addon = r.concentration_rate * excess * a * self.mark_value[k]
+        return PositionHorizon(h_eff, scale, share, addon)
