@@ -34,7 +34,7 @@ from marginflow.margin.application import EngineConfig, MarginEngine
 from marginflow.margin.application.routing import Router
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.contingency import ContingencyRates
-from marginflow.margin.domain.horizon import HorizonRules
+from marginflow.margin.domain.horizon import WINDOW_MS, HorizonRules
 from marginflow.margin.domain.equity import HaircutPolicy
 from marginflow.margin.domain.transitions import TransitionRules
 from marginflow.margin.settings import MarginSettings
@@ -86,6 +86,8 @@ def margin_topics(settings: MarginSettings) -> list[TopicSpec]:
     topics = settings.common.topics
     mine = {topics.marks, topics.risk_params, topics.positions, topics.margin_state, topics.margin_calls,
             topics.margin_dlq}
+    if settings.liquidation_participation > 0:
+        mine.add(topics.fills)      # the venue's volume, for the liquidation horizon
     return [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
 
 
@@ -152,7 +154,9 @@ class MarginApp:
                              decode_params=codec.risk_params_from_proto,
                              decode_book=lambda m, key: codec.book_from_proto(m, self.table, self.engine.asset_index,
                                                                               key),
-                             reject=self._reject)
+                             reject=self._reject,
+                             fills_topic=topics.fills if s.liquidation_participation > 0 else "",
+                             decode_fill=lambda m: codec.fill_volume_from_proto(m, self.table))
         self.servicer = None
         if serve_grpc:
             servicer = self.servicer = MarginServicer(self.engine, self.fanout, self.metrics.what_if_seconds,
@@ -166,8 +170,12 @@ class MarginApp:
             self.dlq = DeadLetterSink(self.producer, topics.margin_dlq, SERVICE, self.clock.now_ms)
             market = new_consumer(common.bootstrap, None, f"{SERVICE}-market")
             self.market = ProtoConsumer(market, market_types(topics), self.dlq, SERVICE, common.max_message_bytes)
+            # Fills only when the liquidation horizon is on: 7 days of them back from now (event time
+            # of the broker's timestamps) fill the volume window.
             assign_market(self.market, topics.marks, topics.risk_params, s.marks_tail_records,
-                          s.startup_timeout_seconds)
+                          s.startup_timeout_seconds,
+                          fills_topic=topics.fills if s.liquidation_participation > 0 else "",
+                          fills_since_ms=self.clock.now_ms() - WINDOW_MS)
             self.rebalance = PositionsRebalance()
             positions = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
                                      session_timeout_ms=s.session_timeout_ms,

@@ -46,9 +46,10 @@ class MarginSettings:
         "contingency of offsetting perpetuals/futures of different expiries, fraction of the underlying value "
         "of the offset min(long, short) (Deribit: 1 %)")
     liquidation_participation: float = env(
-        "MF_MARGIN_LIQUIDATION_PARTICIPATION", fraction, 0.1,
-        "share of an instrument's average daily volume a close-out may trade; a larger position's horizon "
-        "h_eff = |q| / (participation · ADV) scales its grid and ES by √(h_eff / h) (0 = off)")
+        "MF_MARGIN_LIQUIDATION_PARTICIPATION", fraction, 0.0,
+        "share of an instrument's average daily volume (trades.fills) a close-out may trade; a larger "
+        "position's horizon h_eff = |q| / (participation · ADV) scales its grid and ES by √(h_eff / h); "
+        "0 = off (and trades.fills is not read). E.g. 0.1 on a venue whose fills are its real volume")
     max_horizon_multiple: float = env(
         "MF_MARGIN_MAX_HORIZON_MULTIPLE", positive_float, 10.0,
         "the liquidation horizon is at most this multiple of the grid's, >= 1")

@@ -282,7 +282,7 @@ def test_a_position_ten_times_what_trades_in_its_horizon_has_its_horizon_and_los
     # Through the model: the position's grid and ES are √10 × those at h, minimum and liquidity unchanged,
     # and the add-on joins the cross IM.
     market = MarketState(table, {"BTC": 60000.0}, {"BTC": 0.8}, 100.0, T0)
-    market.activity = activity
+    market.venue_activity = lambda _wall_ms: activity
     cfg = EngineConfig(assets=ASSETS, bracket_floors_usd=(0.0,), bracket_rates=(0.01,), n_threads=1, horizon=rules)
     model = build_model(table, market, cfg, impl, version(DERIBIT), T0)
     plain, _ = model_of(table, impl)

@@ -192,7 +192,8 @@ def test_explain_lists_the_liquidation_horizon_and_concentration_of_each_positio
     engine, _, _ = make_engine(horizon=HorizonRules(0.1, 10.0, 0.05, 0.1))
     K = engine.instruments.n
     # BTC-PERP: ADV min(200, 1,400/7) = 200/day, OI 400; the grid's horizon is 1 day
-    engine.market.activity = VenueActivity(np.full(K, 200.0), np.full(K, 1400.0), np.full(K, 400.0))
+    activity = VenueActivity(np.full(K, 200.0), np.full(K, 1400.0), np.full(K, 400.0))
+    engine.market.venue_activity = lambda _wall_ms: activity
     engine.apply_snapshots([book("a", [(BTC, 100.0, 60000.0, 0, 0.0)], {"USDC": 5e6})])
     engine.apply_risk_params(risk_version())
     p = engine.explain("a").positions[0]
@@ -218,4 +219,83 @@ def test_horizon_rules_and_settings_are_validated_with_the_name():
     with pytest.raises(ConfigError, match="MF_MARGIN_LIQUIDATION_PARTICIPATION"):
         load(MarginSettings, {"MF_MARGIN_LIQUIDATION_PARTICIPATION": "2"})
     cfg = margin_engine_config(load(MarginSettings, {}), parse_universe(UNIVERSE, T0))
-    assert cfg.horizon == HorizonRules(0.1, 10.0, 0.05, 0.1)
+    assert cfg.horizon == HorizonRules(0.0, 10.0, 0.05, 0.1)
+
+
+HOUR = 3_600_000
+
+
+def test_the_volume_window_counts_24_hours_and_7_days_as_daily_rates():
+    from marginflow.margin.domain.horizon import VolumeWindow
+
+    w = VolumeWindow(2)
+    t0 = T0
+    # instrument 0: 70 contracts a day for 7 days, then 10 in the last day; instrument 1 never trades
+    for day in range(7):
+        assert w.add(0, 70.0 if day < 6 else 10.0, t0 + day * 24 * HOUR + 12 * HOUR)
+    now = t0 + 7 * 24 * HOUR + 11 * HOUR + HOUR // 2     # 168 hourly buckets since the first fill's
+    a = w.activity(now)
+    assert a.volume_24h[0] == pytest.approx(10.0)           # only the last day's fill is within 24 h
+    assert a.volume_7d[0] == pytest.approx(6 * 70.0 + 10.0)
+    assert a.adv()[0] == pytest.approx(min(10.0, 430.0 / 7))  # the thinner window: 10/day
+    assert np.isnan(a.volume_24h[1]) and np.isnan(a.adv()[1])  # never traded: not known, scale 1
+    # a fill older than 7 days behind the newest is ignored; a sell counts by its size
+    assert not w.add(0, 1000.0, now - 8 * 24 * HOUR)
+    assert w.add(0, -5.0, now - HOUR // 2)
+    assert w.activity(now).volume_24h[0] == pytest.approx(15.0)
+
+
+def test_a_young_venue_is_read_at_its_rate_not_as_a_slow_week():
+    from marginflow.margin.domain.horizon import VolumeWindow
+
+    w = VolumeWindow(1)
+    # 12 hourly buckets of history, 60 contracts: 120/day over 24 h, 7 d at the same rate: 840
+    w.add(0, 60.0, T0)
+    a = w.activity(T0 + 11 * HOUR + HOUR // 2)
+    assert a.volume_24h[0] == pytest.approx(120.0)
+    assert a.volume_7d[0] == pytest.approx(840.0)
+    assert a.adv()[0] == pytest.approx(120.0)
+
+
+def test_fills_are_decoded_for_the_volume_and_bad_ones_rejected(table):
+    from marginflow.api.account.v1 import account_pb2
+
+    f = account_pb2.Fill(fill_id="f1", account_id="a", instrument="BTC-PERP", side=account_pb2.SIDE_SELL)
+    f.size.value = "2.5"
+    f.meta.event_time_ms = T0
+    assert codec.fill_volume_from_proto(f, table) == (0, 2.5, T0)
+    for change, reason in ((lambda m: setattr(m, "instrument", "DOGE-PERP"), "unknown_instrument"),
+                           (lambda m: setattr(m.size, "value", "-1"), "negative_value"),
+                           (lambda m: setattr(m.size, "value", "x"), "bad_decimal"),
+                           (lambda m: m.meta.ClearField("event_time_ms"), "missing_field")):
+        bad = account_pb2.Fill()
+        bad.CopyFrom(f)
+        change(bad)
+        with pytest.raises(Rejected) as err:
+            codec.fill_volume_from_proto(bad, table)
+        assert err.value.code == reason
+
+
+def test_the_router_feeds_fills_to_the_volume_window_and_dead_letters_bad_ones(make_engine, table):
+    from marginflow.api.account.v1 import account_pb2
+    from marginflow.margin.application.routing import Router
+
+    engine, _, _ = make_engine()
+    rejected = []
+    router = Router(engine, marks_topic="m", params_topic="p", decode_mark=None, decode_params=None,
+                    decode_book=None, reject=lambda rec, exc: rejected.append(exc.code), fills_topic="f",
+                    decode_fill=lambda m: codec.fill_volume_from_proto(m, table))
+
+    class Rec:
+        def __init__(self, value):
+            self.topic, self.partition, self.key, self.value = "f", 0, "a", value
+
+    good = account_pb2.Fill(fill_id="f1", account_id="a", instrument="BTC-PERP")
+    good.size.value = "3"
+    good.meta.event_time_ms = T0
+    bad = account_pb2.Fill(fill_id="f2", account_id="a", instrument="NOPE")
+    bad.size.value = "1"
+    bad.meta.event_time_ms = T0
+    marks, params = router.marks_and_params([Rec(good), Rec(bad)])
+    assert (marks, params, rejected) == ([], [], ["unknown_instrument"])
+    assert engine.market.volume.buckets.sum(axis=0).tolist() == [3.0, 0.0, 0.0]

@@ -135,6 +135,19 @@ def risk_params_from_proto(p: risk_pb2.RiskParams) -> RiskVersion:
                        tuple(h.underlyings), returns.reshape(h.count, n_u), float(p.es_confidence))
 
 
+def fill_volume_from_proto(f: account_pb2.Fill, table: InstrumentTable) -> tuple[int, float, int]:
+    """(instrument index, contracts traded, event time ms) of a fill, for the venue's volume."""
+    k = table.index.get(f.instrument)
+    if k is None:
+        raise Rejected("unknown_instrument", f"fill of unknown instrument {f.instrument!r}")
+    size = _amount(f.size.value, f"size of fill {f.fill_id!r}")
+    if size < 0:
+        raise Rejected("negative_value", f"size of fill {f.fill_id!r} must be >= 0, got {f.size.value!r}")
+    if f.meta.event_time_ms <= 0:
+        raise Rejected("missing_field", f"fill {f.fill_id!r} without an event time")
+    return k, size, int(f.meta.event_time_ms)
+
+
 def book_from_proto(s: account_pb2.AccountSnapshot, table: InstrumentTable, asset_index: dict[str, int],
                     key: str | None = None) -> AccountBook:
     account = s.account_id

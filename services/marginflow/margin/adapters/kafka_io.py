@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 
+from marginflow.api.account.v1 import account_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.api.risk.v1 import risk_pb2
 from marginflow.margin.adapters import codec
@@ -65,15 +66,18 @@ class KafkaPublisher:
 
 
 def market_types(topics) -> dict[str, type]:
-    return {topics.marks: marketdata_pb2.Mark, topics.risk_params: risk_pb2.RiskParams}
+    return {topics.marks: marketdata_pb2.Mark, topics.risk_params: risk_pb2.RiskParams,
+            topics.fills: account_pb2.Fill}
 
 
 def assign_market(consumer: ProtoConsumer, marks_topic: str, params_topic: str, tail_records: int,
-                  timeout_s: float) -> None:
+                  timeout_s: float, fills_topic: str = "", fills_since_ms: int = 0) -> None:
+    """Every partition of marks (the last ``tail_records``), risk params (from the beginning) and, when
+    named, fills (from ``fills_since_ms``: the volume window)."""
     raw = consumer.raw
     deadline = time.monotonic() + timeout_s
     tps: dict[str, list[TopicPartition]] = {}
-    for topic in (marks_topic, params_topic):
+    for topic in (marks_topic, params_topic) + ((fills_topic,) if fills_topic else ()):
         parts = raw.partitions_for_topic(topic)
         while not parts and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -81,8 +85,14 @@ def assign_market(consumer: ProtoConsumer, marks_topic: str, params_topic: str, 
         if not parts:
             raise RuntimeError(f"topic {topic} has no partitions")
         tps[topic] = [TopicPartition(topic, p) for p in sorted(parts)]
-    raw.assign(tps[marks_topic] + tps[params_topic])
+    raw.assign(tps[marks_topic] + tps[params_topic] + (tps[fills_topic] if fills_topic else []))
     raw.seek_to_beginning(*tps[params_topic])
+    if fills_topic:
+        since = raw.offsets_for_times({tp: fills_since_ms for tp in tps[fills_topic]})
+        ends = raw.end_offsets(tps[fills_topic])
+        for tp in tps[fills_topic]:
+            found = since.get(tp)
+            raw.seek(tp, found.offset if found is not None else ends[tp])
     end = raw.end_offsets(tps[marks_topic])
     begin = raw.beginning_offsets(tps[marks_topic])
     for tp in tps[marks_topic]:

@@ -214,7 +214,8 @@ def build_model(instruments: InstrumentTable, market: MarketState, config: Engin
         mark_value, np.maximum(market.half_spread, 0.0), market.depth.copy(), floors, rates, cfg.mm_factor)
     table = ContingencyTable(t.kind, t.underlying, t.strike, t.expiry_ms, t.contract_size, market.index_price.copy(),
                              cfg.contingency)
-    horizon = HorizonTable(cfg.horizon, market.activity, mark_value, scen.horizon_years * SECONDS_PER_YEAR)
+    horizon = HorizonTable(cfg.horizon, market.venue_activity(wall_ms), mark_value,
+                           scen.horizon_years * SECONDS_PER_YEAR)
     n_rows = scen.n_grid + scen.tail_weights.shape[0]
     return Model(ChargedModel(core_model, table, cfg.mm_factor, horizon), version, scen, forward, iv, years, wall_ms,
                  build_id,

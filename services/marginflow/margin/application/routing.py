@@ -33,8 +33,11 @@ class Router:
     def __init__(self, engine: MarginEngine, *, marks_topic: str, params_topic: str,
                  decode_mark: Callable[[Any, str], MarkUpdate], decode_params: Callable[[Any], RiskVersion],
                  decode_book: Callable[[Any, str], AccountBook],
-                 reject: Callable[[Record | None, Rejected], None]) -> None:
+                 reject: Callable[[Record | None, Rejected], None], fills_topic: str = "",
+                 decode_fill: Callable[[Any], tuple[int, float, int]] | None = None) -> None:
         self.engine = engine
+        self.fills_topic = fills_topic
+        self._decode_fill = decode_fill
         self.marks_topic = marks_topic
         self.params_topic = params_topic
         self._decode_mark = decode_mark
@@ -48,14 +51,23 @@ class Router:
     def marks_and_params(self, records: Iterable[Record]) -> tuple[list[MarkUpdate], list[Record]]:
         marks: list[MarkUpdate] = []
         params: list[Record] = []
+        fills: list[tuple[int, float, int]] = []
         for rec in records:
             if rec.topic == self.marks_topic:
                 try:
                     marks.append(self._decode_mark(rec.value, rec.key))
                 except Rejected as exc:
                     self._reject(rec, exc)
+            elif self.fills_topic and rec.topic == self.fills_topic:
+                try:
+                    fills.append(self._decode_fill(rec.value))
+                except Rejected as exc:
+                    self._reject(rec, exc)
             else:
                 params.append(rec)
+        if fills:
+            # the venue's traded volume: read when the model is (re)built, for the liquidation horizon
+            self.engine.market.record_fills(fills)
         return marks, params
 
     def market(self, records: Sequence[Record]) -> int:

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from marginflow.shared.units import SECONDS_PER_DAY
+from marginflow.shared.units import MS_PER_HOUR, SECONDS_PER_DAY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,3 +113,58 @@ class HorizonTable:
         excess = np.maximum(share - r.concentration_threshold, 0.0)
         addon = r.concentration_rate * excess * a * self.mark_value[k]
         return PositionHorizon(h_eff, scale, share, addon)
+
+
+HOUR_MS = MS_PER_HOUR
+WINDOW_HOURS = 7 * 24          # the longest window: 7 days of hourly buckets
+WINDOW_MS = WINDOW_HOURS * HOUR_MS
+
+
+class VolumeWindow:
+    """Contracts traded per instrument in hourly event-time buckets over the last 7 days
+    (``trades.fills``: each fill's |size|). A bucket older than 7 days behind the newest fill is
+    dropped; a fill older than that is ignored. Volume is known for an instrument once it has traded
+    in the window, and the daily rates are taken over the span observed (a venue younger than 7 days
+    is not read as one that traded a seventh of its week)."""
+
+    def __init__(self, n_instruments: int) -> None:
+        self.buckets = np.zeros((WINDOW_HOURS, n_instruments))
+        self.bucket_hour = np.full(WINDOW_HOURS, -1, dtype=np.int64)   # absolute hour held by each slot
+        self.first_ms = 0          # event time of the first fill seen
+        self.newest_ms = 0
+
+    def add(self, instrument: int, contracts: float, event_time_ms: int) -> bool:
+        """Counts a fill; False when it is older than the window (ignored)."""
+        hour = event_time_ms // HOUR_MS
+        if self.newest_ms and hour <= self.newest_ms // HOUR_MS - WINDOW_HOURS:
+            return False
+        slot = int(hour % WINDOW_HOURS)
+        if self.bucket_hour[slot] != hour:
+            if self.bucket_hour[slot] > hour:
+                return False
+            self.buckets[slot] = 0.0
+            self.bucket_hour[slot] = hour
+        self.buckets[slot, instrument] += abs(contracts)
+        if not self.first_ms or event_time_ms < self.first_ms:
+            self.first_ms = event_time_ms
+        self.newest_ms = max(self.newest_ms, event_time_ms)
+        return True
+
+    def activity(self, now_ms: int, open_interest: np.ndarray | None = None) -> VenueActivity:
+        """24 h and 7 d volume as daily rates × window length (NaN where nothing traded), at ``now_ms``."""
+        n = self.buckets.shape[1]
+        oi = np.full(n, np.nan) if open_interest is None else np.asarray(open_interest, dtype=np.float64)
+        if not self.first_ms:
+            return VenueActivity(np.full(n, np.nan), np.full(n, np.nan), oi)
+        now_hour = now_ms // HOUR_MS
+        age = now_hour - self.bucket_hour                     # 0 = the current hour
+        valid = (self.bucket_hour >= 0) & (age >= 0)
+        v24 = self.buckets[valid & (age < 24)].sum(axis=0)
+        v7 = self.buckets[valid & (age < WINDOW_HOURS)].sum(axis=0)
+        # Hourly buckets observed so far, the current one included; over a span shorter than a window
+        # the window's volume is scaled up to it (a rate).
+        span_hours = float(max(1, now_hour - self.first_ms // HOUR_MS + 1))
+        v24 = v24 * 24.0 / min(24.0, span_hours)
+        v7 = v7 * WINDOW_HOURS / min(float(WINDOW_HOURS), span_hours)
+        traded = v7 > 0.0
+        return VenueActivity(np.where(traded, v24, np.nan), np.where(traded, v7, np.nan), oi)

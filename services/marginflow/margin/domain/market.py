@@ -16,7 +16,7 @@ import numpy as np
 from marginflow.core import KIND_CALL
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.equity import HaircutPolicy, asset_values
-from marginflow.margin.domain.horizon import VenueActivity
+from marginflow.margin.domain.horizon import VenueActivity, VolumeWindow
 from marginflow.margin.domain.valuation import NEVER_MS, MarketView
 from marginflow.pricing import black76
 
@@ -56,8 +56,10 @@ class MarketState:
         self.mark_time_ms = np.zeros(K, dtype=np.int64)
         self.newest_event_ms = 0
         self.first_marks = False   # an instrument got its first mark: the model priced it from a fallback
-        # Volume and open interest per instrument (the liquidation horizon); unknown until reported.
-        self.activity = VenueActivity.unknown(K)
+        # Volume (trades.fills) and open interest per instrument, for the liquidation horizon; NaN
+        # open interest: not known.
+        self.volume = VolumeWindow(K)
+        self.open_interest = np.full(K, np.nan)
         for k in range(K):
             self.mark_price[k] = self.model_mark(k, self.index_price[t.underlying[k]], now_ms)
 
@@ -97,6 +99,14 @@ class MarketState:
             if m.depth > 0:
                 self.depth[k] = m.depth
         return n
+
+    def record_fills(self, fills: Iterable[tuple[int, float, int]]) -> int:
+        """(instrument, contracts, event time ms) of fills into the volume window; returns how many counted."""
+        return sum(self.volume.add(k, q, t) for k, q, t in fills)
+
+    def venue_activity(self, wall_ms: int) -> VenueActivity:
+        """Volume over the last 24 h / 7 d and open interest, as of the market's time."""
+        return self.volume.activity(max(self.now_ms(wall_ms), self.volume.newest_ms), self.open_interest)
 
     def forwards(self) -> np.ndarray:
         """Forward per instrument: its mark for perpetuals/futures, the underlying index for options."""
