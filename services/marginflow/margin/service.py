@@ -27,7 +27,8 @@ from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
 from marginflow.api.risk.v1 import risk_pb2
 from marginflow.margin.adapters import codec
 from marginflow.margin.adapters.grpc_api import SERVICE_NAME, MarginServicer, state_fanout
-from marginflow.margin.adapters.kafka_io import KafkaPublisher, PositionsRebalance, assign_market, market_types
+from marginflow.margin.adapters.kafka_io import (KafkaPublisher, OpenInterestReader, PositionsRebalance, assign_market,
+                                                 market_types)
 from marginflow.margin.adapters.metrics import MarginMetrics, margin_metrics
 from marginflow.margin.adapters.owners import Forwarder, OwnerRegistry
 from marginflow.margin.application import EngineConfig, MarginEngine
@@ -194,6 +195,13 @@ class MarginApp:
                 every.append(Every(1.0, self._announce))
             self.loop = ServiceLoop(SERVICE, self.turn, every=every)
             self.host.on_close("market consumer", self.market.close)
+            self.open_interest = None
+            if s.concentration_rate > 0:
+                # every account's positions, for the open interest of the concentration add-on
+                self.open_interest = OpenInterestReader(
+                    new_consumer(common.bootstrap, None, f"{SERVICE}-open-interest"), topics.positions,
+                    s.startup_timeout_seconds)
+                self.host.on_close("open interest consumer", self.open_interest.close)
             self.host.on_close("positions consumer", self.positions.close)
             self.host.on_close("flush producer", self.producer.flush)
             self.host.on_close("close producer", self.producer.close)
@@ -270,6 +278,8 @@ class MarginApp:
         timeout = self.settings.poll_timeout_ms
         handled = self.router.market(self.market.poll(timeout_ms=timeout))
         handled += self.router.positions(self.positions.poll(timeout_ms=timeout))
+        if getattr(self, "open_interest", None) is not None:
+            handled += self._open_interest()
         if self.rebalance.revoked:
             revoked = set(self.rebalance.revoked)
             self.router.revoke(revoked)
@@ -283,6 +293,18 @@ class MarginApp:
         else:
             self.engine.tick()
         return handled
+
+    def _open_interest(self) -> int:
+        """Every account's newest snapshot into the open interest (used at the next model build)."""
+        book = self.engine.market.open_interest
+        records = self.open_interest.poll()
+        for key, msg in records:
+            try:
+                b = codec.book_from_proto(msg, self.table, self.engine.asset_index, key)
+            except Rejected:
+                continue      # dead-lettered by the positions consumer
+            book.apply(b.account_id, b.revision, b.instrument, b.size)
+        return len(records)
 
     def _catch_up_on(self, partitions) -> None:
         raw = self.positions.raw

@@ -57,8 +57,9 @@ class MarginSettings:
         "MF_MARGIN_CONCENTRATION_THRESHOLD", fraction, 0.05,
         "share of an instrument's open interest from which a position pays the concentration add-on")
     concentration_rate: float = env(
-        "MF_MARGIN_CONCENTRATION_RATE", non_negative_float, 0.1,
-        "concentration add-on: this × (OI share − threshold) × notional (0 = off)")
+        "MF_MARGIN_CONCENTRATION_RATE", non_negative_float, 0.0,
+        "concentration add-on: this × (OI share − threshold) × notional; 0 = off (and every account's "
+        "positions are not read for the open interest). E.g. 0.1 on a venue whose accounts are its market")
     haircut_z: float = env("MF_MARGIN_HAIRCUT_Z", positive_float, 2.33,
                            "z of the collateral haircut min(cap, z·σ_m·√horizon)")
     haircut_cap: float = env("MF_MARGIN_HAIRCUT_CAP", fraction, 0.5, "largest haircut of crypto collateral")

@@ -1,4 +1,5 @@
-"""The venue's traded volume (trades.fills) lengthens the liquidation horizon of a large position."""
+"""The venue's traded volume (trades.fills) lengthens the liquidation horizon of a large position, and
+every account's positions (portfolio.positions) give the open interest of the concentration add-on."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from margin_it_helpers import mark, risk_params, snapshot, wait_for
 def mg_settings(test_env):
     env = dict(test_env, MF_MARGIN_GRPC_PORT="0", MF_MARGIN_METRICS_PORT="0", MF_MARGIN_MODEL_REFRESH_MS="0",
                MF_MARGIN_EVALUATE_INTERVAL_MS="50", MF_MARGIN_STARTUP_TIMEOUT_SECONDS="30",
-               MF_MARGIN_LIQUIDATION_PARTICIPATION="0.1", MF_MARGIN_MAX_HORIZON_MULTIPLE="10")
+               MF_MARGIN_LIQUIDATION_PARTICIPATION="0.1", MF_MARGIN_MAX_HORIZON_MULTIPLE="10",
+               MF_MARGIN_CONCENTRATION_RATE="0.1", MF_MARGIN_CONCENTRATION_THRESHOLD="0.05")
     settings = load(MarginSettings, env)
     assert settings.common.topics.fills in {t.name for t in margin_topics(settings)}
     ensure_topics(settings.common.bootstrap, margin_topics(settings))
@@ -44,12 +46,15 @@ def test_fills_on_the_venue_scale_a_large_positions_grid_and_es(mg_settings, pub
         publish(topics.fills, f"t{i}", _fill(i, "250"))
     publish(topics.fills, "bad", _fill(9, "-1"))             # dead-lettered, not counted
     publish(topics.positions, "s", snapshot("s", [("SOL-PERP", "-24000", "150")], "50000000"))
+    publish(topics.positions, "l", snapshot("l", [("SOL-PERP", "30000", "150")], "50000000", revision=1))
+    publish(topics.positions, "l", snapshot("l", [("SOL-PERP", "50000", "150")], "50000000", revision=2))
     app = MarginApp(mg_settings).start(serve_grpc=False, serve_http_metrics=False)
     thread, stopping = app.run_in_thread()
     try:
         assert app.host.wait_ready(30), "margin did not become ready"
         wait_for(lambda: app.engine.market.volume.buckets.sum() == 1000.0, timeout_s=20)
         wait_for(lambda: app.engine.row_of.get("s") is not None and app.engine.version == 1)
+        wait_for(lambda: app.engine.market.open_interest.open_interest()[app.table.index["SOL-PERP"]] == 50000.0)
         publish(topics.risk_params, "current", risk_params(2))    # the model is rebuilt with the volume
         wait_for(lambda: app.engine.version == 2)
         p = app.engine.explain("s").positions[0]
@@ -63,6 +68,12 @@ def test_fills_on_the_venue_scale_a_large_positions_grid_and_es(mg_settings, pub
         # max(10 % · 3.6 M, 0.5 · 20 % · 3.6 M) = 360,000 USD; × √10.
         assert m.es_usd == pytest.approx(math.sqrt(10.0) * 0.15 * 24000 * 150, rel=1e-9)
         assert m.grid_usd == pytest.approx(math.sqrt(10.0) * 0.10 * 24000 * 150, rel=1e-9)
+        # open interest max(long 50,000 (l's newest), short 24,000) = 50,000; s holds 0.48 of it, 0.43 beyond
+        # the 5 % threshold: add-on 0.1 · 0.43 · 24,000 · 150 = 154,800 USD
+        assert p.open_interest_share == pytest.approx(0.48)
+        assert p.concentration_usd == pytest.approx(154800.0)
+        assert m.cross_im_usd == pytest.approx(max(m.grid_usd, m.es_usd, m.minimum_usd) + m.liquidity_usd + 154800.0,
+                                               rel=1e-9)
         assert app.metrics.rejected.labels("negative_value")._value.get() >= 1
     finally:
         stopping.set()

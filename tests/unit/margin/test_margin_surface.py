@@ -219,7 +219,7 @@ def test_horizon_rules_and_settings_are_validated_with_the_name():
     with pytest.raises(ConfigError, match="MF_MARGIN_LIQUIDATION_PARTICIPATION"):
         load(MarginSettings, {"MF_MARGIN_LIQUIDATION_PARTICIPATION": "2"})
     cfg = margin_engine_config(load(MarginSettings, {}), parse_universe(UNIVERSE, T0))
-    assert cfg.horizon == HorizonRules(0.0, 10.0, 0.05, 0.1)
+    assert cfg.horizon == HorizonRules(0.0, 10.0, 0.05, 0.0)
 
 
 HOUR = 3_600_000
@@ -299,3 +299,17 @@ def test_the_router_feeds_fills_to_the_volume_window_and_dead_letters_bad_ones(m
     marks, params = router.marks_and_params([Rec(good), Rec(bad)])
     assert (marks, params, rejected) == ([], [], ["unknown_instrument"])
     assert engine.market.volume.buckets.sum(axis=0).tolist() == [3.0, 0.0, 0.0]
+
+
+def test_open_interest_follows_each_accounts_newest_snapshot():
+    from marginflow.margin.domain.horizon import OpenInterestBook
+
+    oi = OpenInterestBook(3)
+    assert oi.apply("a", 1, np.array([0, 1]), np.array([10.0, -4.0]))
+    assert oi.apply("b", 1, np.array([0]), np.array([-6.0]))
+    # instrument 0: long 10, short 6 → 10; instrument 1: short 4 → 4; instrument 2: nothing held
+    assert oi.open_interest()[:2].tolist() == [10.0, 4.0] and np.isnan(oi.open_interest()[2])
+    assert oi.apply("a", 2, np.array([0]), np.array([3.0]))        # replaces a's revision 1
+    assert oi.open_interest()[0] == 6.0 and np.isnan(oi.open_interest()[1])
+    assert not oi.apply("a", 1, np.array([0]), np.array([100.0]))  # an older revision is ignored
+    assert oi.open_interest()[0] == 6.0

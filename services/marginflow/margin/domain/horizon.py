@@ -168,3 +168,41 @@ class VolumeWindow:
         v7 = v7 * WINDOW_HOURS / min(float(WINDOW_HOURS), span_hours)
         traded = v7 > 0.0
         return VenueActivity(np.where(traded, v24, np.nan), np.where(traded, v7, np.nan), oi)
+
+
+class OpenInterestBook:
+    """Open interest per instrument from every account's latest positions (``portfolio.positions``,
+    compacted: the newest snapshot of an account replaces its previous one).
+
+    OI = max(Σ long, Σ short) contracts: on a venue where every trade has both sides among the
+    accounts the two sums are equal (the open interest); where a market maker outside the platform
+    takes one side, the heavier side is what is open. An older revision of an account than the one
+    held is ignored (partitions are read in order; a re-read after a restart repeats revisions).
+    """
+
+    def __init__(self, n_instruments: int) -> None:
+        self.long = np.zeros(n_instruments)
+        self.short = np.zeros(n_instruments)
+        self._held: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}   # account → (revision, instrument, size)
+
+    def apply(self, account_id: str, revision: int, instrument: np.ndarray, size: np.ndarray) -> bool:
+        held = self._held.get(account_id)
+        if held is not None:
+            if revision < held[0]:
+                return False
+            self._add(held[1], held[2], -1.0)
+        k = np.asarray(instrument, dtype=np.int64).copy()
+        q = np.asarray(size, dtype=np.float64).copy()
+        self._add(k, q, 1.0)
+        self._held[account_id] = (int(revision), k, q)
+        return True
+
+    def _add(self, k: np.ndarray, q: np.ndarray, sign: float) -> None:
+        np.add.at(self.long, k, sign * np.maximum(q, 0.0))
+        np.add.at(self.short, k, sign * np.maximum(-q, 0.0))
+
+    def open_interest(self) -> np.ndarray:
+        """Contracts open per instrument; NaN where nothing is (no share can be taken of it). Sums
+        below 1e-9 contracts are the rounding left by removals: nothing."""
+        oi = np.maximum(self.long, self.short)
+        return np.where(oi > 1e-9, oi, np.nan)

@@ -16,7 +16,7 @@ import numpy as np
 from marginflow.core import KIND_CALL
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.equity import HaircutPolicy, asset_values
-from marginflow.margin.domain.horizon import VenueActivity, VolumeWindow
+from marginflow.margin.domain.horizon import OpenInterestBook, VenueActivity, VolumeWindow
 from marginflow.margin.domain.valuation import NEVER_MS, MarketView
 from marginflow.pricing import black76
 
@@ -56,10 +56,10 @@ class MarketState:
         self.mark_time_ms = np.zeros(K, dtype=np.int64)
         self.newest_event_ms = 0
         self.first_marks = False   # an instrument got its first mark: the model priced it from a fallback
-        # Volume (trades.fills) and open interest per instrument, for the liquidation horizon; NaN
-        # open interest: not known.
+        # Volume (trades.fills) and open interest (portfolio.positions, every account) per instrument,
+        # for the liquidation horizon and the concentration add-on.
         self.volume = VolumeWindow(K)
-        self.open_interest = np.full(K, np.nan)
+        self.open_interest = OpenInterestBook(K)
         for k in range(K):
             self.mark_price[k] = self.model_mark(k, self.index_price[t.underlying[k]], now_ms)
 
@@ -106,7 +106,8 @@ class MarketState:
 
     def venue_activity(self, wall_ms: int) -> VenueActivity:
         """Volume over the last 24 h / 7 d and open interest, as of the market's time."""
-        return self.volume.activity(max(self.now_ms(wall_ms), self.volume.newest_ms), self.open_interest)
+        return self.volume.activity(max(self.now_ms(wall_ms), self.volume.newest_ms),
+                                    self.open_interest.open_interest())
 
     def forwards(self) -> np.ndarray:
         """Forward per instrument: its mark for perpetuals/futures, the underlying index for options."""
