@@ -70,7 +70,7 @@ class ChargedModel:
         extra_cross = np.zeros(n)
         extra_iso = np.zeros(iso.shape[0])
         if self.table.rates.active:
-            c = self.table.charges(indptr, instrument, size, isolated)
+            c = self.table.charges(indptr, instrument, size, isolated, shares=False)
             extra_cross += c.cross
             extra_iso += c.isolated
             out["contingency"], out["basis"] = c.cross_option, c.cross_basis

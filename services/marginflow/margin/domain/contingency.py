@@ -59,6 +59,24 @@ class ContingencyCharges:
     position_basis: np.ndarray     # [nnz] share of the basis charge, USD
 
 
+def _segments(key: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Group equal keys: (segment of each element, index of each segment's first element), or
+    (None, None) when the keys are strictly increasing (each element its own segment). Keys come
+    in account order (CSR) with only an account's few positions out of order, so a stable sort
+    (timsort: runs) is close to linear; without repeats no sort is needed at all."""
+    if key.size < 2 or bool(np.all(key[1:] > key[:-1])):
+        return None, None         # every key once and in order: each element is its own segment
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    start = np.empty(ks.size, dtype=bool)
+    start[0] = True
+    np.not_equal(ks[1:], ks[:-1], out=start[1:])
+    seg_sorted = np.cumsum(start) - 1
+    seg = np.empty(key.size, dtype=np.int64)
+    seg[order] = seg_sorted
+    return seg, order[start]
+
+
 class ContingencyTable:
     """Per-instrument constants of one model: strike groups and USD per underlying unit at the index."""
 
@@ -84,11 +102,14 @@ class ContingencyTable:
         self.n_groups = len(groups)
 
     def charges(self, indptr: np.ndarray, instrument: np.ndarray, size: np.ndarray,
-                isolated: np.ndarray) -> ContingencyCharges:
+                isolated: np.ndarray, shares: bool = True) -> ContingencyCharges:
+        """The charges of every account (CSR); ``shares=False`` leaves the per-position shares at 0
+        (a full recalculation needs the accounts' totals only)."""
         indptr = np.asarray(indptr, dtype=np.int64)
-        instrument = np.asarray(instrument, dtype=np.int64)
+        instrument = np.asarray(instrument)
         size = np.asarray(size, dtype=np.float64)
-        iso = np.asarray(isolated).astype(bool)
+        iso = np.asarray(isolated)
+        iso = iso if iso.dtype == bool else iso != 0
         n = indptr.shape[0] - 1
         nnz = instrument.shape[0]
         zeros_n, zeros_p = np.zeros(n), np.zeros(nnz)
@@ -96,59 +117,69 @@ class ContingencyTable:
             return ContingencyCharges(zeros_n, zeros_n, zeros_n, zeros_p, zeros_n, zeros_p, zeros_p)
         owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
         units = size * self.units[instrument]                 # signed underlying units
-        cross = ~iso & (units != 0.0)
+        live = units != 0.0
         opt = self.is_option[instrument]
-        lin = self.is_linear[instrument]
 
         pos_option = np.zeros(nnz)
         pos_basis = np.zeros(nnz)
-        cross_option = np.zeros(n)
-        cross_basis = np.zeros(n)
+        cross_option = zeros_n
+        cross_basis = zeros_n
         # Isolated short options, alone.
-        iso_charge = np.where(iso & opt & (units < 0.0), -units * self.option_usd_per_unit[instrument], 0.0)
-        pos_option += iso_charge
+        iso_sel = np.flatnonzero(iso & opt & (units < 0.0))
+        iso_charge = np.zeros(nnz)
+        iso_charge[iso_sel] = -units[iso_sel] * self.option_usd_per_unit[instrument[iso_sel]]
+        pos_option[iso_sel] = iso_charge[iso_sel]
+        cross = live & ~iso
 
         if self.rates.option_rate > 0.0:
             sel = np.flatnonzero(cross & opt)
             if sel.size:
-                key = owner[sel] * max(self.n_groups, 1) + self.group[instrument[sel]]
-                uniq, inv = np.unique(key, return_inverse=True)
-                net = np.bincount(inv, weights=units[sel], minlength=uniq.size)
-                short = np.bincount(inv, weights=np.maximum(-units[sel], 0.0), minlength=uniq.size)
-                usd = np.empty(uniq.size)
-                usd[inv] = self.option_usd_per_unit[instrument[sel]]
-                charge = np.maximum(-net, 0.0) * usd
-                cross_option = np.bincount(uniq // max(self.n_groups, 1), weights=charge, minlength=n)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    share = np.where(short[inv] > 0.0, np.maximum(-units[sel], 0.0) / short[inv], 0.0)
-                pos_option[sel] = charge[inv] * share
+                k_sel, q_sel, acc = instrument[sel], units[sel], owner[sel]
+                seg, first = _segments(acc * max(self.n_groups, 1) + self.group[k_sel])
+                net = np.bincount(seg, weights=q_sel, minlength=first.size) if seg is not None else q_sel
+                charge = np.maximum(-net, 0.0) * self.option_usd_per_unit[k_sel[first] if seg is not None else k_sel]
+                cross_option = np.bincount(acc[first] if seg is not None else acc, weights=charge, minlength=n)
+                if shares:
+                    short_units = np.maximum(-q_sel, 0.0)
+                    if seg is None:
+                        pos_option[sel] = charge
+                    else:
+                        short = np.bincount(seg, weights=short_units, minlength=first.size)[seg]
+                        with np.errstate(divide="ignore", invalid="ignore"):
+                            share = np.where(short > 0.0, short_units / short, 0.0)
+                        pos_option[sel] = charge[seg] * share
 
         if self.rates.basis_rate > 0.0:
-            sel = np.flatnonzero(cross & lin)
+            sel = np.flatnonzero(cross & self.is_linear[instrument])
             if sel.size:
                 U = max(self.n_underlyings, 1)
+                k_sel, q_sel, acc = instrument[sel], units[sel], owner[sel]
                 # Netted per instrument first: two rows of one instrument are one expiry, no basis.
-                ikey = owner[sel] * self.units.shape[0] + instrument[sel]
-                iuniq, iinv = np.unique(ikey, return_inverse=True)
-                inet = np.bincount(iinv, weights=units[sel], minlength=iuniq.size)
-                iinstr = iuniq % self.units.shape[0]
-                ukey = (iuniq // self.units.shape[0]) * U + self.underlying[iinstr]
-                uuniq, uinv = np.unique(ukey, return_inverse=True)
-                long_u = np.bincount(uinv, weights=np.maximum(inet, 0.0), minlength=uuniq.size)
-                short_u = np.bincount(uinv, weights=np.maximum(-inet, 0.0), minlength=uuniq.size)
-                usd = np.empty(uuniq.size)
-                usd[uinv] = self.basis_usd_per_unit[iinstr]
+                iseg, ifirst = _segments(acc * self.units.shape[0] + k_sel)
+                if iseg is None:
+                    iseg = ifirst = np.arange(sel.size)
+                inet = np.bincount(iseg, weights=q_sel, minlength=ifirst.size)
+                k_first = k_sel[ifirst]
+                # per (account, underlying): a key space of N·U, summed without a sort
+                ukey = acc[ifirst] * U + self.underlying[k_first]
+                long_u = np.bincount(ukey, weights=np.maximum(inet, 0.0), minlength=n * U)
+                short_u = np.bincount(ukey, weights=np.maximum(-inet, 0.0), minlength=n * U)
+                usd = np.zeros(n * U)
+                usd[ukey] = self.basis_usd_per_unit[k_first]
                 charge = np.minimum(long_u, short_u) * usd
-                cross_basis = np.bincount(uuniq // U, weights=charge, minlength=n)
-                gross = (long_u + short_u)[uinv[iinv]]
-                # A row's share: its instrument's net units over the underlying's, split between the
-                # instrument's rows by their units.
-                rows_abs = np.bincount(iinv, weights=np.abs(units[sel]), minlength=iuniq.size)[iinv]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    share = np.where((gross > 0.0) & (rows_abs > 0.0),
-                                     np.abs(inet[iinv]) / gross * np.abs(units[sel]) / rows_abs, 0.0)
-                pos_basis[sel] = charge[uinv[iinv]] * share
+                cross_basis = charge.reshape(n, U).sum(axis=1)
+                if shares:
+                    row_key = ukey[iseg]
+                    gross = (long_u + short_u)[row_key]
+                    # A row's share: its instrument's net units over the underlying's, split between
+                    # the instrument's rows by their units.
+                    rows_abs = np.bincount(iseg, weights=np.abs(q_sel), minlength=ifirst.size)[iseg]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        share = np.where((gross > 0.0) & (rows_abs > 0.0),
+                                         np.abs(inet[iseg]) / gross * np.abs(q_sel) / rows_abs, 0.0)
+                    pos_basis[sel] = charge[row_key] * share
 
-        iso_per_account = np.bincount(owner, weights=iso_charge, minlength=n)
+        iso_per_account = (np.bincount(owner[iso_sel], weights=iso_charge[iso_sel], minlength=n)
+                           if iso_sel.size else zeros_n)
         return ContingencyCharges(cross_option + cross_basis, cross_option, cross_basis, iso_charge,
                                   iso_per_account, pos_option, pos_basis)
