@@ -117,7 +117,7 @@ def test_vol_shocks_fall_with_the_price_never_below_zero_vol_and_floor_the_shock
 MODEL_CASE = st.tuples(
     st.lists(st.tuples(st.integers(0, 2), st.floats(-5, 5).filter(lambda x: abs(x) > 1e-3), st.booleans()),
              min_size=1, max_size=6),
-    st.floats(0.2, 1.5), st.floats(0.0, 2.0), st.floats(0.0, 0.05))
+    st.floats(0.2, 1.5), st.floats(0.0, 2.0), st.floats(0.0, 0.05), st.floats(0.0, 0.5))
 
 
 @settings(max_examples=40, deadline=None)
@@ -125,25 +125,30 @@ MODEL_CASE = st.tuples(
 def test_c_core_and_twin_agree_on_a_model_with_surface_shocks_and_contingency(case):
     if ccore is None:
         pytest.fail("the C core is not built: run `make core-build`")
-    positions, iv, skew, rate = case
+    positions, iv, skew, rate, participation = case
+    from marginflow.margin.domain.horizon import HorizonRules, VenueActivity
     surf = VolSurfaceShock(30.0, 0.3, 0.13, 1.0, 0.5, skew, 0.5, 3.0)
     v = risk_version()
     v = dataclasses.replace(v, grids={u: dataclasses.replace(g, vol_shocks=(-0.25, 0.0, 0.5), surface=surf)
                                       for u, g in v.grids.items()})
     cfg = EngineConfig(assets=ASSETS, bracket_floors_usd=(0.0,), bracket_rates=(0.01,), n_threads=1,
-                       contingency=ContingencyRates(rate, rate))
+                       contingency=ContingencyRates(rate, rate), horizon=HorizonRules(participation, 10.0, 0.05, rate))
     table = instrument_table(parse_universe(UNIVERSE, T0))
     market = MarketState(table, {"BTC": 60000.0, "ETH": 3000.0}, {"BTC": iv, "ETH": iv}, 100.0, T0)
+    # a thin venue: 2 to 20 contracts a day, open interest 5 to 50: the horizon and the add-on both bite
+    activity = VenueActivity(np.array([2.0, 10.0, 20.0]), np.array([14.0, 70.0, 140.0]), np.array([5.0, 20.0, 50.0]))
+    market.venue_activity = lambda _wall_ms: activity
     models = [build_model(table, market, cfg, impl, v, T0) for impl in (ccore, reference)]
     k = np.array([x[0] for x in positions], np.int32)
     q = np.array([x[1] for x in positions])
     iso = np.array([x[2] for x in positions], np.uint8)
     outs = [m.core.compute(np.array([0, len(k)], np.int64), k, q, iso, n_threads=1) for m in models]
-    for key in ("im", "mm", "cross_im", "grid", "es", "contingency", "basis"):
+    for key in ("im", "mm", "cross_im", "grid", "es", "contingency", "basis", "concentration"):
         np.testing.assert_allclose(outs[0][key], outs[1][key], rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(outs[0]["isolated_im"], outs[1]["isolated_im"], rtol=1e-9, atol=1e-9)
     exs = [m.core.explain(k, q, iso) for m in models]
-    for key in ("position_contingency", "position_basis", "position_grid", "position_es"):
+    for key in ("position_contingency", "position_basis", "position_grid", "position_es", "position_scale",
+                "position_concentration"):
         np.testing.assert_allclose(exs[0][key], exs[1][key], rtol=1e-9, atol=1e-9)
     assert exs[0]["im"] == pytest.approx(outs[0]["im"][0], rel=1e-12)
     assert float(np.sum(exs[0]["position_contingency"][iso == 0]) + np.sum(exs[0]["position_basis"])) == \
@@ -313,3 +318,86 @@ def test_open_interest_follows_each_accounts_newest_snapshot():
     assert oi.open_interest()[0] == 6.0 and np.isnan(oi.open_interest()[1])
     assert not oi.apply("a", 1, np.array([0]), np.array([100.0]))  # an older revision is ignored
     assert oi.open_interest()[0] == 6.0
+
+
+def _naive_charges(table, books, option_rate, basis_rate, index):
+    """Per account, in plain Python: the contingency formulas as written in domain/contingency.py."""
+    out = []
+    for k, q, iso in books:
+        strikes, lin = {}, {}
+        iso_total = 0.0
+        for kk, qq, ii in zip(k, q, iso):
+            units = qq * table.contract_size[kk]
+            if table.is_option(kk):
+                if ii:
+                    iso_total += option_rate * max(-units, 0.0) * index
+                else:
+                    key = (int(table.expiry_ms[kk]), float(table.strike[kk]))
+                    strikes[key] = strikes.get(key, 0.0) + units
+            elif not ii:
+                lin[int(kk)] = lin.get(int(kk), 0.0) + units
+        opt = sum(option_rate * max(-net, 0.0) * index for net in strikes.values())
+        long_u = sum(max(v, 0.0) for v in lin.values())
+        short_u = sum(max(-v, 0.0) for v in lin.values())
+        out.append((opt, basis_rate * min(long_u, short_u) * index, iso_total))
+    return out
+
+
+CHAIN = parse_universe("""
+[[underlying]]
+symbol = "BTC"
+index_price_usd = 60000.0
+annual_vol = 0.8
+[[instrument]]
+symbol = "BTC-PERP"
+kind = "perpetual"
+underlying = "BTC"
+contract_size = 1.0
+tick_size_usd = 0.5
+lot_size = 0.001
+[[future_series]]
+underlying = "BTC"
+expiries = ["2026-02-27T08:00:00Z", "2026-03-27T08:00:00Z"]
+contract_size = 1.0
+tick_size_usd = 0.5
+lot_size = 0.001
+[[option_chain]]
+underlying = "BTC"
+expiries = ["2026-02-27T08:00:00Z", "2026-03-27T08:00:00Z"]
+moneyness = [0.9, 1.0]
+strike_step_usd = 1000.0
+contract_size = 0.1
+tick_size_usd = 0.5
+lot_size = 0.01
+""", T0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(books=st.lists(st.lists(st.tuples(st.integers(0, 10), st.sampled_from([-3.0, -1.0, -0.5, 0.0, 0.5, 2.0]),
+                                         st.booleans()), max_size=8), min_size=1, max_size=6),
+       rates=st.sampled_from([(0.01, 0.01), (0.02, 0.0), (0.0, 0.005)]))
+def test_vectorised_contingency_equals_the_formulas_account_by_account(books, rates):
+    from marginflow.margin.domain.contingency import ContingencyTable
+
+    table = instrument_table(CHAIN)
+    books = [[(k % table.n, q, i) for k, q, i in b] for b in books]
+    ct = ContingencyTable(table.kind, table.underlying, table.strike, table.expiry_ms, table.contract_size,
+                          np.array([60000.0]), ContingencyRates(*rates))
+    indptr = np.cumsum([0] + [len(b) for b in books]).astype(np.int64)
+    flat = [p for b in books for p in b]
+    k = np.array([p[0] for p in flat], np.int32)
+    q = np.array([p[1] for p in flat], np.float64)
+    iso = np.array([p[2] for p in flat], np.uint8)
+    for shares in (True, False):
+        c = ct.charges(indptr, k, q, iso, shares=shares)
+        want = _naive_charges(table, [(k[a:b], q[a:b], iso[a:b]) for a, b in zip(indptr[:-1], indptr[1:])],
+                              rates[0], rates[1], 60000.0)
+        np.testing.assert_allclose(c.cross_option, [w[0] for w in want], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(c.cross_basis, [w[1] for w in want], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(c.isolated_per_account, [w[2] for w in want], rtol=1e-12, atol=1e-9)
+        if shares:
+            owner = np.repeat(np.arange(len(books)), np.diff(indptr))
+            got_option = np.bincount(owner, weights=c.position_option, minlength=len(books))
+            np.testing.assert_allclose(got_option, c.cross_option + c.isolated_per_account, rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(np.bincount(owner, weights=c.position_basis, minlength=len(books)),
+                                       c.cross_basis, rtol=1e-12, atol=1e-9)
