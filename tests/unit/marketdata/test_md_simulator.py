@@ -100,3 +100,25 @@ def test_bad_simulator_config_is_refused():
         SimConfig(garch_alpha=0.5, garch_beta=0.6)
     with pytest.raises(ValueError):
         SimConfig(step_ms=0)
+
+
+def test_depth_thins_out_and_spreads_widen_in_stress(universe):
+    # The same seed draws the same numbers whatever the regime, so tick i of the calm run and tick i of
+    # the stressed run quote the same random size: the stressed one is stress_depth_multiplier of it.
+    calm_cfg = SimConfig(seed=9, p_calm_to_stress_per_day=0.0, p_stress_to_calm_per_day=0.0)
+    calm = MarketSimulator(universe, calm_cfg, 0)
+    stressed = MarketSimulator(universe, calm_cfg, 0)
+    stressed.stress = True
+    a, b = calm.next_block(20), stressed.next_block(20)
+    assert len(a) == len(b) and [t.instrument for t in a] == [t.instrument for t in b]
+    quoted = [(x, y) for x, y in zip(a, b) if x.bids]
+    assert quoted
+    for x, y in quoted:
+        assert y.bid_size == pytest.approx(0.3 * x.bid_size, rel=1e-12)
+        assert sum(s for _, s in y.bids) == pytest.approx(0.3 * sum(s for _, s in x.bids), rel=1e-12)
+    perp = [(x, y) for x, y in quoted if x.instrument == "BTC-PERP"]
+    assert perp and all((y.ask - y.bid) / y.price > (x.ask - x.bid) / x.price for x, y in perp)
+    with pytest.raises(ValueError, match="stress_depth_multiplier"):
+        SimConfig(stress_depth_multiplier=0.0)
+    with pytest.raises(ValueError, match="stress_spread_multiplier"):
+        SimConfig(stress_spread_multiplier=0.5)

@@ -20,7 +20,8 @@ whose ATM level follows the current realised volatility (× a variance risk prem
     iv(K, T) = atm · (1 + skew·x + curvature·x²),  x = ln(K/F) / √T,   floored at 5 %.
 
 Top of book and five levels of depth are quoted around each price with a half-spread that widens
-in stress. Not every instrument ticks every step (options less often), like a real feed.
+in stress (``stress_spread_multiplier``) and a depth that thins out (``stress_depth_multiplier``: market
+makers pull size in a sell-off, so a close-out walks further into the book). Not every instrument ticks every step (options less often), like a real feed.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class SimConfig:
     garch_beta: float = 0.979          # step-scale persistence
     stress_vol_multiplier: float = 2.5
     stress_corr_pull: float = 0.5      # stress correlation = calm + pull · (1 − calm)
+    stress_spread_multiplier: float = 3.0   # half-spread in stress / calm
+    stress_depth_multiplier: float = 0.3    # size quoted at each level in stress / calm
     p_calm_to_stress_per_day: float = 0.10
     p_stress_to_calm_per_day: float = 0.50
     jumps_per_day_calm: float = 0.5
@@ -73,6 +76,10 @@ class SimConfig:
                 raise ValueError(f"{name} must lie in [0, 1]")
         if self.stress_vol_multiplier < 1:
             raise ValueError("stress_vol_multiplier must be >= 1")
+        if not self.stress_spread_multiplier >= 1:
+            raise ValueError(f"stress_spread_multiplier must be >= 1, got {self.stress_spread_multiplier!r}")
+        if not 0 < self.stress_depth_multiplier <= 1:
+            raise ValueError(f"stress_depth_multiplier must be in (0, 1], got {self.stress_depth_multiplier!r}")
 
 
 def _per_step(p_per_day: float, step_ms: int) -> float:
@@ -215,12 +222,13 @@ class MarketSimulator:
             iv = np.where(self.is_option[None, :], smile, 0.0)
         tick = self.tick_size[None, :]
         price = np.maximum(np.round(price / tick) * tick, tick)
-        widen = np.where(stress, 3.0, 1.0)[:, None]
+        widen = np.where(stress, cfg.stress_spread_multiplier, 1.0)[:, None]
         half = np.maximum(price * self.spread_frac[None, :] * widen, tick)
         half = np.where(self.is_option[None, :], np.maximum(half, 0.01 * price), half)
         bid = np.maximum(price - half, tick)
         ask = price + half
-        size = self.depth[None, :] / 5.0 * (0.5 + self.rng.random((steps, n_inst)))
+        thin = np.where(stress, cfg.stress_depth_multiplier, 1.0)[:, None]
+        size = self.depth[None, :] / 5.0 * (0.5 + self.rng.random((steps, n_inst))) * thin
         emit = self.rng.random((steps, n_inst)) < self.tick_prob[None, :]
         idx_emit = self.rng.random((steps, len(self.underlyings))) < cfg.tick_prob_index
         out: list[RawTick] = []
