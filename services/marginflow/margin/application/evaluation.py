@@ -16,7 +16,7 @@ import numpy as np
 from marginflow.margin.application.models import Model, build_model
 from marginflow.margin.application.ports import EngineConfig, EngineMetrics
 from marginflow.margin.application.publication import Publication
-from marginflow.margin.application.queries import Queries
+from marginflow.margin.application.queries import Evaluated, Queries
 from marginflow.margin.application.results import account_margin
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.domain.book import AccountBook, InstrumentTable
@@ -98,16 +98,16 @@ class Evaluation:
                 return
             outputs: list[AccountMargin] = []
             calls: list[MarginCallEvent] = []
-            market = self._market_view()
+            at = self.queries.market_at()
             now = self._wall_ms()
             model = self.model
-            marks = self.market.mark_price.copy()
-            event_ms = self.market.newest_event_ms
+            marks = at.view.mark
             for row in rows:
                 started = time.perf_counter()
                 book = self.accounts.rows[row]
-                single = self.queries.single(book, model, market)
+                single = self.queries.single(book, model, at)
                 self.accounts.store_single(row, single.core)
+                self.queries.publish_incremental(row, model, single)
                 self.metrics.incremental(time.perf_counter() - started)
                 # the account's own inputs changed: a transition needs no confirmation
                 state = int(self.publication.next_states(single.valuation, row, row + 1, now,
@@ -170,22 +170,25 @@ class Evaluation:
             acc = self.accounts
             f = acc.ensure_flat()
             n = f.n_accounts
-            market = self._market_view()
+            at = self.queries.market_at()
+            books = acc.rows[:n]     # what each row is evaluated with (queries compare by identity)
             # In chunks, yielding the GIL between them: gRPC threads wait ~1 chunk, not the whole pass.
             val = valuate_chunked(f.owner, f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
                                   acc.iso_im_flat, acc.balances[:n], acc.cross_im[:n], self.config.mm_factor,
-                                  market, indptr=f.indptr, chunk_positions=EVALUATE_CHUNK_POSITIONS,
+                                  at.view, indptr=f.indptr, chunk_positions=EVALUATE_CHUNK_POSITIONS,
                                   pause=self.queries.readers.yield_to_queries, core=self.core,
                                   n_threads=self.config.n_threads)
+            parts = (acc.grid[:n].copy(), acc.es[:n].copy(), acc.minimum[:n].copy(), acc.liquidity[:n].copy())
+            self.queries.publish_evaluation(Evaluated(model, books, f, val, parts, at))
             outputs: list[AccountMargin] = []
             calls: list[MarginCallEvent] = []
             now = self._wall_ms()
             live = acc.computed[:n]   # False for removed rows
-            event_ms = self.market.newest_event_ms
+            event_ms = at.event_ms
             published = self.publication.next_states(val, 0, n, now)
             changed = live & self.publication.changed(published, val, n, now)
             rows = np.flatnonzero(changed).tolist()
-            marks = self.market.mark_price.copy() if rows else None
+            marks = at.view.mark
             for row in rows:
                 parts = (float(acc.grid[row]), float(acc.es[row]), float(acc.minimum[row]), float(acc.liquidity[row]))
                 state = int(published[row])
