@@ -142,3 +142,27 @@ def test_an_account_evaluated_with_another_book_or_model_is_margined_alone(make_
     q.publish_evaluation(dataclasses.replace(stale, books=list(engine.accounts.rows), model=object()))
     assert q._latest(row, engine.accounts.book("a"), engine.model) is None   # another model (a version being applied)
     assert engine.get_margin("a").im_usd == pytest.approx(9006.0)
+
+
+def test_states_built_in_one_batch_equal_those_built_one_by_one(make_engine):
+    from marginflow.margin.application.results import account_margin, account_margins
+
+    engine, pub, _, books = _engine_with_accounts(make_engine, n=60, seed=11)
+    ev = engine.queries.evaluated
+    n = len(ev.books)
+    rows = np.arange(n)[::-1].copy()                     # any order
+    states = (rows % 4 + 1).astype(np.int8)
+    episodes = (rows % 3).tolist()
+    batch = account_margins(engine.instruments, engine.config.mm_factor, ev.books, ev.valuation, rows, ev.flat,
+                            ev.model, ev.market.event_ms, ev.parts, states, episodes)
+    for i, row in enumerate(rows.tolist()):
+        parts = tuple(float(p[row]) for p in ev.parts)
+        one = account_margin(engine.instruments, engine.config.mm_factor, ev.books[row], ev.valuation, row, ev.flat,
+                             ev.model, ev.market.event_ms, parts, state=int(states[i]), episode=episodes[i])
+        assert batch[i] == one
+    assert sum(len(m.isolated) for m in batch) > 10
+    # and the first publication (every account at once) is what the one-by-one build gives
+    for b in books:
+        assert pub.last(b.account_id) == dataclasses.replace(
+            engine.get_margin(b.account_id), isolated=tuple(dataclasses.replace(i, liquidation_price_usd=None)
+                                                            for i in engine.get_margin(b.account_id).isolated))

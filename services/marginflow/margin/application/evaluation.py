@@ -17,7 +17,7 @@ from marginflow.margin.application.models import Model, build_model
 from marginflow.margin.application.ports import EngineConfig, EngineMetrics
 from marginflow.margin.application.publication import Publication
 from marginflow.margin.application.queries import Evaluated, Queries
-from marginflow.margin.application.results import account_margin
+from marginflow.margin.application.results import account_margins
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.domain.book import AccountBook, InstrumentTable
 from marginflow.margin.domain.causes import Snapshot
@@ -187,16 +187,18 @@ class Evaluation:
             event_ms = at.event_ms
             published = self.publication.next_states(val, 0, n, now)
             changed = live & self.publication.changed(published, val, n, now)
-            rows = np.flatnonzero(changed).tolist()
+            rows = np.flatnonzero(changed)
             marks = at.view.mark
-            for row in rows:
-                parts = (float(acc.grid[row]), float(acc.es[row]), float(acc.minimum[row]), float(acc.liquidity[row]))
-                state = int(published[row])
-                episode, repeat = self.publication.episode(row, state)
-                margin = account_margin(self.instruments, self.config.mm_factor, acc.rows[row], val, row, f, model,
-                                        event_ms, parts, state=state, episode=episode)
-                self.publication.record(row, margin, repeat, now, outputs, calls,
-                                        self._snapshot(acc.rows[row], marks, float(val.collateral[row]), margin))
+            states = published[rows]
+            # episodes first (they read the previous published state, which record() then replaces)
+            episodes = [self.publication.episode(row, state) for row, state in zip(rows.tolist(), states.tolist())]
+            margins = account_margins(self.instruments, self.config.mm_factor, books, val, rows, f, model, event_ms,
+                                      parts, states, [e for e, _repeat in episodes])
+            collateral = val.collateral[rows].tolist()
+            record, snapshot = self.publication.record, self._snapshot
+            for row, margin, (_episode, repeat), coll in zip(rows.tolist(), margins, episodes, collateral):
+                record(row, margin, repeat, now, outputs, calls,
+                       lambda b=books[row], c=coll, m=margin: snapshot(b, marks, c, m))
             self.publication.emit(outputs, calls)
             counts = np.bincount(published[live], minlength=5)
             self.last_counts = {s: int(counts[s]) for s in range(1, 5)}

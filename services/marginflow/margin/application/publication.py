@@ -17,7 +17,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -116,11 +117,14 @@ class Publication:
         return int(self.episodes.number[row]), False
 
     def record(self, row: int, margin: AccountMargin, repeat: bool, now_ms: int, outputs: list[AccountMargin],
-               calls: list[MarginCallEvent], snapshot: Snapshot) -> None:
+               calls: list[MarginCallEvent], snapshot: Snapshot | Callable[[], Snapshot]) -> None:
         """``margin`` (in its published state and episode, see :meth:`episode`) goes out for ``row``;
-        a call with it when it enters a worse state."""
+        a call with it when it enters a worse state. ``snapshot`` (or what makes it: it is kept only
+        on a change of state, so a heartbeat need not build one) is the account as margined now."""
         prev = int(self.state[row])
         state = int(margin.state)
+        if (state != prev or self.snapshots[row] is None) and callable(snapshot):
+            snapshot = snapshot()
         episode = margin.episode
         causes: tuple[Contribution, ...] = ()
         if state != prev:
@@ -164,8 +168,10 @@ class Publication:
         if outputs or calls:
             self.publisher.publish(outputs, calls)
             self.metrics.published(len(outputs), len(calls))
-            for c in calls:
-                self.metrics.call(int(c.margin.state), int(c.cause), c.repeat)
+            # one increment per (state, cause, repeat): a first publication has ~100k calls
+            for (state, cause, repeat), count in Counter(
+                    (int(c.margin.state), int(c.cause), c.repeat) for c in calls).items():
+                self.metrics.call(state, cause, repeat, count)
 
 
 # Weyl sequence with the golden-ratio increment (2⁶⁴/φ): row r's phase is frac(r/φ) of the interval. Its
