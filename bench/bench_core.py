@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from marginflow.core import ccore, reference
-from marginflow.core.synthetic import make_market, make_portfolio
+from marginflow.core.synthetic import make_market, make_portfolio, make_valuation
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -64,6 +64,7 @@ def smoke() -> None:
         sl = slice(int(indptr[3]), int(indptr[4]))
         m.what_if(inst[sl], size[sl], iso[sl], np.array([1, 2], np.int32), np.array([1.0, -2.0]))
         m.explain(inst[sl], size[sl], iso[sl])
+        impl.valuate(**make_valuation(mk, pf, out), n_threads=2)
         for bad in ((indptr, inst, size * np.nan, iso), (indptr, inst + 100, size, iso)):
             try:
                 m.compute(*bad, n_threads=2)
@@ -127,7 +128,15 @@ def main() -> int:
     t_er = per_call(lambda: m_r.explain(*one[:3]), 200)
     rows.append(("explain, one account", t_ec, t_er, ""))
 
+    # equity and states of every account at new marks (what the service runs on every mark batch)
+    val = make_valuation(mk, pf, out_c)
+    t_vc, val_c = timed(lambda: ccore.valuate(**val, n_threads=args.threads), args.repeat)
+    t_vr, val_r = timed(lambda: reference.valuate(**val), 3)
+    rows.append((f"valuation on marks, all accounts, {args.threads} threads", t_vc, t_vr,
+                 f"states agree: {float(np.mean(val_c['state'] == val_r['state'])):.4%}"))
+
     diffs = {k: max_rel_diff(out_c[k], out_r[k]) for k in ("im", "grid", "es", "var")}
+    diffs["equity"] = max_rel_diff(val_c["equity"], val_r["equity"])
     same_worst = float(np.mean(out_c["worst"] == out_r["worst"]))
 
     def fmt(t: float) -> str:

@@ -8,7 +8,9 @@
    process, open loop at 500 requests/s (a request is sent at its scheduled time whatever the previous
    one did), random accounts; p50/p99 per method (target p99 ≤ 5 ms). Baseline: the same engine calls
    in-process, without gRPC, timed in the same run. A second phase repeats the load while the service
-   re-evaluates every account on marks every 250 ms (what a live venue does).
+   re-evaluates every account on marks every 250 ms (what a live venue does). Each phase also reports this
+   process's CPU time per request served (every thread: gRPC, handlers, and in the second phase the
+   evaluations): on a host shared with other work it moves far less than the latencies do.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import gc
 import multiprocessing
 import queue
 import os
+import resource
 import threading
 import time
 
@@ -72,6 +75,12 @@ def make_books(engine, n_accounts: int, per_account: int, seed: int = 5) -> list
         books.append(AccountBook(f"acct{i:06d}", 1, inst[i].copy(), size[i].copy(), entry[i].copy(), iso[i].copy(),
                                  coll[i].copy(), bal))
     return books
+
+
+def cpu_s() -> float:
+    """CPU seconds of this whole process (every thread): less sensitive to a loaded host than wall time."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 
 
 def percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
@@ -209,9 +218,10 @@ def main() -> int:
     engine.apply_snapshots(books)
     load_s = time.perf_counter() - t
     version = risk_version(list(engine.instruments.underlyings))
-    t = time.perf_counter()
+    load_before = os.getloadavg()
+    t, c = time.perf_counter(), cpu_s()
     engine.apply_risk_params(version)          # model build + full recalculation + first publication of all
-    first_s = time.perf_counter() - t
+    first_s, first_cpu = time.perf_counter() - t, cpu_s() - c
     t = time.perf_counter()
     engine.full_recalculation()               # steady state: nothing changed, nothing published
     full_s = time.perf_counter() - t
@@ -232,7 +242,9 @@ def main() -> int:
     print(f"states: healthy {counts.get(1, 0):,}, margin call {counts.get(2, 0):,}, liquidation {counts.get(3, 0):,}, "
           f"bankrupt {counts.get(4, 0):,}")
     print(f"generate books {gen_s:.2f} s, load into engine {load_s:.2f} s")
-    print(f"new version: model build + full recalculation + {len(engine.row_of):,} states built {first_s * 1e3:.0f} ms")
+    print(f"load average at start {' '.join(f'{x:.2f}' for x in load_before)}")
+    print(f"new version: model build + full recalculation + {len(engine.row_of):,} states built {first_s * 1e3:.0f} ms "
+          f"(process CPU {first_cpu * 1e3:.0f} ms)")
     print(f"full recalculation, steady state: {full_s * 1e3:.0f} ms (core compute alone {core_s * 1e3:.0f} ms); "
           f"equity/state evaluation on marks {eval_s * 1e3:.0f} ms")
     print(f"RATIO service full recalculation / core compute: {full_s / core_s:.2f}× (target ≤ 1.5×)")
@@ -261,11 +273,13 @@ def main() -> int:
     # Client baseline: the same client against an echo MarginService in this process (same server
     # factory and worker count, canned responses of the real size): what gRPC + the client cost alone.
     echo_server, echo_port, echo_health = echo_service(engine, sample[0])
+    c = cpu_s()
     res = run_load(echo_port, sample, instruments, args.rate, args.seconds)
+    echo_cpu_us = (cpu_s() - c) / max(1, sum(len(v) for v in res["results"].values())) * 1e6
     grpcserver.stop(echo_server, echo_health, 1.0)
     echo = {m: percentiles(res["results"][m]) for m in ("GetMargin", "WhatIf")}
     print(f"echo server (client + gRPC alone) at {args.rate:.0f} req/s: achieved {res['achieved_rps']:.0f} req/s, "
-          f"errors {res['errors']}")
+          f"errors {res['errors']}; server process CPU {echo_cpu_us:.0f} µs/request")
     for method in ("GetMargin", "WhatIf"):
         p50, p99, mx = echo[method]
         print(f"  {method}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.1f} ms")
@@ -285,13 +299,18 @@ def main() -> int:
 
             worker = threading.Thread(target=marks_loop, daemon=True)
             worker.start()
+        c = cpu_s()
         res = run_load(app.grpc_port, sample, instruments, args.rate, args.seconds)
         stop.set()
         if worker is not None:
             worker.join(5)
+        served = max(1, sum(len(v) for v in res["results"].values()))
+        cpu_us = (cpu_s() - c) / served * 1e6
         label = "idle service" if phase == "idle" else f"while re-evaluating all {len(engine.row_of):,} accounts on marks every 250 ms"
+        what = "" if phase == "idle" else ", the evaluations included"
         print(f"gRPC at {args.rate:.0f} req/s for {args.seconds:.0f} s ({label}): achieved {res['achieved_rps']:.0f} req/s, "
-              f"errors {res['errors']}")
+              f"errors {res['errors']}; server process CPU {cpu_us:.0f} µs/request{what} "
+              f"(echo {echo_cpu_us:.0f}); load average {os.getloadavg()[0]:.2f}")
         for method, base in (("GetMargin", base_get), ("WhatIf", base_wi)):
             p50, p99, mx = percentiles(res["results"][method])
             print(f"  {method}: n={len(res['results'][method])}, p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.1f} ms; "

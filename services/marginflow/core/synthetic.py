@@ -133,3 +133,28 @@ def make_portfolio(n_accounts: int, n_positions: int, n_instruments: int, seed: 
             * max_contracts / 10.0)
     isolated = (rng.random(n_positions) < isolated_share).astype(np.uint8)
     return indptr, instrument, size, isolated
+
+
+def make_valuation(market: Market, portfolio, margin: dict, n_assets: int = 3, seed: int = 2) -> dict:
+    """Arguments of ``valuate`` for ``portfolio`` (as :func:`make_portfolio` returns it) margined by
+    ``margin`` (a ``compute`` result): entries near the mark, collateral about 40 % of the notional
+    in a stablecoin (unit value 1) and some crypto, every mark and price fresh."""
+    rng = np.random.default_rng(seed)
+    indptr, instrument, size, isolated = portfolio
+    n, nnz, n_inst = indptr.shape[0] - 1, instrument.shape[0], market.kind.shape[0]
+    mark = market.mark_value / market.multiplier      # USD per unit (Black-76 for options)
+    contract = market.multiplier
+    entry = mark[instrument] * (1.0 + rng.normal(0.0, 0.02, nnz))
+    notional = np.zeros(n)
+    np.add.at(notional, np.repeat(np.arange(n), np.diff(indptr)), np.abs(size) * market.mark_value[instrument])
+    balances = np.zeros((n, n_assets))
+    balances[:, 0] = np.round(0.4 * notional, 2)
+    balances[::3, 1] = 0.5
+    iso = isolated != 0
+    iso_im = np.where(iso, margin["isolated_im"], 0.0)
+    return dict(indptr=indptr, instrument=instrument, size=size, entry=entry, isolated=isolated,
+                isolated_collateral=np.where(iso, 1.5 * iso_im, 0.0), isolated_im=iso_im, balances=balances,
+                cross_im=margin["cross_im"], mm_factor=0.5, mark=mark, contract_size=contract,
+                mark_time_ms=np.full(n_inst, 1_000, np.int64), fresh=np.ones(n_inst, np.uint8),
+                unit_value=np.array([1.0, 60_000.0, 3_000.0][:n_assets] + [1.0] * max(0, n_assets - 3)),
+                asset_fresh=np.ones(n_assets, np.uint8), asset_time_ms=np.full(n_assets, 1_000, np.int64))

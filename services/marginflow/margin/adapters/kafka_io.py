@@ -46,7 +46,7 @@ class KafkaPublisher:
 
     def publish(self, states: Sequence[AccountMargin], calls: Sequence[MarginCallEvent]) -> None:
         now = self._clock_ms()
-        msgs = [codec.margin_state(m, self._source, now) for m in states]
+        msgs = codec.margin_states(states, self._source, now)
         if self._producer is None:   # in-process (benchmark): the streams only
             if self._fanout is not None:
                 self._fanout.publish(msgs)

@@ -73,13 +73,13 @@ class MarginMetrics:
         self.states_published.inc(states)
         self.calls_published.inc(calls)
 
-    def call(self, state: int, cause: int, repeat: bool) -> None:
+    def call(self, state: int, cause: int, repeat: bool, count: int = 1) -> None:
         key = (state, cause, repeat)
         child = self._call_children.get(key)
         if child is None:
             child = self._call_children[key] = self.calls.labels(
                 Health(state).name.lower(), ChangeCause(cause).name.lower(), "true" if repeat else "false")
-        child.inc()
+        child.inc(count)
 
 
 _metrics: MarginMetrics | None = None

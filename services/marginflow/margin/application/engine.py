@@ -19,7 +19,7 @@ from marginflow.margin.application.publication import Instruments, Publication
 from marginflow.margin.application.queries import Queries
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.domain.book import AccountBook, InstrumentTable
-from marginflow.margin.domain.market import MarketState, MarkUpdate
+from marginflow.margin.domain.market import MarketAt, MarketState, MarkUpdate
 from marginflow.margin.domain.results import AccountMargin, Explanation
 from marginflow.margin.domain.scenarios import RiskVersion
 from marginflow.margin.domain.trades import TradeDelta
@@ -45,7 +45,8 @@ class MarginEngine:
         self.accounts.on_grow(self.publication.grow)
         self._lock = threading.RLock()   # held by the mutating thread; readers never take it
         self.queries = Queries(instruments, config, self.market, self.accounts, lambda: self.evaluation.model,
-                               self.market_view, clock.now_ms, lambda: self.ready, self.publication, core)
+                               self.market_view, clock.now_ms, lambda: self.ready, self.publication, core,
+                               self.market_at)
         self.evaluation = Evaluation(instruments, config, core, self.market, self.accounts, self.publication,
                                      self.queries, self.metrics, clock.now_ms, self.market_view, self._lock)
 
@@ -104,6 +105,14 @@ class MarginEngine:
         sigma = model.sigma_margin if model is not None else {}
         cfg = self.config
         return self.market.view(cfg.assets, cfg.stablecoins, sigma, cfg.haircut, cfg.mark_max_age_ms)
+
+    def market_at(self) -> MarketAt:
+        """:meth:`market_view` and the prices liquidation prices use, copied (one computation's market)."""
+        model = self.evaluation.model
+        sigma = model.sigma_margin if model is not None else {}
+        cfg = self.config
+        return self.market.at(cfg.assets, cfg.stablecoins, sigma, cfg.haircut, cfg.mark_max_age_ms,
+                              self.clock.now_ms())
 
     def haircuts(self) -> dict[str, float]:
         model = self.evaluation.model

@@ -16,8 +16,8 @@ import numpy as np
 from marginflow.margin.application.models import Model, build_model
 from marginflow.margin.application.ports import EngineConfig, EngineMetrics
 from marginflow.margin.application.publication import Publication
-from marginflow.margin.application.queries import Queries
-from marginflow.margin.application.results import account_margin
+from marginflow.margin.application.queries import Evaluated, Queries
+from marginflow.margin.application.results import account_margins
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.domain.book import AccountBook, InstrumentTable
 from marginflow.margin.domain.causes import Snapshot
@@ -98,16 +98,16 @@ class Evaluation:
                 return
             outputs: list[AccountMargin] = []
             calls: list[MarginCallEvent] = []
-            market = self._market_view()
+            at = self.queries.market_at()
             now = self._wall_ms()
             model = self.model
-            marks = self.market.mark_price.copy()
-            event_ms = self.market.newest_event_ms
+            marks = at.view.mark
             for row in rows:
                 started = time.perf_counter()
                 book = self.accounts.rows[row]
-                single = self.queries.single(book, model, market)
+                single = self.queries.single(book, model, at)
                 self.accounts.store_single(row, single.core)
+                self.queries.publish_incremental(row, model, single)
                 self.metrics.incremental(time.perf_counter() - started)
                 # the account's own inputs changed: a transition needs no confirmation
                 state = int(self.publication.next_states(single.valuation, row, row + 1, now,
@@ -170,30 +170,35 @@ class Evaluation:
             acc = self.accounts
             f = acc.ensure_flat()
             n = f.n_accounts
-            market = self._market_view()
+            at = self.queries.market_at()
+            books = acc.rows[:n]     # what each row is evaluated with (queries compare by identity)
             # In chunks, yielding the GIL between them: gRPC threads wait ~1 chunk, not the whole pass.
             val = valuate_chunked(f.owner, f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
                                   acc.iso_im_flat, acc.balances[:n], acc.cross_im[:n], self.config.mm_factor,
-                                  market, indptr=f.indptr, chunk_positions=EVALUATE_CHUNK_POSITIONS,
+                                  at.view, indptr=f.indptr, chunk_positions=EVALUATE_CHUNK_POSITIONS,
                                   pause=self.queries.readers.yield_to_queries, core=self.core,
                                   n_threads=self.config.n_threads)
+            parts = (acc.grid[:n].copy(), acc.es[:n].copy(), acc.minimum[:n].copy(), acc.liquidity[:n].copy())
+            self.queries.publish_evaluation(Evaluated(model, books, f, val, parts, at))
             outputs: list[AccountMargin] = []
             calls: list[MarginCallEvent] = []
             now = self._wall_ms()
             live = acc.computed[:n]   # False for removed rows
-            event_ms = self.market.newest_event_ms
+            event_ms = at.event_ms
             published = self.publication.next_states(val, 0, n, now)
             changed = live & self.publication.changed(published, val, n, now)
-            rows = np.flatnonzero(changed).tolist()
-            marks = self.market.mark_price.copy() if rows else None
-            for row in rows:
-                parts = (float(acc.grid[row]), float(acc.es[row]), float(acc.minimum[row]), float(acc.liquidity[row]))
-                state = int(published[row])
-                episode, repeat = self.publication.episode(row, state)
-                margin = account_margin(self.instruments, self.config.mm_factor, acc.rows[row], val, row, f, model,
-                                        event_ms, parts, state=state, episode=episode)
-                self.publication.record(row, margin, repeat, now, outputs, calls,
-                                        self._snapshot(acc.rows[row], marks, float(val.collateral[row]), margin))
+            rows = np.flatnonzero(changed)
+            marks = at.view.mark
+            states = published[rows]
+            # episodes first (they read the previous published state, which record() then replaces)
+            episodes = [self.publication.episode(row, state) for row, state in zip(rows.tolist(), states.tolist())]
+            margins = account_margins(self.instruments, self.config.mm_factor, books, val, rows, f, model, event_ms,
+                                      parts, states, [e for e, _repeat in episodes])
+            collateral = val.collateral[rows].tolist()
+            record, snapshot = self.publication.record, self._snapshot
+            for row, margin, (_episode, repeat), coll in zip(rows.tolist(), margins, episodes, collateral):
+                record(row, margin, repeat, now, outputs, calls,
+                       lambda b=books[row], c=coll, m=margin: snapshot(b, marks, c, m))
             self.publication.emit(outputs, calls)
             counts = np.bincount(published[live], minlength=5)
             self.last_counts = {s: int(counts[s]) for s in range(1, 5)}

@@ -5,8 +5,10 @@
   beyond a band, when bankrupt, or when the account's own inputs changed).
 * **When.** An account's margin is published when its (published) state changes, when its equity
   or IM moved by more than ``max(publish_change_min_usd, publish_change_fraction × max(|equity|,
-  IM))`` since the last publication, or when ``publish_max_interval_ms`` passed (a heartbeat per
-  account). Only those accounts' results are built (the others cost a vectorised comparison).
+  IM))`` since the last publication, or at its heartbeat: every ``publish_max_interval_ms`` at a
+  phase of its own, so that accounts first published together (a new version, a restart) do not all
+  come due in the same evaluation a whole interval later. Only those accounts' results are built
+  (the others cost a vectorised comparison).
 * **Calls.** A margin call goes out on every move into a worse state, with the account's episode,
   whether the episode had reached that state already (a repeat), and what moved the account since
   its state last changed (``domain.causes``), each part with its size.
@@ -15,7 +17,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -53,9 +56,11 @@ class Publication:
         self.pending = Pending.empty(0)
         self.episodes = Episodes.empty(0)
         self.snapshots: list[Snapshot | None] = []
+        self.phase_ms = heartbeat_phases(0, config.publish_max_interval_ms)
         self.last_change: dict[int, tuple[Contribution, ...]] = {}
 
     def grow(self, capacity: int) -> None:
+        self.phase_ms = heartbeat_phases(capacity, self.config.publish_max_interval_ms)
         for owner, name in ((self, "state"), (self, "equity"), (self, "im"), (self, "ms"),
                             (self.pending, "state"), (self.pending, "since_ms"), (self.pending, "count"),
                             (self.episodes, "number"), (self.episodes, "worst")):
@@ -91,8 +96,16 @@ class Publication:
         st, eq, im = self.state[:n], self.equity[:n], self.im[:n]
         thr = np.maximum(cfg.publish_change_min_usd, cfg.publish_change_fraction * np.maximum(np.abs(eq), im))
         changed = (published != st) | (np.abs(val.equity - eq) > thr) | (np.abs(val.im - im) > thr)
-        changed |= (now_ms - self.ms[:n]) >= cfg.publish_max_interval_ms
+        changed |= self.heartbeat_due(n, now_ms)
         return changed
+
+    def heartbeat_due(self, n: int, now_ms: int) -> np.ndarray:
+        """Rows 0..n−1 whose heartbeat came since their last publication: row r's heartbeats fall at
+        ``phase_r + k·interval``, so each row gets one at most an interval after its last publication,
+        and an evaluation covering Δt ms of them republishes about ``n·Δt/interval`` rows."""
+        interval = self.config.publish_max_interval_ms
+        phase = self.phase_ms[:n]
+        return (now_ms - phase) // interval > (self.ms[:n] - phase) // interval
 
     # ---- one publication
     def episode(self, row: int, state: int) -> tuple[int, bool]:
@@ -104,11 +117,14 @@ class Publication:
         return int(self.episodes.number[row]), False
 
     def record(self, row: int, margin: AccountMargin, repeat: bool, now_ms: int, outputs: list[AccountMargin],
-               calls: list[MarginCallEvent], snapshot: Snapshot) -> None:
+               calls: list[MarginCallEvent], snapshot: Snapshot | Callable[[], Snapshot]) -> None:
         """``margin`` (in its published state and episode, see :meth:`episode`) goes out for ``row``;
-        a call with it when it enters a worse state."""
+        a call with it when it enters a worse state. ``snapshot`` (or what makes it: it is kept only
+        on a change of state, so a heartbeat need not build one) is the account as margined now."""
         prev = int(self.state[row])
         state = int(margin.state)
+        if (state != prev or self.snapshots[row] is None) and callable(snapshot):
+            snapshot = snapshot()
         episode = margin.episode
         causes: tuple[Contribution, ...] = ()
         if state != prev:
@@ -152,8 +168,21 @@ class Publication:
         if outputs or calls:
             self.publisher.publish(outputs, calls)
             self.metrics.published(len(outputs), len(calls))
-            for c in calls:
-                self.metrics.call(int(c.margin.state), int(c.cause), c.repeat)
+            # one increment per (state, cause, repeat): a first publication has ~100k calls
+            for (state, cause, repeat), count in Counter(
+                    (int(c.margin.state), int(c.cause), c.repeat) for c in calls).items():
+                self.metrics.call(state, cause, repeat, count)
+
+
+# Weyl sequence with the golden-ratio increment (2⁶⁴/φ): row r's phase is frac(r/φ) of the interval. Its
+# discrepancy is O(log n / n): any stretch of the interval holds its share of the first n rows, ± O(log n).
+_GOLDEN_64 = np.uint64(0x9E3779B97F4A7C15)
+
+
+def heartbeat_phases(capacity: int, interval_ms: int) -> np.ndarray:
+    """Heartbeat phase (ms, in [0, interval)) per row: deterministic, evenly spread over the interval."""
+    weyl = np.arange(capacity, dtype=np.uint64) * _GOLDEN_64          # wraps mod 2⁶⁴ by design
+    return ((weyl >> np.uint64(11)).astype(np.float64) * (interval_ms / 2.0 ** 53)).astype(np.int64)
 
 
 def snapshot_of(book, marks: np.ndarray, collateral_usd: float, margin: AccountMargin, version: int,

@@ -22,7 +22,7 @@ from marginflow.margin.application.results import account_margin, core_parts
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.domain.book import AccountBook, FlatBook, InstrumentTable
 from marginflow.margin.domain.liquidation import linear_liquidation_price, option_liquidation_forward
-from marginflow.margin.domain.market import MarketState
+from marginflow.margin.domain.market import MarketAt, MarketState
 from marginflow.margin.domain.results import AccountMargin, Explanation, PositionExplain, UnderlyingExplain
 from marginflow.margin.domain.trades import TradeDelta, apply_trades, check_trades
 from marginflow.margin.domain.valuation import MarketView, Valuation, valuate
@@ -62,31 +62,80 @@ class Readers:
 
 @dataclasses.dataclass
 class Single:
-    """One account margined alone."""
+    """One account margined alone (at ``market``, when it is kept for later answers)."""
 
     book: AccountBook
     flat: FlatBook
     core: dict
     valuation: Valuation
+    market: MarketAt | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Evaluated:
+    """The last evaluation of every account, as queries answer from it (never modified once published).
+
+    ``books[row]`` is the book that row was evaluated with: a query answers from these arrays only
+    for an account whose current book is that very object, and only while ``model`` is the model in
+    force — otherwise the account is margined alone, as before. ``answers`` holds the results already
+    built from this evaluation (with liquidation prices), one per row: they die with it."""
+
+    model: Model
+    books: list
+    flat: FlatBook
+    valuation: Valuation
+    parts: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # grid, ES, minimum, liquidity per row, USD
+    market: MarketAt
+    answers: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(eq=False)
+class Incremental:
+    """An account recomputed alone after its own inputs changed (since the last evaluation)."""
+
+    model: Model
+    single: Single
+    answer: AccountMargin | None = None
 
 
 class Queries:
     def __init__(self, instruments: InstrumentTable, config: EngineConfig, market: MarketState,
                  accounts: AccountTable, model: Callable[[], Model | None], market_view: Callable[[], MarketView],
                  wall_ms: Callable[[], int], ready: Callable[[], bool] = lambda: True,
-                 publication: "Publication | None" = None, core=None) -> None:
+                 publication: "Publication | None" = None, core=None,
+                 market_at: Callable[[], MarketAt] | None = None) -> None:
         self.instruments = instruments
         self.config = config
         self.market = market
         self.accounts = accounts
         self._model = model
         self._market_view = market_view
+        self._market_at = market_at
         self._wall_ms = wall_ms
         self._ready = ready
         self._publication = publication
         self._core = core
         self.readers = Readers()
         self._settle = list(config.assets).index(config.settlement_asset)
+        self.evaluated: Evaluated | None = None        # replaced whole by each evaluation
+        self.incremental: dict[int, Incremental] = {}  # rows recomputed alone since; replaced with it
+
+    # ---- what the evaluation leaves for queries (the service loop)
+    def publish_evaluation(self, evaluated: Evaluated) -> None:
+        self.evaluated = evaluated
+        self.incremental = {}
+
+    def publish_incremental(self, row: int, model: Model, single: Single) -> None:
+        self.incremental[row] = Incremental(model, single)
+
+    def market_at(self) -> MarketAt:
+        if self._market_at is not None:
+            return self._market_at()
+        view = self._market_view()
+        m = self.market
+        view = dataclasses.replace(view, mark=view.mark.copy(), mark_time_ms=view.mark_time_ms.copy())
+        return MarketAt(view, m.index_price.copy(), m.implied_vol.copy(), m.now_ms(self._wall_ms()),
+                        m.newest_event_ms)
 
     # ---- one account alone
     def require(self, account_id: str) -> tuple[AccountBook, Model]:
@@ -100,21 +149,29 @@ class Queries:
             raise UnknownAccount(account_id)
         return book, model
 
-    def single(self, book: AccountBook, model: Model, market: MarketView | None = None) -> Single:
-        flat = FlatBook.build([book])
+    def single(self, book: AccountBook, model: Model, market: MarketView | MarketAt | None = None) -> Single:
+        """``book`` margined alone at ``market`` (default: the market now, kept with the result)."""
+        at = None
+        if market is None:
+            at = self.market_at()
+            market = at.view
+        elif isinstance(market, MarketAt):
+            at, market = market, market.view
+        flat = FlatBook.of(book)
         core = model.core.compute(flat.indptr, flat.instrument, flat.size, flat.isolated, n_threads=1)
-        market = market or self._market_view()
         val = valuate(flat.owner, flat.instrument, flat.size, flat.entry, flat.isolated, flat.isolated_collateral,
                       np.asarray(core["isolated_im"], dtype=np.float64), book.balances[None, :],
                       np.asarray(core["cross_im"], dtype=np.float64), self.config.mm_factor, market,
                       indptr=flat.indptr, core=self._core)
-        return Single(book, flat, core, val)
+        return Single(book, flat, core, val, at)
 
     def margin_of(self, s: Single, model: Model, liquidation_prices: bool = False) -> AccountMargin:
-        """The account alone, in its raw state."""
+        """The account alone, in its raw state (results' event time and liquidation prices from the
+        market it was valued at, when kept)."""
+        at = s.market
+        event_ms = at.event_ms if at is not None else self.market.newest_event_ms
         return account_margin(self.instruments, self.config.mm_factor, s.book, s.valuation, 0, s.flat, model,
-                              self.market.newest_event_ms, core_parts(s.core),
-                              self.liquidation_price if liquidation_prices else None)
+                              event_ms, core_parts(s.core), self._pricer(at) if liquidation_prices else None)
 
     def reported(self, margin: AccountMargin) -> AccountMargin:
         """A query's answer: the published state's hysteresis applied, and the account's episode."""
@@ -129,41 +186,100 @@ class Queries:
         return dataclasses.replace(margin, state=state, episode=episode)
 
     def liquidation_price(self, k: int, size: float, equity: float, mm: float,
-                          model: Model | None) -> tuple[float | None, str]:
-        t, m = self.instruments, self.market
+                          model: Model | None, at: MarketAt | None = None) -> tuple[float | None, str]:
+        """Liquidation price of a position (requirement held at ``mm``), at the market ``at`` (default: now)."""
+        t = self.instruments
         cs = float(t.contract_size[k])
+        if at is None:
+            m = self.market
+            index, vol, mark, now = m.index_price, m.implied_vol, m.mark_price, m.now_ms(self._wall_ms())
+        else:
+            index, vol, mark, now = at.index_price, at.implied_vol, at.view.mark, at.now_ms
         if t.is_option(k):
-            forward = float(m.index_price[t.underlying[k]])
-            years = float(t.expiry_years(m.now_ms(self._wall_ms()))[k])
+            forward = float(index[t.underlying[k]])
+            years = t.expiry_years_of(k, now)
             return option_liquidation_forward(equity, mm, size, cs, t.kind[k] == KIND_CALL, forward,
-                                              float(t.strike[k]), years, float(m.implied_vol[k])), "underlying"
-        return linear_liquidation_price(equity, mm, size, cs, float(m.mark_price[k])), "mark"
+                                              float(t.strike[k]), years, float(vol[k])), "underlying"
+        return linear_liquidation_price(equity, mm, size, cs, float(mark[k])), "mark"
+
+    def _pricer(self, at: MarketAt | None):
+        def price(k: int, size: float, equity: float, mm: float, model: Model | None):
+            return self.liquidation_price(k, size, equity, mm, model, at)
+        return price
+
+    # ---- answers: the last computation of the account, margined again only when there is none
+    def _latest(self, row: int | None, book: AccountBook, model: Model) -> Evaluated | Incremental | None:
+        if row is None:
+            return None
+        inc = self.incremental.get(row)
+        if inc is not None and inc.single.book is book and inc.model is model:
+            return inc
+        ev = self.evaluated
+        if ev is not None and ev.model is model and row < len(ev.books) and ev.books[row] is book:
+            return ev
+        return None
+
+    def _from_evaluation(self, ev: Evaluated, row: int, book: AccountBook, liquidation_prices: bool) -> AccountMargin:
+        grid, es, minimum, liquidity = ev.parts
+        parts = (float(grid[row]), float(es[row]), float(minimum[row]), float(liquidity[row]))
+        return account_margin(self.instruments, self.config.mm_factor, book, ev.valuation, row, ev.flat, ev.model,
+                              ev.market.event_ms, parts, self._pricer(ev.market) if liquidation_prices else None)
+
+    def _answer(self, account_id: str, book: AccountBook, model: Model,
+                liquidation_prices: bool) -> tuple[AccountMargin, MarketAt | None]:
+        """The account's raw margin from the last computation that covered its current book under the
+        model in force (the evaluation, or its own recomputation since), and the market it was valued at."""
+        row = self.accounts.row_of.get(account_id)
+        src = self._latest(row, book, model)
+        if isinstance(src, Incremental):
+            if not liquidation_prices:
+                return self.margin_of(src.single, model), src.single.market
+            if src.answer is None:
+                src.answer = self.margin_of(src.single, model, liquidation_prices=True)
+            return src.answer, src.single.market
+        if isinstance(src, Evaluated):
+            margin = src.answers.get(row) if liquidation_prices else None
+            if margin is None:
+                margin = self._from_evaluation(src, row, book, liquidation_prices)
+                # The flat arrays are rewritten in place for a row whose book is replaced (after the
+                # book itself): the row's book unchanged after the read means the read was whole.
+                if self.accounts.rows[row] is not book:
+                    return self._alone(book, model, liquidation_prices)
+                if liquidation_prices:
+                    src.answers[row] = margin
+            return margin, src.market
+        return self._alone(book, model, liquidation_prices)
+
+    def _alone(self, book: AccountBook, model: Model, liquidation_prices: bool) -> tuple[AccountMargin, MarketAt]:
+        s = self.single(book, model)
+        return self.margin_of(s, model, liquidation_prices), s.market
 
     # ---- the queries
     def get_margin(self, account_id: str) -> AccountMargin:
         with self.readers:
             book, model = self.require(account_id)
-            return self.reported(self.margin_of(self.single(book, model), model, liquidation_prices=True))
+            margin, _at = self._answer(account_id, book, model, liquidation_prices=True)
+            return self.reported(margin)
 
     def what_if(self, account_id: str, trades: Sequence[TradeDelta],
                 collateral: Sequence[tuple[int, float]] = ()) -> tuple[AccountMargin, AccountMargin]:
         """Margin before and after hypothetical trades and collateral changes ``(asset column, signed
-        amount in asset units)`` (a withdrawal is a negative amount)."""
+        amount in asset units)`` (a withdrawal is a negative amount); both at the market the account
+        was last valued at, trades without a price at its marks."""
         with self.readers:
             book, model = self.require(account_id)
             check_trades(trades, self.instruments.n)
-            market = self._market_view()
-            before = self.single(book, model, market)
-            after_book = apply_trades(book, trades, self.market.mark_price, self.instruments.contract_size,
-                                      self._settle)
+            before, at = self._answer(account_id, book, model, liquidation_prices=False)
+            if at is None:
+                at = self.market_at()
+            after_book = apply_trades(book, trades, at.view.mark, self.instruments.contract_size, self._settle)
             if collateral:
                 balances = after_book.balances.copy()
                 for column, amount in collateral:
                     balances[column] += amount
                 after_book = dataclasses.replace(after_book, balances=balances)
-            after = self.single(after_book, model, market)
-            return (self.reported(self.margin_of(before, model)),
-                    self.margin_of(after, model, liquidation_prices=True))
+            after = self.single(after_book, model, at)
+            return self.reported(before), self.margin_of(after, model, liquidation_prices=True)
 
     def explain(self, account_id: str) -> Explanation:
         with self.readers:
@@ -183,7 +299,7 @@ class Queries:
                 eq, mm = float(val.iso_equity[j]), float(val.iso_mm[j])
             else:
                 eq, mm = float(val.cross_equity[0]), float(val.cross_mm[0])
-            liq, basis = self.liquidation_price(k, float(book.size[j]), eq, mm, model)
+            liq, basis = self.liquidation_price(k, float(book.size[j]), eq, mm, model, s.market)
             positions.append(PositionExplain(
                 t.symbols[k], t.underlyings[t.underlying[k]], float(book.size[j]), bool(book.isolated[j]),
                 float(ex["position_grid"][j]), float(ex["position_es"][j]), float(ex["position_minimum"][j]),

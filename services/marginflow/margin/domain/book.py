@@ -60,6 +60,12 @@ class InstrumentTable:
     def is_linear(self, k: int) -> bool:
         return int(self.kind[k]) in (KIND_PERP, KIND_FUTURE)
 
+    def expiry_years_of(self, k: int, now_ms: int) -> float:
+        """:meth:`expiry_years` of instrument ``k`` alone (the same arithmetic, without the whole array)."""
+        if int(self.kind[k]) == KIND_PERP:
+            return 0.0
+        return max(float((self.expiry_ms[k] - now_ms) / MS_PER_YEAR), 0.0)
+
     def expiry_years(self, now_ms: int) -> np.ndarray:
         """ACT/365 years to expiry (0 for perpetuals and expired instruments)."""
         years = (self.expiry_ms - now_ms) / MS_PER_YEAR
@@ -96,6 +102,14 @@ class FlatBook:
     isolated: np.ndarray
     isolated_collateral: np.ndarray
     owner: np.ndarray
+
+    @classmethod
+    def of(cls, book: AccountBook) -> "FlatBook":
+        """One account alone: its own arrays (no copies; books are never modified)."""
+        n = book.n
+        return cls(np.array([0, n], dtype=np.int64), _as(book.instrument, np.int32), _as(book.size, np.float64),
+                   _as(book.entry, np.float64), _as(book.isolated, np.uint8),
+                   _as(book.isolated_collateral, np.float64), np.zeros(n, dtype=np.int64))
 
     @classmethod
     def build(cls, books: list[AccountBook | None]) -> "FlatBook":
@@ -138,3 +152,7 @@ class FlatBook:
     @property
     def n_accounts(self) -> int:
         return int(self.indptr.shape[0] - 1)
+
+
+def _as(a: np.ndarray, dtype) -> np.ndarray:
+    return a if a.dtype == dtype and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=dtype)

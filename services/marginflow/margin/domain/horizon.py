@@ -100,7 +100,8 @@ class HorizonTable:
         h = self.h_days
         if r.participation > 0.0 and h > 0.0:
             rate = self.rate_per_day[k]
-            with np.errstate(divide="ignore", invalid="ignore"):
+            # a rate of a few subnormal contracts a day overflows to inf days: the cap takes it
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 t = np.where(rate > 0.0, a / np.where(rate > 0.0, rate, 1.0), np.where(a > 0.0, np.inf, 0.0))
             t = np.where(np.isfinite(rate), t, 0.0)                  # volume unknown: h
             h_eff = np.minimum(np.maximum(h, t), r.max_horizon_multiple * h)

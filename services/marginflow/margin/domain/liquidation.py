@@ -194,6 +194,8 @@ def option_liquidation_forward(equity_usd: float, mm_usd: float, size: float, co
             math.isfinite(v) for v in (equity_usd, mm_usd, size, contract_size, forward, strike, expiry_years, vol)):
         return None
     exposure = size * contract_size
+    if requirement_at is None:
+        return _fixed_requirement_forward(equity_usd - mm_usd, exposure, is_call, forward, strike, expiry_years, vol)
     v0 = black76(forward, strike, expiry_years, vol, is_call)
 
     def equity_at(f: float) -> float:
@@ -206,3 +208,81 @@ def option_liquidation_forward(equity_usd: float, mm_usd: float, size: float, co
     if price is None:
         price = scenario_liquidation_price(equity_at, req, forward, direction=-adverse)
     return price
+
+
+
+def _value_delta(forward: float, strike: float, years: float, vol: float, is_call: bool) -> tuple[float, float]:
+    """Black-76 value on the forward (as :func:`marginflow.pricing.black76`) and its delta dV/dF:
+    N(d1) for a call, N(d1) − 1 for a put (undiscounted); intrinsic value and its slope at T = 0 or σ = 0."""
+    if years <= 0.0 or vol <= 0.0 or forward <= 0.0:
+        if is_call:
+            return max(forward - strike, 0.0), 1.0 if forward > strike else 0.0
+        return max(strike - forward, 0.0), -1.0 if forward < strike else 0.0
+    sd = vol * math.sqrt(years)
+    d1 = (math.log(forward / strike) + 0.5 * sd * sd) / sd
+    d2 = d1 - sd
+    if is_call:
+        n1 = 0.5 * math.erfc(-d1 / _SQRT2)
+        return forward * n1 - strike * (0.5 * math.erfc(-d2 / _SQRT2)), n1
+    value = strike * (0.5 * math.erfc(d2 / _SQRT2)) - forward * (0.5 * math.erfc(d1 / _SQRT2))
+    return value, 0.5 * math.erfc(-d1 / _SQRT2) - 1.0
+
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def _fixed_requirement_forward(surplus_usd: float, exposure: float, is_call: bool, forward: float, strike: float,
+                               years: float, vol: float) -> float | None:
+    r"""The forward with ``g(F) = surplus + exposure·(V(F) − V(F0)) = 0`` (requirement held at today's MM).
+
+    ``V`` is monotone in ``F`` (a call rises with it, a put falls), so ``g`` is monotone and has at most
+    one root: toward the adverse side when the scope is above its requirement (``g(F0) > 0``), toward
+    the other side when it is below — where the two-sided search of :func:`scenario_liquidation_price`
+    finds it too. The root is bracketed on the same points (``F0·(1 ± 0.5 %·2^k)`` out to ``F0·10⁴`` /
+    down to ``F0/10⁴``), then found by Newton steps on the option's delta, safeguarded by bisection
+    inside the bracket, to the same relative tolerance as Brent's method there (a few evaluations
+    instead of some thirty).
+    """
+    if surplus_usd == 0.0:
+        return forward
+    v0 = black76(forward, strike, years, vol, is_call)
+    rises = (exposure > 0) == is_call          # g increases with F
+    above = surplus_usd > 0
+    sign = (-1 if rises else 1) if above else (1 if rises else -1)
+
+    def gap(f: float) -> float:
+        value = surplus_usd + exposure * (black76(f, strike, years, vol, is_call) - v0)
+        return value if math.isfinite(value) else math.nan
+
+    lo, g_lo = forward, surplus_usd
+    for p in _bracket_points(forward, sign, MAX_PRICE_FACTOR):
+        g = gap(p)
+        if math.isnan(g):
+            return None
+        if g == 0.0:
+            return p
+        if (g > 0) != above:
+            hi, g_hi = p, g
+            break
+        lo, g_lo = p, g
+    else:
+        return None
+    x = hi - g_hi * (hi - lo) / (g_hi - g_lo)      # secant start inside the bracket
+    if lo > hi:
+        lo, g_lo, hi, g_hi = hi, g_hi, lo, g_lo
+    for _ in range(100):
+        value, delta = _value_delta(x, strike, years, vol, is_call)
+        g = surplus_usd + exposure * (value - v0)
+        if g == 0.0 or not math.isfinite(g):
+            return x if g == 0.0 else None
+        if (g > 0) == (g_lo > 0):
+            lo, g_lo = x, g
+        else:
+            hi, g_hi = x, g
+        slope = exposure * delta
+        step = x - g / slope if slope != 0.0 else math.nan
+        nxt = step if lo < step < hi else 0.5 * (lo + hi)
+        if abs(nxt - x) <= ROOT_RELATIVE_TOLERANCE * abs(x):
+            return nxt
+        x = nxt
+    return x

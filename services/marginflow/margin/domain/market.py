@@ -35,6 +35,19 @@ class MarkUpdate:
     event_time_ms: int
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class MarketAt:
+    """The market as one computation used it, copied: answers built later from that computation
+    (a query's liquidation prices, a what-if's trades at the mark) use the same prices, whatever
+    marks arrived since."""
+
+    view: MarketView
+    index_price: np.ndarray      # float64[U] USD
+    implied_vol: np.ndarray      # float64[K]
+    now_ms: int                  # the market's event time (or the wall clock before any mark): option expiries
+    event_ms: int                # newest mark's event time (0 before any): the results' event time
+
+
 class MarketState:
     """The newest market data per instrument and underlying; one writer (the service loop).
 
@@ -139,6 +152,14 @@ class MarketState:
             asset_fresh[i] = t > 0 and t >= now - max_age_ms
         return MarketView(self.mark_price, self.instruments.contract_size, self.mark_time_ms, fresh, unit_value,
                           asset_fresh, asset_time)
+
+    def at(self, assets: Sequence[str], stablecoins: frozenset[str], sigma_margin: dict[str, float],
+           haircut: HaircutPolicy, max_age_ms: int, wall_ms: int) -> MarketAt:
+        """:meth:`view` with the arrays the writer updates in place copied (K floats each: cheap)."""
+        v = self.view(assets, stablecoins, sigma_margin, haircut, max_age_ms)
+        view = dataclasses.replace(v, mark=v.mark.copy(), mark_time_ms=v.mark_time_ms.copy())
+        return MarketAt(view, self.index_price.copy(), self.implied_vol.copy(), self.now_ms(wall_ms),
+                        self.newest_event_ms)
 
     def haircuts(self, assets: Sequence[str], stablecoins: frozenset[str], sigma_margin: dict[str, float],
                  haircut: HaircutPolicy) -> dict[str, float]:

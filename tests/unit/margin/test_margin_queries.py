@@ -1,0 +1,168 @@
+"""Queries answered from the last computation of an account (the evaluation's arrays, or the account's
+own recomputation since): the same numbers as margining it alone, and never stale — a trade, a new
+risk version and an evaluation on moved marks each change the answer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from marginflow.margin.adapters import codec
+from marginflow.margin.domain.trades import TradeDelta
+
+from margin_unit_helpers import T0, book, mark, risk_version
+
+BTC, ETH, CALL = 0, 1, 2
+
+
+def _alone(engine, account_id):
+    """The account margined alone at the market now (what queries did before answering from evaluations)."""
+    q = engine.queries
+    b, model = q.require(account_id)
+    return q.reported(q.margin_of(q.single(b, model), model, liquidation_prices=True))
+
+
+def _engine_with_accounts(make_engine, n=40, seed=7):
+    engine, pub, clock = make_engine()
+    rng = np.random.default_rng(seed)
+    books = []
+    for i in range(n):
+        ks = rng.choice(3, size=rng.integers(1, 4), replace=False)
+        books.append(book(f"acct{i}", [(int(k), float(rng.choice([-1, 1]) * rng.integers(1, 5)),
+                                        float(rng.uniform(0.9, 1.1)) * (60000.0 if k == BTC else 3000.0),
+                                        int(rng.random() < 0.4), float(rng.uniform(0, 20000)))
+                                       for k in ks], {"USDC": float(rng.uniform(1e3, 1e5)), "BTC": 0.1}))
+    engine.apply_snapshots(books)
+    engine.apply_risk_params(risk_version())
+    return engine, pub, clock, books
+
+
+def test_answers_from_the_evaluation_equal_the_account_margined_alone_on_the_wire(make_engine):
+    engine, _, clock, books = _engine_with_accounts(make_engine)
+    engine.apply_marks([mark(BTC, 58000.0, T0 + 1000), mark(CALL, 2500.0, T0 + 1000, index=58000.0, iv=0.55)])
+    clock.advance(1000)
+    engine.evaluate()
+    with_iso_price = 0
+    for b in books:
+        assert engine.queries._latest(engine.row_of[b.account_id], engine.accounts.book(b.account_id),
+                                      engine.model) is engine.queries.evaluated
+        answer = engine.get_margin(b.account_id)
+        alone = _alone(engine, b.account_id)
+        assert (codec.margin_state(answer, publish_ms=1).SerializeToString()
+                == codec.margin_state(alone, publish_ms=1).SerializeToString())
+        with_iso_price += sum(iso.liquidation_price_usd is not None for iso in answer.isolated)
+        before, _after = engine.what_if(b.account_id, [TradeDelta(ETH, 1.0)])
+        assert dataclasses.replace(before, isolated=()) == dataclasses.replace(alone, isolated=())
+    assert with_iso_price > 5      # the comparison covered liquidation prices, options among them
+
+
+def test_a_trade_changes_the_answer_at_once(make_engine):
+    engine, _, clock = make_engine()
+    engine.apply_snapshots([book("a", [(BTC, 1.0, 60000.0, 1, 20000.0)], {"USDC": 10000.0})])
+    engine.apply_risk_params(risk_version())
+    first = engine.get_margin("a")
+    assert first.revision == 1 and first.im_usd == pytest.approx(9006.0)
+    engine.apply_snapshots([book("a", [(BTC, 2.0, 60000.0, 1, 20000.0)], {"USDC": 10000.0}, revision=2)])
+    second = engine.get_margin("a")          # no evaluation in between
+    assert second.revision == 2 and second.im_usd == pytest.approx(2 * 9000.0 + 12.0)
+    assert second.isolated[0].liquidation_price_usd != first.isolated[0].liquidation_price_usd
+    assert second == _alone(engine, "a")
+    # the next evaluation supersedes the account's own recomputation
+    engine.apply_marks([mark(BTC, 59000.0, T0 + 1000)])
+    clock.advance(1000)
+    engine.evaluate()
+    third = engine.get_margin("a")
+    assert third.revision == 2 and third.equity_usd == pytest.approx(second.equity_usd - 2000.0)
+    assert third == _alone(engine, "a")
+
+
+def test_a_new_risk_version_changes_the_answer(make_engine):
+    engine, _, _ = make_engine()
+    engine.apply_snapshots([book("a", [(BTC, 1.0, 60000.0, 0, 0.0)], {"USDC": 10000.0})])
+    engine.apply_risk_params(risk_version(1))
+    assert engine.get_margin("a").risk_params_version == 1
+    # the historical moves twice as wide: ES 15 % → 30 % of the notional
+    wider = dataclasses.replace(risk_version(2), hist_returns=risk_version(2).hist_returns * 2)
+    engine.apply_risk_params(wider)
+    m = engine.get_margin("a")
+    assert m.risk_params_version == 2
+    assert m.es_usd == pytest.approx(2 * 9000.0)
+    assert m == _alone(engine, "a")
+
+
+def test_an_evaluation_on_moved_marks_changes_the_answer_and_its_liquidation_prices(make_engine):
+    engine, _, clock = make_engine()
+    engine.apply_snapshots([book("a", [(CALL, -1.0, 3000.0, 1, 20000.0), (BTC, 1.0, 60000.0, 1, 20000.0)],
+                                 {"USDC": 10000.0})])
+    engine.apply_risk_params(risk_version())
+    first = engine.get_margin("a")
+    assert engine.get_margin("a") is first          # the same evaluation: the answer built once
+    engine.apply_marks([mark(BTC, 59000.0, T0 + 1000), mark(CALL, 2600.0, T0 + 1000, index=59000.0, iv=0.5)])
+    # Until the next evaluation the answer is the last evaluation's (never older than it) ...
+    assert engine.get_margin("a") == first
+    clock.advance(1000)
+    engine.evaluate()
+    moved = engine.get_margin("a")
+    # ... and after it, the new marks: equity, and the liquidation prices of both isolated positions
+    assert moved.equity_usd == pytest.approx(first.equity_usd - 1000.0 + 400.0)
+    assert moved.event_time_ms == T0 + 1000
+    for a, b in zip(first.isolated, moved.isolated):
+        assert a.liquidation_price_usd != b.liquidation_price_usd
+    assert moved == _alone(engine, "a")
+
+
+def test_what_if_values_before_and_after_at_the_same_marks(make_engine):
+    engine, _, clock = make_engine()
+    engine.apply_snapshots([book("a", [(BTC, 1.0, 60000.0, 0, 0.0)], {"USDC": 10000.0})])
+    engine.apply_risk_params(risk_version())
+    engine.apply_marks([mark(BTC, 59000.0, T0 + 1000)])      # not evaluated yet
+    before, after = engine.what_if("a", [TradeDelta(BTC, -1.0)])
+    # closed at the marks the account was last valued at (60,000): the P&L is 0 on both sides
+    assert before.equity_usd == pytest.approx(10000.0)
+    assert after.equity_usd == pytest.approx(10000.0) and after.im_usd == pytest.approx(0.0)
+    clock.advance(1000)
+    engine.evaluate()
+    before, after = engine.what_if("a", [TradeDelta(BTC, -1.0)])
+    assert before.equity_usd == pytest.approx(9000.0) and after.equity_usd == pytest.approx(9000.0)
+
+
+def test_an_account_evaluated_with_another_book_or_model_is_margined_alone(make_engine):
+    engine, _, _ = make_engine()
+    engine.apply_snapshots([book("a", [(BTC, 1.0, 60000.0, 0, 0.0)], {"USDC": 10000.0})])
+    engine.apply_risk_params(risk_version())
+    q = engine.queries
+    row = engine.row_of["a"]
+    q.incremental = {}
+    stale = dataclasses.replace(q.evaluated, books=[None] * len(q.evaluated.books))
+    q.publish_evaluation(stale)                    # as if evaluated before this book arrived
+    assert q._latest(row, engine.accounts.book("a"), engine.model) is None
+    assert engine.get_margin("a") == _alone(engine, "a")
+    q.publish_evaluation(dataclasses.replace(stale, books=list(engine.accounts.rows), model=object()))
+    assert q._latest(row, engine.accounts.book("a"), engine.model) is None   # another model (a version being applied)
+    assert engine.get_margin("a").im_usd == pytest.approx(9006.0)
+
+
+def test_states_built_in_one_batch_equal_those_built_one_by_one(make_engine):
+    from marginflow.margin.application.results import account_margin, account_margins
+
+    engine, pub, _, books = _engine_with_accounts(make_engine, n=60, seed=11)
+    ev = engine.queries.evaluated
+    n = len(ev.books)
+    rows = np.arange(n)[::-1].copy()                     # any order
+    states = (rows % 4 + 1).astype(np.int8)
+    episodes = (rows % 3).tolist()
+    batch = account_margins(engine.instruments, engine.config.mm_factor, ev.books, ev.valuation, rows, ev.flat,
+                            ev.model, ev.market.event_ms, ev.parts, states, episodes)
+    for i, row in enumerate(rows.tolist()):
+        parts = tuple(float(p[row]) for p in ev.parts)
+        one = account_margin(engine.instruments, engine.config.mm_factor, ev.books[row], ev.valuation, row, ev.flat,
+                             ev.model, ev.market.event_ms, parts, state=int(states[i]), episode=episodes[i])
+        assert batch[i] == one
+    assert sum(len(m.isolated) for m in batch) > 10
+    # and the first publication (every account at once) is what the one-by-one build gives
+    for b in books:
+        assert pub.last(b.account_id) == dataclasses.replace(
+            engine.get_margin(b.account_id), isolated=tuple(dataclasses.replace(i, liquidation_price_usd=None)
+                                                            for i in engine.get_margin(b.account_id).isolated))
