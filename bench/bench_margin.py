@@ -203,7 +203,9 @@ def main() -> int:
     args = parser.parse_args()
 
     env = dict(os.environ, MF_MARGIN_GRPC_PORT="0", MF_MARGIN_METRICS_PORT="0", MF_LOG_JSON="false",
-               MF_MARGIN_MODEL_REFRESH_MS="0", MF_LOG_LEVEL="WARNING")
+               MF_MARGIN_MODEL_REFRESH_MS="0", MF_LOG_LEVEL="WARNING",
+               # heartbeats (a steady background rate, N per interval) kept out of the steady-state pass
+               MF_MARGIN_PUBLISH_MAX_INTERVAL_MS="3600000")
     settings = load(MarginSettings, env)
     gc.collect()
     rss0 = rss_mib()
