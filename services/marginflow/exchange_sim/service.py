@@ -14,7 +14,8 @@ from kafka import TopicPartition
 
 from marginflow.api.liquidation.v1 import liquidation_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
-from marginflow.exchange_sim.adapters.kafka_io import KafkaFillSink, mark_from_proto, order_from_proto
+from marginflow.exchange_sim.adapters.kafka_io import (INDEX_MARK_PREFIX, KafkaFillSink, mark_from_proto,
+                                                       order_from_proto)
 from marginflow.exchange_sim.adapters.metrics import exchange_sim_metrics
 from marginflow.exchange_sim.application import SimConfig, Simulator, Spec
 from marginflow.exchange_sim.settings import ExchangeSimSettings
@@ -101,6 +102,8 @@ class ExchangeSimApp:
         marks = []
         recs = self.marks.poll(timeout_ms=0, max_records=20000)
         for r in recs:
+            if r.value.instrument.startswith(INDEX_MARK_PREFIX):
+                continue   # an underlying's index (marketdata's "index:BTC"): no book to fill against
             try:
                 marks.append(mark_from_proto(r.value, self._universe.instruments))
             except Rejected as exc:

@@ -40,6 +40,11 @@ def order_from_proto(msg: liquidation_pb2.LiquidationOrder) -> SimOrder:
                     size, limit, b)
 
 
+# md.marks also carries each underlying's index as instrument "index:<underlying>" (marketdata); those
+# are not instruments, so they are skipped rather than dead-lettered (one dead letter per index tick).
+INDEX_MARK_PREFIX = "index:"
+
+
 def mark_from_proto(msg: marketdata_pb2.Mark, instruments) -> SimMark:
     if msg.instrument not in instruments:
         raise Rejected("unknown_instrument", f"{msg.instrument!r} is not in the universe")

@@ -61,6 +61,11 @@ def state_from_proto(msg: margin_pb2.MarginState) -> StateSeen:
                      int(msg.meta.event_time_ms))
 
 
+# marketdata publishes each underlying's index on md.marks as instrument "index:<underlying>": not an
+# instrument of the universe, skipped by the consumer rather than dead-lettered.
+INDEX_MARK_PREFIX = "index:"
+
+
 def mark_from_proto(msg: marketdata_pb2.Mark, instruments) -> MarkSeen:
     if msg.instrument not in instruments:
         raise Rejected("unknown_instrument", f"instrument {msg.instrument!r} is not in the universe")
