@@ -66,3 +66,15 @@ class KafkaFillSink:
         self._producer.flush(ACK_TIMEOUT_S)
         for fut in futures:
             fut.get(timeout=ACK_TIMEOUT_S)
+
+
+def house_deposit(house_account: str, amount_usd: Decimal, asset: str, now_ms: int) -> account_pb2.AccountEvent:
+    """The house's collateral, as a deposit with a fixed id (``exsim-house-collateral-<house>``): the
+    portfolio applies an event id once, so a repeated first start changes nothing."""
+    msg = account_pb2.AccountEvent(event_id=f"exsim-house-collateral-{house_account}", account_id=house_account)
+    msg.deposit.asset = asset
+    msg.deposit.amount.value = str(amount_usd)
+    msg.meta.event_time_ms = now_ms
+    msg.meta.publish_time_ms = now_ms
+    msg.meta.source = "exchange-sim"
+    return msg
