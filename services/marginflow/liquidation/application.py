@@ -53,6 +53,8 @@ RECHECK_DELAY_MS = 100
 RECHECK_TRIES = 20
 # An assessment that failed (margin unreachable, a timeout) is retried after this long.
 FAILURE_BACKOFF_MS = 1000
+# An episode whose orders found no fill in max_rounds rounds gets one round this often (and its assessment).
+STUCK_RETRY_MS = 30_000
 # After a re-check found an account above MM, republished margin.state records of it do not trigger another
 # re-check for this long (each would be one Explain and a RECHECK_HEALTHY event); margin.calls always do.
 STATE_TRIGGER_QUIET_MS = 10_000
@@ -399,7 +401,8 @@ class Tracked:
     rechecks: int = 0
     cooldowns: dict[str, int] = dataclasses.field(default_factory=dict)
     slices_sent: int = 0
-    stuck: bool = False
+    stuck: bool = False                   # max_rounds rounds without a fill: retried slowly, in the queue
+    rounds_since_fill: int = 0
     last_equity_usd: Decimal = ZERO
     last_mm_usd: Decimal = ZERO
     quiet_until_ms: int = 0               # a state trigger found nothing to do: not again before this
@@ -665,6 +668,7 @@ class LiquidationEngine:
                 self.ledger._remember(key)
             t = self.accounts.get(account)
             if t is not None and t.live:
+                t.rounds_since_fill, t.stuck = 0, False   # progress: the bound counts rounds without a fill
                 # The fill moves the account: look again soon, once portfolio and margin have it.
                 t.due_ms = min(t.due_ms, now + self.s.round_interval_ms // 2) if t.due_ms else now
         if touched:
@@ -679,7 +683,7 @@ class LiquidationEngine:
     def due(self, now_ms: int, limit: int) -> list[str]:
         out = []
         for t in self.accounts.values():
-            if t.in_flight or t.stuck or not (t.live or t.pending is not None):
+            if t.in_flight or not (t.live or t.pending is not None):
                 continue
             if t.due_ms <= now_ms:
                 out.append(t.account_id)
@@ -793,7 +797,7 @@ class LiquidationEngine:
                               detail=f"equity {obs.equity_usd} ≥ MM {obs.mm_usd} at the moment of acting")])
             return
         t.episode, t.last_number = episode, episode.number
-        t.cooldowns, t.slices_sent, t.stuck = {}, 0, False
+        t.cooldowns, t.slices_sent, t.stuck, t.rounds_since_fill = {}, 0, False, 0
         self.metrics.episode("started")
         worst = worst_component(components(v))
         where = f"isolated {worst.instrument}" if worst is not None and worst.isolated else "cross"
@@ -834,12 +838,17 @@ class LiquidationEngine:
                               detail=f"equity {v.equity_usd}, IM {v.im_usd}; every part at IM·(1 + buffer) "
                                      f"or closed")])
             return
-        if ep.round_number >= self.s.max_rounds:
+        if t.rounds_since_fill >= self.s.max_rounds:
+            # No fill in max_rounds rounds: left to the operator (the queue, the age alert), but never dropped —
+            # one round every STUCK_RETRY_MS (a market that moved may fill it), and the assessment above still
+            # ends the episode when the account is restored or resolves it when it goes below zero.
+            t.due_ms = now + STUCK_RETRY_MS
             if not t.stuck:
                 t.stuck = True
                 self._emit([Event("ROUND_EXHAUSTED", t.account_id, ep.number, now, round=ep.round_number,
-                                  detail=f"{self.s.max_rounds} rounds without restoring: left to the operator")])
-            return
+                                  detail=f"{self.s.max_rounds} rounds without a fill: left to the operator, "
+                                         f"retried every {STUCK_RETRY_MS // 1000} s")])
+                return
         self._round(t, a, now)
 
     def _position_states(self, t: Tracked, a: Assessment, part: Component, now: int
@@ -906,6 +915,7 @@ class LiquidationEngine:
             sent.append(intent)
         ep, ids = allocate_slices(ep, len(sent))
         t.episode = ep
+        t.rounds_since_fill += 1 if sent else 0
         orders = []
         for intent, oid in zip(sent, ids):
             _acct, _ep, slice_number = parse_order_id(oid)
