@@ -55,6 +55,10 @@ RECHECK_TRIES = 20
 FAILURE_BACKOFF_MS = 1000
 # An episode whose orders found no fill in max_rounds rounds gets one round this often (and its assessment).
 STUCK_RETRY_MS = 30_000
+LINEAR_KINDS = (Kind.PERPETUAL, Kind.FUTURE)
+# A bankrupt isolated position already resolved (take-over/ADL effects published) is not resolved again within
+# this long while portfolio and margin catch up; its effects carry fixed ids, so a later redo changes nothing.
+RESOLVED_RETRY_MS = 10_000
 # After a re-check found an account above MM, republished margin.state records of it do not trigger another
 # re-check for this long (each would be one Explain and a RECHECK_HEALTHY event); margin.calls always do.
 STATE_TRIGGER_QUIET_MS = 10_000
@@ -376,12 +380,15 @@ class Marks:
         return time_weighted_average([t for t, _ in hist], [p for _, p in hist], self.newest_ms,
                                      self.guards.twap_window_ms)
 
-    def verdict(self, instrument: str) -> GuardVerdict:
+    def verdict(self, instrument: str, linear: bool = True) -> GuardVerdict:
+        """``linear`` false (an option): no mark-vs-index band — an option's mark is its premium and the index
+        its underlying's price (ETH puts at 50 against an index of 3,000 were paused for ever); the TWAP band
+        of its own mark, staleness and the admin pause still apply."""
         m = self.latest.get(instrument)
         admin = self.venue_paused or instrument in self.paused
         if m is None:
             return GuardVerdict.PAUSED_ADMIN if admin else GuardVerdict.NO_PRICE
-        index = m.index_usd if m.index_usd > 0 else None
+        index = m.index_usd if m.index_usd > 0 and linear else None
         return instrument_guard(m.mark_usd, m.event_time_ms, index, self.twap(instrument), self.newest_ms,
                                 self.guards, admin_paused=admin)
 
@@ -403,6 +410,7 @@ class Tracked:
     slices_sent: int = 0
     stuck: bool = False                   # max_rounds rounds without a fill: retried slowly, in the queue
     rounds_since_fill: int = 0
+    resolved_ms: dict[str, int] = dataclasses.field(default_factory=dict)   # isolated bankruptcies resolved, when
     last_equity_usd: Decimal = ZERO
     last_mm_usd: Decimal = ZERO
     quiet_until_ms: int = 0               # a state trigger found nothing to do: not again before this
@@ -797,7 +805,7 @@ class LiquidationEngine:
                               detail=f"equity {obs.equity_usd} ≥ MM {obs.mm_usd} at the moment of acting")])
             return
         t.episode, t.last_number = episode, episode.number
-        t.cooldowns, t.slices_sent, t.stuck, t.rounds_since_fill = {}, 0, False, 0
+        t.cooldowns, t.slices_sent, t.stuck, t.rounds_since_fill, t.resolved_ms = {}, 0, False, 0, {}
         self.metrics.episode("started")
         worst = worst_component(components(v))
         where = f"isolated {worst.instrument}" if worst is not None and worst.isolated else "cross"
@@ -814,13 +822,17 @@ class LiquidationEngine:
             return
         parts = components(v)
         cross = parts[0]
-        iso_bankrupt = [c for c in parts[1:] if c.equity_usd < 0]
-        if iso_bankrupt and cross.equity_usd >= 0:
+        negative = [c for c in parts[1:] if c.equity_usd < 0]
+        if negative and cross.equity_usd >= 0:
             # an isolated position below zero: its deficit to the fund (then ADL); the episode goes on
+            iso_bankrupt = [c for c in negative if now >= t.resolved_ms.get(c.instrument, 0) + RESOLVED_RETRY_MS]
+            if not iso_bankrupt:
+                return   # resolved a moment ago: the next round, once portfolio and margin have its fills
             if not all(p.instrument in a.candidates for c in iso_bankrupt for p in c.positions):
                 t.due_ms = now   # assessed without the bankruptcy inputs (a race): read again
                 return
             self._resolve_bankruptcy(t, a, ep, now, iso_bankrupt)
+            t.resolved_ms.update((c.instrument, now) for c in iso_bankrupt)
             return
         obs = observation(v)
         new = observe(t.account_id, ep, obs, t.last_number, self.s.plan.margin_buffer_fraction)
@@ -864,7 +876,7 @@ class LiquidationEngine:
         states, relief_full, events = [], [], []
         for i, p in enumerate(part.positions):
             info = self.instruments.get(p.instrument)
-            verdict = self.marks.verdict(p.instrument)
+            verdict = self.marks.verdict(p.instrument, linear=info is None or info.kind in LINEAR_KINDS)
             if info is None or verdict is not GuardVerdict.ACT:
                 self.metrics.guard_pause(verdict.value if info else "unknown_instrument")
                 events.append(Event("GUARD_PAUSED", t.account_id, t.episode.number, now, instrument=p.instrument,

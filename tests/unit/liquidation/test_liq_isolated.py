@@ -107,3 +107,28 @@ def test_the_limit_crosses_the_half_spread_plus_the_minimum_slippage(world):
     (order,) = pub.orders
     assert order.limit_price_usd == D("49929.0")
     assert order.bankruptcy_price_usd < order.limit_price_usd < D("49980")
+
+
+def test_a_resolved_isolated_bankruptcy_is_not_redone_while_margin_catches_up(world):
+    engine, margin, positions, pub = world
+    engine.on_marks([MarkSeen("ETH-PERP", 3000.0, 3000.0, NOW, 0.0001, 1000.0)])
+    margin.views["m"] = mixed(iso_equity="-30")
+    engine.on_calls([Call("m", LIQUIDATION, True, 1, 3, NOW)])
+    for k in range(4):                       # the margin still shows it below zero for a few rounds
+        engine.clock_ms = lambda k=k: NOW + 10_000 + k * 1_000
+        step(engine, NOW + 10_000 + k * 1_000)
+    assert sum(1 for e in pub.events if e.kind == "FUND_TAKEOVER") == 1
+    engine.clock_ms = lambda: NOW + 30_000   # still there 20 s on (≥ 10 s): done again, under the same ids
+    step(engine, NOW + 30_000)
+    takeovers = [e.reference for e in pub.events if e.kind == "FUND_TAKEOVER"]
+    assert len(takeovers) == 2 and len(set(takeovers)) == 1 and len(pub.deposits) == 1
+
+
+def test_options_are_not_held_by_the_mark_vs_index_band(world):
+    """An option's mark is its premium (≈ 50 USD) and the index on its mark is the underlying's (≈ 3,000):
+    |50 − 3,000| > 10 %·3,000 would pause every option for ever; a perpetual 27 % off its index is paused."""
+    engine, *_ = world
+    engine.on_marks([MarkSeen("ETH-11DEC26-2100-P", 50.0, 3000.0, NOW + 1, 0.01, 100.0),
+                     MarkSeen("BTC-PERP", 51000.0, 40000.0, NOW + 1, 0.0001, 1000.0)])
+    assert engine.marks.verdict("ETH-11DEC26-2100-P", linear=False).value == "act"
+    assert engine.marks.verdict("BTC-PERP").value == "paused_index_band"
