@@ -734,6 +734,10 @@ class LiquidationEngine:
         return Assessment(account_id, view, reliefs)
 
     def _reliefs(self, account_id: str, view: MarginView, cross: Sequence[PositionView]) -> tuple[Decimal, ...] | str:
+        if len(cross) == 1:
+            # Closing the only cross position leaves no cross requirement (grid, ES, minimum and liquidity of
+            # an empty book are 0): its relief is the cross IM, no WhatIf round trip needed.
+            return (view.cross_im_usd if view.cross_im_usd is not None else view.im_usd,)
         out = []
         for p in cross:
             try:

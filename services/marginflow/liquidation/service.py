@@ -47,6 +47,7 @@ from marginflow.shared.universe import platform_universe
 
 SERVICE = "liquidation"
 FETCH_WAIT_MS = 20
+MARKET_RECORDS_PER_TURN = 2000
 log = get_logger(__name__)
 
 
@@ -207,7 +208,10 @@ class LiquidationApp:
 
     def turn(self) -> int:
         timeout = self.settings.poll_timeout_ms
-        handled = self._route_market(self.market.poll(timeout_ms=0 if self._inflight else timeout, max_records=20000))
+        # margin.state carries every account (100k after a move): read it in bites so that calls, assessments
+        # done and orders go out between them rather than after the whole backlog
+        handled = self._route_market(self.market.poll(timeout_ms=0 if self._inflight else timeout,
+                                                      max_records=MARKET_RECORDS_PER_TURN))
         records = self.group.poll(timeout_ms=0, max_records=5000)
         self.engine.begin_batch()
         try:
