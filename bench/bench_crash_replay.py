@@ -232,7 +232,7 @@ def main() -> int:
     negative = [a for a in venue.ids if venue.exact(venue.index[a])[0] < 0]
     a = np.asarray(step_ms)
     print(f"accounts {args.accounts:,}, liquidatable {args.liquidatable:.0%}; {CRASH_S + RECOVER_S + TAIL_S} simulated "
-          f"seconds in {wall:.1f} s wall; load average {' '.join(os.getloadavg().__repr__()[1:-1].split(', ')[:3])}")
+          f"seconds in {wall:.1f} s wall; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"below MM on a fresh mark: {len(below_ids):,} accounts; with an episode: {len(below_ids & started):,} "
           f"(missing {len(below_ids - started)})")
     print(f"events: {dict(sorted(kinds.items()))}")
