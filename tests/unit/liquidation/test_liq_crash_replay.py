@@ -1,14 +1,13 @@
 """A crash replay, bounded: BTC falls 40 % over four minutes (with a 15 % gap at 200 s) and recovers halfway
-over two; 60 accounts long
-BTC-PERP at 2× to 12× leverage. The real liquidation engine and the real exchange simulator run against a
-linear margin (IM = 10 % of notional at the mark, MM = 5 %) and a ledger that applies fills and deposits by
-id, one simulated second at a time. Midway the liquidation service is killed (``kill -9``: its last batch of
-orders never leaves, nothing is flushed) and a new one is rebuilt from what it had acknowledged — the
-events and the fund's last snapshot — while the fills since are delivered again.
+over two; 60 accounts long BTC-PERP at 2× to 12× leverage. The real liquidation engine and the real exchange
+simulator run against a linear margin (IM = 10 % of notional at the mark, MM = 5 %) and a ledger that applies
+fills and deposits by id, one simulated second at a time. Midway the liquidation service is killed
+(``kill -9``: its last batch of orders never leaves, nothing is flushed) and a new one is rebuilt from what it
+had acknowledged — the events and the fund's last snapshot — while every fill is delivered again.
 
 What must hold: every account below MM on a fresh mark gets an episode; the fund never goes negative and
-equals its fees less the deficits it paid; no order id is ever sent twice; every fill is applied once; no
-account is left below zero; accounts restored are above MM.
+equals its fees less the deficits it paid; no order id is ever sent twice; no fill is credited twice; no
+account is left below zero.
 """
 
 from __future__ import annotations
@@ -223,7 +222,7 @@ def test_a_crash_and_recovery_liquidates_below_mm_on_fresh_marks_with_a_kill_mid
     fee_fills = [e.reference for e in pub.events if e.kind == "FEE_TO_FUND"]
     assert len(fee_fills) == len(set(fee_fills))           # a fill delivered twice credits once
     assert redelivered > 0 and lost > 0             # the kill lost a planned batch; the fills came again
-    # nobody ends below zero; an account whose episode ended RESTORED was above MM then
+    # nobody ends below zero: every bankrupt account was brought back to zero by the fund
     for acct, a in venue.accounts.items():
         if acct != "house":
             assert venue.margin(acct)[0] >= 0, (acct, venue.accounts[acct])
