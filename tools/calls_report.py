@@ -1,8 +1,11 @@
 """Summary of margin.calls over a run: entries per account and episode, and what caused them.
 
-``python tools/calls_report.py [--prefix P] [--bootstrap HOST:PORT]`` reads the whole topic and prints
-how often accounts entered MARGIN_CALL / LIQUIDATION (all calls, and per episode), the largest counts,
-HEALTHY → LIQUIDATION jumps and whether each carries a cause, and the calls by cause.
+``python tools/calls_report.py [--prefix P] [--bootstrap HOST:PORT] [--trace ACCOUNT ...]`` reads the whole
+topic and prints how often accounts entered MARGIN_CALL / LIQUIDATION (all calls, and per episode), the
+largest counts, how many accounts entered a state more than 3 times, HEALTHY → LIQUIDATION jumps and whether
+each carries a cause, and the calls by cause. ``--trace`` also reads ``margin.state`` and prints, for each
+account named (``top`` = the 3 with the most calls), its calls and published state changes over time with
+equity/IM, the risk version and revision — how an account came to re-enter a state.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prefix", default=os.environ.get("MF_TOPIC_PREFIX", ""))
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"))
+    parser.add_argument("--trace", nargs="*", default=[], help="account ids to trace (top = the 3 with most calls)")
     args = parser.parse_args()
     calls = [pb.MarginCall.FromString(v) for v in read_all_records(args.bootstrap, f"{args.prefix}margin.calls")]
     per_state = collections.defaultdict(collections.Counter)             # state → account → entries
@@ -59,11 +63,41 @@ def main() -> int:
         print(f"{name}: {sum(accounts.values())} entries by {len(accounts)} accounts; "
               f"most by one account {max(accounts.values(), default=0)}; "
               f"most in one episode {max(episodes.values(), default=0)}; "
-              f"accounts with ≥ 5: {sum(1 for n in accounts.values() if n >= 5)}")
+              f"accounts with ≥ 5: {sum(1 for n in accounts.values() if n >= 5)}; "
+              f"accounts with > 3: {sum(1 for n in accounts.values() if n > 3)}")
     print(f"HEALTHY → LIQUIDATION: {len(jumps)}, with a cause: {sum(1 for c in jumps if c.cause)}")
     for (state, cause), n in sorted(by_cause.items()):
         print(f"  {state:<26} {cause:<32} {n}")
+    if args.trace:
+        totals = collections.Counter(c.account_id for c in calls)
+        wanted = [a for a, _ in totals.most_common(3)] if args.trace == ["top"] else args.trace
+        trace(args.bootstrap, args.prefix, calls, wanted)
     return 0
+
+
+def trace(bootstrap: str, prefix: str, calls, accounts) -> None:
+    """Calls and published state changes of ``accounts``, in publication order, seconds from the first call."""
+    states = [pb.MarginState.FromString(v) for v in read_all_records(bootstrap, f"{prefix}margin.state", 600)]
+    t0 = min((c.meta.publish_time_ms for c in calls), default=0)
+    name = lambda s: pb.HealthState.Name(s).removeprefix("HEALTH_STATE_")  # noqa: E731
+    for account in accounts:
+        rows, last = [], None
+        for s in states:
+            if s.account_id == account and s.state != last:
+                last = s.state
+                rows.append((s.meta.publish_time_ms, f"state {name(s.state):<12} equity {s.equity_usd.value:>12} "
+                             f"IM {s.im_usd.value:>12} MM {s.mm_usd.value:>12} risk v{s.risk_params_version} "
+                             f"rev {s.account_revision} episode {s.episode}"))
+        for c in calls:
+            if c.account_id == account:
+                parts = "; ".join(f"{pb.ChangeCause.Name(x.cause).removeprefix('CHANGE_CAUSE_')} {x.subject} "
+                                  f"{x.relative_move:+.4f} ΔE {x.equity_change_usd.value} ΔIM {x.im_change_usd.value}"
+                                  for x in c.causes[:4])
+                rows.append((c.meta.publish_time_ms, f"CALL {name(c.previous_state)} → {name(c.state)} episode "
+                             f"{c.episode}{' repeat' if c.repeat else ''}: {parts}"))
+        print(f"== {account}")
+        for t, text in sorted(rows):
+            print(f"{(t - t0) / 1000:9.1f} s  {text}")
 
 
 if __name__ == "__main__":

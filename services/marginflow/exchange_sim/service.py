@@ -14,7 +14,8 @@ from kafka import TopicPartition
 
 from marginflow.api.liquidation.v1 import liquidation_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
-from marginflow.exchange_sim.adapters.kafka_io import KafkaFillSink, mark_from_proto, order_from_proto
+from marginflow.exchange_sim.adapters.kafka_io import (INDEX_MARK_PREFIX, KafkaFillSink, house_deposit,
+                                                       mark_from_proto, order_from_proto)
 from marginflow.exchange_sim.adapters.metrics import exchange_sim_metrics
 from marginflow.exchange_sim.application import SimConfig, Simulator, Spec
 from marginflow.exchange_sim.settings import ExchangeSimSettings
@@ -34,7 +35,7 @@ log = get_logger(__name__)
 
 def sim_topics(settings: ExchangeSimSettings) -> list[TopicSpec]:
     t = settings.common.topics
-    mine = {t.marks, t.liquidation_orders, t.fills, t.liquidation_dlq}
+    mine = {t.marks, t.liquidation_orders, t.fills, t.liquidation_dlq, t.account_events}
     return [s for s in platform_topics(t, settings.common.topic_partitions) if s.name in mine]
 
 
@@ -82,8 +83,16 @@ class ExchangeSimApp:
                 time.sleep(0.2)
         order_tps = [TopicPartition(topics.liquidation_orders, p) for p in sorted(parts or ())]
         orders.assign(order_tps)
+        first_start = all(orders.committed(tp) is None for tp in order_tps)
         for tp in order_tps:
             orders.position(tp)   # resolve the start now (committed, else the end), before any order arrives
+        if first_start and s.house_collateral_usd > 0:
+            # The house takes the other side of every fill; without collateral the margin service would put
+            # it in liquidation (and bankrupt) on the first adverse move, an account nobody can liquidate.
+            msg = house_deposit(s.house_account, s.house_collateral_usd, s.settlement_asset, self.clock.now_ms())
+            self.producer.send(topics.account_events, s.house_account, msg).get(timeout=30)
+            log.info("house collateral deposited", extra={"house": s.house_account,
+                                                          "amount_usd": str(s.house_collateral_usd)})
         self.orders = ProtoConsumer(orders, {topics.liquidation_orders: liquidation_pb2.LiquidationOrder}, dlq,
                                     SERVICE)
         self._universe = universe
@@ -101,6 +110,8 @@ class ExchangeSimApp:
         marks = []
         recs = self.marks.poll(timeout_ms=0, max_records=20000)
         for r in recs:
+            if r.value.instrument.startswith(INDEX_MARK_PREFIX):
+                continue   # an underlying's index (marketdata's "index:BTC"): no book to fill against
             try:
                 marks.append(mark_from_proto(r.value, self._universe.instruments))
             except Rejected as exc:

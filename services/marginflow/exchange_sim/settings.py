@@ -29,3 +29,8 @@ class ExchangeSimSettings:
     marks_tail_records: int = env("MF_EXCHANGE_SIM_MARKS_TAIL_RECORDS", positive_int, 5000,
                                   "md.marks records per partition read back at start")
     poll_timeout_ms: int = env("MF_EXCHANGE_SIM_POLL_TIMEOUT_MS", positive_int, 20, "consumer poll timeout, ms")
+    house_collateral_usd: Decimal = env("MF_EXCHANGE_SIM_HOUSE_COLLATERAL_USD", decimal_non_negative,
+                                        Decimal("100000000"),
+                                        "USDC deposited to the house account on the first start (0 = none): the "
+                                        "house takes the other side of every simulated fill and is margined too")
+    settlement_asset: str = env("MF_EXCHANGE_SIM_SETTLEMENT_ASSET", str, "USDC", "asset of the house's collateral")

@@ -53,6 +53,15 @@ RECHECK_DELAY_MS = 100
 RECHECK_TRIES = 20
 # An assessment that failed (margin unreachable, a timeout) is retried after this long.
 FAILURE_BACKOFF_MS = 1000
+# An episode whose orders found no fill in max_rounds rounds gets one round this often (and its assessment).
+STUCK_RETRY_MS = 30_000
+LINEAR_KINDS = (Kind.PERPETUAL, Kind.FUTURE)
+# A bankrupt isolated position already resolved (take-over/ADL effects published) is not resolved again within
+# this long while portfolio and margin catch up; its effects carry fixed ids, so a later redo changes nothing.
+RESOLVED_RETRY_MS = 10_000
+# After a re-check found an account above MM, republished margin.state records of it do not trigger another
+# re-check for this long (each would be one Explain and a RECHECK_HEALTHY event); margin.calls always do.
+STATE_TRIGGER_QUIET_MS = 10_000
 
 
 # ---- what comes in ------------------------------------------------------------------------------
@@ -76,6 +85,7 @@ class StateSeen:
     mm_usd: Decimal
     marks_fresh: bool
     event_time_ms: int
+    below_mm: bool = False    # the cross part or an isolated position below its MM (as published)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +123,22 @@ class PositionView:
 
 
 @dataclasses.dataclass(frozen=True)
+class IsolatedView:
+    """One isolated position margined alone against its allocated collateral (equity = collateral + P&L)."""
+
+    instrument: str
+    size: Decimal
+    equity_usd: Decimal
+    im_usd: Decimal
+    mm_usd: Decimal
+
+
+@dataclasses.dataclass(frozen=True)
 class MarginView:
-    """A fresh margin computation of one account (the margin service's Explain)."""
+    """A fresh margin computation of one account (the margin service's Explain).
+
+    ``equity_usd``/``im_usd``/``mm_usd`` are the account's totals (cross + Σ isolated); ``cross_*`` the cross
+    part alone (None: the totals, an account without isolated positions); ``isolated`` each isolated position."""
 
     account_id: str
     state: int
@@ -126,6 +150,73 @@ class MarginView:
     revision: int
     event_time_ms: int
     positions: tuple[PositionView, ...]
+    cross_equity_usd: Decimal | None = None
+    cross_im_usd: Decimal | None = None
+    cross_mm_usd: Decimal | None = None
+    isolated: tuple[IsolatedView, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """What is liquidated as one: the cross part (``instrument`` empty) or one isolated position."""
+
+    instrument: str
+    equity_usd: Decimal
+    im_usd: Decimal
+    mm_usd: Decimal
+    positions: tuple[PositionView, ...]
+
+    @property
+    def isolated(self) -> bool:
+        return bool(self.instrument)
+
+    @property
+    def below_mm(self) -> bool:
+        return bool(self.positions) and self.mm_usd > 0 and self.equity_usd < self.mm_usd
+
+
+def components(view: MarginView) -> list[Component]:
+    """The cross part, then each isolated position with a size: isolated positions are margined alone, so
+    each is liquidated against its own equity and requirement (a healthy cross part does not rescue it,
+    and it never draws on the cross collateral)."""
+    cross_pos = tuple(p for p in view.positions if not p.isolated and p.size != 0)
+    iso_margin = {i.instrument: i for i in view.isolated}
+    if view.cross_equity_usd is None:
+        out = [Component("", view.equity_usd, view.im_usd, view.mm_usd, cross_pos)]
+    else:
+        out = [Component("", view.cross_equity_usd, view.cross_im_usd or ZERO, view.cross_mm_usd or ZERO, cross_pos)]
+    for p in view.positions:
+        if p.isolated and p.size != 0 and p.instrument in iso_margin:
+            m = iso_margin[p.instrument]
+            out.append(Component(p.instrument, m.equity_usd, m.im_usd, m.mm_usd, (p,)))
+    return out
+
+
+def worst_component(parts: Sequence[Component]) -> Component | None:
+    """The component furthest from its requirement, by ``equity/IM`` compared by cross-multiplication
+    (MM = mm_factor·IM for every component, so this is also the worst against MM); None without positions."""
+    worst = None
+    for c in parts:
+        if not c.positions or c.im_usd <= 0:
+            continue
+        if worst is None or c.equity_usd * worst.im_usd < worst.equity_usd * c.im_usd:
+            worst = c
+    return worst
+
+
+def observation(view: MarginView) -> MarginObservation:
+    """What the episode rules see: the worst component — a cross part below zero first (the account's own
+    deficit, which ends the episode BANKRUPT), else the furthest from its requirement. An episode starts
+    when any component is below its MM and ends RESTORED once every one is at IM·(1 + buffer) or flat."""
+    parts = components(view)
+    has_positions = any(c.positions for c in parts)
+    cross = parts[0]
+    c = cross if cross.positions and cross.equity_usd < 0 else worst_component(parts)
+    if c is None:
+        return MarginObservation(view.equity_usd, view.im_usd, view.mm_usd, view.marks_fresh, view.event_time_ms,
+                                 has_positions=has_positions)
+    return MarginObservation(c.equity_usd, c.im_usd, c.mm_usd, view.marks_fresh, view.event_time_ms,
+                             has_positions=has_positions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,12 +380,15 @@ class Marks:
         return time_weighted_average([t for t, _ in hist], [p for _, p in hist], self.newest_ms,
                                      self.guards.twap_window_ms)
 
-    def verdict(self, instrument: str) -> GuardVerdict:
+    def verdict(self, instrument: str, linear: bool = True) -> GuardVerdict:
+        """``linear`` false (an option): no mark-vs-index band — an option's mark is its premium and the index
+        its underlying's price (ETH puts at 50 against an index of 3,000 were paused for ever); the TWAP band
+        of its own mark, staleness and the admin pause still apply."""
         m = self.latest.get(instrument)
         admin = self.venue_paused or instrument in self.paused
         if m is None:
             return GuardVerdict.PAUSED_ADMIN if admin else GuardVerdict.NO_PRICE
-        index = m.index_usd if m.index_usd > 0 else None
+        index = m.index_usd if m.index_usd > 0 and linear else None
         return instrument_guard(m.mark_usd, m.event_time_ms, index, self.twap(instrument), self.newest_ms,
                                 self.guards, admin_paused=admin)
 
@@ -314,9 +408,12 @@ class Tracked:
     rechecks: int = 0
     cooldowns: dict[str, int] = dataclasses.field(default_factory=dict)
     slices_sent: int = 0
-    stuck: bool = False
+    stuck: bool = False                   # max_rounds rounds without a fill: retried slowly, in the queue
+    rounds_since_fill: int = 0
+    resolved_ms: dict[str, int] = dataclasses.field(default_factory=dict)   # isolated bankruptcies resolved, when
     last_equity_usd: Decimal = ZERO
     last_mm_usd: Decimal = ZERO
+    quiet_until_ms: int = 0               # a state trigger found nothing to do: not again before this
 
     @property
     def live(self) -> bool:
@@ -500,11 +597,25 @@ class LiquidationEngine:
         self.marks.update(marks)
 
     def on_states(self, states: Sequence[StateSeen]) -> None:
+        """The last margin of every account; and a trigger besides ``margin.calls``: a published
+        LIQUIDATION/BANKRUPT below MM on fresh marks with no episode running makes the account pending.
+        The margin service leaves LIQUIDATION only at IM·(1 + its exit buffer) and after its dwell, while an
+        episode ends RESTORED at IM·(1 + this service's buffer): an account that falls below MM again before
+        its published state changed gets no new call, and would otherwise never be liquidated again."""
+        now = self.clock_ms()
         for s in states:
             self.states[s.account_id] = s
             t = self.accounts.get(s.account_id)
             if t is not None and t.live:
                 t.last_equity_usd, t.last_mm_usd = s.equity_usd, s.mm_usd
+                continue
+            if (s.below_mm and s.marks_fresh and s.state in (LIQUIDATION, BANKRUPT)
+                    and s.account_id != self.s.house_account):
+                t = self._tracked(s.account_id)
+                if t.pending is None and not t.in_flight and not t.stuck and now >= t.quiet_until_ms:
+                    t.pending = Call(s.account_id, s.state, True, 0, 0, s.event_time_ms)
+                    t.rechecks = 0
+                    t.due_ms = now
 
     def on_calls(self, calls: Sequence[Call]) -> None:
         now = self.clock_ms()
@@ -565,6 +676,7 @@ class LiquidationEngine:
                 self.ledger._remember(key)
             t = self.accounts.get(account)
             if t is not None and t.live:
+                t.rounds_since_fill, t.stuck = 0, False   # progress: the bound counts rounds without a fill
                 # The fill moves the account: look again soon, once portfolio and margin have it.
                 t.due_ms = min(t.due_ms, now + self.s.round_interval_ms // 2) if t.due_ms else now
         if touched:
@@ -579,7 +691,7 @@ class LiquidationEngine:
     def due(self, now_ms: int, limit: int) -> list[str]:
         out = []
         for t in self.accounts.values():
-            if t.in_flight or t.stuck or not (t.live or t.pending is not None):
+            if t.in_flight or not (t.live or t.pending is not None):
                 continue
             if t.due_ms <= now_ms:
                 out.append(t.account_id)
@@ -596,16 +708,20 @@ class LiquidationEngine:
             return Assessment(account_id, error=f"margin explain failed: {exc}")
         t = self.accounts.get(account_id)
         live = t is not None and t.live
+        parts = components(view)
+        worst = worst_component(parts)
         # Not acted on: above MM before an episode, restored during one, or stale marks (no action at all).
-        if not view.marks_fresh or (view.equity_usd >= view.mm_usd and not live) \
-                or view.equity_usd >= view.im_usd * (1 + self.s.plan.margin_buffer_fraction):
+        if not view.marks_fresh or worst is None or (not worst.below_mm and not live) \
+                or worst.equity_usd >= worst.im_usd * (1 + self.s.plan.margin_buffer_fraction):
             return Assessment(account_id, view)
         cross = [p for p in view.positions if not p.isolated and p.size != 0]
-        if view.equity_usd < 0:
+        bankrupt = [c for c in parts if c.positions and c.equity_usd < 0]
+        if bankrupt:
             candidates: dict[str, list[AdlCandidate]] = {}
             try:
-                for p in cross:
-                    candidates[p.instrument] = self.adl_candidates(p.instrument, exclude=account_id)
+                for c in bankrupt:
+                    for p in c.positions:
+                        candidates[p.instrument] = self.adl_candidates(p.instrument, exclude=account_id)
             except Exception as exc:  # noqa: BLE001
                 return Assessment(account_id, view, error=f"positions for ADL failed: {exc}")
             reliefs = self._reliefs(account_id, view, cross)
@@ -618,6 +734,10 @@ class LiquidationEngine:
         return Assessment(account_id, view, reliefs)
 
     def _reliefs(self, account_id: str, view: MarginView, cross: Sequence[PositionView]) -> tuple[Decimal, ...] | str:
+        if len(cross) == 1:
+            # Closing the only cross position leaves no cross requirement (grid, ES, minimum and liquidity of
+            # an empty book are 0): its relief is the cross IM, no WhatIf round trip needed.
+            return (view.cross_im_usd if view.cross_im_usd is not None else view.im_usd,)
         out = []
         for p in cross:
             try:
@@ -680,19 +800,23 @@ class LiquidationEngine:
             t.rechecks += 1
             t.due_ms = now + RECHECK_DELAY_MS
             return
-        obs = MarginObservation(v.equity_usd, v.im_usd, v.mm_usd, v.marks_fresh, v.event_time_ms,
-                                has_positions=any(p.size != 0 for p in v.positions))
+        obs = observation(v)
         episode = start(t.account_id, obs, t.last_number)
         t.pending = None
         if episode is None:
-            self._emit([Event("RECHECK_HEALTHY", t.account_id, 0, now, amount_usd=v.equity_usd,
-                              detail=f"equity {v.equity_usd} ≥ MM {v.mm_usd} at the moment of acting")])
+            t.quiet_until_ms = now + STATE_TRIGGER_QUIET_MS
+            self._emit([Event("RECHECK_HEALTHY", t.account_id, 0, now, amount_usd=obs.equity_usd,
+                              detail=f"equity {obs.equity_usd} ≥ MM {obs.mm_usd} at the moment of acting")])
             return
         t.episode, t.last_number = episode, episode.number
-        t.cooldowns, t.slices_sent, t.stuck = {}, 0, False
+        t.cooldowns, t.slices_sent, t.stuck, t.rounds_since_fill, t.resolved_ms = {}, 0, False, 0, {}
         self.metrics.episode("started")
-        self._emit([Event("STARTED", t.account_id, episode.number, now, amount_usd=v.equity_usd,
-                          detail=f"equity {v.equity_usd} < MM {v.mm_usd} (IM {v.im_usd}), risk v{v.risk_version}")])
+        worst = worst_component(components(v))
+        where = f"isolated {worst.instrument}" if worst is not None and worst.isolated else "cross"
+        self._emit([Event("STARTED", t.account_id, episode.number, now, amount_usd=obs.equity_usd,
+                          instrument=worst.instrument if worst is not None else "",
+                          detail=f"{where}: equity {obs.equity_usd} < MM {obs.mm_usd} (IM {obs.im_usd}), "
+                                 f"risk v{v.risk_version}")])
 
     def _advance(self, t: Tracked, a: Assessment, now: int) -> None:
         v, ep = a.view, t.episode
@@ -700,89 +824,121 @@ class LiquidationEngine:
         if not v.marks_fresh:
             self._emit([Event("SKIPPED_STALE_MARK", t.account_id, ep.number, now, detail="margin on stale marks")])
             return
-        obs = MarginObservation(v.equity_usd, v.im_usd, v.mm_usd, True, v.event_time_ms,
-                                has_positions=any(p.size != 0 for p in v.positions))
+        parts = components(v)
+        cross = parts[0]
+        negative = [c for c in parts[1:] if c.equity_usd < 0]
+        if negative and cross.equity_usd >= 0:
+            # an isolated position below zero: its deficit to the fund (then ADL); the episode goes on
+            iso_bankrupt = [c for c in negative if now >= t.resolved_ms.get(c.instrument, 0) + RESOLVED_RETRY_MS]
+            if not iso_bankrupt:
+                return   # resolved a moment ago: the next round, once portfolio and margin have its fills
+            if not all(p.instrument in a.candidates for c in iso_bankrupt for p in c.positions):
+                t.due_ms = now   # assessed without the bankruptcy inputs (a race): read again
+                return
+            self._resolve_bankruptcy(t, a, ep, now, iso_bankrupt)
+            t.resolved_ms.update((c.instrument, now) for c in iso_bankrupt)
+            return
+        obs = observation(v)
         new = observe(t.account_id, ep, obs, t.last_number, self.s.plan.margin_buffer_fraction)
         if new is not ep and new.state is EpisodeState.BANKRUPT:
-            if not a.relief_usd and any(not p.isolated and p.size != 0 for p in v.positions):
+            if not a.relief_usd and cross.positions:
                 t.due_ms = now   # an assessment without the bankruptcy inputs (a race): read again
                 return
-            self._resolve_bankruptcy(t, a, new, now)
+            self._resolve_bankruptcy(t, a, new, now, [c for c in parts if c.equity_usd < 0 and c.positions])
             return
         if new is not ep:
             t.episode = new
             kind = "RESTORED" if new.state is EpisodeState.RESTORED else "CLOSED_OUT"
             self.metrics.episode(kind.lower())
             self._emit([Event(kind, t.account_id, new.number, now, amount_usd=v.equity_usd,
-                              detail=f"equity {v.equity_usd}, IM {v.im_usd}")])
+                              detail=f"equity {v.equity_usd}, IM {v.im_usd}; every part at IM·(1 + buffer) "
+                                     f"or closed")])
             return
-        if ep.round_number >= self.s.max_rounds:
+        if t.rounds_since_fill >= self.s.max_rounds:
+            # No fill in max_rounds rounds: left to the operator (the queue, the age alert), but never dropped —
+            # one round every STUCK_RETRY_MS (a market that moved may fill it), and the assessment above still
+            # ends the episode when the account is restored or resolves it when it goes below zero.
+            t.due_ms = now + STUCK_RETRY_MS
             if not t.stuck:
                 t.stuck = True
                 self._emit([Event("ROUND_EXHAUSTED", t.account_id, ep.number, now, round=ep.round_number,
-                                  detail=f"{self.s.max_rounds} rounds without restoring: left to the operator")])
-            return
+                                  detail=f"{self.s.max_rounds} rounds without a fill: left to the operator, "
+                                         f"retried every {STUCK_RETRY_MS // 1000} s")])
+                return
         self._round(t, a, now)
 
-    def _position_states(self, t: Tracked, a: Assessment, now: int) -> tuple[list[PositionState], list[int], list[Event]]:
-        """The cross positions the guards let us act on (with their MM shares), their indexes, guard events."""
-        v = a.view
-        cross = [p for p in v.positions if not p.isolated and p.size != 0]
-        total = sum(a.relief_usd, ZERO)
-        states, index, events = [], [], []
-        for i, p in enumerate(cross):
+    def _position_states(self, t: Tracked, a: Assessment, part: Component, now: int
+                         ) -> tuple[list[PositionState], list[Decimal], list[Event]]:
+        """The positions of ``part`` the guards let us act on (with their MM shares and full-close IM reliefs)
+        and the guard events. Cross positions share the cross MM in proportion to their relief (the WhatIf
+        of closing each); an isolated position carries its own MM and its whole IM as relief."""
+        if part.isolated:
+            reliefs = [part.im_usd]
+        else:
+            reliefs = list(a.relief_usd)
+        total = sum(reliefs, ZERO)
+        states, relief_full, events = [], [], []
+        for i, p in enumerate(part.positions):
             info = self.instruments.get(p.instrument)
-            verdict = self.marks.verdict(p.instrument)
+            verdict = self.marks.verdict(p.instrument, linear=info is None or info.kind in LINEAR_KINDS)
             if info is None or verdict is not GuardVerdict.ACT:
                 self.metrics.guard_pause(verdict.value if info else "unknown_instrument")
                 events.append(Event("GUARD_PAUSED", t.account_id, t.episode.number, now, instrument=p.instrument,
                                     detail=verdict.value))
                 continue
-            share = a.relief_usd[i] / total if total > 0 else Decimal(1) / len(cross)
+            share = reliefs[i] / total if total > 0 else Decimal(1) / len(part.positions)
             mark = self.marks.latest[p.instrument]
             states.append(PositionState(p.instrument, info.kind, p.size, info.contract_size,
-                                        on_tick(mark.mark_usd, info.tick_size_usd), v.mm_usd * share,
+                                        on_tick(mark.mark_usd, info.tick_size_usd), part.mm_usd * share,
                                         info.lot_size, info.tick_size_usd))
-            index.append(i)
-        return states, index, events
+            relief_full.append(reliefs[i])
+        return states, relief_full, events
 
     def _round(self, t: Tracked, a: Assessment, now: int) -> None:
         v = a.view
-        if len(a.relief_usd) != sum(1 for p in v.positions if not p.isolated and p.size != 0):
+        parts = components(v)
+        if len(a.relief_usd) != len(parts[0].positions):
             t.due_ms = now   # assessed before the episode started (no reliefs read): assess again
             return
         ep = begin_round(t.episode)
-        states, index, events = self._position_states(t, a, now)
-        if not states:
-            t.episode = ep
-            self._emit(events)
-            return
-        account = AccountState(t.account_id, v.equity_usd, v.im_usd, v.mm_usd, tuple(states))
-        relief_full = [a.relief_usd[i] for i in index]
+        events: list[Event] = []
+        intents, restores = [], True
+        buffer = 1 + self.s.plan.margin_buffer_fraction
+        for part in parts:
+            if not part.positions or part.equity_usd >= part.im_usd * buffer:
+                continue   # this part is restored (or flat): nothing of it is sold
+            states, relief_full, guard_events = self._position_states(t, a, part, now)
+            events += guard_events
+            if not states:
+                continue
+            account = AccountState(t.account_id, part.equity_usd, part.im_usd, part.mm_usd, tuple(states))
 
-        def relief(i: int, x: Decimal) -> float:
-            size = abs(states[i].size_contracts)
-            return float(relief_full[i] * x / size) if size > 0 else 0.0
+            def relief(i: int, x: Decimal, states=states, relief_full=relief_full) -> float:
+                size = abs(states[i].size_contracts)
+                return float(relief_full[i] * x / size) if size > 0 else 0.0
 
-        plan = plan_round(account, relief, self.marks.newest_ms or now, self.s.plan, t.cooldowns)
-        t.cooldowns = dict(plan.cooldown_until_ms)
-        intents = []
-        for intent in (self._crossing(states[i.position_index], i) for i in plan.intents):
+            plan = plan_round(account, relief, self.marks.newest_ms or now, self.s.plan, t.cooldowns)
+            t.cooldowns = {**t.cooldowns, **plan.cooldown_until_ms}
+            restores = restores and plan.restores
+            intents += [self._crossing(states[i.position_index], i) for i in plan.intents]
+        sent = []
+        for k, intent in enumerate(intents):
             ep, ok = record_attempt(ep, self.s.max_attempts_per_round)
             if not ok:
                 events.append(Event("ROUND_EXHAUSTED", t.account_id, ep.number, now, round=ep.round_number,
-                                    detail=f"{len(plan.intents) - len(intents)} slices left to the next round"))
+                                    detail=f"{len(intents) - k} slices left to the next round"))
                 break
-            intents.append(intent)
-        ep, ids = allocate_slices(ep, len(intents))
+            sent.append(intent)
+        ep, ids = allocate_slices(ep, len(sent))
         t.episode = ep
+        t.rounds_since_fill += 1 if sent else 0
         orders = []
-        for intent, oid in zip(intents, ids):
+        for intent, oid in zip(sent, ids):
             _acct, _ep, slice_number = parse_order_id(oid)
             side = 1 if intent.side is OrderSide.BUY else -1
             orders.append(Order(oid, t.account_id, intent.instrument, side, intent.size_contracts,
                                 intent.limit_price_usd, intent.bankruptcy_price_usd, ep.number, slice_number,
-                                "restore" if plan.restores else "close_out", now, self.marks.newest_ms))
+                                "restore" if restores else "close_out", now, self.marks.newest_ms))
             events.append(Event("ORDER_SENT", t.account_id, ep.number, now, order_id=oid, instrument=intent.instrument,
                                 size=intent.size_contracts, price_usd=intent.limit_price_usd, side=side,
                                 round=ep.round_number, slice=slice_number,
@@ -795,13 +951,19 @@ class LiquidationEngine:
             t.slices_sent += len(orders)
 
     def _crossing(self, p: PositionState, intent):
-        """The intent with a limit at least ``min_slippage`` from the mark, so an IOC can cross the spread.
+        """The intent with a limit that crosses the book: at least ``half_spread + min_slippage`` from the mark.
 
-        Above MM (an episode continues to IM·(1+buffer)) the fillable price is the mark itself, which an IOC
-        never reaches through a spread; the limit is widened to ``mark·(1 ∓ min_slippage)`` on the tick grid,
-        and never beyond the bankruptcy price.
+        Above MM (an episode continues to IM·(1+buffer)) the dYdX fillable price is the mark itself. The mark
+        sits mid-book, so the best opposite level is half a spread away: a fixed ``min_slippage`` smaller than
+        the instrument's half-spread (options quote far wider than 0.1 %) gives an IOC that never fills and an
+        episode that never ends. The limit is widened to ``mark·(1 ∓ (h + min_slippage))`` on the tick grid
+        (h = the mark's half-spread fraction), never beyond the bankruptcy price, and never narrower than the
+        fillable price.
         """
         s = self.s.min_slippage_fraction
+        seen = self.marks.latest.get(p.instrument)
+        h = Decimal(repr(seen.half_spread_fraction)) if seen is not None and seen.half_spread_fraction > 0 else ZERO
+        s += h
         if s <= 0:
             return intent
         if intent.side is OrderSide.SELL:
@@ -812,19 +974,66 @@ class LiquidationEngine:
             limit = min(max(intent.limit_price_usd, wide), intent.bankruptcy_price_usd)
         return dataclasses.replace(intent, limit_price_usd=limit)
 
-    def _resolve_bankruptcy(self, t: Tracked, a: Assessment, new: Episode, now: int) -> None:
+    def _resolve_bankruptcy(self, t: Tracked, a: Assessment, new: Episode, now: int,
+                            parts: Sequence[Component]) -> None:
         """Fund first (a Deposit of the loss of the part it takes over, closed at the mark against the house),
-        then ADL at the bankruptcy price against the ranked opposite positions; the account ends at ≥ 0."""
+        then ADL at the bankruptcy price against the ranked opposite positions; each part ends at ≥ 0.
+
+        ``parts``: the components below zero — the cross part (the episode ends BANKRUPT) and/or isolated
+        positions (each alone: its bankruptcy price from its own equity and MM; the episode goes on)."""
         v = a.view
         acct, n = t.account_id, new.number
-        cross = [p for p in v.positions if not p.isolated and p.size != 0]
-        total = sum(a.relief_usd, ZERO)
         fund = self.ledger.fund
         fills: list[FillRecord] = []
-        events: list[Event] = [Event("BANKRUPT", acct, n, now, amount_usd=-v.equity_usd,
-                                     detail=f"equity {v.equity_usd} < 0: deficit to the fund, then ADL")]
+        events: list[Event] = []
+        deposits: list[DepositOut] = []
+        snap = None
+        for part in parts:
+            paid = self._resolve_part(acct, n, part, a, fund, fills, events, now)
+            fund = self.ledger.fund
+            # one deposit per episode and part: the id says which, so a redo pays nothing twice
+            suffix = f"-{part.instrument}" if part.isolated else ""
+            key = f"d:{acct}:{n}{suffix}"
+            if not self.ledger.seen(key):
+                amount = min(cents_toward_ceiling(paid), self.ledger.balance)
+                if amount > 0:
+                    eid = f"liq-fund-{acct}-{n}{suffix}"
+                    deposits.append(DepositOut(eid, acct, self.s.settlement_asset, amount, now))
+                    self.ledger.debit(key, amount, now, "DEFICIT_COVERED", acct, eid)
+                    events.append(Event("DEFICIT_COVERED", acct, n, now, amount_usd=amount, instrument=part.instrument,
+                                        fund_balance_usd=self.ledger.balance, reference=eid,
+                                        detail=f"deficit {-part.equity_usd}: the fund paid {amount}"))
+                else:
+                    self.ledger._remember(key)
+                snap = self.ledger.snapshot()
+            fund = self.ledger.fund
+        # Effects first (idempotent by their ids), then the events: a crash in between redoes the same effects.
+        self.publisher.publish_effects(fills, deposits, snap)
+        if snap is not None:
+            self.fund_cache.write(snap)
+        if new.state is EpisodeState.BANKRUPT:
+            t.episode = new
+            self.metrics.episode("bankrupt")
+        self._emit(events)
+        self._fund_gauges()
+
+    def _resolve_part(self, acct: str, n: int, part: Component, a: Assessment, fund: InsuranceFund,
+                      fills: list[FillRecord], events: list[Event], now: int) -> Decimal:
+        """Fills and events closing one bankrupt part; returns what the fund is to pay (USD, unrounded)."""
+        if part.isolated:
+            reliefs = [part.im_usd]
+            tag_of = lambda i: f"{acct}-{n}-{part.instrument}"  # noqa: E731 - one position per isolated part
+        else:
+            reliefs = list(a.relief_usd)
+            tag_of = lambda i: f"{acct}-{n}-{i}"  # noqa: E731 - the index among the cross positions
+        total = sum(reliefs, ZERO)
+        if not part.isolated:
+            # BANKRUPT ends the episode (a restart rebuilds it as final); an isolated position's bankruptcy is
+            # told by its FUND_TAKEOVER / ADL / DEFICIT_COVERED events, which name the instrument
+            events.append(Event("BANKRUPT", acct, n, now, amount_usd=-part.equity_usd,
+                                detail=f"equity {part.equity_usd} < 0: deficit to the fund, then ADL"))
         paid_total = ZERO
-        for i, p in enumerate(cross):
+        for i, p in enumerate(part.positions):
             info = self.instruments.get(p.instrument)
             mark_seen = self.marks.latest.get(p.instrument)
             if info is None or mark_seen is None:
@@ -832,8 +1041,9 @@ class LiquidationEngine:
                                     detail="no mark for the instrument: left open"))
                 continue
             mark = on_tick(mark_seen.mark_usd, info.tick_size_usd)
-            share = a.relief_usd[i] / total if total > 0 else Decimal(1) / len(cross)
-            risk = PositionRisk(p.size, info.contract_size, mark, v.mm_usd * share, v.equity_usd, v.mm_usd)
+            share = reliefs[i] / total if total > 0 else Decimal(1) / len(part.positions)
+            # TNC and TMMR of the part (dYdX's bankruptcy price): an isolated position against its own
+            risk = PositionRisk(p.size, info.contract_size, mark, part.mm_usd * share, part.equity_usd, part.mm_usd)
             side = 1 if p.size > 0 else -1
             b = round_limit_to_tick(bankruptcy_price(risk), info.tick_size_usd, side)
             res = resolve_bankruptcy(p.size, info.contract_size, mark, b, info.lot_size, fund,
@@ -841,7 +1051,7 @@ class LiquidationEngine:
             fund = res.coverage.fund
             paid_total += res.coverage.paid_usd
             close = -side   # the closing trade's side
-            tag = f"{acct}-{n}-{i}"
+            tag = tag_of(i)
             if res.fund_takeover_contracts > 0:
                 fills += [FillRecord(f"liqbk-{tag}-t", acct, p.instrument, close, res.fund_takeover_contracts, mark,
                                   ZERO, True, f"liqbk-{tag}", now),
@@ -870,29 +1080,7 @@ class LiquidationEngine:
                                   res.unmatched_contracts, mark, ZERO, True, f"liqbk-{tag}", now)]
                 events.append(Event("UNCOVERED", acct, n, now, instrument=p.instrument, size=res.unmatched_contracts,
                                     amount_usd=loss, detail="no opposite position left for ADL: closed at the mark"))
-        deposits: list[DepositOut] = []
-        key = f"d:{acct}:{n}"
-        snap = None
-        if not self.ledger.seen(key):
-            amount = min(cents_toward_ceiling(paid_total), self.ledger.balance)
-            if amount > 0:
-                eid = f"liq-fund-{acct}-{n}"
-                deposits.append(DepositOut(eid, acct, self.s.settlement_asset, amount, now))
-                self.ledger.debit(key, amount, now, "DEFICIT_COVERED", acct, eid)
-                events.append(Event("DEFICIT_COVERED", acct, n, now, amount_usd=amount,
-                                    fund_balance_usd=self.ledger.balance, reference=eid,
-                                    detail=f"deficit {-v.equity_usd}: the fund paid {amount}"))
-            else:
-                self.ledger._remember(key)
-            snap = self.ledger.snapshot()
-        # Effects first (idempotent by their ids), then the events: a crash in between redoes the same effects.
-        self.publisher.publish_effects(fills, deposits, snap)
-        if snap is not None:
-            self.fund_cache.write(snap)
-        t.episode = new
-        self.metrics.episode("bankrupt")
-        self._emit(events)
-        self._fund_gauges()
+        return paid_total
 
     # ---- admin
     def _pause(self, instrument: str, paused: bool) -> None:

@@ -42,10 +42,12 @@ from marginflow.shared.kafka import (
 from marginflow.shared.lifecycle import Lifecycle
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
+from marginflow.shared.security import client_channel
 from marginflow.shared.universe import platform_universe
 
 SERVICE = "liquidation"
 FETCH_WAIT_MS = 20
+MARKET_RECORDS_PER_TURN = 2000
 log = get_logger(__name__)
 
 
@@ -94,8 +96,9 @@ class LiquidationApp:
         self.redis = connect(common.redis_url)
         self.fund_cache = RedisFundCache(self.redis, s.redis_prefix)
         grpc_timeout = s.grpc_timeout_ms / 1000.0
-        self.margin_client = self._margin or MarginClient(s.margin_address, grpc_timeout)
-        self.account_client = self._positions or AccountClient(s.portfolio_address, grpc_timeout)
+        dial = lambda address: client_channel(address, common.security)  # noqa: E731 - TLS and token as configured
+        self.margin_client = self._margin or MarginClient(s.margin_address, grpc_timeout, dial)
+        self.account_client = self._positions or AccountClient(s.portfolio_address, grpc_timeout, dial)
         ledger = FundLedger(s.fund_initial_usd, s.recent_ids, s.history)
         fund_state = read_compacted(common.bootstrap, topics.liquidation_fund, liquidation_pb2.InsuranceFundState,
                                     f"{SERVICE}-fund", timeout_s=timeout).get("fund")
@@ -174,6 +177,8 @@ class LiquidationApp:
         topics = self.settings.common.topics
         marks, states = [], []
         for r in records:
+            if r.topic == topics.marks and r.value.instrument.startswith(codec.INDEX_MARK_PREFIX):
+                continue   # an underlying's index record: every instrument's mark carries its index already
             try:
                 if r.topic == topics.marks:
                     marks.append(codec.mark_from_proto(r.value, self.instruments))
@@ -203,7 +208,10 @@ class LiquidationApp:
 
     def turn(self) -> int:
         timeout = self.settings.poll_timeout_ms
-        handled = self._route_market(self.market.poll(timeout_ms=0 if self._inflight else timeout, max_records=20000))
+        # margin.state carries every account (100k after a move): read it in bites so that calls, assessments
+        # done and orders go out between them rather than after the whole backlog
+        handled = self._route_market(self.market.poll(timeout_ms=0 if self._inflight else timeout,
+                                                      max_records=MARKET_RECORDS_PER_TURN))
         records = self.group.poll(timeout_ms=0, max_records=5000)
         self.engine.begin_batch()
         try:

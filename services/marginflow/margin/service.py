@@ -75,7 +75,7 @@ def engine_config(s: MarginSettings, universe: Universe) -> EngineConfig:
         transitions=TransitionRules(exit_buffer_bps=s.exit_buffer_bps,
                                     margin_call_exit_buffer_bps=s.margin_call_exit_buffer_bps,
                                     confirm_evaluations=s.confirm_evaluations, confirm_ms=s.confirm_ms,
-                                    immediate_band_bps=s.immediate_band_bps),
+                                    immediate_band_bps=s.immediate_band_bps, min_dwell_ms=s.min_dwell_ms),
         fallback_vol={u: x.annual_vol for u, x in universe.underlyings.items()},
         fallback_price={u: x.index_price_usd for u, x in universe.underlyings.items()},
         contingency=ContingencyRates(s.option_contingency_rate, s.basis_contingency_rate),

@@ -113,6 +113,10 @@ class MarginSettings:
     immediate_band_bps: int = env("MF_MARGIN_IMMEDIATE_BAND_BPS", non_negative_int, 1_000,
                                   "a shortfall beyond this below the threshold is published at once, bp "
                                   "(1000: equity < 0.9·MM enters liquidation without waiting)")
+    min_dwell_ms: int = env("MF_MARGIN_MIN_DWELL_MS", non_negative_int, 300_000,
+                            "a margin call or liquidation stands at least this long (service clock, ms) "
+                            "before a market recovery may end it; the account's own deposit, trade or "
+                            "liquidation fill ends it at once (0 = off)")
     mark_wait_seconds: float = env("MF_MARGIN_MARK_WAIT_SECONDS", non_negative_float, 10.0,
                                    "at start, how long to wait for a mark of every instrument with an open "
                                    "position before its accounts count as stale, seconds")

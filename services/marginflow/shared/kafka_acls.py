@@ -19,8 +19,10 @@ WRITERS: Mapping[str, Callable[[Topics], tuple[str, ...]]] = {
     "riskparams": lambda t: (t.risk_params, t.riskparams_dlq, t.audit),
     "portfolio": lambda t: (t.positions, t.account_events, t.portfolio_dlq, t.audit),
     "margin": lambda t: (t.margin_state, t.margin_calls, t.margin_dlq, t.audit),
-    "liquidation": lambda t: (t.liquidation_orders, t.liquidation_events, t.liquidation_dlq, t.audit),
-    "exchange-sim": lambda t: (t.fills,),
+    # the fund's ledger, bankruptcy take-over / ADL fills, and the fund's deposits to bankrupt accounts
+    "liquidation": lambda t: (t.liquidation_orders, t.liquidation_events, t.liquidation_fund, t.fills,
+                              t.account_events, t.liquidation_dlq, t.audit),
+    "exchange-sim": lambda t: (t.fills, t.account_events),   # fills; the house's collateral on the first start
     "demo-book": lambda t: (t.fills, t.account_events),   # the demo's opening book (make run only)
 }
 SERVICE_USERS = tuple(WRITERS)

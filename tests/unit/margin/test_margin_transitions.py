@@ -140,3 +140,117 @@ def test_episodes_number_calls_and_mark_repeats():
     assert ep.advance(0, BK, LIQ) == (1, True)       # back from bankrupt: the episode had been there
     assert ep.advance(0, LIQ, H) == (1, False)       # restored: the episode ends
     assert ep.advance(0, H, MC) == (2, False)        # a new one
+
+
+# ---- minimum dwell: a call on a market that recovers stands at least D (here 300 s = 300,000 ms) -----------
+
+DWELL = TransitionRules(exit_buffer_bps=200, margin_call_exit_buffer_bps=500, confirm_evaluations=2,
+                        confirm_ms=1000, immediate_band_bps=1000, min_dwell_ms=300_000)
+
+
+def entered(state_equity, t_ms, pending, published=H, rules=DWELL):
+    """Publish the state of ``state_equity`` at ``t_ms`` at once (as on the account's own change)."""
+    return step(published, state_equity, pending, t_ms, rules, immediate=True)
+
+
+def test_a_margin_call_on_a_market_that_recovers_stands_for_the_dwell():
+    p = Pending.empty(1)
+    assert entered(9_999.99, 0, p) == MC                   # entered at t = 0
+    # restored: 10,600 ≥ IM·1.05 = 10,500, evaluated every second; 299,000 − 0 < 300,000: stays
+    state = MC
+    for t in range(1_000, 300_000, 1_000):
+        state = step(state, 10_600.0, p, t, DWELL)
+        assert state == MC
+    # 300,000 − 0 = 300,000 ≥ D: the recovery starts confirming (first evaluation, count 1) ...
+    assert step(state, 10_600.0, p, 300_000, DWELL) == MC
+    # ... and holds for two evaluations 1,000 ms apart: left
+    assert step(MC, 10_600.0, p, 301_000, DWELL) == H
+
+
+def test_after_the_dwell_the_exit_buffer_still_applies():
+    p = Pending.empty(1)
+    assert entered(9_999.99, 0, p) == MC
+    # 10,499.99 < 10,500 (IM·1.05): raw HEALTHY, but the buffer is not met, long after the dwell
+    for t in (400_000, 401_000, 402_000):
+        assert step(MC, 10_499.99, p, t, DWELL) == MC
+
+
+def test_the_accounts_own_change_ends_a_call_within_the_dwell():
+    p = Pending.empty(1)
+    assert entered(9_999.99, 0, p) == MC
+    # a deposit at t = 1,000 ms brings equity to 10,600 ≥ 10,500: left at once, 299 s before the dwell ends
+    assert step(MC, 10_600.0, p, 1_000, DWELL, immediate=True) == H
+    p = Pending.empty(1)
+    assert entered(9_999.99, 0, p) == MC
+    # the own change must still clear the buffer: 10,499.99 < 10,500 stays
+    assert step(MC, 10_499.99, p, 1_000, DWELL, immediate=True) == MC
+
+
+def test_the_dwell_never_delays_a_worse_state():
+    p = Pending.empty(1)
+    assert entered(9_999.99, 0, p) == MC
+    # 4,999.99 < MM 5,000 but ≥ 0.9·MM = 4,500 (inside the band): confirmed over two evaluations 1 s apart
+    assert step(MC, 4_999.99, p, 500, DWELL) == MC
+    assert step(MC, 4_999.99, p, 1_500, DWELL) == LIQ
+
+
+def test_the_dwell_restarts_when_a_worse_state_is_entered():
+    p = Pending.empty(1)
+    assert entered(9_999.99, 0, p) == MC
+    assert step(MC, 4_499.99, p, 60_000, DWELL) == LIQ      # < 0.9·MM = 4,500: at once, at t = 60 s
+    # 300 s after the margin call but 240 s after liquidation began: stays
+    assert step(LIQ, 10_600.0, p, 300_000, DWELL) == LIQ
+    assert step(LIQ, 10_600.0, p, 301_000, DWELL) == LIQ
+    # 360,000 − 60,000 = 300,000 ≥ D: confirming, then left
+    assert step(LIQ, 10_600.0, p, 360_000, DWELL) == LIQ
+    assert step(LIQ, 10_600.0, p, 361_000, DWELL) == H
+
+
+def test_a_restart_leaves_no_dwell_to_wait_out():
+    # published states read back after a restart have entered_ms = 0: the dwell counts from the epoch
+    p = Pending.empty(1)
+    t0 = 1_796_000_000_000
+    assert step(MC, 10_600.0, p, t0, DWELL) == MC
+    assert step(MC, 10_600.0, p, t0 + 1_000, DWELL) == H
+
+
+def test_the_dwell_bounds_entries_on_market_moves_alone():
+    """Equity swings every 30 s between 9,900 (raw MARGIN_CALL) and 10,600 (restored) for 10 minutes:
+    without the dwell every swing is a call (≈ 10); with D = 300 s the call is entered at t = 0, left at
+    t = 301 s at the earliest and entered again on the next dip: 2 entries in 600 s (⌈600/300⌉)."""
+    def entries(rules):
+        p, state, n = Pending.empty(1), H, 0
+        for t in range(0, 600_000, 1_000):
+            equity = 9_900.0 if (t // 30_000) % 2 == 0 else 10_600.0
+            new = step(state, equity, p, t, rules)
+            n += new == MC and state != MC
+            state = new
+        return n
+    assert entries(RULES) == 10
+    assert entries(DWELL) == 2
+
+
+# ---- no way back from liquidation to margin call ------------------------------------------------------------
+
+def test_liquidation_is_never_left_for_margin_call():
+    """An isolated position in liquidation beside a healthy cross part: the account's totals are restored
+    (10,600 ≥ IM·1.05 = 10,500) while the worst component is only back in margin call (raw MC). Leaving
+    for MARGIN_CALL would let the next dip enter LIQUIDATION twice in one episode: it stays."""
+    e, im, mm = np.array([10_600.0]), np.array([IM]), np.array([MM])
+    for published in (LIQ, BK):
+        p, state = Pending.empty(1), published
+        for t in (0, 1_000, 2_000):
+            state = int(next_states(np.array([state], np.int8), np.array([MC], np.int8), e, im, mm, p, t, RULES)[0])
+            assert state != MC
+        assert state == LIQ      # BANKRUPT is left for LIQUIDATION once confirmed (10,600 ≥ 2 %·MM)
+    # with every component restored (raw HEALTHY) it ends as usual
+    p = Pending.empty(1)
+    state = LIQ
+    for t in (0, 1_000):
+        state = int(next_states(np.array([state], np.int8), np.array([H], np.int8), e, im, mm, p, t, RULES)[0])
+    assert state == H
+
+
+def test_negative_dwell_is_refused():
+    with pytest.raises(ValueError):
+        TransitionRules(min_dwell_ms=-1)

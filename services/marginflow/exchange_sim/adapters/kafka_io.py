@@ -40,6 +40,11 @@ def order_from_proto(msg: liquidation_pb2.LiquidationOrder) -> SimOrder:
                     size, limit, b)
 
 
+# md.marks also carries each underlying's index as instrument "index:<underlying>" (marketdata); those
+# are not instruments, so they are skipped rather than dead-lettered (one dead letter per index tick).
+INDEX_MARK_PREFIX = "index:"
+
+
 def mark_from_proto(msg: marketdata_pb2.Mark, instruments) -> SimMark:
     if msg.instrument not in instruments:
         raise Rejected("unknown_instrument", f"{msg.instrument!r} is not in the universe")
@@ -61,3 +66,15 @@ class KafkaFillSink:
         self._producer.flush(ACK_TIMEOUT_S)
         for fut in futures:
             fut.get(timeout=ACK_TIMEOUT_S)
+
+
+def house_deposit(house_account: str, amount_usd: Decimal, asset: str, now_ms: int) -> account_pb2.AccountEvent:
+    """The house's collateral, as a deposit with a fixed id (``exsim-house-collateral-<house>``): the
+    portfolio applies an event id once, so a repeated first start changes nothing."""
+    msg = account_pb2.AccountEvent(event_id=f"exsim-house-collateral-{house_account}", account_id=house_account)
+    msg.deposit.asset = asset
+    msg.deposit.amount.value = str(amount_usd)
+    msg.meta.event_time_ms = now_ms
+    msg.meta.publish_time_ms = now_ms
+    msg.meta.source = "exchange-sim"
+    return msg

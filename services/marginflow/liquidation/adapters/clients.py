@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 import grpc
@@ -17,8 +18,11 @@ PAGE_SIZE = 1000
 class MarginClient:
     """``explain`` = a fresh margin computation with the positions; ``im_after`` = IM after hypothetical trades."""
 
-    def __init__(self, address: str, timeout_s: float) -> None:
-        self._channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, timeout_s: float,
+                 channel: Callable[[str], grpc.Channel] = grpc.insecure_channel) -> None:
+        # ``channel``: security.client_channel in the service (TLS and this service's token when configured);
+        # a plaintext channel to a TLS server fails every call with UNAVAILABLE "Socket closed".
+        self._channel = channel(address)
         self._stub = margin_pb2_grpc.MarginServiceStub(self._channel)
         self._timeout = timeout_s
 
@@ -39,8 +43,9 @@ class MarginClient:
 class AccountClient:
     """Open positions by instrument (paged) and of one account, from the portfolio service."""
 
-    def __init__(self, address: str, timeout_s: float) -> None:
-        self._channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, timeout_s: float,
+                 channel: Callable[[str], grpc.Channel] = grpc.insecure_channel) -> None:
+        self._channel = channel(address)
         self._stub = account_pb2_grpc.AccountServiceStub(self._channel)
         self._timeout = timeout_s
 

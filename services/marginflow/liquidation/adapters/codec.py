@@ -11,7 +11,8 @@ from marginflow.api.liquidation.v1 import liquidation_pb2 as pb
 from marginflow.api.margin.v1 import margin_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.liquidation.application import (
-    Call, DepositOut, Event, FillSeen, FundSnapshot, MarginView, MarkSeen, Order, PositionView, StateSeen)
+    Call, DepositOut, Event, FillSeen, FundSnapshot, IsolatedView, MarginView, MarkSeen, Order, PositionView,
+    StateSeen)
 from marginflow.shared.errors import Rejected
 
 SOURCE = "liquidation"
@@ -56,9 +57,21 @@ def call_from_proto(msg: margin_pb2.MarginCall, key: str) -> Call:
 def state_from_proto(msg: margin_pb2.MarginState) -> StateSeen:
     if not msg.account_id:
         raise Rejected("missing_field", "account_id is missing")
-    return StateSeen(msg.account_id, int(msg.state), dec(msg.equity_usd.value, "equity_usd"),
-                     dec(msg.im_usd.value, "im_usd"), dec(msg.mm_usd.value, "mm_usd"), bool(msg.marks_fresh),
-                     int(msg.meta.event_time_ms))
+    equity, mm = dec(msg.equity_usd.value, "equity_usd"), dec(msg.mm_usd.value, "mm_usd")
+    if msg.cross_mm_usd.value:
+        # the cross part and each isolated position against its own MM (isolated positions are margined alone)
+        below = dec(msg.cross_equity_usd.value, "cross_equity_usd") < dec(msg.cross_mm_usd.value, "cross_mm_usd")
+        below = below or any(dec(i.equity_usd.value, "equity_usd") < dec(i.mm_usd.value, "mm_usd")
+                             for i in msg.isolated if i.mm_usd.value)
+    else:
+        below = equity < mm
+    return StateSeen(msg.account_id, int(msg.state), equity, dec(msg.im_usd.value, "im_usd"), mm,
+                     bool(msg.marks_fresh), int(msg.meta.event_time_ms), below)
+
+
+# marketdata publishes each underlying's index on md.marks as instrument "index:<underlying>": not an
+# instrument of the universe, skipped by the consumer rather than dead-lettered.
+INDEX_MARK_PREFIX = "index:"
 
 
 def mark_from_proto(msg: marketdata_pb2.Mark, instruments) -> MarkSeen:
@@ -84,9 +97,17 @@ def fill_from_proto(msg: account_pb2.Fill, topic: str, partition: int, offset: i
 def margin_view(msg: margin_pb2.ExplainResponse) -> MarginView:
     m = msg.margin
     positions = tuple(PositionView(p.instrument, dec(p.size.value, "size"), bool(p.isolated)) for p in msg.positions)
+    cross = None
+    if m.cross_mm_usd.value:
+        cross = (dec(m.cross_equity_usd.value, "cross_equity_usd"), dec(m.cross_im_usd.value, "cross_im_usd"),
+                 dec(m.cross_mm_usd.value, "cross_mm_usd"))
+    isolated = tuple(IsolatedView(i.instrument, dec(i.size.value, "size", Decimal(0)), dec(i.equity_usd.value, "equity_usd"),
+                                  dec(i.im_usd.value, "im_usd"), dec(i.mm_usd.value, "mm_usd"))
+                     for i in m.isolated)
     return MarginView(m.account_id, int(m.state), dec(m.equity_usd.value, "equity_usd"), dec(m.im_usd.value, "im_usd"),
                       dec(m.mm_usd.value, "mm_usd"), bool(m.marks_fresh), int(m.risk_params_version),
-                      int(m.account_revision), int(m.meta.event_time_ms), positions)
+                      int(m.account_revision), int(m.meta.event_time_ms), positions,
+                      *(cross if cross is not None else (None, None, None)), isolated)
 
 
 # ---- outputs

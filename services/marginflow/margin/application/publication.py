@@ -26,7 +26,7 @@ from marginflow.margin.application.ports import EngineConfig, EngineMetrics, Pub
 from marginflow.margin.domain.causes import Snapshot, contributions
 from marginflow.margin.domain.health import Health
 from marginflow.margin.domain.results import AccountMargin, Contribution, MarginCallEvent
-from marginflow.margin.domain.transitions import Episodes, Pending, next_states, sticky_state
+from marginflow.margin.domain.transitions import Episodes, Pending, next_states, no_way_back, sticky_state
 from marginflow.margin.domain.valuation import Valuation
 
 
@@ -63,6 +63,7 @@ class Publication:
         self.phase_ms = heartbeat_phases(capacity, self.config.publish_max_interval_ms)
         for owner, name in ((self, "state"), (self, "equity"), (self, "im"), (self, "ms"),
                             (self.pending, "state"), (self.pending, "since_ms"), (self.pending, "count"),
+                            (self.pending, "entered_ms"),
                             (self.episodes, "number"), (self.episodes, "worst")):
             a = getattr(owner, name)
             out = np.zeros(capacity, dtype=a.dtype)
@@ -74,7 +75,8 @@ class Publication:
     def next_states(self, val: Valuation, lo: int, hi: int, now_ms: int,
                     immediate: np.ndarray | None = None) -> np.ndarray:
         """Published states of rows lo..hi−1 after this valuation (entries 0..hi−lo−1 of ``val``)."""
-        pending = Pending(self.pending.state[lo:hi], self.pending.since_ms[lo:hi], self.pending.count[lo:hi])
+        pending = Pending(self.pending.state[lo:hi], self.pending.since_ms[lo:hi], self.pending.count[lo:hi],
+                          self.pending.entered_ms[lo:hi])
         return next_states(self.state[lo:hi], val.state, val.equity, val.im, val.mm, pending, now_ms, self.rules,
                            immediate)
 
@@ -88,7 +90,7 @@ class Publication:
             return raw
         sticky = int(sticky_state(np.array([published], np.int8), np.array([equity_usd]), np.array([im_usd]),
                                   np.array([mm_usd]), self.rules)[0])
-        return max(raw, sticky)
+        return int(no_way_back(np.array([published], np.int8), np.array([max(raw, sticky)], np.int8))[0])
 
     def changed(self, published: np.ndarray, val: Valuation, n: int, now_ms: int) -> np.ndarray:
         """Rows 0..n−1 whose state or numbers differ materially from what was published (or due a heartbeat)."""

@@ -28,6 +28,21 @@ published state follows it under two rules, vectorised over every account:
 Amounts are compared in whole cents as published (``shared.money``), by cross-multiplying the
 buffer as an exact ratio of integers (basis points), never by dividing.
 
+* **No way back to margin call.** LIQUIDATION (or BANKRUPT) is left only for HEALTHY, never for
+  MARGIN_CALL: the account state is the worst of the cross part and each isolated position while the
+  buffer is tested on the account's totals, so an isolated position in liquidation next to a healthy
+  cross part would otherwise go LIQUIDATION → MARGIN_CALL → LIQUIDATION and enter liquidation twice in
+  one episode.
+* **Minimum dwell (leaving a worse state).** A published MARGIN_CALL or LIQUIDATION stands for at least
+  ``min_dwell_ms`` (the clock the evaluation passes in) before a *market* recovery may end it; the account's own inputs
+  (a deposit, a trade, a liquidation fill: ``immediate``) end it as soon as the buffer is met. Measured on
+  the simulator: accounts with options or high leverage swing their equity by ±5–10 % of IM within a
+  minute, so a recovery through the 5 % buffer ended a call after a median of ~35 s and the next swing
+  re-entered it ~30 s later (up to 9 calls an account in 10 minutes). With a dwell D, an account enters a
+  state at most ⌈T/D⌉ times in T on market moves alone (300 s: at most 2 in 10 minutes). Trade-off: a
+  call on a market that recovers stays up to D longer (a venue that notifies on calls sends the
+  all-clear later), never shorter; entering a worse state is never delayed by it.
+
 **Episodes.** An episode starts when an account leaves HEALTHY and ends when it is published
 HEALTHY again; every call carries the account's episode number, and a call for a state the episode
 has already reached is marked a repeat.
@@ -52,6 +67,7 @@ class TransitionRules:
     confirm_evaluations: int = 2          # a worse raw state held this many evaluations ...
     confirm_ms: int = 1_000               # ... and this long before it is published
     immediate_band_bps: int = 1_000       # 10 %: a shortfall beyond this publishes at once
+    min_dwell_ms: int = 0                 # a worse state stands this long before a market recovery ends it
 
     def __post_init__(self) -> None:
         if not 0 <= self.exit_buffer_bps < BPS or not 0 <= self.margin_call_exit_buffer_bps < BPS:
@@ -60,19 +76,23 @@ class TransitionRules:
             raise ValueError("immediate_band_bps must be in [0, 10000]")
         if self.confirm_evaluations < 1 or self.confirm_ms < 0:
             raise ValueError("confirm_evaluations must be ≥ 1 and confirm_ms ≥ 0")
+        if self.min_dwell_ms < 0:
+            raise ValueError("min_dwell_ms must be ≥ 0")
 
 
 @dataclasses.dataclass
 class Pending:
-    """Per account: the worse raw state waiting for confirmation, since when, seen how often."""
+    """Per account: the raw state waiting for confirmation, since when, seen how often; and when the
+    published state was entered (the dwell; 0 = unknown, e.g. after a restart: no dwell left)."""
 
     state: np.ndarray        # int8, 0 = none
     since_ms: np.ndarray     # int64, when it was first seen
     count: np.ndarray        # int32
+    entered_ms: np.ndarray   # int64, when the published state was entered
 
     @classmethod
     def empty(cls, n: int) -> "Pending":
-        return cls(np.zeros(n, np.int8), np.zeros(n, np.int64), np.zeros(n, np.int32))
+        return cls(np.zeros(n, np.int8), np.zeros(n, np.int64), np.zeros(n, np.int32), np.zeros(n, np.int64))
 
 
 def sticky_state(published: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarray, mm_usd: np.ndarray,
@@ -89,6 +109,14 @@ def sticky_state(published: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarr
     published = np.asarray(published, dtype=np.int8)
     stay = np.where((published == Health.BANKRUPT) & solvent, Health.LIQUIDATION, published)
     return np.where(restored, Health.HEALTHY, stay).astype(np.int8)
+
+
+def no_way_back(published: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``target`` with LIQUIDATION kept where a published LIQUIDATION/BANKRUPT would go to MARGIN_CALL."""
+    published = np.asarray(published, dtype=np.int8)
+    target = np.asarray(target, dtype=np.int8)
+    back = (published >= Health.LIQUIDATION) & (target == Health.MARGIN_CALL)
+    return np.where(back, np.int8(Health.LIQUIDATION), target).astype(np.int8)
 
 
 def urgent(raw: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarray, mm_usd: np.ndarray, band_bps: int) -> np.ndarray:
@@ -122,7 +150,15 @@ def next_states(published: np.ndarray, raw: np.ndarray, equity_usd: np.ndarray, 
     if better.any():
         sticky = sticky_state(published, equity_usd, im_usd, mm_usd, rules)
         target[better] = np.maximum(raw[better], sticky[better])
+        target = no_way_back(published, target)
+        if rules.min_dwell_ms > 0:
+            # a market recovery waits out the dwell; the account's own change does not
+            young = better & (now_ms - pending.entered_ms < rules.min_dwell_ms) & (published >= Health.MARGIN_CALL)
+            if immediate is not None:
+                young &= ~np.asarray(immediate, dtype=bool)
+            target[young] = published[young]
     better = known & (target < published)
+    pending.entered_ms[fresh_start] = now_ms
     return _confirm(out, known, published, target, better, equity_usd, im_usd, mm_usd, pending, now_ms, rules,
                     immediate)
 
@@ -143,6 +179,7 @@ def _confirm(out, known, published, target, better, equity_usd, im_usd, mm_usd, 
     if immediate is not None:
         go |= moving & immediate
     out[go] = raw[go]
+    pending.entered_ms[go] = now_ms
     # whatever is not waiting any more forgets its pending state
     done = ~moving | go
     pending.state[done] = 0
