@@ -388,6 +388,20 @@ def test_vectorised_contingency_equals_the_formulas_account_by_account(books, ra
     k = np.array([p[0] for p in flat], np.int32)
     q = np.array([p[1] for p in flat], np.float64)
     iso = np.array([p[2] for p in flat], np.uint8)
+    # the price-free netting, priced by this table and by a later model's (another index price)
+    ct2 = ContingencyTable(table.kind, table.underlying, table.strike, table.expiry_ms, table.contract_size,
+                           np.array([45000.0]), ContingencyRates(*rates))
+    assert ct2.same_structure(ct)
+    netting = ct.netting(indptr, k, q, iso)
+    for table_, index in ((ct, 60000.0), (ct2, 45000.0)):
+        c = table_.charges_of(netting)
+        want = _naive_charges(table, [(k[a:b], q[a:b], iso[a:b]) for a, b in zip(indptr[:-1], indptr[1:])],
+                              rates[0], rates[1], index)
+        np.testing.assert_allclose(c.cross_option, [w[0] for w in want], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(c.cross_basis, [w[1] for w in want], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(c.isolated_per_account, [w[2] for w in want], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(c.isolated, table_.charges(indptr, k, q, iso, shares=False).isolated,
+                                   rtol=1e-12, atol=1e-9)
     for shares in (True, False):
         c = ct.charges(indptr, k, q, iso, shares=shares)
         want = _naive_charges(table, [(k[a:b], q[a:b], iso[a:b]) for a, b in zip(indptr[:-1], indptr[1:])],
@@ -401,3 +415,56 @@ def test_vectorised_contingency_equals_the_formulas_account_by_account(books, ra
             np.testing.assert_allclose(got_option, c.cross_option + c.isolated_per_account, rtol=1e-12, atol=1e-9)
             np.testing.assert_allclose(np.bincount(owner, weights=c.position_basis, minlength=len(books)),
                                        c.cross_basis, rtol=1e-12, atol=1e-9)
+
+
+def test_a_netting_serves_only_tables_of_the_same_instruments_and_rates():
+    from marginflow.margin.domain.contingency import ContingencyTable
+
+    table = instrument_table(CHAIN)
+    make = lambda rates, index=60000.0: ContingencyTable(  # noqa: E731
+        table.kind, table.underlying, table.strike, table.expiry_ms, table.contract_size, np.array([index]),
+        ContingencyRates(*rates))
+    assert make((0.01, 0.01)).same_structure(make((0.01, 0.01), 50000.0))
+    assert not make((0.01, 0.01)).same_structure(make((0.01, 0.0)))
+    resized = ContingencyTable(table.kind, table.underlying, table.strike, table.expiry_ms,
+                               table.contract_size * 2.0, np.array([60000.0]), ContingencyRates(0.01, 0.01))
+    assert not make((0.01, 0.01)).same_structure(resized)     # units per contract enter the netting
+
+
+def test_the_full_pass_nets_a_book_again_only_after_it_changed():
+    """The evaluation keeps the netting of its flat book while the book object and its generation stand;
+    an in-place rewrite (FlatBook.try_update) or a rebuilt book nets again."""
+    from marginflow.margin.application.evaluation import Evaluation
+    from marginflow.margin.domain.book import AccountBook, FlatBook
+    from marginflow.margin.domain.contingency import ContingencyTable
+
+    table = instrument_table(CHAIN)
+    ct = ContingencyTable(table.kind, table.underlying, table.strike, table.expiry_ms, table.contract_size,
+                          np.array([60000.0]), ContingencyRates(0.01, 0.01))
+
+    class Charged:
+        def __init__(self):
+            self.table, self.calls = ct, 0
+
+        def netting(self, *arrays):
+            self.calls += 1
+            return ct.netting(*arrays)
+
+    def acct(name, q):
+        return AccountBook(name, 1, np.array([0, 1], np.int32), np.array([q, -q]), np.array([60000.0, 60000.0]),
+                           np.zeros(2, np.uint8), np.zeros(2), np.zeros(len(ASSETS)))
+
+    ev = Evaluation.__new__(Evaluation)
+    ev._netting = None
+    charged = Charged()
+    flat = FlatBook.build([acct("a", 1.0), acct("b", 2.0)])
+    first = ev._book_netting(charged, flat)
+    assert ev._book_netting(charged, flat) is first and charged.calls == 1
+    assert flat.try_update(0, acct("a", 3.0))
+    again = ev._book_netting(charged, flat)
+    assert charged.calls == 2 and again is not first
+    np.testing.assert_allclose(ct.charges_of(again).cross, ct.charges(flat.indptr, flat.instrument, flat.size,
+                                                                       flat.isolated, shares=False).cross)
+    rebuilt = FlatBook.build([acct("a", 3.0), acct("b", 2.0)])
+    ev._book_netting(charged, rebuilt)
+    assert charged.calls == 3

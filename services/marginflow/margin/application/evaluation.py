@@ -45,6 +45,7 @@ class Evaluation:
         self.metrics = metrics
         self._wall_ms = wall_ms
         self._market_view = market_view
+        self._netting = None   # (flat book, its generation, contingency table, Netting) of the last full pass
         self._lock = lock
         self.model: Model | None = None
         self._builds = 0
@@ -133,10 +134,29 @@ class Evaluation:
                 return
             started = time.perf_counter()
             f = self.accounts.ensure_flat()
-            out = model.core.compute(f.indptr, f.instrument, f.size, f.isolated, n_threads=self.config.n_threads)
+            netting = self._book_netting(model.core, f)
+            if netting is None:
+                out = model.core.compute(f.indptr, f.instrument, f.size, f.isolated, n_threads=self.config.n_threads)
+            else:
+                out = model.core.compute(f.indptr, f.instrument, f.size, f.isolated, n_threads=self.config.n_threads,
+                                         netting=netting)
             self.accounts.store_full(out)
             self.metrics.full_recalc(time.perf_counter() - started, f.n_accounts)
             self.evaluate(force=True)
+
+    def _book_netting(self, charged, f):
+        """The contingency netting of the flat book ``f``, kept while ``f`` stands unchanged (same
+        object, same generation) and the model's instruments and rates are the same: a new risk
+        version re-prices it instead of netting a million positions again."""
+        table = getattr(charged, "table", None)
+        if table is None or not table.rates.active:
+            return None
+        kept = self._netting
+        if kept is not None and kept[0] is f and kept[1] == f.generation and kept[2].same_structure(table):
+            return kept[3]
+        netting = charged.netting(f.indptr, f.instrument, f.size, f.isolated)
+        self._netting = (f, f.generation, table, netting)
+        return netting
 
     # ---- marks → equity → states
     def tick(self) -> None:

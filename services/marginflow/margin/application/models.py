@@ -17,7 +17,7 @@ from marginflow.core import KIND_CALL
 
 from marginflow.margin.application.ports import EngineConfig
 from marginflow.margin.domain.book import InstrumentTable
-from marginflow.margin.domain.contingency import ContingencyTable
+from marginflow.margin.domain.contingency import ContingencyTable, Netting
 from marginflow.margin.domain.horizon import HorizonTable, PositionHorizon
 from marginflow.margin.domain.market import MarketState
 from marginflow.margin.domain.scenarios import RiskVersion, ScenarioSet, build_scenarios
@@ -54,7 +54,12 @@ class ChargedModel:
         ph = self.horizon.positions(instrument, size)
         return ph, (ph.scale if np.any(ph.scale != 1.0) else None)
 
-    def compute(self, indptr, instrument, size, isolated, n_threads: int = 2) -> dict:
+    def netting(self, indptr, instrument, size, isolated) -> Netting | None:
+        """The price-free part of the contingency charges of a book (None when they are off), for
+        :meth:`compute` on this model or a later one of the same instruments."""
+        return self.table.netting(indptr, instrument, size, isolated) if self.table.rates.active else None
+
+    def compute(self, indptr, instrument, size, isolated, n_threads: int = 2, netting: Netting | None = None) -> dict:
         ph, scale = self._horizon(instrument, size)
         if scale is None:
             out = self.core.compute(indptr, instrument, size, isolated, n_threads=n_threads)
@@ -66,24 +71,24 @@ class ChargedModel:
         if not self.table.rates.active and ph is None:
             return out
         indptr = np.asarray(indptr, dtype=np.int64)
-        iso = np.asarray(isolated).astype(bool)
         extra_cross = np.zeros(n)
-        extra_iso = np.zeros(iso.shape[0])
+        extra_iso = np.zeros(np.asarray(instrument).shape[0])
+        iso_extra_acc = np.zeros(n)      # Σ per account of extra_iso
         if self.table.rates.active:
-            c = self.table.charges(indptr, instrument, size, isolated, shares=False)
+            c = (self.table.charges_of(netting) if netting is not None
+                 else self.table.charges(indptr, instrument, size, isolated, shares=False))
             extra_cross += c.cross
             extra_iso += c.isolated
+            iso_extra_acc += c.isolated_per_account
             out["contingency"], out["basis"] = c.cross_option, c.cross_basis
         if ph is not None:
+            iso = np.asarray(isolated).astype(bool)
             owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
             conc = np.bincount(owner[~iso], weights=ph.concentration[~iso], minlength=n)
             extra_cross += conc
             extra_iso += np.where(iso, ph.concentration, 0.0)
             out["concentration"] = conc
             iso_extra_acc = np.bincount(owner, weights=extra_iso, minlength=n)
-        else:
-            iso_extra_acc = np.bincount(np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr)),
-                                        weights=extra_iso, minlength=n)
         out["cross_im"] = out["cross_im"] + extra_cross
         out["isolated_im"] = np.asarray(out["isolated_im"], dtype=np.float64) + extra_iso
         out["im"] = out["im"] + extra_cross + iso_extra_acc

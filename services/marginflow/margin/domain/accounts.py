@@ -16,7 +16,7 @@ from marginflow.margin.domain.book import AccountBook, FlatBook
 
 # Per-row arrays of core results (USD) and their dtypes.
 _RESULT_ARRAYS = (("cross_im", np.float64), ("grid", np.float64), ("es", np.float64), ("minimum", np.float64),
-                  ("liquidity", np.float64), ("computed", np.bool_))
+                  ("liquidity", np.float64), ("computed", np.bool_), ("present", np.bool_))
 
 
 class AccountTable:
@@ -82,6 +82,7 @@ class AccountTable:
             if old is not None and b.revision < old.revision:
                 continue
             self.rows[row] = b
+            self.present[row] = True      # rows[row] is not None, as an array (full passes read it whole)
             self.balances[row] = b.balances
             rows.append(row)
             if not self.flat_dirty and not self.flat.try_update(row, b):
@@ -96,6 +97,7 @@ class AccountTable:
             if row is None:
                 continue
             self.rows[row] = None
+            self.present[row] = False
             self.balances[row] = 0.0
             self.cross_im[row] = 0.0
             self.computed[row] = False
@@ -131,7 +133,7 @@ class AccountTable:
         self.es[:n] = out["es"]
         self.minimum[:n] = out["minimum"]
         self.liquidity[:n] = out["liquidity"]
-        self.computed[:n] = np.fromiter((b is not None for b in self.rows), dtype=bool, count=n)
+        self.computed[:n] = self.present[:n]
         self.iso_im_flat = np.array(out["isolated_im"], dtype=np.float64)
         self.iso_im_by_row = {}
 

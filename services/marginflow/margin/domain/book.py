@@ -102,6 +102,7 @@ class FlatBook:
     isolated: np.ndarray
     isolated_collateral: np.ndarray
     owner: np.ndarray
+    generation: int = 0    # advanced by every rewrite in place (what is derived from the arrays knows)
 
     @classmethod
     def of(cls, book: AccountBook) -> "FlatBook":
@@ -136,6 +137,7 @@ class FlatBook:
         if n > hi - lo:
             return False
         end = lo + n
+        self.generation += 1
         self.instrument[lo:end] = book.instrument
         self.size[lo:end] = book.size
         self.entry[lo:end] = book.entry

@@ -59,6 +59,27 @@ class ContingencyCharges:
     position_basis: np.ndarray     # [nnz] share of the basis charge, USD
 
 
+@dataclasses.dataclass(frozen=True)
+class Netting:
+    """What a book's charges are made of, before any price: the net short units per (account, strike)
+    of cross options, the offsetting units per (account, underlying) of cross linear positions, and
+    the short units of each isolated option. Entries with nothing to charge are left out. A full
+    recalculation on a new risk version (new index prices) reuses it while the positions stand."""
+
+    n_accounts: int
+    n_positions: int
+    option_account: np.ndarray    # [g] account of each net short strike
+    option_instrument: np.ndarray  # [g] one instrument of that strike (its USD per unit)
+    option_units: np.ndarray      # [g] net short underlying units, > 0
+    basis_account: np.ndarray     # [b] account of each offset
+    basis_underlying: np.ndarray  # [b] its underlying
+    basis_units: np.ndarray       # [b] min(long, short) underlying units, > 0
+    iso_position: np.ndarray      # [i] isolated short options (position index)
+    iso_account: np.ndarray       # [i]
+    iso_instrument: np.ndarray    # [i]
+    iso_units: np.ndarray         # [i] short underlying units, > 0
+
+
 def _segments(key: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Group equal keys: (segment of each element, index of each segment's first element), or
     (None, None) when the keys are strictly increasing (each element its own segment). Keys come
@@ -92,6 +113,7 @@ class ContingencyTable:
         self.is_linear = (kind == KIND_PERP) | (kind == KIND_FUTURE)
         self.option_usd_per_unit = np.where(self.is_option, rates.option_rate * value, 0.0)
         self.basis_usd_per_unit = np.where(self.is_linear, rates.basis_rate * value, 0.0)
+        self.basis_usd_per_underlying = rates.basis_rate * np.asarray(index_price, dtype=np.float64)
         # One group per (underlying, expiry, strike): calls and puts of a strike net together.
         groups: dict[tuple[int, int, float], int] = {}
         group = np.full(kind.shape[0], -1, dtype=np.int64)
@@ -100,6 +122,83 @@ class ContingencyTable:
             group[k] = groups.setdefault(key, len(groups))
         self.group = group
         self.n_groups = len(groups)
+
+    def _structure(self) -> tuple:
+        return (self.underlying, self.units, self.group, self.is_option, self.is_linear)
+
+    def same_structure(self, other: "ContingencyTable") -> bool:
+        """The same instruments, strike groups, kinds and rates: a netting of one serves the other."""
+        return self.rates == other.rates and all(np.array_equal(a, b) for a, b in zip(self._structure(), other._structure()))
+
+    def netting(self, indptr: np.ndarray, instrument: np.ndarray, size: np.ndarray,
+                isolated: np.ndarray) -> Netting:
+        """The price-free part of the charges of every account (CSR)."""
+        indptr = np.asarray(indptr, dtype=np.int64)
+        instrument = np.asarray(instrument)
+        size = np.asarray(size, dtype=np.float64)
+        iso = np.asarray(isolated)
+        iso = iso if iso.dtype == bool else iso != 0
+        n, nnz = indptr.shape[0] - 1, instrument.shape[0]
+        none_i, none_f = np.zeros(0, dtype=np.int64), np.zeros(0)
+        option = (none_i, none_i, none_f)
+        basis = (none_i, none_i, none_f)
+        iso_part = (none_i, none_i, none_i, none_f)
+        if nnz:
+            owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+            units = size * self.units[instrument]                 # signed underlying units
+            opt = self.is_option[instrument]
+            cross = (units != 0.0) & ~iso
+            sel = np.flatnonzero(iso & opt & (units < 0.0))
+            iso_part = (sel, owner[sel], instrument[sel].astype(np.int64), -units[sel])
+            if self.rates.option_rate > 0.0:
+                sel = np.flatnonzero(cross & opt)
+                if sel.size:
+                    k_sel, q_sel, acc = instrument[sel], units[sel], owner[sel]
+                    seg, first = _segments(acc * max(self.n_groups, 1) + self.group[k_sel])
+                    if seg is None:
+                        net, acc_first, k_first = q_sel, acc, k_sel
+                    else:
+                        net = np.bincount(seg, weights=q_sel, minlength=first.size)
+                        acc_first, k_first = acc[first], k_sel[first]
+                    keep = np.flatnonzero(net < 0.0)
+                    option = (acc_first[keep], k_first[keep].astype(np.int64), -net[keep])
+            if self.rates.basis_rate > 0.0:
+                sel = np.flatnonzero(cross & self.is_linear[instrument])
+                if sel.size:
+                    U = max(self.n_underlyings, 1)
+                    k_sel, q_sel, acc = instrument[sel], units[sel], owner[sel]
+                    # Netted per instrument first: two rows of one instrument are one expiry, no basis.
+                    iseg, ifirst = _segments(acc * self.units.shape[0] + k_sel)
+                    if iseg is None:
+                        iseg = ifirst = np.arange(sel.size)
+                    inet = np.bincount(iseg, weights=q_sel, minlength=ifirst.size)
+                    # per (account, underlying): a key space of N·U, summed without a sort
+                    ukey = acc[ifirst] * U + self.underlying[k_sel[ifirst]]
+                    long_u = np.bincount(ukey, weights=np.maximum(inet, 0.0), minlength=n * U)
+                    short_u = np.bincount(ukey, weights=np.maximum(-inet, 0.0), minlength=n * U)
+                    offset = np.minimum(long_u, short_u)
+                    keep = np.flatnonzero(offset > 0.0)
+                    basis = (keep // U, keep % U, offset[keep])
+        return Netting(n, nnz, *option, *basis, *iso_part)
+
+    def charges_of(self, net: Netting) -> ContingencyCharges:
+        """The accounts' charges at this model's index prices (per-position shares left at 0)."""
+        n, nnz = net.n_accounts, net.n_positions
+        zeros_n, zeros_p = np.zeros(n), np.zeros(nnz)
+        cross_option = (np.bincount(net.option_account, weights=net.option_units
+                                    * self.option_usd_per_unit[net.option_instrument], minlength=n)
+                        if net.option_account.size else zeros_n)
+        cross_basis = (np.bincount(net.basis_account, weights=net.basis_units
+                                   * self.basis_usd_per_underlying[net.basis_underlying], minlength=n)
+                       if net.basis_account.size else zeros_n)
+        iso_charge = np.zeros(nnz)
+        iso_per_account = zeros_n
+        if net.iso_position.size:
+            amounts = net.iso_units * self.option_usd_per_unit[net.iso_instrument]
+            iso_charge[net.iso_position] = amounts
+            iso_per_account = np.bincount(net.iso_account, weights=amounts, minlength=n)
+        return ContingencyCharges(cross_option + cross_basis, cross_option, cross_basis, iso_charge,
+                                  iso_per_account, zeros_p, zeros_p)
 
     def charges(self, indptr: np.ndarray, instrument: np.ndarray, size: np.ndarray,
                 isolated: np.ndarray, shares: bool = True) -> ContingencyCharges:
