@@ -31,6 +31,7 @@ from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.lifecycle import Lifecycle, tune_gc
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
+from marginflow.shared.security import client_channel
 from marginflow.shared.universe import Universe, platform_universe
 
 SERVICE = "portfolio"
@@ -113,7 +114,10 @@ class PortfolioApp:
         self.applier = Applier(self.rules, self.store,
                                KafkaSnapshotSink(self.producer, topics.positions), self.source,
                                codec.SnapshotEncoder(), self.clock, self.metrics, s.cache_accounts)
-        self.gate = MarginWithdrawalGate(s.margin_address, s.margin_timeout_ms / 1000) if s.margin_address else None
+        # TLS and token as configured (margin serves TLS under make run)
+        self.gate = (MarginWithdrawalGate(s.margin_address, s.margin_timeout_ms / 1000,
+                                          lambda address: client_channel(address, common.security))
+                     if s.margin_address else None)
         self.admin = AdminService(self.rules, self.store,
                                   KafkaEventPublisher(self.admin_producer, topics.account_events, self.clock.now_ms),
                                   self.store, self.clock, self.gate)

@@ -9,6 +9,7 @@ needs no margin: allowed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 import grpc
@@ -19,8 +20,9 @@ from marginflow.portfolio.domain.model import Account
 
 
 class MarginWithdrawalGate:
-    def __init__(self, address: str, timeout_s: float) -> None:
-        self._channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, timeout_s: float,
+                 channel: Callable[[str], grpc.Channel] = grpc.insecure_channel) -> None:
+        self._channel = channel(address)
         self._stub = margin_pb2_grpc.MarginServiceStub(self._channel)
         self._timeout = timeout_s
         self.address = address
