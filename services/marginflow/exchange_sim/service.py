@@ -87,6 +87,7 @@ class ExchangeSimApp:
         self.orders = ProtoConsumer(orders, {topics.liquidation_orders: liquidation_pb2.LiquidationOrder}, dlq,
                                     SERVICE)
         self._universe = universe
+        self._index_marks = frozenset(f"index:{u}" for u in universe.underlyings)
         if serve_http_metrics:
             self.host.serve_metrics(s.metrics_port)
         self.loop = ServiceLoop(SERVICE, self.turn)
@@ -101,6 +102,9 @@ class ExchangeSimApp:
         marks = []
         recs = self.marks.poll(timeout_ms=0, max_records=20000)
         for r in recs:
+            # the index mark of each underlying: known, and of no use to a book around an instrument's mark
+            if r.value.instrument in self._index_marks and r.value.underlying == r.value.instrument[6:]:
+                continue
             try:
                 marks.append(mark_from_proto(r.value, self._universe.instruments))
             except Rejected as exc:

@@ -89,6 +89,9 @@ class LiquidationApp:
         timeout = s.startup_timeout_seconds
         universe = platform_universe(common, self.clock.now_ms())
         self.instruments = instrument_infos(universe)
+        # md.marks also carries one index mark per underlying; every instrument's mark has its index
+        # price already, so these are known and skipped (not dead-lettered: they are not bad input).
+        self.index_marks = frozenset(f"index:{u}" for u in universe.underlyings)
         ensure_topics(common.bootstrap, liquidation_topics(s), timeout_s=timeout)
         self.producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-out", linger_ms=0), SERVICE)
         self.redis = connect(common.redis_url)
@@ -176,6 +179,8 @@ class LiquidationApp:
         for r in records:
             try:
                 if r.topic == topics.marks:
+                    if r.value.instrument in self.index_marks and r.value.underlying == r.value.instrument[6:]:
+                        continue
                     marks.append(codec.mark_from_proto(r.value, self.instruments))
                 else:
                     states.append(codec.state_from_proto(r.value))
