@@ -109,12 +109,16 @@ def test_numbers_rule():
 
 def test_recomputation_rule_only_at_the_same_revision_and_only_across_the_band():
     c = call(cc.LIQUIDATION, cc.HEALTHY, e="40")
-    healthy = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 5, 2, False)
+    healthy = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 5, 1, False)
     assert cc.check_recomputation(c, healthy)[1].rule == "recomputation"
     moved = cc.Fresh(cc.MARGIN_CALL, Decimal("60"), Decimal("100"), Decimal("50"), 5, 1, False)
     assert cc.check_recomputation(c, moved) == (True, None)
     traded = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 6, 1, False)
     assert cc.check_recomputation(c, traded) == (False, None)
+    # a new risk version may release margin without bound: not the same inputs
+    released = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("30"), Decimal("15"), 5, 2, False)
+    assert cc.check_recomputation(c, released) == (False, None)
+    assert cc.same_inputs(c, released, 5, True) is False
 
 
 def test_orders_doubled_or_unfounded_at_the_same_inputs():
@@ -151,7 +155,7 @@ def test_stale_marks_cap_the_raw_state_at_margin_call():
 
 def test_a_call_without_revision_is_compared_when_no_input_followed_it():
     c = call(cc.LIQUIDATION, cc.HEALTHY, e="40", rev=0)
-    healthy = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 7, 2, False)
+    healthy = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 7, 1, False)
     assert cc.same_inputs(c, healthy, 7, no_input_since_call=True)
     assert not cc.same_inputs(c, healthy, 7, no_input_since_call=False)
     assert not cc.same_inputs(c, healthy, 8, no_input_since_call=True)

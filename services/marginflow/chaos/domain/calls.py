@@ -17,14 +17,14 @@ a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk ve
    e < 0, LIQUIDATION iff 0 ≤ e < MM, MARGIN_CALL iff MM ≤ e < IM — on fresh marks; on stale marks
    (``marks_fresh`` false) anything below IM is MARGIN_CALL, as stale marks never liquidate. A call
    leaving a worse state (S < P, hysteresis) must not be better than its raw state.
-3. **Recomputation** — ``GetMargin`` now (a fresh computation), when its account revision is C's (the
-   account's positions and collateral are the ones C was computed on; marks, and possibly the risk
-   version, moved since; a call without a revision counts as computed on the account's current
+3. **Recomputation** — ``GetMargin`` now (a fresh computation), when its account revision and its
+   risk-parameter version are C's (the account's positions and collateral and the scenarios are the
+   ones C was computed on; marks moved since — a new version may lower IM without bound, only a step
+   up is bounded, so a release of margin says nothing about the call); a call without a revision counts as computed on the account's current
    revision when no input of the account was published after it): C says LIQUIDATION or BANKRUPT (e < MM) but the fresh computation is HEALTHY
    with equity ≥ IM. Between MM and IM lies (1 − mm_factor)·IM — half the IM by default — which the
-   seconds of simulated marks between the call and the check do not move an account across, nor one
-   risk-parameter version (its step up is bounded, its release of the APC buffer is 25 % at most); a
-   call on a state the inputs do not support does.
+   seconds of simulated marks between the call and the check do not move an account across; a call on
+   a state the inputs do not support does.
 
 A ``liquidation.orders`` record is contradicted when its order id was seen before (a retry doubled
 it), or when a fresh ``GetMargin`` at the same inputs shows its account HEALTHY with equity ≥ IM.
@@ -153,6 +153,8 @@ def same_inputs(call: Call, fresh: Fresh | None, revision_now: int, no_input_sin
     from the fold) when no input of the account was published after the call."""
     if fresh is None:
         return False
+    if call.risk_version and fresh.risk_version != call.risk_version:
+        return False
     if call.account_revision:
         return fresh.account_revision == call.account_revision
     return no_input_since_call and fresh.account_revision == revision_now
@@ -162,7 +164,8 @@ def check_recomputation(call: Call, fresh: Fresh | None, same: bool | None = Non
     """Rule 3. Returns (compared at the same inputs?, contradiction). ``same`` overrides the revision
     comparison (see :func:`same_inputs`)."""
     if same is None:
-        same = fresh is not None and fresh.account_revision == call.account_revision
+        same = (fresh is not None and fresh.account_revision == call.account_revision
+                and fresh.risk_version == call.risk_version)
     if fresh is None or not same:
         return False, None
     if call.state >= LIQUIDATION and fresh.state == HEALTHY and fresh.equity_usd >= fresh.im_usd:
