@@ -94,6 +94,9 @@ class Ports:
     log: Callable[[str], None]
     sleep: Callable[[float], None] = time.sleep
     now: Callable[[], float] = time.monotonic
+    # service → the Kafka timestamp (ms) of its first output record at or after a wall-clock ms
+    first_output: Callable[[str, int], int | None] | None = None
+    wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
 
 
 class Budget(Exception):
@@ -113,10 +116,13 @@ class Runner:
         self.unsettled: set[str] = set()          # accounts that mismatched last time
         self.history = callcheck.CallHistory()
         self.order_ids: set[str] = set()
-        self.liquidated: set[str] = set()         # accounts with a liquidation fill
+        self.episode_of: dict[str, tuple[str, int]] = {}   # order id → (account, episode)
+        self.filled_orders: set[str] = set()      # order ids with a fill on trades.fills
+        self.filled_episodes: set[tuple[str, int]] = set()   # (account, episode) with a filled order
         self.chaos_rejected = 0
         self.last_input_ms: dict[str, int] = {}   # Kafka timestamp of each account's latest input
         self.deadline = ports.now() + options.budget_seconds
+        self._next_progress = ports.now() + 30
         self.results: list[FaultResult] = []
 
     # ---- time
@@ -133,8 +139,11 @@ class Runner:
             f = d.fill(rec.value)
             self.fold.add_fill(f.fill_id, f.account_id, f.instrument, int(f.side), d.dec(f.size))
             self.last_input_ms[f.account_id] = max(rec.timestamp, self.last_input_ms.get(f.account_id, 0))
-            if f.liquidation:
-                self.liquidated.add(f.account_id)
+            if f.order_id:
+                self.filled_orders.add(f.order_id)
+                episode = self.episode_of.get(f.order_id)
+                if episode is not None:
+                    self.filled_episodes.add(episode)
         for rec in self.p.events.catch_up(min(120, max(5, self._left()))):
             e = d.event(rec.value)
             self.fold.add_event(e.event_id, e.account_id)
@@ -178,7 +187,18 @@ class Runner:
         return {a: d.observed(self.snapshots[a]) for a in accounts if a in self.snapshots}
 
     # ---- the checks
+    def _progress(self, where: str, mismatches: list[Mismatch]) -> None:
+        """Every 30 s of a comparison that does not converge: how far off, for the log."""
+        now = self.p.now()
+        if now >= self._next_progress:
+            self._next_progress = now + 30
+            self.p.log(f"{where}: {len(mismatches)} differences from the fold, e.g. {mismatches[0]}")
+
     def verify(self, result: FaultResult, over: float, first: bool) -> None:
+        """Positions (topic and gRPC) against the fold. The generator is paused, but the liquidation
+        service and the exchange simulator go on publishing fills (and the fund its deposits): each pass
+        reads the service's output first and the inputs after it, so the fold holds at least every input
+        the output can reflect; an account still different is re-checked in the next pass, alone."""
         self._fold_inputs()
         expected = self.fold.accounts
         check = set(expected) if first else (self.fold.take_touched() | self.unsettled)
@@ -189,29 +209,42 @@ class Runner:
         topic_ok_at = None
         while True:
             self._read_positions()
-            check |= set(self.dirty)
+            self._fold_inputs()
+            check |= set(self.dirty) | self.fold.take_touched()
             mismatches = compare(expected, self._topic_observed(check), check)
             if not mismatches:
                 topic_ok_at = self.p.now()
                 break
+            check = {m.account_id for m in mismatches}
             if self.p.now() > deadline:
                 break
+            self._progress("portfolio.positions", mismatches)
             self.p.sleep(1.0)
         grpc_mismatches: list[Mismatch] = []
         grpc_ok_at = None
-        while self.p.now() <= deadline or grpc_ok_at is None:
+        pending: set[str] | None = None     # None: every account (ListAccounts), else these (GetAccount)
+        sample = sorted(check)[:: max(1, len(check) // 200)][:200]
+        while True:
             try:
-                grpc_mismatches = compare(expected, self.p.platform.list_accounts())
-                sample = sorted(check)[:: max(1, len(check) // 200)][:200]
-                got = {a: o for a in sample if (o := self.p.platform.get_account(a)) is not None}
-                grpc_mismatches += [m for m in compare(expected, got, sample)]
+                if pending is None:
+                    got = self.p.platform.list_accounts()
+                    sampled = {a: o for a in sample if (o := self.p.platform.get_account(a)) is not None}
+                    self._fold_inputs()
+                    grpc_mismatches = compare(expected, got) + compare(expected, sampled, sample)
+                else:
+                    got = {a: o for a in pending if (o := self.p.platform.get_account(a)) is not None}
+                    self._fold_inputs()
+                    grpc_mismatches = compare(expected, got, pending)
             except Exception as exc:  # noqa: BLE001 - a query that fails is "not yet correct"
                 grpc_mismatches = [Mismatch("*", "grpc", "an answer", f"{type(exc).__name__}: {str(exc)[:200]}")]
             if not grpc_mismatches:
                 grpc_ok_at = self.p.now()
                 break
+            wrong = {m.account_id for m in grpc_mismatches}
+            pending = None if "*" in wrong or len(wrong) > 1000 else wrong
             if self.p.now() > deadline:
                 break
+            self._progress("gRPC", grpc_mismatches)
             self.p.sleep(1.0)
         self.unsettled = {m.account_id for m in mismatches}
         result.fills_checked = self.fold.fills
@@ -277,16 +310,40 @@ class Runner:
         result.notes += [str(c) for c in found[:5]]
 
     def _check_orders(self, result: FaultResult) -> None:
+        """Every order read since the last check: its id new, and its account below MM when the fresh
+        computation can speak to it (see ``calls.check_order``): the margin is asked first and the
+        inputs read after, so an order's fill that reached the margin service is also in the fold."""
         d = self.p.decode
         found = []
         records = self.p.orders.catch_up(min(60, max(5, self._left())))
+        orders = []
         for rec in records:
             o = d.order(rec.value)
-            order = callcheck.Order(o.order_id, o.account_id, f"{rec.partition}:{rec.offset}")
-            found += callcheck.check_order(order, self.order_ids, self.p.platform.fresh_margin(o.account_id),
-                                           filled=o.account_id in self.liquidated)
+            orders.append((callcheck.Order(o.order_id, o.account_id, f"{rec.partition}:{rec.offset}", int(o.episode)),
+                           rec.timestamp))
+            self.episode_of[o.order_id] = (o.account_id, int(o.episode))
+        fresh = {}
+        for order, _ts in orders:
+            if self._left() <= 0:
+                result.notes.append("order checks cut short: the time budget is spent")
+                break
+            if order.account_id not in fresh:
+                fresh[order.account_id] = self.p.platform.fresh_margin(order.account_id)
+        self._fold_inputs()
+        self.filled_episodes |= {self.episode_of[o] for o in self.filled_orders if o in self.episode_of}
+        judged = 0
+        for order, ts in orders:
+            acct = self.fold.accounts.get(order.account_id)
+            untouched = (self.last_input_ms.get(order.account_id, 0) < ts
+                         and (order.account_id, order.episode) not in self.filled_episodes)
+            f = fresh.get(order.account_id)
+            same = untouched and f is not None and acct is not None and f.account_revision == acct.inputs
+            judged += same
+            found += callcheck.check_order(order, self.order_ids, f, same)
         result.orders_checked = len(records)
         result.bad_orders = len(found)
+        if records:
+            result.notes.append(f"{judged} of {len(records)} orders judged by a fresh computation at the same inputs")
         result.notes += [str(c) for c in found[:5]]
 
     # ---- recovery
@@ -342,11 +399,17 @@ class Runner:
 
     def one(self, fault: Fault) -> FaultResult:
         result = FaultResult(fault.label)
+        killed_ms = self.p.wall_ms()
         over = self.inject(fault)
         self.p.sleep(1.0)      # let the fault be noticed (a flushed cache, a dead port) before polling
         self.wait_serving(over, result)
         self.p.generator.pause(150)
         self.verify(result, over, first=False)
+        if fault.kind == "kill" and self.p.first_output is not None:
+            # Measured after the checks: by then a restarted service has had time to publish.
+            stamp = self.p.first_output(fault.service, killed_ms)
+            if stamp is not None:
+                result.to_output_s = (stamp - killed_ms) / 1000
         self.p.log(f"{fault.label}: serving after {result.to_serving_s}, correct after {result.to_correct_s}, "
                    f"{result.mismatches} mismatches, {result.contradicting_calls} contradicting calls")
         return result

@@ -14,7 +14,7 @@ import types
 from decimal import Decimal
 
 from marginflow.chaos.adapters import grpc_io, redis_io
-from marginflow.chaos.adapters.kafka_io import FillGenerator, TopicTail
+from marginflow.chaos.adapters.kafka_io import FillGenerator, TopicTail, first_record_after
 from marginflow.chaos.adapters.processes import Stack, SupervisedPlatform, free_port
 from marginflow.chaos.application import Fault, Options, Ports, Runner, full_faults, small_faults
 from marginflow.chaos.domain.fills import FillPlan, tradables_of
@@ -122,6 +122,11 @@ def run(options: Options, small: bool, report: pathlib.Path | None, run_dir: pat
                         tradables_of(universe, as_of_ms))
         generator = FillGenerator(common.bootstrap, topics.fills, common.topic_partitions, plan, options.rate,
                                   fill_encoder(), log)
+        # What each service publishes and nothing else does: its first record after a kill -9 is the
+        # restarted process's (exchange-sim shares trades.fills with the generator: not measured).
+        output_topics = {"marketdata": topics.marks, "riskparams": topics.risk_params,
+                         "portfolio": topics.positions, "margin": topics.margin_state,
+                         "liquidation": topics.liquidation_events}
         tail = lambda name: tails.append(TopicTail(common.bootstrap, name)) or tails[-1]  # noqa: E731
         ports_ = Ports(
             infra=stack, processes=supervised, platform=platform,
@@ -129,8 +134,11 @@ def run(options: Options, small: bool, report: pathlib.Path | None, run_dir: pat
             fills=tail(topics.fills), events=tail(topics.account_events), dead_letters=tail(topics.portfolio_dlq),
             positions=tail(topics.positions), calls=tail(topics.margin_calls),
             orders=tail(topics.liquidation_orders) if "liquidation" in services else None,
-            decode=decoders(), log=log)
-        faults = (small_faults if small else full_faults)(served)
+            decode=decoders(), log=log,
+            first_output=lambda service, since_ms: (
+                first_record_after(common.bootstrap, output_topics[service], since_ms)
+                if service in output_topics else None))
+        faults = (small_faults if small else full_faults)(services)
         runner = Runner(ports_, options, served, account_id(0))
         results = runner.run(faults, started)
     except KeyboardInterrupt:

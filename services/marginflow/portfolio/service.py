@@ -6,6 +6,7 @@ Tests and the benchmark build a :class:`PortfolioApp` directly and run it in a t
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from decimal import Decimal
@@ -59,6 +60,15 @@ def portfolio_topics(settings: PortfolioSettings) -> list[TopicSpec]:
     return [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
 
 
+def instance_id(s: PortfolioSettings) -> str | None:
+    """The static group membership id: set, or host and port of a fixed gRPC port, or None (dynamic)."""
+    if s.instance_id:
+        return s.instance_id
+    if s.grpc_port:
+        return f"{SERVICE}-{socket.gethostname()}-{s.grpc_port}"
+    return None
+
+
 # Young-generation collections every 700 allocations cost ~15% of the apply loop: each batch
 # allocates hundreds of thousands of short-lived, acyclic objects (decoded records, account and
 # position values, snapshot bytes) and little garbage with cycles. 10,000 keeps collections rare
@@ -103,7 +113,9 @@ class PortfolioApp:
         self.producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-state"), SERVICE)
         self.admin_producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-admin", linger_ms=0), SERVICE)
         consumer = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
-                                [topics.fills, topics.account_events])
+                                session_timeout_ms=s.session_timeout_ms,
+                                heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
+                                group_instance_id=instance_id(s))
         self.partitions = self._check_copartitioned(consumer)
         every = frozenset(range(self.partitions))
         self.rebuild(every if s.rebuild == "always" else frozenset(self.store.missing_partitions(every)))
@@ -111,6 +123,7 @@ class PortfolioApp:
         self.source = KafkaRecordSource(ProtoConsumer(consumer, input_types(topics), dlq, SERVICE,
                                                       common.max_message_bytes), self.producer,
                                         topics, s.poll_timeout_ms, s.batch_max_records)
+        self.source.subscribe([topics.fills, topics.account_events])
         self.applier = Applier(self.rules, self.store,
                                KafkaSnapshotSink(self.producer, topics.positions), self.source,
                                codec.SnapshotEncoder(), self.clock, self.metrics, s.cache_accounts)
@@ -122,12 +135,12 @@ class PortfolioApp:
                                   KafkaEventPublisher(self.admin_producer, topics.account_events, self.clock.now_ms),
                                   self.store, self.clock, self.gate)
         self.turn = ApplyTurn(self.source, self.applier, self.totals, rebuild=self.rebuild)
-        self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.refresh_gauges),
+        self.loop = ServiceLoop(SERVICE, self._turn, every=[Every(1.0, self.refresh_gauges),
                                                            Every(s.cache_check_seconds, self.check_cache)],
                                 recover=self.turn.recover)
         if serve_grpc:
             servicer = AccountServicer(self.store, self.admin, frozenset(self.rules.instruments),
-                                       self.partitions)
+                                       self.partitions, self.source.catching_up)
             self.host.serve_grpc(s.grpc_port, [(account_pb2_grpc.add_AccountServiceServicer_to_server, servicer,
                                                 SERVICE_NAME)])
         if serve_http_metrics:
@@ -138,7 +151,8 @@ class PortfolioApp:
                            ("close margin channel", self.gate.close if self.gate else (lambda: None))):
             self.host.on_close(name, step)
         self.refresh_gauges()
-        self.host.set_ready(True, "state rebuilt")
+        # Not ready yet: SERVING once the group has assigned this instance its partitions and they are
+        # read to the end offsets of that moment (see _turn).
         log.info("portfolio started", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port,
                                              "instruments": len(self.rules.instruments)})
         return self
@@ -193,6 +207,26 @@ class PortfolioApp:
             self.rebuild(frozenset(missing))
 
     # ---- run
+    def _turn(self) -> int:
+        n = self.turn()
+        self._update_ready()
+        return n
+
+    def _update_ready(self) -> None:
+        """Ready while in the group with every owned partition caught up (the source's view after the
+        turn's records were applied); a rebalance that brings partitions makes it not ready again."""
+        behind = self.source.catching_up()
+        if behind is None:
+            return
+        if behind:
+            self.host.set_ready(False, f"reading newly assigned input partitions {sorted(behind)}")
+        else:
+            self.host.set_ready(True, "inputs read to their end offsets at assignment")
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Tests and tools: wait until SERVING (the consuming loop must be running)."""
+        return self.host.wait_ready(timeout_s)
+
     def refresh_gauges(self) -> None:
         accounts, positions = self.store.counts(self.rules.instruments)
         self.metrics.accounts.set(accounts)

@@ -32,6 +32,13 @@ class PortfolioSettings:
     redis_prefix: str = env("MF_PORTFOLIO_REDIS_PREFIX", redis_prefix, "mf:pf:", "prefix of every Redis key")
     consumer_group: str = env("MF_PORTFOLIO_GROUP", str, "marginflow-portfolio",
                               "Kafka consumer group (MF_TOPIC_PREFIX is put in front)")
+    session_timeout_ms: int = env("MF_PORTFOLIO_SESSION_TIMEOUT_MS", positive_int, 6_000,
+                                  "consumer-group session timeout: how soon a dead instance's partitions move, ms")
+    instance_id: str = env("MF_PORTFOLIO_INSTANCE_ID", str, "",
+                           "static consumer-group membership id, unique per instance and stable across its "
+                           "restarts (a restarted instance gets its partitions back at once, without waiting "
+                           "for the dead member's session to expire); default: portfolio-<host>-<gRPC port> "
+                           "when the port is fixed, else dynamic membership")
     settlement_asset: str = env("MF_PORTFOLIO_SETTLEMENT_ASSET", asset_symbol, "USDC",
                                 "USD stablecoin P&L, fees and isolated collateral settle in")
     assets: tuple[str, ...] = env("MF_PORTFOLIO_ASSETS", asset_list, (),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 
 from marginflow.api.risk.v1 import risk_pb2
 from marginflow.riskparams.adapters.codec import decode_marks, decode_ticks
@@ -29,6 +30,14 @@ from marginflow.shared.universe import platform_universe
 
 SERVICE = "riskparams"
 log = get_logger("marginflow.riskparams")
+
+
+def instance_id(settings: RiskParamsSettings) -> str | None:
+    """The static group membership id: set, ``none`` for dynamic membership, else one per host (only
+    one instance runs per app id: the correlation needs every underlying in one process)."""
+    if settings.instance_id.lower() == "none":
+        return None
+    return settings.instance_id or f"{SERVICE}-{socket.gethostname()}"
 
 
 def main(settings: RiskParamsSettings, lifecycle: Lifecycle) -> None:
@@ -57,7 +66,8 @@ def main(settings: RiskParamsSettings, lifecycle: Lifecycle) -> None:
                        ticks_topic=topics.ticks, marks_topic=topics.marks, partitions=common.topic_partitions,
                        web_port=settings.faust_web_port, tick_consumer=settings.tick_consumer,
                        publish_interval_s=settings.publish_interval_seconds,
-                       commit_interval_s=settings.commit_interval_seconds)
+                       commit_interval_s=settings.commit_interval_seconds,
+                       session_timeout_s=settings.session_timeout_seconds, instance_id=instance_id(settings))
     app, table = create_app(fcfg)
     service = RiskParamsService(
         engine, decode_ticks=functools.partial(decode_ticks, max_bytes=common.max_message_bytes),

@@ -36,6 +36,13 @@ class RiskParamsSettings:
     tick_consumer: str = env("MF_RISKPARAMS_TICK_CONSUMER", choice("bulk", "agent"), "bulk",
                              "md.ticks path: 'bulk' (batched consumer task inside the faust app) or 'agent' "
                              "(a plain faust agent, ~10k ticks/s)")
+    session_timeout_seconds: float = env("MF_RISKPARAMS_SESSION_TIMEOUT_SECONDS", positive_float, 10.0,
+                                         "consumer-group session timeout of the faust app and its tick consumer: how "
+                                         "long the group waits for a member that stopped heartbeating, s")
+    instance_id: str = env("MF_RISKPARAMS_INSTANCE_ID", str, "",
+                           "static consumer-group membership id (stable across restarts: a restarted process "
+                           "takes its partitions back without waiting for the dead member's session); default "
+                           "riskparams-<host> (one instance runs per app id); 'none' = dynamic membership")
     underlyings: tuple[str, ...] = env("MF_RISKPARAMS_UNDERLYINGS", csv_list, (),
                                        "underlyings to estimate (default: every underlying of the universe)")
 

@@ -113,6 +113,7 @@ def start_portfolio(pf_settings):
         app = PortfolioApp(settings, SystemClock()).start(serve_http_metrics=False)
         thread, stopping = app.run_in_thread()
         started.append((app, thread, stopping))
+        assert app.wait_ready(60), "portfolio not ready within 60 s"
         return app
 
     yield start

@@ -53,6 +53,8 @@ def start_service(pf_settings):
         thread, stopping = app.run_in_thread() if consume else (None, None)
         running = Running(app, thread, stopping)
         started.append(running)
+        if consume:   # reads answer once the group has assigned the partitions and they are read to their end
+            assert app.wait_ready(60), "portfolio not ready within 60 s"
         return running
 
     yield start

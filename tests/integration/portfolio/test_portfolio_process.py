@@ -66,8 +66,10 @@ def test_entry_point_serves_health_and_stops_cleanly_on_sigterm(pf_settings, tes
                 port = json.loads(line)["grpc_port"]
         assert port, "".join(seen)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
-            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            health = health_pb2_grpc.HealthStub(channel)
+            # SERVING once the group has assigned the input partitions and they are read to their end
+            wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service="")).status
+                     == health_pb2.HealthCheckResponse.SERVING, timeout_s=60, what="SERVING")
             reply = account_pb2_grpc.AccountServiceStub(channel).ListAccounts(pb.ListAccountsRequest())
             assert list(reply.accounts) == []
         proc.send_signal(signal.SIGTERM)

@@ -42,6 +42,7 @@ def _start(test_env, topic_prefix, pki, tmp_path, **extra):
     ensure_topics(settings.common.bootstrap, portfolio_topics(settings))
     app = PortfolioApp(settings, SystemClock()).start(serve_http_metrics=False)
     thread, stopping = app.run_in_thread()
+    assert app.wait_ready(60), "portfolio not ready within 60 s"
     return settings, app, thread, stopping
 
 

@@ -77,6 +77,21 @@ def test_history_accepts_a_chain_and_flags_a_forgotten_state():
     assert h.check(call(cc.MARGIN_CALL, cc.BANKRUPT)).rule == "history"  # the last call was LIQUIDATION
 
 
+def test_history_allows_an_improvement_published_without_a_call():
+    h = cc.CallHistory()
+    assert h.check(call(cc.BANKRUPT, cc.HEALTHY, episode=1)) is None
+    # solvent again: BANKRUPT → LIQUIDATION went out on margin.state only, then bankrupt again
+    assert h.check(call(cc.BANKRUPT, cc.LIQUIDATION, episode=1)) is None
+    assert h.check(call(cc.LIQUIDATION, cc.MARGIN_CALL, episode=1)) is None
+    # from a worse state than the last call's: that state was entered without a call
+    assert h.check(call(cc.BANKRUPT, cc.LIQUIDATION, episode=1)) is None
+    bad = cc.CallHistory()
+    bad.check(call(cc.MARGIN_CALL, cc.HEALTHY, episode=2))
+    assert bad.check(call(cc.BANKRUPT, cc.LIQUIDATION, episode=2)).rule == "history"
+    # an improvement stays in its episode
+    assert h.check(call(cc.LIQUIDATION, cc.MARGIN_CALL, episode=2)).rule == "history"
+
+
 def test_history_with_episodes():
     h = cc.CallHistory()
     assert h.check(call(cc.MARGIN_CALL, cc.HEALTHY, episode=1)) is None
@@ -94,30 +109,39 @@ def test_numbers_rule():
 
 def test_recomputation_rule_only_at_the_same_revision_and_only_across_the_band():
     c = call(cc.LIQUIDATION, cc.HEALTHY, e="40")
-    healthy = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 5, 2, False)
+    healthy = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 5, 1, False)
     assert cc.check_recomputation(c, healthy)[1].rule == "recomputation"
     moved = cc.Fresh(cc.MARGIN_CALL, Decimal("60"), Decimal("100"), Decimal("50"), 5, 1, False)
     assert cc.check_recomputation(c, moved) == (True, None)
     traded = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 6, 1, False)
     assert cc.check_recomputation(c, traded) == (False, None)
+    # a new risk version may release margin without bound: not the same inputs
+    released = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("30"), Decimal("15"), 5, 2, False)
+    assert cc.check_recomputation(c, released) == (False, None)
+    assert cc.same_inputs(c, released, 5, True) is False
 
 
-def test_orders():
+def test_orders_doubled_or_unfounded_at_the_same_inputs():
     seen: set[str] = set()
-    o = cc.Order("a:1:0", "a", "0:1")
+    o = cc.Order("a:1:0", "a", "0:1", 1)
     below = cc.Fresh(cc.LIQUIDATION, Decimal("40"), Decimal("100"), Decimal("50"), 5, 1, False)
-    above = cc.Fresh(cc.HEALTHY, Decimal("140"), Decimal("100"), Decimal("50"), 5, 1, False)
-    assert cc.check_order(o, seen, below, filled=False) == []
-    assert [c.rule for c in cc.check_order(o, seen, below, filled=False)] == ["duplicate_order"]
-    assert [c.rule for c in cc.check_order(cc.Order("a:1:1", "a", "0:2"), seen, above, filled=False)] == ["order_above_mm"]
-    assert cc.check_order(cc.Order("a:1:2", "a", "0:3"), seen, above, filled=True) == []
+    healthy = cc.Fresh(cc.HEALTHY, Decimal("140"), Decimal("100"), Decimal("50"), 5, 1, False)
+    drifted = cc.Fresh(cc.MARGIN_CALL, Decimal("60"), Decimal("100"), Decimal("50"), 5, 1, False)
+    assert cc.check_order(o, seen, below, same_inputs=True) == []
+    assert [c.rule for c in cc.check_order(o, seen, below, same_inputs=True)] == ["duplicate_order"]
+    assert [c.rule for c in cc.check_order(cc.Order("a:1:1", "a", "0:2", 1), seen, healthy,
+                                           same_inputs=True)] == ["order_unfounded"]
+    # marks lifted it above MM since the episode started: within the band, not a contradiction
+    assert cc.check_order(cc.Order("a:1:2", "a", "0:3", 1), seen, drifted, same_inputs=True) == []
+    # a fill (of the episode, or any input of the account) since: today's state does not judge the order
+    assert cc.check_order(cc.Order("a:1:3", "a", "0:4", 1), seen, healthy, same_inputs=False) == []
 
 
 def test_report_markdown():
     ok = FaultResult("kill -9 margin", 3.2, 4.0, 1000, 10)
     bad = FaultResult("restart Kafka", mismatches=2, notes=["a: position expected 1, got 2"])
     text = markdown([ok, bad], "header")
-    assert "| kill -9 margin | 3.2 | 4.0 | 1,000 | 10 | 0 |" in text and "VIOLATION" in text
+    assert "| kill -9 margin | 3.2 | 4.0 | — | 1,000 | 10 | 0 |" in text and "VIOLATION" in text
     assert "- restart Kafka: a: position" in text and ok.ok and not bad.ok
 
 
@@ -131,7 +155,7 @@ def test_stale_marks_cap_the_raw_state_at_margin_call():
 
 def test_a_call_without_revision_is_compared_when_no_input_followed_it():
     c = call(cc.LIQUIDATION, cc.HEALTHY, e="40", rev=0)
-    healthy = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 7, 2, False)
+    healthy = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("100"), Decimal("50"), 7, 1, False)
     assert cc.same_inputs(c, healthy, 7, no_input_since_call=True)
     assert not cc.same_inputs(c, healthy, 7, no_input_since_call=False)
     assert not cc.same_inputs(c, healthy, 8, no_input_since_call=True)

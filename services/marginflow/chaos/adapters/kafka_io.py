@@ -155,3 +155,36 @@ class FillGenerator:
             self.producer.close(timeout=5)
         except Exception:  # noqa: BLE001 - closing at the end, Kafka may be gone
             pass
+
+
+def first_record_after(bootstrap: str, topic: str, since_ms: int, timeout_s: float = 20.0) -> int | None:
+    """The Kafka timestamp (ms) of the earliest record of ``topic`` stamped at or after ``since_ms``
+    (any partition), or None when there is none yet. The producers stamp records with their own
+    clock (CreateTime), the same machine's as the harness's."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             client_id=f"chaos-first-{topic}", request_timeout_ms=20000)
+    try:
+        deadline = time.monotonic() + timeout_s
+        parts = consumer.partitions_for_topic(topic)
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.2)
+            parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            return None
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        found = {tp: o for tp, o in consumer.offsets_for_times({tp: since_ms for tp in tps}).items() if o is not None}
+        if not found:
+            return None
+        consumer.assign(list(found))
+        for tp, o in found.items():
+            consumer.seek(tp, o.offset)
+        first: dict[TopicPartition, int] = {}
+        while len(first) < len(found) and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                stamp = min((r.timestamp for r in records if r.timestamp >= since_ms), default=None)
+                if stamp is not None and tp not in first:
+                    first[tp] = stamp
+                    consumer.pause(tp)
+        return min(first.values()) if first else None
+    finally:
+        consumer.close(autocommit=False)

@@ -5,9 +5,11 @@ a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk ve
 **contradicted** when one of these holds:
 
 1. **History** — calls of one account come in key order on one partition, and each one names the
-   state published before it. So C.previous must be the state of a's previous call (same episode), or
-   HEALTHY (a's state went back to HEALTHY in between, which publishes no call) — with a higher
-   episode than that call's when the service numbers episodes (episode > 0). ``UNSPECIFIED`` (first evaluation) is allowed only for a's first call ever. A
+   state published before it; a call is published only on entering a worse state (an improvement is
+   published on ``margin.state`` alone). So C.previous must be the state of a's previous call, or a
+   better state that is not HEALTHY (the account improved in between without a call; same episode),
+   or HEALTHY (a's state went back to HEALTHY in between) — with a higher episode than that call's
+   when the service numbers episodes (episode > 0). ``UNSPECIFIED`` (first evaluation) is allowed only for a's first call ever. A
    restarted margin service that forgot what it had published (and re-announces a transition, or
    announces one from a state the account was not in) breaks this rule.
 2. **Own numbers** — for an account with no isolated position (its state is then the state of its
@@ -15,19 +17,25 @@ a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk ve
    e < 0, LIQUIDATION iff 0 ≤ e < MM, MARGIN_CALL iff MM ≤ e < IM — on fresh marks; on stale marks
    (``marks_fresh`` false) anything below IM is MARGIN_CALL, as stale marks never liquidate. A call
    leaving a worse state (S < P, hysteresis) must not be better than its raw state.
-3. **Recomputation** — ``GetMargin`` now (a fresh computation), when its account revision is C's (the
-   account's positions and collateral are the ones C was computed on; marks, and possibly the risk
-   version, moved since; a call without a revision counts as computed on the account's current
+3. **Recomputation** — ``GetMargin`` now (a fresh computation), when its account revision and its
+   risk-parameter version are C's (the account's positions and collateral and the scenarios are the
+   ones C was computed on; marks moved since — a new version may lower IM without bound, only a step
+   up is bounded, so a release of margin says nothing about the call); a call without a revision counts as computed on the account's current
    revision when no input of the account was published after it): C says LIQUIDATION or BANKRUPT (e < MM) but the fresh computation is HEALTHY
    with equity ≥ IM. Between MM and IM lies (1 − mm_factor)·IM — half the IM by default — which the
-   seconds of simulated marks between the call and the check do not move an account across, nor one
-   risk-parameter version (its step up is bounded, its release of the APC buffer is 25 % at most); a
-   call on a state the inputs do not support does.
+   seconds of simulated marks between the call and the check do not move an account across; a call on
+   a state the inputs do not support does.
 
 A ``liquidation.orders`` record is contradicted when its order id was seen before (a retry doubled
-it), or when its account is, by a fresh ``GetMargin``, not below MM (state HEALTHY or MARGIN_CALL,
-equity ≥ MM) although no liquidation fill of that account followed the order (a fill may have
-restored it: then the order is not judged by today's state).
+it), or when a fresh ``GetMargin`` at the same inputs shows its account HEALTHY with equity ≥ IM.
+"The same inputs": no input of the account (a fill — the order's own, or any other — or an account
+event) was published after the order, no order of its episode has filled, and the fresh computation's
+account revision is the fold's. The account is then where it was when the episode started, marks
+apart — and an episode starts only below MM on fresh marks. The band between MM and IM absorbs the
+marks' drift since, as for calls (rule 3); a state above MM but below IM is not a contradiction:
+marks may have lifted the account out of liquidation since. Orders after a fill of their episode are
+not judged by a fresh computation: an episode goes on, by design, from MM up to IM·(1 + buffer), and
+the fills themselves moved the account.
 """
 
 from __future__ import annotations
@@ -108,7 +116,11 @@ class CallHistory:
                                  f"first-evaluation call after an earlier call ({NAMES[before.state]}, "
                                  f"episode {before.episode})")
         episodes = call.episode > 0 and before.episode > 0   # a service that numbers its episodes
-        if call.previous == before.state:
+        # A better state is published on margin.state only (no call): between two calls of one
+        # episode the account may have improved (BANKRUPT → LIQUIDATION once solvent again, or a cap
+        # of stale marks), so a call may come from any non-healthy state no worse than the last call's.
+        # One from a worse state would mean a worse state entered without its call.
+        if call.previous == before.state or HEALTHY < call.previous < before.state:
             if episodes and call.episode != before.episode:
                 return Contradiction(call.account_id, call.offset, "history",
                                      f"episode {call.episode} continues {NAMES[before.state]} of episode "
@@ -141,6 +153,8 @@ def same_inputs(call: Call, fresh: Fresh | None, revision_now: int, no_input_sin
     from the fold) when no input of the account was published after the call."""
     if fresh is None:
         return False
+    if call.risk_version and fresh.risk_version != call.risk_version:
+        return False
     if call.account_revision:
         return fresh.account_revision == call.account_revision
     return no_input_since_call and fresh.account_revision == revision_now
@@ -150,7 +164,8 @@ def check_recomputation(call: Call, fresh: Fresh | None, same: bool | None = Non
     """Rule 3. Returns (compared at the same inputs?, contradiction). ``same`` overrides the revision
     comparison (see :func:`same_inputs`)."""
     if same is None:
-        same = fresh is not None and fresh.account_revision == call.account_revision
+        same = (fresh is not None and fresh.account_revision == call.account_revision
+                and fresh.risk_version == call.risk_version)
     if fresh is None or not same:
         return False, None
     if call.state >= LIQUIDATION and fresh.state == HEALTHY and fresh.equity_usd >= fresh.im_usd:
@@ -166,15 +181,19 @@ class Order:
     order_id: str
     account_id: str
     offset: str
+    episode: int = 0
 
 
-def check_order(order: Order, seen_ids: set[str], fresh: Fresh | None, filled: bool) -> list[Contradiction]:
+def check_order(order: Order, seen_ids: set[str], fresh: Fresh | None, same_inputs: bool) -> list[Contradiction]:
+    """``same_inputs``: the fresh computation is of the account as the order's episode found it (see
+    the module's docstring); only then is it compared."""
     out = []
     if order.order_id in seen_ids:
         out.append(Contradiction(order.account_id, order.offset, "duplicate_order", f"order id {order.order_id} again"))
     seen_ids.add(order.order_id)
-    if not filled and fresh is not None and fresh.state in (HEALTHY, MARGIN_CALL) and fresh.equity_usd >= fresh.mm_usd:
-        out.append(Contradiction(order.account_id, order.offset, "order_above_mm",
-                                 f"order {order.order_id}, not filled, for an account at equity {fresh.equity_usd} ≥ "
-                                 f"MM {fresh.mm_usd} ({NAMES[fresh.state]})"))
+    if same_inputs and fresh is not None and fresh.state == HEALTHY and fresh.equity_usd >= fresh.im_usd:
+        out.append(Contradiction(order.account_id, order.offset, "order_unfounded",
+                                 f"order {order.order_id} (episode {order.episode}, nothing of it filled), but at "
+                                 f"the same inputs a fresh computation is HEALTHY (equity {fresh.equity_usd} ≥ "
+                                 f"IM {fresh.im_usd})"))
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-COLUMNS = ("fault", "to SERVING s", "to correct s", "fills checked", "accounts checked", "mismatches",
+COLUMNS = ("fault", "to SERVING s", "to correct s", "to first output s", "fills checked", "accounts checked", "mismatches",
            "calls checked", "contradicting calls", "orders checked", "duplicate / unfounded orders", "result")
 
 
@@ -23,6 +23,7 @@ class FaultResult:
     bad_orders: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
     timed_out: bool = False
+    to_output_s: float | None = None       # kill -9 → the restarted service's first record on its output topic
 
     @property
     def ok(self) -> bool:
@@ -31,7 +32,8 @@ class FaultResult:
     def cells(self) -> list[str]:
         def secs(v: float | None) -> str:
             return "—" if v is None else f"{v:.1f}"
-        return [self.fault, secs(self.to_serving_s), secs(self.to_correct_s), f"{self.fills_checked:,}",
+        return [self.fault, secs(self.to_serving_s), secs(self.to_correct_s), secs(self.to_output_s),
+                f"{self.fills_checked:,}",
                 f"{self.accounts_checked:,}", str(self.mismatches),
                 f"{self.calls_checked:,} ({self.calls_recomputed:,} recomputed)", str(self.contradicting_calls),
                 f"{self.orders_checked:,}", str(self.bad_orders),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 
 import grpc
 
@@ -49,11 +50,25 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
                    "SetMarginMode": security.admin(), "TransferIsolated": security.admin()}
 
     def __init__(self, store: RedisStateStore, admin: AdminService,
-                 instruments: frozenset[str], partitions: int) -> None:
+                 instruments: frozenset[str], partitions: int,
+                 catching_up: Callable[[], frozenset[int] | None] = lambda: frozenset()) -> None:
         self._store = store
         self._partitions = partitions
         self._admin = admin
         self._instruments = instruments
+        self._catching_up = catching_up
+
+    def _current_or_unavailable(self, context: grpc.ServicerContext, account_id: str | None = None) -> None:
+        """Reads answer only from a cache that holds every input published before this instance took
+        its partitions: before it has joined its group, or (for ``account_id``'s partition, or any
+        partition when None) while it reads a newly assigned partition up to its end offset at
+        assignment, Redis still holds what the previous owner left — answered UNAVAILABLE."""
+        behind = self._catching_up()
+        if behind is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "not yet assigned its input partitions; retry shortly")
+        if behind and (account_id is None or key_partition(account_id.encode(), self._partitions) in behind):
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "reading newly assigned input partitions up to their end; retry shortly")
 
     # ---- helpers
     def _page(self, page_size: int, page_token: str, context: grpc.ServicerContext) -> tuple[int, str]:
@@ -78,6 +93,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     def GetAccount(self, request: pb.GetAccountRequest, context: grpc.ServicerContext) -> pb.AccountSnapshot:
         if not ACCOUNT_ID.match(request.account_id):
             invalid_argument(context, f"account_id {request.account_id!r} is not a valid account id")
+        self._current_or_unavailable(context, request.account_id)
         payload = self._store.get_payload(request.account_id)
         if payload is None:
             if not self._store.is_built(key_partition(request.account_id.encode(), self._partitions)):
@@ -88,6 +104,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
 
     def ListAccounts(self, request: pb.ListAccountsRequest, context: grpc.ServicerContext) -> pb.ListAccountsResponse:
         size, after = self._page(request.page_size, request.page_token, context)
+        self._current_or_unavailable(context)
         snaps = [pb.AccountSnapshot.FromString(p) for p in self._store.list_accounts(after, size)]
         token = encode_page_token(snaps[-1].account_id) if len(snaps) == size else ""
         return pb.ListAccountsResponse(accounts=snaps, next_page_token=token)
@@ -97,6 +114,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         if request.instrument not in self._instruments:
             invalid_argument(context, f"instrument {request.instrument!r} is not in the universe")
         size, after = self._page(request.page_size, request.page_token, context)
+        self._current_or_unavailable(context)
         found = self._store.positions_by_instrument(request.instrument, after, size)
         token = encode_page_token(found[-1][0]) if len(found) == size else ""
         return pb.PositionsByInstrumentResponse(

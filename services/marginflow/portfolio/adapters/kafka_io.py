@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kafka import TopicPartition
+from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 
 from marginflow.api.account.v1 import account_pb2 as pb
@@ -25,8 +25,40 @@ def input_types(topics: Topics) -> dict[str, type]:
     return {topics.fills: pb.Fill, topics.account_events: pb.AccountEvent}
 
 
+class InputsRebalance(ConsumerRebalanceListener):
+    """What the group gave this instance: whether it has joined, and the partitions assigned since the
+    last :meth:`take_assigned` (called inside ``poll``, on the consuming thread)."""
+
+    def __init__(self) -> None:
+        self.joined = False
+        self._newly: list[TopicPartition] = []
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.joined = True
+        self._newly.extend(assigned)
+        log.info("input partitions assigned", extra={"partitions": sorted({tp.partition for tp in assigned})})
+
+    def take_assigned(self) -> list[TopicPartition]:
+        parts, self._newly = self._newly, []
+        return parts
+
+    def requeue(self, parts: list[TopicPartition]) -> None:
+        self._newly = parts + self._newly
+
+
 class KafkaRecordSource:
-    """RecordSource port over trades.fills + account.events (one consumer group)."""
+    """RecordSource port over trades.fills + account.events (one consumer group).
+
+    Catching up: a partition assigned to this instance (at start, or moved here by a rebalance) is
+    *catching up* until the consumer's position reaches the partition's end offset taken when it was
+    assigned — until then Redis holds that partition's accounts as the previous owner (or this
+    process before it was killed) left them, without the inputs published since. :meth:`catching_up`
+    says which partition numbers those are (None: not yet in the group, nothing is known), for the
+    readiness gate. Subscribe through :meth:`subscribe` so the source sees the assignments.
+    """
 
     def __init__(self, consumer: ProtoConsumer, dlq_producer: ProtoProducer, topics: Topics,
                  poll_timeout_ms: int = 100, max_records: int = 5000) -> None:
@@ -36,8 +68,52 @@ class KafkaRecordSource:
         self._poll_timeout_ms = poll_timeout_ms
         self._max_records = max_records
         self._streams: dict[tuple[str, int], str] = {}
+        self.rebalance = InputsRebalance()
+        self._ends: dict[TopicPartition, int] = {}          # partition → end offset at its assignment
+        self._catching_up: frozenset[int] | None = None
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        self._consumer.raw.subscribe(list(topics), listener=self.rebalance)
+
+    def catching_up(self) -> frozenset[int] | None:
+        """Partition numbers not yet read to their end offset at assignment (None before joining)."""
+        return self._catching_up
+
+    def _refresh_catch_up(self) -> None:
+        """Between batches (everything polled before has been applied, or rewound by the recovery)."""
+        raw = self._consumer.raw
+        if not self.rebalance.joined:
+            return
+        owned = raw.assignment()
+        ends = {tp: end for tp, end in self._ends.items() if tp in owned}
+        try:
+            ends = {tp: end for tp, end in ends.items() if raw.position(tp) < end}
+        except (KafkaError, AssertionError, ValueError):   # revoked meanwhile: the next rebalance tells
+            return
+        self._ends = ends
+        self._catching_up = frozenset(tp.partition for tp in ends)
+
+    def _take_assigned(self) -> None:
+        parts = self.rebalance.take_assigned()
+        if not parts:
+            return
+        try:
+            self._ends.update(self._consumer.raw.end_offsets(parts))
+        except KafkaError as exc:
+            # Never raised out of poll(): the records it returns would be lost with the exception.
+            # The partitions count as behind (a huge end) and their end is asked again next poll.
+            log.warning("end offsets of assigned partitions unknown; asking again", extra={"error": str(exc)})
+            self._ends.update({tp: 1 << 62 for tp in parts})
+            self.rebalance.requeue(parts)
+        self._catching_up = frozenset(tp.partition for tp in self._ends)
 
     def poll(self) -> list[InputRecord]:
+        self._refresh_catch_up()
+        out = self._poll()
+        self._take_assigned()
+        return out
+
+    def _poll(self) -> list[InputRecord]:
         out: list[InputRecord] = []
         fills = self._fills
         streams = self._streams
