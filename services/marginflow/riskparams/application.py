@@ -545,24 +545,30 @@ class RiskEngine:
         sigma_m = np.array([e.sigma_margin for e in estimates])
         grids = tuple((e.underlying, scenario_grid(e.sigma_margin, self.config.grid)) for e in estimates)
         historical = self.historical_set(sigma_m, corr)
-        if not force and not self._material(sigma_m, corr, historical, publish_time_ms):
+        # which underlyings have an implied vol: its arrival (options begin to trade, or their marks
+        # are read after the ticks at start) or its loss is news to every reader even when σ_m stands
+        implied = np.array([e.sigma_implied > 0 for e in estimates], dtype=bool)
+        if not force and not self._material(sigma_m, corr, historical, publish_time_ms, implied):
             return None   # immaterial: the version in force stands; _changed stays set for the next look
         self._last_published = (sigma_m.copy(), corr.copy(), historical.last_event_time_ms, historical.bootstrap,
-                                publish_time_ms)
+                                publish_time_ms, implied)
         self.version += 1
         self._changed = False
         self._dirty.add("meta")
         return RiskParamsVersion(self.version, self.last_event_ms, publish_time_ms, tuple(estimates),
                                  tuple(self.units), corr, repaired, grids, historical, self.config.es_confidence)
 
-    def _material(self, sigma_m: np.ndarray, corr: np.ndarray, historical: "HistoricalSet", now_ms: int) -> bool:
+    def _material(self, sigma_m: np.ndarray, corr: np.ndarray, historical: "HistoricalSet", now_ms: int,
+                  implied: np.ndarray) -> bool:
         """Whether a version built now differs materially from the last one published (see EngineConfig)."""
         last = self._last_published
         if last is None:
             return True
         cfg = self.config
-        sigma0, corr0, hist_end0, bootstrap0, published_ms = last
+        sigma0, corr0, hist_end0, bootstrap0, published_ms, implied0 = last
         if now_ms - published_ms >= cfg.publish_max_interval_ms:
+            return True
+        if implied0.shape != implied.shape or bool(np.any(implied0 != implied)):
             return True
         if historical.last_event_time_ms != hist_end0 or historical.bootstrap != bootstrap0:
             return True

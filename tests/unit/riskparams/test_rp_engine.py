@@ -173,6 +173,22 @@ def test_versions_only_on_material_change_or_at_the_longest_interval():
     assert e.build_version(303_000, force=True).version == 4
 
 
+def test_an_implied_vol_appearing_is_material_though_sigma_m_stands():
+    """Options begin to trade (or their marks are read after the ticks at a start): the version says
+    so at once, even when the implied vol is too low to move σ_m."""
+    e = h.engine(publish_min_sigma_change=0.005, publish_max_interval_ms=300_000)
+    e.ingest_ticks(h.daily_ticks(h.daily_paths(60)))
+    first = e.build_version(1_000)
+    assert [u.sigma_implied for u in first.underlyings] == [0.0, 0.0, 0.0]
+    spot = e.units["BTC"].sampler.last_price
+    e.ingest_marks([(i.symbol, "BTC", spot, 0.05, e.last_event_ms) for i in h.universe().instruments.values()
+                    if i.is_option and i.underlying == "BTC"])     # a flat 5 % smile, as of the last tick
+    second = e.build_version(2_000)
+    assert second is not None and second.version == 2
+    btc = {u.underlying: u for u in second.underlyings}["BTC"]
+    assert btc.sigma_implied == pytest.approx(0.05) and btc.sigma_margin == first.underlyings[0].sigma_margin
+
+
 def test_an_immaterial_version_never_moves_a_portfolios_margin():
     """σ_m moved by less than the threshold: no version, so the IM of an unchanged portfolio stands."""
     e = h.engine(publish_min_sigma_change=0.5)
