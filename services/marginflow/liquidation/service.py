@@ -51,6 +51,12 @@ MARKET_RECORDS_PER_TURN = 2000
 log = get_logger(__name__)
 
 
+GROUP_MAX_POLL_INTERVAL_MS = 30_000
+# A few ms, not 0: with 0 the client never waits for the coordinator's answers, and a join that needs
+# several round trips (a rebalance after a member died) was seen not to complete for minutes.
+GROUP_POLL_MS = 5
+
+
 def liquidation_topics(settings: LiquidationSettings) -> list[TopicSpec]:
     t = settings.common.topics
     mine = {t.marks, t.margin_state, t.margin_calls, t.fills, t.account_events, t.liquidation_orders,
@@ -127,7 +133,11 @@ class LiquidationApp:
         self._assign_market()
         group = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
                              [topics.margin_calls, topics.fills], session_timeout_ms=6000, heartbeat_interval_ms=2000,
-                             fetch_max_wait_ms=FETCH_WAIT_MS)
+                             fetch_max_wait_ms=FETCH_WAIT_MS,
+                             # also the rebalance timeout: a member killed while the group was joining holds
+                             # the next join for this long (kafka-python's default, 300 s, kept a restarted
+                             # instance without its fills partitions for minutes); every turn polls
+                             max_poll_interval_ms=GROUP_MAX_POLL_INTERVAL_MS)
         self.group = ProtoConsumer(group, {topics.margin_calls: margin_pb2.MarginCall, topics.fills: account_pb2.Fill},
                                    self.dlq, SERVICE)
         self.pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix=f"{SERVICE}-assess")
@@ -212,7 +222,7 @@ class LiquidationApp:
         # done and orders go out between them rather than after the whole backlog
         handled = self._route_market(self.market.poll(timeout_ms=0 if self._inflight else timeout,
                                                       max_records=MARKET_RECORDS_PER_TURN))
-        records = self.group.poll(timeout_ms=0, max_records=5000)
+        records = self.group.poll(timeout_ms=GROUP_POLL_MS, max_records=5000)
         self.engine.begin_batch()
         try:
             if records:

@@ -300,8 +300,29 @@ def new_consumer(bootstrap: str, group_id: str | None, client_id: str, topics: S
         enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
         max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024, **security_options(**extra))
     if topics:
+        wait_for_metadata(consumer, topics)
         consumer.subscribe(list(topics))
     return consumer
+
+
+TOPIC_METADATA_WAIT_S = 15.0
+
+
+def wait_for_metadata(consumer: KafkaConsumer, topics: Sequence[str], timeout_s: float = TOPIC_METADATA_WAIT_S) -> None:
+    """Block until the consumer's metadata lists every topic (bounded). A group member that joins while
+    a topic it subscribes to is missing from its metadata (just created, the broker's metadata not yet
+    propagated) is assigned none of its partitions until the next metadata refresh, minutes later;
+    topics still missing after the wait are left to that refresh, with a warning."""
+    deadline = time.monotonic() + timeout_s
+    missing = list(topics)
+    while missing:
+        missing = [t for t in missing if not consumer.partitions_for_topic(t)]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)   # a metadata round trip per topic per try: bounded and brief
+    if missing:
+        log.warning("topics not in the consumer's metadata yet; they are picked up at the next refresh",
+                    extra={"topics": missing})
 
 
 class ProtoConsumer:
