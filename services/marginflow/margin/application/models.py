@@ -75,8 +75,9 @@ class ChargedModel:
         extra_iso = np.zeros(np.asarray(instrument).shape[0])
         iso_extra_acc = np.zeros(n)      # Σ per account of extra_iso
         if self.table.rates.active:
-            c = (self.table.charges_of(netting) if netting is not None
-                 else self.table.charges(indptr, instrument, size, isolated, shares=False))
+            if netting is None:
+                netting = self.table.netting(indptr, instrument, size, isolated)
+            c = self.table.charges_of(netting)
             extra_cross += c.cross
             extra_iso += c.isolated
             iso_extra_acc += c.isolated_per_account

@@ -214,6 +214,8 @@ class ContingencyTable:
         zeros_n, zeros_p = np.zeros(n), np.zeros(nnz)
         if not self.rates.active or nnz == 0:
             return ContingencyCharges(zeros_n, zeros_n, zeros_n, zeros_p, zeros_n, zeros_p, zeros_p)
+        if not shares:   # totals only: the price-free netting, priced
+            return self.charges_of(self.netting(indptr, instrument, size, iso))
         owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
         units = size * self.units[instrument]                 # signed underlying units
         live = units != 0.0
@@ -238,15 +240,14 @@ class ContingencyTable:
                 net = np.bincount(seg, weights=q_sel, minlength=first.size) if seg is not None else q_sel
                 charge = np.maximum(-net, 0.0) * self.option_usd_per_unit[k_sel[first] if seg is not None else k_sel]
                 cross_option = np.bincount(acc[first] if seg is not None else acc, weights=charge, minlength=n)
-                if shares:
-                    short_units = np.maximum(-q_sel, 0.0)
-                    if seg is None:
-                        pos_option[sel] = charge
-                    else:
-                        short = np.bincount(seg, weights=short_units, minlength=first.size)[seg]
-                        with np.errstate(divide="ignore", invalid="ignore"):
-                            share = np.where(short > 0.0, short_units / short, 0.0)
-                        pos_option[sel] = charge[seg] * share
+                short_units = np.maximum(-q_sel, 0.0)
+                if seg is None:
+                    pos_option[sel] = charge
+                else:
+                    short = np.bincount(seg, weights=short_units, minlength=first.size)[seg]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        share = np.where(short > 0.0, short_units / short, 0.0)
+                    pos_option[sel] = charge[seg] * share
 
         if self.rates.basis_rate > 0.0:
             sel = np.flatnonzero(cross & self.is_linear[instrument])
@@ -267,16 +268,15 @@ class ContingencyTable:
                 usd[ukey] = self.basis_usd_per_unit[k_first]
                 charge = np.minimum(long_u, short_u) * usd
                 cross_basis = charge.reshape(n, U).sum(axis=1)
-                if shares:
-                    row_key = ukey[iseg]
-                    gross = (long_u + short_u)[row_key]
-                    # A row's share: its instrument's net units over the underlying's, split between
-                    # the instrument's rows by their units.
-                    rows_abs = np.bincount(iseg, weights=np.abs(q_sel), minlength=ifirst.size)[iseg]
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        share = np.where((gross > 0.0) & (rows_abs > 0.0),
-                                         np.abs(inet[iseg]) / gross * np.abs(q_sel) / rows_abs, 0.0)
-                    pos_basis[sel] = charge[row_key] * share
+                row_key = ukey[iseg]
+                gross = (long_u + short_u)[row_key]
+                # A row's share: its instrument's net units over the underlying's, split between
+                # the instrument's rows by their units.
+                rows_abs = np.bincount(iseg, weights=np.abs(q_sel), minlength=ifirst.size)[iseg]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    share = np.where((gross > 0.0) & (rows_abs > 0.0),
+                                     np.abs(inet[iseg]) / gross * np.abs(q_sel) / rows_abs, 0.0)
+                pos_basis[sel] = charge[row_key] * share
 
         iso_per_account = (np.bincount(owner[iso_sel], weights=iso_charge[iso_sel], minlength=n)
                            if iso_sel.size else zeros_n)
