@@ -37,7 +37,10 @@ from marginflow.backtest.domain.portfolios import PortfolioSpec, SmileProxy
 from marginflow.backtest.domain.procyclicality import Procyclicality, procyclicality
 from marginflow.backtest.domain.statistics import (Christoffersen, Kupiec, christoffersen, kupiec_pof,
                                                    traffic_light_blocks)
+from marginflow.margin.application.models import ChargedModel, instrument_risk_arrays
+from marginflow.margin.domain.contingency import ContingencyRates, ContingencyTable
 from marginflow.margin.domain.scenarios import build_scenarios
+from marginflow.shared.units import MS_PER_YEAR
 
 RULES = ("platform", "apc_off", "fixed_10", "fixed_calibrated")
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -49,10 +52,15 @@ def no_progress(_label: str, _total: int) -> Callable[[int], None]:
 
 @dataclasses.dataclass(frozen=True)
 class BacktestConfig:
-    estimator: EstimatorSettings = EstimatorSettings()
-    mm_factor: float = 0.5                                   # MF_MARGIN_MM_FACTOR
-    bracket_floors_usd: tuple[float, ...] = (0.0, 1e6, 5e6, 20e6)
-    bracket_rates: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10)
+    """What the replay runs: the services' own settings (riskparams' estimators and scenario sets, and
+    margin's MM factor, tiered minimum and contingency rates, taken from the services' configuration by the
+    wiring) and the backtest's own choices."""
+
+    estimator: EstimatorSettings
+    mm_factor: float
+    bracket_floors_usd: tuple[float, ...]
+    bracket_rates: tuple[float, ...]
+    contingency: ContingencyRates
     coverage_levels: tuple[float, ...] = (0.99, 0.995)
     significance: float = 0.05
     warmup_returns: int = 250                 # returns before scoring starts (FHS and GARCH need 250)
@@ -156,11 +164,15 @@ def margin_pass(book: Book, path: EstimatorPath, sigma: np.ndarray, settings: Es
         hist, _bootstrap = historical_moves(h.returns, path, t, sigma[t], settings)
         version = risk_version(unds, t, int(h.time_ms[t]), h.close[t], sigma[t], hist, settings)
         scen = build_scenarios(version, list(unds))
-        risk = core.risk_arrays(st.kind, st.underlying, st.forward, st.strike, st.years, st.iv, ones,
-                                scen.price_shock, scen.vol_shock, horizon_years=scen.horizon_years,
-                                vol_shock_relative=True, n_threads=config.n_threads)
-        model = core.MarginModel(risk, st.underlying, scen.n_grid, scen.tail_weights, scen.es_level, st.forward,
-                                 np.maximum(st.value, 0.0), st.half_spread, st.depth, floors, rates, config.mm_factor)
+        risk, _shocks = instrument_risk_arrays(core, st.kind, st.underlying, st.forward, st.strike, st.years, st.iv,
+                                               ones, scen, config.n_threads)
+        core_model = core.MarginModel(risk, st.underlying, scen.n_grid, scen.tail_weights, scen.es_level, st.forward,
+                                      np.maximum(st.value, 0.0), st.half_spread, st.depth, floors, rates,
+                                      config.mm_factor)
+        # expiry of each dated instrument at this observation (ms): its strike group for the contingency
+        expiry_ms = np.rint(h.time_ms[t] + st.years * MS_PER_YEAR).astype(np.int64)
+        table = ContingencyTable(st.kind, st.underlying, st.strike, expiry_ms, ones, h.close[t], config.contingency)
+        model = ChargedModel(core_model, table, config.mm_factor)
         res = model.compute(book.indptr, book.flat_instrument, book.sizes_at(t), isolated, n_threads=config.n_threads)
         im[t] = res["im"]
         mm[t] = res["mm"]

@@ -8,6 +8,7 @@ margin core (``marginflow.core``: the C core when built), the progress bar.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import sys
 import time
@@ -26,9 +27,12 @@ from marginflow.backtest.application import BacktestConfig, run_backtest, run_sw
 from marginflow.backtest.domain.estimates import EstimatorSettings
 from marginflow.backtest.domain.history import validation_for
 from marginflow.backtest.domain.portfolios import PortfolioError, parse_portfolios, select_portfolios
-from marginflow.riskparams.domain.apc import ApcConfig
-from marginflow.riskparams.domain.scenarios import GridConfig
-from marginflow.shared.universe import DEFAULT_UNIVERSE_FILE, MS_PER_DAY, UniverseError, load_universe
+from marginflow.margin.service import engine_config as margin_engine_config
+from marginflow.margin.settings import MarginSettings
+from marginflow.riskparams.application import engine_config as riskparams_engine_config
+from marginflow.riskparams.settings import RiskParamsSettings
+from marginflow.shared.config import ConfigError, load
+from marginflow.shared.universe import DEFAULT_UNIVERSE_FILE, MS_PER_DAY, Universe, UniverseError, load_universe
 
 DEFAULT_PORTFOLIOS = DEFAULT_UNIVERSE_FILE.parent / "backtest_portfolios.toml"
 SIM_UNDERLYINGS = ("BTC", "ETH", "SOL")
@@ -36,19 +40,38 @@ SIM_UNDERLYINGS = ("BTC", "ETH", "SOL")
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def settings_for(interval_ms: int, *, lambda_fast: float, lambda_slow: float, apc_buffer: float, floor_weight: float,
-                 z: float, horizon_seconds: float, tail_multiples: tuple[float, ...]) -> EstimatorSettings:
-    """The service's settings for this sampling interval: decays given per day become per interval
-    (``λ^(interval/day)``, the same half-life in time) and look-backs given in days become intervals."""
+def service_config(universe: Universe, environ=None, **overrides) -> BacktestConfig:
+    """The configured model: riskparams' and margin's own settings, read from ``environ`` the way the
+    services read them (default ``os.environ``: the ``MF_RISKPARAMS_*`` and ``MF_MARGIN_*`` variables
+    the services run with; ``{}``: their embedded defaults)."""
+    env = os.environ if environ is None else environ
+    risk = riskparams_engine_config(load(RiskParamsSettings, env), tuple(universe.underlyings))
+    margin = margin_engine_config(load(MarginSettings, env), universe)
+    return BacktestConfig(estimator=EstimatorSettings.of_engine(risk), mm_factor=margin.mm_factor,
+                          bracket_floors_usd=margin.bracket_floors_usd, bracket_rates=margin.bracket_rates,
+                          contingency=margin.contingency, **overrides)
+
+
+def settings_for(base: EstimatorSettings, interval_ms: int, *, lambda_fast: float | None = None,
+                 lambda_slow: float | None = None, apc_buffer: float | None = None, floor_weight: float | None = None,
+                 z: float | None = None, horizon_seconds: float | None = None,
+                 tail_multiples: tuple[float, ...] | None = None) -> EstimatorSettings:
+    """The service's settings ``base`` for this sampling interval, with the options given (None: the
+    service's): decays given per day become per interval (``λ^(interval/day)``, the same half-life in
+    time) and look-backs given in days become intervals."""
     per_day = MS_PER_DAY / interval_ms
-    base = EstimatorSettings()
     scale = (lambda n: max(1, int(round(n * per_day)))) if per_day != 1 else (lambda n: n)
+    pick = lambda given, default: default if given is None else given   # noqa: E731
+    grid = dataclasses.replace(base.grid, z=pick(z, base.grid.z),
+                               horizon_seconds=pick(horizon_seconds, base.grid.horizon_seconds),
+                               tail_multiples=pick(tail_multiples, base.grid.tail_multiples))
     return dataclasses.replace(
-        base, lambda_fast=lambda_fast ** (1.0 / per_day), lambda_slow=lambda_slow ** (1.0 / per_day),
+        base, lambda_fast=pick(lambda_fast, base.lambda_fast) ** (1.0 / per_day),
+        lambda_slow=pick(lambda_slow, base.lambda_slow) ** (1.0 / per_day),
         lambda_correlation=base.lambda_correlation ** (1.0 / per_day),
         floor_lookback=scale(base.floor_lookback), floor_stress_window=scale(base.floor_stress_window),
-        floor_stress_weight=floor_weight, apc=ApcConfig(buffer=apc_buffer),
-        grid=dataclasses.replace(GridConfig(), z=z, horizon_seconds=horizon_seconds, tail_multiples=tail_multiples))
+        floor_stress_weight=pick(floor_weight, base.floor_stress_weight),
+        apc=dataclasses.replace(base.apc, buffer=pick(apc_buffer, base.apc.buffer)), grid=grid)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -67,14 +90,15 @@ def main(
     interval_ms: int = typer.Option(0, help="sampling interval, ms (0 = the history's own, its median spacing)"),
     jump_threshold: float = typer.Option(0.0, help="validation: log move held as a suspect jump "
                                                    "(0 = marketdata's 0.10 below 1 h sampling, 0.5 for coarser)"),
-    lambda_fast: float = typer.Option(0.94, help="fast EWMA decay per day"),
-    lambda_slow: float = typer.Option(0.97, help="slow EWMA decay per day"),
-    apc_buffer: float = typer.Option(0.25, help="APC buffer in calm markets (>= 0.25)"),
-    floor_weight: float = typer.Option(0.25, help="weight of the stressed period in the floor"),
-    z: float = typer.Option(3.0, help="grid z"),
-    horizon_seconds: float = typer.Option(259200.0, help="margin horizon (grid, FHS and realised loss), s"),
-    tail_multiples: str = typer.Option("2,3", help="extended moves as multiples of the grid range"),
-    mm_factor: float = typer.Option(0.5, help="MM = factor × IM"),
+    lambda_fast: float = typer.Option(None, help="fast EWMA decay per day (default: riskparams' setting)"),
+    lambda_slow: float = typer.Option(None, help="slow EWMA decay per day (default: riskparams' setting)"),
+    apc_buffer: float = typer.Option(None, help="APC buffer in calm markets (>= 0.25; default: riskparams')"),
+    floor_weight: float = typer.Option(None, help="weight of the stressed period in the floor (default: riskparams')"),
+    z: float = typer.Option(None, help="grid z (default: riskparams')"),
+    horizon_seconds: float = typer.Option(None, help="margin horizon (grid, FHS and realised loss), s "
+                                                     "(default: riskparams')"),
+    tail_multiples: str = typer.Option(None, help="extended moves as multiples of the grid range (default: riskparams')"),
+    mm_factor: float = typer.Option(None, help="MM = factor × IM (default: margin's setting)"),
     coverage: str = typer.Option("0.99,0.995", help="coverage levels tested (the first also calibrates the fixed rule)"),
     warmup: int = typer.Option(250, help="returns before scoring starts"),
     sweep: bool = typer.Option(False, "--sweep", help="also sweep the settings and plot the trade-off front"),
@@ -86,7 +110,8 @@ def main(
     try:
         universe = load_universe(None, as_of_ms)
         specs = parse_portfolios(portfolios.read_text())
-    except (OSError, UniverseError, PortfolioError) as exc:
+        base = service_config(universe)
+    except (OSError, UniverseError, PortfolioError, ConfigError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     if data is None:
@@ -104,11 +129,13 @@ def main(
         if given is None and not jump_threshold and history.interval_ms < 3_600_000:
             # the detected interval is intraday: validate again with marketdata's own jump threshold
             history, report = load_history(data, universe, history.interval_ms, validation_for(history.interval_ms))
-        cfg = BacktestConfig(
-            estimator=settings_for(history.interval_ms, lambda_fast=lambda_fast, lambda_slow=lambda_slow,
-                                   apc_buffer=apc_buffer, floor_weight=floor_weight, z=z,
-                                   horizon_seconds=horizon_seconds, tail_multiples=_floats(tail_multiples)),
-            mm_factor=mm_factor, coverage_levels=_floats(coverage), warmup_returns=warmup)
+        cfg = dataclasses.replace(
+            base, estimator=settings_for(base.estimator, history.interval_ms, lambda_fast=lambda_fast,
+                                         lambda_slow=lambda_slow, apc_buffer=apc_buffer, floor_weight=floor_weight,
+                                         z=z, horizon_seconds=horizon_seconds,
+                                         tail_multiples=_floats(tail_multiples) if tail_multiples else None),
+            mm_factor=base.mm_factor if mm_factor is None else mm_factor, coverage_levels=_floats(coverage),
+            warmup_returns=warmup)
         kept, skipped = select_portfolios(specs, history.underlyings)
         if not kept:
             raise ValueError(f"no reference portfolio trades only {', '.join(history.underlyings)}")

@@ -9,6 +9,7 @@ import numpy as np
 from marginflow.backtest.adapters.history_io import SIM_START_MS, simulate_closes
 from marginflow.backtest.application import BacktestConfig
 from marginflow.backtest.domain.estimates import EstimatorSettings
+from marginflow.backtest.service import service_config
 from marginflow.backtest.domain.history import History, build_history, validation_for
 from marginflow.marketdata.domain.ticks import RawTick
 from marginflow.shared.universe import DEFAULT_UNIVERSE_FILE, load_universe
@@ -32,13 +33,18 @@ def simulated_history(days: int, seed: int = 7) -> tuple[History, np.ndarray]:
     return hist, stress
 
 
+def default_config(**overrides) -> BacktestConfig:
+    """The services' embedded defaults (no environment), as the command line runs them."""
+    return service_config(universe(), {}, **overrides)
+
+
 def small_settings(**overrides) -> EstimatorSettings:
     """Shorter windows so a history of a few hundred days exercises GARCH, floor and FHS."""
     base = dict(garch_min_returns=100, garch_window=300, garch_refit_every=20, floor_lookback=400, fhs_count=200,
                 fhs_min_history=100)
     base.update(overrides)
-    return dataclasses.replace(EstimatorSettings(), **base)
+    return dataclasses.replace(default_config().estimator, **base)
 
 
 def small_config(**overrides) -> BacktestConfig:
-    return dataclasses.replace(BacktestConfig(estimator=small_settings(), warmup_returns=100), **overrides)
+    return default_config(estimator=small_settings(), warmup_returns=100, **overrides)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bt_helpers import PORTFOLIOS_FILE, simulated_history
-from marginflow.backtest.application import BacktestConfig, run_backtest
+from bt_helpers import PORTFOLIOS_FILE, default_config, simulated_history
+from marginflow.backtest.application import run_backtest
 from marginflow.backtest.domain.portfolios import parse_portfolios
 import marginflow.core as core
 
@@ -26,7 +26,7 @@ HEDGED = ("cross_book", "calendar_spread", "delta_hedged_straddle")
 def run3y():
     hist, stress = simulated_history(3 * 365, seed=7)
     assert 0.05 < stress.mean() < 0.5           # the history has stress episodes
-    res = run_backtest(hist, parse_portfolios(PORTFOLIOS_FILE.read_text()), BacktestConfig(), core)
+    res = run_backtest(hist, parse_portfolios(PORTFOLIOS_FILE.read_text()), default_config(), core)
     return res, {r.portfolio: r for r in res.results["platform"]}, {r.portfolio: r for r in res.results["fixed_10"]}
 
 

@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from bt_helpers import UNDERLYINGS, universe
+from bt_helpers import UNDERLYINGS, default_config, universe
 from marginflow.backtest.adapters.history_io import load_history, simulate_closes, write_history_csv
 from marginflow.backtest.adapters.report import write_report
-from marginflow.backtest.application import RULES, BacktestConfig, run_backtest
+from marginflow.backtest.application import RULES, run_backtest
 from marginflow.backtest.domain.history import validation_for
 from marginflow.backtest.domain.portfolios import parse_portfolios
 from marginflow.backtest.service import DEFAULT_PORTFOLIOS, run
@@ -35,7 +35,7 @@ def history_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def result(history_csv):
     hist, data = load_history(history_csv, universe(), None, validation_for(None))
-    return run_backtest(hist, parse_portfolios(DEFAULT_PORTFOLIOS.read_text()), BacktestConfig(), core), data
+    return run_backtest(hist, parse_portfolios(DEFAULT_PORTFOLIOS.read_text()), default_config(), core), data
 
 
 def test_cli_writes_the_report_with_plots_tables_and_the_sweep(history_csv, result, tmp_path):

@@ -38,23 +38,30 @@ def plain_fitter(_underlying: str, _t: int, returns: np.ndarray, min_returns: in
 
 @dataclasses.dataclass(frozen=True)
 class EstimatorSettings:
-    """The riskparams settings that shape σ_m and the scenario sets (defaults = the service's)."""
+    """The riskparams settings that shape σ_m and the scenario sets: the fields of the riskparams
+    engine's own configuration that the replay uses (:meth:`of_engine` takes them from it, so the
+    backtest has no defaults of its own)."""
 
-    lambda_fast: float = 0.94
-    lambda_slow: float = 0.97
-    lambda_correlation: float = 0.94
-    garch_window: int = 1000
-    garch_min_returns: int = 250
-    garch_refit_every: int = 20
-    floor_lookback: int = 3650
-    floor_stress_window: int = 30
-    floor_stress_weight: float = 0.25
-    floor_min_returns: int = 30
-    apc: ApcConfig = ApcConfig()
-    grid: GridConfig = GridConfig()
-    fhs_count: int = 1000
-    fhs_min_history: int = 250
-    es_confidence: float = 0.99
+    lambda_fast: float
+    lambda_slow: float
+    lambda_correlation: float
+    garch_window: int
+    garch_min_returns: int
+    garch_refit_every: int
+    floor_lookback: int
+    floor_stress_window: int
+    floor_stress_weight: float
+    floor_min_returns: int
+    apc: ApcConfig
+    grid: GridConfig
+    fhs_count: int
+    fhs_min_history: int
+    es_confidence: float
+
+    @classmethod
+    def of_engine(cls, engine) -> "EstimatorSettings":
+        """The same-named fields of a riskparams ``EngineConfig``."""
+        return cls(**{f.name: getattr(engine, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +185,7 @@ def risk_version(underlyings: tuple[str, ...], t: int, event_time_ms: int, index
     for j, und in enumerate(underlyings):
         g = scenario_grid(float(sigma_margin[j]), s.grid)
         grids[und] = GridSpec(und, g.price_shocks, g.vol_shocks, g.tail_price_shocks, g.tail_vol_shocks,
-                              g.tail_weights, g.horizon_seconds)
+                              g.tail_weights, g.horizon_seconds, g.surface)
     return RiskVersion(t + 1, event_time_ms, event_time_ms, {u: float(v) for u, v in zip(underlyings, sigma_margin)},
                        {u: float(p) for u, p in zip(underlyings, index_price)}, grids, underlyings, hist,
                        s.es_confidence)

@@ -191,6 +191,23 @@ class Model:
         return int(self.underlying[k]) if self.underlying is not None else 0
 
 
+def instrument_risk_arrays(core, kind: np.ndarray, underlying: np.ndarray, forward: np.ndarray, strike: np.ndarray,
+                           years: np.ndarray, iv: np.ndarray, contract_size: np.ndarray, scen: ScenarioSet,
+                           n_threads: int = 2):
+    """Risk arrays ``[S, K]`` of instruments over a scenario set (one definition for the margin service and
+    the backtest), each option at its own surface-aware vol shock, and those shocks.
+
+    One shock column per instrument ("underlying" k of the core's call = instrument k): exact, the core
+    reads column u_k of each row and here u_k = k."""
+    K = kind.shape[0]
+    shocks = instrument_vol_shocks(scen.price_shock, scen.vol_shock, kind >= KIND_CALL, underlying,
+                                   scen.surface or (), forward, strike, years, iv)
+    risk = core.risk_arrays(kind, np.arange(K, dtype=np.int32), forward, strike, years, iv, contract_size,
+                            np.ascontiguousarray(scen.price_shock[:, underlying]), shocks.vol_shock,
+                            horizon_years=scen.horizon_years, vol_shock_relative=True, n_threads=n_threads)
+    return risk, shocks
+
+
 def build_model(instruments: InstrumentTable, market: MarketState, config: EngineConfig, core, version: RiskVersion,
                 wall_ms: int, build_id: int = 0) -> Model:
     """Risk arrays by full repricing (options by Black-76) over the version's scenarios, each option at
@@ -202,15 +219,8 @@ def build_model(instruments: InstrumentTable, market: MarketState, config: Engin
     forward = market.forwards()
     years = t.expiry_years(now)
     iv = market.implied_vol.copy()
-    K = t.n
-    is_option = t.kind >= KIND_CALL
-    shocks = instrument_vol_shocks(scen.price_shock, scen.vol_shock, is_option, t.underlying,
-                                   scen.surface or (), forward, t.strike, years, iv)
-    # One shock column per instrument ("underlying" k of the core's call = instrument k): exact, the
-    # core reads column u_k of each row and here u_k = k.
-    risk = core.risk_arrays(t.kind, np.arange(K, dtype=np.int32), forward, t.strike, years, iv, t.contract_size,
-                            np.ascontiguousarray(scen.price_shock[:, t.underlying]), shocks.vol_shock,
-                            horizon_years=scen.horizon_years, vol_shock_relative=True, n_threads=cfg.n_threads)
+    risk, shocks = instrument_risk_arrays(core, t.kind, t.underlying, forward, t.strike, years, iv, t.contract_size,
+                                          scen, cfg.n_threads)
     U = len(t.underlyings)
     floors = np.tile(np.asarray(cfg.bracket_floors_usd, dtype=np.float64), (U, 1))
     rates = np.tile(np.asarray(cfg.bracket_rates, dtype=np.float64), (U, 1))
