@@ -166,6 +166,7 @@ def main() -> int:
         while not liq.group.raw.assignment() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.5)
+        print(f"moving the mark (load average {os.getloadavg()[0]:.1f})", flush=True)
         move_ms = int(time.time() * 1000)
         producer.send(topics.marks, "BTC-PERP", mark(51000.0, move_ms))
         producer.flush()

@@ -48,6 +48,8 @@ from marginflow.shared.universe import platform_universe
 SERVICE = "liquidation"
 FETCH_WAIT_MS = 20
 MARKET_RECORDS_PER_TURN = 2000
+# Accounts re-checked in one call to the margin service (its Recheck takes up to 1,000).
+ASSESS_BATCH = 500
 log = get_logger(__name__)
 
 
@@ -82,7 +84,7 @@ class LiquidationApp:
         self.host = ServiceHost(SERVICE, settings.common)
         self._margin = margin
         self._positions = positions
-        self._inflight: dict[str, Future] = {}
+        self._inflight: list[Future] = []   # assessments of a batch of accounts each
         self._admin: queue.Queue = queue.Queue()
         self.loop: ServiceLoop | None = None
 
@@ -185,18 +187,29 @@ class LiquidationApp:
     # ---- the loop
     def _route_market(self, records) -> int:
         topics = self.settings.common.topics
-        marks, states = [], []
+        marks, states, equities = [], [], []
+        latest = {}   # the newest margin.state per account of these records (a key's records are in order)
         for r in records:
-            if r.topic == topics.marks and r.value.instrument.startswith(codec.INDEX_MARK_PREFIX):
-                continue   # an underlying's index record: every instrument's mark carries its index already
-            try:
-                if r.topic == topics.marks:
+            if r.topic == topics.marks:
+                if r.value.instrument.startswith(codec.INDEX_MARK_PREFIX):
+                    continue   # an underlying's index record: every instrument's mark carries its index already
+                try:
                     marks.append(codec.mark_from_proto(r.value, self.instruments))
-                else:
+                except Rejected as exc:
+                    self.market.reject(r, exc)
+            else:
+                latest[r.value.account_id] = r
+        needs_state = self.engine.needs_state
+        for r in latest.values():
+            try:
+                if needs_state(r.value.account_id, r.value.state):
                     states.append(codec.state_from_proto(r.value))
+                else:   # a mark move republishes every account: most need their equity alone (ADL)
+                    equities.append(codec.equity_from_proto(r.value))
             except Rejected as exc:
                 self.market.reject(r, exc)
         self.engine.on_marks(marks)
+        self.engine.on_equities(equities)
         self.engine.on_states(states)
         return len(records)
 
@@ -228,19 +241,21 @@ class LiquidationApp:
             if records:
                 handled += self._route_group(records)
             self._run_admin_requests()
-            for account, future in list(self._inflight.items()):
-                if future.done():
-                    del self._inflight[account]
-                    self.engine.act(future.result())
+            for future in [f for f in self._inflight if f.done()]:
+                self._inflight.remove(future)
+                for assessment in future.result():
+                    self.engine.act(assessment)
                     handled += 1
         finally:
             self.engine.end_batch()   # events, then orders, each acknowledged: before the offsets are committed
         if records:
             self.group.commit()
-        room = self.settings.workers * 4 - len(self._inflight)
-        if room > 0:
-            for account in self.engine.due(self.clock.now_ms(), room):
-                self._inflight[account] = self.pool.submit(self.engine.assess, account)
+        # Due accounts are re-checked together: one Recheck call for up to ASSESS_BATCH accounts, at most
+        # MF_LIQUIDATION_WORKERS calls in flight (the accounts that come due meanwhile go in the next one).
+        if len(self._inflight) < self.settings.workers:
+            due = self.engine.due(self.clock.now_ms(), ASSESS_BATCH)
+            if due:
+                self._inflight.append(self.pool.submit(self.engine.assess_many, due))
         if self._inflight and not handled:
             time.sleep(0.001)
         return handled
