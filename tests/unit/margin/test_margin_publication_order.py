@@ -12,7 +12,7 @@ from marginflow.margin.domain.health import Health
 from margin_unit_helpers import T0, book, mark, risk_version
 
 BTC = 0
-SLICE = 10          # accounts per slice in these tests (the service's is larger)
+SLICE = 10          # accounts per slice in these tests (the service's are larger)
 N_ACCOUNTS = 45
 N_CALLED = 3        # 5,000 USDC: 1 BTC long from 60,000 is bankrupt at 54,000 (at once, no confirmation)
 
@@ -33,6 +33,7 @@ class BatchPublisher:
 @pytest.fixture
 def world(make_engine, monkeypatch):
     monkeypatch.setattr(evaluation, "PUBLISH_SLICE_ACCOUNTS", SLICE)
+    monkeypatch.setattr(evaluation, "TRANSITION_SLICE_ACCOUNTS", 2)
     engine, _pub, clock = make_engine()
     pub = BatchPublisher()
     engine.publication.publisher = pub
@@ -40,6 +41,7 @@ def world(make_engine, monkeypatch):
                                  {"USDC": 5000.0 if i >= N_ACCOUNTS - N_CALLED else 30000.0})
                             for i in range(N_ACCOUNTS)])
     engine.apply_risk_params(risk_version())
+    engine.market.first_marks = False    # as after the service's start: no model refresh in tick()
     return engine, pub, clock
 
 
@@ -51,17 +53,22 @@ def move(engine, clock, price: float, dt_ms: int = 1000) -> None:
 def test_the_first_publication_of_a_move_is_the_state_changes_with_their_calls(world):
     engine, pub, clock = world
     first = len(pub.batches)
-    assert len(pub.states(first - 1)) == N_ACCOUNTS and not engine.publishing   # first states: one batch
+    assert len(pub.states()) == N_ACCOUNTS and not engine.publishing   # first states: all out at once
     move(engine, clock, 54000.0)       # every account's equity moves by 6,000: all republished
     published = engine.evaluate()
-    states, calls = pub.batches[first]
+    # the transitions in slices of 2, each state with its call
+    assert [(len(s), len(c)) for s, c in pub.batches[first:]] == [(2, 2), (1, 1)]
+    states = pub.states(first)
+    calls = [c for _s, cs in pub.batches[first:] for c in cs]
     called = {f"a{i:03d}" for i in range(N_ACCOUNTS - N_CALLED, N_ACCOUNTS)}
     assert {c.margin.account_id for c in calls} == called
     assert {s.account_id for s in states} == called and all(s.state == Health.BANKRUPT for s in states)
-    # then one slice of the rest, and the others left for the next turns
-    assert published == N_CALLED + SLICE and engine.publishing
-    assert [len(s) for s, _c in pub.batches[first + 1:]] == [SLICE]
-    assert all(c == [] for _s, c in pub.batches[first + 1:])
+    # the rest is left for the next turns, in slices without calls
+    assert published == N_CALLED and engine.publishing
+    engine.tick()                      # a turn of the loop: evaluations due first, then the backlog
+    assert all(len(s) <= SLICE and c == [] for s, c in pub.batches[first + 2:])
+    assert sorted(s.account_id for s in pub.states(first)) == sorted(f"a{i:03d}" for i in range(N_ACCOUNTS))
+    assert not engine.publishing
 
 
 def test_the_backlog_goes_out_over_the_next_turns_each_account_once(world):
@@ -76,7 +83,7 @@ def test_the_backlog_goes_out_over_the_next_turns_each_account_once(world):
         assert turns < 10
     ids = [s.account_id for s in pub.states(first)]
     assert sorted(ids) == sorted(f"a{i:03d}" for i in range(N_ACCOUNTS))    # every account once
-    assert turns == (N_ACCOUNTS - N_CALLED - SLICE + SLICE - 1) // SLICE
+    assert turns == (N_ACCOUNTS - N_CALLED + SLICE - 1) // SLICE
     assert all(s.equity_usd == pytest.approx(30000.0 - 6000.0) for s in pub.states(first) if s.state == Health.HEALTHY)
 
 

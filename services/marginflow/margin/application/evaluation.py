@@ -29,9 +29,12 @@ from marginflow.shared.errors import Rejected
 
 # Positions per slice of the vectorised evaluation (~0.5 ms of numpy each on the dev VM, ~10 % overhead).
 EVALUATE_CHUNK_POSITIONS = 8_192
-# Accounts per slice of a republication without state changes (~50 ms of building, encoding and sending on
-# the dev VM): queries (the liquidation's re-check) wait at most about one slice.
-PUBLISH_SLICE_ACCOUNTS = 2_000
+# Accounts per slice of a republication without state changes (~15 ms of building, encoding and sending on
+# the quiet dev VM): queries (the liquidation's re-check) and the next evaluation wait at most about one slice.
+PUBLISH_SLICE_ACCOUNTS = 500
+# Accounts per slice of the state changes and their calls (~0.3 ms each with the causes): the first calls of a
+# move that puts a thousand accounts in liquidation go out after a slice, not after all of them.
+TRANSITION_SLICE_ACCOUNTS = 250
 # Most time one turn of the loop spends on a republication's backlog before it reads marks again.
 PUBLISH_TURN_SECONDS = 0.1
 
@@ -190,12 +193,12 @@ class Evaluation:
             self.market.first_marks = False
             self.refresh_model()
             return
-        if self.backlog is not None:
-            self.drain(budget_s=PUBLISH_TURN_SECONDS)
         due = now - self.last_eval_ms >= cfg.evaluate_interval_ms
         heartbeat = now - self.last_eval_ms >= 1000
         if due and (self.marks_dirty or self.accounts.flat_dirty or heartbeat):
-            self.evaluate()
+            self.evaluate()   # before the backlog: a move's transitions go out first
+        if self.backlog is not None:
+            self.drain(budget_s=PUBLISH_TURN_SECONDS)
 
     def evaluate(self, force: bool = False) -> int:
         """Equity of every account at current marks (vectorised), states, publication. Returns states published.
@@ -232,15 +235,20 @@ class Evaluation:
             # every account's numbers moved: 100k states to build and send); those then go out in slices,
             # stepping aside for queries between them.
             moved = states != self.publication.state[rows]
-            published_n = self._publish_rows(rows[moved], states[moved], books, val, f, model, at, parts, now)
+            moved_rows, moved_states = rows[moved], states[moved]
+            published_n = 0
+            for lo in range(0, moved_rows.shape[0], TRANSITION_SLICE_ACCOUNTS):   # the first calls out early
+                hi = lo + TRANSITION_SLICE_ACCOUNTS
+                published_n += self._publish_rows(moved_rows[lo:hi], moved_states[lo:hi], books, val, f, model, at,
+                                                  parts, now)
             # The rest: what still differs from the published now (a backlog left by the last evaluation
             # included) — published here when small or forced (a new version, the first publication), else
-            # a slice now and the others by the next turns (:meth:`drain`), so that the loop keeps reading
-            # marks and evaluating meanwhile and the next transitions never wait behind a republication.
+            # by the next turns (:meth:`drain`), so that the loop keeps reading marks and evaluating
+            # meanwhile and the next transitions never wait behind a republication.
             rest = rows[~moved]
             self.backlog = _Backlog(rest, books, val, f, model, at, parts) if rest.shape[0] else None
-            published_n += self.drain(None if force or rest.shape[0] <= PUBLISH_SLICE_ACCOUNTS
-                                      else PUBLISH_SLICE_ACCOUNTS)
+            if force or rest.shape[0] <= PUBLISH_SLICE_ACCOUNTS:
+                published_n += self.drain()
             counts = np.bincount(published[live], minlength=5)
             self.last_counts = {s: int(counts[s]) for s in range(1, 5)}
             self.metrics.accounts_by_state(self.last_counts)
@@ -248,7 +256,7 @@ class Evaluation:
             self.metrics.risk_params(model.version.version, max(0.0, (now - model.version.publish_time_ms) / 1e3))
             return published_n
 
-    def drain(self, max_rows: int | None = PUBLISH_SLICE_ACCOUNTS, budget_s: float | None = None) -> int:
+    def drain(self, max_rows: int | None = None, budget_s: float | None = None) -> int:
         """Publish the backlog of the last evaluation in slices (stepping aside for queries between them):
         at most ``max_rows`` rows (None: all of it), and no new slice after ``budget_s`` seconds. A row whose
         book was replaced since (its own recomputation published it) or that was removed is skipped; the
