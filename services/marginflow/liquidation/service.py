@@ -48,6 +48,8 @@ from marginflow.shared.universe import platform_universe
 SERVICE = "liquidation"
 FETCH_WAIT_MS = 20
 MARKET_RECORDS_PER_TURN = 2000
+# ... and while re-checks are in flight: their answers are acted on between smaller bites.
+MARKET_RECORDS_BUSY = 500
 # Accounts re-checked in one call to the margin service (its Recheck takes up to 1,000).
 ASSESS_BATCH = 500
 log = get_logger(__name__)
@@ -233,8 +235,10 @@ class LiquidationApp:
         timeout = self.settings.poll_timeout_ms
         # margin.state carries every account (100k after a move): read it in bites so that calls, assessments
         # done and orders go out between them rather than after the whole backlog
-        handled = self._route_market(self.market.poll(timeout_ms=0 if self._inflight else timeout,
-                                                      max_records=MARKET_RECORDS_PER_TURN))
+        busy = bool(self._inflight)
+        handled = self._route_market(self.market.poll(timeout_ms=0 if busy else timeout,
+                                                      max_records=MARKET_RECORDS_BUSY if busy
+                                                      else MARKET_RECORDS_PER_TURN))
         records = self.group.poll(timeout_ms=GROUP_POLL_MS, max_records=5000)
         self.engine.begin_batch()
         try:
