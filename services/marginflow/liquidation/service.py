@@ -49,9 +49,10 @@ SERVICE = "liquidation"
 FETCH_WAIT_MS = 20
 MARKET_RECORDS_PER_TURN = 2000
 # ... and while re-checks are in flight: their answers are acted on between smaller bites.
-MARKET_RECORDS_BUSY = 500
-# Accounts re-checked in one call to the margin service (its Recheck takes up to 1,000).
-ASSESS_BATCH = 500
+MARKET_RECORDS_BUSY = 200
+# Accounts re-checked in one call to the margin service (its Recheck takes up to 1,000; a call of 100 takes
+# ~10 ms of its time, far inside the deadline even under load and beside its evaluations).
+ASSESS_BATCH = 100
 log = get_logger(__name__)
 
 
@@ -256,10 +257,12 @@ class LiquidationApp:
             self.group.commit()
         # Due accounts are re-checked together: one Recheck call for up to ASSESS_BATCH accounts, at most
         # MF_LIQUIDATION_WORKERS calls in flight (the accounts that come due meanwhile go in the next one).
-        if len(self._inflight) < self.settings.workers:
-            due = self.engine.due(self.clock.now_ms(), ASSESS_BATCH)
-            if due:
-                self._inflight.append(self.pool.submit(self.engine.assess_many, due))
+        now = self.clock.now_ms()
+        while len(self._inflight) < self.settings.workers:
+            due = self.engine.due(now, ASSESS_BATCH)
+            if not due:
+                break
+            self._inflight.append(self.pool.submit(self.engine.assess_many, due))
         if self._inflight and not handled:
             time.sleep(0.001)
         return handled

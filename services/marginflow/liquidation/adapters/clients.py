@@ -14,7 +14,7 @@ from marginflow.liquidation.application import MarginView, OpenPosition, Recheck
 
 PAGE_SIZE = 1000
 # Accounts per Recheck call (the margin service accepts up to 1,000).
-RECHECK_BATCH = 500
+RECHECK_BATCH = 100
 
 
 class MarginClient:
