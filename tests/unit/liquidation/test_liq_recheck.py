@@ -150,3 +150,32 @@ def test_a_bankrupt_account_gets_its_adl_candidates_from_the_batched_read(batche
         engine.act(assessment)
     assert {"BANKRUPT", "ADL"} <= set(kinds(pub))
     assert any(f.account_id == "c" for f in pub.fills)
+
+
+def test_the_wire_of_a_recheck_and_of_an_equity_alone_is_validated():
+    from marginflow.api.margin.v1 import margin_pb2
+    from marginflow.liquidation.adapters import codec
+    from marginflow.shared.errors import Rejected
+
+    item = margin_pb2.AccountRecheck()
+    m = item.margin
+    m.account_id, m.state, m.marks_fresh, m.risk_params_version, m.account_revision = "a", LIQUIDATION, True, 2, 5
+    for field, value in (("equity_usd", "2500.00"), ("im_usd", "9006.00"), ("mm_usd", "4503.00"),
+                         ("cross_equity_usd", "2500.00"), ("cross_im_usd", "9006.00"), ("cross_mm_usd", "4503.00")):
+        getattr(m, field).value = value
+    for instrument, size, isolated, relief in (("BTC-PERP", "1.0", False, "6000.00"), ("ETH-PERP", "-2.0", False, "3006.00"),
+                                               ("SOL-PERP", "3.0", True, "")):
+        p = item.positions.add(instrument=instrument, isolated=isolated)
+        p.size.value, p.im_relief_usd.value = size, relief
+    view = codec.margin_view(item)
+    assert (view.revision, view.risk_version, view.cross_mm_usd) == (5, 2, D("4503.00"))
+    assert codec.recheck_reliefs(item, view) == (D("6000.00"), D("3006.00"))   # cross positions, in order
+    item.positions[1].im_relief_usd.value = "lots"
+    with pytest.raises(Rejected, match="im_relief_usd of ETH-PERP"):
+        codec.recheck_reliefs(item, view)
+    assert codec.equity_from_proto(m) == ("a", D("2500.00"))
+    m.equity_usd.value = "NaN"
+    with pytest.raises(Rejected):
+        codec.equity_from_proto(m)
+    with pytest.raises(Rejected, match="account_id"):
+        codec.equity_from_proto(margin_pb2.MarginState())
