@@ -8,8 +8,10 @@ is published with its event time; measured:
 * margin: mark event time → the account's ``margin.calls`` record published (the margin evaluation, the
   baseline of the same run);
 * liquidation: mark event time → the account's first ``liquidation.orders`` record published (includes the
-  margin evaluation, the consumer hop, the re-check Explain + WhatIf over gRPC and the publication);
-* orders/s sustained over the whole burst (first to last order).
+  margin evaluation, the consumer hop, the re-check (one Recheck over gRPC for many accounts) and the
+  publication);
+* orders/s sustained: first orders from the move to the last of them, and the ratio of the liquidation's p99 to
+  margin's mark → call p99 in the same run; the load average before the move and after the burst.
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ def main() -> int:
         while not liq.group.raw.assignment() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.5)
+        print(f"moving the mark (load average {os.getloadavg()[0]:.1f})", flush=True)
         move_ms = int(time.time() * 1000)
         producer.send(topics.marks, "BTC-PERP", mark(51000.0, move_ms))
         producer.flush()
@@ -174,13 +177,18 @@ def main() -> int:
         order_ms = [o.meta.publish_time_ms - move_ms for o in orders.values()]
         call_ms = [c.meta.publish_time_ms - move_ms for c in calls.values()]
         publish = sorted(o.meta.publish_time_ms for o in orders.values())
-        span_s = max((publish[-1] - publish[0]) / 1000.0, 1e-3) if publish else 0
         print(f"accounts {args.accounts:,}, pushed below MM by the move: {n_liq:,}")
         print(f"margin:      mark event → margin.calls published: {pct(call_ms)} ({len(calls):,} calls)")
         print(f"liquidation: mark event → first order published:  {pct(order_ms)} ({len(orders):,} accounts)")
         if publish:
-            print(f"orders/s sustained over the burst: {len(publish) / span_s:,.0f} ({len(publish):,} orders in "
-                  f"{span_s:.2f} s); target p99 ≤ 500 ms")
+            # from the move to the last first order: the whole hop, margin's evaluation included
+            span_s = max((publish[-1] - move_ms) / 1000.0, 1e-3)
+            print(f"orders/s sustained: {len(publish) / span_s:,.0f} ({len(publish):,} first orders in {span_s:.2f} s "
+                  f"from the move); target p99 ≤ 500 ms")
+        if order_ms and call_ms:
+            print(f"RATIO liquidation p99 / margin's mark → call p99 in the same run: "
+                  f"{np.percentile(order_ms, 99) / max(np.percentile(call_ms, 99), 1.0):.2f}×")
+        print(f"load average after the burst: {os.getloadavg()[0]:.1f}")
         started = collect(ms.common.bootstrap, topics.liquidation_events, liquidation_pb2.LiquidationEvent, n_liq, 10)
         print(f"liquidation: mark event → first event (episode started): "
               f"{pct([e.meta.publish_time_ms - move_ms for e in started.values()])}")

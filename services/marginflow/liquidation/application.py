@@ -4,11 +4,12 @@ What happens, in the service loop's thread unless said otherwise:
 
 * ``margin.calls`` (an account entered LIQUIDATION/BANKRUPT on fresh marks) → the account is *pending*.
   A call on stale marks is recorded (SKIPPED_STALE_MARK) and nothing else happens.
-* ``margin.state`` → the last equity/IM/MM of every account (ADL leverage, the queue, restart triggers).
+* ``margin.state`` → the equity of every account (ADL leverage); decoded whole only for a trigger (an account
+  published in LIQUIDATION/BANKRUPT) or an account tracked here (the queue, restart triggers).
 * ``md.marks`` → marks, indexes and a short mark history per instrument (the guards).
-* Due accounts are **assessed** by a worker thread (reads only): the margin service's ``Explain`` (a fresh
-  computation of that account: equity, IM, MM, positions) and one ``WhatIf`` per cross position closing it
-  (its IM relief); for a bankrupt account the opposite positions from the portfolio service.
+* Due accounts are **assessed** together by a worker thread (reads only): the margin service's ``Recheck`` (a
+  fresh computation of each account: equity, IM, MM, positions, and the IM relief of closing each cross
+  position), one call for many accounts; for a bankrupt account the opposite positions from the portfolio service.
 * The loop thread **acts** on an assessment (:meth:`LiquidationEngine.act`): re-checks that the account is
   below MM on fresh marks with a risk version and revision not older than the call's, starts or advances
   the episode (domain ``episode``), plans the round (domain ``plan_round``), and publishes: first the
@@ -298,9 +299,37 @@ class FundChange:
 
 # ---- ports --------------------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class Rechecked:
+    """A fresh margin of one account and the IM relief (≥ 0) of closing each of its cross positions alone,
+    in the order of the view's cross positions with a size."""
+
+    view: MarginView
+    relief_usd: tuple[Decimal, ...]
+
+
 class MarginPort(Protocol):
     def explain(self, account_id: str) -> MarginView: ...
     def im_after(self, account_id: str, trades: Sequence[tuple[str, Decimal]]) -> Decimal: ...
+
+    def recheck(self, account_ids: Sequence[str]) -> dict[str, Rechecked]:
+        """Many accounts at once (the margin service's Recheck); optional: a port without it is read
+        account by account with :func:`recheck_alone`."""
+
+
+def cross_positions(view: MarginView) -> list[PositionView]:
+    return [p for p in view.positions if not p.isolated and p.size != 0]
+
+
+def recheck_alone(margin: MarginPort, account_id: str) -> Rechecked:
+    """One account: ``explain`` and a what-if per cross position closing it (the only cross position's
+    relief is the cross IM: closing it leaves no cross requirement, no round trip needed)."""
+    view = margin.explain(account_id)
+    cross = cross_positions(view)
+    if len(cross) == 1:
+        return Rechecked(view, (view.cross_im_usd if view.cross_im_usd is not None else view.im_usd,))
+    return Rechecked(view, tuple(max(view.im_usd - margin.im_after(account_id, [(p.instrument, -p.size)]), ZERO)
+                                 for p in cross))
 
 
 class PositionsPort(Protocol):
@@ -537,6 +566,8 @@ class LiquidationEngine:
         self.marks = Marks(settings.guards)
         self.accounts: dict[str, Tracked] = {}
         self.states: dict[str, StateSeen] = {}
+        # The rest of margin.state: the equity of each account not decoded whole (see ``needs_state``), for ADL.
+        self.equities: dict[str, Decimal] = {}
         self.events: collections.deque[Event] = collections.deque(maxlen=settings.history)
         self._batch: tuple[list[Event], list[Order]] | None = None
 
@@ -596,6 +627,25 @@ class LiquidationEngine:
     def on_marks(self, marks: Sequence[MarkSeen]) -> None:
         self.marks.update(marks)
 
+    def needs_state(self, account_id: str, state: int) -> bool:
+        """Whether a published margin.state of ``account_id`` in ``state`` is of use decoded whole: a
+        trigger (LIQUIDATION/BANKRUPT) or an account this service tracks. The others (after a mark move, all
+        but a few of every account's republished states) need only their equity (:meth:`on_equities`)."""
+        return state in (LIQUIDATION, BANKRUPT) or account_id in self.accounts
+
+    def on_equities(self, equities: Iterable[tuple[str, Decimal]]) -> None:
+        """The equity alone of accounts whose margin.state is of no other use (see :meth:`needs_state`)."""
+        states = self.states
+        for account_id, equity in equities:
+            self.equities[account_id] = equity
+            if account_id in states:
+                del states[account_id]
+
+    def equity_of(self, account_id: str) -> Decimal | None:
+        """The account's equity as last published (margin.state), None when none was seen."""
+        s = self.states.get(account_id)
+        return s.equity_usd if s is not None else self.equities.get(account_id)
+
     def on_states(self, states: Sequence[StateSeen]) -> None:
         """The last margin of every account; and a trigger besides ``margin.calls``: a published
         LIQUIDATION/BANKRUPT below MM on fresh marks with no episode running makes the account pending.
@@ -605,6 +655,7 @@ class LiquidationEngine:
         now = self.clock_ms()
         for s in states:
             self.states[s.account_id] = s
+            self.equities.pop(s.account_id, None)
             t = self.accounts.get(s.account_id)
             if t is not None and t.live:
                 t.last_equity_usd, t.last_mm_usd = s.equity_usd, s.mm_usd
@@ -702,10 +753,35 @@ class LiquidationEngine:
 
     # ---- worker thread: reads only
     def assess(self, account_id: str) -> Assessment:
-        try:
-            view = self.margin.explain(account_id)
-        except Exception as exc:  # noqa: BLE001 - one account's failure never stalls the others
-            return Assessment(account_id, error=f"margin explain failed: {exc}")
+        return self.assess_many([account_id])[0]
+
+    def assess_many(self, account_ids: Sequence[str]) -> list[Assessment]:
+        """The accounts' fresh margins and reliefs in one read of the margin service (its Recheck), then
+        what a bankrupt one needs for ADL; one assessment per account, in order."""
+        batch = getattr(self.margin, "recheck", None)
+        if batch is None:
+            read: dict[str, Rechecked | str] = {}
+            for account_id in account_ids:
+                try:
+                    read[account_id] = recheck_alone(self.margin, account_id)
+                except Exception as exc:  # noqa: BLE001 - one account's failure never stalls the others
+                    read[account_id] = f"margin re-check failed: {exc}"
+        else:
+            try:
+                read = dict(batch(list(account_ids)))
+            except Exception as exc:  # noqa: BLE001 - retried after the back-off
+                return [Assessment(a, error=f"margin re-check failed: {exc}") for a in account_ids]
+        out = []
+        for account_id in account_ids:
+            r = read.get(account_id)
+            if r is None or isinstance(r, str):
+                out.append(Assessment(account_id, error=r or "margin re-check: account not returned"))
+            else:
+                out.append(self._assessed(account_id, r))
+        return out
+
+    def _assessed(self, account_id: str, r: Rechecked) -> Assessment:
+        view = r.view
         t = self.accounts.get(account_id)
         live = t is not None and t.live
         parts = components(view)
@@ -714,7 +790,8 @@ class LiquidationEngine:
         if not view.marks_fresh or worst is None or (not worst.below_mm and not live) \
                 or worst.equity_usd >= worst.im_usd * (1 + self.s.plan.margin_buffer_fraction):
             return Assessment(account_id, view)
-        cross = [p for p in view.positions if not p.isolated and p.size != 0]
+        if len(r.relief_usd) != len(cross_positions(view)):
+            return Assessment(account_id, view, error="margin re-check: reliefs do not match the cross positions")
         bankrupt = [c for c in parts if c.positions and c.equity_usd < 0]
         if bankrupt:
             candidates: dict[str, list[AdlCandidate]] = {}
@@ -724,28 +801,8 @@ class LiquidationEngine:
                         candidates[p.instrument] = self.adl_candidates(p.instrument, exclude=account_id)
             except Exception as exc:  # noqa: BLE001
                 return Assessment(account_id, view, error=f"positions for ADL failed: {exc}")
-            reliefs = self._reliefs(account_id, view, cross)
-            if isinstance(reliefs, str):
-                return Assessment(account_id, view, error=reliefs)
-            return Assessment(account_id, view, reliefs, candidates)
-        reliefs = self._reliefs(account_id, view, cross)
-        if isinstance(reliefs, str):
-            return Assessment(account_id, view, error=reliefs)
-        return Assessment(account_id, view, reliefs)
-
-    def _reliefs(self, account_id: str, view: MarginView, cross: Sequence[PositionView]) -> tuple[Decimal, ...] | str:
-        if len(cross) == 1:
-            # Closing the only cross position leaves no cross requirement (grid, ES, minimum and liquidity of
-            # an empty book are 0): its relief is the cross IM, no WhatIf round trip needed.
-            return (view.cross_im_usd if view.cross_im_usd is not None else view.im_usd,)
-        out = []
-        for p in cross:
-            try:
-                after = self.margin.im_after(account_id, [(p.instrument, -p.size)])
-            except Exception as exc:  # noqa: BLE001
-                return f"margin what-if failed: {exc}"
-            out.append(max(view.im_usd - after, ZERO))
-        return tuple(out)
+            return Assessment(account_id, view, r.relief_usd, candidates)
+        return Assessment(account_id, view, r.relief_usd)
 
     def adl_candidates(self, instrument: str, exclude: str = "") -> list[AdlCandidate]:
         """Open positions of ``instrument`` (portfolio) with their account's equity (margin.state)."""
@@ -758,11 +815,10 @@ class LiquidationEngine:
         for p in self.positions.positions_by_instrument(instrument):
             if p.account_id in (exclude, self.s.house_account) or p.size == 0:
                 continue
-            state = self.states.get(p.account_id)
-            if state is None:
+            equity = self.equity_of(p.account_id)
+            if equity is None:
                 continue
-            out.append(AdlCandidate(p.account_id, p.size, p.entry_price_usd, mark_usd, info.contract_size,
-                                    state.equity_usd))
+            out.append(AdlCandidate(p.account_id, p.size, p.entry_price_usd, mark_usd, info.contract_size, equity))
         return out
 
     # ---- loop thread: decisions and effects

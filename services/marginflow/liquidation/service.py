@@ -48,6 +48,11 @@ from marginflow.shared.universe import platform_universe
 SERVICE = "liquidation"
 FETCH_WAIT_MS = 20
 MARKET_RECORDS_PER_TURN = 2000
+# ... and while re-checks are in flight: their answers are acted on between smaller bites.
+MARKET_RECORDS_BUSY = 200
+# Accounts re-checked in one call to the margin service (its Recheck takes up to 1,000; a call of 100 takes
+# ~10 ms of its time, far inside the deadline even under load and beside its evaluations).
+ASSESS_BATCH = 100
 log = get_logger(__name__)
 
 
@@ -82,7 +87,7 @@ class LiquidationApp:
         self.host = ServiceHost(SERVICE, settings.common)
         self._margin = margin
         self._positions = positions
-        self._inflight: dict[str, Future] = {}
+        self._inflight: list[Future] = []   # assessments of a batch of accounts each
         self._admin: queue.Queue = queue.Queue()
         self.loop: ServiceLoop | None = None
 
@@ -185,18 +190,29 @@ class LiquidationApp:
     # ---- the loop
     def _route_market(self, records) -> int:
         topics = self.settings.common.topics
-        marks, states = [], []
+        marks, states, equities = [], [], []
+        latest = {}   # the newest margin.state per account of these records (a key's records are in order)
         for r in records:
-            if r.topic == topics.marks and r.value.instrument.startswith(codec.INDEX_MARK_PREFIX):
-                continue   # an underlying's index record: every instrument's mark carries its index already
-            try:
-                if r.topic == topics.marks:
+            if r.topic == topics.marks:
+                if r.value.instrument.startswith(codec.INDEX_MARK_PREFIX):
+                    continue   # an underlying's index record: every instrument's mark carries its index already
+                try:
                     marks.append(codec.mark_from_proto(r.value, self.instruments))
-                else:
+                except Rejected as exc:
+                    self.market.reject(r, exc)
+            else:
+                latest[r.value.account_id] = r
+        needs_state = self.engine.needs_state
+        for r in latest.values():
+            try:
+                if needs_state(r.value.account_id, r.value.state):
                     states.append(codec.state_from_proto(r.value))
+                else:   # a mark move republishes every account: most need their equity alone (ADL)
+                    equities.append(codec.equity_from_proto(r.value))
             except Rejected as exc:
                 self.market.reject(r, exc)
         self.engine.on_marks(marks)
+        self.engine.on_equities(equities)
         self.engine.on_states(states)
         return len(records)
 
@@ -220,27 +236,33 @@ class LiquidationApp:
         timeout = self.settings.poll_timeout_ms
         # margin.state carries every account (100k after a move): read it in bites so that calls, assessments
         # done and orders go out between them rather than after the whole backlog
-        handled = self._route_market(self.market.poll(timeout_ms=0 if self._inflight else timeout,
-                                                      max_records=MARKET_RECORDS_PER_TURN))
+        busy = bool(self._inflight)
+        handled = self._route_market(self.market.poll(timeout_ms=0 if busy else timeout,
+                                                      max_records=MARKET_RECORDS_BUSY if busy
+                                                      else MARKET_RECORDS_PER_TURN))
         records = self.group.poll(timeout_ms=GROUP_POLL_MS, max_records=5000)
         self.engine.begin_batch()
         try:
             if records:
                 handled += self._route_group(records)
             self._run_admin_requests()
-            for account, future in list(self._inflight.items()):
-                if future.done():
-                    del self._inflight[account]
-                    self.engine.act(future.result())
+            for future in [f for f in self._inflight if f.done()]:
+                self._inflight.remove(future)
+                for assessment in future.result():
+                    self.engine.act(assessment)
                     handled += 1
         finally:
             self.engine.end_batch()   # events, then orders, each acknowledged: before the offsets are committed
         if records:
             self.group.commit()
-        room = self.settings.workers * 4 - len(self._inflight)
-        if room > 0:
-            for account in self.engine.due(self.clock.now_ms(), room):
-                self._inflight[account] = self.pool.submit(self.engine.assess, account)
+        # Due accounts are re-checked together: one Recheck call for up to ASSESS_BATCH accounts, at most
+        # MF_LIQUIDATION_WORKERS calls in flight (the accounts that come due meanwhile go in the next one).
+        now = self.clock.now_ms()
+        while len(self._inflight) < self.settings.workers:
+            due = self.engine.due(now, ASSESS_BATCH)
+            if not due:
+                break
+            self._inflight.append(self.pool.submit(self.engine.assess_many, due))
         if self._inflight and not handled:
             time.sleep(0.001)
         return handled

@@ -53,7 +53,7 @@ class LiquidationSettings:
     consumer_group: str = env("MF_LIQUIDATION_GROUP", str, "marginflow-liquidation",
                               "consumer group of margin.calls and trades.fills (MF_TOPIC_PREFIX put in front)")
     margin_address: str = env("MF_LIQUIDATION_MARGIN_ADDRESS", address, "127.0.0.1:50054",
-                              "MarginService host:port (GetMargin/Explain/WhatIf at the moment of acting)")
+                              "MarginService host:port (Recheck at the moment of acting)")
     portfolio_address: str = env("MF_LIQUIDATION_PORTFOLIO_ADDRESS", address, "127.0.0.1:50053",
                                  "AccountService host:port (opposite positions for ADL)")
     grpc_timeout_ms: int = env("MF_LIQUIDATION_GRPC_TIMEOUT_MS", positive_int, 2000,
@@ -82,7 +82,7 @@ class LiquidationSettings:
     max_rounds: int = env("MF_LIQUIDATION_MAX_ROUNDS", positive_int, 100,
                           "rounds of an episode before it is left to the operator (stays in the queue)")
     workers: int = env("MF_LIQUIDATION_WORKERS", positive_int, 8,
-                       "accounts evaluated concurrently (gRPC reads to margin)")
+                       "re-check calls to margin in flight (each for up to 100 due accounts)")
     fund_initial_usd: Decimal = env("MF_LIQUIDATION_FUND_INITIAL_USD", decimal_non_negative, Decimal("0"),
                                     "insurance fund balance when liquidation.fund is empty")
     fund_max_loss_per_account_usd: Decimal | None = env(

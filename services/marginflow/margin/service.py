@@ -275,7 +275,8 @@ class MarginApp:
     # ---- run
     def turn(self) -> int:
         """One turn of the loop: marks and params, then position snapshots, then readiness and periodic work."""
-        timeout = self.settings.poll_timeout_ms
+        # while a republication goes out, the polls do not wait: its slices follow each other
+        timeout = 0 if self.engine.publishing else self.settings.poll_timeout_ms
         handled = self.router.market(self.market.poll(timeout_ms=timeout))
         handled += self.router.positions(self.positions.poll(timeout_ms=timeout))
         if getattr(self, "open_interest", None) is not None:

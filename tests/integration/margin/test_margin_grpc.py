@@ -156,3 +156,26 @@ def test_fuzz_what_if_of_a_known_account_answers_only_documented_codes(served, s
     method = pb.DESCRIPTOR.services_by_name["MarginService"].methods_by_name["WhatIf"]
     code = call(channel, method, pb.WhatIfRequest(account_id="a", trades=trades))
     assert code in DOCUMENTED, f"WhatIf answered {code.name} to {trades}"
+
+
+def test_recheck_margins_many_accounts_at_once_and_refuses_bad_arguments(served):
+    _, stub, _ = served
+    res = stub.Recheck(pb.RecheckRequest(account_ids=["a", "nobody"], reliefs=True), timeout=5)
+    (item,) = res.accounts
+    assert list(res.unknown_account_ids) == ["nobody"]
+    state = stub.GetMargin(pb.GetMarginRequest(account_id="a"), timeout=5)
+    for field in ("equity_usd", "im_usd", "mm_usd", "cross_im_usd"):
+        assert getattr(item.margin, field).value == getattr(state, field).value
+    assert (item.margin.state, item.margin.account_revision, item.margin.risk_params_version) == \
+        (state.state, state.account_revision, state.risk_params_version)
+    (pos,) = item.positions
+    assert (pos.instrument, pos.size.value, pos.isolated) == ("BTC-PERP", "1.0", False)
+    assert pos.im_relief_usd.value == "9006.00"      # the only cross position: closing it frees the whole IM
+    plain = stub.Recheck(pb.RecheckRequest(account_ids=["a"]), timeout=5)
+    assert plain.accounts[0].positions[0].im_relief_usd.value == ""
+    for ids, needle in (([], "1..1000"), (["a", "a"], "distinct"), (["a", ""], "account_ids[1]"),
+                        (["x" * 129], "account_ids[0]"), ([f"x{i}" for i in range(1001)], "1..1000")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Recheck(pb.RecheckRequest(account_ids=ids), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert needle in err.value.details()

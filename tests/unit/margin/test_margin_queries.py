@@ -166,3 +166,29 @@ def test_states_built_in_one_batch_equal_those_built_one_by_one(make_engine):
         assert pub.last(b.account_id) == dataclasses.replace(
             engine.get_margin(b.account_id), isolated=tuple(dataclasses.replace(i, liquidation_price_usd=None)
                                                             for i in engine.get_margin(b.account_id).isolated))
+
+
+def test_recheck_of_many_accounts_equals_each_margined_alone_and_reliefs_equal_what_ifs(make_engine):
+    engine, _pub, _clock = make_engine()
+    books = [book("multi", [(BTC, 1.0, 60000.0, 0, 0.0), (ETH, -4.0, 3000.0, 0, 0.0), (CALL, 2.0, 500.0, 0, 0.0)],
+                  {"USDC": 20000.0}),
+             book("one", [(BTC, -2.0, 60000.0, 0, 0.0)], {"USDC": 15000.0}),
+             book("iso", [(BTC, 1.0, 60000.0, 1, 7000.0), (ETH, 2.0, 3000.0, 0, 0.0)], {"USDC": 5000.0})]
+    engine.apply_snapshots(books)
+    engine.apply_risk_params(risk_version())
+    engine.apply_marks([mark(BTC, 57000.0, T0 + 500), mark(ETH, 2900.0, T0 + 500)])   # not yet evaluated
+    rechecked, unknown = engine.recheck(["multi", "nobody", "one", "iso"], True)
+    assert unknown == ["nobody"] and [r.margin.account_id for r in rechecked] == ["multi", "one", "iso"]
+    for r in rechecked:
+        alone = engine.explain(r.margin.account_id).margin      # a fresh computation at the marks now
+        for field in ("equity_usd", "im_usd", "mm_usd", "cross_equity_usd", "cross_im_usd", "cross_mm_usd"):
+            assert getattr(r.margin, field) == pytest.approx(getattr(alone, field), rel=1e-12, abs=1e-9), field
+        assert (r.margin.state, r.margin.revision) == (alone.state, alone.revision)
+        for j in range(r.book.n):
+            k, size, isolated = int(r.book.instrument[j]), float(r.book.size[j]), bool(r.book.isolated[j])
+            if isolated:
+                assert r.relief_usd[j] is None
+                continue
+            before, after = engine.what_if(r.margin.account_id, [TradeDelta(k, -size)])
+            assert r.relief_usd[j] == pytest.approx(max(before.im_usd - after.im_usd, 0.0), rel=1e-9, abs=1e-6)
+    assert engine.recheck(["one"], False)[0][0].relief_usd == (None,)

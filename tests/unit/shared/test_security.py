@@ -252,8 +252,9 @@ def test_open_streams_are_bounded_per_caller():
     assert limits.open_stream("a")
 
 
-def test_the_margin_service_rate_limits_what_if_and_explain_only():
+def test_the_margin_service_rate_limits_what_if_explain_and_recheck_only():
     from marginflow.margin.adapters.grpc_api import MarginServicer
 
     limited = {m for m, r in MarginServicer.AUTH_POLICY.items() if r.rate_limited}
-    assert limited == {"WhatIf", "Explain"}
+    assert limited == {"WhatIf", "Explain", "Recheck"}
+    assert MarginServicer.AUTH_POLICY["Recheck"].account_field == "account_ids"   # a trader: own account only

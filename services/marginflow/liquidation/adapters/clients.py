@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 import grpc
 
 from marginflow.api.account.v1 import account_pb2, account_pb2_grpc
 from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
-from marginflow.liquidation.adapters.codec import dec, margin_view
-from marginflow.liquidation.application import MarginView, OpenPosition
+from marginflow.liquidation.adapters.codec import dec, margin_view, recheck_reliefs
+from marginflow.liquidation.application import MarginView, OpenPosition, Rechecked, recheck_alone
 
 PAGE_SIZE = 1000
+# Accounts per Recheck call (the margin service accepts up to 1,000).
+RECHECK_BATCH = 100
 
 
 class MarginClient:
@@ -28,6 +30,22 @@ class MarginClient:
 
     def explain(self, account_id: str) -> MarginView:
         return margin_view(self._stub.Explain(margin_pb2.ExplainRequest(account_id=account_id), timeout=self._timeout))
+
+    def recheck(self, account_ids: Sequence[str]) -> dict[str, Rechecked]:
+        """Every account margined afresh with its cross positions' reliefs, ``RECHECK_BATCH`` per call; an
+        account this margin instance does not hold is read with Explain and WhatIf (which forward to its owner)."""
+        out: dict[str, Rechecked] = {}
+        unknown: list[str] = []
+        for lo in range(0, len(account_ids), RECHECK_BATCH):
+            resp = self._stub.Recheck(margin_pb2.RecheckRequest(account_ids=account_ids[lo:lo + RECHECK_BATCH],
+                                                                reliefs=True), timeout=self._timeout)
+            for item in resp.accounts:
+                view = margin_view(item)
+                out[view.account_id] = Rechecked(view, recheck_reliefs(item, view))
+            unknown += resp.unknown_account_ids
+        for account_id in unknown:
+            out[account_id] = recheck_alone(self, account_id)
+        return out
 
     def im_after(self, account_id: str, trades) -> Decimal:
         req = margin_pb2.WhatIfRequest(account_id=account_id)

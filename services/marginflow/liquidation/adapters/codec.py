@@ -69,6 +69,13 @@ def state_from_proto(msg: margin_pb2.MarginState) -> StateSeen:
                      bool(msg.marks_fresh), int(msg.meta.event_time_ms), below)
 
 
+def equity_from_proto(msg: margin_pb2.MarginState) -> tuple[str, Decimal]:
+    """(account, equity) of a margin.state record: all ADL needs of an account not tracked here."""
+    if not msg.account_id:
+        raise Rejected("missing_field", "account_id is missing")
+    return msg.account_id, dec(msg.equity_usd.value, "equity_usd")
+
+
 # marketdata publishes each underlying's index on md.marks as instrument "index:<underlying>": not an
 # instrument of the universe, skipped by the consumer rather than dead-lettered.
 INDEX_MARK_PREFIX = "index:"
@@ -94,7 +101,8 @@ def fill_from_proto(msg: account_pb2.Fill, topic: str, partition: int, offset: i
                     int(msg.meta.event_time_ms))
 
 
-def margin_view(msg: margin_pb2.ExplainResponse) -> MarginView:
+def margin_view(msg: margin_pb2.ExplainResponse | margin_pb2.AccountRecheck) -> MarginView:
+    """The margin and positions of an Explain answer, or of one account of a Recheck answer."""
     m = msg.margin
     positions = tuple(PositionView(p.instrument, dec(p.size.value, "size"), bool(p.isolated)) for p in msg.positions)
     cross = None
@@ -108,6 +116,14 @@ def margin_view(msg: margin_pb2.ExplainResponse) -> MarginView:
                       dec(m.mm_usd.value, "mm_usd"), bool(m.marks_fresh), int(m.risk_params_version),
                       int(m.account_revision), int(m.meta.event_time_ms), positions,
                       *(cross if cross is not None else (None, None, None)), isolated)
+
+
+def recheck_reliefs(msg: margin_pb2.AccountRecheck, view: MarginView) -> tuple[Decimal, ...]:
+    """The IM relief of each cross position (non-zero size) of a Recheck answer, in the view's order."""
+    if not msg.margin.account_id:
+        raise Rejected("missing_field", "recheck answer without an account")
+    return tuple(dec(p.im_relief_usd.value, f"im_relief_usd of {p.instrument}") for p in msg.positions
+                 if not p.isolated and dec(p.size.value, "size") != 0)
 
 
 # ---- outputs

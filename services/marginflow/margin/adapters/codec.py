@@ -381,3 +381,23 @@ def published_from_proto(msg: pb.MarginState) -> tuple[str, int, float, float, i
     if not (math.isfinite(equity) and math.isfinite(im)):
         raise Rejected("non_finite", f"margin state of {msg.account_id!r} has a non-finite amount")
     return msg.account_id, int(msg.state), equity, im, int(msg.meta.publish_time_ms), int(msg.episode)
+
+
+def recheck_response(rechecked, unknown: Sequence[str], symbols: Sequence[str], publish_ms: int) -> pb.RecheckResponse:
+    """:class:`~marginflow.margin.application.queries.Rechecked` accounts as a RecheckResponse (margins
+    encoded as one batch; reliefs rounded down to the cent: a relief counts toward health)."""
+    out = pb.RecheckResponse(unknown_account_ids=list(unknown))
+    states = margin_states([r.margin for r in rechecked], publish_ms=publish_ms)
+    for r, state in zip(rechecked, states):
+        item = out.accounts.add()
+        item.margin.CopyFrom(state)
+        book = r.book
+        for j, (k, size, iso) in enumerate(zip(book.instrument.tolist(), book.size.tolist(),
+                                               book.isolated.tolist())):
+            pos = item.positions.add(instrument=symbols[k], isolated=bool(iso))
+            pos.size.value = repr(size)
+            relief = r.relief_usd[j]
+            if relief is not None:
+                pos.im_relief_usd.value = _down(relief)
+    return out
+

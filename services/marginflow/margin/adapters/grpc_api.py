@@ -24,6 +24,7 @@ _FORWARDED_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MarginService"].full_name
 MAX_TRADES = 100
 MAX_STREAM_ACCOUNTS = 10_000
+MAX_RECHECK_ACCOUNTS = 1_000
 STREAM_QUEUE = 10_000
 
 
@@ -34,7 +35,8 @@ def state_fanout() -> Fanout[pb.MarginState]:
 
 class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
     AUTH_POLICY = {"GetMargin": security.account_read(), "WhatIf": security.costly_read(),
-                   "Explain": security.costly_read(), "StreamMargin": security.account_read("account_ids")}
+                   "Explain": security.costly_read(), "Recheck": security.costly_read("account_ids"),
+                   "StreamMargin": security.account_read("account_ids")}
 
     def __init__(self, engine: MarginEngine, fanout: Fanout[pb.MarginState], what_if_metric=None,
                  clock_ms=lambda: int(time.time() * 1000), forwarder: Forwarder | None = None) -> None:
@@ -167,6 +169,21 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         except (UnknownAccount, NotReady) as exc:
             return self._fail(exc, context, account, "Explain", request)
         return codec.explain_response(explanation, self._clock_ms())
+
+    def Recheck(self, request: pb.RecheckRequest, context: grpc.ServicerContext) -> pb.RecheckResponse:
+        ids = list(request.account_ids)
+        if not ids or len(ids) > MAX_RECHECK_ACCOUNTS:
+            invalid_argument(context, f"account_ids must hold 1..{MAX_RECHECK_ACCOUNTS} ids, got {len(ids)}")
+        for i, account in enumerate(ids):
+            if not account or len(account) > 128:
+                invalid_argument(context, f"account_ids[{i}] must be 1..128 characters")
+        if len(set(ids)) != len(ids):
+            invalid_argument(context, "account_ids must be distinct")
+        try:
+            rechecked, unknown = self._engine.recheck(ids, request.reliefs)
+        except NotReady as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"margin is not ready: {exc}")
+        return codec.recheck_response(rechecked, unknown, self._engine.instruments.symbols, self._clock_ms())
 
     def StreamMargin(self, request: pb.StreamMarginRequest, context: grpc.ServicerContext):
         if len(request.account_ids) > MAX_STREAM_ACCOUNTS:

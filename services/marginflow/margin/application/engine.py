@@ -83,6 +83,11 @@ class MarginEngine:
     def evaluate(self, force: bool = False) -> int:
         return self.evaluation.evaluate(force)
 
+    @property
+    def publishing(self) -> bool:
+        """A republication's backlog is still going out (a slice each turn)."""
+        return self.evaluation.publishing
+
     def full_recalculation(self) -> None:
         self.evaluation.full_recalculation()
 
@@ -99,6 +104,9 @@ class MarginEngine:
 
     def explain(self, account_id: str) -> Explanation:
         return self.queries.explain(account_id)
+
+    def recheck(self, account_ids: Sequence[str], reliefs: bool = True):
+        return self.queries.recheck(account_ids, reliefs)
 
     def market_view(self) -> MarketView:
         model = self.evaluation.model

@@ -29,6 +29,27 @@ from marginflow.shared.errors import Rejected
 
 # Positions per slice of the vectorised evaluation (~0.5 ms of numpy each on the dev VM, ~10 % overhead).
 EVALUATE_CHUNK_POSITIONS = 8_192
+# Accounts per slice of a republication without state changes (~15 ms of building, encoding and sending on
+# the quiet dev VM): queries (the liquidation's re-check) and the next evaluation wait at most about one slice.
+PUBLISH_SLICE_ACCOUNTS = 500
+# Accounts per slice of the state changes and their calls (~0.3 ms each with the causes): the first calls of a
+# move that puts a thousand accounts in liquidation go out after a slice, not after all of them.
+TRANSITION_SLICE_ACCOUNTS = 250
+# Most time one turn of the loop spends on a republication's backlog before it reads marks again.
+PUBLISH_TURN_SECONDS = 0.1
+
+
+@dataclasses.dataclass(eq=False)
+class _Backlog:
+    """Rows of an evaluation whose results are still to be published (``rows``: what is left), with it."""
+
+    rows: np.ndarray
+    books: list
+    val: object
+    flat: object
+    model: Model
+    at: object
+    parts: tuple
 
 
 class Evaluation:
@@ -53,6 +74,7 @@ class Evaluation:
         self.marks_dirty = False
         self.last_eval_ms = 0
         self.last_counts: dict[int, int] = {}
+        self.backlog: _Backlog | None = None
 
     # ---- model
     def apply_risk_params(self, version: RiskVersion) -> bool:
@@ -174,7 +196,9 @@ class Evaluation:
         due = now - self.last_eval_ms >= cfg.evaluate_interval_ms
         heartbeat = now - self.last_eval_ms >= 1000
         if due and (self.marks_dirty or self.accounts.flat_dirty or heartbeat):
-            self.evaluate()
+            self.evaluate()   # before the backlog: a move's transitions go out first
+        if self.backlog is not None:
+            self.drain(budget_s=PUBLISH_TURN_SECONDS)
 
     def evaluate(self, force: bool = False) -> int:
         """Equity of every account at current marks (vectorised), states, publication. Returns states published.
@@ -200,29 +224,90 @@ class Evaluation:
                                   n_threads=self.config.n_threads)
             parts = (acc.grid[:n].copy(), acc.es[:n].copy(), acc.minimum[:n].copy(), acc.liquidity[:n].copy())
             self.queries.publish_evaluation(Evaluated(model, books, f, val, parts, at))
-            outputs: list[AccountMargin] = []
-            calls: list[MarginCallEvent] = []
             now = self._wall_ms()
             live = acc.computed[:n]   # False for removed rows
-            event_ms = at.event_ms
             published = self.publication.next_states(val, 0, n, now)
             changed = live & self.publication.changed(published, val, n, now)
             rows = np.flatnonzero(changed)
-            marks = at.view.mark
             states = published[rows]
-            # episodes first (they read the previous published state, which record() then replaces)
-            episodes = [self.publication.episode(row, state) for row, state in zip(rows.tolist(), states.tolist())]
-            margins = account_margins(self.instruments, self.config.mm_factor, books, val, rows, f, model, event_ms,
-                                      parts, states, [e for e, _repeat in episodes])
-            collateral = val.collateral[rows].tolist()
-            record, snapshot = self.publication.record, self._snapshot
-            for row, margin, (_episode, repeat), coll in zip(rows.tolist(), margins, episodes, collateral):
-                record(row, margin, repeat, now, outputs, calls,
-                       lambda b=books[row], c=coll, m=margin: snapshot(b, marks, c, m))
-            self.publication.emit(outputs, calls)
+            # The transitions first: the rows whose published state changes (every margin call among them)
+            # are built and published, acknowledged, before the bulk of the republication (after a mark move,
+            # every account's numbers moved: 100k states to build and send); those then go out in slices,
+            # stepping aside for queries between them.
+            moved = states != self.publication.state[rows]
+            moved_rows, moved_states = rows[moved], states[moved]
+            published_n = 0
+            for lo in range(0, moved_rows.shape[0], TRANSITION_SLICE_ACCOUNTS):   # the first calls out early
+                hi = lo + TRANSITION_SLICE_ACCOUNTS
+                published_n += self._publish_rows(moved_rows[lo:hi], moved_states[lo:hi], books, val, f, model, at,
+                                                  parts, now)
+            # The rest: what still differs from the published now (a backlog left by the last evaluation
+            # included) — published here when small or forced (a new version, the first publication), else
+            # by the next turns (:meth:`drain`), so that the loop keeps reading marks and evaluating
+            # meanwhile and the next transitions never wait behind a republication.
+            rest = rows[~moved]
+            self.backlog = _Backlog(rest, books, val, f, model, at, parts) if rest.shape[0] else None
+            if force or rest.shape[0] <= PUBLISH_SLICE_ACCOUNTS:
+                published_n += self.drain()
             counts = np.bincount(published[live], minlength=5)
             self.last_counts = {s: int(counts[s]) for s in range(1, 5)}
             self.metrics.accounts_by_state(self.last_counts)
             self.metrics.marks(self.market.oldest_mark_age_seconds(), self.market.newest_event_ms)
             self.metrics.risk_params(model.version.version, max(0.0, (now - model.version.publish_time_ms) / 1e3))
-            return len(outputs)
+            return published_n
+
+    def drain(self, max_rows: int | None = None, budget_s: float | None = None) -> int:
+        """Publish the backlog of the last evaluation in slices (stepping aside for queries between them):
+        at most ``max_rows`` rows (None: all of it), and no new slice after ``budget_s`` seconds. A row whose
+        book was replaced since (its own recomputation published it) or that was removed is skipped; the
+        others go out in their state as published now. Returns the states published."""
+        with self._lock:
+            b = self.backlog
+            if b is None:
+                return 0
+            started = time.perf_counter()
+            done = published = 0
+            total = b.rows.shape[0] if max_rows is None else min(max_rows, b.rows.shape[0])
+            while done < total:
+                if done:
+                    if budget_s is not None and time.perf_counter() - started >= budget_s:
+                        break
+                    self.queries.readers.yield_to_queries()
+                rows = b.rows[done:min(done + PUBLISH_SLICE_ACCOUNTS, total)]
+                done += rows.shape[0]
+                current = self.accounts.rows
+                keep = [r for r in rows.tolist() if r < len(current) and current[r] is b.books[r]
+                        and self.accounts.computed[r]]
+                if keep:
+                    rows = np.asarray(keep, dtype=np.int64)
+                    published += self._publish_rows(rows, self.publication.state[rows], b.books, b.val, b.flat,
+                                                    b.model, b.at, b.parts, self._wall_ms())
+            b.rows = b.rows[done:]
+            if not b.rows.shape[0]:
+                self.backlog = None
+            return published
+
+    @property
+    def publishing(self) -> bool:
+        """A republication is still going out (:meth:`drain` on the next turns)."""
+        return self.backlog is not None
+
+    def _publish_rows(self, rows: np.ndarray, states: np.ndarray, books, val, f, model: Model, at, parts,
+                      now: int) -> int:
+        """The results of ``rows`` (in their published ``states``) recorded and published, with their calls."""
+        if rows.shape[0] == 0:
+            return 0
+        outputs: list[AccountMargin] = []
+        calls: list[MarginCallEvent] = []
+        marks = at.view.mark
+        # episodes first (they read the previous published state, which record() then replaces)
+        episodes = [self.publication.episode(row, state) for row, state in zip(rows.tolist(), states.tolist())]
+        margins = account_margins(self.instruments, self.config.mm_factor, books, val, rows, f, model, at.event_ms,
+                                  parts, states, [e for e, _repeat in episodes])
+        collateral = val.collateral[rows].tolist()
+        record, snapshot = self.publication.record, self._snapshot
+        for row, margin, (_episode, repeat), coll in zip(rows.tolist(), margins, episodes, collateral):
+            record(row, margin, repeat, now, outputs, calls,
+                   lambda b=books[row], c=coll, m=margin: snapshot(b, marks, c, m))
+        self.publication.emit(outputs, calls)
+        return len(outputs)

@@ -89,6 +89,16 @@ class Evaluated:
     answers: dict = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Rechecked:
+    """One account of :meth:`Queries.recheck`: its margin as reported, the book it was margined with, and the
+    IM relief (USD) of closing each of its positions alone (None: isolated, flat, or not asked)."""
+
+    margin: AccountMargin
+    book: AccountBook
+    relief_usd: tuple[float | None, ...]
+
+
 @dataclasses.dataclass(eq=False)
 class Incremental:
     """An account recomputed alone after its own inputs changed (since the last evaluation)."""
@@ -280,6 +290,71 @@ class Queries:
                 after_book = dataclasses.replace(after_book, balances=balances)
             after = self.single(after_book, model, at)
             return self.reported(before), self.margin_of(after, model, liquidation_prices=True)
+
+    def recheck(self, account_ids: Sequence[str], reliefs: bool) -> tuple[list[Rechecked], list[str]]:
+        """Many accounts margined afresh at the market now, in one pass of the core (each as :meth:`explain`
+        margins it alone: the same computation, the accounts side by side in CSR form), and, when asked,
+        the IM relief of closing each cross position (``None`` for isolated ones): the cross IM with that
+        position's size set to zero (a zero-size position adds nothing to any loss, minimum or add-on), the
+        only cross position's being the whole cross IM. Accounts not held here are returned apart."""
+        with self.readers:
+            model = self._model()
+            if model is None:
+                raise NotReady("no risk parameters yet")
+            if not self._ready():
+                raise NotReady("margin state is still being rebuilt")
+            books, unknown = [], []
+            for account_id in account_ids:
+                book = self.accounts.book(account_id)
+                (unknown.append(account_id) if book is None else books.append(book))
+            if not books:
+                return [], unknown
+            at = self.market_at()
+            flat = FlatBook.build(books)
+            core = model.core.compute(flat.indptr, flat.instrument, flat.size, flat.isolated, n_threads=1)
+            cross_im = np.asarray(core["cross_im"], dtype=np.float64)
+            val = valuate(flat.owner, flat.instrument, flat.size, flat.entry, flat.isolated, flat.isolated_collateral,
+                          np.asarray(core["isolated_im"], dtype=np.float64), np.stack([b.balances for b in books]),
+                          cross_im, self.config.mm_factor, at.view, indptr=flat.indptr, core=self._core)
+            relief = self._reliefs(model, flat, cross_im) if reliefs else None
+            out = []
+            for i, book in enumerate(books):
+                parts = tuple(float(core[k][i]) for k in ("grid", "es", "minimum", "liquidity"))
+                margin = account_margin(self.instruments, self.config.mm_factor, book, val, i, flat, model,
+                                        at.event_ms, parts)  # type: ignore[arg-type]
+                lo, hi = int(flat.indptr[i]), int(flat.indptr[i + 1])
+                out.append(Rechecked(self.reported(margin), book,
+                                     tuple(relief[lo:hi]) if relief is not None else (None,) * (hi - lo)))
+            return out, unknown
+
+    def _reliefs(self, model: Model, flat: FlatBook, cross_im: np.ndarray) -> list[float | None]:
+        """Per position of ``flat``: the cross IM relief of closing it alone (None for isolated or flat ones)."""
+        cross = (flat.isolated == 0) & (flat.size != 0.0)
+        out: list[float | None] = [None] * flat.size.shape[0]
+        counts = np.bincount(flat.owner[cross], minlength=flat.n_accounts)
+        # each position of an account with several cross positions: a copy of that account without it
+        variants = []
+        for i in np.flatnonzero(counts > 1).tolist():
+            lo, hi = int(flat.indptr[i]), int(flat.indptr[i + 1])
+            for j in range(lo, hi):
+                if cross[j]:
+                    variants.append((i, j, lo, hi))
+        for i in np.flatnonzero(counts == 1).tolist():
+            lo, hi = int(flat.indptr[i]), int(flat.indptr[i + 1])
+            j = lo + int(np.flatnonzero(cross[lo:hi])[0])
+            out[j] = float(cross_im[i])
+        if variants:
+            lengths = np.array([hi - lo for _i, _j, lo, hi in variants], dtype=np.int64)
+            indptr = np.zeros(len(variants) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=indptr[1:])
+            take = np.concatenate([np.arange(lo, hi) for _i, _j, lo, hi in variants])
+            size = flat.size[take].copy()
+            size[indptr[:-1] + np.array([j - lo for _i, j, lo, _hi in variants])] = 0.0
+            after = model.core.compute(indptr, flat.instrument[take], size, flat.isolated[take], n_threads=1)
+            after_im = np.asarray(after["cross_im"], dtype=np.float64)
+            for k, (i, j, _lo, _hi) in enumerate(variants):
+                out[j] = max(float(cross_im[i] - after_im[k]), 0.0)
+        return out
 
     def explain(self, account_id: str) -> Explanation:
         with self.readers:
