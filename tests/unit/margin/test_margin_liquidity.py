@@ -106,3 +106,37 @@ def test_a_mark_with_a_bad_curve_is_rejected_with_its_reason(table, bid, code):
     with pytest.raises(Rejected) as err:
         mark_from_proto(m, table, sym)
     assert err.value.code == code
+
+
+def test_a_stressed_simulated_book_raises_the_add_on_from_marketdata_to_margin():
+    # The simulator's books → marketdata's marks (curve on the wire) → margin's decode → the add-on of the
+    # same BTC-PERP position: in stress the book is thinner (×0.3) and wider (×3), the add-on higher.
+    from marginflow.marketdata.adapters.kafka_io import mark_to_proto
+    from marginflow.marketdata.domain.marks import MarkConfig, MarkEngine
+    from marginflow.marketdata.domain.simulator import MarketSimulator, SimConfig
+    from marginflow.marketdata.domain.ticks import AcceptedTick
+    from marginflow.margin.service import instrument_table
+    from marginflow.shared.universe import load_universe
+
+    universe = load_universe(None, T0)
+    table = instrument_table(universe)
+    k = table.index["BTC-PERP"]
+    cfg = SimConfig(seed=4, p_calm_to_stress_per_day=0.0, p_stress_to_calm_per_day=0.0)
+    addons = {}
+    for stressed in (False, True):
+        sim = MarketSimulator(universe, cfg, T0)
+        sim.stress = stressed
+        marks = MarkEngine(universe, MarkConfig(interval_ms=0))
+        ticks = sim.next_block(3)
+        out = marks.update([AcceptedTick(t, i + 1) for i, t in enumerate(ticks)])
+        (mark,) = [m for m in out if m.instrument == "BTC-PERP"][-1:]
+        update = mark_from_proto(mark_to_proto(mark, T0, "marketdata"), table, "BTC-PERP")
+        assert update.depth_curve is not None and update.depth_curve == mark.depth_curve
+        market = MarketState(table, {"BTC": mark.index_price}, {"BTC": 0.5}, 100.0, T0)
+        market.apply([update])
+        depth = DepthTable(market.depth_curve, market.half_spread, market.mark_price * table.contract_size)
+        size = 0.5 * update.depth_curve.bid_contracts[-1]         # half of what the calm book holds in 500 bp
+        if stressed:
+            size = addons[False][1]
+        addons[stressed] = (float(depth.positions(np.array([k]), np.array([size])).addon[0]), size)
+    assert addons[True][0] > 2.0 * addons[False][0] > 0.0
