@@ -100,7 +100,7 @@ class ChargedModel:
                 extra_iso += np.where(iso, ph.concentration, 0.0)
                 out["concentration"] = conc
             if self.depth is not None:
-                addon = self.depth.positions(instrument, size).addon
+                addon = self.depth.addon(instrument, size)
                 liq = np.bincount(owner[~iso], weights=addon[~iso], minlength=n)
                 extra_cross += liq
                 extra_iso += np.where(iso, addon, 0.0)
