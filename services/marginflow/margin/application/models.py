@@ -241,7 +241,7 @@ def build_model(instruments: InstrumentTable, market: MarketState, config: Engin
     rates = np.tile(np.asarray(cfg.bracket_rates, dtype=np.float64), (U, 1))
     mark_value = np.maximum(market.mark_price, 0.0) * t.contract_size
     half_spread = np.maximum(market.half_spread, 0.0)
-    depth = DepthTable(list(market.depth_curve), half_spread, mark_value, cfg.liquidity)
+    depth = DepthTable(list(market.depth_curve), half_spread, mark_value, cfg.liquidity, core.depth_distance)
     # an instrument with a depth curve pays the add-on through the book instead of the core's
     core_model = core.MarginModel(
         risk, t.underlying, scen.n_grid, scen.tail_weights, scen.es_level, forward * t.contract_size,
