@@ -13,7 +13,9 @@ book depth index read it. One definition of a valid curve for all of them::
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -24,6 +26,7 @@ from marginflow.shared.errors import Rejected
 # liquidation that walks a book a few % deep is an extreme one; 500 bps = 5 %.
 DEFAULT_BUCKETS_BPS: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0)
 MAX_BUCKETS = 64
+_EDGE_BPS = 1e-9           # a level this close beyond a distance still counts in it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,24 +94,22 @@ def curve_from_levels(mid: float, bids: Sequence[tuple[float, float]], asks: Seq
                       buckets_bps: Sequence[float]) -> DepthCurve | None:
     """The curve of a book ((price, size) levels, any order) around ``mid``; None without a mid or levels.
 
-    A level exactly at a distance counts in it; a level on the wrong side of the mid (a bid above it,
-    an ask below it: a book that moved between the levels' snapshot and the mid) counts from the first
-    distance on."""
+    A level exactly at a distance counts in it (to 10⁻⁹ bps, so a level placed at a bucket edge by float
+    arithmetic, ``mid·(1 − 25/10⁴)``, counts in that bucket); a level on the wrong side of the mid (a bid
+    above it, an ask below it: a book that moved between the levels' snapshot and the mid) counts from the
+    first distance on."""
     if not (mid > 0 and math.isfinite(mid)) or not (bids or asks):
         return None
     buckets = tuple(buckets_bps)
+    edges = [b + _EDGE_BPS for b in buckets]
     scale = 1e4 / mid
 
     def side(levels: Sequence[tuple[float, float]], sign: float) -> tuple[float, ...]:
-        # distance of each level in bps, rounded to 1e-9 bps so a level placed at a bucket edge by
-        # float arithmetic (mid·(1 − 25/10⁴)) counts in that bucket
-        dist = sorted((round(max(sign * (price - mid) * scale, 0.0), 9), size) for price, size in levels)
-        out, cum, j = [], 0.0, 0
-        for b in buckets:
-            while j < len(dist) and dist[j][0] <= b:
-                cum += dist[j][1]
-                j += 1
-            out.append(cum)
-        return tuple(out)
+        if not levels:
+            return (0.0,) * len(buckets)
+        pts = sorted((sign * (price - mid) * scale, size) for price, size in levels)
+        dist = [d for d, _ in pts]
+        cum = list(itertools.accumulate(q for _, q in pts))
+        return tuple(cum[j - 1] if j else 0.0 for j in (bisect.bisect_right(dist, e) for e in edges))
 
     return DepthCurve(buckets, side(bids, -1.0), side(asks, 1.0))
