@@ -208,14 +208,17 @@ def margin_explain(account: str = typer.Argument(..., help="account id"), as_jso
         ("risk_params_version", m.risk_params_version)])
     positions = out.table("per position", ["instrument", "underlying", "size", "isolated", "loss_in_worst_grid_usd",
                                            "es_contribution_usd", "minimum_usd", "liquidity_usd",
-                                           "liquidation_price_usd"],
+                                           "book distance", "liquidation_price_usd"],
                           [(p.instrument, p.underlying, p.size.value, "yes" if p.isolated else "",
                             p.loss_in_worst_grid_usd.value, p.es_contribution_usd.value, p.minimum_usd.value,
                             p.liquidity_usd.value,
+                            (f"{p.liquidity_distance_bps:.1f} bp" + ("" if p.depth_covered_share >= 1 else
+                                                                     f" ({p.depth_covered_share:.0%} in book)"))
+                            if p.depth_curve_used else "—",
                             (f"{p.liquidation_price_usd.value} ({p.liquidation_price_basis})"
                              if p.liquidation_price_usd.value else "none")) for p in reply.positions],
                           right=["size", "loss_in_worst_grid_usd", "es_contribution_usd", "minimum_usd",
-                                 "liquidity_usd", "liquidation_price_usd"])
+                                 "liquidity_usd", "book distance", "liquidation_price_usd"])
     underlyings = out.table("per underlying", ["underlying", "grid_margin_usd", "worst price shock",
                                                "worst vol shock", "es_contribution_usd"],
                             [(u.underlying, u.grid_margin_usd.value, f"{u.worst_price_shock:+.2%}",
@@ -321,6 +324,51 @@ def params(underlying: Optional[str] = typer.Argument(None, help="underlying (de
                             "buffer", "stress", "returns", "σ_m last changed"], rows,
                     right=["index", "σ fast", "σ slow", "σ GARCH", "σ implied", "σ floor", "σ_m", "buffer",
                            "returns"]))
+
+
+@app.command("signals")
+def signals(underlying: Optional[str] = typer.Argument(None, help="underlying (default: all)"),
+            history: int = typer.Option(5, "--history", min=1, max=1000, help="σ_m changes shown per underlying"),
+            as_json: bool = JsonOption) -> None:
+    """Forward-looking inputs of riskparams: ATM vol and 25-delta skew per tenor and expiry, realised /
+    implied vol, the book depth index, σ_m's recent changes."""
+    pb = _pb("risk.v1.risk_pb2")
+    wanted = [underlying.strip().upper()] if underlying else []
+    with _state().client("riskparams") as client:
+        reply = client.call("GetSignals", pb.GetSignalsRequest(underlyings=wanted, history_limit=history))
+    if as_json:
+        return out.print_json(out.plain(reply))
+
+    def vol(x: float) -> str:
+        return out.pct(x) if x else "—"
+
+    us = list(reply.underlyings)
+    overview = out.table(
+        "signals", ["underlying", "as of", "index", "σ realised", "σ implied", "realised / implied", "σ_m",
+                    "depth (thinner side)", "depth index", "depth as of"],
+        [(u.underlying, out.ms_time(u.as_of_ms), f"{u.index_price:,.2f}", out.pct(u.sigma_realised),
+          vol(u.sigma_implied), f"{u.realised_implied_ratio:.2f}" if u.realised_implied_ratio else "—",
+          out.pct(u.sigma_margin),
+          f"{u.depth_usd:,.0f} USD within {u.depth_reference_bps:g} bp of {u.depth_instrument}" if u.depth_time_ms
+          else "no depth curve yet", f"{u.depth_index:.2f}" if u.depth_time_ms else "—",
+          out.ms_time(u.depth_time_ms) if u.depth_time_ms else "—") for u in us],
+        right=["index", "σ realised", "σ implied", "realised / implied", "σ_m", "depth index"])
+    tenors = out.table("smile per tenor (total variance across expiries)",
+                       ["underlying", "tenor", "ATM", "25Δ put", "25Δ call", "skew (put − call)"],
+                       [(u.underlying, f"{t.tenor_days:g} d", vol(t.atm_vol), vol(t.put_25d_vol), vol(t.call_25d_vol),
+                         f"{t.skew_25d * 100:+.2f} pts" if t.atm_vol else "—") for u in us for t in u.tenors],
+                       right=["ATM", "25Δ put", "25Δ call", "skew (put − call)"])
+    expiries = out.table("smile per listed expiry",
+                         ["underlying", "expiry", "days", "ATM", "25Δ put strike", "25Δ put", "25Δ call strike",
+                          "25Δ call", "skew"],
+                         [(u.underlying, out.ms_time(e.expiry_ms), f"{e.days:.1f}", vol(e.atm_vol),
+                           f"{e.put_25d_strike_usd:,.0f}", vol(e.put_25d_vol), f"{e.call_25d_strike_usd:,.0f}",
+                           vol(e.call_25d_vol), f"{e.skew_25d * 100:+.2f} pts") for u in us for e in u.expiries],
+                         right=["days", "ATM", "25Δ put strike", "25Δ put", "25Δ call strike", "25Δ call", "skew"])
+    changes = out.table("σ_m recent changes (newest first)", ["underlying", "event time", "σ_m", "cause", "version"],
+                        [(u.underlying, out.ms_time(c.event_time_ms), f"{c.sigma_before:.2%} → {c.sigma_after:.2%}",
+                          c.cause, c.version) for u in us for c in u.sigma_history], right=["version"])
+    _show(overview, tenors, *([expiries] if any(u.expiries for u in us) else []), changes)
 
 
 @app.command("marks")

@@ -20,7 +20,7 @@ from types import ModuleType
 
 from . import reference
 
-__all__ = ["black76_price", "risk_arrays", "MarginModel", "valuate", "IMPLEMENTATION", "ccore", "reference",
+__all__ = ["black76_price", "risk_arrays", "MarginModel", "valuate", "depth_distance", "IMPLEMENTATION", "ccore", "reference",
            "KIND_PERP", "KIND_FUTURE", "KIND_CALL", "KIND_PUT"]
 
 ccore: ModuleType | None
@@ -52,5 +52,6 @@ black76_price = _impl.black76_price
 risk_arrays = _impl.risk_arrays
 MarginModel = _impl.MarginModel
 valuate = _impl.valuate
+depth_distance = _impl.depth_distance
 # Instrument kinds as the chosen implementation numbers them (both agree: tests/unit/core).
 KIND_PERP, KIND_FUTURE, KIND_CALL, KIND_PUT = _impl.KIND_PERP, _impl.KIND_FUTURE, _impl.KIND_CALL, _impl.KIND_PUT

@@ -333,6 +333,94 @@ done:
     return (PyObject *)out;
 }
 
+/* ------------------------------------------------------------------ depth curve distance */
+
+/* Distance (bps) at which a position's size is covered by its side of the book's depth curve, per
+ * position, as the reference's depth_distance: row r = 2k + (q < 0) of the tables holds W points
+ * (W a power of two) of sizes normalised by the last one (share, non-decreasing in [0, 1]) and their
+ * distances; s = |q| / last[r] (inf for an empty side); the segment j with share[j−1] < min(s, 1) <=
+ * share[j] by a branchless binary search, D linear in it; beyond the curve (s > 1)
+ * D = last_bps[r] (1 + penalty (1 − 1/s)); the result max(floor[k], D). */
+static PyObject *py_depth_distance(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"instrument", "size", "points_share", "points_bps", "last_contracts", "last_bps",
+                             "floor_bps", "uncovered_penalty", NULL};
+    PyObject *o[8];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOO:depth_distance", kwlist, &o[0], &o[1], &o[2], &o[3],
+                                     &o[4], &o[5], &o[6], &o[7]))
+        return NULL;
+    static const char *names[7] = {"instrument", "size", "points_share", "points_bps", "last_contracts",
+                                   "last_bps", "floor_bps"};
+    static const int types[7] = {NPY_INT32, NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64,
+                                 NPY_FLOAT64};
+    static const int dims[7] = {1, 1, 2, 2, 1, 1, 1};
+    PyArrayObject *a[7] = {NULL};
+    PyArrayObject *out = NULL;
+    double pen;
+    for (int i = 0; i < 7; i++)
+        if (!(a[i] = get_array(o[i], names[i], types[i], dims[i]))) goto fail;
+    if (get_real(o[7], "uncovered_penalty", &pen) < 0) goto fail;
+    npy_intp n = PyArray_DIM(a[0], 0), K = PyArray_DIM(a[6], 0), W = PyArray_DIM(a[2], 1);
+    npy_intp tbl[2] = {2 * K, W};
+    if (check_len(a[1], "size", n) < 0 || check_shape(a[2], "points_share", 2, tbl) < 0 ||
+        check_shape(a[3], "points_bps", 2, tbl) < 0 || check_len(a[4], "last_contracts", 2 * K) < 0 ||
+        check_len(a[5], "last_bps", 2 * K) < 0)
+        goto fail;
+    if (W < 2 || (W & (W - 1)) != 0) {
+        PyErr_Format(PyExc_ValueError, "points_share must have a power of two >= 2 of columns, got %zd", (Py_ssize_t)W);
+        goto fail;
+    }
+    if (!(isfinite(pen) && pen >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "uncovered_penalty must be finite and >= 0");
+        goto fail;
+    }
+    if (check_values(PyArray_DATA(a[6]), K, CHK_NONNEG, "floor_bps") < 0 ||
+        check_values(PyArray_DATA(a[4]), 2 * K, CHK_NONNEG, "last_contracts") < 0 ||
+        check_values(PyArray_DATA(a[5]), 2 * K, CHK_NONNEG, "last_bps") < 0)
+        goto fail;
+    {
+        const double *v[2] = {PyArray_DATA(a[2]), PyArray_DATA(a[3])};
+        for (int t = 0; t < 2; t++)
+            for (npy_intp i = 0; i < 2 * K * W; i++)
+                if (!(isfinite(v[t][i]) && v[t][i] >= 0.0)) {
+                    bad_value_2d(names[2 + t], i / W, i % W, "finite and >= 0");
+                    goto fail;
+                }
+    }
+    if (check_range_i32(PyArray_DATA(a[0]), n, K, "instrument") < 0 ||
+        check_values(PyArray_DATA(a[1]), n, CHK_FINITE, "size") < 0)
+        goto fail;
+    if (!(out = (PyArrayObject *)PyArray_EMPTY(1, &n, NPY_FLOAT64, 0))) goto fail;
+    {
+        const int32_t *kk = PyArray_DATA(a[0]);
+        const double *q = PyArray_DATA(a[1]), *px = PyArray_DATA(a[2]), *pd = PyArray_DATA(a[3]),
+                     *lastc = PyArray_DATA(a[4]), *lastb = PyArray_DATA(a[5]), *floor_ = PyArray_DATA(a[6]);
+        double *r = PyArray_DATA(out);
+        Py_BEGIN_ALLOW_THREADS
+        for (npy_intp i = 0; i < n; i++) {
+            npy_intp k = kk[i], row = 2 * k + (q[i] < 0.0);
+            double size = fabs(q[i]), last = lastc[row];
+            double share = last > 0.0 ? size / last : INFINITY;
+            double u = share < 1.0 ? share : 1.0;
+            const double *x = px + row * W, *d = pd + row * W;
+            npy_intp j = 0;
+            for (npy_intp step = W / 2; step; step >>= 1) j += step * (x[j + step - 1] < u);
+            j = j < 1 ? 1 : (j > W - 1 ? W - 1 : j);
+            double xl = x[j - 1], span = x[j] - xl;
+            double w = span > 0.0 ? (u - xl) / span : 1.0;
+            double dist = (d[j] - d[j - 1]) * w + d[j - 1];
+            if (share > 1.0) dist = lastb[row] * (1.0 + pen * (1.0 - 1.0 / share));
+            r[i] = MAXD(dist, floor_[k]);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    for (int i = 0; i < 7; i++) Py_XDECREF(a[i]);
+    return (PyObject *)out;
+fail:
+    for (int i = 0; i < 7; i++) Py_XDECREF(a[i]);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ risk arrays */
 
 typedef struct {
@@ -1884,6 +1972,9 @@ done:
 static PyMethodDef module_methods[] = {
     {"black76_price", (PyCFunction)(void (*)(void))py_black76_price, METH_VARARGS | METH_KEYWORDS,
      "black76_price(kind, forward, strike, expiry_years, implied_vol) -> float64[K]"},
+    {"depth_distance", (PyCFunction)(void (*)(void))py_depth_distance, METH_VARARGS | METH_KEYWORDS,
+     "depth_distance(instrument, size, points_share, points_bps, last_contracts, last_bps, floor_bps, "
+     "uncovered_penalty) -> float64[n], bps"},
     {"risk_arrays", (PyCFunction)(void (*)(void))py_risk_arrays, METH_VARARGS | METH_KEYWORDS,
      "risk_arrays(kind, underlying, forward, strike, expiry_years, implied_vol, multiplier, price_shock, "
      "vol_shock, *, horizon_years=0.0, vol_shock_relative=False, n_threads=2) -> float64[K, S]"},

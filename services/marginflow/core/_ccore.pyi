@@ -27,6 +27,12 @@ def risk_arrays(
     price_shock: Float64Array, vol_shock: Float64Array, *, horizon_years: float = 0.0,
     vol_shock_relative: bool = False, n_threads: int = 2,
 ) -> Float64Array: ...
+def depth_distance(
+    instrument: Int32Array, size: Float64Array, points_share: Float64Array, points_bps: Float64Array,
+    last_contracts: Float64Array, last_bps: Float64Array, floor_bps: Float64Array, uncovered_penalty: float,
+) -> Float64Array: ...
+
+
 def valuate(
     indptr: Int64Array, instrument: Int32Array, size: Float64Array, entry: Float64Array, isolated: FlagArray,
     isolated_collateral: Float64Array, isolated_im: Float64Array, balances: Float64Array, cross_im: Float64Array,

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse
 import scipy.special
 
-__all__ = ["black76_price", "risk_arrays", "MarginModel", "valuate", "KIND_PERP", "KIND_FUTURE", "KIND_CALL",
+__all__ = ["black76_price", "risk_arrays", "MarginModel", "valuate", "depth_distance", "KIND_PERP", "KIND_FUTURE", "KIND_CALL",
            "KIND_PUT"]
 
 KIND_PERP = 0
@@ -294,6 +294,94 @@ def _quiet(method):
         with np.errstate(over="ignore", invalid="ignore"):
             return method(*args, **kwargs)
     return wrapper
+
+
+def depth_distance(instrument, size, points_share, points_bps, last_contracts, last_bps, floor_bps,
+                   uncovered_penalty) -> np.ndarray:
+    r"""Distance from the mid (bps) at which each position's size is covered by the book's depth curve.
+
+    Row ``r = 2k + (q < 0)`` of the tables is instrument k's bid side (longs sell into it) or ask side
+    (shorts buy it): ``W`` points (a power of two), the sizes normalised by the row's last cumulative
+    size ``C = last_contracts[r]`` (``points_share``, non-decreasing in [0, 1], the mid's 0 first) and
+    their distances (``points_bps``). With ``s = |q| / C`` (inf for an empty side, C = 0) and
+    ``u = min(s, 1)``:
+
+    * ``j`` = the number of the row's points below ``u`` (clipped to [1, W − 1]): ``x_{j−1} < u <= x_j``,
+      so a size equal to a point's is covered at its distance;
+    * ``D = d_{j−1} + (d_j − d_{j−1}) (u − x_{j−1}) / (x_j − x_{j−1})`` (``d_j`` when the span is 0);
+    * beyond the curve (``s > 1``): ``D = last_bps[r] (1 + uncovered_penalty (1 − 1/s))``;
+    * the result ``max(floor_bps[k], D)`` (the half-spread for a size the touch absorbs).
+
+    Parameters
+    ----------
+    instrument : int32[n]
+        Instrument of each position, in ``[0, K)``, ``K = len(floor_bps)``.
+    size : float64[n]
+        Signed contracts, finite.
+    points_share, points_bps : float64[2K, W]
+        The rows' normalised sizes and distances (bps), finite and >= 0; ``W`` a power of two >= 2.
+    last_contracts, last_bps : float64[2K]
+        Each row's last cumulative size (contracts) and distance (bps), finite and >= 0.
+    floor_bps : float64[K]
+        The smallest distance charged per instrument (bps), finite and >= 0.
+    uncovered_penalty : float
+        Finite and >= 0.
+    """
+    instrument = _array("instrument", instrument, np.int32, 1)
+    size = _array("size", size, np.float64, 1)
+    points_share = _array("points_share", points_share, np.float64, 2)
+    points_bps = _array("points_bps", points_bps, np.float64, 2)
+    last_contracts = _array("last_contracts", last_contracts, np.float64, 1)
+    last_bps = _array("last_bps", last_bps, np.float64, 1)
+    floor_bps = _array("floor_bps", floor_bps, np.float64, 1)
+    pen = _real("uncovered_penalty", uncovered_penalty)
+    n, n_inst, w = instrument.shape[0], floor_bps.shape[0], points_share.shape[1]
+    _shape("size", size, (n,))
+    _shape("points_share", points_share, (2 * n_inst, w))
+    _shape("points_bps", points_bps, (2 * n_inst, w))
+    _shape("last_contracts", last_contracts, (2 * n_inst,))
+    _shape("last_bps", last_bps, (2 * n_inst,))
+    if w < 2 or w & (w - 1):
+        raise ValueError(f"points_share must have a power of two >= 2 of columns, got {w}")
+    if not (math.isfinite(pen) and pen >= 0.0):
+        raise ValueError("uncovered_penalty must be finite and >= 0")
+    with np.errstate(invalid="ignore"):
+        for name, a in (("floor_bps", floor_bps), ("last_contracts", last_contracts), ("last_bps", last_bps),
+                        ("points_share", points_share), ("points_bps", points_bps)):
+            _check(name, ~(np.isfinite(a) & (a >= 0)), "finite and >= 0")
+    idx = _first((instrument < 0) | (instrument >= n_inst))
+    if idx is not None:
+        raise ValueError(f"instrument[{idx[0]}] = {instrument[idx]} is out of range [0, {n_inst})")
+    _check("size", ~np.isfinite(size), "finite")
+
+    a = np.abs(size)
+    row = instrument.astype(np.int64) * 2
+    row += size < 0
+    last = last_contracts[row]
+    share = np.divide(a, last, out=np.full(a.shape, np.inf), where=last > 0)
+    u = np.minimum(share, 1.0)
+    xs, ds = points_share.ravel(), points_bps.ravel()
+    base = row * w
+    j = np.zeros(a.shape, dtype=np.int64)
+    step = w // 2
+    while step:
+        j += step * (xs[base + (j + step - 1)] < u)
+        step //= 2
+    np.clip(j, 1, w - 1, out=j)
+    hi = base + j
+    lo = hi - 1
+    x_lo = xs[lo]
+    span = xs[hi] - x_lo
+    t = np.divide(u - x_lo, span, out=np.ones(a.shape), where=span > 0)
+    d_lo = ds[lo]
+    distance = ds[hi] - d_lo
+    distance *= t
+    distance += d_lo
+    beyond = share > 1.0
+    if beyond.any():
+        distance[beyond] = last_bps[row[beyond]] * (1.0 + pen * (1.0 - 1.0 / share[beyond]))
+    np.maximum(distance, floor_bps[instrument], out=distance)
+    return distance
 
 
 def _n_worst(level: float, n_hist: int) -> int:

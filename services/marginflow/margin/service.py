@@ -36,6 +36,7 @@ from marginflow.margin.application.routing import Router
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.contingency import ContingencyRates
 from marginflow.margin.domain.horizon import WINDOW_MS, HorizonRules
+from marginflow.margin.domain.liquidity import LiquidityRules
 from marginflow.margin.domain.equity import HaircutPolicy
 from marginflow.margin.domain.transitions import TransitionRules
 from marginflow.margin.settings import MarginSettings
@@ -80,7 +81,8 @@ def engine_config(s: MarginSettings, universe: Universe) -> EngineConfig:
         fallback_price={u: x.index_price_usd for u, x in universe.underlyings.items()},
         contingency=ContingencyRates(s.option_contingency_rate, s.basis_contingency_rate),
         horizon=HorizonRules(s.liquidation_participation, s.max_horizon_multiple, s.concentration_threshold,
-                             s.concentration_rate))
+                             s.concentration_rate),
+        liquidity=LiquidityRules(s.depth_uncovered_penalty))
 
 
 def margin_topics(settings: MarginSettings) -> list[TopicSpec]:

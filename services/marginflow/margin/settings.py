@@ -53,6 +53,10 @@ class MarginSettings:
     max_horizon_multiple: float = env(
         "MF_MARGIN_MAX_HORIZON_MULTIPLE", positive_float, 10.0,
         "the liquidation horizon is at most this multiple of the grid's, >= 1")
+    depth_uncovered_penalty: float = env(
+        "MF_MARGIN_DEPTH_UNCOVERED_PENALTY", non_negative_float, 4.0,
+        "liquidity add-on through the depth curve: a size beyond the curve's last distance d pays "
+        "d·(1 + penalty·s), s = the uncovered share of the size (an empty book: (1 + penalty)·d)")
     concentration_threshold: float = env(
         "MF_MARGIN_CONCENTRATION_THRESHOLD", fraction, 0.05,
         "share of an instrument's open interest from which a position pays the concentration add-on")

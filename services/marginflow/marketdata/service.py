@@ -78,7 +78,8 @@ def main(settings: MarketDataSettings, lifecycle: Lifecycle) -> None:
                                                          confirm_ticks=settings.confirm_ticks,
                                                          hold_max_ms=settings.jump_hold_ms))
     marks = MarkEngine(universe, MarkConfig(basis_half_life_ms=settings.basis_half_life_ms,
-                                            interval_ms=settings.mark_interval_ms))
+                                            interval_ms=settings.mark_interval_ms,
+                                            depth_buckets_bps=settings.depth_buckets_bps))
     app = MarketDataApp(validator, marks, sink, clock)
     app.metrics = MarketDataMetrics(lambda: app.marks.latest)
     previous = last_marks(common.bootstrap, topics.marks)
@@ -104,7 +105,8 @@ def main(settings: MarketDataSettings, lifecycle: Lifecycle) -> None:
         last_time = max((m.event_time_ms for m in previous.values()), default=0)
         start = max(clock.now_ms(), last_time + settings.sim_step_ms)
         start_prices = {m.underlying: m.index_price for s, m in previous.items() if s.startswith("index:")}
-        sim = MarketSimulator(universe, SimConfig(seed=settings.sim_seed, step_ms=settings.sim_step_ms), start,
+        sim = MarketSimulator(universe, SimConfig(seed=settings.sim_seed, step_ms=settings.sim_step_ms,
+                                                       book_levels=settings.sim_book_levels), start,
                               start_prices)
         batches = sim_batches(sim, settings.sim_block_steps)
 

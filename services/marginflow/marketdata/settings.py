@@ -7,8 +7,21 @@ import dataclasses
 import os
 import pathlib
 
-from marginflow.shared.config import (CommonSettings, choice, env, non_negative_int, parse_bool, parse_port, positive_float,
-                                      positive_int, unit_interval)
+from marginflow.shared.config import (CommonSettings, choice, env, float_list, non_negative_int, parse_bool, parse_port,
+                                      positive_float, positive_int, unit_interval)
+from marginflow.shared.depthcurve import DEFAULT_BUCKETS_BPS, check_buckets
+
+
+def depth_buckets(text: str) -> tuple[float, ...]:
+    """Comma-separated distances from the mid in bps, > 0 and strictly increasing."""
+    return check_buckets(float_list(text))
+
+
+def book_levels(text: str) -> int:
+    value = positive_int(text)
+    if value > 32:
+        raise ValueError(f"must be in 1..32, got {value}")
+    return value
 
 
 def speed(text: str) -> float | None:
@@ -38,6 +51,9 @@ class MarketDataSettings:
                                 "event-time spacing of marks per instrument")
     exit_at_end: bool = env("MF_MD_EXIT_AT_END", parse_bool, False, "exit when a replay ends (default: keep serving)")
     basis_half_life_ms: int = env("MF_MD_BASIS_HALF_LIFE_MS", positive_int, 30_000, "mark basis smoothing")
+    depth_buckets_bps: tuple[float, ...] = env("MF_MD_DEPTH_BUCKETS_BPS", depth_buckets, DEFAULT_BUCKETS_BPS,
+                                               "distances of the marks' depth curve from the mid, bps")
+    sim_book_levels: int = env("MF_MD_SIM_BOOK_LEVELS", book_levels, 12, "simulator book levels per side (1..32)")
 
 
 # ---- command-line options that stand for settings (the service and the supervisor share them)

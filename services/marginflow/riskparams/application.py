@@ -34,6 +34,9 @@ from marginflow.riskparams.domain.sampling import Sampler, samples_per_year
 from marginflow.riskparams.domain.scenarios import (Grid, GridConfig, bootstrap_scenarios,
                                                     filtered_historical_scenarios, scenario_grid)
 from marginflow.riskparams.domain.series import ReturnSeries
+from marginflow.riskparams.domain.signals import (ExpirySmile, TenorSignal, depth_within, ewma_event_time,
+                                                  expiry_smiles, tenor_signals)
+from marginflow.shared.depthcurve import DepthCurve
 from marginflow.shared.errors import Rejected
 from marginflow.shared.metrics import NullMetrics
 from marginflow.shared.units import MS_PER_DAY, MS_PER_HOUR
@@ -76,6 +79,11 @@ class EngineConfig:
     publish_min_sigma_change: float = 0.005
     publish_min_correlation_change: float = 0.02
     publish_max_interval_ms: int = 300_000
+    # Signals: the tenors the smile is summarised at (days), the book depth index's distance from the mid
+    # (bps) and the event-time half-life of its baseline (ms).
+    signal_tenors_days: tuple[float, ...] = (7.0, 30.0, 90.0)
+    depth_reference_bps: float = 50.0
+    depth_half_life_ms: int = MS_PER_DAY
 
     @property
     def samples_per_year(self) -> float:
@@ -116,7 +124,9 @@ def engine_config(settings: Any, underlyings: Sequence[str]) -> EngineConfig:
         implied_max_age_ms=int(s.implied_max_age_seconds * 1000), sigma_history_len=s.sigma_history_len,
         publish_min_sigma_change=s.publish_min_sigma_change,
         publish_min_correlation_change=s.publish_min_correlation_change,
-        publish_max_interval_ms=int(s.publish_max_interval_seconds * 1000))
+        publish_max_interval_ms=int(s.publish_max_interval_seconds * 1000),
+        signal_tenors_days=s.signal_tenors_days, depth_reference_bps=s.depth_reference_bps,
+        depth_half_life_ms=int(s.depth_half_life_seconds * 1000))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +153,7 @@ class Market:
     known: frozenset[str]               # instruments and index:<underlying> marks
     index_ticks: frozenset[str] = frozenset()
     underlying_of: dict[str, str] = dataclasses.field(default_factory=dict)   # known symbol -> underlying
+    contract_size: dict[str, float] = dataclasses.field(default_factory=dict)  # symbol -> underlying units
 
     @classmethod
     def from_universe(cls, universe: Universe, underlyings: Sequence[str]) -> "Market":
@@ -163,7 +174,8 @@ class Market:
         known = frozenset(universe.instruments) | {f"index:{u}" for u in universe.underlyings}
         underlying_of = {s: i.underlying for s, i in universe.instruments.items()}
         underlying_of.update({f"index:{u}": u for u in universe.underlyings})
-        return cls(reference, options, prior, known, frozenset(universe.underlyings), underlying_of)
+        sizes = {s: i.contract_size for s, i in universe.instruments.items()}
+        return cls(reference, options, prior, known, frozenset(universe.underlyings), underlying_of, sizes)
 
 
 # ---- outputs -----------------------------------------------------------------------------------
@@ -197,6 +209,28 @@ class UnderlyingEstimate:
     sample_interval_ms: int
     last_event_time_ms: int
     sigma_base: float
+
+
+@dataclasses.dataclass(frozen=True)
+class UnderlyingSignals:
+    """The forward-looking inputs of one underlying as of ``as_of_ms`` (event time): its smile per
+    listed expiry and per configured tenor, realised against implied vol, and its book depth."""
+
+    underlying: str
+    as_of_ms: int
+    index_price: float
+    expiries: tuple[ExpirySmile, ...]
+    tenors: tuple[TenorSignal, ...]
+    sigma_realised: float          # EWMA fast, annualised
+    sigma_implied: float           # the ATM implied vol σ_m uses (implied tenor), 0 when no options
+    realised_implied_ratio: float  # σ_realised / σ_implied, 0 without an implied vol
+    sigma_margin: float
+    depth_instrument: str          # the reference instrument whose curve is read ("" when none)
+    depth_reference_bps: float
+    depth_contracts: float         # thinner side within depth_reference_bps, contracts (0 before any curve)
+    depth_usd: float               # ... valued at the index, USD
+    depth_index: float             # depth_usd / its EWMA; 0 before any curve
+    depth_time_ms: int             # event time of the curve read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +289,10 @@ class _Underlying:
         self.last_event_ms = 0       # last sampled bucket end (event time)
         self.quotes: dict[str, OptionQuote] = {}
         self.quotes_dirty = False
+        self.depth_contracts = 0.0
+        self.depth_usd = 0.0
+        self.depth_baseline_usd: float | None = None
+        self.depth_time_ms = 0
 
     def hot_state(self) -> dict:
         g = self.garch
@@ -264,7 +302,8 @@ class _Underlying:
                 "sigma_floor": self.sigma_floor, "sigma_implied": self.sigma_implied,
                 "margin": None if self.margin is None else dataclasses.asdict(self.margin),
                 "history_seq": self.history_seq, "index_price": self.index_price,
-                "last_event_ms": self.last_event_ms}
+                "last_event_ms": self.last_event_ms,
+                "depth": [self.depth_contracts, self.depth_usd, self.depth_baseline_usd, self.depth_time_ms]}
 
     def load_hot_state(self, st: dict) -> None:
         self.sampler.load_state(st["sampler"])
@@ -279,6 +318,11 @@ class _Underlying:
         self.history_seq = int(st["history_seq"])
         self.index_price = float(st["index_price"])
         self.last_event_ms = int(st["last_event_ms"])
+        depth = st.get("depth")       # state written before the depth index had none
+        if depth:
+            self.depth_contracts, self.depth_usd = float(depth[0]), float(depth[1])
+            self.depth_baseline_usd = None if depth[2] is None else float(depth[2])
+            self.depth_time_ms = int(depth[3])
 
 
 # ---- the engine --------------------------------------------------------------------------------
@@ -358,14 +402,17 @@ class RiskEngine:
         self._finalize_rows()
         return rep
 
-    def ingest_marks(self, marks: Iterable[tuple[str, str, float, float, int]]) -> IngestReport:
-        """Take marks ``(instrument, underlying, index_price_usd, implied_vol, event_time_ms)``.
+    def ingest_marks(self, marks: Iterable[tuple]) -> IngestReport:
+        """Take marks ``(instrument, underlying, index_price_usd, implied_vol, event_time_ms[, depth_curve])``.
 
         Option marks with an implied vol feed the ATM implied vol; every mark updates the index
-        price of its underlying. Unknown instruments and non-finite numbers are rejected.
+        price of its underlying; the reference instrument's depth curve (validated at decode) feeds
+        the book depth index. Unknown instruments and non-finite numbers are rejected.
         """
         rep = IngestReport()
-        for k, (sym, und, index_price, iv, t) in enumerate(marks):
+        for k, rec in enumerate(marks):
+            sym, und, index_price, iv, t = rec[:5]
+            curve: DepthCurve | None = rec[5] if len(rec) > 5 else None
             if not (math.isfinite(index_price) and math.isfinite(iv)) or index_price < 0 or iv < 0:
                 rep.rejected.append((k, Rejected("non_finite_mark", f"{sym}: index {index_price!r} iv {iv!r}")))
                 continue
@@ -399,6 +446,8 @@ class RiskEngine:
                 u.quotes[sym] = OptionQuote(spec.strike_usd, spec.expiry_ms, iv, t, spec.is_call)
                 u.quotes_dirty = True
                 self._dirty.add(f"iv:{u.name}")
+            if curve is not None and t >= u.depth_time_ms and self.market.reference.get(sym) == u.name:
+                self._depth(u, sym, curve, t)
             if t > self.last_event_ms:
                 self.last_event_ms = t
         for u in self.units.values():
@@ -407,6 +456,35 @@ class RiskEngine:
                 u.sigma_implied = self._implied(u)
                 self._changed = True
         return rep
+
+    def _depth(self, u: _Underlying, sym: str, curve: DepthCurve, t: int) -> None:
+        cfg = self.config
+        u.depth_contracts = depth_within(curve, cfg.depth_reference_bps)
+        index = u.index_price or u.sampler.last_price
+        u.depth_usd = u.depth_contracts * self.market.contract_size.get(sym, 1.0) * index
+        u.depth_baseline_usd = ewma_event_time(u.depth_baseline_usd, u.depth_usd,
+                                               t - u.depth_time_ms if u.depth_time_ms else 0, cfg.depth_half_life_ms)
+        u.depth_time_ms = t
+        self._dirty.add(f"u:{u.name}")
+
+    def signals(self) -> list[UnderlyingSignals]:
+        """The signals of every underlying now (event time): call from the thread that ingests."""
+        cfg = self.config
+        depth_of = {u: s for s, u in self.market.reference.items()}
+        out = []
+        for est, u in zip(self.estimates(), self.units.values()):
+            as_of = max(self.last_event_ms, u.sampler.last_time_ms)
+            index = u.index_price or u.sampler.last_price
+            smiles = expiry_smiles(list(u.quotes.values()), index, as_of, cfg.implied_min_expiry_ms,
+                                   cfg.implied_max_age_ms)
+            implied = est.sigma_implied
+            base = u.depth_baseline_usd
+            out.append(UnderlyingSignals(
+                u.name, as_of, index, tuple(smiles), tuple(tenor_signals(smiles, cfg.signal_tenors_days)),
+                est.sigma_ewma_fast, implied, est.sigma_ewma_fast / implied if implied > 0 else 0.0,
+                est.sigma_margin, depth_of.get(u.name, ""), cfg.depth_reference_bps, u.depth_contracts,
+                u.depth_usd, u.depth_usd / base if base else 0.0, u.depth_time_ms))
+        return out
 
     def _implied(self, u: _Underlying) -> float:
         if not u.quotes:
@@ -683,6 +761,7 @@ class Metrics(Protocol):
     def garch_failure(self, underlying: str, reason: str) -> None: ...
     def lag(self, lag_seconds: float) -> None: ...
     def version(self, version: RiskParamsVersion, now_ms: int) -> None: ...
+    def signals(self, signals: Sequence[UnderlyingSignals]) -> None: ...
 
 
 # (values, keys) -> (decoded tuples, [(position, Rejected)]); keys may be None (no key check).
@@ -710,6 +789,7 @@ class RiskParamsService:
         self._ticks_topic = ticks_topic
         self._marks_topic = marks_topic
         self.latest: RiskParamsVersion | None = None
+        self.signals: tuple[UnderlyingSignals, ...] = ()   # replaced as a whole: gRPC threads read it
         self.restored = False
 
     def _ingest(self, values: Sequence[bytes], keys: Sequence[bytes | None] | None, decode: Decoder,
@@ -752,6 +832,12 @@ class RiskParamsService:
     def restore(self) -> bool:
         self.restored = self.engine.restore(self._store.items())
         return self.restored
+
+    def refresh_signals(self) -> tuple[UnderlyingSignals, ...]:
+        """Compute the signals now (on the ingesting thread), keep them for readers, export them."""
+        self.signals = tuple(self.engine.signals())
+        self._metrics.signals(self.signals)
+        return self.signals
 
     def publish_if_changed(self, force: bool = False) -> RiskParamsVersion | None:
         """Build, publish and checkpoint the next version when anything changed."""

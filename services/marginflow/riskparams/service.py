@@ -77,7 +77,7 @@ def main(settings: RiskParamsSettings, lifecycle: Lifecycle) -> None:
         metrics=metrics, clock_ms=clock.now_ms, ticks_topic=topics.ticks, marks_topic=topics.marks)
     runner = RiskParamsFaust(app, table, service, fcfg, on_consumer_lag=metrics.records_behind)
 
-    servicer = RiskServicer(hub, engine.sigma_history, tuple(underlyings))
+    servicer = RiskServicer(hub, engine.sigma_history, tuple(underlyings), signals=lambda: service.signals)
     host.serve_grpc(settings.grpc_port, [registration(servicer)])
     # Stop order: consuming and state first (runner.run returns), then gRPC with grace, then producers.
     host.on_close("flush producer", lambda: producer.flush(10.0))

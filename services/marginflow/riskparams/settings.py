@@ -150,6 +150,14 @@ class RiskParamsSettings:
     commit_interval_seconds: float = env("MF_RISKPARAMS_COMMIT_INTERVAL_SECONDS", positive_float, 1.0,
                                          "bulk tick consumer: state flush + offset commit period, seconds")
 
+    # Signals (GetSignals, marginflow_riskparams_signal_*)
+    signal_tenors_days: tuple[float, ...] = env("MF_RISKPARAMS_SIGNAL_TENORS_DAYS", float_list, (7.0, 30.0, 90.0),
+                                                "tenors the smile is summarised at (ATM vol, 25-delta skew), days")
+    depth_reference_bps: float = env("MF_RISKPARAMS_DEPTH_REFERENCE_BPS", positive_float, 50.0,
+                                     "book depth index: size within this distance of the mid, bps")
+    depth_half_life_seconds: float = env("MF_RISKPARAMS_DEPTH_HALF_LIFE_SECONDS", positive_float, 86400.0,
+                                         "book depth index: event-time half-life of its baseline, seconds")
+
     def __post_init__(self) -> None:
         if len(self.tail_multiples) != len(self.tail_weights):
             raise ValueError("MF_RISKPARAMS_TAIL_MULTIPLES and MF_RISKPARAMS_TAIL_WEIGHTS need the same length")
@@ -163,6 +171,9 @@ class RiskParamsSettings:
             raise ValueError("MF_RISKPARAMS_FLOOR_STRESS_WINDOW_RETURNS must not exceed the look-back")
         if any(v <= -1.0 for v in self.grid_vol_shocks):
             raise ValueError("MF_RISKPARAMS_GRID_VOL_SHOCKS must be > -1")
+        tenors = self.signal_tenors_days
+        if not tenors or len(tenors) > 16 or any(not d > 0 for d in tenors) or any(b <= a for a, b in zip(tenors, tenors[1:])):
+            raise ValueError("MF_RISKPARAMS_SIGNAL_TENORS_DAYS must be 1..16 tenors > 0 days, increasing")
 
 
 def print_help() -> int:

@@ -111,7 +111,7 @@ def test_a_bare_group_prints_its_help_and_exits_2(capsys):
 def test_help_lists_every_command(capsys):
     code, stdout, _err = run(capsys, "--help")
     assert code == 0
-    for command in ("margin", "account", "params", "marks", "fund", "liquidations", "admin", "status"):
+    for command in ("margin", "account", "params", "signals", "marks", "fund", "liquidations", "admin", "status"):
         assert command in stdout
     code, stdout, _err = run(capsys, "admin", "--help")
     assert code == 0 and all(c in stdout for c in ("deposit", "withdraw", "set-mode", "transfer-isolated"))

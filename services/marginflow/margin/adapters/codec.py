@@ -21,6 +21,7 @@ from marginflow.margin.domain.book import AccountBook, InstrumentTable
 from marginflow.margin.domain.market import MarkUpdate
 from marginflow.margin.domain.results import AccountMargin, Explanation, MarginCallEvent
 from marginflow.margin.domain.scenarios import GridSpec, RiskVersion
+from marginflow.shared.depthcurve import curve_of_mark
 from marginflow.shared.errors import Rejected
 from marginflow.shared.money import (
     cents_down, cents_down_array, cents_text, cents_up, cents_up_array, parse_decimal, usd_down, usd_down_text, usd_up,
@@ -92,7 +93,7 @@ def mark_from_proto(m: marketdata_pb2.Mark, table: InstrumentTable, key: str | N
     if mark > MAX_PRICE or index > MAX_PRICE or iv > MAX_IMPLIED_VOL or half_spread > 1:
         raise Rejected("implausible", f"mark of {symbol}: mark {mark!r}, index {index!r}, iv {iv!r}, "
                                       f"half spread {half_spread!r}")
-    return MarkUpdate(k, int(table.underlying[k]), index, mark, iv, half_spread, depth, t_ms)
+    return MarkUpdate(k, int(table.underlying[k]), index, mark, iv, half_spread, depth, t_ms, curve_of_mark(m))
 
 
 def _surface(g: risk_pb2.ScenarioGrid) -> VolSurfaceShock:
@@ -361,6 +362,8 @@ def explain_response(e: Explanation, publish_ms: int = 0) -> pb.ExplainResponse:
         item.liquidation_horizon_days, item.loss_scale = p.liquidation_horizon_days, p.loss_scale
         item.open_interest_share = p.open_interest_share
         item.concentration_usd.value = usd_up_text(p.concentration_usd)
+        item.depth_curve_used, item.liquidity_distance_bps = p.depth_curve_used, p.liquidity_distance_bps
+        item.depth_covered_share, item.half_spread_bps = p.depth_covered_share, p.half_spread_bps
         if p.liquidation_price_usd is not None:
             item.liquidation_price_usd.value = str(_price(p.liquidation_price_usd))
     for u in e.underlyings:

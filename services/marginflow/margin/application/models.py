@@ -19,6 +19,7 @@ from marginflow.margin.application.ports import EngineConfig
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.contingency import ContingencyTable, Netting
 from marginflow.margin.domain.horizon import HorizonTable, PositionHorizon
+from marginflow.margin.domain.liquidity import DepthTable, PositionLiquidity
 from marginflow.margin.domain.market import MarketState
 from marginflow.margin.domain.scenarios import RiskVersion, ScenarioSet, build_scenarios
 from marginflow.shared.units import SECONDS_PER_YEAR
@@ -26,8 +27,8 @@ from marginflow.shared.volsurface import instrument_vol_shocks
 
 
 class ChargedModel:
-    """The core's MarginModel with the liquidation horizon, the concentration add-on and the
-    contingency charges.
+    """The core's MarginModel with the liquidation horizon, the concentration add-on, the contingency
+    charges and the liquidity add-on through the depth curve.
 
     Same calls and result keys as the core model (``compute``, ``what_if``, ``explain``; other
     attributes pass through). Each position's scenario losses are scaled by ``√(h_eff/h)`` (the core's
@@ -36,14 +37,22 @@ class ChargedModel:
     keys (per account, USD): ``contingency``, ``basis``, ``concentration`` (cross); ``explain`` adds per
     position ``position_contingency``, ``position_basis``, ``position_concentration``,
     ``position_horizon_days``, ``position_scale`` and ``position_oi_share``.
+
+    Positions on instruments whose marks carry a depth curve pay the add-on through the book
+    (:mod:`marginflow.margin.domain.liquidity`) instead of the core's spread-and-depth one (the core is
+    built with a zero half-spread for them): it is added to ``liquidity`` and to the IM like the core's
+    (cross IM, or the isolated position's own), and ``explain`` adds per position
+    ``position_liquidity_distance_bps``, ``position_depth_covered`` and ``position_depth_curve``.
     """
 
     def __init__(self, core_model, table: ContingencyTable, mm_factor: float,
-                 horizon: HorizonTable | None = None) -> None:
+                 horizon: HorizonTable | None = None, depth: DepthTable | None = None) -> None:
         self.core = core_model
         self.table = table
         self.mm_factor = mm_factor
         self.horizon = horizon if horizon is not None and horizon.rules.active else None
+        self.depth = depth if depth is not None and depth.active else None
+        self.half_spread_bps = depth.half_spread_bps if depth is not None else None   # [K], for explain
 
     def __getattr__(self, name: str):
         return getattr(self.core, name)
@@ -68,7 +77,7 @@ class ChargedModel:
         n = np.asarray(out["im"]).shape[0]
         zeros = np.zeros(n)
         out["contingency"], out["basis"], out["concentration"] = zeros, zeros, zeros
-        if not self.table.rates.active and ph is None:
+        if not self.table.rates.active and ph is None and self.depth is None:
             return out
         indptr = np.asarray(indptr, dtype=np.int64)
         extra_cross = np.zeros(n)
@@ -82,13 +91,20 @@ class ChargedModel:
             extra_iso += c.isolated
             iso_extra_acc += c.isolated_per_account
             out["contingency"], out["basis"] = c.cross_option, c.cross_basis
-        if ph is not None:
+        if ph is not None or self.depth is not None:
             iso = np.asarray(isolated).astype(bool)
             owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-            conc = np.bincount(owner[~iso], weights=ph.concentration[~iso], minlength=n)
-            extra_cross += conc
-            extra_iso += np.where(iso, ph.concentration, 0.0)
-            out["concentration"] = conc
+            if ph is not None:
+                conc = np.bincount(owner[~iso], weights=ph.concentration[~iso], minlength=n)
+                extra_cross += conc
+                extra_iso += np.where(iso, ph.concentration, 0.0)
+                out["concentration"] = conc
+            if self.depth is not None:
+                addon = self.depth.addon(instrument, size)
+                liq = np.bincount(owner[~iso], weights=addon[~iso], minlength=n)
+                extra_cross += liq
+                extra_iso += np.where(iso, addon, 0.0)
+                out["liquidity"] = np.asarray(out["liquidity"], dtype=np.float64) + liq
             iso_extra_acc = np.bincount(owner, weights=extra_iso, minlength=n)
         out["cross_im"] = out["cross_im"] + extra_cross
         out["isolated_im"] = np.asarray(out["isolated_im"], dtype=np.float64) + extra_iso
@@ -124,8 +140,10 @@ class ChargedModel:
         c = self.table.charges(np.array([0, n], dtype=np.int64), instrument, size, isolated)
         iso = np.asarray(isolated).astype(bool)
         conc = ph.concentration if ph is not None else np.zeros(n)
-        cross = float(c.cross[0]) + float(np.sum(conc[~iso]))
-        iso_extra = c.isolated + np.where(iso, conc, 0.0)
+        depth = (self.depth.positions(instrument, size) if self.depth is not None else
+                 PositionLiquidity(np.zeros(n), np.zeros(n), np.ones(n), np.zeros(n, dtype=bool)))
+        cross = float(c.cross[0]) + float(np.sum(conc[~iso])) + float(np.sum(depth.addon[~iso]))
+        iso_extra = c.isolated + np.where(iso, conc + depth.addon, 0.0)
         out["cross_im"] = float(out["cross_im"]) + cross
         out["isolated_im"] = float(out["isolated_im"]) + float(np.sum(iso_extra))
         out["im"] = float(out["im"]) + cross + float(np.sum(iso_extra))
@@ -133,6 +151,13 @@ class ChargedModel:
         out["contingency"] = float(c.cross_option[0])
         out["basis"] = float(c.cross_basis[0])
         out["concentration"] = float(np.sum(conc[~iso]))
+        out["liquidity"] = float(out["liquidity"]) + float(np.sum(depth.addon[~iso]))
+        out["position_liquidity"] = np.asarray(out["position_liquidity"], dtype=np.float64) + depth.addon
+        out["position_liquidity_distance_bps"] = depth.distance_bps
+        out["position_depth_covered"] = depth.covered_share
+        out["position_depth_curve"] = depth.from_curve
+        k = np.asarray(instrument, dtype=np.int64)
+        out["position_half_spread_bps"] = self.half_spread_bps[k] if self.half_spread_bps is not None else np.zeros(n)
         out["position_contingency"] = c.position_option
         out["position_basis"] = c.position_basis
         out["position_concentration"] = conc
@@ -225,14 +250,17 @@ def build_model(instruments: InstrumentTable, market: MarketState, config: Engin
     floors = np.tile(np.asarray(cfg.bracket_floors_usd, dtype=np.float64), (U, 1))
     rates = np.tile(np.asarray(cfg.bracket_rates, dtype=np.float64), (U, 1))
     mark_value = np.maximum(market.mark_price, 0.0) * t.contract_size
+    half_spread = np.maximum(market.half_spread, 0.0)
+    depth = DepthTable(list(market.depth_curve), half_spread, mark_value, cfg.liquidity, core.depth_distance)
+    # an instrument with a depth curve pays the add-on through the book instead of the core's
     core_model = core.MarginModel(
         risk, t.underlying, scen.n_grid, scen.tail_weights, scen.es_level, forward * t.contract_size,
-        mark_value, np.maximum(market.half_spread, 0.0), market.depth.copy(), floors, rates, cfg.mm_factor)
+        mark_value, np.where(depth.has_curve, 0.0, half_spread), market.depth.copy(), floors, rates, cfg.mm_factor)
     table = ContingencyTable(t.kind, t.underlying, t.strike, t.expiry_ms, t.contract_size, market.index_price.copy(),
                              cfg.contingency)
     horizon = HorizonTable(cfg.horizon, market.venue_activity(wall_ms), mark_value,
                            scen.horizon_years * SECONDS_PER_YEAR)
     n_rows = scen.n_grid + scen.tail_weights.shape[0]
-    return Model(ChargedModel(core_model, table, cfg.mm_factor, horizon), version, scen, forward, iv, years, wall_ms,
+    return Model(ChargedModel(core_model, table, cfg.mm_factor, horizon, depth), version, scen, forward, iv, years, wall_ms,
                  build_id,
                  shocks.vol_shock[:n_rows].copy(), shocks.tenor_factor, shocks.moneyness, t.underlying.copy())

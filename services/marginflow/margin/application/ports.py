@@ -9,6 +9,7 @@ from typing import Protocol
 from marginflow.margin.domain.contingency import ContingencyRates
 from marginflow.margin.domain.equity import HaircutPolicy
 from marginflow.margin.domain.horizon import HorizonRules
+from marginflow.margin.domain.liquidity import LiquidityRules
 from marginflow.margin.domain.transitions import TransitionRules
 from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
 
@@ -60,6 +61,7 @@ class EngineConfig:
     fallback_price: dict[str, float] = dataclasses.field(default_factory=dict)   # per underlying
     contingency: ContingencyRates = ContingencyRates()   # all zero: no contingency charges
     horizon: HorizonRules = HorizonRules()               # participation and rate 0: no horizon scaling, no add-on
+    liquidity: LiquidityRules = LiquidityRules()         # the add-on through the depth curve (where marks carry one)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mm_factor <= 1.0:

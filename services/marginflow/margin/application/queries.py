@@ -382,7 +382,9 @@ class Queries:
                 *model.surface_of(k, int(ex["underlying_grid_scenario"][t.underlying[k]])),
                 float(ex["position_contingency"][j]), float(ex["position_basis"][j]),
                 float(ex["position_horizon_days"][j]), float(ex["position_scale"][j]),
-                float(ex["position_oi_share"][j]), float(ex["position_concentration"][j])))
+                float(ex["position_oi_share"][j]), float(ex["position_concentration"][j]),
+                bool(ex["position_depth_curve"][j]), float(ex["position_liquidity_distance_bps"][j]),
+                float(ex["position_depth_covered"][j]), float(ex["position_half_spread_bps"][j])))
         scen = model.scenarios
         underlyings = []
         und_grid = np.asarray(ex["underlying_grid"])

@@ -19,6 +19,7 @@ from marginflow.margin.domain.equity import HaircutPolicy, asset_values
 from marginflow.margin.domain.horizon import OpenInterestBook, VenueActivity, VolumeWindow
 from marginflow.margin.domain.valuation import NEVER_MS, MarketView
 from marginflow.pricing import black76
+from marginflow.shared.depthcurve import DepthCurve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,7 @@ class MarkUpdate:
     half_spread: float
     depth: float
     event_time_ms: int
+    depth_curve: DepthCurve | None = None    # validated cumulative depth by distance (None: not sent)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -67,6 +69,9 @@ class MarketState:
         self.half_spread = np.zeros(K)
         self.depth = np.full(K, default_depth_contracts)
         self.mark_time_ms = np.zeros(K, dtype=np.int64)
+        # The newest depth curve per instrument (None until one arrives; a mark without one keeps it,
+        # as a mark without a depth keeps the depth): the liquidity add-on through the book.
+        self.depth_curve: list[DepthCurve | None] = [None] * K
         self.newest_event_ms = 0
         self.first_marks = False   # an instrument got its first mark: the model priced it from a fallback
         # Volume (trades.fills) and open interest (portfolio.positions, every account) per instrument,
@@ -111,6 +116,8 @@ class MarketState:
             self.half_spread[k] = m.half_spread
             if m.depth > 0:
                 self.depth[k] = m.depth
+            if m.depth_curve is not None:
+                self.depth_curve[k] = m.depth_curve
         return n
 
     def record_fills(self, fills: Iterable[tuple[int, float, int]]) -> int:

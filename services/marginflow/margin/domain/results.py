@@ -111,6 +111,10 @@ class PositionExplain:
     loss_scale: float = 1.0                 # √(h_eff / h) on its scenario losses
     open_interest_share: float = 0.0
     concentration_usd: float = 0.0
+    depth_curve_used: bool = False          # liquidity_usd is the add-on through the depth curve
+    liquidity_distance_bps: float = 0.0     # distance its size walks the book to, bps of the mid
+    depth_covered_share: float = 1.0        # share of the size within the curve
+    half_spread_bps: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

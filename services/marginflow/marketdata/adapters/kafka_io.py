@@ -9,7 +9,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from marginflow.api.common.v1 import common_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
+from marginflow.marketdata.domain.marks import TOP_LEVELS
 from marginflow.marketdata.domain.ticks import AcceptedTick, MarkValue, RawTick
+from marginflow.shared.depthcurve import curve_of_mark
 from marginflow.shared.kafka import DeadLetterSink, ProtoProducer
 
 
@@ -19,26 +21,35 @@ def tick_to_proto(acc: AcceptedTick, publish_ms: int) -> marketdata_pb2.Tick:
         meta=common_pb2.EventMeta(event_time_ms=t.event_time_ms, publish_time_ms=publish_ms, source=t.source),
         instrument=t.instrument, price=t.price, bid=t.bid, ask=t.ask, bid_size=t.bid_size,
         ask_size=t.ask_size, sequence=acc.sequence, implied_vol=t.implied_vol)
+    # md.ticks carries the top levels of the book; the whole book is summarised by the marks' depth curve
     if t.bids:
-        msg.bid_prices.extend([p for p, _ in t.bids])
-        msg.bid_sizes.extend([s for _, s in t.bids])
+        top = t.bids[:TOP_LEVELS]
+        msg.bid_prices.extend([p for p, _ in top])
+        msg.bid_sizes.extend([s for _, s in top])
     if t.asks:
-        msg.ask_prices.extend([p for p, _ in t.asks])
-        msg.ask_sizes.extend([s for _, s in t.asks])
+        top = t.asks[:TOP_LEVELS]
+        msg.ask_prices.extend([p for p, _ in top])
+        msg.ask_sizes.extend([s for _, s in top])
     return msg
 
 
 def mark_to_proto(m: MarkValue, publish_ms: int, source: str) -> marketdata_pb2.Mark:
-    return marketdata_pb2.Mark(
+    msg = marketdata_pb2.Mark(
         meta=common_pb2.EventMeta(event_time_ms=m.event_time_ms, publish_time_ms=publish_ms, source=source),
         instrument=m.instrument, underlying=m.underlying, index_price=m.index_price, mark_price=m.mark_price,
         basis=m.basis, implied_vol=m.implied_vol, half_spread_frac=m.half_spread_frac,
         depth_contracts=m.depth_contracts, sequence=m.sequence)
+    c = m.depth_curve
+    if c is not None:
+        msg.depth_curve.distance_bps.extend(c.distance_bps)
+        msg.depth_curve.bid_contracts.extend(c.bid_contracts)
+        msg.depth_curve.ask_contracts.extend(c.ask_contracts)
+    return msg
 
 
 def mark_from_proto(p: marketdata_pb2.Mark) -> MarkValue:
     return MarkValue(p.meta.event_time_ms, p.instrument, p.underlying, p.index_price, p.mark_price, p.basis,
-                     p.implied_vol, p.half_spread_frac, p.depth_contracts, p.sequence)
+                     p.implied_vol, p.half_spread_frac, p.depth_contracts, p.sequence, curve_of_mark(p))
 
 
 def raw_tick_payload(t: RawTick) -> bytes:
@@ -99,7 +110,7 @@ def last_marks(bootstrap: str, marks_topic: str, tail_per_partition: int = 20_00
                 for rec in records:
                     try:
                         mark = mark_from_proto(marketdata_pb2.Mark.FromString(rec.value))
-                    except Exception:  # noqa: BLE001 - an undecodable record is not a mark
+                    except Exception:  # noqa: BLE001 - an undecodable record (or a broken curve) is not a mark
                         continue
                     prev = out.get(mark.instrument)
                     if prev is None or mark.event_time_ms >= prev.event_time_ms:

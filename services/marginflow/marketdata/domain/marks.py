@@ -15,6 +15,9 @@
 - **Mark** of an option: Black-76 on the forward (the mark of the underlying's future for that
   expiry when listed, else the index) at the smoothed implied volatility of the option's ticks
   (or the vol implied by its mid when a tick carries none).
+- **Depth curve**: cumulative bid and ask size within each of ``depth_buckets_bps`` of the mid, from
+  every level of the instrument's last book (:mod:`marginflow.shared.depthcurve`), built when a mark
+  is emitted; a simulator in stress quotes thinner and wider books, and the curve shows it.
 
 Marks are emitted at most once per ``interval_ms`` of event time per instrument.
 """
@@ -26,7 +29,11 @@ import math
 
 from marginflow.marketdata.domain.ticks import AcceptedTick, MarkValue
 from marginflow.pricing import black76, implied_vol
+from marginflow.shared.depthcurve import DEFAULT_BUCKETS_BPS, DepthCurve, check_buckets, curve_from_levels
 from marginflow.shared.universe import Instrument, Kind, Universe
+
+
+TOP_LEVELS = 5      # levels counted in a mark's depth_contracts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +43,10 @@ class MarkConfig:
     max_future_basis_frac: float = 0.10    # ±10 % of index (carry to expiry)
     iv_half_life_ms: int = 10_000
     interval_ms: int = 250                 # event-time spacing of marks per instrument
+    depth_buckets_bps: tuple[float, ...] = DEFAULT_BUCKETS_BPS   # distances of the depth curve
 
     def __post_init__(self) -> None:
+        check_buckets(self.depth_buckets_bps)
         for name in ("basis_half_life_ms", "iv_half_life_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
@@ -63,6 +72,9 @@ class _State:
     depth: float = 0.0
     sequence: int = 0
     last_emit_ms: int = -(2**62)
+    bids: tuple[tuple[float, float], ...] = ()    # the last book's levels
+    asks: tuple[tuple[float, float], ...] = ()
+    curve: DepthCurve | None = None               # restored from the last mark until a book arrives
 
 
 class MarkEngine:
@@ -94,6 +106,7 @@ class MarkEngine:
         st.basis = mark.basis
         st.iv = mark.implied_vol or None
         st.half_spread_frac, st.depth = mark.half_spread_frac, mark.depth_contracts
+        st.curve = mark.depth_curve
         st.last_emit_ms = mark.event_time_ms
 
     def update(self, accepted: list[AcceptedTick]) -> list[MarkValue]:
@@ -113,8 +126,12 @@ class MarkEngine:
             dt = tick.event_time_ms - st.time_ms if st.time_ms else 0
             st.time_ms, st.mid, st.sequence = tick.event_time_ms, mid, acc.sequence
             st.half_spread_frac = (tick.ask - tick.bid) / (tick.ask + tick.bid) if tick.bid > 0 and tick.ask > 0 else st.half_spread_frac
-            depth = sum(s for _, s in tick.bids) + sum(s for _, s in tick.asks)
+            # depth_contracts stays the size of the top five levels (what the spread-and-depth add-on and
+            # exchange-sim's book were calibrated on); the deeper book is in the curve
+            depth = sum(s for _, s in tick.bids[:TOP_LEVELS]) + sum(s for _, s in tick.asks[:TOP_LEVELS])
             st.depth = depth if depth > 0 else max(st.depth, min(tick.bid_size, tick.ask_size))
+            if tick.bids or tick.asks:
+                st.bids, st.asks, st.curve = tick.bids, tick.asks, None
             if inst.is_option:
                 self._update_iv(inst, st, tick.implied_vol, mid, dt)
             else:
@@ -151,6 +168,11 @@ class MarkEngine:
             return
         st.iv = iv if st.iv is None else st.iv + _alpha(dt, self.config.iv_half_life_ms) * (iv - st.iv)
 
+    def _curve(self, st: _State) -> DepthCurve | None:
+        if st.curve is None and (st.bids or st.asks):
+            st.curve = curve_from_levels(st.mid, st.bids, st.asks, self.config.depth_buckets_bps)
+        return st.curve
+
     def _mark(self, symbol: str, time_ms: int, st: _State) -> MarkValue | None:
         if symbol.startswith("index:"):
             und = symbol[6:]
@@ -166,9 +188,9 @@ class MarkEngine:
                 return None
             price = black76(forward, inst.strike_usd, inst.years_to_expiry(time_ms), st.iv, inst.kind == Kind.CALL)
             return MarkValue(time_ms, symbol, inst.underlying, index, price, forward - index, st.iv,
-                             st.half_spread_frac, st.depth, st.sequence)
+                             st.half_spread_frac, st.depth, st.sequence, self._curve(st))
         bound = (self.config.max_perp_basis_frac if inst.kind == Kind.PERPETUAL
                  else self.config.max_future_basis_frac) * index
         basis = min(max(st.basis or 0.0, -bound), bound)
         return MarkValue(time_ms, symbol, inst.underlying, index, index + basis, basis, 0.0,
-                         st.half_spread_frac, st.depth, st.sequence)
+                         st.half_spread_frac, st.depth, st.sequence, self._curve(st))

@@ -19,9 +19,14 @@ whose ATM level follows the current realised volatility (× a variance risk prem
 
     iv(K, T) = atm · (1 + skew·x + curvature·x²),  x = ln(K/F) / √T,   floored at 5 %.
 
-Top of book and five levels of depth are quoted around each price with a half-spread that widens
-in stress (``stress_spread_multiplier``) and a depth that thins out (``stress_depth_multiplier``: market
-makers pull size in a sell-off, so a close-out walks further into the book). Not every instrument ticks every step (options less often), like a real feed.
+A book of ``book_levels`` levels per side is quoted around each price with a half-spread ``h`` that
+widens in stress (``stress_spread_multiplier``) and sizes that thin out (``stress_depth_multiplier``:
+market makers pull size in a sell-off, so a close-out walks further into the book). Level ``i`` lies
+``m_i·h`` from the price with size ``s·(1 + 0.3 i)``: ``m_i = 1 + i`` for the first five (the touch and
+the levels behind it), then ``m_i = 5·2^(i−4)`` (10h, 20h, 40h, …: the resting size far from the mid
+that a large close-out reaches, 640h at twelve levels), so the depth curve reaches a few % of the mid
+and both its distances (×3 wider) and its sizes (×0.3) move with the regime. Not every instrument ticks
+every step (options less often), like a real feed.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class SimConfig:
     stress_corr_pull: float = 0.5      # stress correlation = calm + pull · (1 − calm)
     stress_spread_multiplier: float = 3.0   # half-spread in stress / calm
     stress_depth_multiplier: float = 0.3    # size quoted at each level in stress / calm
+    book_levels: int = 12                   # levels per side (>= 1; the first five 1h..5h from the price)
     p_calm_to_stress_per_day: float = 0.10
     p_stress_to_calm_per_day: float = 0.50
     jumps_per_day_calm: float = 0.5
@@ -78,6 +84,8 @@ class SimConfig:
             raise ValueError("stress_vol_multiplier must be >= 1")
         if not self.stress_spread_multiplier >= 1:
             raise ValueError(f"stress_spread_multiplier must be >= 1, got {self.stress_spread_multiplier!r}")
+        if not 1 <= self.book_levels <= 32:
+            raise ValueError(f"book_levels must be in 1..32, got {self.book_levels!r}")
         if not 0 < self.stress_depth_multiplier <= 1:
             raise ValueError(f"stress_depth_multiplier must be in (0, 1], got {self.stress_depth_multiplier!r}")
 
@@ -232,17 +240,23 @@ class MarketSimulator:
         emit = self.rng.random((steps, n_inst)) < self.tick_prob[None, :]
         idx_emit = self.rng.random((steps, len(self.underlyings))) < cfg.tick_prob_index
         out: list[RawTick] = []
-        step_of, inst_of = np.nonzero(emit)
-        order = np.argsort(step_of, kind="stable")
-        per_step: dict[int, list[int]] = {}
-        for s, k in zip(step_of[order].tolist(), inst_of[order].tolist()):
-            per_step.setdefault(s, []).append(k)
+        step_of, inst_of = np.nonzero(emit)          # row-major: in step order, instruments in order
+        # The books of the ticks emitted, built as arrays: level i at m_i·h from the price, size s·(1 + 0.3 i).
+        n_levels = cfg.book_levels
+        level_mult = np.array([float(1 + i) if i < 5 else 5.0 * 2.0 ** (i - 4) for i in range(n_levels)])
+        level_size = 1.0 + 0.3 * np.arange(n_levels)
+        e_px, e_half, e_sz = price[step_of, inst_of], (ask - price)[step_of, inst_of], size[step_of, inst_of]
+        off = e_half[:, None] * level_mult[None, :]
+        bid_px = np.maximum(e_px[:, None] - off, self.tick_size[inst_of][:, None]).tolist()
+        ask_px = (e_px[:, None] + off).tolist()
+        lvl_sz = (e_sz[:, None] * level_size[None, :]).tolist()
         syms = self.symbols
         unds = self.underlyings
+        e_step, e_inst = step_of.tolist(), inst_of.tolist()
         p_l, b_l, a_l, sz_l, iv_l = price.tolist(), bid.tolist(), ask.tolist(), size.tolist(), iv.tolist()
         ix_l, t_l, ie_l = prices.tolist(), times.tolist(), idx_emit.tolist()
-        tk_l = self.tick_size.tolist()
         ix_half = (prices * self.index_spread[None, :]).tolist()
+        j, n_emit = 0, len(e_step)
         for s in range(steps):
             t = t_l[s]
             for u, name in enumerate(unds):
@@ -250,11 +264,10 @@ class MarketSimulator:
                     px = ix_l[s][u]
                     out.append(RawTick(t, name, px, px - ix_half[s][u], px + ix_half[s][u], 0.0, 0.0, 0.0,
                                        source="simulator"))
-            for k in per_step.get(s, ()):
-                px, bd, ak, sz = p_l[s][k], b_l[s][k], a_l[s][k], sz_l[s][k]
-                step = ak - px
-                floor = tk_l[k]
-                bids = tuple((max(bd - i * step, floor), sz * (1 + 0.3 * i)) for i in range(5))
-                asks = tuple((ak + i * step, sz * (1 + 0.3 * i)) for i in range(5))
-                out.append(RawTick(t, syms[k], px, bd, ak, sz, sz, iv_l[s][k], bids, asks, "simulator"))
+            while j < n_emit and e_step[j] == s:
+                k, sizes = e_inst[j], lvl_sz[j]
+                sz = sz_l[s][k]
+                out.append(RawTick(t, syms[k], p_l[s][k], b_l[s][k], a_l[s][k], sz, sz, iv_l[s][k],
+                                   tuple(zip(bid_px[j], sizes)), tuple(zip(ask_px[j], sizes)), "simulator"))
+                j += 1
         return out

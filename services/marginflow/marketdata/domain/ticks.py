@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from marginflow.shared.depthcurve import DepthCurve
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RawTick:
@@ -49,3 +51,4 @@ class MarkValue:
     half_spread_frac: float
     depth_contracts: float
     sequence: int
+    depth_curve: DepthCurve | None = None   # cumulative size by distance from the mid (None: not known)

@@ -86,6 +86,14 @@ def static_check(tick: RawTick, universe: Universe) -> tuple[str, str] | None:
         if not math.isfinite(value):
             return "non_finite_price", f"{name} is {value!r}"
     for side in (tick.bids, tick.asks):
+        if not side:
+            continue
+        # whole sides at once (a deep book has a dozen levels a side): a finite sum and positive minima
+        # pass; anything else is looked at level by level for its reason
+        prices = [p for p, _ in side]
+        sizes = [q for _, q in side]
+        if math.isfinite(sum(prices) + sum(sizes)) and min(prices) > 0 and min(sizes) >= 0:
+            continue
         for level_price, level_size in side:
             if not (math.isfinite(level_price) and math.isfinite(level_size)):
                 return "non_finite_price", "a depth level is not finite"

@@ -9,8 +9,10 @@ from google.protobuf.message import DecodeError
 
 from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.api.risk.v1 import risk_pb2
-from marginflow.riskparams.application import RiskParamsVersion, SigmaChange
+from marginflow.riskparams.application import RiskParamsVersion, SigmaChange, UnderlyingSignals
+from marginflow.shared.units import MS_PER_DAY
 from marginflow.shared.config import DEFAULT_MAX_MESSAGE_BYTES
+from marginflow.shared.depthcurve import curve_of_mark
 from marginflow.shared.errors import Rejected
 from marginflow.shared.kafka import check_size
 
@@ -43,7 +45,10 @@ def _decode(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None,
             if key and key.decode("utf-8", "replace") != msg.instrument:
                 errors.append((i, Rejected("key_mismatch", f"record key {key!r} != instrument {msg.instrument!r}")))
                 continue
-        out.append(extract(msg))
+        try:
+            out.append(extract(msg))
+        except Rejected as exc:            # a field the extraction validates (a mark's depth curve)
+            errors.append((i, exc))
     return out, errors
 
 
@@ -56,10 +61,12 @@ def decode_ticks(values: Sequence[bytes | None], keys: Sequence[bytes | None] | 
 
 def decode_marks(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None,
                  max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 ) -> tuple[list[tuple[str, str, float, float, int]], list[tuple[int, Rejected]]]:
-    """``(instrument, underlying, index_price, implied_vol, event_time_ms)`` per decodable value."""
+                 ) -> tuple[list[tuple], list[tuple[int, Rejected]]]:
+    """``(instrument, underlying, index_price, implied_vol, event_time_ms, depth_curve)`` per decodable
+    value (``depth_curve`` None when absent); a mark with an invalid curve is an error with the curve's
+    reason (``depth_curve_non_finite``, ``_negative``, ``_non_monotone``, ``_shape``)."""
     return _decode(values, keys, _Mark, lambda m: (m.instrument, m.underlying, m.index_price, m.implied_vol,
-                                                   m.meta.event_time_ms), max_bytes)
+                                                   m.meta.event_time_ms, curve_of_mark(m)), max_bytes)
 
 
 def to_proto(v: RiskParamsVersion, source: str = "riskparams") -> risk_pb2.RiskParams:
@@ -102,6 +109,25 @@ def to_proto(v: RiskParamsVersion, source: str = "riskparams") -> risk_pb2.RiskP
 def sigma_change_to_proto(c: SigmaChange) -> risk_pb2.SigmaChange:
     return risk_pb2.SigmaChange(underlying=c.underlying, event_time_ms=c.event_time_ms, version=c.version,
                                 sigma_before=c.sigma_before, sigma_after=c.sigma_after, cause=c.cause)
+
+
+def signals_to_proto(s: UnderlyingSignals, history: Sequence[SigmaChange]) -> risk_pb2.UnderlyingSignals:
+    msg = risk_pb2.UnderlyingSignals(
+        underlying=s.underlying, as_of_ms=s.as_of_ms, index_price=s.index_price, sigma_realised=s.sigma_realised,
+        sigma_implied=s.sigma_implied, realised_implied_ratio=s.realised_implied_ratio, sigma_margin=s.sigma_margin,
+        depth_instrument=s.depth_instrument, depth_reference_bps=s.depth_reference_bps,
+        depth_contracts=s.depth_contracts, depth_usd=s.depth_usd, depth_index=s.depth_index,
+        depth_time_ms=s.depth_time_ms)
+    for t in s.tenors:
+        msg.tenors.add(tenor_days=t.tenor_days, atm_vol=t.atm_vol, put_25d_vol=t.put_25d_vol,
+                       call_25d_vol=t.call_25d_vol, skew_25d=t.skew_25d)
+    for e in s.expiries:
+        msg.expiries.add(expiry_ms=e.expiry_ms, days=(e.expiry_ms - s.as_of_ms) / MS_PER_DAY, atm_vol=e.atm_vol,
+                         put_25d_strike_usd=e.put_25d_strike_usd, put_25d_vol=e.put_25d_vol,
+                         call_25d_strike_usd=e.call_25d_strike_usd, call_25d_vol=e.call_25d_vol,
+                         skew_25d=e.skew_25d)
+    msg.sigma_history.extend(sigma_change_to_proto(c) for c in history)
+    return msg
 
 
 def select(params: risk_pb2.RiskParams, underlyings: Sequence[str]) -> risk_pb2.RiskParams:

@@ -173,6 +173,10 @@ class RiskParamsFaust:
             self.service.publish_if_changed()
         except Exception:  # noqa: BLE001 - a bad version must not stop the timer
             log.exception("building or publishing a version failed")
+        try:
+            self.service.refresh_signals()
+        except Exception:  # noqa: BLE001 - nor a signal that cannot be computed
+            log.exception("computing the signals failed")
 
     # ---- bulk tick path --------------------------------------------------------------------
     async def _bulk_ticks(self) -> None:

@@ -1,8 +1,8 @@
-"""gRPC RiskService: current parameters, a stream of new versions, σ_m change history.
+"""gRPC RiskService: current parameters, a stream of new versions, σ_m change history, the signals.
 
 The servicer reads only the :class:`ParamsHub` (latest published RiskParams proto, replaced as a
 whole) and the engine's history (copied under its lock), so gRPC threads never touch state that
-the faust event loop is mutating.
+the faust event loop is mutating; the signals are a snapshot the event loop replaces as a whole.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from marginflow.api.risk.v1 import risk_pb2, risk_pb2_grpc
-from marginflow.riskparams.adapters.codec import select, sigma_change_to_proto
-from marginflow.riskparams.application import SigmaChange
+from marginflow.riskparams.adapters.codec import select, sigma_change_to_proto, signals_to_proto
+from marginflow.riskparams.application import SigmaChange, UnderlyingSignals
 from marginflow.shared.grpcserver import invalid_argument
 from marginflow.shared.fanout import Fanout, Subscription
 from marginflow.shared import security
 
 MAX_HISTORY_LIMIT = 10_000
+MAX_SIGNAL_HISTORY_LIMIT = 1_000
+DEFAULT_SIGNAL_HISTORY = 20
 SERVICE_NAME = risk_pb2.DESCRIPTOR.services_by_name["RiskService"].full_name
 
 
@@ -54,14 +56,16 @@ class ParamsHub:
 
 class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
     AUTH_POLICY = {"GetRiskParams": security.public(), "StreamRiskParams": security.public(),
-                   "GetSigmaHistory": security.public()}
+                   "GetSigmaHistory": security.public(), "GetSignals": security.public()}
 
     def __init__(self, hub: ParamsHub, history: Callable[[str, int], list[SigmaChange]],
-                 underlyings: tuple[str, ...], poll_s: float = 0.5) -> None:
+                 underlyings: tuple[str, ...], poll_s: float = 0.5,
+                 signals: Callable[[], tuple[UnderlyingSignals, ...]] = tuple) -> None:
         self._hub = hub
         self._history = history
         self._underlyings = underlyings
         self._poll_s = poll_s
+        self._signals = signals
 
     def _check_underlyings(self, names, context) -> list[str]:
         unknown = [u for u in names if u not in self._underlyings]
@@ -101,6 +105,17 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
         limit = request.limit or 100
         changes = self._history(request.underlying, limit)
         return risk_pb2.GetSigmaHistoryResponse(changes=[sigma_change_to_proto(c) for c in changes])
+
+
+    def GetSignals(self, request: risk_pb2.GetSignalsRequest, context: grpc.ServicerContext):
+        names = self._check_underlyings(list(request.underlyings), context)
+        if request.history_limit < 0 or request.history_limit > MAX_SIGNAL_HISTORY_LIMIT:
+            invalid_argument(context, f"history_limit must lie in 0..{MAX_SIGNAL_HISTORY_LIMIT} "
+                                      f"(0 = {DEFAULT_SIGNAL_HISTORY}), got {request.history_limit}")
+        limit = request.history_limit or DEFAULT_SIGNAL_HISTORY
+        wanted = set(names or self._underlyings)
+        return risk_pb2.GetSignalsResponse(underlyings=[
+            signals_to_proto(s, self._history(s.underlying, limit)) for s in self._signals() if s.underlying in wanted])
 
 
 def registration(servicer: RiskServicer):

@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from marginflow.riskparams.application import IngestReport, RiskParamsVersion
+from collections.abc import Sequence
+
+from marginflow.riskparams.application import IngestReport, RiskParamsVersion, UnderlyingSignals
 
 ESTIMATORS = ("ewma_fast", "ewma_slow", "garch", "implied", "floor", "base", "margin")
 
@@ -46,6 +48,20 @@ class PrometheusMetrics:
                                  registry=registry)
         self.consumer_lag = Gauge(p + "consumer_lag_records", "md.ticks records not yet consumed",
                                   registry=registry)
+        tenor = ["underlying", "tenor_days"]
+        self.signal_atm = Gauge(p + "signal_atm_vol", "ATM implied vol at a tenor, annualised (0 = no options)",
+                                tenor, registry=registry)
+        self.signal_skew = Gauge(p + "signal_skew_25d", "25-delta skew at a tenor: put vol − call vol, annualised",
+                                 tenor, registry=registry)
+        self.signal_ratio = Gauge(p + "signal_realised_implied_ratio",
+                                  "EWMA-fast realised vol / ATM implied vol (0 without options)", ["underlying"],
+                                  registry=registry)
+        self.signal_depth_usd = Gauge(p + "signal_depth_usd",
+                                      "Book depth within the reference distance, thinner side, USD", ["underlying"],
+                                      registry=registry)
+        self.signal_depth_index = Gauge(p + "signal_depth_index",
+                                        "Book depth / its event-time EWMA (1 = usual; 0 before any depth curve)",
+                                        ["underlying"], registry=registry)
         self._updated: dict[str, float] = {}
         self._last_sample: dict[str, int] = {}
 
@@ -69,6 +85,17 @@ class PrometheusMetrics:
 
     def records_behind(self, n: int) -> None:
         self.consumer_lag.set(n)
+
+    def signals(self, signals: Sequence[UnderlyingSignals]) -> None:
+        for s in signals:
+            u = s.underlying
+            for t in s.tenors:
+                label = f"{t.tenor_days:g}"
+                self.signal_atm.labels(u, label).set(t.atm_vol)
+                self.signal_skew.labels(u, label).set(t.skew_25d)
+            self.signal_ratio.labels(u).set(s.realised_implied_ratio)
+            self.signal_depth_usd.labels(u).set(s.depth_usd)
+            self.signal_depth_index.labels(u).set(s.depth_index)
 
     def version(self, version: RiskParamsVersion, now_ms: int) -> None:
         now_s = self._wall_s()

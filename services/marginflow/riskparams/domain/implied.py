@@ -43,11 +43,11 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
     return ys[-1]  # pragma: no cover
 
 
-def atm_implied_vol(quotes: list[OptionQuote], index_price_usd: float, as_of_ms: int, tenor_days: float,
-                    min_expiry_ms: int, max_age_ms: int) -> float:
-    """ATM implied vol (annualised) at ``tenor_days``; 0.0 when no usable quote exists."""
-    if not (index_price_usd > 0 and math.isfinite(index_price_usd)):
-        return 0.0
+def usable_smiles(quotes: list[OptionQuote], as_of_ms: int, min_expiry_ms: int,
+                  max_age_ms: int) -> list[tuple[int, list[float], list[float]]]:
+    """Per expiry at least ``min_expiry_ms`` away, in expiry order: (expiry, strikes ascending, implied vol
+    at each: the mean of the call and the put where both are marked), from quotes at most ``max_age_ms``
+    old with a finite positive vol."""
     by_expiry: dict[int, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for q in quotes:
         if q.expiry_ms - as_of_ms < min_expiry_ms or as_of_ms - q.event_time_ms > max_age_ms:
@@ -55,19 +55,32 @@ def atm_implied_vol(quotes: list[OptionQuote], index_price_usd: float, as_of_ms:
         if not (q.implied_vol > 0 and math.isfinite(q.implied_vol)):
             continue
         by_expiry[q.expiry_ms][q.strike_usd].append(q.implied_vol)
-    points: list[tuple[float, float]] = []   # (T years, ATM total variance)
+    out = []
     for expiry, strikes in sorted(by_expiry.items()):
         ks = sorted(strikes)
-        vols = [sum(strikes[k]) / len(strikes[k]) for k in ks]
-        atm = _interp(index_price_usd, ks, vols)
-        t = (expiry - as_of_ms) / MS_PER_YEAR
-        points.append((t, atm * atm * t))
+        out.append((expiry, ks, [sum(strikes[k]) / len(strikes[k]) for k in ks]))
+    return out
+
+
+def vol_at_tenor(points: list[tuple[float, float]], tenor_days: float) -> float:
+    """The vol at ``tenor_days`` from (T years, vol) points in T order: total variance σ²T interpolated
+    linearly in T, flat vol beyond the first and last; 0.0 without points."""
     if not points:
         return 0.0
     tau = tenor_days / DAYS_PER_YEAR
     if tau <= points[0][0]:
-        return math.sqrt(points[0][1] / points[0][0])
+        return points[0][1]
     if tau >= points[-1][0]:
-        return math.sqrt(points[-1][1] / points[-1][0])
-    w = _interp(tau, [p[0] for p in points], [p[1] for p in points])
+        return points[-1][1]
+    w = _interp(tau, [t for t, _ in points], [v * v * t for t, v in points])
     return math.sqrt(max(w, 0.0) / tau)
+
+
+def atm_implied_vol(quotes: list[OptionQuote], index_price_usd: float, as_of_ms: int, tenor_days: float,
+                    min_expiry_ms: int, max_age_ms: int) -> float:
+    """ATM implied vol (annualised) at ``tenor_days``; 0.0 when no usable quote exists."""
+    if not (index_price_usd > 0 and math.isfinite(index_price_usd)):
+        return 0.0
+    points = [((expiry - as_of_ms) / MS_PER_YEAR, _interp(index_price_usd, ks, vols))
+              for expiry, ks, vols in usable_smiles(quotes, as_of_ms, min_expiry_ms, max_age_ms)]
+    return vol_at_tenor(points, tenor_days)
