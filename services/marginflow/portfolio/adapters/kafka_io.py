@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+
+from google.protobuf.message import DecodeError
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
@@ -125,7 +128,7 @@ class KafkaRecordSource:
             stream = streams.get((rec.topic, rec.partition))
             if stream is None:
                 stream = streams[(rec.topic, rec.partition)] = f"{rec.topic}:{rec.partition}"
-            out.append(InputRecord(InputPosition(stream, rec.offset), rec.key, command, rec))
+            out.append(InputRecord(InputPosition(stream, rec.offset), rec.key, command, rec, rec.timestamp_ms))
         return out
 
     def reject(self, record: InputRecord, reason: Rejected) -> None:
@@ -160,6 +163,49 @@ class KafkaRecordSource:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+class KafkaFillHistory:
+    """FillHistory port: a range of one ``trades.fills`` partition, read by a consumer of its own (no group).
+
+    Reads what the republish index of a partition lacks (at start, after a rebalance): from the later of
+    ``start_offset`` and the first record at or after ``since_ms`` to ``end_offset``."""
+
+    def __init__(self, consumer, topic: str, timeout_s: float = 120.0) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._timeout_s = timeout_s
+
+    def read(self, partition: int, start_offset: int, end_offset: int, since_ms: int) -> list[InputRecord]:
+        consumer = self._consumer
+        tp = TopicPartition(self._topic, partition)
+        consumer.assign([tp])
+        by_time = consumer.offsets_for_times({tp: max(0, since_ms)}).get(tp)
+        start = max(start_offset, consumer.beginning_offsets([tp])[tp],
+                    by_time.offset if by_time is not None else end_offset)
+        out: list[InputRecord] = []
+        if start >= end_offset:
+            return out
+        consumer.seek(tp, start)
+        stream = f"{self._topic}:{partition}"
+        deadline = time.monotonic() + self._timeout_s
+        while consumer.position(tp) < end_offset:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{stream} not read from {start} to {end_offset} within {self._timeout_s} s")
+            for rec in consumer.poll(timeout_ms=200, max_records=20_000).get(tp, ()):
+                if rec.offset >= end_offset:
+                    break
+                try:
+                    command = fill_from_proto(pb.Fill.FromString(rec.value)) if rec.value else Rejected(
+                        "empty_payload", "empty record")
+                except (Rejected, DecodeError) as exc:
+                    command = exc if isinstance(exc, Rejected) else Rejected("malformed", str(exc))
+                key = rec.key.decode(errors="replace") if rec.key else ""
+                out.append(InputRecord(InputPosition(stream, rec.offset), key, command, None, rec.timestamp))
+        return out
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
 
 
 class KafkaSnapshotSink:
