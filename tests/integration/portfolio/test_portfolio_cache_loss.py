@@ -9,15 +9,11 @@ nothing but this test.
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from decimal import Decimal as D
 
 import grpc
-import pytest
 import redis
 
 from marginflow.api.account.v1 import account_pb2 as pb
@@ -34,56 +30,6 @@ ACCOUNTS = [f"cache-{i:03d}" for i in range(200)]
 INSTRUMENTS = ("BTC-PERP", "ETH-PERP", "SOL-PERP")
 FILLS = 3000
 RATE_PER_S = 1000.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    """A redis-server of this test alone (no persistence: a restart comes back empty)."""
-
-    def __init__(self, tmp_path) -> None:
-        self.port = _free_port()
-        self.dir = tmp_path
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        wait_for(lambda: _pings(client), timeout_s=10, what="private redis up")
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (deploy/local/tools.sh installs it)")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _fills() -> list[Fill]:
