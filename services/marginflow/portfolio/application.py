@@ -73,7 +73,7 @@ class RecordSource(Protocol):
 
 
 class FillHistory(Protocol):
-    def read(self, partition: int, start_offset: int, end_offset: int, since_ms: int) -> Iterable[InputRecord]:
+    def read(self, partition: int, start_offset: int, end_offset: int, since_ms: int) -> Sequence[InputRecord]:
         """The records of ``trades.fills`` partition ``partition`` at offsets from ``start_offset`` (or the
         first at or after log time ``since_ms``, whichever is later) up to ``end_offset`` (excluded)."""
 
@@ -177,11 +177,16 @@ class Applier:
             if ix is None:
                 ix = self._fill_ids[p] = PartitionFillIds(self._horizon_ms)
             if ix.covered_to < offset - 1:
+                started = time.perf_counter()
                 since = self._clock.now_ms() - self._horizon_ms
-                for r in self._history.read(p, ix.covered_to + 1, offset, since):
+                history = self._history.read(p, ix.covered_to + 1, offset, since)
+                for r in history:
                     if _valid_fill(r, self._rules):
                         ix.add((r.key, r.command.fill_id), r.at.offset, r.time_ms)   # type: ignore[union-attr]
                 ix.advance(offset - 1)
+                log.info("fill ids of a partition read back from Kafka", extra={
+                    "partition": p, "records": len(history), "ids": len(ix),
+                    "seconds": round(time.perf_counter() - started, 3)})
             out[p] = ix
         return out
 
