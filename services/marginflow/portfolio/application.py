@@ -6,8 +6,10 @@ Redis and Prometheus adapters, the unit tests pass fakes.
 Exactly once in effect, per batch (see the README for the full argument):
 
 1. load the current state of every account in the batch (one read);
-2. apply the records in order; a record whose offset the account has already applied, or whose
-   id is among its recent ids, changes nothing; a rejected one goes to the dead-letter port;
+2. apply the records in order; a record whose offset the account has already applied, whose id is
+   among its recent ids, or a fill whose id its partition carried at an earlier offset (the index of
+   :mod:`marginflow.portfolio.domain.fill_ids`), changes nothing; a rejected one goes to the
+   dead-letter port;
 3. publish the new snapshot of every changed account to the compacted topic and wait for the
    acknowledgement (Kafka is the truth, so it is written first);
 4. write the same snapshots to Redis (one pipeline; a single SET per account is atomic and
