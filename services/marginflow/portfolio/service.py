@@ -237,6 +237,7 @@ class PortfolioApp:
         accounts, positions = self.store.counts(self.rules.instruments)
         self.metrics.accounts.set(accounts)
         self.metrics.positions.set(positions)
+        self.metrics.fill_ids_indexed.set(self.applier.fill_ids_indexed())
 
     def run(self, stopping: threading.Event) -> BatchResult:
         self.loop.run(stopping)
