@@ -563,6 +563,13 @@ class LiquidationEngine:
                 t.slices_sent = 0
                 t.resolved_ms = {}
                 continue
+            if (e.kind in FINAL_KINDS or e.kind in RESOLUTION_KINDS) and (ep is None or e.episode > ep.number):
+                # a resolution's events can precede the episode's STARTED on the topic (logs written before they
+                # were ordered): the episode is known from them
+                ep = t.episode = Episode(e.account_id, e.episode, EpisodeState.LIQUIDATING, e.time_ms)
+                t.last_number = max(t.last_number, e.episode)
+                t.slices_sent = 0
+                t.resolved_ms = {}
             if ep is None or ep.number != e.episode:
                 continue
             if e.kind == "ORDER_SENT":
@@ -1024,6 +1031,11 @@ class LiquidationEngine:
         """Publish the bankruptcy resolutions decided but not yet acknowledged, oldest first, the same records
         each time (a broker timeout raises here, and the next turn tries again before anything else is done).
         Effects first (idempotent by their ids), then the events: a crash in between redoes the same effects."""
+        if self._unsent and self._batch is not None and self._batch[0]:
+            # the events of the turn so far (an episode's STARTED) go before the resolution's: a restart
+            # rebuilds episodes in the topic's order
+            self.publisher.publish_events(self._batch[0])
+            self._batch[0].clear()
         while self._unsent:
             fills, deposits, snap, events = self._unsent[0]
             self.publisher.publish_effects(fills, deposits, snap)

@@ -75,9 +75,13 @@ class RecordSource(Protocol):
 
 
 class FillHistory(Protocol):
-    def read(self, partition: int, start_offset: int, end_offset: int, since_ms: int) -> Sequence[InputRecord]:
-        """The records of ``trades.fills`` partition ``partition`` at offsets from ``start_offset`` (or the
-        first at or after log time ``since_ms``, whichever is later) up to ``end_offset`` (excluded)."""
+    def ids(self, partition: int, start_offset: int, end_offset: int, since_ms: int
+            ) -> Sequence[tuple[str, str, int, int]]:
+        """(record key, fill id, offset, log time ms) of the records of ``trades.fills`` partition ``partition``
+        at offsets from ``start_offset`` (or the first at or after log time ``since_ms``, whichever is later)
+        up to ``end_offset`` (excluded); records that are no Fill are left out."""
+    def read(self, partition: int, offsets: Sequence[int]) -> Sequence[InputRecord]:
+        """The records at these offsets of the partition, decoded."""
 
 
 class CacheLost(Exception):
@@ -181,10 +185,9 @@ class Applier:
             if ix.covered_to < offset - 1:
                 started = time.perf_counter()
                 since = self._clock.now_ms() - self._horizon_ms
-                history = self._history.read(p, ix.covered_to + 1, offset, since)
-                for r in history:
-                    if _valid_fill(r, self._rules):
-                        ix.add((r.key, r.command.fill_id), r.at.offset, r.time_ms)   # type: ignore[union-attr]
+                history = self._history.ids(p, ix.covered_to + 1, offset, since)
+                for key, fill_id, at, time_ms in history:
+                    ix.add_unverified((key, fill_id), at, time_ms)
                 ix.advance(offset - 1)
                 log.info("fill ids of a partition read back from Kafka", extra={
                     "partition": p, "records": len(history), "ids": len(ix),
@@ -231,6 +234,9 @@ class Applier:
                 continue
             if ix is not None and type(command) is Fill:
                 fill_key = (account_id, command.fill_id)
+                if ix.earlier(fill_key, record.at.offset) and ix.unverified(fill_key):
+                    copies = self._history.read(record.at.partition, ix.unverified(fill_key))  # type: ignore[union-attr]
+                    ix.settle(fill_key, [r.at.offset for r in copies if _valid_fill(r, rules)])
                 if ix.earlier(fill_key, record.at.offset):
                     result.duplicates += 1
                     self._metrics.duplicate("id")

@@ -103,3 +103,30 @@ def test_a_new_episode_forgets_the_parts_resolved_in_the_previous_one():
     engine.rebuild(events)
     t = engine.accounts["m"]
     assert t.live and t.episode.number == 2 and t.resolved_ms == {}
+
+
+def test_the_started_event_of_a_turn_goes_before_the_resolution_that_ends_its_episode():
+    """An account below zero at its first assessment: STARTED and the resolution in one turn. STARTED is
+    published first, so a restart rebuilds the episode as ended (it would start it again, and resolve the
+    bankruptcy a second time, were BANKRUPT first)."""
+    margin, positions, pub = FakeMargin(), FakePositions(), FakePublisher()
+    engine = engine_with(pub, margin, positions)
+    margin.views["b"] = bankrupt_view()
+    engine.on_calls([Call("b", BANKRUPT, True, 1, 3, NOW)])
+    engine.begin_batch()
+    step(engine)
+    engine.end_batch()
+    assert kinds(pub)[:2] == ["STARTED", "BANKRUPT"]
+    restarted = engine_with(FakePublisher(), margin, positions)
+    restarted.rebuild(list(pub.events))
+    assert not restarted.accounts["b"].live and restarted.accounts["b"].last_number == 1
+
+
+def test_a_log_with_the_resolution_before_started_still_rebuilds_the_episode_as_ended():
+    events = [Event("STARTED", "b", 3, NOW), Event("BANKRUPT", "b", 3, NOW),
+              Event("BANKRUPT", "b", 4, NOW + 1), Event("FUND_TAKEOVER", "b", 4, NOW + 1, instrument="BTC-PERP"),
+              Event("STARTED", "b", 4, NOW + 1)]
+    engine = engine_with(FakePublisher(), FakeMargin(), FakePositions())
+    engine.rebuild(events)
+    t = engine.accounts["b"]
+    assert not t.live and t.episode.number == 4 and t.last_number == 4

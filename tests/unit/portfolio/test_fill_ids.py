@@ -49,10 +49,16 @@ class LogHistory:
     def __init__(self, log):
         self.log = log
         self.reads = []
+        self.fetched = []
 
-    def read(self, partition, start_offset, end_offset, since_ms):
+    def ids(self, partition, start_offset, end_offset, since_ms):
         self.reads.append((partition, start_offset, end_offset))
-        return [r for r in self.log if start_offset <= r.at.offset < end_offset and r.time_ms >= since_ms]
+        return [(r.key, r.command.fill_id, r.at.offset, r.time_ms) for r in self.log
+                if start_offset <= r.at.offset < end_offset and r.time_ms >= since_ms and isinstance(r.command, Fill)]
+
+    def read(self, partition, offsets):
+        self.fetched.append(list(offsets))
+        return [r for r in self.log if r.at.offset in offsets]
 
 
 def fill_rec(offset, fill_id, account=HOUSE, size="0.001", partition=0):
@@ -104,6 +110,7 @@ def test_a_restarted_applier_reads_the_partition_back_before_applying(rules):
     store.data = dict(first._store.data)             # the state the first instance left (Redis or the topic)
     result = second.apply_batch(log[-1:])
     assert history.reads == [(0, 0, 300)]
+    assert history.fetched == [[3]]                  # the copy read back is validated when it matters
     assert (result.fills_applied, result.duplicates) == (0, 1)
     # a later batch continues from what is indexed: nothing read again
     second.apply_batch([fill_rec(301, "h301")])
@@ -145,6 +152,36 @@ def test_a_redelivered_batch_stays_a_duplicate_by_offset(rules):
     again = applier.apply_batch(log[:10])
     assert (again.fills_applied, again.duplicates) == (0, 10)
     assert decode_account(store.data[HOUSE]).revision == 10
+
+
+def test_a_copy_read_back_that_the_ledger_refuses_does_not_hide_a_valid_one(rules):
+    """After a restart the index holds read-back ids unverified: the refused first copy is checked when its
+    corrected republish comes, and the republish is applied."""
+    bad = fill_rec(0, "h0", size="0.0015")
+    good = fill_rec(1, "h0", size="0.002")
+    first, _ = applier_with(rules, LogHistory([bad]))
+    first.apply_batch([bad])
+    history = LogHistory([bad, good])
+    restarted, store = applier_with(rules, history)
+    assert restarted.apply_batch([good]).fills_applied == 1
+    assert history.fetched == [[0]]
+    again = restarted.apply_batch([fill_rec(2, "h0", size="0.002")])   # and now its copies are duplicates
+    assert (again.fills_applied, again.duplicates) == (0, 1)
+
+
+def test_index_settles_an_unverified_id():
+    ix = PartitionFillIds(horizon_ms=1000)
+    ix.add_unverified(("a", "f"), 3, 100)
+    ix.add_unverified(("a", "f"), 5, 100)
+    assert ix.earlier(("a", "f"), 9) and ix.unverified(("a", "f")) == [3, 5]
+    ix.settle(("a", "f"), [5])                    # the copy at 3 was refused
+    assert ix.unverified(("a", "f")) == [] and ix.earlier(("a", "f"), 9) and not ix.earlier(("a", "f"), 5)
+    ix.add_unverified(("a", "g"), 4, 100)
+    ix.settle(("a", "g"), [])
+    assert not ix.earlier(("a", "g"), 9)
+    ix.add(("a", "h"), 6, 100)                    # validated first: a copy read back later adds nothing
+    ix.add_unverified(("a", "h"), 7, 100)
+    assert ix.unverified(("a", "h")) == []
 
 
 def test_undecodable_records_in_the_history_are_not_indexed(rules):

@@ -166,40 +166,58 @@ class KafkaRecordSource:
 
 
 class KafkaFillHistory:
-    """FillHistory port: a range of one ``trades.fills`` partition, read by a consumer of its own (no group).
-
-    Reads what the republish index of a partition lacks (at start, after a rebalance): from the later of
-    ``start_offset`` and the first record at or after ``since_ms`` to ``end_offset``."""
+    """FillHistory port: ranges and single records of one ``trades.fills`` partition, read by a consumer of its
+    own (no group). The ids of a range (what the republish index of a partition lacks at start and after a
+    rebalance) are read without decoding the fills' numbers; whole records only when a copy must be validated."""
 
     def __init__(self, consumer, topic: str, timeout_s: float = 120.0) -> None:
         self._consumer = consumer
         self._topic = topic
         self._timeout_s = timeout_s
 
-    def read(self, partition: int, start_offset: int, end_offset: int, since_ms: int) -> list[InputRecord]:
+    def _records(self, partition: int, start_offset: int, end_offset: int, since_ms: int | None):
         consumer = self._consumer
         tp = TopicPartition(self._topic, partition)
         consumer.assign([tp])
-        by_time = consumer.offsets_for_times({tp: max(0, since_ms)}).get(tp)
-        start = max(start_offset, consumer.beginning_offsets([tp])[tp],
-                    by_time.offset if by_time is not None else end_offset)
-        out: list[InputRecord] = []
+        start = max(start_offset, consumer.beginning_offsets([tp])[tp])
+        if since_ms is not None:
+            by_time = consumer.offsets_for_times({tp: max(0, since_ms)}).get(tp)
+            start = max(start, by_time.offset if by_time is not None else end_offset)
         if start >= end_offset:
-            return out
+            return
         consumer.seek(tp, start)
-        stream = f"{self._topic}:{partition}"
         deadline = time.monotonic() + self._timeout_s
         while consumer.position(tp) < end_offset:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{stream} not read from {start} to {end_offset} within {self._timeout_s} s")
+                raise TimeoutError(f"{self._topic}:{partition} not read from {start} to {end_offset} "
+                                   f"within {self._timeout_s} s")
             for rec in consumer.poll(timeout_ms=200, max_records=20_000).get(tp, ()):
                 if rec.offset >= end_offset:
-                    break
+                    return
+                yield rec
+
+    def ids(self, partition: int, start_offset: int, end_offset: int, since_ms: int) -> list[tuple[str, str, int, int]]:
+        out = []
+        for rec in self._records(partition, start_offset, end_offset, since_ms):
+            try:
+                fill_id = pb.Fill.FromString(rec.value).fill_id if rec.value else ""
+            except DecodeError:
+                continue
+            if fill_id:
+                out.append((rec.key.decode(errors="replace") if rec.key else "", fill_id, rec.offset, rec.timestamp))
+        return out
+
+    def read(self, partition: int, offsets: Sequence[int]) -> list[InputRecord]:
+        stream = f"{self._topic}:{partition}"
+        out = []
+        for offset in offsets:
+            for rec in self._records(partition, offset, offset + 1, None):
                 try:
-                    command = fill_from_proto(pb.Fill.FromString(rec.value)) if rec.value else Rejected(
-                        "empty_payload", "empty record")
-                except (Rejected, DecodeError) as exc:
-                    command = exc if isinstance(exc, Rejected) else Rejected("malformed", str(exc))
+                    command = fill_from_proto(pb.Fill.FromString(rec.value))
+                except Rejected as exc:
+                    command = exc
+                except DecodeError as exc:
+                    command = Rejected("malformed", str(exc))
                 key = rec.key.decode(errors="replace") if rec.key else ""
                 out.append(InputRecord(InputPosition(stream, rec.offset), key, command, None, rec.timestamp))
         return out

@@ -12,7 +12,9 @@ account), so per-partition indexes see every copy.
 The index is a function of the log alone (every valid fill of the partition, whatever became of it), so
 it is rebuilt exactly by reading the partition again: ``covered_to`` says up to which offset it holds
 every record, and a gap (a restart, partitions moved by a rebalance) is read from Kafka before the
-records after it are applied.
+records after it are applied. What is read back is indexed *unverified* (its id only, not decoded into a
+fill and validated: that would cost more than the reading); only when a later copy of such an id comes do
+its earlier copies have to be validated (:meth:`PartitionFillIds.unverified`, :meth:`PartitionFillIds.settle`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ FillKey = tuple[str, str]     # (account id, fill id)
 class PartitionFillIds:
     """First offset of each ``(account, fill id)`` of one partition seen within ``horizon_ms`` of record time."""
 
-    __slots__ = ("horizon_ms", "covered_to", "_first", "_order", "_newest_ms")
+    __slots__ = ("horizon_ms", "covered_to", "_first", "_order", "_newest_ms", "_unverified")
 
     def __init__(self, horizon_ms: int) -> None:
         if horizon_ms <= 0:
@@ -35,6 +37,7 @@ class PartitionFillIds:
         self._first: dict[FillKey, int] = {}
         self._order: collections.deque[tuple[int, FillKey, int]] = collections.deque()  # (time ms, key, offset)
         self._newest_ms = 0
+        self._unverified: dict[FillKey, list[int]] = {}    # read back, not validated: the offsets of its copies
 
     def __len__(self) -> int:
         return len(self._first)
@@ -54,6 +57,26 @@ class PartitionFillIds:
             self._newest_ms = time_ms
         self._trim()
 
+    def add_unverified(self, key: FillKey, offset: int, time_ms: int) -> None:
+        """Record a fill id read back from the log, its validity not known yet."""
+        if key in self._first and key not in self._unverified:
+            return                                   # a validated copy came first
+        self._unverified.setdefault(key, []).append(offset)
+        self.add(key, offset, time_ms)
+
+    def unverified(self, key: FillKey) -> list[int]:
+        """Offsets of copies of ``key`` read back and not validated (empty: nothing to check)."""
+        return self._unverified.get(key, [])
+
+    def settle(self, key: FillKey, valid_offsets: list[int]) -> None:
+        """The copies read back of ``key`` that the ledger accepts: the first of them is its first offset; none:
+        the id is not known (a later copy is the first valid one)."""
+        del self._unverified[key]
+        if valid_offsets:
+            self._first[key] = min(valid_offsets)
+        else:
+            self._first.pop(key, None)
+
     def advance(self, offset: int) -> None:
         """Every record up to ``offset`` has been read (added when valid)."""
         if offset > self.covered_to:
@@ -66,3 +89,4 @@ class PartitionFillIds:
             _t, key, offset = order.popleft()
             if first.get(key) == offset:
                 del first[key]
+                self._unverified.pop(key, None)
