@@ -57,9 +57,8 @@ FAILURE_BACKOFF_MS = 1000
 # An episode whose orders found no fill in max_rounds rounds gets one round this often (and its assessment).
 STUCK_RETRY_MS = 30_000
 LINEAR_KINDS = (Kind.PERPETUAL, Kind.FUTURE)
-# A bankrupt isolated position already resolved (take-over/ADL effects published) is not resolved again within
-# this long while portfolio and margin catch up; its effects carry fixed ids, so a later redo changes nothing.
-RESOLVED_RETRY_MS = 10_000
+# Events naming the instrument of a bankrupt part the episode resolved (a restart never resolves it again).
+RESOLUTION_KINDS = frozenset({"FUND_TAKEOVER", "ADL", "UNCOVERED", "DEFICIT_COVERED"})
 # After a re-check found an account above MM, republished margin.state records of it do not trigger another
 # re-check for this long (each would be one Explain and a RECHECK_HEALTHY event); margin.calls always do.
 STATE_TRIGGER_QUIET_MS = 10_000
@@ -439,7 +438,8 @@ class Tracked:
     slices_sent: int = 0
     stuck: bool = False                   # max_rounds rounds without a fill: retried slowly, in the queue
     rounds_since_fill: int = 0
-    resolved_ms: dict[str, int] = dataclasses.field(default_factory=dict)   # isolated bankruptcies resolved, when
+    # isolated bankruptcies of this episode resolved, when: each once (its effects carry fixed ids)
+    resolved_ms: dict[str, int] = dataclasses.field(default_factory=dict)
     last_equity_usd: Decimal = ZERO
     last_mm_usd: Decimal = ZERO
     quiet_until_ms: int = 0               # a state trigger found nothing to do: not again before this
@@ -570,6 +570,8 @@ class LiquidationEngine:
         self.equities: dict[str, Decimal] = {}
         self.events: collections.deque[Event] = collections.deque(maxlen=settings.history)
         self._batch: tuple[list[Event], list[Order]] | None = None
+        # bankruptcy resolutions decided, not yet acknowledged: (fills, deposits, fund snapshot, events)
+        self._unsent: list[tuple[list[FillRecord], list[DepositOut], FundSnapshot | None, list[Event]]] = []
 
     # ---- restart
     def rebuild(self, events: Iterable[Event]) -> None:
@@ -590,13 +592,24 @@ class LiquidationEngine:
                 t.episode = Episode(e.account_id, e.episode, EpisodeState.LIQUIDATING, e.time_ms)
                 t.last_number = max(t.last_number, e.episode)
                 t.slices_sent = 0
+                t.resolved_ms = {}
                 continue
+            if (e.kind in FINAL_KINDS or e.kind in RESOLUTION_KINDS) and (ep is None or e.episode > ep.number):
+                # a resolution's events can precede the episode's STARTED on the topic (logs written before they
+                # were ordered): the episode is known from them
+                ep = t.episode = Episode(e.account_id, e.episode, EpisodeState.LIQUIDATING, e.time_ms)
+                t.last_number = max(t.last_number, e.episode)
+                t.slices_sent = 0
+                t.resolved_ms = {}
             if ep is None or ep.number != e.episode:
                 continue
             if e.kind == "ORDER_SENT":
                 t.episode = dataclasses.replace(ep, next_slice=max(ep.next_slice, e.slice + 1),
                                                 round_number=max(ep.round_number, e.round))
                 t.slices_sent += 1
+            elif e.kind in RESOLUTION_KINDS and e.instrument and ep.state is EpisodeState.LIQUIDATING:
+                # in a live episode these are an isolated part's (a cross bankruptcy ends the episode first)
+                t.resolved_ms.setdefault(e.instrument, e.time_ms)
             elif e.kind in FINAL_KINDS:
                 t.episode = dataclasses.replace(ep, state=FINAL_KINDS[e.kind], ended_ms=e.time_ms,
                                                 deficit_usd=e.amount_usd or ZERO if e.kind == "BANKRUPT" else ZERO)
@@ -885,14 +898,14 @@ class LiquidationEngine:
         negative = [c for c in parts[1:] if c.equity_usd < 0]
         if negative and cross.equity_usd >= 0:
             # an isolated position below zero: its deficit to the fund (then ADL); the episode goes on
-            iso_bankrupt = [c for c in negative if now >= t.resolved_ms.get(c.instrument, 0) + RESOLVED_RETRY_MS]
+            iso_bankrupt = [c for c in negative if c.instrument not in t.resolved_ms]
             if not iso_bankrupt:
-                return   # resolved a moment ago: the next round, once portfolio and margin have its fills
+                return   # resolved already: the next round, once portfolio and margin have its fills
             if not all(p.instrument in a.candidates for c in iso_bankrupt for p in c.positions):
                 t.due_ms = now   # assessed without the bankruptcy inputs (a race): read again
                 return
-            self._resolve_bankruptcy(t, a, ep, now, iso_bankrupt)
-            t.resolved_ms.update((c.instrument, now) for c in iso_bankrupt)
+            t.resolved_ms.update((c.instrument, now) for c in iso_bankrupt)   # decided: never again, even if
+            self._resolve_bankruptcy(t, a, ep, now, iso_bankrupt)             # publishing it has to be retried
             return
         obs = observation(v)
         new = observe(t.account_id, ep, obs, t.last_number, self.s.plan.margin_buffer_fraction)
@@ -1063,15 +1076,32 @@ class LiquidationEngine:
                     self.ledger._remember(key)
                 snap = self.ledger.snapshot()
             fund = self.ledger.fund
-        # Effects first (idempotent by their ids), then the events: a crash in between redoes the same effects.
-        self.publisher.publish_effects(fills, deposits, snap)
-        if snap is not None:
-            self.fund_cache.write(snap)
         if new.state is EpisodeState.BANKRUPT:
-            t.episode = new
+            t.episode = new   # decided before anything is published: a failed publish is retried, never redone
             self.metrics.episode("bankrupt")
-        self._emit(events)
+        self._unsent.append((fills, deposits, snap, events))
+        self.flush_resolutions()
         self._fund_gauges()
+
+    def flush_resolutions(self) -> None:
+        """Publish the bankruptcy resolutions decided but not yet acknowledged, oldest first, the same records
+        each time (a broker timeout raises here, and the next turn tries again before anything else is done).
+        Effects first (idempotent by their ids), then the events: a crash in between redoes the same effects."""
+        if self._unsent and self._batch is not None and self._batch[0]:
+            # the events of the turn so far (an episode's STARTED) go before the resolution's: a restart
+            # rebuilds episodes in the topic's order
+            self.publisher.publish_events(self._batch[0])
+            self._batch[0].clear()
+        while self._unsent:
+            fills, deposits, snap, events = self._unsent[0]
+            self.publisher.publish_effects(fills, deposits, snap)
+            if snap is not None:
+                self.fund_cache.write(snap)
+            if events:
+                self.publisher.publish_events(events)
+            self._unsent.pop(0)
+            for e in events:
+                self.events.append(e)
 
     def _resolve_part(self, acct: str, n: int, part: Component, a: Assessment, fund: InsuranceFund,
                       fills: list[FillRecord], events: list[Event], now: int) -> Decimal:
@@ -1224,6 +1254,7 @@ class LiquidationEngine:
     def begin_batch(self) -> None:
         """Collect the events and orders of several decisions; :meth:`end_batch` publishes them with one
         acknowledgement each: all the events first, then all the orders (the order of durability holds)."""
+        self.flush_resolutions()
         if self._batch is None:
             self._batch = ([], [])
 

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from kafka import TopicPartition
+from kafka.errors import KafkaError
 
 from marginflow.api.account.v1 import account_pb2
 from marginflow.api.liquidation.v1 import liquidation_pb2, liquidation_pb2_grpc
@@ -89,6 +90,7 @@ class LiquidationApp:
         self._positions = positions
         self._inflight: list[Future] = []   # assessments of a batch of accounts each
         self._admin: queue.Queue = queue.Queue()
+        self._polled: list = []            # the group records of the turn under way
         self.loop: ServiceLoop | None = None
 
     @property
@@ -148,7 +150,9 @@ class LiquidationApp:
         self.pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix=f"{SERVICE}-assess")
         self._catch_up_states(timeout)
         seeded = self.engine.seed_pending_from_states()
-        self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.engine.refresh_gauges)])
+        self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.engine.refresh_gauges),
+                                                           Every(1.0, self.check_fund_cache)],
+                                recover=self.recover)
         for name, step in (("market consumer", self.market.close), ("group consumer", self.group.close),
                            ("assessments", lambda: self.pool.shutdown(wait=True, cancel_futures=True)),
                            ("flush producer", self.producer.flush), ("close producer", self.producer.close),
@@ -241,6 +245,7 @@ class LiquidationApp:
                                                       max_records=MARKET_RECORDS_BUSY if busy
                                                       else MARKET_RECORDS_PER_TURN))
         records = self.group.poll(timeout_ms=GROUP_POLL_MS, max_records=5000)
+        self._polled = records
         self.engine.begin_batch()
         try:
             if records:
@@ -255,6 +260,7 @@ class LiquidationApp:
             self.engine.end_batch()   # events, then orders, each acknowledged: before the offsets are committed
         if records:
             self.group.commit()
+        self._polled = []
         # Due accounts are re-checked together: one Recheck call for up to ASSESS_BATCH accounts, at most
         # MF_LIQUIDATION_WORKERS calls in flight (the accounts that come due meanwhile go in the next one).
         now = self.clock.now_ms()
@@ -266,6 +272,27 @@ class LiquidationApp:
         if self._inflight and not handled:
             time.sleep(0.001)
         return handled
+
+    # ---- recovery
+    def recover(self, exc: BaseException) -> None:
+        """A failed turn (a broker timeout while publishing): its group records are read again, not skipped —
+        the fills' fees are credited once by their offsets, a call is pending again."""
+        records, self._polled = self._polled, []
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        for tp, offset in first.items():
+            try:
+                self.group.raw.seek(tp, offset)
+            except (AssertionError, ValueError, KafkaError) as err:   # revoked meanwhile: its new owner reads it
+                log.warning("cannot rewind", extra={"partition": str(tp), "error": str(err)})
+
+    def check_fund_cache(self) -> None:
+        """Redis emptied or restarted: the fund's copy is written again from the ledger (rebuilt from Kafka)."""
+        if self.fund_cache.missing():
+            log.warning("insurance fund missing from Redis; writing it again from the ledger")
+            self.fund_cache.write(self.engine.ledger.snapshot())
 
     # ---- admin calls from gRPC threads run in the loop's thread
     def run_admin(self, fn):

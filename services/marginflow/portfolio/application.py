@@ -6,8 +6,10 @@ Redis and Prometheus adapters, the unit tests pass fakes.
 Exactly once in effect, per batch (see the README for the full argument):
 
 1. load the current state of every account in the batch (one read);
-2. apply the records in order; a record whose offset the account has already applied, or whose
-   id is among its recent ids, changes nothing; a rejected one goes to the dead-letter port;
+2. apply the records in order; a record whose offset the account has already applied, whose id is
+   among its recent ids, or a fill whose id its partition carried at an earlier offset (the index of
+   :mod:`marginflow.portfolio.domain.fill_ids`), changes nothing; a rejected one goes to the
+   dead-letter port;
 3. publish the new snapshot of every changed account to the compacted topic and wait for the
    acknowledgement (Kafka is the truth, so it is written first);
 4. write the same snapshots to Redis (one pipeline; a single SET per account is atomic and
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Protocol
 
+from marginflow.portfolio.domain.fill_ids import PartitionFillIds
 from marginflow.portfolio.domain.ledger import LedgerRules, Outcome, apply_command, check_account_id, check_id, validate
 from marginflow.portfolio.domain.model import (
     Account, AccountEvent, Command, Deposit, Fill, InputPosition, IsolatedTransfer, MarginMode, ModeChange, Withdrawal)
@@ -50,6 +53,7 @@ class InputRecord:
     key: str
     command: Command | Rejected     # Rejected: the payload did not translate into a command
     handle: object = None           # the source's own record, for dead-lettering
+    time_ms: int = 0                # the record's log time (Kafka timestamp)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -68,6 +72,16 @@ class RecordSource(Protocol):
     def reject(self, record: InputRecord, reason: Rejected) -> None: ...
     def commit(self) -> None: ...
     def rewind(self, records: Sequence[InputRecord]) -> None: ...
+
+
+class FillHistory(Protocol):
+    def ids(self, partition: int, start_offset: int, end_offset: int, since_ms: int
+            ) -> Sequence[tuple[str, str, int, int]]:
+        """(record key, fill id, offset, log time ms) of the records of ``trades.fills`` partition ``partition``
+        at offsets from ``start_offset`` (or the first at or after log time ``since_ms``, whichever is later)
+        up to ``end_offset`` (excluded); records that are no Fill are left out."""
+    def read(self, partition: int, offsets: Sequence[int]) -> Sequence[InputRecord]:
+        """The records at these offsets of the partition, decoded."""
 
 
 class CacheLost(Exception):
@@ -123,11 +137,17 @@ class Applier:
 
     Decoded states are cached by their exact stored bytes: an account is decoded again only
     when the bytes in the store differ from those this applier wrote (another writer, a rebuild).
+
+    With ``fill_history`` (and ``fills_topic``), a fill whose id its ``trades.fills`` partition carried
+    at an earlier offset within ``fill_ids_horizon_ms`` is a duplicate, whatever the account's fill rate
+    (:mod:`marginflow.portfolio.domain.fill_ids`); the part of a partition not yet indexed (at start, after
+    a rebalance) is read from Kafka before the batch is applied.
     """
 
     def __init__(self, rules: LedgerRules, store: StateStore, snapshots: SnapshotSink, source: RecordSource,
                  codec: SnapshotCodec, clock: Clock, metrics: ApplyMetrics | None = None,
-                 cache_accounts: int = 200_000) -> None:
+                 cache_accounts: int = 200_000, fill_history: FillHistory | None = None, fills_topic: str = "",
+                 fill_ids_horizon_ms: int = 600_000) -> None:
         self._rules = rules
         self._store = store
         self._snapshots = snapshots
@@ -137,6 +157,43 @@ class Applier:
         self._metrics = metrics or NullMetrics()
         self._cache: OrderedDict[str, tuple[bytes, Account]] = OrderedDict()
         self._cache_max = cache_accounts
+        self._history = fill_history
+        self._fills_prefix = f"{fills_topic}:"
+        self._horizon_ms = fill_ids_horizon_ms
+        self._fill_ids: dict[int, PartitionFillIds] = {}
+
+    def fill_ids_indexed(self) -> int:
+        """Fill ids held by the republish index (every partition)."""
+        return sum(len(ix) for ix in self._fill_ids.values())
+
+    def _fill_indexes(self, records: Sequence[InputRecord]) -> dict[int, PartitionFillIds]:
+        """The index of every fills partition of the batch, first completed from Kafka up to the batch."""
+        if self._history is None:
+            return {}
+        first: dict[int, int] = {}
+        prefix = self._fills_prefix
+        for r in records:
+            if r.at.stream.startswith(prefix):
+                p = r.at.partition
+                if r.at.offset < first.get(p, 1 << 62):
+                    first[p] = r.at.offset
+        out: dict[int, PartitionFillIds] = {}
+        for p, offset in first.items():
+            ix = self._fill_ids.get(p)
+            if ix is None:
+                ix = self._fill_ids[p] = PartitionFillIds(self._horizon_ms)
+            if ix.covered_to < offset - 1:
+                started = time.perf_counter()
+                since = self._clock.now_ms() - self._horizon_ms
+                history = self._history.ids(p, ix.covered_to + 1, offset, since)
+                for key, fill_id, at, time_ms in history:
+                    ix.add_unverified((key, fill_id), at, time_ms)
+                ix.advance(offset - 1)
+                log.info("fill ids of a partition read back from Kafka", extra={
+                    "partition": p, "records": len(history), "ids": len(ix),
+                    "seconds": round(time.perf_counter() - started, 3)})
+            out[p] = ix
+        return out
 
     def forget_cache(self) -> None:
         self._cache.clear()
@@ -156,11 +213,16 @@ class Applier:
         started = time.perf_counter()
         result = BatchResult()
         wanted = {r.command.account_id: r.at.partition for r in records if not isinstance(r.command, Rejected)}
+        indexes = self._fill_indexes(records)
         before = self._load(wanted)
         current: dict[str, Account] = dict(before)
         rules = self._rules
         events_by_kind: dict[str, int] = {}   # counted once per batch, not per record
         for record in records:
+            ix = indexes.get(record.at.partition) if indexes and record.at.stream.startswith(self._fills_prefix) \
+                else None
+            if ix is not None:
+                ix.advance(record.at.offset)
             command = record.command
             if isinstance(command, Rejected):
                 self._reject(record, command, result)
@@ -170,6 +232,15 @@ class Applier:
                 self._reject(record, Rejected(
                     "key_mismatch", f"record key {record.key!r} is not the account id {account_id!r}"), result)
                 continue
+            if ix is not None and type(command) is Fill:
+                fill_key = (account_id, command.fill_id)
+                if ix.earlier(fill_key, record.at.offset) and ix.unverified(fill_key):
+                    copies = self._history.read(record.at.partition, ix.unverified(fill_key))  # type: ignore[union-attr]
+                    ix.settle(fill_key, [r.at.offset for r in copies if _valid_fill(r, rules)])
+                if ix.earlier(fill_key, record.at.offset):
+                    result.duplicates += 1
+                    self._metrics.duplicate("id")
+                    continue
             account = current.get(account_id)
             if account is None:
                 try:
@@ -183,6 +254,9 @@ class Applier:
             except Rejected as exc:
                 self._reject(record, exc, result)
                 continue
+            if ix is not None and type(command) is Fill and (outcome is not Outcome.DUPLICATE_OFFSET
+                                                            or _valid_fill(record, rules)):
+                ix.add(fill_key, record.at.offset, record.time_ms)
             if outcome is Outcome.APPLIED:
                 current[account_id] = new
                 if type(command) is Fill:
@@ -231,6 +305,20 @@ class Applier:
         result.rejected += 1
         self._metrics.rejected(exc.code)
         self._source.reject(record, exc)
+
+
+def _valid_fill(record: InputRecord, rules: LedgerRules) -> bool:
+    """A fill the ledger would accept (the index holds those alone: a corrected fill republished under the
+    id of a dead-lettered one is applied)."""
+    command = record.command
+    if type(command) is not Fill or record.key != command.account_id:
+        return False
+    try:
+        check_account_id(command.account_id)
+        validate(command, rules)
+    except Rejected:
+        return False
+    return True
 
 
 _EVENT_KINDS: dict[type, str] = {Deposit: "deposit", Withdrawal: "withdrawal", IsolatedTransfer: "isolated_transfer",

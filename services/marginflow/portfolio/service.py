@@ -16,7 +16,7 @@ from marginflow.api.account.v1 import account_pb2_grpc
 from marginflow.portfolio.adapters import codec
 from marginflow.portfolio.adapters.grpc_api import SERVICE_NAME, AccountServicer
 from marginflow.portfolio.adapters.kafka_io import (
-    KafkaEventPublisher, KafkaRecordSource, KafkaSnapshotSink, input_types)
+    KafkaEventPublisher, KafkaFillHistory, KafkaRecordSource, KafkaSnapshotSink, input_types)
 from marginflow.portfolio.adapters.margin_gate import MarginWithdrawalGate
 from marginflow.portfolio.adapters.metrics import PortfolioMetrics, portfolio_metrics
 from marginflow.portfolio.adapters.redis_store import RedisStateStore
@@ -124,9 +124,13 @@ class PortfolioApp:
                                                       common.max_message_bytes), self.producer,
                                         topics, s.poll_timeout_ms, s.batch_max_records)
         self.source.subscribe([topics.fills, topics.account_events])
+        self.fill_history = (KafkaFillHistory(new_consumer(common.bootstrap, None, f"{SERVICE}-fill-ids"), topics.fills,
+                                              s.rebuild_timeout_seconds) if s.dedupe_seconds > 0 else None)
         self.applier = Applier(self.rules, self.store,
                                KafkaSnapshotSink(self.producer, topics.positions), self.source,
-                               codec.SnapshotEncoder(), self.clock, self.metrics, s.cache_accounts)
+                               codec.SnapshotEncoder(), self.clock, self.metrics, s.cache_accounts,
+                               fill_history=self.fill_history, fills_topic=topics.fills,
+                               fill_ids_horizon_ms=int(s.dedupe_seconds * 1000))
         # TLS and token as configured (margin serves TLS under make run)
         self.gate = (MarginWithdrawalGate(s.margin_address, s.margin_timeout_ms / 1000,
                                           lambda address: client_channel(address, common.security))
@@ -145,7 +149,9 @@ class PortfolioApp:
                                                 SERVICE_NAME)])
         if serve_http_metrics:
             self.host.serve_metrics(s.metrics_port)
-        for name, step in (("consumer", self.source.close), ("flush producer", self.producer.flush),
+        for name, step in (("consumer", self.source.close),
+                           ("fill-id reader", self.fill_history.close if self.fill_history else (lambda: None)),
+                           ("flush producer", self.producer.flush),
                            ("close producer", self.producer.close), ("close admin producer", self.admin_producer.close),
                            ("close redis", self.redis.close),
                            ("close margin channel", self.gate.close if self.gate else (lambda: None))):
@@ -231,6 +237,7 @@ class PortfolioApp:
         accounts, positions = self.store.counts(self.rules.instruments)
         self.metrics.accounts.set(accounts)
         self.metrics.positions.set(positions)
+        self.metrics.fill_ids_indexed.set(self.applier.fill_ids_indexed())
 
     def run(self, stopping: threading.Event) -> BatchResult:
         self.loop.run(stopping)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from marginflow.shared.config import (
-    CommonSettings, asset_list, asset_symbol, choice, env, parse_bool, parse_port, positive_float, positive_int)
+    CommonSettings, asset_list, asset_symbol, choice, env, non_negative_float, parse_bool, parse_port, positive_float,
+    positive_int)
 
 def margin_address(text: str) -> str:
     """``host:port`` of the MarginService, or ``none`` (no withdrawal gate: tests of the portfolio alone)."""
@@ -45,6 +46,10 @@ class PortfolioSettings:
                                   "collateral assets accepted (default: settlement asset, USDT, every underlying)")
     dedupe_ids: int = env("MF_PORTFOLIO_DEDUPE_IDS", positive_int, 64,
                           "fill/event ids remembered per account to ignore a republished one")
+    dedupe_seconds: float = env("MF_PORTFOLIO_DEDUPE_SECONDS", non_negative_float, 600.0,
+                                "a fill republished under its id within this much log time of its first copy is "
+                                "ignored whatever the account's fill rate (the trades.fills ids of that span are "
+                                "indexed in memory, read back from Kafka at start and after a rebalance); 0 = off, s")
     batch_max_records: int = env("MF_PORTFOLIO_BATCH_MAX_RECORDS", positive_int, 5000, "records per consumed batch")
     poll_timeout_ms: int = env("MF_PORTFOLIO_POLL_TIMEOUT_MS", positive_int, 100, "consumer poll timeout")
     enforce_lot_size: bool = env("MF_PORTFOLIO_ENFORCE_LOT_SIZE", parse_bool, True,

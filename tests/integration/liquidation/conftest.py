@@ -40,6 +40,7 @@ _portfolio = _load("portfolio_fixtures", HERE.parent / "portfolio" / "conftest.p
 mg_settings = _margin.mg_settings
 start_margin = _margin.start_margin
 pf_settings = _portfolio.pf_settings
+private_redis = _portfolio.private_redis
 
 from liq_it_helpers import ADMIN_TOKEN  # noqa: E402
 

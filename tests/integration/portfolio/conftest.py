@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import redis
 
@@ -12,7 +14,7 @@ from marginflow.shared.clock import SystemClock
 from marginflow.shared.config import load
 from marginflow.shared.kafka import ProtoProducer, delete_topics, ensure_topics, new_producer
 
-from portfolio_it_helpers import ADMIN_TOKEN
+from portfolio_it_helpers import ADMIN_TOKEN, PrivateRedis
 
 
 @pytest.fixture
@@ -82,3 +84,12 @@ def publish(pf_settings):
     producer.close()
 
 
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of this test alone, on a free loopback port: FLUSHALL and restarts touch nothing else."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (deploy/local/tools.sh installs it)")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Callable
+
+import redis
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -48,3 +53,43 @@ def read_topic(bootstrap: str, topic: str, message_type, count: int | None = Non
 
 def dec(text: str) -> common_pb2.Decimal:
     return common_pb2.Decimal(value=text)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of this test alone (no persistence: a restart comes back empty)."""
+
+    def __init__(self, tmp_path) -> None:
+        self.port = _free_port()
+        self.dir = tmp_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: _pings(client), timeout_s=10, what="private redis up")
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

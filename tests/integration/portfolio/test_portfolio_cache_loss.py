@@ -9,15 +9,11 @@ nothing but this test.
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from decimal import Decimal as D
 
 import grpc
-import pytest
 import redis
 
 from marginflow.api.account.v1 import account_pb2 as pb
@@ -34,56 +30,6 @@ ACCOUNTS = [f"cache-{i:03d}" for i in range(200)]
 INSTRUMENTS = ("BTC-PERP", "ETH-PERP", "SOL-PERP")
 FILLS = 3000
 RATE_PER_S = 1000.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    """A redis-server of this test alone (no persistence: a restart comes back empty)."""
-
-    def __init__(self, tmp_path) -> None:
-        self.port = _free_port()
-        self.dir = tmp_path
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        wait_for(lambda: _pings(client), timeout_s=10, what="private redis up")
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (deploy/local/tools.sh installs it)")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _fills() -> list[Fill]:
@@ -173,6 +119,87 @@ def test_fills_survive_flushall_and_a_redis_restart_under_load(pf_settings, priv
         assert app.totals.rejected == 0
         # the loss was found (the flush and the restart count once when no batch ran between them)
         assert app.metrics.rebuilds._value.get() >= rebuilds_at_start + 1
+    finally:
+        channel.close()
+        stopping.set()
+        thread.join(15)
+        app.close()
+        producer.close()
+
+
+BUSY = "house-busy"
+BUSY_FILLS = 600
+
+
+def _busy_fills() -> list[Fill]:
+    return [Fill(f"hb-{n}", BUSY, "BTC-PERP", Side.SELL if n % 3 == 2 else Side.BUY, D("0.001") * (1 + n % 4),
+                 D(60000 + n % 7), D(0), 1_700_000_000_000 + n) for n in range(BUSY_FILLS)]
+
+
+def _snapshot_of(settings, account: str):
+    return read_compacted(settings.common.bootstrap, settings.common.topics.positions, pb.AccountSnapshot,
+                          "test-busy-check", timeout_s=30).get(account)
+
+
+def test_a_busy_account_applies_each_fill_id_once_across_flushall_redis_restart_and_a_restart(
+        pf_settings, private_redis):
+    """An account far busier than the ids an account remembers (16 here) — as the venue's house account is —
+    gets its oldest fills republished under their ids (a producer's retry, a liquidation step redone) after a
+    FLUSHALL, after a Redis restart and after the service restarted (its index of fill ids gone with the
+    process, read back from trades.fills): every copy is ignored, and the account equals the fold of
+    trades.fills with each fill id once."""
+    settings = dataclasses.replace(pf_settings, common=dataclasses.replace(pf_settings.common,
+                                                                           redis_url=private_redis.url),
+                                   dedupe_ids=16)
+    topics = settings.common.topics
+    fills = _busy_fills()
+    producer = ProtoProducer(new_producer(settings.common.bootstrap, "test-busy", linger_ms=0), "test")
+
+    def send(batch) -> None:
+        for f in batch:
+            producer.send(topics.fills, f.account_id, fill_to_proto(f, "test"))
+        producer.flush()
+
+    def revision() -> int:
+        snap = _snapshot_of(settings, BUSY)
+        return int(snap.revision) if snap is not None else 0
+
+    app = PortfolioApp(settings, SystemClock()).start(serve_http_metrics=False)
+    thread, stopping = app.run_in_thread()
+    try:
+        send(fills[:200])
+        wait_for(lambda: revision() == 200, timeout_s=60, what="the first 200 fills applied")
+        client = redis.Redis.from_url(private_redis.url)
+        client.flushall()
+        client.close()
+        send(fills[0:100:10] + fills[200:300])          # ten copies, 100+ fills of the account old
+        wait_for(lambda: revision() >= 300, timeout_s=60, what="fills after the flush applied")
+        private_redis.stop()
+        private_redis.start()
+        send(fills[5:150:10] + fills[300:400])
+        wait_for(lambda: revision() >= 400, timeout_s=60, what="fills after the Redis restart applied")
+    finally:
+        stopping.set()
+        thread.join(15)
+        app.close()
+    app = PortfolioApp(settings, SystemClock()).start(serve_http_metrics=False)   # a new process, no index
+    thread, stopping = app.run_in_thread()
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    stub = account_pb2_grpc.AccountServiceStub(channel)
+    try:
+        assert app.wait_ready(60)
+        send(fills[1:400:7] + fills[400:])
+        sentinel = Fill("hb-end", BUSY, "BTC-PERP", Side.BUY, D("0.001"), D(60000), D(0), 1_800_000_000_000)
+        send([sentinel])                                 # once it is applied, every copy before it was read
+        wait_for(lambda: "f:hb-end" in (_snapshot_of(settings, BUSY) or pb.AccountSnapshot()).recent_ids,
+                 timeout_s=60, what="the sentinel applied")
+        snap = _snapshot_of(settings, BUSY)
+        assert snap.revision == BUSY_FILLS + 1                          # each fill id once
+        expected = _fold(fills + [sentinel])
+        assert _positions([snap]) == expected
+        served = stub.GetAccount(pb.GetAccountRequest(account_id=BUSY), timeout=5)
+        assert served.revision == BUSY_FILLS + 1 and _positions([served]) == expected
+        assert app.applier.fill_ids_indexed() >= BUSY_FILLS            # read back from the partition
     finally:
         channel.close()
         stopping.set()

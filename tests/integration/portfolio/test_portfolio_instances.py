@@ -24,6 +24,7 @@ from portfolio_it_helpers import wait_for
 
 ACCOUNTS = [f"inst-{i:03d}" for i in range(40)]
 LOT = "0.001"            # BTC-PERP contracts per lot
+BUSY_FILLS = 150         # more than the 64 ids an account remembers by default
 
 
 def _free_port() -> int:
@@ -126,14 +127,28 @@ def test_the_survivor_of_two_instances_owns_every_partition_and_serves_every_acc
         publish(*[_fill(x, 0) for x in ACCOUNTS])
         wait_for(lambda: all(_revision(stub, x) == 2 for x in ACCOUNTS), timeout_s=60,
                  what="every account served by A after its first fill")
+        # One of B's accounts is busy: more fills than the ids an account remembers (MF_PORTFOLIO_DEDUPE_IDS).
+        busy = theirs[0]
+        extra = [_fill(busy, n) for n in range(2, 2 + BUSY_FILLS)]
+        publish(*extra)
+        wait_for(lambda: _revision(stub, busy) == 2 + BUSY_FILLS, timeout_s=60, what="B applying the busy account")
         b.send_signal(signal.SIGKILL)
         b.wait(10)
-        # Fills for B's accounts after its death: only A can apply them, once it owns B's partition.
-        publish(*[_fill(x, 1) for x in theirs])
+        # Fills for B's accounts after its death: only A can apply them, once it owns B's partition; and the
+        # busy account's oldest fills republished under their ids (a producer's retry), beyond that window:
+        # A never consumed them, it finds them in the partition it takes over.
+        publish(*[_fill(x, 1) for x in theirs], *extra[:10])
+        expected = {x: (3 if x in theirs else 2) + (BUSY_FILLS if x == busy else 0) for x in ACCOUNTS}
         wait_for(lambda: a.app.source.assigned_partitions() == {0, 1} and a.app.host.ready
-                 and all(_revision(stub, x) == (3 if x in theirs else 2) for x in ACCOUNTS),
+                 and all(_revision(stub, x) == expected[x] for x in ACCOUNTS),
                  timeout_s=60, what="A owning both partitions and serving every account")
-        snap = stub.GetAccount(pb.GetAccountRequest(account_id=theirs[0]), timeout=5)
+        # a sentinel after the republished copies: once it is applied, they have been read
+        publish(_fill(busy, 10_000))
+        wait_for(lambda: _revision(stub, busy) != expected[busy], timeout_s=60, what="the sentinel applied")
+        assert _revision(stub, busy) == expected[busy] + 1          # each fill id once
+        snap = stub.GetAccount(pb.GetAccountRequest(account_id=busy), timeout=5)
+        assert {p.instrument: D(p.size.value) for p in snap.positions} == {"BTC-PERP": D(LOT) * (BUSY_FILLS + 3)}   # fills 0, 1, the sentinel and the extra
+        snap = stub.GetAccount(pb.GetAccountRequest(account_id=theirs[1]), timeout=5)
         assert {p.instrument: D(p.size.value) for p in snap.positions} == {"BTC-PERP": D(LOT) * 2}
     finally:
         channel.close()

@@ -6,6 +6,7 @@ import threading
 import time
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaTimeoutError
 
 from marginflow.chaos.domain.fills import FillPlan
 from marginflow.shared.kafka import ProtoProducer, key_partition, new_producer
@@ -39,7 +40,7 @@ class TopicTail:
         deadline = time.monotonic() + timeout_s
         if not self._assign(deadline):
             return []
-        end = self.consumer.end_offsets(self.tps)
+        end = self._end_offsets(deadline)
         out = []
         remaining = {tp for tp in self.tps if self.consumer.position(tp) < end[tp]}
         while remaining:
@@ -49,6 +50,17 @@ class TopicTail:
                 out.extend(records)
             remaining = {tp for tp in remaining if self.consumer.position(tp) < end[tp]}
         return out
+
+    def _end_offsets(self, deadline: float) -> dict:
+        """The end offsets, asked again while the broker does not answer in time (just after Kafka was
+        started again its first answers can take longer than the request timeout)."""
+        while True:
+            try:
+                return self.consumer.end_offsets(self.tps)
+            except KafkaTimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)

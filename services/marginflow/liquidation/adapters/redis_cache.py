@@ -19,6 +19,10 @@ class RedisFundCache:
                                              "high_water_usd": str(fund.high_water_usd),
                                              "updated_ms": fund.updated_ms, "revision": fund.revision})
 
+    def missing(self) -> bool:
+        """True when Redis holds no copy (emptied, restarted, failed over)."""
+        return not self._client.exists(self.key)
+
     def read(self) -> dict[str, str]:
         raw = self._client.hgetall(self.key)
         return {k.decode(): v.decode() for k, v in raw.items()}

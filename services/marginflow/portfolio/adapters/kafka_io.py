@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+
+from google.protobuf.message import DecodeError
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
@@ -125,7 +128,7 @@ class KafkaRecordSource:
             stream = streams.get((rec.topic, rec.partition))
             if stream is None:
                 stream = streams[(rec.topic, rec.partition)] = f"{rec.topic}:{rec.partition}"
-            out.append(InputRecord(InputPosition(stream, rec.offset), rec.key, command, rec))
+            out.append(InputRecord(InputPosition(stream, rec.offset), rec.key, command, rec, rec.timestamp_ms))
         return out
 
     def reject(self, record: InputRecord, reason: Rejected) -> None:
@@ -160,6 +163,67 @@ class KafkaRecordSource:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+class KafkaFillHistory:
+    """FillHistory port: ranges and single records of one ``trades.fills`` partition, read by a consumer of its
+    own (no group). The ids of a range (what the republish index of a partition lacks at start and after a
+    rebalance) are read without decoding the fills' numbers; whole records only when a copy must be validated."""
+
+    def __init__(self, consumer, topic: str, timeout_s: float = 120.0) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._timeout_s = timeout_s
+
+    def _records(self, partition: int, start_offset: int, end_offset: int, since_ms: int | None):
+        consumer = self._consumer
+        tp = TopicPartition(self._topic, partition)
+        consumer.assign([tp])
+        start = max(start_offset, consumer.beginning_offsets([tp])[tp])
+        if since_ms is not None:
+            by_time = consumer.offsets_for_times({tp: max(0, since_ms)}).get(tp)
+            start = max(start, by_time.offset if by_time is not None else end_offset)
+        if start >= end_offset:
+            return
+        consumer.seek(tp, start)
+        deadline = time.monotonic() + self._timeout_s
+        while consumer.position(tp) < end_offset:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self._topic}:{partition} not read from {start} to {end_offset} "
+                                   f"within {self._timeout_s} s")
+            for rec in consumer.poll(timeout_ms=200, max_records=20_000).get(tp, ()):
+                if rec.offset >= end_offset:
+                    return
+                yield rec
+
+    def ids(self, partition: int, start_offset: int, end_offset: int, since_ms: int) -> list[tuple[str, str, int, int]]:
+        out = []
+        for rec in self._records(partition, start_offset, end_offset, since_ms):
+            try:
+                fill_id = pb.Fill.FromString(rec.value).fill_id if rec.value else ""
+            except DecodeError:
+                continue
+            if fill_id:
+                out.append((rec.key.decode(errors="replace") if rec.key else "", fill_id, rec.offset, rec.timestamp))
+        return out
+
+    def read(self, partition: int, offsets: Sequence[int]) -> list[InputRecord]:
+        stream = f"{self._topic}:{partition}"
+        out = []
+        for offset in offsets:
+            for rec in self._records(partition, offset, offset + 1, None):
+                try:
+                    command = fill_from_proto(pb.Fill.FromString(rec.value))
+                except Rejected as exc:
+                    command = exc
+                except DecodeError as exc:
+                    command = Rejected("malformed", str(exc))
+                key = rec.key.decode(errors="replace") if rec.key else ""
+                out.append(InputRecord(InputPosition(stream, rec.offset), key, command, None, rec.timestamp))
+        return out
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
 
 
 class KafkaSnapshotSink:

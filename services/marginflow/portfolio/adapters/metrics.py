@@ -35,6 +35,9 @@ class PortfolioMetrics:
             "or a cache found emptied)", registry=registry)
         self.rebuild_accounts = Gauge(
             "marginflow_portfolio_rebuild_accounts", "Accounts restored by the last rebuild", registry=registry)
+        self.fill_ids_indexed = Gauge(
+            "marginflow_portfolio_fill_ids_indexed",
+            "Fill ids of the consumed trades.fills partitions held to recognise a republished fill", registry=registry)
         # Children bound once per label value: labels() costs as much as the increment itself.
         self._events_by_kind: dict[str, Counter] = {}
         self._duplicates_by: dict[str, Counter] = {}
