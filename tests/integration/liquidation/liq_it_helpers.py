@@ -42,6 +42,18 @@ class Topic:
             self.items.extend((r.key.decode() if r.key else "", self._type.FromString(r.value)) for r in records)
         return [m for _k, m in self.items]
 
+    def records_to_end(self, timeout_s: float = 30.0) -> list:
+        """Everything published before the call: read until the consumer reaches the end offsets taken now
+        (one poll may return nothing while the first fetch is under way)."""
+        tps = list(self._consumer.assignment())
+        end = self._consumer.end_offsets(tps)
+        def caught_up() -> bool:
+            self.records()
+            return all(self._consumer.position(tp) >= end[tp] for tp in tps)
+
+        wait_for(caught_up, timeout_s=timeout_s, what="the topic read to its end offsets")
+        return [m for _k, m in self.items]
+
     def close(self) -> None:
         self._consumer.close()
 

@@ -51,8 +51,8 @@ def test_fund_pays_a_deficit_then_exhausted_fund_means_adl_at_the_bankruptcy_pri
     wait_for(lambda: "DEFICIT_COVERED" in kinds(events.records(), "bob"), timeout_s=60, what="bob's deficit covered")
     dep = wait_for(lambda: [e for e in acct_events.records() if e.event_id == "liq-fund-bob-1"], what="fund deposit")
     assert dep[0].deposit.asset == "USDC" and Decimal(dep[0].deposit.amount.value) == Decimal("1000.00")
-    assert kinds(events.records(), "bob")[:2] == ["STARTED", "BANKRUPT"]
-    assert "ADL" not in kinds(events.records(), "bob")
+    assert kinds(events.records_to_end(), "bob")[:2] == ["STARTED", "BANKRUPT"]
+    assert "ADL" not in kinds(events.records_to_end(), "bob")
     pf = account_pb2_grpc.AccountServiceStub(grpc.insecure_channel(f"127.0.0.1:{portfolio.grpc_port}"))
     bob = wait_for(lambda: (lambda s: s if all(Decimal(p.size.value) == 0 for p in s.positions) else None)(
         pf.GetAccount(account_pb2.GetAccountRequest(account_id="bob"))), what="bob closed out")
@@ -72,10 +72,10 @@ def test_fund_pays_a_deficit_then_exhausted_fund_means_adl_at_the_bankruptcy_pri
     dave = wait_for(lambda: (lambda s: s if all(Decimal(p.size.value) == 0 for p in s.positions) else None)(
         pf.GetAccount(account_pb2.GetAccountRequest(account_id="dave"))), what="dave deleveraged")
     assert next(Decimal(b.amount.value) for b in dave.balances if b.asset == "USDC") == Decimal("0")
-    adl_events = [e for e in events.records() if e.kind == lpb.LIQUIDATION_EVENT_KIND_ADL]
+    adl_events = [e for e in events.records_to_end() if e.kind == lpb.LIQUIDATION_EVENT_KIND_ADL]
     assert [e.counterparty_account_id for e in adl_events] == ["carol"]
     # The fund never went negative, and ended at 0.
-    states = fund_states.records()
+    states = fund_states.records_to_end()
     assert states and all(Decimal(s.balance_usd.value) >= 0 for s in states)
     assert Decimal(states[-1].balance_usd.value) == 0
     channel.close()

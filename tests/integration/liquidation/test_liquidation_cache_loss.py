@@ -89,7 +89,7 @@ def test_a_bankruptcy_takeover_is_done_once_across_a_lost_ack_flushall_and_a_res
         start_liquidation.stop(liq)
         liq = start_liquidation(margin.grpc_port, portfolio.grpc_port, **redis_env)
         # bob's BANKRUPT call again (a margin restart announcing it once more)
-        bankrupt = [c for c in calls_topic.records() if c.account_id == "bob" and c.state == 4]
+        bankrupt = [c for c in calls_topic.records_to_end() if c.account_id == "bob" and c.state == 4]
         if bankrupt:
             pub.send(topics.margin_calls, "bob", bankrupt[-1])
         bob = wait_for(lambda: (lambda s: s if all(Decimal(p.size.value) == 0 for p in s.positions) else None)(
@@ -98,15 +98,15 @@ def test_a_bankruptcy_takeover_is_done_once_across_a_lost_ack_flushall_and_a_res
         wait_for(lambda: liq.group.raw.assignment() and all(
             liq.group.raw.position(tp) >= end for tp, end in liq.group.raw.end_offsets(
                 list(liq.group.raw.assignment())).items()), timeout_s=60, what="the restarted service caught up")
-        mine = kinds(events.records(), "bob")
+        mine = kinds(events.records_to_end(), "bob")
         assert mine.count("BANKRUPT") == 1 and mine.count("FUND_TAKEOVER") == 1 and mine.count("DEFICIT_COVERED") == 1
         copies: dict[str, set] = {}
-        for f in fills.records():
+        for f in fills.records_to_end():
             if f.fill_id.startswith("liqbk-bob-"):
                 copies.setdefault(f.fill_id, set()).add((f.account_id, f.side, f.size.value, f.price.value))
         assert set(copies) == {"liqbk-bob-1-0-t", "liqbk-bob-1-0-t-h"}
         assert all(len(v) == 1 for v in copies.values()), copies          # retried as they were
-        assert [e.event_id for e in acct_events.records() if e.event_id.startswith("liq-fund-bob")] \
+        assert [e.event_id for e in acct_events.records_to_end() if e.event_id.startswith("liq-fund-bob")] \
             in (["liq-fund-bob-1"], ["liq-fund-bob-1", "liq-fund-bob-1"])
         usdc = next(Decimal(b.amount.value) for b in bob.balances if b.asset == "USDC")
         assert usdc == Decimal("0")      # 5,000 − 6,000 realised + 1,000 from the fund, once

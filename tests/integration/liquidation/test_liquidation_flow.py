@@ -68,7 +68,7 @@ def test_mark_move_liquidates_in_slices_restart_doubles_nothing_and_fees_reach_t
     wait_for(lambda: len(orders.records()) >= 1, what="first liquidation order")
     # A restart mid-episode: the new instance rebuilds the episode and its slices from liquidation.events.
     start_liquidation.stop(liq)
-    sent_before = len(orders.records())
+    sent_before = len(orders.records_to_end())
     liq = start_liquidation(margin.grpc_port, portfolio.grpc_port)
     try:
         wait_for(lambda: "RESTORED" in kinds(events.records(), "alice"), timeout_s=40, what="episode restored")
@@ -78,7 +78,7 @@ def test_mark_move_liquidates_in_slices_restart_doubles_nothing_and_fees_reach_t
                              f"fills {[(f.fill_id, f.size.value, f.price.value) for f in fills.records()]}, "
                              f"unfilled {sim.sim.unfilled[:5]} marks {sim.sim.marks}, margin {margin_of(stub, 'alice')}") from None
 
-    sent = orders.records()
+    sent = orders.records_to_end()
     assert len(sent) > sent_before >= 1
     ids = [o.order_id for o in sent]
     assert len(set(ids)) == len(ids), f"an order id was sent twice: {ids}"
@@ -88,13 +88,13 @@ def test_mark_move_liquidates_in_slices_restart_doubles_nothing_and_fees_reach_t
         assert Decimal(o.bankruptcy_price.value) <= Decimal(o.limit_price.value) <= Decimal("51000")
         assert Decimal(o.size.value) <= Decimal("0.1")          # paced: 10 % of the notional per round
     assert sum(Decimal(o.size.value) for o in sent) <= 1
-    ev = events.records()
+    ev = events.records_to_end()
     assert kinds(ev, "alice")[0] == "STARTED" and kinds(ev, "alice").count("STARTED") == 1
     # Margin agrees: restored to IM·(1 + 2 %).
     m = margin_of(stub, "alice")
     assert Decimal(m.equity_usd.value) >= Decimal(m.im_usd.value) * Decimal("1.02")
     # Fees: each liquidation fill's fee to the fund exactly once (the restart re-credited nothing).
-    liq_fills = {f.fill_id: f for f in fills.records() if f.liquidation and f.account_id == "alice"}
+    liq_fills = {f.fill_id: f for f in fills.records_to_end() if f.liquidation and f.account_id == "alice"}
     assert liq_fills and all(f.order_id in ids for f in liq_fills.values())
     fees = sum(Decimal(f.fee_usd.value) for f in liq_fills.values())
     assert fees > 0
