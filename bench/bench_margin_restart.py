@@ -39,7 +39,7 @@ from marginflow.margin.service import margin_topics
 from marginflow.margin.settings import MarginSettings
 from marginflow.pricing import black76
 from marginflow.shared.config import load
-from marginflow.shared.kafka import ProtoProducer, delete_topics, ensure_topics, new_producer
+from marginflow.shared.kafka import ProtoProducer, delete_topics, ensure_topics, new_producer, read_compacted
 from marginflow.shared.universe import MS_PER_YEAR, Kind, load_universe
 
 IMPLIED_VOL = 0.6
@@ -92,28 +92,23 @@ def snapshots(n: int, per_account: int, names: list[str], prices: dict[str, floa
     return out
 
 
-def tail(bootstrap: str, topic: str, message_type, *, from_ms: int = 0, until=None, timeout_s: float = 600):
-    """The newest record per key of ``topic`` (published at or after ``from_ms``), read until ``until(dict)``
-    holds or the consumer is at the end offsets taken when it started (``until`` None)."""
+def published_until(bootstrap: str, topic: str, message_type, done, timeout_s: float = 600):
+    """The newest record per key of ``topic``, read from the beginning until ``done(dict)`` holds (the
+    service is still publishing: there is no end offset to read to)."""
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
         c.assign(tps)
         c.seek_to_beginning(*tps)
-        end = c.end_offsets(tps)
         out: dict[str, object] = {}
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while not done(out):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: {len(out):,} keys read in {timeout_s:.0f} s")
             for records in c.poll(timeout_ms=200, max_records=50000).values():
                 for r in records:
-                    if r.timestamp >= from_ms:
-                        out[r.key.decode()] = message_type.FromString(r.value)
-            if until is not None:
-                if until(out):
-                    return out
-            elif all(c.position(tp) >= end[tp] for tp in tps):
-                return out
-        raise TimeoutError(f"{topic}: {len(out):,} keys read in {timeout_s:.0f} s")
+                    out[r.key.decode()] = message_type.FromString(r.value)
+        return out
     finally:
         c.close()
 
@@ -188,8 +183,8 @@ def main() -> int:
         margin = start_margin(env, port, args.margin_log)
         wait_serving(port, 900)
         cold_serving = time.perf_counter() - t
-        before = tail(ms.common.bootstrap, topics.margin_state, margin_pb2.MarginState,
-                      until=lambda d: len(d) >= args.accounts, timeout_s=900)
+        before = published_until(ms.common.bootstrap, topics.margin_state, margin_pb2.MarginState,
+                                 lambda d: len(d) >= args.accounts, timeout_s=900)
         cold_states = time.perf_counter() - t
         counts = {s: sum(1 for x in before.values() if x.state == s) for s in (1, 2, 3, 4)}
         print(f"cold start: SERVING after {cold_serving:.1f} s, every account's state published after "
@@ -210,7 +205,9 @@ def main() -> int:
         restart_answering = time.perf_counter() - t
         rss = rss_mib(margin.pid)
         time.sleep(15.0)                      # the window in which a restart used to publish false calls
-        calls = tail(ms.common.bootstrap, topics.margin_calls, margin_pb2.MarginCall, from_ms=kill_ms, timeout_s=120)
+        calls = {a: c for a, c in read_compacted(ms.common.bootstrap, topics.margin_calls, margin_pb2.MarginCall,
+                                                 "bench-restart", timeout_s=120).items()
+                 if c.meta.publish_time_ms >= kill_ms}
         by_state = {s: sum(1 for c in calls.values() if c.state == s) for s in (1, 2, 3, 4)}
         false = sum(1 for a, c in calls.items() if c.state in BAD and a in before and before[a].state not in BAD)
         print(f"load average at start {load_before:.2f}, now {os.getloadavg()[0]:.2f}")
