@@ -18,7 +18,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from kafka import TopicPartition
-from kafka.errors import KafkaError
 
 from marginflow.api.account.v1 import account_pb2
 from marginflow.api.liquidation.v1 import liquidation_pb2, liquidation_pb2_grpc
@@ -39,7 +38,7 @@ from marginflow.shared.errors import Rejected
 from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
-    platform_topics, read_compacted)
+    platform_topics, read_compacted, rewind)
 from marginflow.shared.lifecycle import Lifecycle
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
@@ -278,15 +277,7 @@ class LiquidationApp:
         """A failed turn (a broker timeout while publishing): its group records are read again, not skipped —
         the fills' fees are credited once by their offsets, a call is pending again."""
         records, self._polled = self._polled, []
-        first: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            first[tp] = min(first.get(tp, r.offset), r.offset)
-        for tp, offset in first.items():
-            try:
-                self.group.raw.seek(tp, offset)
-            except (AssertionError, ValueError, KafkaError) as err:   # revoked meanwhile: its new owner reads it
-                log.warning("cannot rewind", extra={"partition": str(tp), "error": str(err)})
+        rewind(self.group.raw, ((r.topic, r.partition, r.offset) for r in records))
 
     def check_fund_cache(self) -> None:
         """Redis emptied or restarted: the fund's copy is written again from the ledger (rebuilt from Kafka)."""

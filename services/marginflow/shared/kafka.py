@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError, Message
 import kafka.record.default_records as _kafka_records
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
 from marginflow.api.common.v1 import common_pb2
@@ -376,6 +376,21 @@ class ProtoConsumer:
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+def rewind(consumer: KafkaConsumer, offsets: Iterable[tuple[str, int, int]]) -> None:
+    """Seek each partition back to the first of the given ``(topic, partition, offset)``: the records of a
+    failed turn are read again, not skipped. A partition revoked meanwhile is left alone (its new owner
+    reads it from the committed offset)."""
+    first: dict[TopicPartition, int] = {}
+    for topic, partition, offset in offsets:
+        tp = TopicPartition(topic, partition)
+        first[tp] = min(first.get(tp, offset), offset)
+    for tp, offset in first.items():
+        try:
+            consumer.seek(tp, offset)
+        except (KafkaError, AssertionError, ValueError) as exc:
+            log.warning("cannot rewind", extra={"partition": str(tp), "error": str(exc)})
 
 
 def read_compacted(bootstrap: str, topic: str, message_type: type[M], client_id: str,

@@ -16,7 +16,7 @@ from marginflow.portfolio.application import InputRecord, StateChange
 from marginflow.portfolio.domain.model import AccountEvent, InputPosition
 from marginflow.shared.config import Topics
 from marginflow.shared.errors import Rejected
-from marginflow.shared.kafka import Decoded, ProtoConsumer, ProtoProducer
+from marginflow.shared.kafka import Decoded, ProtoConsumer, ProtoProducer, rewind
 from marginflow.shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -145,17 +145,9 @@ class KafkaRecordSource:
             log.warning("offset commit failed; records will be redelivered and skipped", extra={"error": str(exc)})
 
     def rewind(self, records: Sequence[InputRecord]) -> None:
-        first: dict[TopicPartition, int] = {}
-        for r in records:
-            handle = r.handle
-            assert isinstance(handle, Decoded)
-            tp = TopicPartition(handle.topic, handle.partition)
-            first[tp] = min(first.get(tp, handle.offset), handle.offset)
-        for tp, offset in first.items():
-            try:
-                self._consumer.raw.seek(tp, offset)
-            except (KafkaError, AssertionError, ValueError) as exc:  # partition revoked meanwhile
-                log.warning("cannot rewind", extra={"partition": str(tp), "error": str(exc)})
+        handles = [r.handle for r in records]
+        assert all(isinstance(h, Decoded) for h in handles)
+        rewind(self._consumer.raw, ((h.topic, h.partition, h.offset) for h in handles))
 
     def assigned_partitions(self) -> set[int]:
         """Partition numbers this instance owns now (fills and events are co-partitioned)."""
