@@ -319,8 +319,8 @@ class Runner:
         orders = []
         for rec in records:
             o = d.order(rec.value)
-            orders.append((callcheck.Order(o.order_id, o.account_id, f"{rec.partition}:{rec.offset}", int(o.episode)),
-                           rec.timestamp))
+            orders.append((callcheck.Order(o.order_id, o.account_id, f"{rec.partition}:{rec.offset}", int(o.episode),
+                                           int(o.risk_version), int(o.account_revision)), rec.timestamp))
             self.episode_of[o.order_id] = (o.account_id, int(o.episode))
         fresh = {}
         for order, _ts in orders:
@@ -337,7 +337,8 @@ class Runner:
             untouched = (self.last_input_ms.get(order.account_id, 0) < ts
                          and (order.account_id, order.episode) not in self.filled_episodes)
             f = fresh.get(order.account_id)
-            same = untouched and f is not None and acct is not None and f.account_revision == acct.inputs
+            same = (untouched and f is not None and acct is not None and f.account_revision == acct.inputs
+                    and callcheck.order_inputs_match(order, f))
             judged += same
             found += callcheck.check_order(order, self.order_ids, f, same)
         result.orders_checked = len(records)

@@ -265,6 +265,8 @@ class Order:
     reason: str
     time_ms: int
     mark_time_ms: int        # event time of the newest mark when planned (latency metric)
+    risk_version: int = 0    # the margin it was planned on: risk-parameter version and account revision
+    account_revision: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1007,7 +1009,8 @@ class LiquidationEngine:
             side = 1 if intent.side is OrderSide.BUY else -1
             orders.append(Order(oid, t.account_id, intent.instrument, side, intent.size_contracts,
                                 intent.limit_price_usd, intent.bankruptcy_price_usd, ep.number, slice_number,
-                                "restore" if restores else "close_out", now, self.marks.newest_ms))
+                                "restore" if restores else "close_out", now, self.marks.newest_ms,
+                                v.risk_version, v.revision))
             events.append(Event("ORDER_SENT", t.account_id, ep.number, now, order_id=oid, instrument=intent.instrument,
                                 size=intent.size_contracts, price_usd=intent.limit_price_usd, side=side,
                                 round=ep.round_number, slice=slice_number,

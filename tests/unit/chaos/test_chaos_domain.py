@@ -137,6 +137,24 @@ def test_orders_doubled_or_unfounded_at_the_same_inputs():
     assert cc.check_order(cc.Order("a:1:3", "a", "0:4", 1), seen, healthy, same_inputs=False) == []
 
 
+def test_an_order_is_judged_only_at_the_risk_version_and_revision_it_was_planned_on():
+    # Fresh(state, equity, IM, MM, account revision, risk version, has isolated)
+    planned = cc.Order("a:2:0", "a", "0:9", 2, risk_version=7, account_revision=5)
+    later_version = cc.Fresh(cc.HEALTHY, Decimal("189"), Decimal("27"), Decimal("13"), 5, 8, False)
+    same_version = cc.Fresh(cc.HEALTHY, Decimal("189"), Decimal("27"), Decimal("13"), 5, 7, False)
+    other_revision = cc.Fresh(cc.HEALTHY, Decimal("189"), Decimal("27"), Decimal("13"), 6, 7, False)
+    # a new version moves the collateral haircuts, hence equity: the order is not judged on it
+    assert cc.order_inputs_match(planned, later_version) is False
+    assert cc.order_inputs_match(planned, other_revision) is False
+    assert cc.order_inputs_match(planned, same_version) is True
+    assert cc.order_inputs_match(planned, None) is False
+    # an order that names no inputs (an older producer) is compared on the account's revision alone
+    assert cc.order_inputs_match(cc.Order("a:2:1", "a", "0:10", 2), later_version) is True
+    seen: set[str] = set()
+    assert [c.rule for c in cc.check_order(planned, seen, same_version,
+                                           cc.order_inputs_match(planned, same_version))] == ["order_unfounded"]
+
+
 def test_report_markdown():
     ok = FaultResult("kill -9 margin", 3.2, 4.0, 1000, 10)
     bad = FaultResult("restart Kafka", mismatches=2, notes=["a: position expected 1, got 2"])

@@ -7,6 +7,7 @@ from decimal import Decimal as D
 
 import pytest
 
+from marginflow.liquidation.adapters import codec
 from marginflow.liquidation.application import (
     BANKRUPT, LIQUIDATION, Call, EngineSettings, Event, FillSeen, FundLedger, LiquidationEngine, MarginView,
     MarkSeen, OpenPosition, PositionView, StateSeen, instrument_infos)
@@ -98,8 +99,13 @@ def test_a_call_below_mm_on_fresh_marks_starts_an_episode_and_sends_a_paced_redu
     (order,) = pub.orders
     assert order.order_id == "liq-a-1-0" and order.side == -1 and order.size == D("0.100")
     assert order.bankruptcy_price_usd <= order.limit_price_usd <= D("51000")
+    assert (order.risk_version, order.account_revision) == (1, 3)     # the margin it was planned on
+    msg = codec.order_to_proto(order, NOW)
+    assert (msg.risk_version, msg.account_revision) == (1, 3)
+    margin.views["a"] = view(risk=2, revision=4)
     step(engine)                                        # the next round: the next slice number
     assert [o.order_id for o in pub.orders] == ["liq-a-1-0", "liq-a-1-1"]
+    assert (pub.orders[-1].risk_version, pub.orders[-1].account_revision) == (2, 4)
 
 
 def test_a_call_on_stale_marks_or_an_account_healthy_again_at_the_recheck_sends_nothing(world):

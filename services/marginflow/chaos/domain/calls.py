@@ -29,8 +29,9 @@ a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk ve
 A ``liquidation.orders`` record is contradicted when its order id was seen before (a retry doubled
 it), or when a fresh ``GetMargin`` at the same inputs shows its account HEALTHY with equity ≥ IM.
 "The same inputs": no input of the account (a fill — the order's own, or any other — or an account
-event) was published after the order, no order of its episode has filled, and the fresh computation's
-account revision is the fold's. The account is then where it was when the episode started, marks
+event) was published after the order, no order of its episode has filled, the fresh computation's
+account revision is the fold's, and its risk-parameter version and account revision are the ones the order
+names (the margin it was planned on: collateral haircuts follow σ_m, so a new version moves equity too). The account is then where it was when the episode started, marks
 apart — and an episode starts only below MM on fresh marks. The band between MM and IM absorbs the
 marks' drift since, as for calls (rule 3); a state above MM but below IM is not a contradiction:
 marks may have lifted the account out of liquidation since. Orders after a fill of their episode are
@@ -182,6 +183,18 @@ class Order:
     account_id: str
     offset: str
     episode: int = 0
+    risk_version: int = 0        # the margin the order was planned on (0: not named)
+    account_revision: int = 0
+
+
+def order_inputs_match(order: Order, fresh: Fresh | None) -> bool:
+    """Whether ``fresh`` was computed on the risk parameters and the account revision ``order`` was planned
+    on (what the order does not name is not compared)."""
+    if fresh is None:
+        return False
+    if order.risk_version and fresh.risk_version != order.risk_version:
+        return False
+    return not order.account_revision or fresh.account_revision == order.account_revision
 
 
 def check_order(order: Order, seen_ids: set[str], fresh: Fresh | None, same_inputs: bool) -> list[Contradiction]:
