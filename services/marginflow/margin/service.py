@@ -331,7 +331,7 @@ class MarginApp:
         self._seed_published()
         self.engine.ready = True
         if getattr(self, "open_interest", None) is not None:
-            self.engine.refresh_model()   # the open interest read in the model's add-ons; a full recalculation
+            self.engine.refresh_model()   # a model with the open interest just read, then a full recalculation
         else:
             self.engine.full_recalculation()
         self._set_ready(True, "inputs complete")

@@ -187,3 +187,24 @@ def test_sums_that_disagree_with_the_states_are_summed_again(world):
     apply(("a0", "BTC-PERP", S, "2"))
     assert turn() == len(INSTRUMENTS)
     assert sink.last()[("BTC-PERP", 0)] == (D(0), D(0), 2)
+
+
+def test_a_contribution_goes_out_as_exact_decimal_strings_under_its_key():
+    from marginflow.portfolio.adapters.codec import contribution_to_proto
+    from marginflow.shared.open_interest import contribution_key, parse_contribution_key
+
+    msg = contribution_to_proto(Contribution("BTC-PERP", 3, D("1E+3"), D("0.30"), 41), 7)
+    # never exponent notation, never a float: the reader parses the same Decimal
+    assert (msg.long_contracts.value, msg.short_contracts.value) == ("1000", "0.30")
+    assert (msg.instrument, msg.source_partition, msg.fills_offset, msg.meta.publish_time_ms) == ("BTC-PERP", 3, 41, 7)
+    assert contribution_key("BTC-PERP", 3) == "BTC-PERP/3" and parse_contribution_key("BTC-PERP/3") == ("BTC-PERP", 3)
+    assert parse_contribution_key("A/B/12") == ("A/B", 12)
+    assert [parse_contribution_key(k) for k in ("BTC-PERP", "/3", "BTC-PERP/-1", "BTC-PERP/x")] == [None] * 4
+
+
+def test_keys_of_instruments_no_longer_in_the_universe_are_retired_by_partition():
+    from marginflow.portfolio.adapters.kafka_io import retired_contributions
+
+    on_topic = {"BTC-PERP/0": object(), "OLD-PERP/1": object(), "OLD-PERP/0": object(), "GONE-C/1": object(),
+                "not a key": object()}
+    assert retired_contributions(on_topic, frozenset({"BTC-PERP"})) == {0: {"OLD-PERP"}, 1: {"OLD-PERP", "GONE-C"}}
