@@ -77,7 +77,9 @@ def test_healthy_simulator_run_dead_letters_nothing(tmp_path, test_env, kafka_bo
     run_dir = tmp_path / "run"
     env = {**os.environ, **test_env, "MF_RUN_DIR": str(run_dir), "MF_LOG_JSON": "true",
            "MF_RISKPARAMS_APP_ID": prefix + "rp", "MF_PORTFOLIO_REDIS_PREFIX": prefix,
-           "MF_PORTFOLIO_GROUP": "pf", "MF_MARGIN_GROUP": "mg", "MF_DEMO_ACCOUNTS": "300"}
+           "MF_PORTFOLIO_GROUP": "pf", "MF_MARGIN_GROUP": "mg", "MF_DEMO_ACCOUNTS": "300",
+           # the concentration add-on on: margin reads the open interest portfolio publishes
+           "MF_MARGIN_CONCENTRATION_RATE": "0.1"}
     for service in SERVICES:
         env[f"MF_{service.upper()}_GRPC_PORT"] = str(ports[f"{service}_grpc"])
         env[f"MF_{service.upper()}_METRICS_PORT"] = str(ports[f"{service}_metrics"])
@@ -129,6 +131,7 @@ def test_healthy_simulator_run_dead_letters_nothing(tmp_path, test_env, kafka_bo
         existing = topic_sizes(kafka_bootstrap, dlq_topics)
         assert {topics.ticks_dlq, topics.riskparams_dlq, topics.portfolio_dlq, topics.margin_dlq} <= set(existing)
         assert {t: n for t, n in existing.items() if n} == {}
+        assert topic_sizes(kafka_bootstrap, [topics.open_interest])[topics.open_interest] > 0
         # The run did flow: marks kept coming during the window.
         marks = md.GetMarks(marketdata_pb2.GetMarksRequest(), timeout=2).marks
         assert max(m.meta.event_time_ms for m in marks) > int(time.time() * 1000) - 10_000

@@ -27,8 +27,8 @@ from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
 from marginflow.api.risk.v1 import risk_pb2
 from marginflow.margin.adapters import codec
 from marginflow.margin.adapters.grpc_api import SERVICE_NAME, MarginServicer, state_fanout
-from marginflow.margin.adapters.kafka_io import (KafkaPublisher, OpenInterestReader, PositionsRebalance, assign_market,
-                                                 market_types)
+from marginflow.margin.adapters.kafka_io import KafkaPublisher, PositionsRebalance, assign_market, market_types
+from marginflow.margin.adapters.open_interest import OpenInterestReader
 from marginflow.margin.adapters.metrics import MarginMetrics, margin_metrics
 from marginflow.margin.adapters.owners import Forwarder, OwnerRegistry
 from marginflow.margin.application import EngineConfig, MarginEngine
@@ -91,6 +91,8 @@ def margin_topics(settings: MarginSettings) -> list[TopicSpec]:
             topics.margin_dlq}
     if settings.liquidation_participation > 0:
         mine.add(topics.fills)      # the venue's volume, for the liquidation horizon
+    if settings.concentration_rate > 0:
+        mine.add(topics.open_interest)   # each input partition's share, for the concentration add-on
     return [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
 
 
@@ -199,10 +201,11 @@ class MarginApp:
             self.host.on_close("market consumer", self.market.close)
             self.open_interest = None
             if s.concentration_rate > 0:
-                # every account's positions, for the open interest of the concentration add-on
+                # the portfolio's open interest per instrument and input partition, for the concentration add-on
                 self.open_interest = OpenInterestReader(
-                    new_consumer(common.bootstrap, None, f"{SERVICE}-open-interest"), topics.positions,
-                    s.startup_timeout_seconds)
+                    new_consumer(common.bootstrap, None, f"{SERVICE}-open-interest"), topics.open_interest,
+                    self.table, self.engine.market.open_interest, self.dlq, s.startup_timeout_seconds,
+                    common.max_message_bytes, rejected=lambda code: self.metrics.rejected.labels(code).inc())
                 self.host.on_close("open interest consumer", self.open_interest.close)
             self.host.on_close("positions consumer", self.positions.close)
             self.host.on_close("flush producer", self.producer.flush)
@@ -282,7 +285,7 @@ class MarginApp:
         handled = self.router.market(self.market.poll(timeout_ms=timeout))
         handled += self.router.positions(self.positions.poll(timeout_ms=timeout))
         if getattr(self, "open_interest", None) is not None:
-            handled += self._open_interest()
+            handled += self.open_interest.poll()
         if self.rebalance.revoked:
             revoked = set(self.rebalance.revoked)
             self.router.revoke(revoked)
@@ -296,18 +299,6 @@ class MarginApp:
         else:
             self.engine.tick()
         return handled
-
-    def _open_interest(self) -> int:
-        """Every account's newest snapshot into the open interest (used at the next model build)."""
-        book = self.engine.market.open_interest
-        records = self.open_interest.poll()
-        for key, msg in records:
-            try:
-                b = codec.book_from_proto(msg, self.table, self.engine.asset_index, key)
-            except Rejected:
-                continue      # dead-lettered by the positions consumer
-            book.apply(b.account_id, b.revision, b.instrument, b.size)
-        return len(records)
 
     def _catch_up_on(self, partitions) -> None:
         raw = self.positions.raw
@@ -328,6 +319,8 @@ class MarginApp:
             return
         if self.engine.model is None:
             return   # no risk parameters yet
+        if getattr(self, "open_interest", None) is not None and not self.open_interest.complete():
+            return   # the open interest published before the start not read yet
         missing = self.engine.market.missing_marks(self.engine.accounts.ensure_flat().instrument[
             self.engine.accounts.flat.size != 0])
         if missing.size and time.monotonic() < self._mark_wait_until:
@@ -337,7 +330,10 @@ class MarginApp:
                         extra={"instruments": [self.table.symbols[k] for k in missing.tolist()]})
         self._seed_published()
         self.engine.ready = True
-        self.engine.full_recalculation()
+        if getattr(self, "open_interest", None) is not None:
+            self.engine.refresh_model()   # a model with the open interest just read, then a full recalculation
+        else:
+            self.engine.full_recalculation()
         self._set_ready(True, "inputs complete")
         gc.collect()   # the rebuilt account records leave the collector's scans
         gc.freeze()

@@ -32,6 +32,7 @@ from typing import Protocol
 
 from marginflow.portfolio.domain.fill_ids import PartitionFillIds
 from marginflow.portfolio.domain.ledger import LedgerRules, Outcome, apply_command, check_account_id, check_id, validate
+from marginflow.portfolio.domain.open_interest import Contribution, OpenInterestLedger, Sides, sum_sides
 from marginflow.portfolio.domain.model import (
     Account, AccountEvent, Command, Deposit, Fill, InputPosition, IsolatedTransfer, MarginMode, ModeChange, Withdrawal)
 from marginflow.shared.clock import Clock
@@ -65,6 +66,8 @@ class StateChange:
     opened: frozenset[str]
     closed: frozenset[str]
     created: bool
+    before: Account | None = None   # the state the batch started from (None: a new account)
+    partition: int = -1             # the input partition whose records changed it
 
 
 class RecordSource(Protocol):
@@ -110,6 +113,11 @@ class SnapshotCodec(Protocol):
     def decode(self, payload: bytes) -> Account: ...
 
 
+class AppliedChanges(Protocol):
+    def applied(self, changes: Sequence[StateChange]) -> None:
+        """The batch's changes are in the store (called after the save, before the offsets are committed)."""
+
+
 class ApplyMetrics(Protocol):
     def applied(self, kind: str, count: int) -> None: ...
     def duplicate(self, by: str) -> None: ...
@@ -147,7 +155,7 @@ class Applier:
     def __init__(self, rules: LedgerRules, store: StateStore, snapshots: SnapshotSink, source: RecordSource,
                  codec: SnapshotCodec, clock: Clock, metrics: ApplyMetrics | None = None,
                  cache_accounts: int = 200_000, fill_history: FillHistory | None = None, fills_topic: str = "",
-                 fill_ids_horizon_ms: int = 600_000) -> None:
+                 fill_ids_horizon_ms: int = 600_000, on_applied: AppliedChanges | None = None) -> None:
         self._rules = rules
         self._store = store
         self._snapshots = snapshots
@@ -161,6 +169,7 @@ class Applier:
         self._fills_prefix = f"{fills_topic}:"
         self._horizon_ms = fill_ids_horizon_ms
         self._fill_ids: dict[int, PartitionFillIds] = {}
+        self._on_applied = on_applied
 
     def fill_ids_indexed(self) -> int:
         """Fill ids held by the republish index (every partition)."""
@@ -268,12 +277,14 @@ class Applier:
             else:
                 result.duplicates += 1
                 self._metrics.duplicate("offset" if outcome is Outcome.DUPLICATE_OFFSET else "id")
-        changes = self._changes(before, current)
+        changes = self._changes(before, current, wanted)
         if changes:
             self._snapshots.publish(changes)   # the truth first ...
             self._store.save(changes)          # ... then the cache of it
             for change in changes:
                 self._remember(change.account.account_id, change.payload, change.account)
+            if self._on_applied is not None:
+                self._on_applied.applied(changes)
         result.accounts_changed = len(changes)
         if result.fills_applied:
             self._metrics.applied("fill", result.fills_applied)
@@ -282,7 +293,8 @@ class Applier:
         self._metrics.batch_seconds(time.perf_counter() - started)
         return result
 
-    def _changes(self, before: Mapping[str, Account], current: Mapping[str, Account]) -> list[StateChange]:
+    def _changes(self, before: Mapping[str, Account], current: Mapping[str, Account],
+                 partitions: Mapping[str, int]) -> list[StateChange]:
         now_ms = self._clock.now_ms()
         changes: list[StateChange] = []
         for account_id, account in current.items():
@@ -292,7 +304,7 @@ class Applier:
             old_open = old.open_instruments() if old is not None else frozenset()
             new_open = account.open_instruments()
             changes.append(StateChange(account, self._codec.encode(account, now_ms), new_open - old_open,
-                                       old_open - new_open, old is None))
+                                       old_open - new_open, old is None, old, partitions.get(account_id, -1)))
         return changes
 
     def _remember(self, account_id: str, payload: bytes, account: Account) -> None:
@@ -362,6 +374,99 @@ class ApplyTurn:
             log.warning("rewinding a failed batch to retry it", extra={"records": len(self._pending)})
             self.source.rewind(self._pending)
             self._pending = None
+
+
+# ---- open interest ---------------------------------------------------------------------------
+
+class PartitionScan(Protocol):
+    def open_interest_sums(self, partitions: Iterable[int], partition_count: int, instruments: frozenset[str]
+                           ) -> dict[int, dict[str, Sides]]:
+        """(long, short) per instrument of the accounts of each partition, for the partitions whose cache was
+        whole throughout the reading (the others are left out: summed later, once rebuilt)."""
+
+
+class ContributionSink(Protocol):
+    def publish(self, contributions: Sequence[Contribution], retired: Sequence[tuple[str, int]]) -> None:
+        """Publish the contributions, and tombstones for the (instrument, partition) keys retired; return once
+        the broker has acknowledged them."""
+
+
+class OpenInterestPublisher:
+    """Each owned input partition's share of every instrument's open interest, to ``portfolio.open_interest``.
+
+    The sums follow every applied batch (the Applier's ``on_applied`` port, after the store is written).
+    A partition assigned to this instance, or whose cache was rebuilt, is summed afresh from its accounts
+    in the store — the same states the next batch starts from, so later deltas stay exact. What changed
+    goes out after each turn, and only once the instance is ready (every owned partition read to its
+    end offset at assignment): until then the partition's previous record stands, which is at least as
+    right as a partial catch-up. A partition summed afresh publishes every instrument, so a new owner
+    overwrites whatever the previous one left. Each record carries the fills offset it reflects; a
+    reader keeps, per key, the record with the highest (a late record of a previous owner is older).
+    Keys of instruments no longer in the universe (``retired``: read back at start) get a tombstone
+    from their partition's owner.
+    """
+
+    def __init__(self, ledger: OpenInterestLedger, scan: PartitionScan, sink: ContributionSink, partition_count: int,
+                 retired: Mapping[int, Iterable[str]] | None = None) -> None:
+        self.ledger = ledger
+        self._scan = scan
+        self._sink = sink
+        self._partition_count = partition_count
+        self._retired = {p: set(symbols) for p, symbols in (retired or {}).items()}
+        self._published: dict[int, dict[str, Sides]] = {}
+
+    # AppliedChanges port
+    def applied(self, changes: Sequence[StateChange]) -> None:
+        for change in changes:
+            if not self.ledger.apply(change.partition, change.before, change.account):
+                log.warning("open interest sums disagree with the account states; summing the partition afresh",
+                            extra={"partition": change.partition, "account": change.account.account_id})
+
+    def assigned(self, partitions: Iterable[int]) -> None:
+        """A rebalance gave these partitions (again): their accounts may have moved on meanwhile elsewhere."""
+        self.ledger.forget(partitions)
+
+    def rebuilt(self, partitions: Iterable[int]) -> None:
+        """The cache of these partitions was rebuilt from Kafka: the states the next batch starts from changed."""
+        self.ledger.forget(partitions)
+
+    def turn(self, owned: frozenset[int], ready: bool, offsets: Callable[[Iterable[int]], Mapping[int, int]]) -> int:
+        """Sum what is missing; once ``ready``, publish what changed. ``offsets`` gives the next fills offset of
+        each partition (everything before it applied). Returns the records published."""
+        gone = (self.ledger.partitions() | self._published.keys()) - owned
+        if gone:
+            self.ledger.forget(gone)
+            for p in gone:
+                self._published.pop(p, None)
+        missing = self.ledger.missing(owned)
+        if missing:
+            for p, sums in self._scan.open_interest_sums(sorted(missing), self._partition_count,
+                                                         self.ledger.instruments).items():
+                self.ledger.reset(p, sums)
+        if not ready:
+            return 0
+        waiting = self.ledger.dirty() | {p for p, symbols in self._retired.items() if symbols and p in owned}
+        if not waiting:
+            return 0
+        at = offsets(sorted(waiting & self.ledger.partitions()))
+        pending = self.ledger.pending(at)
+        retired = [(symbol, p) for p in sorted(at) for symbol in sorted(self._retired.get(p, ()))]
+        if not pending and not retired:
+            return 0
+        self._sink.publish(pending, retired)
+        self.ledger.published(pending)
+        for c in pending:
+            self._published.setdefault(c.partition, {})[c.instrument] = (c.long_contracts, c.short_contracts)
+        for symbol, p in retired:
+            self._retired[p].discard(symbol)
+        if retired:
+            log.info("open interest of instruments no longer in the universe retired",
+                     extra={"keys": [f"{s}/{p}" for s, p in retired]})
+        return len(pending) + len(retired)
+
+    def published_totals(self) -> dict[str, Sides]:
+        """Σ over the owned partitions of what was last published, per instrument."""
+        return sum_sides(self._published.values())
 
 
 # ---- admin requests -------------------------------------------------------------------------

@@ -16,13 +16,15 @@ from marginflow.api.account.v1 import account_pb2_grpc
 from marginflow.portfolio.adapters import codec
 from marginflow.portfolio.adapters.grpc_api import SERVICE_NAME, AccountServicer
 from marginflow.portfolio.adapters.kafka_io import (
-    KafkaEventPublisher, KafkaFillHistory, KafkaRecordSource, KafkaSnapshotSink, input_types)
+    KafkaEventPublisher, KafkaFillHistory, KafkaOpenInterestSink, KafkaRecordSource, KafkaSnapshotSink, input_types,
+    retired_contributions)
 from marginflow.portfolio.adapters.margin_gate import MarginWithdrawalGate
 from marginflow.portfolio.adapters.metrics import PortfolioMetrics, portfolio_metrics
 from marginflow.portfolio.adapters.redis_store import RedisStateStore
-from marginflow.portfolio.application import AdminService, Applier, ApplyTurn, BatchResult
+from marginflow.portfolio.application import AdminService, Applier, ApplyTurn, BatchResult, OpenInterestPublisher
 from marginflow.portfolio.domain.ledger import LedgerRules
 from marginflow.portfolio.domain.model import InstrumentSpec
+from marginflow.portfolio.domain.open_interest import OpenInterestLedger
 from marginflow.portfolio.settings import PortfolioSettings
 from marginflow.shared.clock import Clock, SystemClock
 from marginflow.shared.kafka import (
@@ -56,7 +58,8 @@ def ledger_rules(settings: PortfolioSettings, universe: Universe) -> LedgerRules
 
 def portfolio_topics(settings: PortfolioSettings) -> list[TopicSpec]:
     topics = settings.common.topics
-    mine = {topics.fills, topics.account_events, topics.portfolio_dlq, topics.positions, topics.audit}
+    mine = {topics.fills, topics.account_events, topics.portfolio_dlq, topics.positions, topics.open_interest,
+            topics.audit}
     return [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
 
 
@@ -92,6 +95,7 @@ class PortfolioApp:
         self.host = ServiceHost(SERVICE, settings.common)
         self.rebuilt_accounts: int | None = None
         self.rebuild_seconds: float | None = None
+        self.open_interest: OpenInterestPublisher | None = None
 
     @property
     def grpc_port(self) -> int:
@@ -123,6 +127,16 @@ class PortfolioApp:
         self.source = KafkaRecordSource(ProtoConsumer(consumer, input_types(topics), dlq, SERVICE,
                                                       common.max_message_bytes), self.producer,
                                         topics, s.poll_timeout_ms, s.batch_max_records)
+        # Each owned partition's share of the open interest; keys of instruments that left the universe
+        # (read back once: a few hundred records) are retired by their partition's owner.
+        instruments = frozenset(self.rules.instruments)
+        on_topic = read_compacted(common.bootstrap, topics.open_interest, pb.OpenInterestContribution,
+                                  f"{SERVICE}-open-interest", timeout_s=s.rebuild_timeout_seconds)
+        self.open_interest = OpenInterestPublisher(
+            OpenInterestLedger(instruments), self.store,
+            KafkaOpenInterestSink(self.producer, topics.open_interest, self.clock.now_ms), self.partitions,
+            retired=retired_contributions(on_topic, instruments))
+        self.source.on_assigned.append(self.open_interest.assigned)
         self.source.subscribe([topics.fills, topics.account_events])
         self.fill_history = (KafkaFillHistory(new_consumer(common.bootstrap, None, f"{SERVICE}-fill-ids"), topics.fills,
                                               s.rebuild_timeout_seconds) if s.dedupe_seconds > 0 else None)
@@ -130,7 +144,7 @@ class PortfolioApp:
                                KafkaSnapshotSink(self.producer, topics.positions), self.source,
                                codec.SnapshotEncoder(), self.clock, self.metrics, s.cache_accounts,
                                fill_history=self.fill_history, fills_topic=topics.fills,
-                               fill_ids_horizon_ms=int(s.dedupe_seconds * 1000))
+                               fill_ids_horizon_ms=int(s.dedupe_seconds * 1000), on_applied=self.open_interest)
         # TLS and token as configured (margin serves TLS under make run)
         self.gate = (MarginWithdrawalGate(s.margin_address, s.margin_timeout_ms / 1000,
                                           lambda address: client_channel(address, common.security))
@@ -195,6 +209,8 @@ class PortfolioApp:
         count = self.store.restore(snapshots)
         seconds = time.perf_counter() - started
         self.store.mark_built(partitions, self.clock.now_ms(), count, seconds)
+        if self.open_interest is not None:   # the states the next batch starts from are those rebuilt
+            self.open_interest.rebuilt(partitions)
         self.metrics.rebuild_seconds.set(seconds)
         self.metrics.rebuild_accounts.set(count)
         self.metrics.rebuilds.inc()
@@ -216,6 +232,11 @@ class PortfolioApp:
     def _turn(self) -> int:
         n = self.turn()
         self._update_ready()
+        # Only once ready: every owned partition read to its end offset at assignment.
+        behind = self.source.catching_up()
+        self.metrics.open_interest_published.inc(self.open_interest.turn(
+            frozenset(self.source.assigned_partitions()), behind is not None and not behind,
+            self.source.fills_offsets))
         return n
 
     def _update_ready(self) -> None:
@@ -238,6 +259,7 @@ class PortfolioApp:
         self.metrics.accounts.set(accounts)
         self.metrics.positions.set(positions)
         self.metrics.fill_ids_indexed.set(self.applier.fill_ids_indexed())
+        self.metrics.open_interest(self.open_interest.published_totals(), self.rules.instruments)
 
     def run(self, stopping: threading.Event) -> BatchResult:
         self.loop.run(stopping)

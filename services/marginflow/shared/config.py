@@ -300,6 +300,11 @@ class Topics:
         return self.name("portfolio.positions")
 
     @property
+    def open_interest(self) -> str:
+        """Each trades.fills partition's share of every instrument's open interest (compacted)."""
+        return self.name("portfolio.open_interest")
+
+    @property
     def margin_state(self) -> str:
         return self.name("margin.state")
 

@@ -90,6 +90,8 @@ def platform_topics(topics: Topics, partitions: int) -> list[TopicSpec]:
         TopicSpec(topics.portfolio_dlq, 1, retention_ms=week),
         TopicSpec(topics.margin_dlq, 1, retention_ms=week),
         TopicSpec(topics.positions, partitions, compacted=True),
+        # Keyed by (instrument, fills partition): a few hundred keys, one partition keeps them in one log.
+        TopicSpec(topics.open_interest, 1, compacted=True),
         TopicSpec(topics.margin_state, partitions, compacted=True),
         TopicSpec(topics.margin_calls, partitions),
         TopicSpec(topics.liquidation_orders, partitions),

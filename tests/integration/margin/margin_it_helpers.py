@@ -48,6 +48,16 @@ def snapshot(account: str, positions, usdc: str, revision: int = 1) -> account_p
     return s
 
 
+def contribution(instrument: str, partition: int, long: str, short: str, fills_offset: int
+                 ) -> account_pb2.OpenInterestContribution:
+    """One input partition's share of an instrument's open interest, as portfolio publishes it."""
+    c = account_pb2.OpenInterestContribution(instrument=instrument, source_partition=partition,
+                                             fills_offset=fills_offset)
+    c.long_contracts.value = long
+    c.short_contracts.value = short
+    return c
+
+
 def wait_for(predicate, timeout_s: float = 15.0, interval_s: float = 0.1):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -1,5 +1,5 @@
 """The venue's traded volume (trades.fills) lengthens the liquidation horizon of a large position, and
-every account's positions (portfolio.positions) give the open interest of the concentration add-on."""
+the portfolio's open interest per input partition (portfolio.open_interest) gives the concentration add-on."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from marginflow.margin.settings import MarginSettings
 from marginflow.shared.config import load
 from marginflow.shared.kafka import delete_topics, ensure_topics
 
-from margin_it_helpers import mark, risk_params, snapshot, wait_for
+from margin_it_helpers import contribution, mark, risk_params, snapshot, wait_for
 
 
 @pytest.fixture
@@ -24,7 +24,8 @@ def mg_settings(test_env):
                MF_MARGIN_LIQUIDATION_PARTICIPATION="0.1", MF_MARGIN_MAX_HORIZON_MULTIPLE="10",
                MF_MARGIN_CONCENTRATION_RATE="0.1", MF_MARGIN_CONCENTRATION_THRESHOLD="0.05")
     settings = load(MarginSettings, env)
-    assert settings.common.topics.fills in {t.name for t in margin_topics(settings)}
+    assert {settings.common.topics.fills, settings.common.topics.open_interest} <= {t.name for t in
+                                                                                    margin_topics(settings)}
     ensure_topics(settings.common.bootstrap, margin_topics(settings))
     yield settings
     delete_topics(settings.common.bootstrap, [s.name for s in margin_topics(settings)])
@@ -46,15 +47,21 @@ def test_fills_on_the_venue_scale_a_large_positions_grid_and_es(mg_settings, pub
         publish(topics.fills, f"t{i}", _fill(i, "250"))
     publish(topics.fills, "bad", _fill(9, "-1"))             # dead-lettered, not counted
     publish(topics.positions, "s", snapshot("s", [("SOL-PERP", "-24000", "150")], "50000000"))
-    publish(topics.positions, "l", snapshot("l", [("SOL-PERP", "30000", "150")], "50000000", revision=1))
-    publish(topics.positions, "l", snapshot("l", [("SOL-PERP", "50000", "150")], "50000000", revision=2))
+    # s's input partition holds its short; l's partition its long, first 30,000 then 50,000 (a later fills
+    # offset); a previous owner's late record of l's partition (an earlier offset) and a negative one change nothing
+    publish(topics.open_interest, "SOL-PERP/0", contribution("SOL-PERP", 0, "0", "24000", 4))
+    publish(topics.open_interest, "SOL-PERP/1", contribution("SOL-PERP", 1, "30000", "0", 3))
+    publish(topics.open_interest, "SOL-PERP/1", contribution("SOL-PERP", 1, "50000", "0", 5))
+    publish(topics.open_interest, "SOL-PERP/1", contribution("SOL-PERP", 1, "90000", "0", 4))
+    publish(topics.open_interest, "SOL-PERP/1", contribution("SOL-PERP", 1, "-5", "0", 6))
     app = MarginApp(mg_settings).start(serve_grpc=False, serve_http_metrics=False)
     thread, stopping = app.run_in_thread()
     try:
         assert app.host.wait_ready(30), "margin did not become ready"
         wait_for(lambda: app.engine.market.volume.buckets.sum() == 1000.0, timeout_s=20)
         wait_for(lambda: app.engine.row_of.get("s") is not None and app.engine.version == 1)
-        wait_for(lambda: app.engine.market.open_interest.open_interest()[app.table.index["SOL-PERP"]] == 50000.0)
+        # ready only once the open interest topic is read to its end offsets at the start
+        assert app.engine.market.open_interest.open_interest()[app.table.index["SOL-PERP"]] == 50000.0
         publish(topics.risk_params, "current", risk_params(2))    # the model is rebuilt with the volume
         wait_for(lambda: app.engine.version == 2)
         p = app.engine.explain("s").positions[0]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 
 import pytest
+from kafka import TopicPartition
 from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from marginflow.shared.config import Topics
-from marginflow.shared.kafka import ensure_topics, new_producer, platform_topics
+from marginflow.shared.kafka import ensure_topics, new_consumer, new_producer, platform_topics
 from marginflow.shared.security import KafkaSecurity
 
 from conftest import ROOT, free_port
@@ -42,7 +44,7 @@ def _options(pki, user: str, password: str | None = None) -> dict:
 def topics(sasl_kafka, pki):
     topics = Topics("")
     ensure_topics(sasl_kafka, [s for s in platform_topics(topics, 1)
-                               if s.name in (topics.ticks, topics.fills, topics.risk_params)],
+                               if s.name in (topics.ticks, topics.fills, topics.risk_params, topics.open_interest)],
                   timeout_s=60, **_options(pki, "admin"))
     return topics
 
@@ -56,6 +58,31 @@ def test_a_service_writes_its_own_topic_and_is_refused_another(sasl_kafka, pki, 
             producer.send(topics.fills, key=b"acct-1", value=b"forged fill").get(timeout=20)
     finally:
         producer.close(5)
+
+
+def test_portfolio_writes_the_open_interest_and_margin_only_reads_it(sasl_kafka, pki, topics):
+    portfolio = new_producer(sasl_kafka, "sasl-test-portfolio", linger_ms=0, max_block_ms=10000,
+                             **_options(pki, "portfolio"))
+    margin = new_producer(sasl_kafka, "sasl-test-margin", linger_ms=0, max_block_ms=10000, **_options(pki, "margin"))
+    try:
+        portfolio.send(topics.open_interest, key=b"BTC-PERP/0", value=b"share").get(timeout=20)
+        with pytest.raises(TopicAuthorizationFailedError):
+            margin.send(topics.open_interest, key=b"BTC-PERP/0", value=b"forged share").get(timeout=20)
+    finally:
+        portfolio.close(5)
+        margin.close(5)
+    reader = new_consumer(sasl_kafka, None, "sasl-test-margin-reader", **_options(pki, "margin"))
+    try:
+        tp = TopicPartition(topics.open_interest, 0)
+        reader.assign([tp])
+        reader.seek_to_beginning(tp)
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while b"share" not in seen and time.monotonic() < deadline:
+            seen += [r.value for r in reader.poll(timeout_ms=500).get(tp, [])]
+        assert seen == [b"share"]
+    finally:
+        reader.close()
 
 
 def test_wrong_password_or_no_credentials_get_nothing(sasl_kafka, pki, topics):

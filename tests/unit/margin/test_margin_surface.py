@@ -306,18 +306,38 @@ def test_the_router_feeds_fills_to_the_volume_window_and_dead_letters_bad_ones(m
     assert engine.market.volume.buckets.sum(axis=0).tolist() == [3.0, 0.0, 0.0]
 
 
-def test_open_interest_follows_each_accounts_newest_snapshot():
+def test_open_interest_follows_each_partitions_newest_contribution():
+    from decimal import Decimal as D
+
     from marginflow.margin.domain.horizon import OpenInterestBook
 
     oi = OpenInterestBook(3)
-    assert oi.apply("a", 1, np.array([0, 1]), np.array([10.0, -4.0]))
-    assert oi.apply("b", 1, np.array([0]), np.array([-6.0]))
+    # partition 0 holds long 10 of instrument 0 and short 4 of instrument 1; partition 1 short 6 of instrument 0
+    assert oi.apply(0, 0, 5, D("10"), D("0")) and oi.apply(1, 0, 5, D("0"), D("4"))
+    assert oi.apply(0, 1, 3, D("0"), D("6"))
     # instrument 0: long 10, short 6 → 10; instrument 1: short 4 → 4; instrument 2: nothing held
     assert oi.open_interest()[:2].tolist() == [10.0, 4.0] and np.isnan(oi.open_interest()[2])
-    assert oi.apply("a", 2, np.array([0]), np.array([3.0]))        # replaces a's revision 1
+    assert oi.apply(0, 0, 9, D("3"), D("0"))                   # replaces partition 0's share at offset 5
+    assert oi.apply(1, 0, 9, D("0"), D("0"))                   # every short of instrument 1 closed
     assert oi.open_interest()[0] == 6.0 and np.isnan(oi.open_interest()[1])
-    assert not oi.apply("a", 1, np.array([0]), np.array([100.0]))  # an older revision is ignored
+    assert not oi.apply(0, 0, 8, D("100"), D("0"))             # an older offset (a previous owner's) is ignored
     assert oi.open_interest()[0] == 6.0
+    assert oi.sides(0) == (D("3"), D("6"))
+    assert oi.remove(0, 1) and not oi.remove(0, 1)              # a tombstone retires partition 1's share
+    assert oi.open_interest()[0] == 3.0
+
+
+def test_open_interest_sums_stay_exact_in_decimal():
+    from decimal import Decimal as D
+
+    from marginflow.margin.domain.horizon import OpenInterestBook
+
+    oi = OpenInterestBook(1)
+    # 0.1 + 0.2 is 0.30000000000000004 in floats; as published (decimal strings) the sum is exact
+    assert oi.apply(0, 0, 1, D("0.1"), D("0")) and oi.apply(0, 1, 1, D("0.2"), D("0"))
+    assert oi.sides(0) == (D("0.3"), D("0")) and oi.open_interest()[0] == 0.3
+    assert oi.apply(0, 0, 1, D("0.1"), D("0.3"))               # the same offset again: the later record replaces
+    assert oi.sides(0) == (D("0.3"), D("0.3"))
 
 
 def _naive_charges(table, books, option_rate, basis_rate, index):

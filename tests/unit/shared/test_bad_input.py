@@ -25,6 +25,8 @@ from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.api.risk.v1 import risk_pb2
 from marginflow.margin.adapters import codec as margin_codec
 from marginflow.margin.adapters.kafka_io import market_types
+from marginflow.margin.adapters.open_interest import OpenInterestReader
+from marginflow.margin.domain.horizon import OpenInterestBook
 from marginflow.margin.domain.scenarios import build_scenarios
 from marginflow.margin.service import instrument_table
 from marginflow.marketdata.adapters.kafka_io import KafkaMarketSink
@@ -156,6 +158,12 @@ def snapshot(account="acct-1", instrument="BTC-PERP", size="1", entry="60000", u
     p.size.value = size
     p.entry_price.value = entry
     return msg
+
+
+def contribution(instrument="BTC-PERP", partition=0, long="12.5", short="12.5", offset=40):
+    return account_pb2.OpenInterestContribution(instrument=instrument, source_partition=partition,
+                                                long_contracts=dec(long), short_contracts=dec(short),
+                                                fills_offset=offset)
 
 
 def risk_params(sigma=0.5, underlyings=("BTC", "ETH", "SOL"), hist=(-0.1, 0.0, 0.1), version=1):
@@ -334,6 +342,46 @@ class MarginConsumer:
         return value.account_id == "acct-2" and list(value.size) == [3.0]
 
 
+class _AssignedFake(FakeKafkaConsumer):
+    """The fake as a consumer assigned to its one partition (the open interest reader assigns itself)."""
+
+    def partitions_for_topic(self, topic):
+        return {0}
+
+    def assign(self, tps): ...
+    def seek_to_beginning(self, *tps): ...
+
+    def end_offsets(self, tps):
+        return {tp: 0 for tp in tps}
+
+
+class OpenInterestConsumer:
+    """margin: portfolio.open_interest through the OpenInterestReader into the open interest book."""
+
+    service = "margin"
+    dlq = TOPICS.margin_dlq
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.producer = CapturingProducer()
+        self.table = instrument_table(UNIVERSE)
+        self.book = OpenInterestBook(self.table.n)
+
+    def feed(self, records) -> None:
+        reader = OpenInterestReader(_AssignedFake(self.topic, list(records)), self.topic, self.table, self.book,
+                                    DeadLetterSink(self.producer, self.dlq, self.service), 1.0,
+                                    DEFAULT_MAX_MESSAGE_BYTES)
+        reader.poll()
+
+    def valid(self):
+        return b"ETH-PERP/1", b(contribution("ETH-PERP", 1, "3.5", "3.5"))
+
+    def applied(self) -> bool:
+        k = self.table.index["ETH-PERP"]
+        return self.book.sides(k) == (Decimal("3.5"), Decimal("3.5")) and \
+            all(self.book.sides(j) == (0, 0) for j in range(self.table.n) if j != k)
+
+
 class ReplayConsumer:
     """marketdata: rows of a replay file through read_ticks, the validator and KafkaMarketSink."""
 
@@ -470,6 +518,25 @@ POSITIONS = {
     "key_contradicts_payload": (b"acct-7", b(snapshot()), "key_mismatch"),
 }
 
+OPEN_INTEREST = {
+    "random_bytes": (b"BTC-PERP/0", RANDOM_BYTES, "malformed"),
+    "other_message_type": (b"BTC-PERP/0", b(snapshot()), "key_mismatch"),   # its account id reads as instrument
+    "one_mib": (b"BTC-PERP/0", oversized(contribution(), "instrument"), "oversized"),
+    "empty_payload": (b"BTC-PERP/0", b"", "empty_payload"),
+    "nan_long": (b"BTC-PERP/0", b(contribution(long="NaN")), "non_finite"),
+    "inf_short": (b"BTC-PERP/0", b(contribution(short="Infinity")), "non_finite"),
+    "malformed_decimal": (b"BTC-PERP/0", b(contribution(long="12,5")), "bad_decimal"),
+    "negative_long": (b"BTC-PERP/0", b(contribution(long="-1")), "negative_value"),
+    "negative_offset": (b"BTC-PERP/0", b(contribution(offset=-3)), "negative_value"),
+    "implausible_short": (b"BTC-PERP/0", b(contribution(short="1e400")), "implausible"),
+    "missing_long": (b"BTC-PERP/0", b(contribution(long="")), "missing_field"),
+    "empty_instrument": (b"/0", b(contribution(instrument="")), "missing_field"),
+    "unknown_instrument": (b"DOGE-PERP/0", b(contribution("DOGE-PERP")), "unknown_instrument"),
+    "key_names_another_partition": (b"BTC-PERP/1", b(contribution()), "key_mismatch"),
+    "key_names_another_instrument": (b"ETH-PERP/0", b(contribution()), "key_mismatch"),
+    "no_key": (None, b(contribution()), "key_mismatch"),
+}
+
 KAFKA_CASES = [
     pytest.param(factory, topic, *case, id=f"{topic.removeprefix('bad.')}:{service}:{kind}")
     for factory, topic, service, cases in (
@@ -480,6 +547,7 @@ KAFKA_CASES = [
         (MarginConsumer, TOPICS.marks, "margin", MG_MARKS),
         (MarginConsumer, TOPICS.risk_params, "margin", PARAMS),
         (MarginConsumer, TOPICS.positions, "margin", POSITIONS),
+        (OpenInterestConsumer, TOPICS.open_interest, "margin", OPEN_INTEREST),
     )
     for kind, case in cases.items()
 ]

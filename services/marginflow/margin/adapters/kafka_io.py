@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from google.protobuf.message import DecodeError
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from marginflow.api.account.v1 import account_pb2
@@ -127,37 +126,3 @@ class PositionsRebalance(ConsumerRebalanceListener):
         if parts and self.consumer is not None:
             self.consumer.seek_to_beginning(*parts)
         log.info("positions partitions assigned", extra={"partitions": sorted(tp.partition for tp in parts)})
-
-
-
-class OpenInterestReader:
-    """Every account's latest snapshot on ``portfolio.positions`` (every partition, from the beginning,
-    no group), for the open interest per instrument. A record that does not decode is skipped: the
-    positions consumer of the group dead-letters the same record."""
-
-    def __init__(self, consumer, topic: str, timeout_s: float) -> None:
-        self.raw = consumer
-        deadline = time.monotonic() + timeout_s
-        parts = consumer.partitions_for_topic(topic)
-        while not parts and time.monotonic() < deadline:
-            time.sleep(0.2)
-            parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise RuntimeError(f"topic {topic} has no partitions")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-
-    def poll(self, max_records: int = 5000) -> list[tuple[str, account_pb2.AccountSnapshot]]:
-        out = []
-        for records in self.raw.poll(timeout_ms=0, max_records=max_records).values():
-            for rec in records:
-                try:
-                    out.append((rec.key.decode("utf-8", "replace") if rec.key else "",
-                                account_pb2.AccountSnapshot.FromString(rec.value or b"")))
-                except DecodeError:
-                    continue
-        return out
-
-    def close(self) -> None:
-        self.raw.close(autocommit=False)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from decimal import Decimal
 
 import numpy as np
 
@@ -172,38 +173,56 @@ class VolumeWindow:
 
 
 class OpenInterestBook:
-    """Open interest per instrument from every account's latest positions (``portfolio.positions``,
-    compacted: the newest snapshot of an account replaces its previous one).
+    """Open interest per instrument from each input partition's share of it (``portfolio.open_interest``,
+    compacted, one record per instrument and ``trades.fills`` partition, written by the partition's owner).
 
-    OI = max(Σ long, Σ short) contracts: on a venue where every trade has both sides among the
-    accounts the two sums are equal (the open interest); where a market maker outside the platform
-    takes one side, the heavier side is what is open. An older revision of an account than the one
-    held is ignored (partitions are read in order; a re-read after a restart repeats revisions).
+    OI = max(Σ long, Σ short) contracts over the partitions: on a venue where every trade has both sides
+    among the accounts the two sums are equal (the open interest); where a market maker outside the
+    platform takes one side, the heavier side is what is open. Sums are exact (``Decimal``, as published)
+    and become floats only as the model's input. Of two records of one (instrument, partition) the one
+    reflecting the higher fills offset is kept: a previous owner's late record after a rebalance is
+    older than the new owner's, and is ignored (equal offsets are the same state: the later replaces).
     """
 
     def __init__(self, n_instruments: int) -> None:
-        self.long = np.zeros(n_instruments)
-        self.short = np.zeros(n_instruments)
-        self._held: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}   # account → (revision, instrument, size)
+        self._held: dict[tuple[int, int], tuple[int, Decimal, Decimal]] = {}   # (k, partition) → (offset, long, short)
+        self._by_instrument: list[set[int]] = [set() for _ in range(n_instruments)]
+        self._oi = np.full(n_instruments, np.nan)
+        self._dirty: set[int] = set()
 
-    def apply(self, account_id: str, revision: int, instrument: np.ndarray, size: np.ndarray) -> bool:
-        held = self._held.get(account_id)
-        if held is not None:
-            if revision < held[0]:
-                return False
-            self._add(held[1], held[2], -1.0)
-        k = np.asarray(instrument, dtype=np.int64).copy()
-        q = np.asarray(size, dtype=np.float64).copy()
-        self._add(k, q, 1.0)
-        self._held[account_id] = (int(revision), k, q)
+    def apply(self, instrument: int, partition: int, fills_offset: int, long_contracts: Decimal,
+              short_contracts: Decimal) -> bool:
+        """A partition's share; False (ignored) when an already held one reflects a later offset."""
+        key = (instrument, partition)
+        held = self._held.get(key)
+        if held is not None and fills_offset < held[0]:
+            return False
+        self._held[key] = (int(fills_offset), long_contracts, short_contracts)
+        self._by_instrument[instrument].add(partition)
+        self._dirty.add(instrument)
         return True
 
-    def _add(self, k: np.ndarray, q: np.ndarray, sign: float) -> None:
-        np.add.at(self.long, k, sign * np.maximum(q, 0.0))
-        np.add.at(self.short, k, sign * np.maximum(-q, 0.0))
+    def remove(self, instrument: int, partition: int) -> bool:
+        """The partition's share retired (a tombstone); False when none was held."""
+        if self._held.pop((instrument, partition), None) is None:
+            return False
+        self._by_instrument[instrument].discard(partition)
+        self._dirty.add(instrument)
+        return True
+
+    def sides(self, instrument: int) -> tuple[Decimal, Decimal]:
+        """(Σ long, Σ short) contracts of an instrument over the partitions, exact."""
+        lo = sh = Decimal(0)
+        for p in self._by_instrument[instrument]:
+            _offset, pl, ps = self._held[(instrument, p)]
+            lo += pl
+            sh += ps
+        return lo, sh
 
     def open_interest(self) -> np.ndarray:
-        """Contracts open per instrument; NaN where nothing is (no share can be taken of it). Sums
-        below 1e-9 contracts are the rounding left by removals: nothing."""
-        oi = np.maximum(self.long, self.short)
-        return np.where(oi > 1e-9, oi, np.nan)
+        """Contracts open per instrument; NaN where nothing is (no share can be taken of it)."""
+        for k in self._dirty:
+            oi = max(self.sides(k))
+            self._oi[k] = float(oi) if oi > 0 else np.nan
+        self._dirty.clear()
+        return self._oi.copy()

@@ -12,6 +12,7 @@ from marginflow.api.account.v1 import account_pb2 as pb
 from marginflow.api.common.v1 import common_pb2
 from marginflow.portfolio.domain.model import (
     ZERO, Account, AccountEvent, Deposit, Fill, IsolatedTransfer, MarginMode, ModeChange, Position, Side, Withdrawal)
+from marginflow.portfolio.domain.open_interest import Contribution
 from marginflow.shared.errors import Rejected
 from marginflow.shared.money import parse_decimal
 
@@ -143,6 +144,18 @@ def account_from_proto(msg: pb.AccountSnapshot) -> Account:
 
 
 _POSITION_TAG = bytes([(4 << 3) | 2])   # AccountSnapshot.positions: field 4, length-delimited
+
+
+def contribution_to_proto(c: Contribution, publish_time_ms: int = 0, source: str = "portfolio"
+                          ) -> pb.OpenInterestContribution:
+    """A partition's share of an instrument's open interest; contracts as exact decimal strings."""
+    msg = pb.OpenInterestContribution(instrument=c.instrument, source_partition=c.partition,
+                                      long_contracts=wire_dec(c.long_contracts),
+                                      short_contracts=wire_dec(c.short_contracts), fills_offset=c.fills_offset)
+    msg.meta.event_time_ms = publish_time_ms
+    msg.meta.publish_time_ms = publish_time_ms
+    msg.meta.source = source
+    return msg
 
 
 def _varint(value: int) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from google.protobuf.message import DecodeError
 
@@ -11,13 +11,15 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 
 from marginflow.api.account.v1 import account_pb2 as pb
-from marginflow.portfolio.adapters.codec import event_from_proto, event_to_proto, fill_from_proto
+from marginflow.portfolio.adapters.codec import contribution_to_proto, event_from_proto, event_to_proto, fill_from_proto
 from marginflow.portfolio.application import InputRecord, StateChange
 from marginflow.portfolio.domain.model import AccountEvent, InputPosition
+from marginflow.portfolio.domain.open_interest import Contribution
 from marginflow.shared.config import Topics
 from marginflow.shared.errors import Rejected
 from marginflow.shared.kafka import Decoded, ProtoConsumer, ProtoProducer, rewind
 from marginflow.shared.logs import get_logger
+from marginflow.shared.open_interest import contribution_key, parse_contribution_key
 
 log = get_logger(__name__)
 
@@ -74,6 +76,7 @@ class KafkaRecordSource:
         self.rebalance = InputsRebalance()
         self._ends: dict[TopicPartition, int] = {}          # partition → end offset at its assignment
         self._catching_up: frozenset[int] | None = None
+        self.on_assigned: list[Callable[[frozenset[int]], object]] = []   # told the partition numbers assigned
 
     def subscribe(self, topics: Sequence[str]) -> None:
         self._consumer.raw.subscribe(list(topics), listener=self.rebalance)
@@ -100,6 +103,9 @@ class KafkaRecordSource:
         parts = self.rebalance.take_assigned()
         if not parts:
             return
+        numbers = frozenset(tp.partition for tp in parts)
+        for listener in self.on_assigned:   # before any record of the poll is applied
+            listener(numbers)
         try:
             self._ends.update(self._consumer.raw.end_offsets(parts))
         except KafkaError as exc:
@@ -152,6 +158,19 @@ class KafkaRecordSource:
     def assigned_partitions(self) -> set[int]:
         """Partition numbers this instance owns now (fills and events are co-partitioned)."""
         return {tp.partition for tp in self._consumer.raw.assignment()}
+
+    def fills_offsets(self, partitions) -> dict[int, int]:
+        """The next offset of each owned ``trades.fills`` partition (every record before it polled and, between
+        turns, applied); partitions revoked meanwhile are left out."""
+        raw = self._consumer.raw
+        out = {}
+        for p in partitions:
+            tp = TopicPartition(self._fills, p)
+            try:
+                out[p] = raw.position(tp)
+            except (KafkaError, AssertionError, ValueError):   # no longer assigned: the next rebalance tells
+                continue
+        return out
 
     def close(self) -> None:
         self._consumer.close()
@@ -237,6 +256,38 @@ class KafkaSnapshotSink:
         for future in futures:
             if not future.is_done or future.failed():
                 future.get(timeout=ACK_TIMEOUT_SECONDS)   # waits, and raises if the broker did not take it
+
+
+class KafkaOpenInterestSink:
+    """ContributionSink port: each partition's share of an instrument's open interest to the compacted
+    portfolio.open_interest, key ``"<instrument>/<partition>"``; acknowledged before the sums count as published."""
+
+    def __init__(self, producer: ProtoProducer, topic: str, clock_ms) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._clock_ms = clock_ms
+
+    def publish(self, contributions: Sequence[Contribution], retired: Sequence[tuple[str, int]]) -> None:
+        now = self._clock_ms()
+        records = [(contribution_key(c.instrument, c.partition).encode(),
+                    contribution_to_proto(c, now).SerializeToString()) for c in contributions]
+        records += [(contribution_key(symbol, p).encode(), None) for symbol, p in retired]   # tombstones
+        futures = self._producer.send_many(self._topic, records)
+        self._producer.flush(timeout=ACK_TIMEOUT_SECONDS)
+        for future in futures:
+            if not future.is_done or future.failed():
+                future.get(timeout=ACK_TIMEOUT_SECONDS)
+
+
+def retired_contributions(records: dict[str, object], instruments: frozenset[str]) -> dict[int, set[str]]:
+    """Per partition, the instruments of the keys on portfolio.open_interest (latest value per key, from
+    ``read_compacted``) that are no longer in the universe: their partition's owner retires them."""
+    out: dict[int, set[str]] = {}
+    for key in records:
+        parsed = parse_contribution_key(key)
+        if parsed is not None and parsed[0] not in instruments:
+            out.setdefault(parsed[1], set()).add(parsed[0])
+    return out
 
 
 class KafkaEventPublisher:

@@ -38,6 +38,14 @@ class PortfolioMetrics:
         self.fill_ids_indexed = Gauge(
             "marginflow_portfolio_fill_ids_indexed",
             "Fill ids of the consumed trades.fills partitions held to recognise a republished fill", registry=registry)
+        self.open_interest_contracts = Gauge(
+            "marginflow_portfolio_open_interest_contracts",
+            "Open interest of the input partitions this instance owns, as last published to portfolio.open_interest: "
+            "contracts per instrument and side (long|short); sum over instances for the venue's",
+            ["instrument", "side"], registry=registry)
+        self.open_interest_published = Counter(
+            "marginflow_portfolio_open_interest_records_total",
+            "Records published to portfolio.open_interest (contributions and tombstones)", registry=registry)
         # Children bound once per label value: labels() costs as much as the increment itself.
         self._events_by_kind: dict[str, Counter] = {}
         self._duplicates_by: dict[str, Counter] = {}
@@ -67,6 +75,14 @@ class PortfolioMetrics:
 
     def batch_seconds(self, seconds: float) -> None:
         self.apply_latency.observe(seconds)
+
+    def open_interest(self, totals, instruments) -> None:
+        """This instance's published share per instrument: every instrument set (0 where it holds none)."""
+        zero = (0, 0)
+        for symbol in instruments:
+            lo, sh = totals.get(symbol, zero)
+            self.open_interest_contracts.labels(symbol, "long").set(float(lo))
+            self.open_interest_contracts.labels(symbol, "short").set(float(sh))
 
 
 _metrics: PortfolioMetrics | None = None

@@ -40,7 +40,9 @@ import redis
 from marginflow.api.account.v1 import account_pb2 as pb
 from marginflow.portfolio.adapters.codec import decode_account
 from marginflow.portfolio.application import CacheLost, StateChange
-from marginflow.portfolio.domain.model import Account, Position
+from marginflow.portfolio.domain.model import ZERO, Account, Position
+from marginflow.portfolio.domain.open_interest import sum_sides
+from marginflow.shared.kafka import key_partition
 from marginflow.shared.units import SECONDS_PER_DAY
 
 REQUEST_TTL_SECONDS = 7 * SECONDS_PER_DAY
@@ -158,6 +160,37 @@ class RedisStateStore:
                         found.append((account_id, position_from_proto(p)))
             cursor = ids[-1]
         return found
+
+    def open_interest_sums(self, partitions: Iterable[int], partition_count: int, instruments: frozenset[str]
+                           ) -> dict[int, dict[str, tuple[Decimal, Decimal]]]:
+        """PartitionScan port: (long, short) contracts per instrument of the accounts of each partition, read
+        from their snapshots; only partitions whose ``built`` marker is the same before and after the reading
+        (a cache emptied meanwhile would read as fewer positions). An account's partition is the one Kafka's
+        default partitioner gives its id, as for every input and snapshot of the platform."""
+        wanted = sorted(set(partitions))
+        if not wanted:
+            return {}
+        before = self.generations(wanted)
+        whole = [p for p in wanted if before[p] is not None]
+        if not whole:
+            return {}
+        keep = set(whole)
+        ids = [a.decode() for a in self._r.zrange(self._accounts_key, 0, -1)]
+        mine = [(a, p) for a in ids if (p := key_partition(a.encode(), partition_count)) in keep]
+        sides: dict[int, list[dict[str, tuple[Decimal, Decimal]]]] = {p: [] for p in whole}
+        payloads = self._mget([self.account_key(a) for a, _ in mine])
+        for (_account, p), payload in zip(mine, payloads):
+            if payload is None:
+                continue
+            held: dict[str, tuple[Decimal, Decimal]] = {}
+            for pos in pb.AccountSnapshot.FromString(payload).positions:
+                q = Decimal(pos.size.value or 0)
+                if q != 0 and pos.instrument in instruments:
+                    lo, sh = held.get(pos.instrument, (ZERO, ZERO))
+                    held[pos.instrument] = (lo + q, sh) if q > 0 else (lo, sh - q)
+            sides[p].append(held)
+        after = self.generations(whole)
+        return {p: sum_sides(sides[p]) for p in whole if after[p] == before[p]}
 
     def counts(self, instruments: Iterable[str]) -> tuple[int, int]:
         """(accounts, open positions) from the indexes."""
