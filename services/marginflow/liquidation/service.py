@@ -57,6 +57,12 @@ log = get_logger(__name__)
 
 
 GROUP_MAX_POLL_INTERVAL_MS = 30_000
+# The output producer's linger, ms. Every publication of events, orders and effects ends with a flush, which
+# sends what is buffered at once, so the linger adds no latency there; it only keeps the records of one
+# publication in few batches (with 0 the sender thread took each record as its own batch and request while
+# the loop was still appending, and both contended for the GIL record by record). A dead letter, sent
+# without a flush, goes out within it.
+OUTPUT_LINGER_MS = 20
 # A few ms, not 0: with 0 the client never waits for the coordinator's answers, and a join that needs
 # several round trips (a rebalance after a member died) was seen not to complete for minutes.
 GROUP_POLL_MS = 5
@@ -104,7 +110,7 @@ class LiquidationApp:
         universe = platform_universe(common, self.clock.now_ms())
         self.instruments = instrument_infos(universe)
         ensure_topics(common.bootstrap, liquidation_topics(s), timeout_s=timeout)
-        self.producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-out", linger_ms=0), SERVICE)
+        self.producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-out", linger_ms=OUTPUT_LINGER_MS), SERVICE)
         self.redis = connect(common.redis_url)
         self.fund_cache = RedisFundCache(self.redis, s.redis_prefix)
         grpc_timeout = s.grpc_timeout_ms / 1000.0
