@@ -256,13 +256,20 @@ class LiquidationApp:
             if records:
                 handled += self._route_group(records)
             self._run_admin_requests()
-            for future in [f for f in self._inflight if f.done()]:
-                self._inflight.remove(future)
+        finally:
+            self.engine.end_batch()   # events, then orders, each acknowledged: before the offsets are committed
+        # Each re-check's accounts are acted on and their events and orders published together (one flush
+        # each): the first hundred of a burst go out while the next answers are read and planned, instead of
+        # every order of the turn waiting for the last account's plan.
+        for future in [f for f in self._inflight if f.done()]:
+            self._inflight.remove(future)
+            self.engine.begin_batch()
+            try:
                 for assessment in future.result():
                     self.engine.act(assessment)
                     handled += 1
-        finally:
-            self.engine.end_batch()   # events, then orders, each acknowledged: before the offsets are committed
+            finally:
+                self.engine.end_batch()
         if records:
             self.group.commit()
         self._polled = []
