@@ -33,8 +33,6 @@ log = get_logger(__name__)
 
 # A snapshot is read in a few large fetches (one partition, records of up to a chunk each), bytes.
 SNAPSHOT_FETCH_BYTES = 32 * 1024 * 1024
-# The producer holds a whole snapshot while it goes out (tens of MB at 100k accounts), bytes.
-SNAPSHOT_BUFFER_BYTES = 128 * 1024 * 1024
 ACK_TIMEOUT_SECONDS = 120.0
 _KIND = {POSITIONS: "positions", PUBLISHED: "published"}
 
@@ -160,8 +158,7 @@ class RestartSnapshots:
     # ---- writing
     def start_writer(self, producer=None) -> None:
         self._producer = producer or new_producer(self._bootstrap, f"{self._client_id}-snapshot",
-                                                  max_request_size=self._chunk_bytes + 64 * 1024,
-                                                  buffer_memory=SNAPSHOT_BUFFER_BYTES)
+                                                  max_request_size=self._chunk_bytes + 64 * 1024)
         self._thread = threading.Thread(target=self._run, name="margin-snapshot-writer", daemon=True)
         self._thread.start()
 
