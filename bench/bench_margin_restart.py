@@ -44,15 +44,17 @@ from marginflow.margin.settings import MarginSettings
 from marginflow.pricing import black76
 from marginflow.shared.config import load
 from marginflow.shared.kafka import ProtoProducer, delete_topics, ensure_topics, new_producer, read_compacted
-from marginflow.shared.universe import MS_PER_YEAR, Kind, load_universe
+from marginflow.shared.universe import MS_PER_YEAR, Kind, load_universe, platform_universe
 
 IMPLIED_VOL = 0.6
 BAD = {margin_pb2.HEALTH_STATE_LIQUIDATION, margin_pb2.HEALTH_STATE_BANKRUPT}
 
 
-def instruments_and_marks(now_ms: int) -> tuple[list[str], dict[str, float], list[marketdata_pb2.Mark]]:
-    """The universe's instruments that trade at ``now_ms`` and a mark of each (options by Black-76)."""
-    universe = load_universe(None, now_ms)
+def instruments_and_marks(now_ms: int, common=None) -> tuple[list[str], dict[str, float], list[marketdata_pb2.Mark]]:
+    """The universe's instruments that trade at ``now_ms`` and a mark of each (options by Black-76): the
+    universe the service loads (``platform_universe``: MF_UNIVERSE_FILE, MF_UNIVERSE_AS_OF) when ``common``
+    is given."""
+    universe = platform_universe(common, now_ms) if common is not None else load_universe(None, now_ms)
     names, prices, marks = [], {}, []
     for sym, ins in universe.instruments.items():
         if ins.expiry_ms and ins.expiry_ms <= now_ms + 86_400_000:
@@ -192,7 +194,7 @@ def main() -> int:
     margin = None
     try:
         now = int(time.time() * 1000)
-        names, prices, marks = instruments_and_marks(now)
+        names, prices, marks = instruments_and_marks(now, ms.common)
         producer.send(topics.risk_params, "current", risk_params())
         for m in marks:
             producer.send(topics.marks, m.instrument, m)
