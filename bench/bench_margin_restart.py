@@ -6,6 +6,10 @@ the universe's perpetuals, futures and options (100,000 × 10 = 1,000,000 by def
 runs in its own process (``python -m marginflow.margin``, as deployed). Measured:
 
 * cold start: process start → gRPC health SERVING, → every account's first ``margin.state`` published;
+* the restart snapshot (``margin.snapshot``) the service writes every ``MF_MARGIN_SNAPSHOT_INTERVAL_SECONDS``:
+  the kill waits for one written after every first state was published (the steady state of a service that
+  has run for a while), so the restart reads the snapshot and the tails after its offsets;
+  ``--no-snapshot`` runs with snapshots off (every start reads both topics from the beginning);
 * ``kill -9`` of the serving process, then a restart: kill → SERVING, kill → GetMargin answering for a
   sample of accounts (the figure the platform's target of 10 s is about);
 * false calls: ``margin.calls`` records published by the restarted process that put an account into
@@ -33,22 +37,24 @@ from kafka import KafkaConsumer, TopicPartition
 
 from bench.bench_liquidation import free_port, risk_params, wait_serving
 from marginflow.api.account.v1 import account_pb2
-from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
+from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc, snapshot_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.margin.service import margin_topics
 from marginflow.margin.settings import MarginSettings
 from marginflow.pricing import black76
 from marginflow.shared.config import load
 from marginflow.shared.kafka import ProtoProducer, delete_topics, ensure_topics, new_producer, read_compacted
-from marginflow.shared.universe import MS_PER_YEAR, Kind, load_universe
+from marginflow.shared.universe import MS_PER_YEAR, Kind, load_universe, platform_universe
 
 IMPLIED_VOL = 0.6
 BAD = {margin_pb2.HEALTH_STATE_LIQUIDATION, margin_pb2.HEALTH_STATE_BANKRUPT}
 
 
-def instruments_and_marks(now_ms: int) -> tuple[list[str], dict[str, float], list[marketdata_pb2.Mark]]:
-    """The universe's instruments that trade at ``now_ms`` and a mark of each (options by Black-76)."""
-    universe = load_universe(None, now_ms)
+def instruments_and_marks(now_ms: int, common=None) -> tuple[list[str], dict[str, float], list[marketdata_pb2.Mark]]:
+    """The universe's instruments that trade at ``now_ms`` and a mark of each (options by Black-76): the
+    universe the service loads (``platform_universe``: MF_UNIVERSE_FILE, MF_UNIVERSE_AS_OF) when ``common``
+    is given."""
+    universe = platform_universe(common, now_ms) if common is not None else load_universe(None, now_ms)
     names, prices, marks = [], {}, []
     for sym, ins in universe.instruments.items():
         if ins.expiry_ms and ins.expiry_ms <= now_ms + 86_400_000:
@@ -132,6 +138,27 @@ def wait_answering(port: int, accounts: list[str], timeout_s: float) -> None:
         channel.close()
 
 
+def wait_snapshot(bootstrap: str, topic: str, since_ms: int, timeout_s: float) -> None:
+    """Until a published-state part written at or after ``since_ms`` is on the snapshot topic (the
+    positions parts of the same capture went out before it)."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                      max_partition_fetch_bytes=32 * 1024 * 1024)
+    try:
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in c.poll(timeout_ms=500).values():
+                for r in records:
+                    if r.value and r.key and r.key.startswith(b"published/"):
+                        if snapshot_pb2.SnapshotChunk.FromString(r.value).written_ms >= since_ms:
+                            return
+        raise TimeoutError(f"no snapshot on {topic} within {timeout_s:.0f} s")
+    finally:
+        c.close()
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -149,6 +176,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--accounts", type=int, default=int(os.environ.get("MF_BENCH_RESTART_ACCOUNTS", "100000")))
     ap.add_argument("--positions-per-account", type=int, default=10)
+    ap.add_argument("--no-snapshot", action="store_true", help="MF_MARGIN_SNAPSHOT_INTERVAL_SECONDS=0")
     ap.add_argument("--sample", type=int, default=200, help="accounts asked over GetMargin after the restart")
     ap.add_argument("--margin-log", type=argparse.FileType("ab"), default=subprocess.DEVNULL,
                     help="append the margin processes' logs (level INFO) here")
@@ -156,6 +184,8 @@ def main() -> int:
     prefix = f"br{uuid.uuid4().hex[:8]}."
     env = {**os.environ, "MF_TOPIC_PREFIX": prefix, "MF_LOG_JSON": "false", "MF_LOG_LEVEL": "WARNING" if args.margin_log is subprocess.DEVNULL else "INFO",
            "MF_MARGIN_METRICS_PORT": "0", "MF_MARGIN_REDIS_PREFIX": f"{prefix}mg:"}
+    if args.no_snapshot:
+        env["MF_MARGIN_SNAPSHOT_INTERVAL_SECONDS"] = "0"
     ms = load(MarginSettings, env)
     topics = ms.common.topics
     specs = margin_topics(ms)
@@ -164,7 +194,7 @@ def main() -> int:
     margin = None
     try:
         now = int(time.time() * 1000)
-        names, prices, marks = instruments_and_marks(now)
+        names, prices, marks = instruments_and_marks(now, ms.common)
         producer.send(topics.risk_params, "current", risk_params())
         for m in marks:
             producer.send(topics.marks, m.instrument, m)
@@ -192,6 +222,11 @@ def main() -> int:
               f"liquidation {counts[3]:,} / bankrupt {counts[4]:,}; RSS {rss_mib(margin.pid):.0f} MiB", flush=True)
 
         time.sleep(2.0)                       # let the first publication's tail settle before the kill
+        if not args.no_snapshot:
+            t_snap = time.perf_counter()
+            wait_snapshot(ms.common.bootstrap, topics.margin_snapshot, int(time.time() * 1000), timeout_s=600)
+            print(f"a snapshot written after the first publication: waited {time.perf_counter() - t_snap:.1f} s",
+                  flush=True)
         kill_ms = int(time.time() * 1000)
         t = time.perf_counter()
         margin.send_signal(signal.SIGKILL)
@@ -210,7 +245,8 @@ def main() -> int:
                  if c.meta.publish_time_ms >= kill_ms}
         by_state = {s: sum(1 for c in calls.values() if c.state == s) for s in (1, 2, 3, 4)}
         false = sum(1 for a, c in calls.items() if c.state in BAD and a in before and before[a].state not in BAD)
-        print(f"load average at start {load_before:.2f}, now {os.getloadavg()[0]:.2f}")
+        print(f"load average at start {load_before:.2f}, now {os.getloadavg()[0]:.2f} "
+              f"({'snapshots off' if args.no_snapshot else 'restart from the snapshot'})")
         print(f"kill -9 → SERVING {restart_serving:.1f} s; kill -9 → GetMargin answering for {len(sample)} accounts "
               f"{restart_answering:.1f} s (target ≤ 10 s: {'met' if restart_answering <= 10 else 'NOT met'}); "
               f"RATIO restart / cold start to SERVING {restart_serving / cold_serving:.2f}×")

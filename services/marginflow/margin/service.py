@@ -22,6 +22,7 @@ import threading
 import time
 
 import marginflow.core as core
+from kafka import TopicPartition
 from marginflow.api.account.v1 import account_pb2
 from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
 from marginflow.api.risk.v1 import risk_pb2
@@ -31,6 +32,8 @@ from marginflow.margin.adapters.kafka_io import KafkaPublisher, PositionsRebalan
 from marginflow.margin.adapters.open_interest import OpenInterestReader
 from marginflow.margin.adapters.metrics import MarginMetrics, margin_metrics
 from marginflow.margin.adapters.owners import Forwarder, OwnerRegistry
+from marginflow.margin.adapters.snapshot_io import Capture, RestartSnapshots, wait_partitions
+from marginflow.margin.adapters.snapshots import fingerprint
 from marginflow.margin.application import EngineConfig, MarginEngine
 from marginflow.margin.application.routing import Router
 from marginflow.margin.domain.book import InstrumentTable
@@ -88,7 +91,7 @@ def engine_config(s: MarginSettings, universe: Universe) -> EngineConfig:
 def margin_topics(settings: MarginSettings) -> list[TopicSpec]:
     topics = settings.common.topics
     mine = {topics.marks, topics.risk_params, topics.positions, topics.margin_state, topics.margin_calls,
-            topics.margin_dlq}
+            topics.margin_snapshot, topics.margin_dlq}
     if settings.liquidation_participation > 0:
         mine.add(topics.fills)      # the venue's volume, for the liquidation horizon
     if settings.concentration_rate > 0:
@@ -129,6 +132,8 @@ class MarginApp:
         self.producer: ProtoProducer | None = None
         self.loop: ServiceLoop | None = None
         self._catching_up: dict = {}      # positions partition → end offset at assignment
+        self._turn_complete = False       # the last turn applied every record it polled
+        self.snapshots: RestartSnapshots | None = None
         self._mark_wait_until = 0.0
 
     @property
@@ -187,6 +192,7 @@ class MarginApp:
                                      heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
                                      group_instance_id=instance_id(s))
             self.rebalance.consumer = positions
+            self.snapshots = self._restart_snapshots(positions)
             positions.subscribe([topics.positions], listener=self.rebalance)
             self.positions = ProtoConsumer(positions, {topics.positions: account_pb2.AccountSnapshot}, self.dlq,
                                            SERVICE, common.max_message_bytes)
@@ -194,6 +200,9 @@ class MarginApp:
             self._load_risk_params()
             self._mark_wait_until = time.monotonic() + s.mark_wait_seconds
             every = [Every(1.0, self.producer.flush)]
+            if self.snapshots.enabled:
+                self.snapshots.start_writer()
+                every.append(Every(s.snapshot_interval_seconds, self._capture_snapshot))
             if self.servicer is not None:
                 self._start_forwarding(positions)
                 every.append(Every(1.0, self._announce))
@@ -208,6 +217,7 @@ class MarginApp:
                     common.max_message_bytes, rejected=lambda code: self.metrics.rejected.labels(code).inc())
                 self.host.on_close("open interest consumer", self.open_interest.close)
             self.host.on_close("positions consumer", self.positions.close)
+            self.host.on_close("snapshots", self.snapshots.close)
             self.host.on_close("flush producer", self.producer.flush)
             self.host.on_close("close producer", self.producer.close)
         else:
@@ -215,6 +225,37 @@ class MarginApp:
         log.info("margin started", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port,
                                           "instruments": self.table.n, "core": getattr(self.core, "IMPLEMENTATION", "?")})
         return self
+
+    def _restart_snapshots(self, positions) -> RestartSnapshots:
+        s, common = self.settings, self.settings.common
+        topics = common.topics
+        n_positions = wait_partitions(positions, topics.positions, s.startup_timeout_seconds)
+        n_states = wait_partitions(positions, topics.margin_state, s.startup_timeout_seconds)
+        fp = fingerprint(self.table, self.config.assets, n_positions, n_states)
+        return RestartSnapshots(common.bootstrap, topics.margin_snapshot, topics.margin_state, fp,
+                                n_assets=len(self.config.assets), n_instruments=self.table.n,
+                                enabled=s.snapshot_interval_seconds > 0, max_age_seconds=s.snapshot_max_age_seconds,
+                                chunk_bytes=s.snapshot_chunk_bytes, timeout_s=s.startup_timeout_seconds,
+                                metrics=self.metrics, clock_ms=self.clock.now_ms, client_id=SERVICE)
+
+    def _capture_snapshot(self) -> None:
+        """The owned partitions' books and offsets, between two turns, for the snapshot writer (it encodes
+        and sends them on its own thread). Only while every owned partition is read and applied."""
+        if (not self.engine.ready or self._catching_up or not self._turn_complete or self.rebalance.newly_assigned
+                or self.rebalance.revoked or self.snapshots.busy):
+            return
+        topic = self.settings.common.topics.positions
+        raw = self.positions.raw
+        owned = sorted(self.rebalance.assigned)
+        books: dict[int, list] = {p: [] for p in owned}
+        book_of = self.engine.accounts.book
+        for account, p in self.router.partition_of.items():
+            if p in books:
+                book = book_of(account)
+                if book is not None:
+                    books[p].append(book)
+        offsets = {p: raw.position(TopicPartition(topic, p)) for p in owned}
+        self.snapshots.offer(Capture(offsets, books))
 
     # ---- ownership: any instance answers for any account
     def _start_forwarding(self, positions) -> None:
@@ -280,6 +321,7 @@ class MarginApp:
     # ---- run
     def turn(self) -> int:
         """One turn of the loop: marks and params, then position snapshots, then readiness and periodic work."""
+        self._turn_complete = False
         # while a republication goes out, the polls do not wait: its slices follow each other
         timeout = 0 if self.engine.publishing else self.settings.poll_timeout_ms
         handled = self.router.market(self.market.poll(timeout_ms=timeout))
@@ -298,14 +340,32 @@ class MarginApp:
             self._check_ready()
         else:
             self.engine.tick()
+        self._turn_complete = True
         return handled
 
     def _catch_up_on(self, partitions) -> None:
-        raw = self.positions.raw
-        end = raw.end_offsets(list(partitions))
-        self._catching_up.update({tp: off for tp, off in end.items()})
+        """Newly assigned partitions (paused by the assignment): from their snapshot part's offset with its
+        books applied, or from the beginning; then read to the end offsets taken now."""
         if self.engine.ready:
             self._set_ready(False, "reading newly assigned positions partitions")
+        raw = self.positions.raw
+        parts = list(partitions)
+        end = raw.end_offsets(parts)
+        started = time.perf_counter()
+        restored = self.snapshots.positions_parts(parts, raw.beginning_offsets(parts), end) if parts else {}
+        for tp, (_offset, books) in restored.items():
+            for b in books:
+                self.router.partition_of[b.account_id] = tp.partition
+            self.engine.apply_snapshots(books)
+        for tp in parts:
+            if tp in restored:
+                raw.seek(tp, restored[tp][0])
+            else:
+                raw.seek_to_beginning(tp)
+        raw.resume(*parts)
+        if restored:
+            self.metrics.restore_seconds.set(time.perf_counter() - started)
+        self._catching_up.update({tp: off for tp, off in end.items()})
 
     def _check_ready(self) -> None:
         raw = self.positions.raw
@@ -333,7 +393,9 @@ class MarginApp:
         if getattr(self, "open_interest", None) is not None:
             self.engine.refresh_model()   # a model with the open interest just read, then a full recalculation
         else:
-            self.engine.full_recalculation()
+            # transitions out now; the republication of what else moved (heartbeats due after a restart) by
+            # the next turns, serving meanwhile
+            self.engine.full_recalculation(publish_all=False)
         self._set_ready(True, "inputs complete")
         gc.collect()   # the rebuilt account records leave the collector's scans
         gc.freeze()
@@ -342,19 +404,14 @@ class MarginApp:
     def _seed_published(self) -> None:
         """What this service published before for the accounts it owns (margin.state, compacted): a
         restarted instance then publishes only what changed and calls only on real transitions."""
-        common = self.settings.common
-        published = read_compacted(common.bootstrap, common.topics.margin_state, margin_pb2.MarginState,
-                                   f"{SERVICE}-seed", timeout_s=self.settings.startup_timeout_seconds)
         seeded = 0
-        for key, msg in published.items():
-            try:
-                account, state, equity, im, publish_ms, episode = codec.published_from_proto(msg)
-            except Rejected:
-                continue
-            row = self.engine.accounts.row_of.get(key)
-            if row is None or account != key:
-                continue
-            self.engine.publication.seed(row, state, equity, im, publish_ms, episode)
+        row_of = self.engine.accounts.row_of
+        seed = self.engine.publication.seed
+        for key, p in self.snapshots.published().items():
+            row = row_of.get(key)
+            if p is None or row is None:
+                continue    # nothing to seed from (amounts that do not parse, another account's id)
+            seed(row, p.state, p.equity_usd, p.im_usd, p.publish_ms, p.episode)
             seeded += 1
         log.info("published states read back", extra={"accounts": seeded})
 

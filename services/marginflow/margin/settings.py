@@ -9,6 +9,10 @@ from marginflow.shared.config import (
     positive_int)
 
 
+# Room for a snapshot chunk's own fields and the record's framing, bytes.
+SNAPSHOT_CHUNK_OVERHEAD_BYTES = 4096
+
+
 def mm_factor(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
@@ -126,6 +130,19 @@ class MarginSettings:
                                    "position before its accounts count as stale, seconds")
     startup_timeout_seconds: float = env("MF_MARGIN_STARTUP_TIMEOUT_SECONDS", positive_float, 120.0,
                                          "longest the start (topics, risk params) may take")
+    snapshot_interval_seconds: float = env(
+        "MF_MARGIN_SNAPSHOT_INTERVAL_SECONDS", non_negative_float, 15.0,
+        "write the restart snapshot (margin.snapshot: the owned partitions' books and the margin.state "
+        "read-back, with the offsets they reflect) this often, seconds; a restart then reads only the records "
+        "after those offsets (0 = never write, and never read one: every start reads from the beginning)")
+    snapshot_max_age_seconds: float = env(
+        "MF_MARGIN_SNAPSHOT_MAX_AGE_SECONDS", non_negative_float, 86_400.0,
+        "a snapshot part written longer ago than this is not used (that partition is read from the "
+        "beginning), seconds; 0 = any age")
+    snapshot_chunk_bytes: int = env(
+        "MF_MARGIN_SNAPSHOT_CHUNK_BYTES", positive_int, 512 * 1024,
+        "largest payload of one margin.snapshot record, bytes; below MF_MAX_MESSAGE_BYTES and the broker's "
+        "message.max.bytes")
 
     def __post_init__(self) -> None:
         floors, rates = self.bracket_floors_usd, self.bracket_rates
@@ -146,6 +163,11 @@ class MarginSettings:
         if self.assets and self.settlement_asset not in self.assets:
             raise ValueError(f"MF_MARGIN_ASSETS={','.join(self.assets)!r} is invalid: must include "
                              f"the settlement asset {self.settlement_asset}")
+
+        if self.snapshot_chunk_bytes + SNAPSHOT_CHUNK_OVERHEAD_BYTES > self.common.max_message_bytes:
+            raise ValueError(f"MF_MARGIN_SNAPSHOT_CHUNK_BYTES={self.snapshot_chunk_bytes} is invalid: with "
+                             f"{SNAPSHOT_CHUNK_OVERHEAD_BYTES} bytes of framing it must fit MF_MAX_MESSAGE_BYTES="
+                             f"{self.common.max_message_bytes}")
 
     def collateral_assets(self, underlyings: list[str]) -> tuple[str, ...]:
         if self.assets:

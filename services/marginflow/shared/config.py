@@ -313,6 +313,11 @@ class Topics:
         return self.name("margin.calls")
 
     @property
+    def margin_snapshot(self) -> str:
+        """The margin service's restart snapshots (compacted, key = part and chunk)."""
+        return self.name("margin.snapshot")
+
+    @property
     def liquidation_orders(self) -> str:
         return self.name("liquidation.orders")
 

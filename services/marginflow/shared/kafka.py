@@ -65,12 +65,15 @@ class TopicSpec:
     partitions: int
     compacted: bool = False
     retention_ms: int | None = None
+    segment_bytes: int | None = None     # a compacted topic whose records are large rolls by size too
 
     def configs(self) -> dict[str, str]:
         cfg: dict[str, str] = {}
         if self.compacted:
             # Latest state per key survives; segments roll quickly so compaction keeps up.
             cfg.update({"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"})
+        if self.segment_bytes is not None:
+            cfg["segment.bytes"] = str(self.segment_bytes)
         if self.retention_ms is not None:
             cfg["retention.ms"] = str(self.retention_ms)
         return cfg
@@ -94,6 +97,9 @@ def platform_topics(topics: Topics, partitions: int) -> list[TopicSpec]:
         TopicSpec(topics.open_interest, 1, compacted=True),
         TopicSpec(topics.margin_state, partitions, compacted=True),
         TopicSpec(topics.margin_calls, partitions),
+        # Tens of MB per snapshot at 100k accounts, rewritten every MF_MARGIN_SNAPSHOT_INTERVAL_SECONDS:
+        # 16 MiB segments leave the cleaner little more than the last few snapshots to read past.
+        TopicSpec(topics.margin_snapshot, 1, compacted=True, segment_bytes=16 * 1024 * 1024),
         TopicSpec(topics.liquidation_orders, partitions),
         TopicSpec(topics.liquidation_events, partitions),
         TopicSpec(topics.liquidation_fund, 1, compacted=True),

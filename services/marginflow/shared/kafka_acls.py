@@ -18,7 +18,7 @@ WRITERS: Mapping[str, Callable[[Topics], tuple[str, ...]]] = {
     "marketdata": lambda t: (t.ticks, t.marks, t.ticks_dlq, t.audit),
     "riskparams": lambda t: (t.risk_params, t.riskparams_dlq, t.audit),
     "portfolio": lambda t: (t.positions, t.open_interest, t.account_events, t.portfolio_dlq, t.audit),
-    "margin": lambda t: (t.margin_state, t.margin_calls, t.margin_dlq, t.audit),
+    "margin": lambda t: (t.margin_state, t.margin_calls, t.margin_snapshot, t.margin_dlq, t.audit),
     # the fund's ledger, bankruptcy take-over / ADL fills, and the fund's deposits to bankrupt accounts
     "liquidation": lambda t: (t.liquidation_orders, t.liquidation_events, t.liquidation_fund, t.fills,
                               t.account_events, t.liquidation_dlq, t.audit),

@@ -6,8 +6,9 @@
   ``MF_MARGIN_MARKS_TAIL_RECORDS`` of each partition (the latest mark per instrument).
 * ``portfolio.positions``: a consumer group (accounts shard by partition). Each partition assigned is
   read from its beginning — the compacted topic holds the latest snapshot per account, so this is
-  the rebuild of the owned accounts; a revoked partition's accounts are forgotten. Offsets are never
-  committed: the state is always rebuilt from the topic.
+  the rebuild of the owned accounts — or from the offset of its restart-snapshot part, whose books
+  are applied first (``adapters.snapshots``); a revoked partition's accounts are forgotten. Offsets
+  are never committed: the state is always rebuilt from the topics.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def assign_market(consumer: ProtoConsumer, marks_topic: str, params_topic: str, 
 
 
 class PositionsRebalance(ConsumerRebalanceListener):
-    """Assigned partitions are re-read from the beginning (rebuild); revoked ones' accounts are dropped."""
+    """Assigned partitions are paused until the service seeks them (rebuild from a snapshot's offset or
+    the beginning); revoked ones' accounts are dropped."""
 
     def __init__(self) -> None:
         self.consumer = None
@@ -124,5 +126,7 @@ class PositionsRebalance(ConsumerRebalanceListener):
         self.assigned |= {tp.partition for tp in parts}
         self.revoked -= {tp.partition for tp in parts}
         if parts and self.consumer is not None:
-            self.consumer.seek_to_beginning(*parts)
+            # nothing is fetched until the service decides where each starts (a snapshot's offset, or
+            # the beginning) and resumes it
+            self.consumer.pause(*parts)
         log.info("positions partitions assigned", extra={"partitions": sorted(tp.partition for tp in parts)})

@@ -46,6 +46,21 @@ class MarginMetrics:
             registry=registry)
         self.rejected = Counter(
             "marginflow_margin_rejected_total", "Inputs dead-lettered, by reason", ["reason"], registry=registry)
+        self.snapshot_parts = Counter(
+            "marginflow_margin_snapshot_parts_total", "Restart-snapshot parts at a start or an assignment, by kind "
+            "(positions, published) and result (used; missing, corrupt, mismatch, stale: that partition read "
+            "from its beginning)", ["kind", "result"], registry=registry)
+        self.snapshot_writes = Counter(
+            "marginflow_margin_snapshot_writes_total", "Restart snapshots written, by result (ok, failed)",
+            ["result"], registry=registry)
+        self.snapshot_write_seconds = Histogram(
+            "marginflow_margin_snapshot_write_seconds", "Writing one restart snapshot (read-back, encoding, "
+            "acknowledged)", buckets=RECALC_BUCKETS + (30.0, 60.0), registry=registry)
+        self.snapshot_bytes = Gauge(
+            "marginflow_margin_snapshot_bytes", "Payload of the last restart snapshot written", registry=registry)
+        self.restore_seconds = Gauge(
+            "marginflow_margin_restore_seconds", "Last start or assignment: snapshot parts read and applied",
+            registry=registry)
         self._call_children: dict = {}
         self._state_children = {s: self.accounts.labels(s.name.lower()) for s in Health if s != Health.UNSPECIFIED}
 

@@ -88,8 +88,8 @@ class MarginEngine:
         """A republication's backlog is still going out (a slice each turn)."""
         return self.evaluation.publishing
 
-    def full_recalculation(self) -> None:
-        self.evaluation.full_recalculation()
+    def full_recalculation(self, publish_all: bool = True) -> None:
+        self.evaluation.full_recalculation(publish_all)
 
     def refresh_model(self) -> None:
         self.evaluation.refresh_model()

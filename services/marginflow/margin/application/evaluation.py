@@ -149,7 +149,9 @@ class Evaluation:
             return len(rows)
 
     # ---- full recalculation
-    def full_recalculation(self) -> None:
+    def full_recalculation(self, publish_all: bool = True) -> None:
+        """Every account through the core, then an evaluation. ``publish_all``: the whole republication
+        goes out now (a new version); else only the transitions, the rest by the next turns' drain."""
         with self._lock:
             model = self.model
             if model is None or not self.active:
@@ -164,7 +166,7 @@ class Evaluation:
                                          netting=netting)
             self.accounts.store_full(out)
             self.metrics.full_recalc(time.perf_counter() - started, f.n_accounts)
-            self.evaluate(force=True)
+            self.evaluate(force=publish_all)
 
     def _book_netting(self, charged, f):
         """The contingency netting of the flat book ``f``, kept while ``f`` stands unchanged (same
