@@ -32,7 +32,7 @@ from marginflow.margin.adapters.kafka_io import KafkaPublisher, PositionsRebalan
 from marginflow.margin.adapters.open_interest import OpenInterestReader
 from marginflow.margin.adapters.metrics import MarginMetrics, margin_metrics
 from marginflow.margin.adapters.owners import Forwarder, OwnerRegistry
-from marginflow.margin.adapters.snapshot_io import Capture, RestartSnapshots, wait_partitions
+from marginflow.margin.adapters.snapshot_io import Capture, RestartSnapshots
 from marginflow.margin.adapters.snapshots import fingerprint
 from marginflow.margin.application import EngineConfig, MarginEngine
 from marginflow.margin.application.routing import Router
@@ -48,7 +48,7 @@ from marginflow.shared.errors import Rejected
 from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
-    platform_topics, read_compacted)
+    platform_topics, read_compacted, topic_partitions)
 from marginflow.shared.lifecycle import Lifecycle, tune_gc
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
@@ -229,8 +229,8 @@ class MarginApp:
     def _restart_snapshots(self, positions) -> RestartSnapshots:
         s, common = self.settings, self.settings.common
         topics = common.topics
-        n_positions = wait_partitions(positions, topics.positions, s.startup_timeout_seconds)
-        n_states = wait_partitions(positions, topics.margin_state, s.startup_timeout_seconds)
+        n_positions = len(topic_partitions(positions, topics.positions, s.startup_timeout_seconds, required=True))
+        n_states = len(topic_partitions(positions, topics.margin_state, s.startup_timeout_seconds, required=True))
         fp = fingerprint(self.table, self.config.assets, n_positions, n_states)
         return RestartSnapshots(common.bootstrap, topics.margin_snapshot, topics.margin_state, fp,
                                 n_assets=len(self.config.assets), n_instruments=self.table.n,
@@ -260,16 +260,12 @@ class MarginApp:
     # ---- ownership: any instance answers for any account
     def _start_forwarding(self, positions) -> None:
         s, common = self.settings, self.settings.common
-        deadline = time.monotonic() + s.startup_timeout_seconds
-        parts = positions.partitions_for_topic(common.topics.positions)
-        while not parts and time.monotonic() < deadline:
-            time.sleep(0.1)
-            parts = positions.partitions_for_topic(common.topics.positions)
+        parts = topic_partitions(positions, common.topics.positions, s.startup_timeout_seconds)
         self.redis = connect(common.redis_url)
         self.owners = OwnerRegistry(self.redis, s.redis_prefix, f"{common.topic_prefix}{s.consumer_group}",
                                     s.owner_ttl_seconds)
         self.address = advertise_address(s, self.grpc_port)
-        self.forwarder = Forwarder(self.owners, self.address, len(parts or ()),
+        self.forwarder = Forwarder(self.owners, self.address, len(parts),
                                    channel=lambda address: client_channel(address, common.security))
         self.servicer.use_forwarder(self.forwarder)
         self.host.on_close("withdraw ownership", lambda: self.owners.withdraw(self.rebalance.assigned, self.address))

@@ -29,7 +29,7 @@ from marginflow.portfolio.settings import PortfolioSettings
 from marginflow.shared.clock import Clock, SystemClock
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
-    platform_topics, read_compacted)
+    platform_topics, read_compacted, topic_partitions)
 from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.lifecycle import Lifecycle, tune_gc
 from marginflow.shared.logs import get_logger
@@ -186,11 +186,7 @@ class PortfolioApp:
         counts = {}
         deadline = time.monotonic() + 30
         for topic in (topics.fills, topics.account_events, topics.positions):
-            parts = consumer.partitions_for_topic(topic)
-            while not parts and time.monotonic() < deadline:
-                time.sleep(0.1)
-                parts = consumer.partitions_for_topic(topic)
-            counts[topic] = len(parts or ())
+            counts[topic] = len(topic_partitions(consumer, topic, max(0.0, deadline - time.monotonic())))
         if len(set(counts.values())) != 1:
             raise RuntimeError(f"{topics.fills}, {topics.account_events} and {topics.positions} must have the same "
                                f"number of partitions (account ordering and ownership depend on it): {counts}")

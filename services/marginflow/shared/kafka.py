@@ -316,6 +316,19 @@ def new_consumer(bootstrap: str, group_id: str | None, client_id: str, topics: S
 TOPIC_METADATA_WAIT_S = 15.0
 
 
+def topic_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float, required: bool = False) -> set[int]:
+    """The partitions of ``topic`` in the consumer's metadata, waiting (bounded) for a topic just created to
+    appear; empty when it has not, or RuntimeError when ``required``."""
+    deadline = time.monotonic() + timeout_s
+    parts = consumer.partitions_for_topic(topic)
+    while not parts and time.monotonic() < deadline:
+        time.sleep(0.1)
+        parts = consumer.partitions_for_topic(topic)
+    if not parts and required:
+        raise RuntimeError(f"topic {topic} has no partitions")
+    return set(parts or ())
+
+
 def wait_for_metadata(consumer: KafkaConsumer, topics: Sequence[str], timeout_s: float = TOPIC_METADATA_WAIT_S) -> None:
     """Block until the consumer's metadata lists every topic (bounded). A group member that joins while
     a topic it subscribes to is missing from its metadata (just created, the broker's metadata not yet
@@ -413,10 +426,7 @@ def read_compacted(bootstrap: str, topic: str, message_type: type[M], client_id:
     wanted = set(partitions) if partitions is not None else None
     try:
         deadline = time.monotonic() + timeout_s
-        partitions = consumer.partitions_for_topic(topic)
-        while partitions is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            partitions = consumer.partitions_for_topic(topic)
+        partitions = topic_partitions(consumer, topic, timeout_s)
         if not partitions:
             return {}
         if wanted is not None:

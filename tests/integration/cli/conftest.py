@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from cli_it_helpers import ADMIN_TOKEN, Platform, Result, platform_env
+from redis_namespace import clear_namespace
 
 
 @pytest.fixture(scope="session")
@@ -42,13 +43,7 @@ def platform(kafka_bootstrap, redis_url, tmp_path_factory):
             delete_topics(common.bootstrap, mine)
         except Exception:   # cleanup only; a broker hiccup must not fail the tests
             pass
-        import redis
-
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{env['MF_PORTFOLIO_REDIS_PREFIX']}*", count=1000))
-        if keys:
-            client.unlink(*keys)
-        client.close()
+        clear_namespace(redis_url, env["MF_PORTFOLIO_REDIS_PREFIX"])
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pathlib
 import sys
 
 import pytest
-import redis
 
 from marginflow.exchange_sim.service import ExchangeSimApp, sim_topics
 from marginflow.exchange_sim.settings import ExchangeSimSettings
@@ -43,6 +42,7 @@ pf_settings = _portfolio.pf_settings
 private_redis = _portfolio.private_redis
 
 from liq_it_helpers import ADMIN_TOKEN  # noqa: E402
+from redis_namespace import clear_namespace  # noqa: E402
 
 
 @pytest.fixture
@@ -78,11 +78,7 @@ def start_liquidation(liq_env, topic_prefix):
     for app, _t, _s in list(started):
         stop(app)
     settings = load(LiquidationSettings, liq_env)
-    client = redis.Redis.from_url(settings.common.redis_url)
-    keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=1000))
-    if keys:
-        client.unlink(*keys)
-    client.close()
+    clear_namespace(settings.common.redis_url, settings.redis_prefix)
     delete_topics(settings.common.bootstrap, [s.name for s in liquidation_topics(settings)])
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from decimal import Decimal as D
 
 import pytest
-import redis
 from prometheus_client import REGISTRY
 
 from marginflow.api.common.v1 import common_pb2
@@ -22,6 +21,7 @@ from marginflow.shared.config import load
 from marginflow.shared.kafka import delete_topics, ensure_topics, read_compacted
 
 from margin_it_helpers import contribution, mark, risk_params, snapshot, wait_for
+from redis_namespace import clear_namespace
 
 CONCENTRATION_RATE = 0.1
 THRESHOLD = 0.05
@@ -54,11 +54,7 @@ def portfolio(test_env, topic_prefix):
         stopping.set()
         thread.join(15)
         app.close()
-        client = redis.Redis.from_url(settings.common.redis_url)
-        keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=1000))
-        if keys:
-            client.unlink(*keys)
-        client.close()
+        clear_namespace(settings.common.redis_url, settings.redis_prefix)
         delete_topics(settings.common.bootstrap, [s.name for s in portfolio_topics(settings)])
 
 

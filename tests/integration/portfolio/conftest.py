@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import redis
 
 from marginflow.portfolio.adapters.codec import event_to_proto, fill_to_proto
 from marginflow.portfolio.service import PortfolioApp, portfolio_topics
@@ -15,6 +14,7 @@ from marginflow.shared.config import load
 from marginflow.shared.kafka import ProtoProducer, delete_topics, ensure_topics, new_producer
 
 from portfolio_it_helpers import ADMIN_TOKEN, PrivateRedis
+from redis_namespace import clear_namespace
 
 
 @pytest.fixture
@@ -25,11 +25,7 @@ def pf_settings(test_env, topic_prefix):
     settings = load(PortfolioSettings, env)
     ensure_topics(settings.common.bootstrap, portfolio_topics(settings))
     yield settings
-    client = redis.Redis.from_url(settings.common.redis_url)   # "flush" = this test's namespace only
-    keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=1000))
-    if keys:
-        client.unlink(*keys)
-    client.close()
+    clear_namespace(settings.common.redis_url, settings.redis_prefix)
     delete_topics(settings.common.bootstrap, [s.name for s in portfolio_topics(settings)])
 
 

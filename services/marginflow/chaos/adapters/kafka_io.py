@@ -9,7 +9,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaTimeoutError
 
 from marginflow.chaos.domain.fills import FillPlan
-from marginflow.shared.kafka import ProtoProducer, key_partition, new_producer
+from marginflow.shared.kafka import ProtoProducer, key_partition, new_producer, topic_partitions
 
 
 class TopicTail:
@@ -176,11 +176,7 @@ def first_record_after(bootstrap: str, topic: str, since_ms: int, timeout_s: flo
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                              client_id=f"chaos-first-{topic}", request_timeout_ms=20000)
     try:
-        deadline = time.monotonic() + timeout_s
-        parts = consumer.partitions_for_topic(topic)
-        while not parts and time.monotonic() < deadline:
-            time.sleep(0.2)
-            parts = consumer.partitions_for_topic(topic)
+        parts = topic_partitions(consumer, topic, timeout_s)
         if not parts:
             return None
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

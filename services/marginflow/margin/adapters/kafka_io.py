@@ -24,7 +24,7 @@ from marginflow.api.risk.v1 import risk_pb2
 from marginflow.margin.adapters import codec
 from marginflow.shared.fanout import Fanout
 from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
-from marginflow.shared.kafka import ProtoConsumer, ProtoProducer
+from marginflow.shared.kafka import ProtoConsumer, ProtoProducer, topic_partitions
 from marginflow.shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -79,12 +79,7 @@ def assign_market(consumer: ProtoConsumer, marks_topic: str, params_topic: str, 
     deadline = time.monotonic() + timeout_s
     tps: dict[str, list[TopicPartition]] = {}
     for topic in (marks_topic, params_topic) + ((fills_topic,) if fills_topic else ()):
-        parts = raw.partitions_for_topic(topic)
-        while not parts and time.monotonic() < deadline:
-            time.sleep(0.2)
-            parts = raw.partitions_for_topic(topic)
-        if not parts:
-            raise RuntimeError(f"topic {topic} has no partitions")
+        parts = topic_partitions(raw, topic, max(0.0, deadline - time.monotonic()), required=True)
         tps[topic] = [TopicPartition(topic, p) for p in sorted(parts)]
     raw.assign(tps[marks_topic] + tps[params_topic] + (tps[fills_topic] if fills_topic else []))
     raw.seek_to_beginning(*tps[params_topic])

@@ -13,7 +13,6 @@ value) retires its key's share; one whose key names no instrument of this univer
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -25,7 +24,7 @@ from marginflow.api.account.v1 import account_pb2
 from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.horizon import OpenInterestBook
 from marginflow.shared.errors import Rejected
-from marginflow.shared.kafka import DeadLetterSink, check_size
+from marginflow.shared.kafka import DeadLetterSink, check_size, topic_partitions
 from marginflow.shared.logs import get_logger
 from marginflow.shared.metrics import shared_metrics
 from marginflow.shared.money import parse_decimal
@@ -85,14 +84,7 @@ class OpenInterestReader:
         self._max_bytes = max_message_bytes
         self._rejected = rejected
         self._consumed = shared_metrics().kafka_consumed.labels(service, topic)
-        deadline = time.monotonic() + timeout_s
-        parts = consumer.partitions_for_topic(topic)
-        while not parts and time.monotonic() < deadline:
-            time.sleep(0.2)
-            parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise RuntimeError(f"topic {topic} has no partitions")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p) for p in sorted(topic_partitions(consumer, topic, timeout_s, required=True))]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         # complete once read up to here: every share published before this instance started

@@ -45,17 +45,6 @@ class Capture:
     books: Mapping[int, Sequence[AccountBook]]
 
 
-def wait_partitions(consumer, topic: str, timeout_s: float) -> int:
-    deadline = time.monotonic() + timeout_s
-    parts = consumer.partitions_for_topic(topic)
-    while not parts and time.monotonic() < deadline:
-        time.sleep(0.1)
-        parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        raise RuntimeError(f"topic {topic} has no partitions")
-    return len(parts)
-
-
 class RestartSnapshots:
     def __init__(self, bootstrap: str, snapshot_topic: str, state_topic: str, fingerprint: bytes, *,
                  n_assets: int, n_instruments: int, enabled: bool, max_age_seconds: float, chunk_bytes: int,
