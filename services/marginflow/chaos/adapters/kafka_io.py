@@ -176,6 +176,7 @@ def first_record_after(bootstrap: str, topic: str, since_ms: int, timeout_s: flo
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                              client_id=f"chaos-first-{topic}", request_timeout_ms=20000)
     try:
+        deadline = time.monotonic() + timeout_s
         parts = topic_partitions(consumer, topic, timeout_s)
         if not parts:
             return None
