@@ -58,14 +58,14 @@ def contribution(instrument: str, partition: int, long: str, short: str, fills_o
     return c
 
 
-def wait_for(predicate, timeout_s: float = 15.0, interval_s: float = 0.1):
+def wait_for(predicate, timeout_s: float = 15.0, interval_s: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval_s)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"{what} not met in {timeout_s:g} s")
 
 
 def first_matching(stream, predicate):

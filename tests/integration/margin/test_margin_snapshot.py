@@ -19,7 +19,7 @@ from marginflow.margin.adapters.metrics import MarginMetrics
 from marginflow.margin.adapters.snapshots import fingerprint
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.service import MarginApp, engine_config, instrument_table
-from marginflow.shared.kafka import ProtoProducer, new_producer, read_compacted
+from marginflow.shared.kafka import ProtoProducer, key_partition, new_producer, read_compacted
 from marginflow.shared.universe import platform_universe
 
 from margin_it_helpers import mark, risk_params, snapshot, wait_for
@@ -209,3 +209,75 @@ def test_fingerprint_changes_with_partition_counts_instruments_and_assets(mg_set
                                 strike=table.strike[:-1], expiry_ms=table.expiry_ms[:-1])
     assert base != fingerprint(fewer, assets, 4, 4)
     assert np.array_equal(table.kind, instrument_table(universe).kind)
+
+
+def _owned_books(app) -> dict[str, tuple]:
+    return {a: _fields(app.engine.accounts.book(a)) for a in app.engine.accounts.row_of}
+
+
+def _holds_exactly(app, scratch: dict[str, tuple], partitions: int) -> bool:
+    """The instance is ready, and holds exactly the from-scratch books of the partitions it owns."""
+    owned = set(app.rebalance.assigned)
+    if not owned or not app.engine.ready or app.rebalance.newly_assigned or app.rebalance.revoked:
+        return False
+    want = {a: b for a, b in scratch.items() if key_partition(a.encode(), partitions) in owned}
+    return _owned_books(app) == want
+
+
+def test_partitions_handed_between_two_instances_start_from_the_snapshots_each_wrote(snap_settings, publish):
+    """A rebalance hands a partition to a second instance, which starts it from the snapshot the first
+    wrote plus the tail; when the second leaves, the first takes the partition back from the snapshot the
+    second wrote. At every step each instance holds exactly the books a read from the beginning gives."""
+    topics = snap_settings.common.topics
+    partitions = 2
+    publish(topics.risk_params, "current", risk_params())
+    publish(topics.marks, "BTC-PERP", mark("BTC-PERP", "BTC", 60000.0))
+    for i in range(ACCOUNTS):
+        publish(topics.positions, f"s{i:03d}", _book(i, 1, "20000"))
+    assert {key_partition(f"s{i:03d}".encode(), partitions) for i in range(ACCOUNTS)} == {0, 1}
+
+    def wrote_all(app) -> bool:
+        return all(app.snapshots._written.get((kind, p)) is not None for p in range(partitions)
+                   for kind in (snapshot_pb2.SNAPSHOT_KIND_POSITIONS, snapshot_pb2.SNAPSHOT_KIND_PUBLISHED_STATES))
+
+    metrics_a, metrics_b = MarginMetrics(CollectorRegistry()), MarginMetrics(CollectorRegistry())
+    a = _run(snap_settings, metrics_a)
+    b = None
+    try:
+        first = a[0]
+        wait_for(lambda: len(first.rebalance.assigned) == partitions and wrote_all(first)
+                 and not first.engine.publishing, timeout_s=60, what="the first instance wrote both partitions")
+        for i in range(0, ACCOUNTS, 3):                                     # a tail after its snapshots
+            publish(topics.positions, f"s{i:03d}", _book(i, 2, "9000"))
+        b = _run(snap_settings, metrics_b)
+        second = b[0]
+        wait_for(lambda: len(first.rebalance.assigned) == 1 and len(second.rebalance.assigned) == 1,
+                 timeout_s=60, what="the group split the partitions")
+        scratch = _from_scratch_books(snap_settings)
+        wait_for(lambda: _holds_exactly(first, scratch, partitions) and _holds_exactly(second, scratch, partitions),
+                 timeout_s=60, what="each instance holds its partition's books")
+        assert _parts(metrics_b, "positions", "used") >= 1       # the handed partition came from a snapshot
+        assert _parts(metrics_b, "published", "used") >= 1
+        assert _parts(metrics_b, "positions", "missing") == 0
+        handed = set(second.rebalance.assigned)
+        # the second instance writes its partition's snapshot, then more records arrive, then it leaves
+        wait_for(lambda: all(second.snapshots._written.get((snapshot_pb2.SNAPSHOT_KIND_POSITIONS, p)) is not None
+                             for p in handed), timeout_s=60, what="the second instance wrote its snapshot")
+        for i in range(1, ACCOUNTS, 4):
+            publish(topics.positions, f"s{i:03d}", _book(i, 3, "11000"))
+        used_before = _parts(metrics_a, "positions", "used")
+        _stop(*b)
+        b[0].close()
+        b = None
+        wait_for(lambda: len(first.rebalance.assigned) == partitions, timeout_s=60,
+                 what="the first instance took the partition back")
+        scratch = _from_scratch_books(snap_settings)
+        wait_for(lambda: _holds_exactly(first, scratch, partitions), timeout_s=60,
+                 what="the first instance holds every book again")
+        assert len(_owned_books(first)) == ACCOUNTS
+        assert _parts(metrics_a, "positions", "used") > used_before   # taken back from a snapshot, not a full read
+    finally:
+        for run in (b, a):
+            if run is not None:
+                _stop(*run)
+                run[0].close()
