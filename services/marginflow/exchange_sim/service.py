@@ -7,7 +7,6 @@ Marks: every partition of ``md.marks`` from a short tail (no group). Orders: eve
 from __future__ import annotations
 
 import threading
-import time
 from decimal import Decimal
 
 from kafka import TopicPartition
@@ -24,7 +23,7 @@ from marginflow.shared.errors import Rejected
 from marginflow.shared.host import ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
-    platform_topics)
+    platform_topics, topic_partitions)
 from marginflow.shared.lifecycle import Lifecycle
 from marginflow.shared.logs import get_logger
 from marginflow.shared.universe import platform_universe
@@ -61,13 +60,7 @@ class ExchangeSimApp:
         dlq = DeadLetterSink(self.producer, topics.liquidation_dlq, SERVICE, self.clock.now_ms)
         marks = new_consumer(common.bootstrap, None, f"{SERVICE}-marks")
         self.marks = ProtoConsumer(marks, {topics.marks: marketdata_pb2.Mark}, dlq, SERVICE)
-        parts = None
-        deadline = time.monotonic() + 30
-        while not parts and time.monotonic() < deadline:
-            parts = marks.partitions_for_topic(topics.marks)
-            if not parts:
-                time.sleep(0.2)
-        tps = [TopicPartition(topics.marks, p) for p in sorted(parts or ())]
+        tps = [TopicPartition(topics.marks, p) for p in sorted(topic_partitions(marks, topics.marks, 30.0))]
         marks.assign(tps)
         end, begin = marks.end_offsets(tps), marks.beginning_offsets(tps)
         for tp in tps:
@@ -76,12 +69,8 @@ class ExchangeSimApp:
         # group id only keeps the committed offsets; a first start begins at the end (no replay of old orders).
         orders = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
                               auto_offset_reset="latest")
-        parts = None
-        while not parts and time.monotonic() < deadline + 30:
-            parts = orders.partitions_for_topic(topics.liquidation_orders)
-            if not parts:
-                time.sleep(0.2)
-        order_tps = [TopicPartition(topics.liquidation_orders, p) for p in sorted(parts or ())]
+        order_tps = [TopicPartition(topics.liquidation_orders, p)
+                     for p in sorted(topic_partitions(orders, topics.liquidation_orders, 60.0))]
         orders.assign(order_tps)
         first_start = all(orders.committed(tp) is None for tp in order_tps)
         for tp in order_tps:

@@ -38,7 +38,7 @@ from marginflow.shared.errors import Rejected
 from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
-    platform_topics, read_compacted, rewind)
+    platform_topics, read_compacted, rewind, topic_partitions)
 from marginflow.shared.lifecycle import Lifecycle
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
@@ -174,11 +174,8 @@ class LiquidationApp:
         deadline = time.monotonic() + self.settings.startup_timeout_seconds
         tps = []
         for topic in (topics.marks, topics.margin_state):
-            parts = raw.partitions_for_topic(topic)
-            while not parts and time.monotonic() < deadline:
-                time.sleep(0.2)
-                parts = raw.partitions_for_topic(topic)
-            tps += [TopicPartition(topic, p) for p in sorted(parts or ())]
+            parts = topic_partitions(raw, topic, max(0.0, deadline - time.monotonic()))
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
         raw.assign(tps)
         marks = [tp for tp in tps if tp.topic == topics.marks]
         states = [tp for tp in tps if tp.topic == topics.margin_state]

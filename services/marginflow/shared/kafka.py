@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 import kafka.record.default_records as _kafka_records
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
@@ -302,15 +302,33 @@ class Decoded(Generic[M]):
 
 
 def new_consumer(bootstrap: str, group_id: str | None, client_id: str, topics: Sequence[str] = (),
-                 auto_offset_reset: str = "earliest", **extra) -> KafkaConsumer:
+                 auto_offset_reset: str = "earliest", listener: ConsumerRebalanceListener | None = None,
+                 **extra) -> KafkaConsumer:
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group_id, client_id=client_id,
         enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
         max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024, **security_options(**extra))
     if topics:
         wait_for_metadata(consumer, topics)
-        consumer.subscribe(list(topics))
+        consumer.subscribe(list(topics), listener=listener or LoggedRebalance(client_id))
     return consumer
+
+
+class LoggedRebalance(ConsumerRebalanceListener):
+    """Logs each partition a group member is given or loses: when a group is slow to settle, the log
+    says which member held what."""
+
+    def __init__(self, member: str) -> None:
+        self.member = member
+
+    def on_partitions_revoked(self, revoked) -> None:
+        if revoked:
+            log.info("group partitions revoked", extra={"member": self.member,
+                                                        "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in revoked)})
+
+    def on_partitions_assigned(self, assigned) -> None:
+        log.info("group partitions assigned", extra={"member": self.member,
+                                                     "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)})
 
 
 TOPIC_METADATA_WAIT_S = 15.0

@@ -91,7 +91,9 @@ def test_kill_9_mid_episode_sends_no_order_twice_and_credits_no_fee_twice(
                      what="fund = the fees of the liquidation fills")
         except AssertionError:
             raise AssertionError(f"fund {fund_balance()} against fees {fees_of_fills()}; events {kinds(events.records(), 'bob')}; credits "
-                                 f"{[(e.reference, e.amount_usd.value) for e in events.records() if e.kind == lpb.LIQUIDATION_EVENT_KIND_FEE_TO_FUND]}") from None
+                                 f"{[(e.reference, e.amount_usd.value) for e in events.records() if e.kind == lpb.LIQUIDATION_EVENT_KIND_FEE_TO_FUND]}"
+                                 f"; the restarted instance's log ends:\n"
+                                 f"{(tmp_path / 'second.log').read_bytes()[-6000:].decode(errors='replace')}") from None
         credits = [e.reference for e in events.records() if e.kind == lpb.LIQUIDATION_EVENT_KIND_FEE_TO_FUND]
         assert len(credits) == len(set(credits))
     finally:

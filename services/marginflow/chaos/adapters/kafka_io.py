@@ -25,15 +25,13 @@ class TopicTail:
     def _assign(self, deadline: float) -> bool:
         if self.tps:
             return True
-        while time.monotonic() < deadline:
-            parts = self.consumer.partitions_for_topic(self.topic)
-            if parts:
-                self.tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-                self.consumer.assign(self.tps)
-                self.consumer.seek_to_beginning(*self.tps)
-                return True
-            time.sleep(0.5)
-        return False
+        parts = topic_partitions(self.consumer, self.topic, max(0.0, deadline - time.monotonic()))
+        if not parts:
+            return False
+        self.tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self.consumer.assign(self.tps)
+        self.consumer.seek_to_beginning(*self.tps)
+        return True
 
     def catch_up(self, timeout_s: float) -> list:
         """The records written since the last call, up to the topic's end as of now."""

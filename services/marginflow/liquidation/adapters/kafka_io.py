@@ -12,7 +12,7 @@ from marginflow.liquidation.adapters import codec
 from marginflow.liquidation.application import DepositOut, Event, FundSnapshot, Order
 from marginflow.shared.fills import FillRecord, fill_to_proto
 from marginflow.shared.config import Topics
-from marginflow.shared.kafka import ProtoProducer
+from marginflow.shared.kafka import ProtoProducer, topic_partitions
 
 FUND_KEY = "fund"
 ACK_TIMEOUT_S = 30.0
@@ -62,10 +62,7 @@ def read_events(bootstrap: str, topic: str, client_id: str, timeout_s: float) ->
                              enable_auto_commit=False, max_poll_records=10000, fetch_max_bytes=64 * 1024 * 1024)
     try:
         deadline = time.monotonic() + timeout_s
-        parts = consumer.partitions_for_topic(topic)
-        while parts is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            parts = consumer.partitions_for_topic(topic)
+        parts = topic_partitions(consumer, topic, timeout_s)
         if not parts:
             return []
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
