@@ -386,11 +386,12 @@ class MarginApp:
                         extra={"instruments": [self.table.symbols[k] for k in missing.tolist()]})
         self._seed_published()
         self.engine.ready = True
+        # Transitions out now; the republication of what else moved (heartbeats due after a restart) by
+        # the next turns, serving meanwhile. With the concentration add-on, the model is built again first
+        # with the open interest just read.
         if getattr(self, "open_interest", None) is not None:
-            self.engine.refresh_model()   # a model with the open interest just read, then a full recalculation
+            self.engine.refresh_model(publish_all=False)
         else:
-            # transitions out now; the republication of what else moved (heartbeats due after a restart) by
-            # the next turns, serving meanwhile
             self.engine.full_recalculation(publish_all=False)
         self._set_ready(True, "inputs complete")
         gc.collect()   # the rebuilt account records leave the collector's scans

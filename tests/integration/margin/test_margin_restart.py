@@ -12,6 +12,7 @@ import sys
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from marginflow.api.margin.v1 import margin_pb2 as pb
@@ -28,9 +29,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(test_env, port: int) -> subprocess.Popen:
+def _start(test_env, port: int, extra: dict[str, str]) -> subprocess.Popen:
     env = {**os.environ, **test_env, "MF_MARGIN_GRPC_PORT": str(port), "MF_MARGIN_METRICS_PORT": "0",
-           "MF_MARGIN_MODEL_REFRESH_MS": "0", "MF_MARGIN_EVALUATE_INTERVAL_MS": "50"}
+           "MF_MARGIN_MODEL_REFRESH_MS": "0", "MF_MARGIN_EVALUATE_INTERVAL_MS": "50", **extra}
     return subprocess.Popen([sys.executable, "-m", "marginflow.margin"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -48,7 +49,11 @@ def _calls(consume_all, bootstrap: str, topic: str) -> list[pb.MarginCall]:
     return [pb.MarginCall.FromString(r.value) for r in consume_all(bootstrap, topic, timeout_s=10)]
 
 
-def test_kill_9_and_restart_publishes_no_call_for_unchanged_accounts(mg_settings, publish, test_env, consume_all):
+# With the concentration add-on on, the restarted instance also reads portfolio.open_interest (empty here:
+# no account holds a share above the threshold) and builds its model again before it serves.
+@pytest.mark.parametrize("extra", [{}, {"MF_MARGIN_CONCENTRATION_RATE": "0.1"}], ids=["plain", "concentration"])
+def test_kill_9_and_restart_publishes_no_call_for_unchanged_accounts(mg_settings, publish, test_env, consume_all,
+                                                                       extra):
     topics = mg_settings.common.topics
     bootstrap = mg_settings.common.bootstrap
     publish(topics.risk_params, "current", risk_params())
@@ -61,7 +66,7 @@ def test_kill_9_and_restart_publishes_no_call_for_unchanged_accounts(mg_settings
         usdc = "20000" if i % 3 else "7000"     # every third account in margin call (MM 4,503 ≤ 7,000 < IM 9,006)
         publish(topics.positions, account, snapshot(account, [("BTC-PERP", "1", "60000")], usdc, revision=2))
     port = _free_port()
-    first = _start(test_env, port)
+    first = _start(test_env, port, extra)
     try:
         wait_for(lambda: _serving(port), timeout_s=60)
         calls = _calls(consume_all, bootstrap, topics.margin_calls)
@@ -71,7 +76,7 @@ def test_kill_9_and_restart_publishes_no_call_for_unchanged_accounts(mg_settings
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         killed_at = time.monotonic()
-        second = _start(test_env, port)
+        second = _start(test_env, port, extra)
         try:
             wait_for(lambda: _serving(port), timeout_s=60)
             restart_seconds = time.monotonic() - killed_at

@@ -91,13 +91,14 @@ class Evaluation:
             self.full_recalculation()
             return True
 
-    def refresh_model(self) -> None:
-        """Same version, risk arrays and add-ons at today's marks (forwards drift between versions)."""
+    def refresh_model(self, publish_all: bool = True) -> None:
+        """Same version, risk arrays and add-ons at today's marks (forwards drift between versions);
+        ``publish_all`` as in :meth:`full_recalculation`."""
         with self._lock:
             if self.model is None:
                 return
             self.model = self._build(self.model.version)
-            self.full_recalculation()
+            self.full_recalculation(publish_all)
 
     def _build(self, version: RiskVersion) -> Model:
         self._builds += 1
