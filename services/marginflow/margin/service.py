@@ -95,7 +95,8 @@ def margin_topics(settings: MarginSettings) -> list[TopicSpec]:
     if settings.liquidation_participation > 0:
         mine.add(topics.fills)      # the venue's volume, for the liquidation horizon
     if settings.concentration_rate > 0:
-        mine.add(topics.open_interest)   # each input partition's share, for the concentration add-on
+        # each input partition's share, for the concentration add-on (checked against the fills' partitions)
+        mine |= {topics.open_interest, topics.fills}
     return [s for s in platform_topics(topics, settings.common.topic_partitions) if s.name in mine]
 
 
@@ -211,10 +212,12 @@ class MarginApp:
             self.open_interest = None
             if s.concentration_rate > 0:
                 # the portfolio's open interest per instrument and input partition, for the concentration add-on
+                oi_consumer = new_consumer(common.bootstrap, None, f"{SERVICE}-open-interest")
+                fills_partitions = len(topic_partitions(oi_consumer, topics.fills, s.startup_timeout_seconds))
                 self.open_interest = OpenInterestReader(
-                    new_consumer(common.bootstrap, None, f"{SERVICE}-open-interest"), topics.open_interest,
-                    self.table, self.engine.market.open_interest, self.dlq, s.startup_timeout_seconds,
-                    common.max_message_bytes, rejected=lambda code: self.metrics.rejected.labels(code).inc())
+                    oi_consumer, topics.open_interest, self.table, self.engine.market.open_interest, self.dlq,
+                    s.startup_timeout_seconds, common.max_message_bytes,
+                    rejected=lambda code: self.metrics.rejected.labels(code).inc(), source_partitions=fills_partitions)
                 self.host.on_close("open interest consumer", self.open_interest.close)
             self.host.on_close("positions consumer", self.positions.close)
             self.host.on_close("snapshots", self.snapshots.close)

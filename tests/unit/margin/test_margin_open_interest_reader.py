@@ -87,3 +87,20 @@ def test_the_newest_share_of_a_key_wins_tombstones_retire_and_completeness_follo
     reader.poll()
     assert reader.complete()                            # read past the end offset taken at assignment
     assert book.sides(btc) == (D("6"), D("6")) and letters.letters == []
+
+
+def test_a_share_from_a_partition_the_fills_topic_does_not_have_is_dead_lettered():
+    table = instrument_table(load_universe(None, T0))
+    book = OpenInterestBook(table.n)
+    btc = table.index["BTC-PERP"]
+    records = [
+        (b"BTC-PERP/1", contribution("BTC-PERP", 1, "2", "2", 3)),
+        (b"BTC-PERP/4", contribution("BTC-PERP", 4, "500", "500", 3)),   # trades.fills has partitions 0..3
+    ]
+    letters = Letters()
+    reader = OpenInterestReader(Consumer(records, ends=2), TOPIC, table, book, DeadLetterSink(letters, "dlq", "margin"),
+                                1.0, 1 << 20, source_partitions=4)
+    reader.poll()
+    assert reader.complete()
+    assert book.sides(btc) == (D("2"), D("2"))
+    assert letters.letters == ["partition_out_of_range"]

@@ -7,7 +7,9 @@ assignment (:meth:`OpenInterestReader.complete`, part of the instance's readines
 be accepted goes to ``margin.dlq`` with its reason and counts in ``marginflow_dead_letters_total``:
 ``empty_payload``, ``oversized``, ``malformed`` (not an ``OpenInterestContribution``), ``missing_field``,
 ``bad_decimal``, ``non_finite``, ``negative_value``, ``implausible``, ``unknown_instrument``,
-``key_mismatch`` (the key is not ``"<instrument>/<source_partition>"`` of the payload). A tombstone (no
+``key_mismatch`` (the key is not ``"<instrument>/<source_partition>"`` of the payload),
+``partition_out_of_range`` (a source partition that ``trades.fills`` does not have: no portfolio
+instance owns it, and its share would be counted on top of the real ones). A tombstone (no
 value) retires its key's share; one whose key names no instrument of this universe changes nothing.
 """
 
@@ -48,14 +50,18 @@ def _contracts(msg, what: str) -> Decimal:
     return value
 
 
-def contribution_from_proto(m: account_pb2.OpenInterestContribution, table: InstrumentTable, key: str | None = None
-                            ) -> tuple[int, int, int, Decimal, Decimal]:
-    """(instrument index, source partition, fills offset, long contracts, short contracts), validated."""
+def contribution_from_proto(m: account_pb2.OpenInterestContribution, table: InstrumentTable, key: str | None = None,
+                            source_partitions: int = 0) -> tuple[int, int, int, Decimal, Decimal]:
+    """(instrument index, source partition, fills offset, long contracts, short contracts), validated;
+    ``source_partitions``: the partition count of ``trades.fills`` (0: not checked)."""
     if not m.instrument:
         raise Rejected("missing_field", "contribution without an instrument")
     if m.source_partition < 0 or m.fills_offset < 0:
         raise Rejected("negative_value", f"contribution of {m.instrument!r}: partition {m.source_partition}, "
                                          f"fills offset {m.fills_offset}")
+    if source_partitions and m.source_partition >= source_partitions:
+        raise Rejected("partition_out_of_range", f"contribution of {m.instrument!r} from partition "
+                                                 f"{m.source_partition}; trades.fills has {source_partitions}")
     if key is not None and key != contribution_key(m.instrument, m.source_partition):
         raise Rejected("key_mismatch", f"record key {key!r} != "
                                        f"{contribution_key(m.instrument, m.source_partition)!r} of the payload")
@@ -71,11 +77,13 @@ class OpenInterestReader:
     """Every partition of ``portfolio.open_interest`` from the beginning into ``book``.
 
     ``consumer`` is a kafka-python consumer without a group; ``dead_letters`` the margin's sink;
-    ``rejected(code)`` counts a refusal in the service's own metric."""
+    ``rejected(code)`` counts a refusal in the service's own metric; ``source_partitions`` is the
+    partition count of ``trades.fills`` (0: not checked)."""
 
     def __init__(self, consumer, topic: str, table: InstrumentTable, book: OpenInterestBook,
                  dead_letters: DeadLetterSink, timeout_s: float, max_message_bytes: int,
-                 rejected: Callable[[str], None] = lambda code: None, service: str = "margin") -> None:
+                 rejected: Callable[[str], None] = lambda code: None, service: str = "margin",
+                 source_partitions: int = 0) -> None:
         self.raw = consumer
         self._topic = topic
         self._table = table
@@ -83,6 +91,7 @@ class OpenInterestReader:
         self._dlq = dead_letters
         self._max_bytes = max_message_bytes
         self._rejected = rejected
+        self._source_partitions = source_partitions
         self._consumed = shared_metrics().kafka_consumed.labels(service, topic)
         tps = [TopicPartition(topic, p) for p in sorted(topic_partitions(consumer, topic, timeout_s, required=True))]
         consumer.assign(tps)
@@ -128,7 +137,8 @@ class OpenInterestReader:
         except DecodeError as exc:
             raise Rejected("malformed", f"not a {account_pb2.OpenInterestContribution.DESCRIPTOR.full_name}: "
                                         f"{exc}") from None
-        k, partition, offset, long_contracts, short_contracts = contribution_from_proto(msg, self._table, key)
+        k, partition, offset, long_contracts, short_contracts = contribution_from_proto(msg, self._table, key,
+                                                                                 self._source_partitions)
         if not self._book.apply(k, partition, offset, long_contracts, short_contracts):
             log.info("an older open interest record ignored", extra={"key": key, "fills_offset": offset})
 
