@@ -213,11 +213,12 @@ class MarginApp:
             if s.concentration_rate > 0:
                 # the portfolio's open interest per instrument and input partition, for the concentration add-on
                 oi_consumer = new_consumer(common.bootstrap, None, f"{SERVICE}-open-interest")
-                fills_partitions = len(topic_partitions(oi_consumer, topics.fills, s.startup_timeout_seconds))
+                topic_partitions(oi_consumer, topics.fills, s.startup_timeout_seconds, required=True)
                 self.open_interest = OpenInterestReader(
                     oi_consumer, topics.open_interest, self.table, self.engine.market.open_interest, self.dlq,
                     s.startup_timeout_seconds, common.max_message_bytes,
-                    rejected=lambda code: self.metrics.rejected.labels(code).inc(), source_partitions=fills_partitions)
+                    rejected=lambda code: self.metrics.rejected.labels(code).inc(),
+                    source_partitions=lambda: len(oi_consumer.partitions_for_topic(topics.fills) or ()))
                 self.host.on_close("open interest consumer", self.open_interest.close)
             self.host.on_close("positions consumer", self.positions.close)
             self.host.on_close("snapshots", self.snapshots.close)

@@ -97,10 +97,24 @@ def test_a_share_from_a_partition_the_fills_topic_does_not_have_is_dead_lettered
         (b"BTC-PERP/1", contribution("BTC-PERP", 1, "2", "2", 3)),
         (b"BTC-PERP/4", contribution("BTC-PERP", 4, "500", "500", 3)),   # trades.fills has partitions 0..3
     ]
+    partitions = 4
     letters = Letters()
     reader = OpenInterestReader(Consumer(records, ends=2), TOPIC, table, book, DeadLetterSink(letters, "dlq", "margin"),
-                                1.0, 1 << 20, source_partitions=4)
+                                1.0, 1 << 20, source_partitions=lambda: partitions)
     reader.poll()
     assert reader.complete()
     assert book.sides(btc) == (D("2"), D("2"))
     assert letters.letters == ["partition_out_of_range"]
+
+
+def test_partitions_added_to_the_fills_topic_are_accepted_once_its_metadata_shows_them():
+    table = instrument_table(load_universe(None, T0))
+    book = OpenInterestBook(table.n)
+    btc = table.index["BTC-PERP"]
+    counts = iter([4, 6])      # at start, then when a share of partition 4 arrives
+    letters = Letters()
+    reader = OpenInterestReader(Consumer([(b"BTC-PERP/4", contribution("BTC-PERP", 4, "3", "1", 0))], ends=1), TOPIC,
+                                table, book, DeadLetterSink(letters, "dlq", "margin"), 1.0, 1 << 20,
+                                source_partitions=lambda: next(counts))
+    reader.poll()
+    assert book.sides(btc) == (D("3"), D("1")) and letters.letters == []

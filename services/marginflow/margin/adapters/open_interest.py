@@ -77,13 +77,14 @@ class OpenInterestReader:
     """Every partition of ``portfolio.open_interest`` from the beginning into ``book``.
 
     ``consumer`` is a kafka-python consumer without a group; ``dead_letters`` the margin's sink;
-    ``rejected(code)`` counts a refusal in the service's own metric; ``source_partitions`` is the
-    partition count of ``trades.fills`` (0: not checked)."""
+    ``rejected(code)`` counts a refusal in the service's own metric; ``source_partitions()`` gives the
+    partition count of ``trades.fills`` (0: not checked), asked again when a record names a partition
+    beyond the count known (partitions added to the topic since)."""
 
     def __init__(self, consumer, topic: str, table: InstrumentTable, book: OpenInterestBook,
                  dead_letters: DeadLetterSink, timeout_s: float, max_message_bytes: int,
                  rejected: Callable[[str], None] = lambda code: None, service: str = "margin",
-                 source_partitions: int = 0) -> None:
+                 source_partitions: Callable[[], int] = lambda: 0) -> None:
         self.raw = consumer
         self._topic = topic
         self._table = table
@@ -91,7 +92,8 @@ class OpenInterestReader:
         self._dlq = dead_letters
         self._max_bytes = max_message_bytes
         self._rejected = rejected
-        self._source_partitions = source_partitions
+        self._partition_count = source_partitions
+        self._source_partitions = source_partitions()
         self._consumed = shared_metrics().kafka_consumed.labels(service, topic)
         tps = [TopicPartition(topic, p) for p in sorted(topic_partitions(consumer, topic, timeout_s, required=True))]
         consumer.assign(tps)
@@ -137,8 +139,15 @@ class OpenInterestReader:
         except DecodeError as exc:
             raise Rejected("malformed", f"not a {account_pb2.OpenInterestContribution.DESCRIPTOR.full_name}: "
                                         f"{exc}") from None
-        k, partition, offset, long_contracts, short_contracts = contribution_from_proto(msg, self._table, key,
-                                                                                 self._source_partitions)
+        try:
+            k, partition, offset, long_contracts, short_contracts = contribution_from_proto(
+                msg, self._table, key, self._source_partitions)
+        except Rejected as exc:
+            if exc.code != "partition_out_of_range" or self._partition_count() == self._source_partitions:
+                raise
+            self._source_partitions = self._partition_count()   # the fills topic grew: check again
+            k, partition, offset, long_contracts, short_contracts = contribution_from_proto(
+                msg, self._table, key, self._source_partitions)
         if not self._book.apply(k, partition, offset, long_contracts, short_contracts):
             log.info("an older open interest record ignored", extra={"key": key, "fills_offset": offset})
 
