@@ -143,9 +143,12 @@ class OpenInterestReader:
             k, partition, offset, long_contracts, short_contracts = contribution_from_proto(
                 msg, self._table, key, self._source_partitions)
         except Rejected as exc:
-            if exc.code != "partition_out_of_range" or self._partition_count() == self._source_partitions:
+            if exc.code != "partition_out_of_range":
                 raise
-            self._source_partitions = self._partition_count()   # the fills topic grew: check again
+            now = self._partition_count()
+            if now <= self._source_partitions:
+                raise
+            self._source_partitions = now       # the fills topic grew since: check again
             k, partition, offset, long_contracts, short_contracts = contribution_from_proto(
                 msg, self._table, key, self._source_partitions)
         if not self._book.apply(k, partition, offset, long_contracts, short_contracts):
