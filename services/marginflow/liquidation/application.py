@@ -56,6 +56,11 @@ RECHECK_TRIES = 20
 FAILURE_BACKOFF_MS = 1000
 # An episode whose orders found no fill in max_rounds rounds gets one round this often (and its assessment).
 STUCK_RETRY_MS = 30_000
+# After a bankruptcy resolution the account is not acted on again until a margin view holds its fills and
+# deposit (the account revision the resolution settled on): a view read before portfolio and margin applied
+# them shows the closed positions still open, and acting on it would close them twice. Bounded: a redo after
+# a crash may count effects already applied, so the wait ends after this long at the latest.
+SETTLE_TIMEOUT_MS = 60_000
 LINEAR_KINDS = (Kind.PERPETUAL, Kind.FUTURE)
 # Events naming the instrument of a bankrupt part the episode resolved (a restart never resolves it again).
 RESOLUTION_KINDS = frozenset({"FUND_TAKEOVER", "ADL", "UNCOVERED", "DEFICIT_COVERED"})
@@ -249,6 +254,7 @@ class Event:
     price_usd: Decimal | None = None
     side: int = 0            # +1 buy, −1 sell
     reference: str = ""
+    settled_revision: int = 0   # a bankruptcy resolution's: the account revision its effects bring the book to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,6 +451,9 @@ class Tracked:
     last_equity_usd: Decimal = ZERO
     last_mm_usd: Decimal = ZERO
     quiet_until_ms: int = 0               # a state trigger found nothing to do: not again before this
+    # the last bankruptcy resolution: no action on a view older than this account revision, until then
+    settled_revision: int = 0
+    settle_until_ms: int = 0
 
     @property
     def live(self) -> bool:
@@ -580,6 +589,8 @@ class LiquidationEngine:
         """Episodes, slices, pauses and history from ``liquidation.events`` (read from the beginning)."""
         for e in events:
             self._remember_event(e)
+            if e.settled_revision and e.account_id:
+                self._settle(self._tracked(e.account_id), e.settled_revision, e.time_ms)
             if e.kind == "ADMIN_PAUSED":
                 self._pause(e.instrument, True)
                 continue
@@ -848,6 +859,10 @@ class LiquidationEngine:
             return
         v = a.view
         t.last_equity_usd, t.last_mm_usd = v.equity_usd, v.mm_usd
+        if v.revision < t.settled_revision and now < t.settle_until_ms:
+            # the view does not hold the last resolution's fills yet: read again once portfolio and margin do
+            t.due_ms = now + RECHECK_DELAY_MS
+            return
         if not t.live:
             self._maybe_start(t, a, now)
             if not t.live:
@@ -1082,9 +1097,18 @@ class LiquidationEngine:
         if new.state is EpisodeState.BANKRUPT:
             t.episode = new   # decided before anything is published: a failed publish is retried, never redone
             self.metrics.episode("bankrupt")
+        # portfolio applies each of the account's own fills and its deposit once: the revision a view must reach
+        settled = v.revision + sum(f.account_id == acct for f in fills) + sum(d.account_id == acct for d in deposits)
+        self._settle(t, settled, now)
+        events = [dataclasses.replace(e, settled_revision=settled) if e.account_id == acct else e for e in events]
         self._unsent.append((fills, deposits, snap, events))
         self.flush_resolutions()
         self._fund_gauges()
+
+    @staticmethod
+    def _settle(t: Tracked, revision: int, time_ms: int) -> None:
+        if revision > t.settled_revision:
+            t.settled_revision, t.settle_until_ms = revision, time_ms + SETTLE_TIMEOUT_MS
 
     def flush_resolutions(self) -> None:
         """Publish the bankruptcy resolutions decided but not yet acknowledged, oldest first, the same records

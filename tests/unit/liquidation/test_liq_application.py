@@ -180,3 +180,39 @@ def test_bankrupt_account_paid_by_the_fund_then_adl_for_what_it_cannot(world):
     assert adl["adl-b-1-0-0"].price_usd == D("52000.0")       # 51,000 − (−1,000)/1
     assert {"BANKRUPT", "FUND_TAKEOVER", "ADL", "DEFICIT_COVERED"} <= set(kinds(pub))
     assert all(s.balance_usd >= 0 for s in pub.funds)
+
+
+def test_after_a_bankruptcy_a_view_without_its_fills_starts_no_second_episode(world):
+    engine, margin, positions, pub = world
+    stale = MarginView("b", BANKRUPT, D("-1000"), D("9000"), D("4500"), True, 1, 3, NOW,
+                       (PositionView("BTC-PERP", D("1"), False),))
+    margin.views["b"] = stale
+    positions.by_instrument["BTC-PERP"] = [OpenPosition("c", "BTC-PERP", D("-1"), D("60000"))]
+    engine.on_states([StateSeen("c", 1, D("50000"), D("9000"), D("4500"), True, NOW)])
+    engine.on_calls([Call("b", BANKRUPT, True, 1, 3, NOW)])
+    step(engine)
+    own = [f for f in pub.fills if f.account_id == "b"] + [d for d in pub.deposits if d.account_id == "b"]
+    settled = 3 + len(own)
+    assert len(own) == 3 and {e.settled_revision for e in pub.events if e.kind == "BANKRUPT"} == {settled}
+    fills_before = list(pub.fills)
+    # margin.state republished before portfolio applied the fills: the same bankrupt book, revision 3
+    engine.on_states([StateSeen("b", BANKRUPT, D("-1000"), D("9000"), D("4500"), True, NOW, below_mm=True)])
+    engine.on_calls([Call("b", BANKRUPT, True, 1, 3, NOW)])
+    for _ in range(5):
+        step(engine)
+    assert kinds(pub).count("STARTED") == 1 and pub.fills == fills_before
+    # A restarted service knows it from the events alone.
+    rebuilt = LiquidationEngine(engine.s, engine.instruments, margin, positions, FakePublisher(),
+                                FundLedger(D("0"), 100, 100), FakeCache(), lambda: NOW, NullMetrics())
+    rebuilt.rebuild(pub.events)
+    rebuilt.on_calls([Call("b", BANKRUPT, True, 1, 3, NOW)])
+    for account in rebuilt.due(NOW + 10_000, 100):
+        rebuilt.act(rebuilt.assess(account))
+    assert rebuilt.publisher.events == [] and rebuilt.publisher.fills == []
+    # Once a view holds the fills, the account is margined on it: a new position below MM is a new episode.
+    margin.views["b"] = MarginView("b", LIQUIDATION, D("100"), D("9000"), D("4500"), True, 1, settled, NOW,
+                                   (PositionView("BTC-PERP", D("1"), False),))
+    margin.im_after_close = D("0")
+    for _ in range(3):
+        step(engine)
+    assert kinds(pub).count("STARTED") == 2
