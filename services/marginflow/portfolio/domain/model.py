@@ -102,13 +102,11 @@ class Fill:
         return self.size if self.side == Side.BUY else -self.size
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Deposit:
+class _AccountEventInput:
+    """An ``account.events`` input: remembered by its event id (``e:<event_id>``)."""
+
+    __slots__ = ()
     event_id: str
-    account_id: str
-    asset: str
-    amount: Decimal            # asset units, > 0
-    event_time_ms: int
 
     @property
     def dedupe_id(self) -> str:
@@ -116,20 +114,26 @@ class Deposit:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Withdrawal:
+class _AssetMovement(_AccountEventInput):
     event_id: str
     account_id: str
     asset: str
     amount: Decimal            # asset units, > 0
     event_time_ms: int
 
-    @property
-    def dedupe_id(self) -> str:
-        return "e:" + self.event_id
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deposit(_AssetMovement):
+    pass
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class IsolatedTransfer:
+class Withdrawal(_AssetMovement):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IsolatedTransfer(_AccountEventInput):
     """USD collateral from the cross balance into an isolated position (> 0) or back (< 0)."""
 
     event_id: str
@@ -137,10 +141,6 @@ class IsolatedTransfer:
     instrument: str
     amount_usd: Decimal        # != 0
     event_time_ms: int
-
-    @property
-    def dedupe_id(self) -> str:
-        return "e:" + self.event_id
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
