@@ -587,7 +587,7 @@ typedef struct {
     int32_t *cidx;     /* Hp candidate indices */
     double *heap;      /* m */
     double *gacc;      /* U x GTp */
-    int32_t *touched;  /* U */
+    int32_t *touched;  /* U + 1 (grid_margin writes one slot past the distinct ones) */
     uint8_t *flag;     /* U */
     int32_t *ck;       /* cross positions: instrument */
     double *cq;        /* cross positions: -size */
@@ -601,7 +601,7 @@ static int scratch_init(Scratch *w, const Model *M, Py_ssize_t max_pos)
     if (max_pos < 1) max_pos = 1;
     size_t off[12], total = 0;
     size_t sizes[12] = {M->Hp * 8, M->nb * 8 + 64, (M->Hp + 16) * 8, (M->Hp + 16) * 4, M->m * 8, M->U * M->GTp * 8,
-                        M->U * 4, M->U, max_pos * 4, max_pos * 8, max_pos * 4, M->nb * 4 + 64};
+                        (M->U + 1) * 4, M->U, max_pos * 4, max_pos * 8, max_pos * 4, M->nb * 4 + 64};
     for (int i = 0; i < 12; i++) {
         off[i] = total;
         total += (size_t)round_up((Py_ssize_t)sizes[i], 64);

@@ -187,50 +187,86 @@ ISA_TARGET static void ISA_SFX(fhs_kernel)(const double *rh, Py_ssize_t Hp, Py_s
 
 /* --------------------------------------------------------------- grid margin */
 
+/* g[0:n] += q * r[0:n], n a multiple of 4, both 32-byte aligned (multiply, then add: the
+ * rounding of the twin's sparse product) */
+ISA_TARGET static inline void ISA_SFX(axpy_row)(double *g, const double *r, double q, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+#if ISA_LEVEL == 2
+    const __m512d qv = _mm512_set1_pd(q);
+    for (; i + 8 <= n; i += 8)
+        _mm512_storeu_pd(g + i, _mm512_add_pd(_mm512_loadu_pd(g + i), _mm512_mul_pd(qv, _mm512_loadu_pd(r + i))));
+#endif
+    const v4d q4 = {q, q, q, q};
+    for (; i < n; i += 4) *(v4d *)(g + i) += q4 * *(const v4d *)(r + i);
+}
+
+/* max(0, max_i g[i] * wt[i]) over n (a multiple of 4) rows, NaN never wins; clear: g = 0
+ * after it is read (in the same loop: no memset call per row) */
+ISA_TARGET static inline double ISA_SFX(weighted_max)(double *g, const double *wt, Py_ssize_t n, int clear)
+{
+    Py_ssize_t i = 0;
+    v4d mx = {0.0, 0.0, 0.0, 0.0};
+#if ISA_LEVEL == 2
+    __m512d m8 = _mm512_setzero_pd();
+    const __mmask8 keep8 = clear ? 0 : 0xff;
+    for (; i + 8 <= n; i += 8) {
+        __m512d x = _mm512_loadu_pd(g + i);
+        m8 = _mm512_max_pd(_mm512_mul_pd(x, _mm512_loadu_pd(wt + i)), m8);
+        _mm512_storeu_pd(g + i, _mm512_maskz_mov_pd(keep8, x));
+    }
+    mx = (v4d)_mm256_max_pd(_mm512_castpd512_pd256(m8), _mm512_extractf64x4_pd(m8, 1));
+#endif
+    const v4i keep4 = {-!clear, -!clear, -!clear, -!clear};
+    for (; i < n; i += 4) {
+        v4d gx = *(const v4d *)(g + i), x = gx * *(const v4d *)(wt + i);
+        mx = (v4d)(((v4i)x & (x > mx)) | ((v4i)mx & ~(x > mx)));
+        *(v4d *)(g + i) = (v4d)((v4i)gx & keep4);
+    }
+    return MAXD(MAXD(mx[0], mx[1]), MAXD(mx[2], mx[3]));
+}
+
 /* Grid margin of the cross positions ck/cq; fills the gacc rows of the touched underlyings
- * (sorted ascending in w->touched, count in *nt_out). keep: leave w->flag set (explain). */
+ * (sorted ascending in w->touched, count in *nt_out). keep: leave w->flag set and the gacc rows
+ * filled (explain); else the rows are zeroed again for the next account. The gacc rows are all
+ * zero on entry, so every position is one branch-free multiply-add into its underlying's row
+ * (0 + x == x). */
 ISA_TARGET static double ISA_SFX(grid_margin)(const Model *M, Scratch *w, const int32_t *ck, const double *cq,
                                               Py_ssize_t nc, Py_ssize_t *nt_out, int *finite, int keep)
 {
     const Py_ssize_t GTp = M->GTp, GT = M->GT;
+    int32_t *touched = w->touched;
+    uint8_t *flag = w->flag;
     Py_ssize_t nt = 0;
     double bound = 0.0;
     for (Py_ssize_t j = 0; j < nc; j++) {
         int32_t k = ck[j], u = M->und[k];
-        v4d *g = (v4d *)(w->gacc + (Py_ssize_t)u * GTp);
-        const v4d *r = (const v4d *)(M->rg + (Py_ssize_t)k * GTp);
-        double qj = cq[j];
-        v4d q = {qj, qj, qj, qj};
-        if (!w->flag[u]) {
-            w->flag[u] = 1;
-            Py_ssize_t i = nt++;
-            while (i > 0 && w->touched[i - 1] > u) {
-                w->touched[i] = w->touched[i - 1];
-                i--;
-            }
-            w->touched[i] = u;
-            for (Py_ssize_t i4 = 0; i4 < GTp / 4; i4++) g[i4] = q * r[i4];
+        touched[nt] = u;
+        nt += !flag[u];
+        flag[u] = 1;
+        ISA_SFX(axpy_row)(w->gacc + (Py_ssize_t)u * GTp, M->rg + (Py_ssize_t)k * GTp, cq[j], GTp);
+        bound += fabs(cq[j]) * M->bound_g[k];
+    }
+    /* ascending underlyings: the twin's order of the sum over them */
+    for (Py_ssize_t t = 1; t < nt; t++) {
+        int32_t u = touched[t];
+        Py_ssize_t i = t;
+        while (i > 0 && touched[i - 1] > u) {
+            touched[i] = touched[i - 1];
+            i--;
         }
-        else
-            for (Py_ssize_t i4 = 0; i4 < GTp / 4; i4++) g[i4] += q * r[i4];
-        bound += fabs(qj) * M->bound_g[k];
+        touched[i] = u;
     }
     double grid = 0.0;
-    const v4d *wt = (const v4d *)M->w;
     for (Py_ssize_t t = 0; t < nt; t++) {
-        Py_ssize_t u = w->touched[t];
-        const double *g = w->gacc + u * GTp;
-        if (!keep) w->flag[u] = 0;
+        Py_ssize_t u = touched[t];
+        double *g = w->gacc + u * GTp;
         if (!(bound < 1e300))
             for (Py_ssize_t i = 0; i < GT; i++)
                 if (!isfinite(g[i])) *finite = 0;
         /* padding rows have weight 0: their 0 * g never exceeds the 0 the max starts from */
-        v4d mx = {0.0, 0.0, 0.0, 0.0};
-        for (Py_ssize_t i4 = 0; i4 < GTp / 4; i4++) {
-            v4d x = ((const v4d *)g)[i4] * wt[i4];
-            mx = (v4d)(((v4i)x & (x > mx)) | ((v4i)mx & ~(x > mx)));
-        }
-        grid += MAXD(MAXD(mx[0], mx[1]), MAXD(mx[2], mx[3]));
+        grid += ISA_SFX(weighted_max)(g, M->w, GTp, !keep);
+        flag[u] = (uint8_t)keep;
     }
     *nt_out = nt;
     return grid;
