@@ -94,41 +94,6 @@ ISA_TARGET static inline void ISA_SFX(minmax)(const double *x, Py_ssize_t n, dou
 #endif
 }
 
-/* smallest (want_max = 0) or largest (1) of x[0:n], n a multiple of 4, x 32-byte aligned,
- * and the lowest index holding it */
-ISA_TARGET static inline double ISA_SFX(extreme)(const double *x, Py_ssize_t n, int want_max, Py_ssize_t *at)
-{
-#if ISA_LEVEL >= 1
-    __m256d e = _mm256_load_pd(x);
-    for (Py_ssize_t i = 4; i < n; i += 4) {
-        __m256d v = _mm256_load_pd(x + i);
-        e = want_max ? _mm256_max_pd(v, e) : _mm256_min_pd(v, e);
-    }
-    double b[4];
-    _mm256_storeu_pd(b, e);
-    double r = want_max ? MAXD(MAXD(b[0], b[1]), MAXD(b[2], b[3])) : MIND(MIND(b[0], b[1]), MIND(b[2], b[3]));
-    __m256d rv = _mm256_set1_pd(r);
-    for (Py_ssize_t i = 0; i < n; i += 4) {
-        int mk = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_load_pd(x + i), rv, _CMP_EQ_OQ));
-        if (mk) {
-            *at = i + __builtin_ctz((unsigned)mk);
-            break;
-        }
-    }
-    return r;
-#else
-    double r = x[0];
-    Py_ssize_t a = 0;
-    for (Py_ssize_t i = 1; i < n; i++)
-        if (want_max ? x[i] > r : x[i] < r) {
-            r = x[i];
-            a = i;
-        }
-    *at = a;
-    return r;
-#endif
-}
-
 /* --------------------------------------------------------------- the FHS kernel */
 
 /* loss[c] = sum_j cq[j] * rh[ck[j], c] for the columns c in [c0, c1) (multiples of CW), and
@@ -274,15 +239,65 @@ ISA_TARGET static double ISA_SFX(grid_margin)(const Model *M, Scratch *w, const 
 
 /* --------------------------------------------------------------- ES, VaR, worst */
 
+/* The m largest of the n candidates c[0:n] (m <= n <= 4 nq, c 32-byte aligned with room for
+ * 4 nq): their sum, added in candidate order, and the smallest of them (*var). nq is a constant
+ * (8 or 16) at each call. Branch-free ranks: g_j = number of candidates strictly larger than
+ * c_j; the m largest are those with g_j < m, more than m of them only on ties at the m-th
+ * largest, whose lowest-index copies are then left out (as when the smallest are removed one
+ * at a time, lowest index first). */
+ISA_TARGET static inline __attribute__((always_inline)) double ISA_SFX(top_m_ranked)(double *c, Py_ssize_t n,
+                                                                                     Py_ssize_t m, double *var,
+                                                                                     const int nq)
+{
+    for (Py_ssize_t i = n; i < 4 * nq; i++) c[i] = -INFINITY; /* never larger than a candidate */
+    v4d cv[RANK_MAX / 4];
+    v4i g[RANK_MAX / 4];
+    for (int q = 0; q < nq; q++) {
+        cv[q] = *(const v4d *)(c + 4 * q);
+        g[q] = (v4i){0, 0, 0, 0};
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const v4d b = {c[i], c[i], c[i], c[i]};
+        for (int q = 0; q < nq; q++) g[q] -= (v4i)(cv[q] < b);
+    }
+    const v4i mv = {m, m, m, m};
+    const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};
+    v4d lo = inf;
+    v4i cnt = {0, 0, 0, 0};
+    for (int q = 0; q < nq; q++) {
+        v4i in = g[q] < mv;
+        cnt -= in;
+        v4d x = (v4d)(((v4i)cv[q] & in) | ((v4i)inf & ~in));
+        lo = (v4d)(((v4i)x & (x < lo)) | ((v4i)lo & ~(x < lo)));
+        *(v4d *)(c + 4 * q) = (v4d)((v4i)cv[q] & in); /* 0.0 for the others: added as 0 */
+    }
+    const double v = MIND(MIND(lo[0], lo[1]), MIND(lo[2], lo[3]));
+    Py_ssize_t kept = cnt[0] + cnt[1] + cnt[2] + cnt[3];
+    if (kept > m) { /* ties at the m-th largest (rare): leave out their lowest-index copies */
+        int64_t gs[RANK_MAX];
+        memcpy(gs, g, (size_t)nq * sizeof(v4i));
+        for (Py_ssize_t j = 0; j < n && kept > m; j++)
+            if (gs[j] < m && c[j] == v) {
+                c[j] = 0.0;
+                kept--;
+            }
+    }
+    double sum = 0.0;
+    for (Py_ssize_t j = 0; j < n; j++) sum += c[j];
+    *var = v;
+    return sum;
+}
+
 /* ES, VaR and worst scenario from the historical losses loss[0:Hp] (and their block maxima)
- * of the cross positions ck/cq (nc > 0); loss and bmax are used as scratch.
+ * of the cross positions ck/cq (nc > 0); loss[H:Hp] and bmax are used as scratch.
  *
  * Any thr with at least m block maxima >= thr bounds the m-th largest loss from below (m
  * distinct blocks each hold a loss >= thr), so the m worst losses are among the losses >= thr,
  * and those lie in the 32-scenario chunks with a block maximum >= thr. thr: bisection on
- * the block maxima until m..m+2 of them reach it. The candidates are collected in ascending
- * scenario order (the worst is then the first largest one), and the few extra ones beyond m
- * are dropped smallest first. */
+ * the block maxima (branch-free steps) until m..m+2 of them reach it. The candidates (values
+ * only) are collected in ascending scenario order and ranked branch-free (top_m_ranked); a heap
+ * when there are more than RANK_MAX. worst: the first scenario whose loss equals the largest
+ * block maximum. */
 ISA_TARGET static void ISA_SFX(fhs_select)(const Model *M, Scratch *w, const int32_t *ck, const double *cq,
                                            Py_ssize_t nc, double *loss, double *bmax, AcctOut *o)
 {
@@ -305,27 +320,30 @@ ISA_TARGET static void ISA_SFX(fhs_select)(const Model *M, Scratch *w, const int
     if (Hp > H) {
         Py_ssize_t c = Hp - CW;
         for (Py_ssize_t s = H; s < Hp; s++) loss[s] = -INFINITY;
-        for (int lane = 0; lane < 4; lane++) {
-            double mx = -INFINITY;
-            for (int i = 0; i < 8; i++) mx = MAXD(mx, loss[c + lane + 4 * i]);
-            bmax[c / 8 + lane] = mx == -INFINITY ? NAN : mx;
-        }
+        const v4d *L = (const v4d *)(loss + c);
+        v4d mx = L[0];
+        for (int i = 1; i < 8; i++) mx = (v4d)(((v4i)L[i] & (L[i] > mx)) | ((v4i)mx & ~(L[i] > mx)));
+        const v4d ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, nan = {NAN, NAN, NAN, NAN};
+        *(v4d *)(bmax + c / 8) = (v4d)(((v4i)nan & (mx == ninf)) | ((v4i)mx & ~(mx == ninf)));
+    }
+    double lo = INFINITY, hi = -INFINITY;
+    ISA_SFX(minmax)(bmax, nb, &lo, &hi); /* hi: the largest loss */
+    {
+        Py_ssize_t c = 0;
+        while (!ISA_SFX(any_ge4)(bmax + c / 8, hi)) c += CW;
+        o->worst = c + __builtin_ctz(ISA_SFX(ge32)(loss + c, hi)); /* first of the largest */
     }
     Py_ssize_t n = 0;
     double *cand = w->cand;
-    int32_t *cidx = w->cidx;
     if (m * 4 <= nb) {
-        double lo = INFINITY, hi = -INFINITY;
-        ISA_SFX(minmax)(bmax, nb, &lo, &hi);
         if (ISA_SFX(count_ge)(bmax, nb, hi) < m)
             for (int it = 0; it < 12 && lo < hi; it++) {
                 double mid = lo + 0.5 * (hi - lo);
                 Py_ssize_t cnt = ISA_SFX(count_ge)(bmax, nb, mid);
-                if (cnt >= m) {
-                    lo = mid;
-                    if (cnt <= m + 2) break;
-                }
-                else hi = mid;
+                int ge = cnt >= m;
+                lo = pick_d(ge, mid, lo);
+                hi = pick_d(ge, hi, mid);
+                if (ge & (cnt <= m + 2)) break;
             }
         else lo = hi;
         const double thr = lo;
@@ -339,16 +357,13 @@ ISA_TARGET static void ISA_SFX(fhs_select)(const Model *M, Scratch *w, const int
         }
 #if ISA_LEVEL == 2
         const __m512d tv = _mm512_set1_pd(thr);
-        const __m256i step = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         for (Py_ssize_t j = 0; j < ns; j++) {
-            Py_ssize_t c = sel[j];
+            const double *l = loss + sel[j];
             for (int q = 0; q < 4; q++) {
-                __m512d v = _mm512_load_pd(loss + c + 8 * q);
+                __m512d v = _mm512_load_pd(l + 8 * q);
                 __mmask8 k = _mm512_cmp_pd_mask(v, tv, _CMP_GE_OQ);
-                /* register compress + plain store (cand/cidx have 8 slots of slack) */
+                /* register compress + plain store (cand has 16 slots of slack) */
                 _mm512_storeu_pd(cand + n, _mm512_maskz_compress_pd(k, v));
-                __m256i ix = _mm256_add_epi32(_mm256_set1_epi32((int)(c + 8 * q)), step);
-                _mm256_storeu_si256((__m256i *)(cidx + n), _mm256_maskz_compress_epi32(k, ix));
                 n += __builtin_popcount((unsigned)k);
             }
         }
@@ -357,37 +372,19 @@ ISA_TARGET static void ISA_SFX(fhs_select)(const Model *M, Scratch *w, const int
             Py_ssize_t c = sel[j];
             uint32_t mk = ISA_SFX(ge32)(loss + c, thr);
             while (mk) {
-                Py_ssize_t s = c + __builtin_ctz(mk);
+                cand[n++] = loss[c + __builtin_ctz(mk)];
                 mk &= mk - 1;
-                cand[n] = loss[s];
-                cidx[n] = (int32_t)s;
-                n++;
             }
         }
 #endif
     }
     else {
         memcpy(cand, loss, (size_t)H * sizeof(double));
-        for (Py_ssize_t s = 0; s < H; s++) cidx[s] = (int32_t)s;
         n = H;
     }
-    /* pad to a multiple of 4 (cand has room): -inf for the max, then +inf for the mins */
-    Py_ssize_t np4 = (n + 3) & ~(Py_ssize_t)3;
-    for (Py_ssize_t i = n; i < np4; i++) cand[i] = -INFINITY;
-    Py_ssize_t at = 0;
-    ISA_SFX(extreme)(cand, np4, 1, &at); /* first (lowest scenario) of the largest */
-    o->worst = cidx[at];
-    for (Py_ssize_t i = n; i < np4; i++) cand[i] = INFINITY;
-    Py_ssize_t r = n - m;
-    if (r <= 16) {
-        /* drop the r smallest one at a time (+inf marks a dropped one); VaR: the next smallest */
-        for (Py_ssize_t t = 0; t < r; t++) {
-            ISA_SFX(extreme)(cand, np4, 0, &at);
-            cand[at] = INFINITY;
-        }
-        double var = ISA_SFX(extreme)(cand, np4, 0, &at);
-        double sum = 0.0;
-        for (Py_ssize_t i = 0; i < n; i++) sum += cand[i] != INFINITY ? cand[i] : 0.0;
+    if (n <= RANK_MAX) {
+        double var;
+        double sum = n <= 32 ? ISA_SFX(top_m_ranked)(cand, n, m, &var, 8) : ISA_SFX(top_m_ranked)(cand, n, m, &var, 16);
         o->es = sum / (double)m;
         o->var = var;
     }
