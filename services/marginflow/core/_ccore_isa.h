@@ -49,7 +49,18 @@ ISA_TARGET static inline int ISA_SFX(any_ge4)(const double *x, double t)
 /* number of x[0:n] >= t, n a multiple of 4, x 32-byte aligned (NaN never counted) */
 ISA_TARGET static inline Py_ssize_t ISA_SFX(count_ge)(const double *x, Py_ssize_t n, double t)
 {
-#if ISA_LEVEL >= 1
+#if ISA_LEVEL == 2
+    const __m512d tv = _mm512_set1_pd(t);
+    Py_ssize_t c0 = 0, c1 = 0, i = 0;
+    for (; i + 16 <= n; i += 16) {
+        c0 += __builtin_popcount((unsigned)_mm512_cmp_pd_mask(_mm512_loadu_pd(x + i), tv, _CMP_GE_OQ));
+        c1 += __builtin_popcount((unsigned)_mm512_cmp_pd_mask(_mm512_loadu_pd(x + i + 8), tv, _CMP_GE_OQ));
+    }
+    for (; i < n; i += 4)
+        c0 += __builtin_popcount((unsigned)_mm256_movemask_pd(_mm256_cmp_pd(_mm256_load_pd(x + i), _mm256_set1_pd(t),
+                                                                            _CMP_GE_OQ)));
+    return c0 + c1;
+#elif ISA_LEVEL >= 1
     __m256d tv = _mm256_set1_pd(t);
     __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();
     Py_ssize_t i = 0;
@@ -73,7 +84,28 @@ ISA_TARGET static inline void ISA_SFX(minmax)(const double *x, Py_ssize_t n, dou
 {
 #if ISA_LEVEL >= 1
     __m256d l = _mm256_set1_pd(INFINITY), h = _mm256_set1_pd(-INFINITY);
-    for (Py_ssize_t i = 0; i < n; i += 4) {
+    Py_ssize_t i = 0;
+#if ISA_LEVEL == 2
+    /* two accumulators per extreme: the chains of dependent min/max are the cost here */
+    __m512d l0 = _mm512_set1_pd(INFINITY), l1 = l0, h0 = _mm512_set1_pd(-INFINITY), h1 = h0;
+    for (; i + 16 <= n; i += 16) {
+        __m512d v0 = _mm512_loadu_pd(x + i), v1 = _mm512_loadu_pd(x + i + 8);
+        l0 = _mm512_min_pd(v0, l0); /* NaN in v: keeps l */
+        l1 = _mm512_min_pd(v1, l1);
+        h0 = _mm512_max_pd(v0, h0);
+        h1 = _mm512_max_pd(v1, h1);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m512d v0 = _mm512_loadu_pd(x + i);
+        l0 = _mm512_min_pd(v0, l0);
+        h0 = _mm512_max_pd(v0, h0);
+    }
+    l0 = _mm512_min_pd(l0, l1);
+    h0 = _mm512_max_pd(h0, h1);
+    l = _mm256_min_pd(_mm512_castpd512_pd256(l0), _mm512_extractf64x4_pd(l0, 1));
+    h = _mm256_max_pd(_mm512_castpd512_pd256(h0), _mm512_extractf64x4_pd(h0, 1));
+#endif
+    for (; i < n; i += 4) {
         __m256d v = _mm256_load_pd(x + i);
         l = _mm256_min_pd(v, l); /* NaN in v: keeps l */
         h = _mm256_max_pd(v, h);
