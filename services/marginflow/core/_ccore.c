@@ -37,6 +37,7 @@
 #define MAX_THREADS 64
 #define MAXD(a, b) ((a) > (b) ? (a) : (b))
 #define MIND(a, b) ((a) < (b) ? (a) : (b))
+#define RANK_MAX 64    /* ES/VaR candidates ranked branch-free up to this many, else a heap */
 
 typedef double v4d __attribute__((vector_size(32)));
 typedef int64_t v4i __attribute__((vector_size(32)));
@@ -50,6 +51,17 @@ typedef struct {
 /* ------------------------------------------------------------------ small helpers */
 
 static Py_ssize_t round_up(Py_ssize_t n, Py_ssize_t to) { return (n + to - 1) / to * to; }
+
+/* c ? a : b without a branch (the compilers turn a ternary on doubles into a jump) */
+static inline double pick_d(int c, double a, double b)
+{
+    uint64_t ua, ub, mk = -(uint64_t)(c != 0);
+    memcpy(&ua, &a, 8);
+    memcpy(&ub, &b, 8);
+    ua = (ua & mk) | (ub & ~mk);
+    memcpy(&a, &ua, 8);
+    return a;
+}
 
 static void *aligned_zalloc(size_t bytes)
 {
@@ -582,12 +594,11 @@ typedef struct {
 /* per-thread (or per-call) scratch */
 typedef struct {
     double *loss;      /* Hp */
-    double *bmax;      /* nb = Hp / 8 block maxima, then scratch for selection */
-    double *cand;      /* Hp candidate values */
-    int32_t *cidx;     /* Hp candidate indices */
+    double *bmax;      /* nb = Hp / 8 block maxima */
+    double *cand;      /* max(Hp, RANK_MAX) + 16 candidate values (ES/VaR) */
     double *heap;      /* m */
     double *gacc;      /* U x GTp */
-    int32_t *touched;  /* U */
+    int32_t *touched;  /* U + 1 (grid_margin writes one slot past the distinct ones) */
     uint8_t *flag;     /* U */
     int32_t *ck;       /* cross positions: instrument */
     double *cq;        /* cross positions: -size */
@@ -599,10 +610,10 @@ typedef struct {
 static int scratch_init(Scratch *w, const Model *M, Py_ssize_t max_pos)
 {
     if (max_pos < 1) max_pos = 1;
-    size_t off[12], total = 0;
-    size_t sizes[12] = {M->Hp * 8, M->nb * 8 + 64, (M->Hp + 16) * 8, (M->Hp + 16) * 4, M->m * 8, M->U * M->GTp * 8,
-                        M->U * 4, M->U, max_pos * 4, max_pos * 8, max_pos * 4, M->nb * 4 + 64};
-    for (int i = 0; i < 12; i++) {
+    size_t off[11], total = 0;
+    size_t sizes[11] = {M->Hp * 8, M->nb * 8 + 64, (MAXD(M->Hp, RANK_MAX) + 16) * 8, M->m * 8, M->U * M->GTp * 8,
+                        (M->U + 1) * 4, M->U, max_pos * 4, max_pos * 8, max_pos * 4, M->nb * 4 + 64};
+    for (int i = 0; i < 11; i++) {
         off[i] = total;
         total += (size_t)round_up((Py_ssize_t)sizes[i], 64);
     }
@@ -612,15 +623,14 @@ static int scratch_init(Scratch *w, const Model *M, Py_ssize_t max_pos)
     w->loss = (double *)(b + off[0]);
     w->bmax = (double *)(b + off[1]);
     w->cand = (double *)(b + off[2]);
-    w->cidx = (int32_t *)(b + off[3]);
-    w->heap = (double *)(b + off[4]);
-    w->gacc = (double *)(b + off[5]);
-    w->touched = (int32_t *)(b + off[6]);
-    w->flag = (uint8_t *)(b + off[7]);
-    w->ck = (int32_t *)(b + off[8]);
-    w->cq = (double *)(b + off[9]);
-    w->cpos = (int32_t *)(b + off[10]);
-    w->sel = (int32_t *)(b + off[11]);
+    w->heap = (double *)(b + off[3]);
+    w->gacc = (double *)(b + off[4]);
+    w->touched = (int32_t *)(b + off[5]);
+    w->flag = (uint8_t *)(b + off[6]);
+    w->ck = (int32_t *)(b + off[7]);
+    w->cq = (double *)(b + off[8]);
+    w->cpos = (int32_t *)(b + off[9]);
+    w->sel = (int32_t *)(b + off[10]);
     return 0;
 }
 
