@@ -6,9 +6,9 @@
  *   ISA_TARGET     the function attribute (nothing, target("avx2,fma,..."), target("avx512f,..."))
  *   ISA_LEVEL      0 portable C, 1 AVX2 + FMA, 2 AVX-512 (F, VL, DQ, BW)
  * The model picks one table of these functions when it is built (cpu check at run time),
- * so the default build stays portable. Every level computes the same values: the FMA
- * levels (1, 2) round identically (same accumulation order per scenario); level 0 rounds
- * the products separately (within 1e-15 relative of the others).
+ * so the default build stays portable. Every level computes the same values, bit for bit:
+ * the build has -ffp-contract=off and no fused multiply-add intrinsics, so each level multiplies,
+ * then adds, in position order, with the roundings of the numpy twin.
  */
 
 /* --------------------------------------------------------------- small primitives */
