@@ -26,6 +26,39 @@ MAX_TRADES = 100
 MAX_STREAM_ACCOUNTS = 10_000
 MAX_RECHECK_ACCOUNTS = 1_000
 STREAM_QUEUE = 10_000
+# Encoded answers kept (GetMargin, what-if's "before"); past this many the oldest are forgotten.
+ENCODED_MAX = 16_384
+
+
+class EncodedAnswers:
+    """MarginState messages of the engine's answers, each encoded once.
+
+    Kept by the answer object itself, never by account: an answer is immutable, and the engine returns
+    the same object only while the account's book, the model and the evaluation it comes from stand
+    (a recomputed account has a new answer object), so a kept message cannot be stale. The object is
+    held with its message, so its id is not reused while the entry stands. Kept without a publish time;
+    each reply is a copy with its own."""
+
+    def __init__(self, max_entries: int = ENCODED_MAX) -> None:
+        self._kept: dict[int, tuple[object, pb.MarginState]] = {}
+        self._max = max_entries
+
+    def into(self, msg: pb.MarginState, margin, publish_ms: int) -> pb.MarginState:
+        kept = self._kept.get(id(margin))
+        if kept is None or kept[0] is not margin:
+            encoded = codec.margin_state(margin)
+            kept = self._kept
+            if len(kept) >= self._max:
+                try:
+                    del kept[next(iter(kept))]
+                except (KeyError, RuntimeError, StopIteration):   # another thread changed it meanwhile
+                    pass
+            kept[id(margin)] = (margin, encoded)
+        else:
+            encoded = kept[1]
+        msg.CopyFrom(encoded)
+        msg.meta.publish_time_ms = publish_ms
+        return msg
 
 
 def state_fanout() -> Fanout[pb.MarginState]:
@@ -45,6 +78,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         self._what_if_metric = what_if_metric
         self._clock_ms = clock_ms
         self._forwarder = forwarder
+        self._encoded = EncodedAnswers()
 
     def use_forwarder(self, forwarder: Forwarder | None) -> None:
         self._forwarder = forwarder
@@ -92,7 +126,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
             margin = self._engine.get_margin(account)
         except (UnknownAccount, NotReady) as exc:
             return self._fail(exc, context, account, "GetMargin", request)
-        return codec.margin_state(margin, publish_ms=self._clock_ms())
+        return self._encoded.into(pb.MarginState(), margin, self._clock_ms())
 
     def _collateral(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> list[tuple[int, float]]:
         if len(request.collateral) > MAX_TRADES:
@@ -159,8 +193,10 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         if self._what_if_metric is not None:
             self._what_if_metric.observe(time.perf_counter() - started)
         now = self._clock_ms()
-        return pb.WhatIfResponse(before=codec.margin_state(before, publish_ms=now),
-                                 after=codec.margin_state(after, publish_ms=now))
+        out = pb.WhatIfResponse()
+        self._encoded.into(out.before, before, now)    # the account's kept answer: encoded once
+        codec.margin_state_into(out.after, after, publish_ms=now)
+        return out
 
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
         account = self._account(request.account_id, context)
