@@ -26,6 +26,11 @@ MAX_TRADES = 100
 MAX_STREAM_ACCOUNTS = 10_000
 MAX_RECHECK_ACCOUNTS = 1_000
 STREAM_QUEUE = 10_000
+# Largest plausible what-if amounts (beyond them a unit or encoding error): collateral in asset units,
+# trade sizes in contracts, trade prices in USD.
+_MAX_COLLATERAL = Decimal("1e15")
+_MAX_TRADE_SIZE = Decimal("1e12")
+_MAX_TRADE_PRICE = Decimal("1e12")
 # Encoded answers kept (GetMargin, what-if's "before"); past this many the oldest are forgotten.
 ENCODED_MAX = 16_384
 
@@ -140,7 +145,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
                 amount = Decimal(c.amount.value)
             except (InvalidOperation, ValueError):
                 invalid_argument(context, f"collateral[{i}].amount {c.amount.value!r} is not a decimal number")
-            if not amount.is_finite() or amount == 0 or abs(amount) > Decimal("1e15"):
+            if not amount.is_finite() or amount == 0 or abs(amount) > _MAX_COLLATERAL:
                 invalid_argument(context, f"collateral[{i}].amount must be finite, non-zero and plausible, "
                                           f"got {c.amount.value!r}")
             out.append((column, float(amount)))
@@ -161,7 +166,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
                 size = Decimal(t.size.value)
             except (InvalidOperation, ValueError):
                 invalid_argument(context, f"trades[{i}].size {t.size.value!r} is not a decimal number")
-            if not size.is_finite() or size == 0 or abs(size) > Decimal("1e12"):
+            if not size.is_finite() or size == 0 or abs(size) > _MAX_TRADE_SIZE:
                 invalid_argument(context, f"trades[{i}].size must be finite, non-zero and plausible, got {t.size.value!r}")
             price = None
             if t.price.value:
@@ -169,7 +174,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
                     p = Decimal(t.price.value)
                 except (InvalidOperation, ValueError):
                     invalid_argument(context, f"trades[{i}].price {t.price.value!r} is not a decimal number")
-                if not p.is_finite() or p <= 0 or p > Decimal("1e12"):
+                if not p.is_finite() or p <= 0 or p > _MAX_TRADE_PRICE:
                     invalid_argument(context, f"trades[{i}].price must be finite and > 0, got {t.price.value!r}")
                 price = float(p)
             out.append(TradeDelta(k, float(size), price))
