@@ -10,7 +10,10 @@
    in-process, without gRPC, timed in the same run. A second phase repeats the load while the service
    re-evaluates every account on marks every 250 ms (what a live venue does). Each phase also reports this
    process's CPU time per request served (every thread: gRPC, handlers, and in the second phase the
-   evaluations): on a host shared with other work it moves far less than the latencies do.
+   evaluations), and its ratio to the echo's: on a host shared with other work it moves far less than the
+   latencies do.
+3. Explain (a costlier read: the core's explain and every position's liquidation price), in-process and
+   over gRPC at a fifth of the rate, against the echo server answering Explain with a canned response.
 """
 
 from __future__ import annotations
@@ -88,8 +91,9 @@ def percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.max())
 
 
-def client(port: int, accounts: list[str], instruments: list[str], rate: float, seconds: float, out) -> None:
-    """Open-loop load: requests at their scheduled times (futures), alternating WhatIf and GetMargin."""
+def client(port: int, accounts: list[str], instruments: list[str], rate: float, seconds: float, out,
+           methods: tuple[str, ...] = ("WhatIf", "GetMargin")) -> None:
+    """Open-loop load: requests at their scheduled times (futures), the ``methods`` in turn."""
     import grpc
 
     from marginflow.api.common.v1 import common_pb2
@@ -107,7 +111,7 @@ def client(port: int, accounts: list[str], instruments: list[str], rate: float, 
     # of tracked objects, and a collection over them (tens of ms) would be charged to the server.
     gc.collect()
     gc.disable()
-    results: dict[str, list[float]] = {"WhatIf": [], "GetMargin": []}
+    results: dict[str, list[float]] = {m: [] for m in methods}
     errors = [0]
     lock = threading.Lock()
     pending = []
@@ -119,14 +123,15 @@ def client(port: int, accounts: list[str], instruments: list[str], rate: float, 
             time.sleep(delay)
         account = accounts[int(rng.integers(len(accounts)))]
         sent = time.perf_counter()
-        if i % 2 == 0:
+        method = methods[i % len(methods)]
+        if method == "WhatIf":
             trade = pb.TradeDelta(instrument=instruments[int(rng.integers(len(instruments)))],
                                   size=common_pb2.Decimal(value=str(float(rng.choice([-1, 1])) * 0.5)))
             fut = stub.WhatIf.future(pb.WhatIfRequest(account_id=account, trades=[trade]), timeout=5)
-            method = "WhatIf"
-        else:
+        elif method == "GetMargin":
             fut = stub.GetMargin.future(pb.GetMarginRequest(account_id=account), timeout=5)
-            method = "GetMargin"
+        else:
+            fut = stub.Explain.future(pb.ExplainRequest(account_id=account), timeout=5)
 
         def done(f, method=method, sent=sent):
             elapsed = time.perf_counter() - sent
@@ -149,10 +154,10 @@ def client(port: int, accounts: list[str], instruments: list[str], rate: float, 
     channel.close()
 
 
-def run_load(port, accounts, instruments, rate, seconds) -> dict:
+def run_load(port, accounts, instruments, rate, seconds, methods=("WhatIf", "GetMargin")) -> dict:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    proc = ctx.Process(target=client, args=(port, accounts, instruments, rate, seconds, q))
+    proc = ctx.Process(target=client, args=(port, accounts, instruments, rate, seconds, q, tuple(methods)))
     proc.start()
     deadline = time.monotonic() + seconds + 120
     while True:
@@ -180,6 +185,7 @@ def echo_service(engine, account: str):
     state = codec.margin_state(engine.get_margin(account))
     before, after = engine.what_if(account, [TradeDelta(0, 0.5)])
     what_if = pb.WhatIfResponse(before=codec.margin_state(before), after=codec.margin_state(after))
+    explain = codec.explain_response(engine.explain(account))
 
     class Echo(margin_pb2_grpc.MarginServiceServicer):
         AUTH_POLICY = MarginServicer.AUTH_POLICY   # the same access checks as the real service
@@ -189,6 +195,9 @@ def echo_service(engine, account: str):
 
         def WhatIf(self, request, context):
             return what_if
+
+        def Explain(self, request, context):
+            return explain
 
     return grpcserver.build_server("bench-echo", 0, [(margin_pb2_grpc.add_MarginServiceServicer_to_server, Echo(),
                                                       SERVICE_NAME)], max_workers=GRPC_WORKERS)
@@ -266,7 +275,7 @@ def main() -> int:
     rng = np.random.default_rng(2)
     ids = engine.account_ids()
     sample = [ids[int(i)] for i in rng.integers(len(ids), size=2000)]
-    lat_get, lat_wi = [], []
+    lat_get, lat_wi, lat_ex = [], [], []
     for i, a in enumerate(sample):
         t = time.perf_counter()
         engine.get_margin(a)
@@ -274,9 +283,13 @@ def main() -> int:
         t = time.perf_counter()
         engine.what_if(a, [TradeDelta(int(rng.integers(engine.instruments.n)), 0.5)])
         lat_wi.append(time.perf_counter() - t)
-    base_get, base_wi = percentiles(lat_get), percentiles(lat_wi)
+        t = time.perf_counter()
+        engine.explain(a)
+        lat_ex.append(time.perf_counter() - t)
+    base_get, base_wi, base_ex = percentiles(lat_get), percentiles(lat_wi), percentiles(lat_ex)
     print(f"in-process baseline: GetMargin p50 {base_get[0]:.3f} ms p99 {base_get[1]:.3f} ms; "
-          f"WhatIf p50 {base_wi[0]:.3f} ms p99 {base_wi[1]:.3f} ms")
+          f"WhatIf p50 {base_wi[0]:.3f} ms p99 {base_wi[1]:.3f} ms; Explain p50 {base_ex[0]:.3f} ms "
+          f"p99 {base_ex[1]:.3f} ms")
 
     instruments = list(engine.instruments.symbols)
     # Client baseline: the same client against an echo MarginService in this process (same server
@@ -285,6 +298,10 @@ def main() -> int:
     c = cpu_s()
     res = run_load(echo_port, sample, instruments, args.rate, args.seconds)
     echo_cpu_us = (cpu_s() - c) / max(1, sum(len(v) for v in res["results"].values())) * 1e6
+    explain_rate, explain_seconds = args.rate / 5, args.seconds / 2
+    c = cpu_s()
+    echo_ex_res = run_load(echo_port, sample, instruments, explain_rate, explain_seconds, ("Explain",))
+    echo_ex_cpu_us = (cpu_s() - c) / max(1, len(echo_ex_res["results"]["Explain"])) * 1e6
     grpcserver.stop(echo_server, echo_health, 1.0)
     echo = {m: percentiles(res["results"][m]) for m in ("GetMargin", "WhatIf")}
     print(f"echo server (client + gRPC alone) at {args.rate:.0f} req/s: achieved {res['achieved_rps']:.0f} req/s, "
@@ -320,11 +337,25 @@ def main() -> int:
         print(f"gRPC at {args.rate:.0f} req/s for {args.seconds:.0f} s ({label}): achieved {res['achieved_rps']:.0f} req/s, "
               f"errors {res['errors']}; server process CPU {cpu_us:.0f} µs/request{what} "
               f"(echo {echo_cpu_us:.0f}); load average {os.getloadavg()[0]:.2f}")
+        print(f"  RATIO server CPU per request / echo's ({phase}): {cpu_us / echo_cpu_us:.2f}×")
         for method, base in (("GetMargin", base_get), ("WhatIf", base_wi)):
             p50, p99, mx = percentiles(res["results"][method])
             print(f"  {method}: n={len(res['results'][method])}, p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.1f} ms; "
                   f"p99 {p99 / base[1]:.1f}× in-process, RATIO {p99 / echo[method][1]:.2f}× echo (target ≤ 1.5×); "
                   f"target p99 ≤ 5 ms: {'met' if p99 <= 5 else 'NOT met'}")
+    # Explain over gRPC (idle service), at a fifth of the rate, against the echo's canned Explain
+    c = cpu_s()
+    res = run_load(app.grpc_port, sample, instruments, explain_rate, explain_seconds, ("Explain",))
+    ex_cpu_us = (cpu_s() - c) / max(1, len(res["results"]["Explain"])) * 1e6
+    echo_ex = percentiles(echo_ex_res["results"]["Explain"])
+    p50, p99, mx = percentiles(res["results"]["Explain"])
+    print(f"gRPC Explain at {explain_rate:.0f} req/s for {explain_seconds:.0f} s (idle service): achieved "
+          f"{res['achieved_rps']:.0f} req/s, errors {res['errors']} (echo {echo_ex_res['errors']}); server process CPU "
+          f"{ex_cpu_us:.0f} µs/request (echo {echo_ex_cpu_us:.0f}, RATIO {ex_cpu_us / echo_ex_cpu_us:.2f}×); "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"  Explain: n={len(res['results']['Explain'])}, p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.1f} ms "
+          f"(echo p50 {echo_ex[0]:.2f} ms, p99 {echo_ex[1]:.2f} ms); p99 {p99 / base_ex[1]:.1f}× in-process, "
+          f"RATIO {p99 / echo_ex[1]:.2f}× echo")
     print(f"RSS after load: {rss_mib():.0f} MiB; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     app.close()
     return 0

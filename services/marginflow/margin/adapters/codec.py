@@ -278,6 +278,12 @@ def margin_state(m: AccountMargin, source: str = "margin", publish_ms: int = 0) 
     return _state_fields(pb.MarginState(), m, source, publish_ms)
 
 
+def margin_state_into(msg: pb.MarginState, m: AccountMargin, source: str = "margin",
+                      publish_ms: int = 0) -> pb.MarginState:
+    """:func:`margin_state` written into ``msg`` (an empty one, e.g. a field of a response)."""
+    return _state_fields(msg, m, source, publish_ms)
+
+
 def margin_states(margins: Sequence[AccountMargin], source: str = "margin", publish_ms: int = 0) -> list[pb.MarginState]:
     """:func:`margin_state` of many accounts (the same messages): the cents of every amount rounded in
     one vectorised pass (``shared.money``'s arrays: the same arithmetic as the scalar rounding)."""

@@ -26,6 +26,44 @@ MAX_TRADES = 100
 MAX_STREAM_ACCOUNTS = 10_000
 MAX_RECHECK_ACCOUNTS = 1_000
 STREAM_QUEUE = 10_000
+# Largest plausible what-if amounts (beyond them a unit or encoding error): collateral in asset units,
+# trade sizes in contracts, trade prices in USD.
+_MAX_COLLATERAL = Decimal("1e15")
+_MAX_TRADE_SIZE = Decimal("1e12")
+_MAX_TRADE_PRICE = Decimal("1e12")
+# Encoded answers kept (GetMargin, what-if's "before"); past this many the oldest are forgotten.
+ENCODED_MAX = 16_384
+
+
+class EncodedAnswers:
+    """MarginState messages of the engine's answers, each encoded once.
+
+    Kept by the answer object itself, never by account: an answer is immutable, and the engine returns
+    the same object only while the account's book, the model and the evaluation it comes from stand
+    (a recomputed account has a new answer object), so a kept message cannot be stale. The object is
+    held with its message, so its id is not reused while the entry stands. Kept without a publish time;
+    each reply is a copy with its own."""
+
+    def __init__(self, max_entries: int = ENCODED_MAX) -> None:
+        self._kept: dict[int, tuple[object, pb.MarginState]] = {}
+        self._max = max_entries
+
+    def into(self, msg: pb.MarginState, margin, publish_ms: int) -> pb.MarginState:
+        kept = self._kept.get(id(margin))
+        if kept is None or kept[0] is not margin:
+            encoded = codec.margin_state(margin)
+            kept = self._kept
+            if len(kept) >= self._max:
+                try:
+                    del kept[next(iter(kept))]
+                except (KeyError, RuntimeError, StopIteration):   # another thread changed it meanwhile
+                    pass
+            kept[id(margin)] = (margin, encoded)
+        else:
+            encoded = kept[1]
+        msg.CopyFrom(encoded)
+        msg.meta.publish_time_ms = publish_ms
+        return msg
 
 
 def state_fanout() -> Fanout[pb.MarginState]:
@@ -45,6 +83,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         self._what_if_metric = what_if_metric
         self._clock_ms = clock_ms
         self._forwarder = forwarder
+        self._encoded = EncodedAnswers()
 
     def use_forwarder(self, forwarder: Forwarder | None) -> None:
         self._forwarder = forwarder
@@ -92,7 +131,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
             margin = self._engine.get_margin(account)
         except (UnknownAccount, NotReady) as exc:
             return self._fail(exc, context, account, "GetMargin", request)
-        return codec.margin_state(margin, publish_ms=self._clock_ms())
+        return self._encoded.into(pb.MarginState(), margin, self._clock_ms())
 
     def _collateral(self, request: pb.WhatIfRequest, context: grpc.ServicerContext) -> list[tuple[int, float]]:
         if len(request.collateral) > MAX_TRADES:
@@ -106,7 +145,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
                 amount = Decimal(c.amount.value)
             except (InvalidOperation, ValueError):
                 invalid_argument(context, f"collateral[{i}].amount {c.amount.value!r} is not a decimal number")
-            if not amount.is_finite() or amount == 0 or abs(amount) > Decimal("1e15"):
+            if not amount.is_finite() or amount == 0 or abs(amount) > _MAX_COLLATERAL:
                 invalid_argument(context, f"collateral[{i}].amount must be finite, non-zero and plausible, "
                                           f"got {c.amount.value!r}")
             out.append((column, float(amount)))
@@ -127,7 +166,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
                 size = Decimal(t.size.value)
             except (InvalidOperation, ValueError):
                 invalid_argument(context, f"trades[{i}].size {t.size.value!r} is not a decimal number")
-            if not size.is_finite() or size == 0 or abs(size) > Decimal("1e12"):
+            if not size.is_finite() or size == 0 or abs(size) > _MAX_TRADE_SIZE:
                 invalid_argument(context, f"trades[{i}].size must be finite, non-zero and plausible, got {t.size.value!r}")
             price = None
             if t.price.value:
@@ -135,7 +174,7 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
                     p = Decimal(t.price.value)
                 except (InvalidOperation, ValueError):
                     invalid_argument(context, f"trades[{i}].price {t.price.value!r} is not a decimal number")
-                if not p.is_finite() or p <= 0 or p > Decimal("1e12"):
+                if not p.is_finite() or p <= 0 or p > _MAX_TRADE_PRICE:
                     invalid_argument(context, f"trades[{i}].price must be finite and > 0, got {t.price.value!r}")
                 price = float(p)
             out.append(TradeDelta(k, float(size), price))
@@ -159,8 +198,10 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         if self._what_if_metric is not None:
             self._what_if_metric.observe(time.perf_counter() - started)
         now = self._clock_ms()
-        return pb.WhatIfResponse(before=codec.margin_state(before, publish_ms=now),
-                                 after=codec.margin_state(after, publish_ms=now))
+        out = pb.WhatIfResponse()
+        self._encoded.into(out.before, before, now)    # the account's kept answer: encoded once
+        codec.margin_state_into(out.after, after, publish_ms=now)
+        return out
 
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
         account = self._account(request.account_id, context)

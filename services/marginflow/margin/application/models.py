@@ -84,9 +84,12 @@ class ChargedModel:
         extra_iso = np.zeros(np.asarray(instrument).shape[0])
         iso_extra_acc = np.zeros(n)      # Σ per account of extra_iso
         if self.table.rates.active:
-            if netting is None:
-                netting = self.table.netting(indptr, instrument, size, isolated)
-            c = self.table.charges_of(netting)
+            if netting is None and n == 1:   # one account (a query): the same charges without the batch's arrays
+                c = self.table.charges_one(instrument, size, isolated)
+            else:
+                if netting is None:
+                    netting = self.table.netting(indptr, instrument, size, isolated)
+                c = self.table.charges_of(netting)
             extra_cross += c.cross
             extra_iso += c.isolated
             iso_extra_acc += c.isolated_per_account

@@ -80,12 +80,15 @@ class Publication:
         return next_states(self.state[lo:hi], val.state, val.equity, val.im, val.mm, pending, now_ms, self.rules,
                            immediate)
 
-    def query_state(self, row: int | None, raw: int, equity_usd: float, im_usd: float, mm_usd: float) -> int:
+    def query_state(self, row: int | None, raw: int, equity_usd: float, im_usd: float, mm_usd: float,
+                    published: int | None = None) -> int:
         """The state a query reports: the raw one, but a worse published state is left only with the
-        exit buffer (a query never shows an account better than the publication would)."""
+        exit buffer (a query never shows an account better than the publication would). ``published``:
+        the row's published state as the caller read it (default: read here)."""
         if row is None or row >= self.state.shape[0]:
             return raw
-        published = int(self.state[row])
+        if published is None:
+            published = int(self.state[row])
         if published == Health.UNSPECIFIED or raw >= published:
             return raw
         sticky = int(sticky_state(np.array([published], np.int8), np.array([equity_usd]), np.array([im_usd]),

@@ -78,7 +78,8 @@ class Evaluated:
     ``books[row]`` is the book that row was evaluated with: a query answers from these arrays only
     for an account whose current book is that very object, and only while ``model`` is the model in
     force — otherwise the account is margined alone, as before. ``answers`` holds the results already
-    built from this evaluation (with liquidation prices), one per row: they die with it."""
+    built from this evaluation (with liquidation prices), one per row, and ``plain`` those without
+    (what-if's "before"): they die with it."""
 
     model: Model
     books: list
@@ -87,6 +88,7 @@ class Evaluated:
     parts: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # grid, ES, minimum, liquidity per row, USD
     market: MarketAt
     answers: dict = dataclasses.field(default_factory=dict)
+    plain: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -105,7 +107,13 @@ class Incremental:
 
     model: Model
     single: Single
-    answer: AccountMargin | None = None
+    answer: AccountMargin | None = None   # with liquidation prices
+    plain: AccountMargin | None = None    # without
+
+
+# Reported answers remembered (raw answer → the published state and episode it was reported under, and
+# the answer reported): past this many the oldest are forgotten.
+REPORTED_MEMO_MAX = 16_384
 
 
 class Queries:
@@ -129,6 +137,9 @@ class Queries:
         self._settle = list(config.assets).index(config.settlement_asset)
         self.evaluated: Evaluated | None = None        # replaced whole by each evaluation
         self.incremental: dict[int, Incremental] = {}  # rows recomputed alone since; replaced with it
+        # id(raw answer) → (raw answer, published state, episode, reported answer); the raw answer held
+        # here keeps its id from being reused while the entry stands
+        self._reported: dict[int, tuple[AccountMargin, int, int, AccountMargin]] = {}
 
     # ---- what the evaluation leaves for queries (the service loop)
     def publish_evaluation(self, evaluated: Evaluated) -> None:
@@ -183,17 +194,34 @@ class Queries:
         return account_margin(self.instruments, self.config.mm_factor, s.book, s.valuation, 0, s.flat, model,
                               event_ms, core_parts(s.core), self._pricer(at) if liquidation_prices else None)
 
-    def reported(self, margin: AccountMargin) -> AccountMargin:
-        """A query's answer: the published state's hysteresis applied, and the account's episode."""
+    def reported(self, margin: AccountMargin, remember: bool = False) -> AccountMargin:
+        """A query's answer: the published state's hysteresis applied, and the account's episode.
+        ``remember``: ``margin`` is a kept answer that will be asked about again (the result is then
+        remembered and the same object returned while the row's published state and episode stand)."""
         pub = self._publication
         if pub is None:
             return margin
         row = self.accounts.row_of.get(margin.account_id)
-        state = pub.query_state(row, int(margin.state), margin.equity_usd, margin.im_usd, margin.mm_usd)
+        # What the answer depends on besides the (immutable) raw answer: the row's published state and episode.
+        published = int(pub.state[row]) if row is not None and row < pub.state.shape[0] else -1
         episode = int(pub.episodes.number[row]) if row is not None and row < pub.episodes.number.shape[0] else 0
-        if state == margin.state and episode == margin.episode:
-            return margin
-        return dataclasses.replace(margin, state=state, episode=episode)
+        memo = self._reported
+        kept = memo.get(id(margin)) if remember else None
+        if kept is not None and kept[0] is margin and kept[1] == published and kept[2] == episode:
+            return kept[3]
+        state = pub.query_state(row, int(margin.state), margin.equity_usd, margin.im_usd, margin.mm_usd,
+                                published if published >= 0 else None)
+        out = margin if state == margin.state and episode == margin.episode else \
+            dataclasses.replace(margin, state=state, episode=episode)
+        if not remember:
+            return out
+        if len(memo) >= REPORTED_MEMO_MAX:
+            try:
+                del memo[next(iter(memo))]
+            except (KeyError, RuntimeError, StopIteration):   # another thread changed it meanwhile
+                pass
+        memo[id(margin)] = (margin, published, episode, out)
+        return out
 
     def liquidation_price(self, k: int, size: float, equity: float, mm: float,
                           model: Model | None, at: MarketAt | None = None) -> tuple[float | None, str]:
@@ -243,20 +271,22 @@ class Queries:
         src = self._latest(row, book, model)
         if isinstance(src, Incremental):
             if not liquidation_prices:
-                return self.margin_of(src.single, model), src.single.market
+                if src.plain is None:
+                    src.plain = self.margin_of(src.single, model)
+                return src.plain, src.single.market
             if src.answer is None:
                 src.answer = self.margin_of(src.single, model, liquidation_prices=True)
             return src.answer, src.single.market
         if isinstance(src, Evaluated):
-            margin = src.answers.get(row) if liquidation_prices else None
+            kept = src.answers if liquidation_prices else src.plain
+            margin = kept.get(row)
             if margin is None:
                 margin = self._from_evaluation(src, row, book, liquidation_prices)
                 # The flat arrays are rewritten in place for a row whose book is replaced (after the
                 # book itself): the row's book unchanged after the read means the read was whole.
                 if self.accounts.rows[row] is not book:
                     return self._alone(book, model, liquidation_prices)
-                if liquidation_prices:
-                    src.answers[row] = margin
+                kept[row] = margin
             return margin, src.market
         return self._alone(book, model, liquidation_prices)
 
@@ -269,7 +299,7 @@ class Queries:
         with self.readers:
             book, model = self.require(account_id)
             margin, _at = self._answer(account_id, book, model, liquidation_prices=True)
-            return self.reported(margin)
+            return self.reported(margin, remember=True)
 
     def what_if(self, account_id: str, trades: Sequence[TradeDelta],
                 collateral: Sequence[tuple[int, float]] = ()) -> tuple[AccountMargin, AccountMargin]:
@@ -289,7 +319,7 @@ class Queries:
                     balances[column] += amount
                 after_book = dataclasses.replace(after_book, balances=balances)
             after = self.single(after_book, model, at)
-            return self.reported(before), self.margin_of(after, model, liquidation_prices=True)
+            return self.reported(before, remember=True), self.margin_of(after, model, liquidation_prices=True)
 
     def recheck(self, account_ids: Sequence[str], reliefs: bool) -> tuple[list[Rechecked], list[str]]:
         """Many accounts margined afresh at the market now, in one pass of the core (each as :meth:`explain`

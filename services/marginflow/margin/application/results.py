@@ -25,14 +25,15 @@ def account_margin(instruments: InstrumentTable, mm_factor: float, book: Account
     lo, hi = int(flat.indptr[i]), int(flat.indptr[i + 1])
     isolated: list[IsolatedResult] = []
     syms = instruments.symbols
-    for j in range(lo, hi):
-        if flat.isolated[j] and flat.size[j] != 0.0:
+    # the account's slice read once as Python numbers (the same values as reading each element)
+    for j, (iso, size) in enumerate(zip(flat.isolated[lo:hi].tolist(), flat.size[lo:hi].tolist()), lo):
+        if iso and size != 0.0:
             im_j = float(val.iso_mm[j] / mm_factor) if mm_factor else 0.0
             liq = None
             if liquidation_price is not None:
-                liq, _basis = liquidation_price(int(flat.instrument[j]), float(flat.size[j]),
+                liq, _basis = liquidation_price(int(flat.instrument[j]), size,
                                                 float(val.iso_equity[j]), float(val.iso_mm[j]), model)
-            isolated.append(IsolatedResult(syms[flat.instrument[j]], float(flat.size[j]), float(val.iso_equity[j]),
+            isolated.append(IsolatedResult(syms[flat.instrument[j]], size, float(val.iso_equity[j]),
                                            im_j, float(val.iso_mm[j]), int(val.iso_state[j]), liq))
     grid, es, minimum, liquidity = parts
     cross_im = float(val.cross_mm[i] / mm_factor)
