@@ -848,6 +848,25 @@ class LiquidationEngine:
         return out
 
     # ---- loop thread: decisions and effects
+    def act_many(self, assessments: Sequence[Assessment]) -> int:
+        """Act on the assessments in order and publish what they decided as one batch (all the events,
+        acknowledged, then all the orders): the re-checks answered by the same turn cost two
+        acknowledgements, not two each. Should acting fail, the accounts not reached yet are assessed
+        again (not left in flight). Returns how many were acted on."""
+        done = 0
+        self.begin_batch()
+        try:
+            for a in assessments:
+                self.act(a)
+                done += 1
+        finally:
+            for a in assessments[done:]:
+                t = self.accounts.get(a.account_id)
+                if t is not None:
+                    t.in_flight = False
+            self.end_batch()
+        return done
+
     def act(self, a: Assessment) -> None:
         t = self._tracked(a.account_id)
         t.in_flight = False

@@ -216,3 +216,56 @@ def test_after_a_bankruptcy_a_view_without_its_fills_starts_no_second_episode(wo
     for _ in range(3):
         step(engine)
     assert kinds(pub).count("STARTED") == 2
+
+
+class CountingPublisher(FakePublisher):
+    """Each publish call as one entry: (what, [ids]) in the order the calls came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def publish_events(self, events):
+        self.calls.append(("events", [f"{e.kind}:{e.account_id}" for e in events]))
+        super().publish_events(events)
+
+    def publish_orders(self, orders):
+        self.calls.append(("orders", [o.order_id for o in orders]))
+        super().publish_orders(orders)
+
+
+def test_rechecks_answered_in_one_turn_go_out_as_one_batch_every_event_before_any_order(world):
+    engine, margin, _positions, _pub = world
+    engine.publisher = pub = CountingPublisher()
+    for account in ("a", "b", "c"):
+        margin.views[account] = view(account)
+        engine.on_calls([Call(account, LIQUIDATION, True, 1, 3, NOW)])
+    # two re-checks (as two workers' answers), both answered by the same turn
+    first, second = engine.due(NOW + 10_000, 2), engine.due(NOW + 10_000, 2)
+    assert (first, second) == (["a", "b"], ["c"])
+    acted = engine.act_many(engine.assess_many(first) + engine.assess_many(second))
+    assert acted == 3
+    assert pub.calls == [
+        ("events", ["STARTED:a", "ORDER_SENT:a", "STARTED:b", "ORDER_SENT:b", "STARTED:c", "ORDER_SENT:c"]),
+        ("orders", ["liq-a-1-0", "liq-b-1-0", "liq-c-1-0"])]     # the ids acting one by one gives
+
+
+def test_acting_on_a_batch_that_fails_midway_leaves_no_account_in_flight(world):
+    engine, margin, _positions, pub = world
+    for account in ("a", "b", "c"):
+        margin.views[account] = view(account)
+        engine.on_calls([Call(account, LIQUIDATION, True, 1, 3, NOW)])
+    assessments = engine.assess_many(engine.due(NOW + 10_000, 10))
+    real_act = engine.act
+
+    def act(a):
+        if a.account_id == "b":
+            raise RuntimeError("broker timeout")
+        real_act(a)
+
+    engine.act = act
+    with pytest.raises(RuntimeError):
+        engine.act_many(assessments)
+    assert [o.order_id for o in pub.orders] == ["liq-a-1-0"]          # what was decided still goes out
+    engine.act = real_act
+    assert {"b", "c"} <= set(engine.due(NOW + 10_000, 10))             # assessed again, not stuck in flight
