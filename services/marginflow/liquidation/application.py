@@ -395,8 +395,14 @@ class Marks:
         self.newest_ms = 0
         self.venue_paused = False
         self.paused: set[str] = set()
+        # The guard verdict (admin pauses aside) per (instrument, linear), computed once for every account
+        # holding the instrument: it depends on the instrument's marks and on the newest mark time alone, so a
+        # new mark of the instrument forgets its verdicts, and a newer mark of any instrument forgets them all
+        # (staleness and the TWAP's window end are measured to it).
+        self._verdicts: dict[tuple[str, bool], GuardVerdict] = {}
 
     def update(self, marks: Iterable[MarkSeen]) -> None:
+        verdicts = self._verdicts
         for m in marks:
             prev = self.latest.get(m.instrument)
             if prev is not None and m.event_time_ms < prev.event_time_ms:
@@ -407,7 +413,12 @@ class Marks:
             start = m.event_time_ms - self.guards.twap_window_ms
             while len(hist) > 1 and hist[1][0] <= start:   # keep the price in force at the window's start
                 hist.popleft()
-            self.newest_ms = max(self.newest_ms, m.event_time_ms)
+            if m.event_time_ms > self.newest_ms:
+                self.newest_ms = m.event_time_ms
+                verdicts.clear()
+            else:
+                verdicts.pop((m.instrument, True), None)
+                verdicts.pop((m.instrument, False), None)
 
     def twap(self, instrument: str) -> float | None:
         hist = self.history.get(instrument)
@@ -420,13 +431,18 @@ class Marks:
         """``linear`` false (an option): no mark-vs-index band — an option's mark is its premium and the index
         its underlying's price (ETH puts at 50 against an index of 3,000 were paused for ever); the TWAP band
         of its own mark, staleness and the admin pause still apply."""
-        m = self.latest.get(instrument)
-        admin = self.venue_paused or instrument in self.paused
-        if m is None:
-            return GuardVerdict.PAUSED_ADMIN if admin else GuardVerdict.NO_PRICE
-        index = m.index_usd if m.index_usd > 0 and linear else None
-        return instrument_guard(m.mark_usd, m.event_time_ms, index, self.twap(instrument), self.newest_ms,
-                                self.guards, admin_paused=admin)
+        if self.venue_paused or instrument in self.paused:
+            return GuardVerdict.PAUSED_ADMIN     # the first guard, with or without a mark
+        key = (instrument, linear)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            m = self.latest.get(instrument)
+            if m is None:
+                return GuardVerdict.NO_PRICE
+            index = m.index_usd if m.index_usd > 0 and linear else None
+            verdict = self._verdicts[key] = instrument_guard(m.mark_usd, m.event_time_ms, index, self.twap(instrument),
+                                                             self.newest_ms, self.guards)
+        return verdict
 
 
 # ---- episodes -----------------------------------------------------------------------------------
