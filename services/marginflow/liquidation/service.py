@@ -111,6 +111,9 @@ class LiquidationApp:
         self.instruments = instrument_infos(universe)
         ensure_topics(common.bootstrap, liquidation_topics(s), timeout_s=timeout)
         self.producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-out", linger_ms=OUTPUT_LINGER_MS), SERVICE)
+        # the outputs' partitions known before the first burst, not fetched while its orders wait
+        self.producer.prepare([topics.liquidation_events, topics.liquidation_orders, topics.fills,
+                               topics.account_events, topics.liquidation_fund, topics.liquidation_dlq])
         self.redis = connect(common.redis_url)
         self.fund_cache = RedisFundCache(self.redis, s.redis_prefix)
         grpc_timeout = s.grpc_timeout_ms / 1000.0

@@ -226,6 +226,14 @@ class ProtoProducer:
                 self._partition_cache[(topic, key)] = cached
         return cached
 
+    def prepare(self, topics: Iterable[str]) -> None:
+        """Look up each topic's partitions now (bounded by the producer's max_block_ms), not at its first
+        record: kafka-python fetches a topic's metadata when first asked, and the first record to a topic
+        waited ~100 ms for it (the first liquidation orders after a start, the first margin calls)."""
+        for topic in topics:
+            if topic not in self._partition_counts:
+                self._partition_counts[topic] = len(self._producer.partitions_for(topic))
+
     def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> list:
         """Queue ``(key, value)`` records; returns their futures, in order (after :meth:`flush`,
         a failed one tells which record the broker did not take)."""
