@@ -155,6 +155,8 @@ class MarginApp:
         if consume:
             ensure_topics(common.bootstrap, margin_topics(s), timeout_s=s.startup_timeout_seconds)
             self.producer = ProtoProducer(new_producer(common.bootstrap, f"{SERVICE}-state"), SERVICE)
+            # the outputs' partitions now: the first margin call after a start waited ~100 ms for its metadata
+            self.producer.prepare([topics.margin_state, topics.margin_calls])
             publisher = KafkaPublisher(self.producer, topics.margin_state, topics.margin_calls, self.clock.now_ms,
                                        self.fanout)
         else:
