@@ -17,6 +17,7 @@ from marginflow.shared.fanout import Fanout
 from marginflow.shared.kafka import key_partition
 from marginflow.shared.grpcserver import invalid_argument
 from marginflow.shared import security
+from marginflow.shared.memo import IdentityMemo
 
 # Codes of the owning instance passed on as they are; anything else means it could not be reached.
 _FORWARDED_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
@@ -38,29 +39,18 @@ ENCODED_MAX = 16_384
 class EncodedAnswers:
     """MarginState messages of the engine's answers, each encoded once.
 
-    Kept by the answer object itself, never by account: an answer is immutable, and the engine returns
-    the same object only while the account's book, the model and the evaluation it comes from stand
-    (a recomputed account has a new answer object), so a kept message cannot be stale. The object is
-    held with its message, so its id is not reused while the entry stands. Kept without a publish time;
-    each reply is a copy with its own."""
+    Kept by the answer object itself, never by account (:class:`IdentityMemo`): an answer is immutable,
+    and the engine returns the same object only while the account's book, the model and the evaluation it
+    comes from stand (a recomputed account has a new answer object), so a kept message cannot be stale.
+    Kept without a publish time; each reply is a copy with its own."""
 
     def __init__(self, max_entries: int = ENCODED_MAX) -> None:
-        self._kept: dict[int, tuple[object, pb.MarginState]] = {}
-        self._max = max_entries
+        self._kept: IdentityMemo[pb.MarginState] = IdentityMemo(max_entries)
 
     def into(self, msg: pb.MarginState, margin, publish_ms: int) -> pb.MarginState:
-        kept = self._kept.get(id(margin))
-        if kept is None or kept[0] is not margin:
-            encoded = codec.margin_state(margin)
-            kept = self._kept
-            if len(kept) >= self._max:
-                try:
-                    del kept[next(iter(kept))]
-                except (KeyError, RuntimeError, StopIteration):   # another thread changed it meanwhile
-                    pass
-            kept[id(margin)] = (margin, encoded)
-        else:
-            encoded = kept[1]
+        encoded = self._kept.get(margin)
+        if encoded is None:
+            encoded = self._kept.put(margin, codec.margin_state(margin))
         msg.CopyFrom(encoded)
         msg.meta.publish_time_ms = publish_ms
         return msg

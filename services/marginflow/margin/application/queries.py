@@ -26,6 +26,7 @@ from marginflow.margin.domain.market import MarketAt, MarketState
 from marginflow.margin.domain.results import AccountMargin, Explanation, PositionExplain, UnderlyingExplain
 from marginflow.margin.domain.trades import TradeDelta, apply_trades, check_trades
 from marginflow.margin.domain.valuation import MarketView, Valuation, valuate
+from marginflow.shared.memo import IdentityMemo
 
 if TYPE_CHECKING:
     from marginflow.margin.application.publication import Publication
@@ -137,9 +138,8 @@ class Queries:
         self._settle = list(config.assets).index(config.settlement_asset)
         self.evaluated: Evaluated | None = None        # replaced whole by each evaluation
         self.incremental: dict[int, Incremental] = {}  # rows recomputed alone since; replaced with it
-        # id(raw answer) → (raw answer, published state, episode, reported answer); the raw answer held
-        # here keeps its id from being reused while the entry stands
-        self._reported: dict[int, tuple[AccountMargin, int, int, AccountMargin]] = {}
+        # raw answer → (published state, episode, reported answer)
+        self._reported: IdentityMemo[tuple[int, int, AccountMargin]] = IdentityMemo(REPORTED_MEMO_MAX)
 
     # ---- what the evaluation leaves for queries (the service loop)
     def publish_evaluation(self, evaluated: Evaluated) -> None:
@@ -205,22 +205,15 @@ class Queries:
         # What the answer depends on besides the (immutable) raw answer: the row's published state and episode.
         published = int(pub.state[row]) if row is not None and row < pub.state.shape[0] else -1
         episode = int(pub.episodes.number[row]) if row is not None and row < pub.episodes.number.shape[0] else 0
-        memo = self._reported
-        kept = memo.get(id(margin)) if remember else None
-        if kept is not None and kept[0] is margin and kept[1] == published and kept[2] == episode:
-            return kept[3]
+        kept = self._reported.get(margin) if remember else None
+        if kept is not None and kept[0] == published and kept[1] == episode:
+            return kept[2]
         state = pub.query_state(row, int(margin.state), margin.equity_usd, margin.im_usd, margin.mm_usd,
                                 published if published >= 0 else None)
         out = margin if state == margin.state and episode == margin.episode else \
             dataclasses.replace(margin, state=state, episode=episode)
-        if not remember:
-            return out
-        if len(memo) >= REPORTED_MEMO_MAX:
-            try:
-                del memo[next(iter(memo))]
-            except (KeyError, RuntimeError, StopIteration):   # another thread changed it meanwhile
-                pass
-        memo[id(margin)] = (margin, published, episode, out)
+        if remember:
+            self._reported.put(margin, (published, episode, out))
         return out
 
     def liquidation_price(self, k: int, size: float, equity: float, mm: float,
