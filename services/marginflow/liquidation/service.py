@@ -66,10 +66,8 @@ OUTPUT_LINGER_MS = 20
 # A few ms, not 0: with 0 the client never waits for the coordinator's answers, and a join that needs
 # several round trips (a rebalance after a member died) was seen not to complete for minutes.
 GROUP_POLL_MS = 5
-# While the group member joins (no partitions yet, or the coordinator asked it to join again), the poll waits
-# this long: kafka-python's join takes several round trips, and polls of a few ms cut each one short so
-# that the member joined again after every completed join — dozens of rebalances in a few seconds, each
-# taking its partitions away, and fills not read for a minute after a restart.
+# While the group member joins (ProtoConsumer.joining), the poll waits this long: 5 ms polls made it join
+# again after every join, and a restarted instance read no fills for a minute.
 GROUP_JOIN_POLL_MS = 100
 
 
@@ -254,7 +252,7 @@ class LiquidationApp:
         handled = self._route_market(self.market.poll(timeout_ms=0 if busy else timeout,
                                                       max_records=MARKET_RECORDS_BUSY if busy
                                                       else MARKET_RECORDS_PER_TURN))
-        records = self.group.poll(timeout_ms=GROUP_JOIN_POLL_MS if self._group_joining() else GROUP_POLL_MS,
+        records = self.group.poll(timeout_ms=GROUP_JOIN_POLL_MS if self.group.joining() else GROUP_POLL_MS,
                                   max_records=5000)
         self._polled = records
         self.engine.begin_batch()
@@ -287,17 +285,6 @@ class LiquidationApp:
         if self._inflight and not handled:
             time.sleep(0.001)
         return handled
-
-    def _group_joining(self) -> bool:
-        """Whether the group member is (re)joining: it holds no partitions, or its coordinator wants a join."""
-        raw = self.group.raw
-        if not raw.assignment():
-            return True
-        coordinator = getattr(raw, "_coordinator", None)   # kafka-python's; no public view of the join state
-        try:
-            return bool(coordinator is not None and coordinator.need_rejoin())
-        except Exception:   # noqa: BLE001 - an internal of the client: never let it stop the loop
-            return False
 
     # ---- recovery
     def recover(self, exc: BaseException) -> None:

@@ -388,6 +388,20 @@ class ProtoConsumer:
     def raw(self) -> KafkaConsumer:
         return self._consumer
 
+    def joining(self) -> bool:
+        """Whether this group member is (re)joining: it holds no partitions, or its coordinator wants a join.
+        A loop that polls for a few ms at a time should wait longer then: kafka-python's join takes several
+        round trips, and polls that short cut each one short, so that the member joined again after every
+        completed join (dozens of rebalances in seconds, each taking its partitions away)."""
+        raw = self._consumer
+        if not raw.assignment():
+            return True
+        coordinator = getattr(raw, "_coordinator", None)   # kafka-python's; no public view of the join state
+        try:
+            return bool(coordinator is not None and coordinator.need_rejoin())
+        except Exception:   # noqa: BLE001 - an internal of the client: never let it stop a loop
+            return False
+
     def poll(self, timeout_ms: int = 200, max_records: int = 5000) -> list[Decoded]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         out: list[Decoded] = []

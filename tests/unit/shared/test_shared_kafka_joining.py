@@ -1,11 +1,12 @@
-"""The liquidation loop's group poll waits for the coordinator while its member joins (short polls cut each
-join short and the member joined again after every join), and polls briefly once it holds its partitions."""
+"""ProtoConsumer.joining: a group member without partitions, or one its coordinator asks to join again,
+is joining (its loop then polls long enough for the join's round trips); one holding its partitions is not,
+whatever the client's internals do."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from marginflow.liquidation.service import LiquidationApp
+from marginflow.shared.kafka import ProtoConsumer
 
 
 class Coordinator:
@@ -20,7 +21,7 @@ class Coordinator:
 
 def joining(assignment, coordinator) -> bool:
     raw = SimpleNamespace(assignment=lambda: assignment, _coordinator=coordinator)
-    return LiquidationApp._group_joining(SimpleNamespace(group=SimpleNamespace(raw=raw)))
+    return ProtoConsumer(raw, {}, None, "test").joining()
 
 
 def test_a_member_without_partitions_or_asked_to_rejoin_is_joining():
@@ -28,7 +29,7 @@ def test_a_member_without_partitions_or_asked_to_rejoin_is_joining():
     assert joining({("calls", 0)}, Coordinator(True))
 
 
-def test_a_member_holding_its_partitions_polls_briefly_whatever_the_client_internals():
+def test_a_member_holding_its_partitions_is_not_whatever_the_client_internals():
     assert not joining({("calls", 0)}, Coordinator(False))
     assert not joining({("calls", 0)}, None)
     assert not joining({("calls", 0)}, Coordinator(RuntimeError("internal changed")))
