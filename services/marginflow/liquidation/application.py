@@ -475,6 +475,11 @@ class Tracked:
     def live(self) -> bool:
         return self.episode is not None and self.episode.state is EpisodeState.LIQUIDATING
 
+    def settle(self, revision: int, time_ms: int) -> None:
+        """A bankruptcy resolution decided at ``time_ms`` brings the book to ``revision``."""
+        if revision > self.settled_revision:
+            self.settled_revision, self.settle_until_ms = revision, time_ms + SETTLE_TIMEOUT_MS
+
 
 FINAL_KINDS = {"RESTORED": EpisodeState.RESTORED, "CLOSED_OUT": EpisodeState.CLOSED_OUT,
                "BANKRUPT": EpisodeState.BANKRUPT}
@@ -606,7 +611,7 @@ class LiquidationEngine:
         for e in events:
             self._remember_event(e)
             if e.settled_revision and e.account_id:
-                self._settle(self._tracked(e.account_id), e.settled_revision, e.time_ms)
+                self._tracked(e.account_id).settle(e.settled_revision, e.time_ms)
             if e.kind == "ADMIN_PAUSED":
                 self._pause(e.instrument, True)
                 continue
@@ -1134,16 +1139,11 @@ class LiquidationEngine:
             self.metrics.episode("bankrupt")
         # portfolio applies each of the account's own fills and its deposit once: the revision a view must reach
         settled = v.revision + sum(f.account_id == acct for f in fills) + sum(d.account_id == acct for d in deposits)
-        self._settle(t, settled, now)
+        t.settle(settled, now)
         events = [dataclasses.replace(e, settled_revision=settled) if e.account_id == acct else e for e in events]
         self._unsent.append((fills, deposits, snap, events))
         self.flush_resolutions()
         self._fund_gauges()
-
-    @staticmethod
-    def _settle(t: Tracked, revision: int, time_ms: int) -> None:
-        if revision > t.settled_revision:
-            t.settled_revision, t.settle_until_ms = revision, time_ms + SETTLE_TIMEOUT_MS
 
     def flush_resolutions(self) -> None:
         """Publish the bankruptcy resolutions decided but not yet acknowledged, oldest first, the same records
