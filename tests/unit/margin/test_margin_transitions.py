@@ -254,3 +254,38 @@ def test_liquidation_is_never_left_for_margin_call():
 def test_negative_dwell_is_refused():
     with pytest.raises(ValueError):
         TransitionRules(min_dwell_ms=-1)
+
+
+def test_the_rules_over_the_rows_that_can_move_equal_the_rules_over_every_row():
+    """:func:`next_states` runs the rules only where a raw state differs from the published one, a pending
+    state is held, or nothing was published: over many random evaluations (equity wandering across every
+    threshold, some accounts' own inputs changing) its states and pending arrays stay those of the rules
+    applied to every row."""
+    from marginflow.margin.domain.transitions import _next_states_dense
+
+    rng = np.random.default_rng(7)
+    n = 400
+    rules = TransitionRules(exit_buffer_bps=200, margin_call_exit_buffer_bps=500, confirm_evaluations=2,
+                            confirm_ms=1000, immediate_band_bps=1000, min_dwell_ms=3000)
+    im = rng.uniform(1_000, 20_000, n)
+    mm = im * 0.5
+    equity = im * rng.uniform(-0.2, 2.0, n)
+    published = {"sparse": np.zeros(n, np.int8), "dense": np.zeros(n, np.int8)}
+    pending = {"sparse": Pending.empty(n), "dense": Pending.empty(n)}
+    moved = 0
+    for k in range(200):
+        # most accounts drift a little (no state change), a few jump across thresholds
+        equity = equity * (1 + rng.normal(0, 0.01, n))
+        jump = rng.random(n) < 0.03
+        equity[jump] = im[jump] * rng.uniform(-0.2, 2.0, int(jump.sum()))
+        raw = classify_many(equity, im, mm, np.ones(n, dtype=bool))
+        immediate = rng.random(n) < 0.01 if k % 3 == 0 else None
+        now = k * 400
+        sparse = next_states(published["sparse"], raw, equity, im, mm, pending["sparse"], now, rules, immediate)
+        dense = _next_states_dense(published["dense"], raw, equity, im, mm, pending["dense"], now, rules, immediate)
+        np.testing.assert_array_equal(sparse, dense)
+        for name in ("state", "since_ms", "count", "entered_ms"):
+            np.testing.assert_array_equal(getattr(pending["sparse"], name), getattr(pending["dense"], name), name)
+        moved += int((sparse != published["sparse"]).sum())
+        published = {"sparse": sparse, "dense": dense}
+    assert moved > 200   # the walk did cross thresholds: the comparison covered transitions, not only stays

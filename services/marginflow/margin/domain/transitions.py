@@ -140,6 +140,32 @@ def next_states(published: np.ndarray, raw: np.ndarray, equity_usd: np.ndarray, 
     whose own inputs changed (they skip confirmation)."""
     published = np.asarray(published, dtype=np.int8)
     raw = np.asarray(raw, dtype=np.int8)
+    # Only the rows where something can happen: a raw state that differs from the published one, a
+    # pending state to confirm or forget, or nothing published yet. Every other row keeps its published
+    # state and an empty pending state, as the rules below would leave it — and after a mark move that
+    # is nearly every row, so the rules run over a few hundred rows, not every account.
+    rows = np.flatnonzero((raw != published) | (pending.state != 0) | (pending.count != 0)
+                          | (published == Health.UNSPECIFIED))
+    out = published.copy()
+    if rows.shape[0] == 0:
+        return out
+    if rows.shape[0] == published.shape[0]:
+        return _next_states_dense(published, raw, equity_usd, im_usd, mm_usd, pending, now_ms, rules, immediate)
+    sub = Pending(pending.state[rows], pending.since_ms[rows], pending.count[rows], pending.entered_ms[rows])
+    out[rows] = _next_states_dense(published[rows], raw[rows], np.asarray(equity_usd)[rows], np.asarray(im_usd)[rows],
+                                   np.asarray(mm_usd)[rows], sub, now_ms, rules,
+                                   None if immediate is None else np.asarray(immediate, dtype=bool)[rows])
+    pending.state[rows] = sub.state
+    pending.since_ms[rows] = sub.since_ms
+    pending.count[rows] = sub.count
+    pending.entered_ms[rows] = sub.entered_ms
+    return out
+
+
+def _next_states_dense(published: np.ndarray, raw: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarray,
+                       mm_usd: np.ndarray, pending: Pending, now_ms: int, rules: TransitionRules,
+                       immediate: np.ndarray | None) -> np.ndarray:
+    """:func:`next_states` over every row given (int8 arrays)."""
     out = published.copy()
     fresh_start = published == Health.UNSPECIFIED
     out[fresh_start] = raw[fresh_start]
