@@ -50,3 +50,19 @@ def test_carry_over_moves_equal_length_rows_and_zeros_the_others():
     new_indptr = np.array([0, 2, 4, 7, 8])   # row 1 grew, row 3 is new
     out = _carry_over(old_indptr, np.array([1.0, 2, 3, 4, 5, 6]), new_indptr)
     assert out.tolist() == [1, 2, 0, 0, 4, 5, 6, 0]
+
+
+def test_a_stamp_tells_whether_a_rows_book_changed_since():
+    t = AccountTable(2)
+    t.upsert([book("a", 2), book("b", 3), book("c", 1)])
+    t.ensure_flat()
+    t.store_full(core_out([[1, 2], [3, 4, 5], [6]]))
+    seen = t.stamp[:3].copy()
+    assert len(set(seen.tolist())) == 3 and (seen > 0).all()    # unique per change
+    rows = np.arange(3)
+    np.testing.assert_array_equal(t.current(rows, seen), rows)
+    t.upsert([book("b", 3, revision=1)])       # a redelivery: the same revision replaces the book
+    t.upsert([book("c", 1, revision=0)])       # an older revision: ignored, the row is unchanged
+    t.remove(["a"])
+    np.testing.assert_array_equal(t.current(rows, seen), [2])   # a removed, b replaced, c unchanged
+    assert t.stamp[1] != seen[1] and t.stamp[0] != seen[0]

@@ -135,11 +135,15 @@ def test_an_account_evaluated_with_another_book_or_model_is_margined_alone(make_
     q = engine.queries
     row = engine.row_of["a"]
     q.incremental = {}
-    stale = dataclasses.replace(q.evaluated, books=[None] * len(q.evaluated.books))
+    stale = dataclasses.replace(q.evaluated, stamps=q.evaluated.stamps - 1)
     q.publish_evaluation(stale)                    # as if evaluated before this book arrived
     assert q._latest(row, engine.accounts.book("a"), engine.model) is None
     assert engine.get_margin("a") == _alone(engine, "a")
-    q.publish_evaluation(dataclasses.replace(stale, books=list(engine.accounts.rows), model=object()))
+    current = dataclasses.replace(stale, stamps=engine.accounts.stamp[:stale.stamps.shape[0]].copy())
+    q.publish_evaluation(current)
+    assert q._latest(row, engine.accounts.book("a"), engine.model) is current   # the same book: answered from it
+    assert q._latest(row, dataclasses.replace(engine.accounts.book("a")), engine.model) is None   # another object
+    q.publish_evaluation(dataclasses.replace(current, model=object()))
     assert q._latest(row, engine.accounts.book("a"), engine.model) is None   # another model (a version being applied)
     assert engine.get_margin("a").im_usd == pytest.approx(9006.0)
 
@@ -149,15 +153,16 @@ def test_states_built_in_one_batch_equal_those_built_one_by_one(make_engine):
 
     engine, pub, _, books = _engine_with_accounts(make_engine, n=60, seed=11)
     ev = engine.queries.evaluated
-    n = len(ev.books)
+    n = ev.stamps.shape[0]
+    rows_books = engine.accounts.rows[:n]
     rows = np.arange(n)[::-1].copy()                     # any order
     states = (rows % 4 + 1).astype(np.int8)
     episodes = (rows % 3).tolist()
-    batch = account_margins(engine.instruments, engine.config.mm_factor, ev.books, ev.valuation, rows, ev.flat,
+    batch = account_margins(engine.instruments, engine.config.mm_factor, rows_books, ev.valuation, rows, ev.flat,
                             ev.model, ev.market.event_ms, ev.parts, states, episodes)
     for i, row in enumerate(rows.tolist()):
         parts = tuple(float(p[row]) for p in ev.parts)
-        one = account_margin(engine.instruments, engine.config.mm_factor, ev.books[row], ev.valuation, row, ev.flat,
+        one = account_margin(engine.instruments, engine.config.mm_factor, rows_books[row], ev.valuation, row, ev.flat,
                              ev.model, ev.market.event_ms, parts, state=int(states[i]), episode=episodes[i])
         assert batch[i] == one
     assert sum(len(m.isolated) for m in batch) > 10

@@ -44,7 +44,7 @@ class _Backlog:
     """Rows of an evaluation whose results are still to be published (``rows``: what is left), with it."""
 
     rows: np.ndarray
-    books: list
+    stamps: np.ndarray
     val: object
     flat: object
     model: Model
@@ -218,7 +218,7 @@ class Evaluation:
             f = acc.ensure_flat()
             n = f.n_accounts
             at = self.queries.market_at()
-            books = acc.rows[:n]     # what each row is evaluated with (queries compare by identity)
+            stamps = acc.stamp[:n].copy()    # which book each row is evaluated with (queries compare stamps)
             # In chunks, yielding the GIL between them: gRPC threads wait ~1 chunk, not the whole pass.
             val = valuate_chunked(f.owner, f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
                                   acc.iso_im_flat, acc.balances[:n], acc.cross_im[:n], self.config.mm_factor,
@@ -226,7 +226,7 @@ class Evaluation:
                                   pause=self.queries.readers.yield_to_queries, core=self.core,
                                   n_threads=self.config.n_threads)
             parts = (acc.grid[:n].copy(), acc.es[:n].copy(), acc.minimum[:n].copy(), acc.liquidity[:n].copy())
-            self.queries.publish_evaluation(Evaluated(model, books, f, val, parts, at))
+            self.queries.publish_evaluation(Evaluated(model, stamps, f, val, parts, at))
             now = self._wall_ms()
             live = acc.computed[:n]   # False for removed rows
             published = self.publication.next_states(val, 0, n, now)
@@ -242,14 +242,14 @@ class Evaluation:
             published_n = 0
             for lo in range(0, moved_rows.shape[0], TRANSITION_SLICE_ACCOUNTS):   # the first calls out early
                 hi = lo + TRANSITION_SLICE_ACCOUNTS
-                published_n += self._publish_rows(moved_rows[lo:hi], moved_states[lo:hi], books, val, f, model, at,
-                                                  parts, now)
+                published_n += self._publish_rows(moved_rows[lo:hi], moved_states[lo:hi], val, f, model, at, parts,
+                                                  now)
             # The rest: what still differs from the published now (a backlog left by the last evaluation
             # included) — published here when small or forced (a new version, the first publication), else
             # by the next turns (:meth:`drain`), so that the loop keeps reading marks and evaluating
             # meanwhile and the next transitions never wait behind a republication.
             rest = rows[~moved]
-            self.backlog = _Backlog(rest, books, val, f, model, at, parts) if rest.shape[0] else None
+            self.backlog = _Backlog(rest, stamps, val, f, model, at, parts) if rest.shape[0] else None
             if force or rest.shape[0] <= PUBLISH_SLICE_ACCOUNTS:
                 published_n += self.drain()
             counts = np.bincount(published[live], minlength=5)
@@ -278,13 +278,10 @@ class Evaluation:
                     self.queries.readers.yield_to_queries()
                 rows = b.rows[done:min(done + PUBLISH_SLICE_ACCOUNTS, total)]
                 done += rows.shape[0]
-                current = self.accounts.rows
-                keep = [r for r in rows.tolist() if r < len(current) and current[r] is b.books[r]
-                        and self.accounts.computed[r]]
-                if keep:
-                    rows = np.asarray(keep, dtype=np.int64)
-                    published += self._publish_rows(rows, self.publication.state[rows], b.books, b.val, b.flat,
-                                                    b.model, b.at, b.parts, self._wall_ms())
+                rows = self.accounts.current(rows, b.stamps)
+                if rows.shape[0]:
+                    published += self._publish_rows(rows, self.publication.state[rows], b.val, b.flat, b.model, b.at,
+                                                    b.parts, self._wall_ms())
             b.rows = b.rows[done:]
             if not b.rows.shape[0]:
                 self.backlog = None
@@ -295,9 +292,9 @@ class Evaluation:
         """A republication is still going out (:meth:`drain` on the next turns)."""
         return self.backlog is not None
 
-    def _publish_rows(self, rows: np.ndarray, states: np.ndarray, books, val, f, model: Model, at, parts,
-                      now: int) -> int:
-        """The results of ``rows`` (in their published ``states``) recorded and published, with their calls."""
+    def _publish_rows(self, rows: np.ndarray, states: np.ndarray, val, f, model: Model, at, parts, now: int) -> int:
+        """The results of ``rows`` (in their published ``states``) recorded and published, with their calls;
+        every row's book is the one it was evaluated with (same stamp)."""
         if rows.shape[0] == 0:
             return 0
         outputs: list[AccountMargin] = []
@@ -305,6 +302,7 @@ class Evaluation:
         marks = at.view.mark
         # episodes first (they read the previous published state, which record() then replaces)
         episodes = [self.publication.episode(row, state) for row, state in zip(rows.tolist(), states.tolist())]
+        books = self.accounts.rows
         margins = account_margins(self.instruments, self.config.mm_factor, books, val, rows, f, model, at.event_ms,
                                   parts, states, [e for e, _repeat in episodes])
         collateral = val.collateral[rows].tolist()

@@ -76,14 +76,14 @@ class Single:
 class Evaluated:
     """The last evaluation of every account, as queries answer from it (never modified once published).
 
-    ``books[row]`` is the book that row was evaluated with: a query answers from these arrays only
-    for an account whose current book is that very object, and only while ``model`` is the model in
-    force — otherwise the account is margined alone, as before. ``answers`` holds the results already
+    ``stamps[row]`` is the stamp of the book that row was evaluated with (``AccountTable.stamp``): a
+    query answers from these arrays only for an account whose current book still carries that stamp
+    and is the book the query holds, and only while ``model`` is the model in force — otherwise the account is margined alone, as before. ``answers`` holds the results already
     built from this evaluation (with liquidation prices), one per row, and ``plain`` those without
     (what-if's "before"): they die with it."""
 
     model: Model
-    books: list
+    stamps: np.ndarray
     flat: FlatBook
     valuation: Valuation
     parts: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # grid, ES, minimum, liquidity per row, USD
@@ -246,8 +246,11 @@ class Queries:
         if inc is not None and inc.single.book is book and inc.model is model:
             return inc
         ev = self.evaluated
-        if ev is not None and ev.model is model and row < len(ev.books) and ev.books[row] is book:
-            return ev
+        if ev is not None and ev.model is model and row < ev.stamps.shape[0]:
+            acc = self.accounts
+            # this order (the book, then its stamp): see AccountTable
+            if row < len(acc.rows) and acc.rows[row] is book and acc.stamp[row] == ev.stamps[row]:
+                return ev
         return None
 
     def _from_evaluation(self, ev: Evaluated, row: int, book: AccountBook, liquidation_prices: bool) -> AccountMargin:

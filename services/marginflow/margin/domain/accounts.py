@@ -4,6 +4,13 @@ kept in CSR form for the full recalculation.
 
 Rows are never reused while the instance runs: a removed account's row is emptied (``rows[r] is
 None``, ``computed[r] = False``) and the next CSR rebuild gives it no positions.
+
+Every change of a row's book gives the row a new **stamp** (``stamp[r]``, unique over the table's
+life): what was computed from a row can be told current by comparing stamps — one vectorised
+comparison, where holding on to every row's book object would copy and later free 100k references
+per evaluation. The stamp is set before the book is replaced, so a reader that finds the book it
+holds in ``rows[r]`` and the stamp it remembers in ``stamp[r]`` (in that order) knows the row did not
+change in between.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from marginflow.margin.domain.book import AccountBook, FlatBook
 
 # Per-row arrays of core results (USD) and their dtypes.
 _RESULT_ARRAYS = (("cross_im", np.float64), ("grid", np.float64), ("es", np.float64), ("minimum", np.float64),
-                  ("liquidity", np.float64), ("computed", np.bool_), ("present", np.bool_))
+                  ("liquidity", np.float64), ("computed", np.bool_), ("present", np.bool_),
+                  ("stamp", np.int64))   # stamp: per row, see the module docstring
 
 
 class AccountTable:
@@ -30,6 +38,7 @@ class AccountTable:
         self.flat = FlatBook.build([])
         self.iso_im_flat = np.zeros(0)
         self.flat_dirty = False
+        self._stamps = 0
         self._grow_hooks: list = []
 
     # ---- rows
@@ -81,6 +90,7 @@ class AccountTable:
             old = self.rows[row]
             if old is not None and b.revision < old.revision:
                 continue
+            self._restamp(row)
             self.rows[row] = b
             self.present[row] = True      # rows[row] is not None, as an array (full passes read it whole)
             self.balances[row] = b.balances
@@ -89,6 +99,15 @@ class AccountTable:
                 self.flat_dirty = True
         return rows
 
+    def _restamp(self, row: int) -> None:
+        self._stamps += 1
+        self.stamp[row] = self._stamps
+
+    def current(self, rows: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+        """Those of ``rows`` whose book is still the one stamped ``stamps[rows]`` and computed."""
+        rows = rows[rows < self.capacity]
+        return rows[(self.stamp[rows] == stamps[rows]) & self.computed[rows]]
+
     def remove(self, account_ids: Iterable[str]) -> list[int]:
         """Forget accounts (no longer owned); returns their rows."""
         removed = []
@@ -96,6 +115,7 @@ class AccountTable:
             row = self.row_of.pop(a, None)
             if row is None:
                 continue
+            self._restamp(row)
             self.rows[row] = None
             self.present[row] = False
             self.balances[row] = 0.0
