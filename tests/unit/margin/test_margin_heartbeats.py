@@ -48,3 +48,23 @@ def test_heartbeat_phases_are_deterministic_and_within_the_interval():
     assert a.min() >= 0 and a.max() < INTERVAL_MS
     counts = np.bincount(a * 40 // INTERVAL_MS, minlength=40)              # 40 stretches of 250 ms
     assert counts.max() - counts.min() <= 4
+
+
+def test_the_kept_next_beat_says_what_the_phase_formula_says():
+    """A row is due at ``now`` when a beat ``phase + k·interval`` fell in (published, now]: the next beat
+    kept from the publication gives the same verdict for every publication time and now (negative
+    offsets and exact beats included)."""
+    from marginflow.margin.application.publication import next_beats
+
+    rng = np.random.default_rng(3)
+    interval = 60_000
+    phase = heartbeat_phases(20_000, interval)
+    published = rng.integers(0, 10 * interval, phase.shape[0])
+    published[:100] = 0                                   # never published
+    published[100:200] = phase[100:200] + 3 * interval    # published on a beat exactly
+    beats = next_beats(phase, published, interval)
+    for now in (0, 1, interval - 1, 5 * interval, 5 * interval + 17, 11 * interval):
+        now_arr = np.full(phase.shape[0], now)
+        expected = (now_arr - phase) // interval > (published - phase) // interval
+        np.testing.assert_array_equal(beats <= now, expected)
+    assert (beats > published).all() and (beats - published <= interval).all()

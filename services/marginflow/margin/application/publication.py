@@ -57,6 +57,7 @@ class Publication:
         self.episodes = Episodes.empty(0)
         self.snapshots: list[Snapshot | None] = []
         self.phase_ms = heartbeat_phases(0, config.publish_max_interval_ms)
+        self.beat_ms = np.zeros(0, dtype=np.int64)   # per row: its next heartbeat after its last publication
         self.last_change: dict[int, tuple[Contribution, ...]] = {}
 
     def grow(self, capacity: int) -> None:
@@ -70,6 +71,7 @@ class Publication:
             out[:a.shape[0]] = a
             setattr(owner, name, out)
         self.snapshots.extend([None] * (capacity - len(self.snapshots)))
+        self.beat_ms = next_beats(self.phase_ms, self.ms, self.config.publish_max_interval_ms)
 
     # ---- states
     def next_states(self, val: Valuation, lo: int, hi: int, now_ms: int,
@@ -107,10 +109,15 @@ class Publication:
     def heartbeat_due(self, n: int, now_ms: int) -> np.ndarray:
         """Rows 0..n−1 whose heartbeat came since their last publication: row r's heartbeats fall at
         ``phase_r + k·interval``, so each row gets one at most an interval after its last publication,
-        and an evaluation covering Δt ms of them republishes about ``n·Δt/interval`` rows."""
+        and an evaluation covering Δt ms of them republishes about ``n·Δt/interval`` rows. (The next beat
+        of each row is kept from its last publication: one comparison per row here.)"""
+        return self.beat_ms[:n] <= now_ms
+
+    def _published_at(self, row: int, ms: int) -> None:
+        self.ms[row] = ms
         interval = self.config.publish_max_interval_ms
-        phase = self.phase_ms[:n]
-        return (now_ms - phase) // interval > (self.ms[:n] - phase) // interval
+        phase = int(self.phase_ms[row])
+        self.beat_ms[row] = phase + ((ms - phase) // interval + 1) * interval
 
     # ---- one publication
     def episode(self, row: int, state: int) -> tuple[int, bool]:
@@ -143,7 +150,7 @@ class Publication:
         self.state[row] = state
         self.equity[row] = margin.equity_usd
         self.im[row] = margin.im_usd
-        self.ms[row] = now_ms
+        self._published_at(row, now_ms)
         if state != prev or self.snapshots[row] is None:
             self.snapshots[row] = snapshot   # causes are told from the last change of state
 
@@ -152,7 +159,7 @@ class Publication:
         self.state[row] = state
         self.equity[row] = equity_usd
         self.im[row] = im_usd
-        self.ms[row] = publish_ms
+        self._published_at(row, publish_ms)
         self.episodes.number[row] = episode
         self.episodes.worst[row] = state if state > Health.HEALTHY else 0
 
@@ -161,7 +168,7 @@ class Publication:
             self.state[row] = 0
             self.equity[row] = 0.0
             self.im[row] = 0.0
-            self.ms[row] = 0
+            self._published_at(row, 0)
             self.pending.state[row] = 0
             self.pending.count[row] = 0
             self.episodes.number[row] = 0
@@ -188,6 +195,12 @@ def heartbeat_phases(capacity: int, interval_ms: int) -> np.ndarray:
     """Heartbeat phase (ms, in [0, interval)) per row: deterministic, evenly spread over the interval."""
     weyl = np.arange(capacity, dtype=np.uint64) * _GOLDEN_64          # wraps mod 2⁶⁴ by design
     return ((weyl >> np.uint64(11)).astype(np.float64) * (interval_ms / 2.0 ** 53)).astype(np.int64)
+
+
+def next_beats(phase_ms: np.ndarray, published_ms: np.ndarray, interval_ms: int) -> np.ndarray:
+    """Per row, the first heartbeat (``phase + k·interval``) after its publication at ``published_ms``:
+    ``(now − phase) // interval > (published − phase) // interval`` exactly when ``now ≥`` it."""
+    return phase_ms + ((published_ms - phase_ms) // interval_ms + 1) * interval_ms
 
 
 def snapshot_of(book, marks: np.ndarray, collateral_usd: float, margin: AccountMargin, version: int,
