@@ -6,12 +6,14 @@
    (target ≤ 1 GiB), against the RSS before loading.
 2. Serves MarginService over gRPC from this process and drives WhatIf and GetMargin from a client
    process, open loop at 500 requests/s (a request is sent at its scheduled time whatever the previous
-   one did), random accounts; p50/p99 per method (target p99 ≤ 5 ms). Baseline: the same engine calls
-   in-process, without gRPC, timed in the same run. A second phase repeats the load while the service
-   re-evaluates every account on marks every 250 ms (what a live venue does). Each phase also reports this
-   process's CPU time per request served (every thread: gRPC, handlers, and in the second phase the
-   evaluations), and its ratio to the echo's: on a host shared with other work it moves far less than the
-   latencies do.
+   one did), random accounts; p50/p99 per method (target p99 ≤ 5 ms). Baselines: the same engine calls
+   in-process, without gRPC; and an echo MarginService (canned answers) in this process, driven by the
+   same client. Three phases — the echo, the idle service, and the service while it re-evaluates every
+   account on marks every 250 ms (what a live venue does) — run in alternating blocks (``--rounds``, the
+   order rotated each round), so that the host's other work falls on all of them alike; each phase pools
+   its blocks. Each phase also reports this process's CPU time per request served (every thread: gRPC,
+   handlers, and while re-evaluating the evaluations), and its ratio to the echo's: on a host shared with
+   other work it moves far less than the latencies do.
 3. Explain (a costlier read: the core's explain and every position's liquidation price), in-process and
    over gRPC at a fifth of the rate, against the echo server answering Explain with a canned response.
 """
@@ -91,31 +93,19 @@ def percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.max())
 
 
-def client(port: int, accounts: list[str], instruments: list[str], rate: float, seconds: float, out,
-           methods: tuple[str, ...] = ("WhatIf", "GetMargin")) -> None:
-    """Open-loop load: requests at their scheduled times (futures), the ``methods`` in turn."""
-    import grpc
-
-    from marginflow.api.common.v1 import common_pb2
-    from marginflow.api.margin.v1 import margin_pb2 as pb
-    from marginflow.api.margin.v1 import margin_pb2_grpc
-
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    grpc.channel_ready_future(channel).result(timeout=30)
-    stub = margin_pb2_grpc.MarginServiceStub(channel)
-    rng = np.random.default_rng(1)
-    for _ in range(50):   # warm-up
-        stub.GetMargin(pb.GetMarginRequest(account_id=accounts[0]), timeout=5)
+def _load(stub_of, pb, common_pb2, accounts, instruments, rate, seconds, methods, rng) -> dict:
+    """Open-loop load on one server: requests at their scheduled times (futures), the ``methods`` in turn."""
+    stub = stub_of()
     n = int(rate * seconds)
-    # The client's own collector off during the run: its pending futures and callbacks grow to thousands
-    # of tracked objects, and a collection over them (tens of ms) would be charged to the server.
-    gc.collect()
-    gc.disable()
     results: dict[str, list[float]] = {m: [] for m in methods}
     errors = [0]
     lock = threading.Lock()
     pending = []
-    start = time.perf_counter() + 0.1
+    # The client's own collector off during the block: its pending futures and callbacks grow to thousands
+    # of tracked objects, and a collection over them (tens of ms) would be charged to the server.
+    gc.collect()
+    gc.disable()
+    start = time.perf_counter() + 0.05
     for i in range(n):
         when = start + i / rate
         delay = when - time.perf_counter()
@@ -150,28 +140,69 @@ def client(port: int, accounts: list[str], instruments: list[str], rate: float, 
             pass
     achieved = n / (time.perf_counter() - start)
     gc.enable()
-    out.put({"results": results, "errors": errors[0], "achieved_rps": achieved})
-    channel.close()
+    return {"results": results, "errors": errors[0], "achieved_rps": achieved}
 
 
-def run_load(port, accounts, instruments, rate, seconds, methods=("WhatIf", "GetMargin")) -> dict:
-    ctx = multiprocessing.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(target=client, args=(port, accounts, instruments, rate, seconds, q, tuple(methods)))
-    proc.start()
-    deadline = time.monotonic() + seconds + 120
+def client(accounts: list[str], instruments: list[str], commands, out) -> None:
+    """The load client (its own process): one channel per server port, kept open across blocks; each
+    command ``(port, rate, seconds, methods)`` is one block of open-loop load, answered on ``out``."""
+    import grpc
+
+    from marginflow.api.common.v1 import common_pb2
+    from marginflow.api.margin.v1 import margin_pb2 as pb
+    from marginflow.api.margin.v1 import margin_pb2_grpc
+
+    channels: dict[int, tuple] = {}
+    rng = np.random.default_rng(1)
     while True:
-        try:
-            res = q.get(timeout=1.0)
+        command = commands.get()
+        if command is None:
             break
-        except queue.Empty:
-            if not proc.is_alive():
-                raise RuntimeError(f"load client exited with code {proc.exitcode} before reporting") from None
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("load client did not report in time") from None
-    proc.join(30)
-    return res
+        port, rate, seconds, methods = command
+        if port not in channels:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stub = margin_pb2_grpc.MarginServiceStub(channel)
+            for _ in range(50):   # warm-up
+                stub.GetMargin(pb.GetMarginRequest(account_id=accounts[0]), timeout=5)
+            channels[port] = (channel, stub)
+        stub = channels[port][1]
+        for _ in range(20):   # each block starts on a warm channel and server (no idle gap in its latencies)
+            stub.GetMargin(pb.GetMarginRequest(account_id=accounts[0]), timeout=5)
+        out.put(_load(lambda: channels[port][1], pb, common_pb2, accounts, instruments, rate, seconds, methods,
+                      rng))
+    for channel, _stub in channels.values():
+        channel.close()
+
+
+class LoadClient:
+    """The client process and its command queue: :meth:`run` is one block of load on one server."""
+
+    def __init__(self, accounts: list[str], instruments: list[str]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._commands = ctx.Queue()
+        self._out = ctx.Queue()
+        self._proc = ctx.Process(target=client, args=(accounts, instruments, self._commands, self._out), daemon=True)
+        self._proc.start()
+
+    def run(self, port: int, rate: float, seconds: float, methods=("WhatIf", "GetMargin")) -> dict:
+        self._commands.put((port, rate, seconds, tuple(methods)))
+        deadline = time.monotonic() + seconds + 120
+        while True:
+            try:
+                return self._out.get(timeout=1.0)
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise RuntimeError(f"load client exited with code {self._proc.exitcode}") from None
+                if time.monotonic() > deadline:
+                    self._proc.kill()
+                    raise RuntimeError("load client did not report in time") from None
+
+    def close(self) -> None:
+        self._commands.put(None)
+        self._proc.join(30)
+        if self._proc.is_alive():
+            self._proc.kill()
 
 
 def echo_service(engine, account: str):
@@ -203,12 +234,83 @@ def echo_service(engine, account: str):
                                                       SERVICE_NAME)], max_workers=GRPC_WORKERS)
 
 
+METHODS = ("GetMargin", "WhatIf")
+
+
+class Pooled:
+    """One phase's blocks pooled: latencies per method, errors, rate achieved, server CPU per request."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, list[float]] = {}
+        self.errors = 0
+        self.requests = 0
+        self.cpu_s = 0.0
+        self._rps: list[float] = []
+
+    def add(self, res: dict, cpu_s: float) -> None:
+        for method, lat in res["results"].items():
+            self.results.setdefault(method, []).extend(lat)
+        self.errors += res["errors"]
+        self.requests += sum(len(v) for v in res["results"].values())
+        self.cpu_s += cpu_s
+        self._rps.append(res["achieved_rps"])
+
+    @property
+    def rps(self) -> float:
+        return float(np.mean(self._rps)) if self._rps else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_s / max(1, self.requests) * 1e6
+
+
+class MarksLoop:
+    """What a live venue does to the service: marks move and every account is re-evaluated every 250 ms,
+    from a thread at the service loop's priority; started and stopped around each block of load."""
+
+    def __init__(self, engine, interval_s: float = 0.25) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self.count = 0
+        self.times_s: list[float] = []
+        self._k = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        lower_loop_priority()   # as the service loop
+        engine = self.engine
+        while not self._stop.is_set():
+            self._k += 1
+            engine.market.mark_price *= 1.0 + 0.0001 * (1 if self._k % 2 else -1)
+            engine.evaluation.marks_dirty = True
+            t = time.perf_counter()
+            engine.evaluate()
+            self.times_s.append(time.perf_counter() - t)
+            self.count += 1
+            self._stop.wait(self.interval_s)
+
+    def median_ms(self) -> float:
+        return float(np.median(self.times_s)) * 1e3 if self.times_s else float("nan")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--positions-per-account", type=int, default=10)
     parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of load per phase, all blocks")
+    parser.add_argument("--rounds", type=int, default=5, help="blocks per phase (interleaved with the others)")
     args = parser.parse_args()
 
     env = dict(os.environ, MF_MARGIN_GRPC_PORT="0", MF_MARGIN_METRICS_PORT="0", MF_LOG_JSON="false",
@@ -294,66 +396,70 @@ def main() -> int:
     instruments = list(engine.instruments.symbols)
     # Client baseline: the same client against an echo MarginService in this process (same server
     # factory and worker count, canned responses of the real size): what gRPC + the client cost alone.
+    # The echo, the idle service and the service re-evaluating on marks are measured in alternating
+    # blocks (the order rotated each round), so that whatever else the host runs meanwhile falls on all
+    # three alike; each phase's figures pool its blocks.
     echo_server, echo_port, echo_health = echo_service(engine, sample[0])
-    c = cpu_s()
-    res = run_load(echo_port, sample, instruments, args.rate, args.seconds)
-    echo_cpu_us = (cpu_s() - c) / max(1, sum(len(v) for v in res["results"].values())) * 1e6
-    explain_rate, explain_seconds = args.rate / 5, args.seconds / 2
-    c = cpu_s()
-    echo_ex_res = run_load(echo_port, sample, instruments, explain_rate, explain_seconds, ("Explain",))
-    echo_ex_cpu_us = (cpu_s() - c) / max(1, len(echo_ex_res["results"]["Explain"])) * 1e6
+    loader = LoadClient(sample, instruments)
+    marks = MarksLoop(engine)
+    phases = (("echo", echo_port), ("idle", app.grpc_port), ("marks", app.grpc_port))
+    pooled = {name: Pooled() for name, _port in phases}
+    block_s = args.seconds / args.rounds
+    for r in range(args.rounds):
+        for name, port in phases[r % 3:] + phases[:r % 3]:
+            if name == "marks":
+                marks.start()
+            c = cpu_s()
+            res = loader.run(port, args.rate, block_s)
+            cpu = cpu_s() - c
+            if name == "marks":
+                marks.stop()
+            pooled[name].add(res, cpu)
+    # Explain (a costlier read), echo and idle service alternating, at a fifth of the rate
+    explain_rate = args.rate / 5
+    pooled_ex = {"echo": Pooled(), "idle": Pooled()}
+    for r in range(args.rounds):
+        for name, port in ((("echo", echo_port), ("idle", app.grpc_port)) if r % 2 == 0 else
+                           (("idle", app.grpc_port), ("echo", echo_port))):
+            c = cpu_s()
+            res = loader.run(port, explain_rate, block_s / 2, ("Explain",))
+            pooled_ex[name].add(res, cpu_s() - c)
+    loader.close()
     grpcserver.stop(echo_server, echo_health, 1.0)
-    echo = {m: percentiles(res["results"][m]) for m in ("GetMargin", "WhatIf")}
-    print(f"echo server (client + gRPC alone) at {args.rate:.0f} req/s: achieved {res['achieved_rps']:.0f} req/s, "
-          f"errors {res['errors']}; server process CPU {echo_cpu_us:.0f} µs/request")
-    for method in ("GetMargin", "WhatIf"):
+
+    blocks = f"{args.rounds} blocks of {block_s:.1f} s, interleaved"
+    e = pooled["echo"]
+    echo = {m: percentiles(e.results[m]) for m in METHODS}
+    print(f"echo server (client + gRPC alone) at {args.rate:.0f} req/s, {blocks}: achieved {e.rps:.0f} req/s, "
+          f"errors {e.errors}; server process CPU {e.cpu_us:.0f} µs/request")
+    for method in METHODS:
         p50, p99, mx = echo[method]
         print(f"  {method}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.1f} ms")
     for phase in ("idle", "marks"):
-        stop = threading.Event()
-        worker = None
-        if phase == "marks":
-            def marks_loop() -> None:
-                lower_loop_priority()   # as the service loop
-                k = 0
-                while not stop.is_set():
-                    k += 1
-                    engine.market.mark_price *= 1.0 + 0.0001 * (1 if k % 2 else -1)
-                    engine.evaluation.marks_dirty = True
-                    engine.evaluate()
-                    stop.wait(0.25)
-
-            worker = threading.Thread(target=marks_loop, daemon=True)
-            worker.start()
-        c = cpu_s()
-        res = run_load(app.grpc_port, sample, instruments, args.rate, args.seconds)
-        stop.set()
-        if worker is not None:
-            worker.join(5)
-        served = max(1, sum(len(v) for v in res["results"].values()))
-        cpu_us = (cpu_s() - c) / served * 1e6
-        label = "idle service" if phase == "idle" else f"while re-evaluating all {len(engine.row_of):,} accounts on marks every 250 ms"
-        what = "" if phase == "idle" else ", the evaluations included"
-        print(f"gRPC at {args.rate:.0f} req/s for {args.seconds:.0f} s ({label}): achieved {res['achieved_rps']:.0f} req/s, "
-              f"errors {res['errors']}; server process CPU {cpu_us:.0f} µs/request{what} "
-              f"(echo {echo_cpu_us:.0f}); load average {os.getloadavg()[0]:.2f}")
-        print(f"  RATIO server CPU per request / echo's ({phase}): {cpu_us / echo_cpu_us:.2f}×")
+        got = pooled[phase]
+        if phase == "idle":
+            label, what = "idle service", ""
+        else:
+            label = (f"while re-evaluating all {len(engine.row_of):,} accounts on marks every 250 ms: "
+                     f"{marks.count} evaluations, median {marks.median_ms():.0f} ms")
+            what = ", the evaluations included"
+        print(f"gRPC at {args.rate:.0f} req/s, {blocks} ({label}): achieved {got.rps:.0f} req/s, "
+              f"errors {got.errors}; server process CPU {got.cpu_us:.0f} µs/request{what} "
+              f"(echo {e.cpu_us:.0f}); load average {os.getloadavg()[0]:.2f}")
+        print(f"  RATIO server CPU per request / echo's ({phase}): {got.cpu_us / e.cpu_us:.2f}×")
         for method, base in (("GetMargin", base_get), ("WhatIf", base_wi)):
-            p50, p99, mx = percentiles(res["results"][method])
-            print(f"  {method}: n={len(res['results'][method])}, p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.1f} ms; "
+            p50, p99, mx = percentiles(got.results[method])
+            print(f"  {method}: n={len(got.results[method])}, p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.1f} ms; "
                   f"p99 {p99 / base[1]:.1f}× in-process, RATIO {p99 / echo[method][1]:.2f}× echo (target ≤ 1.5×); "
                   f"target p99 ≤ 5 ms: {'met' if p99 <= 5 else 'NOT met'}")
-    # Explain over gRPC (idle service), at a fifth of the rate, against the echo's canned Explain
-    c = cpu_s()
-    res = run_load(app.grpc_port, sample, instruments, explain_rate, explain_seconds, ("Explain",))
-    ex_cpu_us = (cpu_s() - c) / max(1, len(res["results"]["Explain"])) * 1e6
-    echo_ex = percentiles(echo_ex_res["results"]["Explain"])
-    p50, p99, mx = percentiles(res["results"]["Explain"])
-    print(f"gRPC Explain at {explain_rate:.0f} req/s for {explain_seconds:.0f} s (idle service): achieved "
-          f"{res['achieved_rps']:.0f} req/s, errors {res['errors']} (echo {echo_ex_res['errors']}); server process CPU "
-          f"{ex_cpu_us:.0f} µs/request (echo {echo_ex_cpu_us:.0f}, RATIO {ex_cpu_us / echo_ex_cpu_us:.2f}×); "
+    ex, echo_ex_p = pooled_ex["idle"], pooled_ex["echo"]
+    echo_ex = percentiles(echo_ex_p.results["Explain"])
+    p50, p99, mx = percentiles(ex.results["Explain"])
+    print(f"gRPC Explain at {explain_rate:.0f} req/s, {args.rounds} blocks of {block_s / 2:.1f} s (idle service): "
+          f"achieved {ex.rps:.0f} req/s, errors {ex.errors} (echo {echo_ex_p.errors}); server process CPU "
+          f"{ex.cpu_us:.0f} µs/request (echo {echo_ex_p.cpu_us:.0f}, RATIO {ex.cpu_us / echo_ex_p.cpu_us:.2f}×); "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"  Explain: n={len(res['results']['Explain'])}, p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.1f} ms "
+    print(f"  Explain: n={len(ex.results['Explain'])}, p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.1f} ms "
           f"(echo p50 {echo_ex[0]:.2f} ms, p99 {echo_ex[1]:.2f} ms); p99 {p99 / base_ex[1]:.1f}× in-process, "
           f"RATIO {p99 / echo_ex[1]:.2f}× echo")
     print(f"RSS after load: {rss_mib():.0f} MiB; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
