@@ -27,8 +27,6 @@ from marginflow.margin.domain.scenarios import RiskVersion
 from marginflow.margin.domain.valuation import MarketView, valuate_chunked
 from marginflow.shared.errors import Rejected
 
-# Positions per slice of the vectorised evaluation (~0.5 ms of numpy each on the dev VM, ~10 % overhead).
-EVALUATE_CHUNK_POSITIONS = 8_192
 # Accounts per slice of a republication without state changes (~15 ms of building, encoding and sending on
 # the quiet dev VM): queries (the liquidation's re-check) and the next evaluation wait at most about one slice.
 PUBLISH_SLICE_ACCOUNTS = 500
@@ -219,10 +217,10 @@ class Evaluation:
             n = f.n_accounts
             at = self.queries.market_at()
             stamps = acc.stamp[:n].copy()    # which book each row is evaluated with (queries compare stamps)
-            # In chunks, yielding the GIL between them: gRPC threads wait ~1 chunk, not the whole pass.
+            # In slices, stepping aside between them: gRPC threads wait ~1 slice, not the whole pass.
             val = valuate_chunked(f.owner, f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
                                   acc.iso_im_flat, acc.balances[:n], acc.cross_im[:n], self.config.mm_factor,
-                                  at.view, indptr=f.indptr, chunk_positions=EVALUATE_CHUNK_POSITIONS,
+                                  at.view, indptr=f.indptr,
                                   pause=self.queries.readers.yield_to_queries, core=self.core,
                                   n_threads=self.config.n_threads)
             parts = (acc.grid[:n].copy(), acc.es[:n].copy(), acc.minimum[:n].copy(), acc.liquidity[:n].copy())
