@@ -197,3 +197,28 @@ def test_recheck_of_many_accounts_equals_each_margined_alone_and_reliefs_equal_w
             before, after = engine.what_if(r.margin.account_id, [TradeDelta(k, -size)])
             assert r.relief_usd[j] == pytest.approx(max(before.im_usd - after.im_usd, 0.0), rel=1e-9, abs=1e-6)
     assert engine.recheck(["one"], False)[0][0].relief_usd == (None,)
+
+
+def test_a_pass_waits_for_queries_in_flight_within_its_budget():
+    """Between slices the pass waits for queries in flight, at most 5 ms a slice and its budget in all;
+    after that it only releases the GIL."""
+    from marginflow.margin.application import queries as qm
+
+    asked: list[float] = []
+
+    class Counted(qm.Readers):
+        __slots__ = ()
+
+        def yield_to_queries(self, most_s: float = qm.EVALUATE_YIELD_MAX_S) -> float:
+            asked.append(most_s)
+            return most_s if self.count and most_s > 0 else 0.0   # a query stays in flight throughout
+
+    readers = Counted()
+    pause = readers.pauser(budget_s=0.012)
+    pause()                                   # no query in flight: nothing waited, nothing spent
+    with readers:
+        for _ in range(6):
+            pause()
+    assert asked[0] == qm.EVALUATE_YIELD_MAX_S
+    assert asked[1:4] == pytest.approx([0.005, 0.005, 0.002])   # 12 ms in all, then nothing more
+    assert asked[4:] == [0.0, 0.0, 0.0]

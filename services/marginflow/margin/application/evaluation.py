@@ -221,7 +221,7 @@ class Evaluation:
             val = valuate_chunked(f.owner, f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
                                   acc.iso_im_flat, acc.balances[:n], acc.cross_im[:n], self.config.mm_factor,
                                   at.view, indptr=f.indptr,
-                                  pause=self.queries.readers.yield_to_queries, core=self.core,
+                                  pause=self.queries.readers.pauser(), core=self.core,
                                   n_threads=self.config.n_threads)
             parts = (acc.grid[:n].copy(), acc.es[:n].copy(), acc.minimum[:n].copy(), acc.liquidity[:n].copy())
             self.queries.publish_evaluation(Evaluated(model, stamps, f, val, parts, at))

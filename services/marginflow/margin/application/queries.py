@@ -31,8 +31,11 @@ from marginflow.shared.memo import IdentityMemo
 if TYPE_CHECKING:
     from marginflow.margin.application.publication import Publication
 
-# Between slices the evaluation steps aside while queries are running, at most this long per slice.
+# Between slices the evaluation steps aside while queries are running, at most this long per slice ...
 EVALUATE_YIELD_MAX_S = 0.005
+# ... and this long per pass in all: under any query load a pass of new marks (and the calls it makes)
+# is late by at most this much.
+EVALUATE_YIELD_BUDGET_S = 0.02
 
 
 class Readers:
@@ -52,13 +55,27 @@ class Readers:
         with self._lock:
             self.count -= 1
 
-    def yield_to_queries(self) -> None:
-        """Release the GIL (and the core): a query waiting for either runs now, not after the whole pass."""
+    def yield_to_queries(self, most_s: float = EVALUATE_YIELD_MAX_S) -> float:
+        """Release the GIL (and the core): a query waiting for either runs now, not after the whole pass;
+        while queries are in flight, wait for them (at most ``most_s``). Returns the seconds waited."""
         time.sleep(0)
-        if self.count:
-            deadline = time.perf_counter() + EVALUATE_YIELD_MAX_S
-            while self.count and time.perf_counter() < deadline:
-                time.sleep(0.0002)
+        if not self.count or most_s <= 0:
+            return 0.0
+        started = time.perf_counter()
+        deadline = started + most_s
+        while self.count and time.perf_counter() < deadline:
+            time.sleep(0.0002)
+        return time.perf_counter() - started
+
+    def pauser(self, budget_s: float = EVALUATE_YIELD_BUDGET_S):
+        """A ``pause()`` for one pass: :meth:`yield_to_queries` between its slices, waiting for queries
+        ``budget_s`` in all at most (after that it only releases the GIL)."""
+        left = [budget_s]
+
+        def pause() -> None:
+            left[0] -= self.yield_to_queries(min(EVALUATE_YIELD_MAX_S, left[0]))
+
+        return pause
 
 
 @dataclasses.dataclass

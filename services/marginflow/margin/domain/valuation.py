@@ -83,11 +83,12 @@ def _is_c(core: ModuleType | None) -> bool:
 # Positions per slice of a sliced valuation. The numpy twin holds the GIL inside each numpy call
 # (~0.5 ms per 8k positions on the dev VM). The C kernel releases it, but its threads take every core of
 # a small host for the whole pass (1M positions: ~7 ms on 2 cores): a gRPC call arriving meanwhile waits
-# for a core, so it too runs in slices (~1 ms each), queries in flight finishing between them. Measured
-# with 100k accounts re-evaluated every 250 ms under 500 GetMargin/s: calls overlapping the pass p99 10 ms
-# in one call, 4.5 ms in slices of 128k positions; the pass itself the same to within the copies.
+# for a core, so it too runs in slices (~0.25 ms each), queries in flight finishing between them. Measured
+# with 100k accounts re-evaluated every 250 ms under 500 GetMargin + WhatIf/s (``bench_margin``): p99 7.0 /
+# 7.8 ms in one call, 5.0 / 5.9 ms in slices of 128k positions, 3.6 / 4.4 ms in slices of 32k (the echo
+# server's 2.0–2.4 ms); 16k gained nothing more and stretched the pass further.
 CHUNK_POSITIONS_TWIN = 8_192
-CHUNK_POSITIONS_C = 131_072
+CHUNK_POSITIONS_C = 32_768
 
 
 def valuate_chunked(owner: np.ndarray, instrument: np.ndarray, size: np.ndarray, entry: np.ndarray,
