@@ -201,7 +201,8 @@ def test_recheck_of_many_accounts_equals_each_margined_alone_and_reliefs_equal_w
 
 def test_a_pass_waits_for_queries_in_flight_within_its_budget():
     """Between slices the pass waits for queries in flight, at most 5 ms a slice and its budget in all;
-    after that it only releases the GIL."""
+    with none in flight (or the budget spent) it goes straight on: a voluntary release of the GIL by the
+    lower-priority loop had cost the calls of a mark move ~40 ms a slice on a busy host."""
     from marginflow.margin.application import queries as qm
 
     asked: list[float] = []
@@ -215,10 +216,9 @@ def test_a_pass_waits_for_queries_in_flight_within_its_budget():
 
     readers = Counted()
     pause = readers.pauser(budget_s=0.012)
-    pause()                                   # no query in flight: nothing waited, nothing spent
+    pause()                                   # no query in flight: the pass goes straight on
+    assert asked == []
     with readers:
         for _ in range(6):
             pause()
-    assert asked[0] == qm.EVALUATE_YIELD_MAX_S
-    assert asked[1:4] == pytest.approx([0.005, 0.005, 0.002])   # 12 ms in all, then nothing more
-    assert asked[4:] == [0.0, 0.0, 0.0]
+    assert asked == pytest.approx([0.005, 0.005, 0.002])   # 12 ms in all, then nothing more

@@ -68,12 +68,15 @@ class Readers:
         return time.perf_counter() - started
 
     def pauser(self, budget_s: float = EVALUATE_YIELD_BUDGET_S):
-        """A ``pause()`` for one pass: :meth:`yield_to_queries` between its slices, waiting for queries
-        ``budget_s`` in all at most (after that it only releases the GIL)."""
+        """A ``pause()`` for one pass: between its slices, while queries are in flight, wait for them
+        (:meth:`yield_to_queries`), ``budget_s`` in all at most; otherwise go straight on. (The GIL is
+        released inside every slice of the kernel anyway; a voluntary release by the loop, at its lower
+        priority, cost the calls of a 100k-account mark move ~40 ms a slice on a busy host.)"""
         left = [budget_s]
 
         def pause() -> None:
-            left[0] -= self.yield_to_queries(min(EVALUATE_YIELD_MAX_S, left[0]))
+            if self.count and left[0] > 0:
+                left[0] -= self.yield_to_queries(min(EVALUATE_YIELD_MAX_S, left[0]))
 
         return pause
 
