@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import heapq
 import time
 from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -787,15 +788,16 @@ class LiquidationEngine:
 
     # ---- which accounts to look at now
     def due(self, now_ms: int, limit: int) -> list[str]:
-        out = []
-        for t in self.accounts.values():
-            if t.in_flight or not (t.live or t.pending is not None):
-                continue
-            if t.due_ms <= now_ms:
-                out.append(t.account_id)
-                t.in_flight = True
-                if len(out) >= limit:
-                    break
+        """At most ``limit`` accounts to assess now (marked in flight): first the calls not acted on yet
+        (an account below MM that no episode covers yet is the venue's largest open risk), then the live
+        episodes' next rounds, each group longest-due first — so that when thousands of accounts are in
+        liquidation at once, the rounds of the first episodes never starve the accounts called after them."""
+        ready = [(0 if t.pending is not None and not t.live else 1, t.due_ms, t.account_id)
+                 for t in self.accounts.values()
+                 if not t.in_flight and (t.live or t.pending is not None) and t.due_ms <= now_ms]
+        out = [account_id for _first, _due, account_id in heapq.nsmallest(limit, ready)]
+        for account_id in out:
+            self.accounts[account_id].in_flight = True
         return out
 
     # ---- worker thread: reads only

@@ -269,3 +269,23 @@ def test_acting_on_a_batch_that_fails_midway_leaves_no_account_in_flight(world):
     assert [o.order_id for o in pub.orders] == ["liq-a-1-0"]          # what was decided still goes out
     engine.act = real_act
     assert {"b", "c"} <= set(engine.due(NOW + 10_000, 10))             # assessed again, not stuck in flight
+
+
+def test_calls_not_yet_acted_on_come_before_the_rounds_of_live_episodes_and_none_starves(world):
+    """Thousands of accounts in liquidation at once: each live episode comes due again every round, and
+    an account called after them must not wait behind their rounds (taken longest-due first)."""
+    engine, margin, _positions, _pub = world
+    live = [f"live{i}" for i in range(6)]
+    for account in live:
+        margin.views[account] = view(account)
+        engine.on_calls([Call(account, LIQUIDATION, True, 1, 3, NOW)])
+    step(engine)                                        # six episodes started, each due again next round
+    assert all(engine.accounts[a].live for a in live)
+    margin.views["late"] = view("late")
+    engine.on_calls([Call("late", LIQUIDATION, True, 1, 3, NOW)])   # called after them, inserted last
+    for k, account in enumerate(live):
+        engine.accounts[account].due_ms = NOW + 10_000 - 1_000 * k  # live5 has waited longest
+    first = engine.due(NOW + 20_000, 3)
+    assert first == ["late", "live5", "live4"]
+    assert engine.due(NOW + 20_000, 3) == ["live3", "live2", "live1"]   # the rest, in turn, none twice
+    assert engine.due(NOW + 20_000, 3) == ["live0"]
