@@ -93,9 +93,8 @@ def percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.max())
 
 
-def _load(stub_of, pb, common_pb2, accounts, instruments, rate, seconds, methods, rng) -> dict:
+def _load(stub, pb, common_pb2, accounts, instruments, rate, seconds, methods, rng) -> dict:
     """Open-loop load on one server: requests at their scheduled times (futures), the ``methods`` in turn."""
-    stub = stub_of()
     n = int(rate * seconds)
     results: dict[str, list[float]] = {m: [] for m in methods}
     errors = [0]
@@ -169,7 +168,7 @@ def client(accounts: list[str], instruments: list[str], commands, out) -> None:
         stub = channels[port][1]
         for _ in range(20):   # each block starts on a warm channel and server (no idle gap in its latencies)
             stub.GetMargin(pb.GetMarginRequest(account_id=accounts[0]), timeout=5)
-        out.put(_load(lambda: channels[port][1], pb, common_pb2, accounts, instruments, rate, seconds, methods,
+        out.put(_load(stub, pb, common_pb2, accounts, instruments, rate, seconds, methods,
                       rng))
     for channel, _stub in channels.values():
         channel.close()

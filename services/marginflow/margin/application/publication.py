@@ -77,8 +77,7 @@ class Publication:
     def next_states(self, val: Valuation, lo: int, hi: int, now_ms: int,
                     immediate: np.ndarray | None = None) -> np.ndarray:
         """Published states of rows lo..hi−1 after this valuation (entries 0..hi−lo−1 of ``val``)."""
-        pending = Pending(self.pending.state[lo:hi], self.pending.since_ms[lo:hi], self.pending.count[lo:hi],
-                          self.pending.entered_ms[lo:hi])
+        pending = self.pending.take(slice(lo, hi))   # views: updated in place
         return next_states(self.state[lo:hi], val.state, val.equity, val.im, val.mm, pending, now_ms, self.rules,
                            immediate)
 
@@ -115,9 +114,7 @@ class Publication:
 
     def _published_at(self, row: int, ms: int) -> None:
         self.ms[row] = ms
-        interval = self.config.publish_max_interval_ms
-        phase = int(self.phase_ms[row])
-        self.beat_ms[row] = phase + ((ms - phase) // interval + 1) * interval
+        self.beat_ms[row] = next_beats(self.phase_ms[row], ms, self.config.publish_max_interval_ms)
 
     # ---- one publication
     def episode(self, row: int, state: int) -> tuple[int, bool]:

@@ -59,7 +59,7 @@ class Readers:
         """Release the GIL (and the core): a query waiting for either runs now, not after the whole pass;
         while queries are in flight, wait for them (at most ``most_s``). Returns the seconds waited."""
         time.sleep(0)
-        if not self.count or most_s <= 0:
+        if not self.count:
             return 0.0
         started = time.perf_counter()
         deadline = started + most_s
@@ -72,11 +72,12 @@ class Readers:
         (:meth:`yield_to_queries`), ``budget_s`` in all at most; otherwise go straight on. (The GIL is
         released inside every slice of the kernel anyway; a voluntary release by the loop, at its lower
         priority, cost the calls of a 100k-account mark move ~40 ms a slice on a busy host.)"""
-        left = [budget_s]
+        left = budget_s
 
         def pause() -> None:
-            if self.count and left[0] > 0:
-                left[0] -= self.yield_to_queries(min(EVALUATE_YIELD_MAX_S, left[0]))
+            nonlocal left
+            if self.count and left > 0:
+                left -= self.yield_to_queries(min(EVALUATE_YIELD_MAX_S, left))
 
         return pause
 

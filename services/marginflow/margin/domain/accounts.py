@@ -105,7 +105,6 @@ class AccountTable:
 
     def current(self, rows: np.ndarray, stamps: np.ndarray) -> np.ndarray:
         """Those of ``rows`` whose book is still the one stamped ``stamps[rows]`` and computed."""
-        rows = rows[rows < self.capacity]
         return rows[(self.stamp[rows] == stamps[rows]) & self.computed[rows]]
 
     def remove(self, account_ids: Iterable[str]) -> list[int]:

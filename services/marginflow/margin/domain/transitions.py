@@ -94,6 +94,15 @@ class Pending:
     def empty(cls, n: int) -> "Pending":
         return cls(np.zeros(n, np.int8), np.zeros(n, np.int64), np.zeros(n, np.int32), np.zeros(n, np.int64))
 
+    def take(self, rows) -> "Pending":
+        """The entries of ``rows`` (a slice: views of these arrays; an index array: copies, see :meth:`put`)."""
+        return Pending(self.state[rows], self.since_ms[rows], self.count[rows], self.entered_ms[rows])
+
+    def put(self, rows, part: "Pending") -> None:
+        """``part`` (taken at ``rows``) written back."""
+        self.state[rows], self.since_ms[rows] = part.state, part.since_ms
+        self.count[rows], self.entered_ms[rows] = part.count, part.entered_ms
+
 
 def sticky_state(published: np.ndarray, equity_usd: np.ndarray, im_usd: np.ndarray, mm_usd: np.ndarray,
                  rules: "TransitionRules") -> np.ndarray:
@@ -144,21 +153,17 @@ def next_states(published: np.ndarray, raw: np.ndarray, equity_usd: np.ndarray, 
     # pending state to confirm or forget, or nothing published yet. Every other row keeps its published
     # state and an empty pending state, as the rules below would leave it — and after a mark move that
     # is nearly every row, so the rules run over a few hundred rows, not every account.
-    rows = np.flatnonzero((raw != published) | (pending.state != 0) | (pending.count != 0)
-                          | (published == Health.UNSPECIFIED))
+    rows = np.flatnonzero((raw != published) | (pending.state != 0) | (published == Health.UNSPECIFIED))
     out = published.copy()
     if rows.shape[0] == 0:
         return out
     if rows.shape[0] == published.shape[0]:
         return _next_states_dense(published, raw, equity_usd, im_usd, mm_usd, pending, now_ms, rules, immediate)
-    sub = Pending(pending.state[rows], pending.since_ms[rows], pending.count[rows], pending.entered_ms[rows])
+    sub = pending.take(rows)
     out[rows] = _next_states_dense(published[rows], raw[rows], np.asarray(equity_usd)[rows], np.asarray(im_usd)[rows],
                                    np.asarray(mm_usd)[rows], sub, now_ms, rules,
                                    None if immediate is None else np.asarray(immediate, dtype=bool)[rows])
-    pending.state[rows] = sub.state
-    pending.since_ms[rows] = sub.since_ms
-    pending.count[rows] = sub.count
-    pending.entered_ms[rows] = sub.entered_ms
+    pending.put(rows, sub)
     return out
 
 
