@@ -125,3 +125,14 @@ def test_marks_read_after_the_calls_and_a_call_before_any_mark_is_recomputed_now
     runner._check_calls(result)
     assert platform.asked[-1] == ("a", {"BTC-PERP": 54000.0, "index:BTC": 54000.0})
     assert result.contradicting_calls == 0
+
+
+def test_a_margin_state_read_as_the_checks_compare_it():
+    from marginflow.chaos.adapters.grpc_io import fresh
+
+    m = margin_pb2.MarginState(account_id="a", state=cc.LIQUIDATION, account_revision=5, risk_params_version=2,
+                               equity_usd=common_pb2.Decimal(value="4000.01"),
+                               im_usd=common_pb2.Decimal(value="9006.00"), mm_usd=common_pb2.Decimal(value="4503.00"))
+    assert fresh(m) == cc.Fresh(cc.LIQUIDATION, Decimal("4000.01"), Decimal("9006.00"), Decimal("4503.00"), 5, 2, False)
+    m.isolated.add(instrument="BTC-PERP")
+    assert fresh(m).has_isolated and fresh(margin_pb2.MarginState()).equity_usd == 0

@@ -25,6 +25,13 @@ def has_isolated(snapshot) -> bool:
     return any(p.mode == account_pb2.MARGIN_MODE_ISOLATED for p in snapshot.positions)
 
 
+def fresh(m) -> Fresh:
+    """A MarginState (GetMargin's, MarginAt's) as the call checks compare it."""
+    return Fresh(int(m.state), Decimal(m.equity_usd.value or "0"), Decimal(m.im_usd.value or "0"),
+                 Decimal(m.mm_usd.value or "0"), int(m.account_revision), int(m.risk_params_version),
+                 bool(m.isolated))
+
+
 class Platform:
     def __init__(self, host: str, grpc_ports: dict[str, int]) -> None:
         self.ports = grpc_ports
@@ -74,12 +81,9 @@ class Platform:
 
     def fresh_margin(self, account_id: str) -> Fresh | None:
         try:
-            m = self.margin.GetMargin(margin_pb2.GetMarginRequest(account_id=account_id), timeout=5)
+            return fresh(self.margin.GetMargin(margin_pb2.GetMarginRequest(account_id=account_id), timeout=5))
         except grpc.RpcError:
             return None
-        return Fresh(int(m.state), Decimal(m.equity_usd.value or "0"), Decimal(m.im_usd.value or "0"),
-                     Decimal(m.mm_usd.value or "0"), int(m.account_revision), int(m.risk_params_version),
-                     bool(m.isolated))
 
     def margin_at(self, account_id: str, marks: Mapping[str, float]) -> Fresh | None:
         """The account's margin at ``marks`` (md.marks key → price USD; the others the market's now)
@@ -89,14 +93,11 @@ class Platform:
         for key, price in marks.items():
             req.marks[key].value = repr(price)     # the shortest decimal that reads back as the same double
         try:
-            m = self.margin.MarginAt(req, timeout=5).margin
+            return fresh(self.margin.MarginAt(req, timeout=5).margin)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise
             return None
-        return Fresh(int(m.state), Decimal(m.equity_usd.value or "0"), Decimal(m.im_usd.value or "0"),
-                     Decimal(m.mm_usd.value or "0"), int(m.account_revision), int(m.risk_params_version),
-                     bool(m.isolated))
 
     def close(self) -> None:
         for ch in self.channels.values():
