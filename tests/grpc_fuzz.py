@@ -5,7 +5,8 @@ Strings are empty, huge (100k characters), arbitrary unicode or one of the servi
 that field (``known``: field name -> names, so the fuzz reaches past the first lookup); numbers
 include NaN, ±inf, negatives and the ends of their range; ``marginflow.common.v1.Decimal`` values
 are malformed, non-finite, huge or tiny decimal strings; enums take values outside their
-declaration. A servicer must answer all of it with a
+declaration; maps get up to four entries, keys drawn as strings are (``known[map field name]``
+holds real keys), values as their type. A servicer must answer all of it with a
 documented status code — never UNKNOWN (an exception escaped) or INTERNAL.
 """
 
@@ -75,7 +76,10 @@ def requests(draw, message_class, known: Mapping[str, Sequence[str]] = MappingPr
         if draw(st.integers(0, 4)) == 0:     # a fifth of the fields left unset (empty / zero)
             continue
         if field.message_type is not None:
-            if depth >= 3 or field.message_type.GetOptions().map_entry:
+            if depth >= 3:
+                continue
+            if field.message_type.GetOptions().map_entry:
+                _draw_map(draw, getattr(msg, field.name), field, known, depth)
                 continue
             sub = message_factory.GetMessageClass(field.message_type)
             if field.is_repeated:
@@ -88,6 +92,20 @@ def requests(draw, message_class, known: Mapping[str, Sequence[str]] = MappingPr
         else:
             setattr(msg, field.name, draw(_scalar(field, known)))
     return msg
+
+
+def _draw_map(draw, target, field: FieldDescriptor, known: Mapping[str, Sequence[str]], depth: int) -> None:
+    """Entries of the map ``field`` into ``target``: keys drawn as a string field named like the map
+    (``known[map name]`` are real keys), values as their type is drawn anywhere else."""
+    key_field = field.message_type.fields_by_name["key"]
+    value_field = field.message_type.fields_by_name["value"]
+    key_known = {**known, key_field.name: tuple(known.get(field.name, ()))}
+    for key in draw(st.lists(_scalar(key_field, key_known), max_size=4, unique=True)):
+        if value_field.message_type is not None:
+            sub = message_factory.GetMessageClass(value_field.message_type)
+            target[key].CopyFrom(draw(requests(sub, known, depth + 1)))
+        else:
+            target[key] = draw(_scalar(value_field, known))
 
 
 def request_class(method: MethodDescriptor):

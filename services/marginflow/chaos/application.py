@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 
 from marginflow.chaos.domain import calls as callcheck
 from marginflow.chaos.domain.fold import Fold, Mismatch, Observed, compare
+from marginflow.chaos.domain.marks import MarkHistory
 from marginflow.chaos.domain.report import FaultResult
 
 SIGSTOP_SERVICES = ("margin", "portfolio")
@@ -90,6 +91,7 @@ class Ports:
     positions: Tail
     calls: Tail
     orders: Tail | None
+    marks: Tail | None                     # md.marks: calls are recomputed at the marks they name (None: now)
     decode: object                         # namespace of protobuf decoders (see __main__)
     log: Callable[[str], None]
     sleep: Callable[[float], None] = time.sleep
@@ -121,6 +123,7 @@ class Runner:
         self.filled_episodes: set[tuple[str, int]] = set()   # (account, episode) with a filled order
         self.chaos_rejected = 0
         self.last_input_ms: dict[str, int] = {}   # Kafka timestamp of each account's latest input
+        self.marks = MarkHistory()                # every md.marks record read so far
         self.deadline = ports.now() + options.budget_seconds
         self._next_progress = ports.now() + 30
         self.results: list[FaultResult] = []
@@ -166,6 +169,14 @@ class Runner:
                     continue
                 if self.fold.reject("e:" + e.event_id):
                     self.fold.unfold_event(e.account_id)
+
+    def _read_marks(self) -> None:
+        if self.p.marks is None:
+            return
+        d = self.p.decode
+        for rec in self.p.marks.catch_up(min(120, max(5, self._left()))):
+            m = d.mark(rec.value)
+            self.marks.add(m.instrument, m.underlying, int(m.meta.event_time_ms), m.mark_price, m.index_price)
 
     def _read_positions(self) -> None:
         for rec in self.p.positions.catch_up(min(120, max(5, self._left()))):
@@ -273,7 +284,8 @@ class Runner:
             m = d.call(rec.value)
             call = callcheck.Call(m.account_id, f"{rec.partition}:{rec.offset}", int(m.state), int(m.previous_state),
                                   int(m.episode), d.dec(m.equity_usd), d.dec(m.im_usd), d.dec(m.mm_usd),
-                                  int(m.account_revision), int(m.risk_params_version), bool(m.marks_fresh))
+                                  int(m.account_revision), int(m.risk_params_version), bool(m.marks_fresh),
+                                  int(m.meta.event_time_ms))
             calls.append(call)
             stamps[call.offset] = rec.timestamp
             if (c := self.history.check(call)) is not None:
@@ -281,21 +293,27 @@ class Runner:
             snap = self.snapshots.get(call.account_id)
             if (c := callcheck.check_numbers(call, snap is None or d.has_isolated(snap))) is not None:
                 found.append(c)
-        # the last call per account is what a fresh computation can speak to
+        # the last call per account is what a fresh computation can speak to, at the marks it names:
+        # read after the calls, the marks cover every call's event time
+        self._read_marks()
         last = {c.account_id: c for c in calls}
-        recomputed = 0
+        recomputed = reproduced = 0
         for call in list(last.values())[: self.o.recompute_max_calls]:
             if self._left() <= 0:
                 result.notes.append("recomputation cut short: the time budget is spent")
                 break
-            fresh = self.p.platform.fresh_margin(call.account_id)
+            fresh = self.p.platform.margin_at(call.account_id, self.marks.at(call.event_time_ms))
             acct = self.fold.accounts.get(call.account_id)
             same = callcheck.same_inputs(call, fresh, acct.inputs if acct else 0,
                                          self.last_input_ms.get(call.account_id, 0) < stamps[call.offset])
             same, c = callcheck.check_recomputation(call, fresh, same)
             recomputed += same
+            reproduced += same and fresh is not None and fresh.state == call.state
             if c is not None:
                 found.append(c)
+        if recomputed:
+            result.notes.append(f"{reproduced} of {recomputed} calls recomputed at their marks are in the call's "
+                                f"state again")
         if len(last) > self.o.recompute_max_calls:
             result.notes.append(f"recomputed the first {self.o.recompute_max_calls} of {len(last)} accounts with calls")
         stale = [c for c in calls if not c.marks_fresh]

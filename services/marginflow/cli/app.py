@@ -192,6 +192,39 @@ def margin_what_if(account: str = typer.Argument(..., help="account id"),
           *[r for r in (_isolated_table(after),) if r is not None])
 
 
+def _given_price(text: str) -> tuple[str, str]:
+    """``KEY=PRICE``: an instrument's mark or ``index:UNDERLYING``'s index price, USD."""
+    key, sep, price = text.partition("=")
+    if not sep or not key.strip() or not price.strip():
+        raise CliError(f"a price is KEY=PRICE, KEY an instrument or index:UNDERLYING (e.g. BTC-PERP=55000), "
+                       f"got {text!r}", EXIT_BAD_ARGUMENT)
+    return key.strip(), _decimal(price, f"price of {key.strip()}", positive=True)
+
+
+@margin_app.command("at", context_settings=NUMBERS)
+def margin_at(account: str = typer.Argument(..., help="account id"),
+              prices: Optional[list[str]] = typer.Argument(None, help="KEY=PRICE: INSTRUMENT=mark or "
+                                                                       "index:UNDERLYING=index price, USD"),
+              as_json: bool = JsonOption) -> None:
+    """Margin of ACCOUNT at given marks (the others the market's now): its current book, the risk
+    parameters in force, nothing published; and every price it read."""
+    pb = _pb("margin.v1.margin_pb2")
+    request = pb.MarginAtRequest(account_id=_account_id(account))
+    for text in prices or []:
+        key, price = _given_price(text)
+        request.marks[key].value = price
+    with _state().client("margin") as client:
+        reply = client.call("MarginAt", request)
+    if as_json:
+        return out.print_json(out.plain(reply))
+    m = reply.margin
+    used = out.table("prices read", ["key", "price_usd", "given", "fresh", "event time"],
+                     [(p.key, p.price_usd.value, "given" if p.given else "market", "yes" if p.fresh else "STALE",
+                       out.ms_time(p.event_time_ms)) for p in reply.prices], right=["price_usd"])
+    _show(*[r for r in (out.kv(f"margin of {m.account_id} at given marks", _margin_pairs(m)), used,
+                        _isolated_table(m)) if r is not None])
+
+
 @margin_app.command("explain")
 def margin_explain(account: str = typer.Argument(..., help="account id"), as_json: bool = JsonOption) -> None:
     """Why ACCOUNT's margin is what it is: binding component, worst scenario, contributions."""

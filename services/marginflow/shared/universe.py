@@ -24,6 +24,8 @@ DEFAULT_UNIVERSE_FILE = pathlib.Path(__file__).resolve().parent.parent / "config
 # encoding error, not a market (no crypto asset trades near 10^12 USD; 2000 % vol is no smile).
 MAX_PRICE_USD = 1e12
 MAX_IMPLIED_VOL = 20.0
+# md.marks keys: an instrument's symbol, or this prefix and an underlying for its index price.
+INDEX_KEY_PREFIX = "index:"
 
 
 class UniverseError(ValueError):

@@ -115,6 +115,26 @@ def test_margin_explain_names_the_binding_component(run_cli, book):
     assert table.code == 0 and "binding component" in table.out and "per underlying" in table.out, table
 
 
+def test_margin_at_given_marks_and_the_prices_it_read(run_cli, platform, book):
+    account, instrument = book
+    res = run_cli("margin", "at", account.account_id, f"{instrument}=1000.5", "--json")
+    assert res.code == 0, res
+    data = res.json()
+    assert data["margin"]["account_id"] == account.account_id
+    assert {"key": instrument, "price_usd": "1000.5", "given": True} in [
+        {k: p.get(k, False) for k in ("key", "price_usd", "given")} for p in data["prices"]]
+    assert data["margin"]["risk_params_version"] == grpc_margin(platform, account.account_id).risk_params_version
+    table = run_cli("margin", "at", account.account_id, f"{instrument}=1000.5")
+    assert table.code == 0, table
+    assert f"margin of {account.account_id} at given marks" in table.out and "prices read" in table.out
+    bad = run_cli("margin", "at", account.account_id, instrument)
+    assert bad.code == 2 and "KEY=PRICE" in bad.err, bad
+    negative = run_cli("margin", "at", account.account_id, f"{instrument}=-1")
+    assert negative.code == 2 and "must be > 0" in negative.err, negative
+    unknown = run_cli("margin", "at", account.account_id, "index:NOPE=1")
+    assert unknown.code == 2 and "invalid argument" in unknown.err and "index:NOPE" in unknown.err, unknown
+
+
 def test_margin_errors_exit_non_zero_with_one_line(run_cli, book):
     account, instrument = book
     unknown = run_cli("margin", "get", "no-such-account")

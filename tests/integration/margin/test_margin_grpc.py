@@ -137,7 +137,8 @@ def test_fuzz_every_rpc_answers_only_documented_codes(served, data):
     _app, _stub, channel = served
     fuzz_every_rpc(data, channel, pb.DESCRIPTOR.services_by_name["MarginService"],
                    known={"account_id": ["a", "nobody"], "account_ids": ["a", "nobody"],
-                          "instrument": ["BTC-PERP", "ETH-PERP"]})
+                          "instrument": ["BTC-PERP", "ETH-PERP"],
+                          "marks": ["BTC-PERP", "ETH-PERP", "index:BTC", "index:ETH"]})
 
 
 @settings(max_examples=40, deadline=None,

@@ -252,9 +252,10 @@ def test_open_streams_are_bounded_per_caller():
     assert limits.open_stream("a")
 
 
-def test_the_margin_service_rate_limits_what_if_explain_and_recheck_only():
+def test_the_margin_service_rate_limits_what_if_explain_recheck_and_margin_at_only():
     from marginflow.margin.adapters.grpc_api import MarginServicer
 
     limited = {m for m, r in MarginServicer.AUTH_POLICY.items() if r.rate_limited}
-    assert limited == {"WhatIf", "Explain", "Recheck"}
+    assert limited == {"WhatIf", "Explain", "Recheck", "MarginAt"}
     assert MarginServicer.AUTH_POLICY["Recheck"].account_field == "account_ids"   # a trader: own account only
+    assert MarginServicer.AUTH_POLICY["MarginAt"].account_field == "account_id"

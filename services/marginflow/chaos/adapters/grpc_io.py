@@ -1,7 +1,8 @@
-"""gRPC towards the platform: health of every service, accounts and fresh margins."""
+"""gRPC towards the platform: health of every service, accounts and fresh margins (now, or at given marks)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 
 import grpc
@@ -22,6 +23,13 @@ def observed(snapshot) -> Observed:
 
 def has_isolated(snapshot) -> bool:
     return any(p.mode == account_pb2.MARGIN_MODE_ISOLATED for p in snapshot.positions)
+
+
+def fresh(m) -> Fresh:
+    """A MarginState (GetMargin's, MarginAt's) as the call checks compare it."""
+    return Fresh(int(m.state), Decimal(m.equity_usd.value or "0"), Decimal(m.im_usd.value or "0"),
+                 Decimal(m.mm_usd.value or "0"), int(m.account_revision), int(m.risk_params_version),
+                 bool(m.isolated))
 
 
 class Platform:
@@ -73,12 +81,23 @@ class Platform:
 
     def fresh_margin(self, account_id: str) -> Fresh | None:
         try:
-            m = self.margin.GetMargin(margin_pb2.GetMarginRequest(account_id=account_id), timeout=5)
+            return fresh(self.margin.GetMargin(margin_pb2.GetMarginRequest(account_id=account_id), timeout=5))
         except grpc.RpcError:
             return None
-        return Fresh(int(m.state), Decimal(m.equity_usd.value or "0"), Decimal(m.im_usd.value or "0"),
-                     Decimal(m.mm_usd.value or "0"), int(m.account_revision), int(m.risk_params_version),
-                     bool(m.isolated))
+
+    def margin_at(self, account_id: str, marks: Mapping[str, float]) -> Fresh | None:
+        """The account's margin at ``marks`` (md.marks key → price USD; the others the market's now)
+        by MarginAt; None when the service cannot answer now. A refused request is the harness's
+        error and raises."""
+        req = margin_pb2.MarginAtRequest(account_id=account_id)
+        for key, price in marks.items():
+            req.marks[key].value = repr(price)     # the shortest decimal that reads back as the same double
+        try:
+            return fresh(self.margin.MarginAt(req, timeout=5).margin)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            return None
 
     def close(self) -> None:
         for ch in self.channels.values():

@@ -1,7 +1,7 @@
 """When a margin call or a liquidation order is contradicted.
 
 Marks move all the time, so "recompute and compare" needs care. A ``margin.calls`` record C (account
-a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk version v) is
+a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk version v, event time t) is
 **contradicted** when one of these holds:
 
 1. **History** — calls of one account come in key order on one partition, and each one names the
@@ -17,14 +17,23 @@ a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk ve
    e < 0, LIQUIDATION iff 0 ≤ e < MM, MARGIN_CALL iff MM ≤ e < IM — on fresh marks; on stale marks
    (``marks_fresh`` false) anything below IM is MARGIN_CALL, as stale marks never liquidate. A call
    leaving a worse state (S < P, hysteresis) must not be better than its raw state.
-3. **Recomputation** — ``GetMargin`` now (a fresh computation), when its account revision and its
-   risk-parameter version are C's (the account's positions and collateral and the scenarios are the
-   ones C was computed on; marks moved since — a new version may lower IM without bound, only a step
-   up is bounded, so a release of margin says nothing about the call); a call without a revision counts as computed on the account's current
-   revision when no input of the account was published after it): C says LIQUIDATION or BANKRUPT (e < MM) but the fresh computation is HEALTHY
-   with equity ≥ IM. Between MM and IM lies (1 − mm_factor)·IM — half the IM by default — which the
-   seconds of simulated marks between the call and the check do not move an account across; a call on
-   a state the inputs do not support does.
+3. **Recomputation** — C recomputed **at the marks it names**: C's event time t is the event time of
+   the newest mark the market it was computed at had; the harness keeps every ``md.marks`` record and
+   asks ``MarginAt`` for a's margin at the marks in force at t (per instrument the latest mark at or
+   before t, per underlying the latest index price: :mod:`marks`), the same computation as a live
+   margin, at those prices. Compared only when its account revision and its risk-parameter version
+   are C's (the account's positions and collateral and the scenarios are the ones C was computed on —
+   a new version may lower IM without bound, only a step up is bounded, so a release of margin says
+   nothing about the call; a call without a revision counts as computed on the account's current
+   revision when no input of the account was published after it): C says LIQUIDATION or BANKRUPT
+   (e < MM) but the recomputation at its marks is HEALTHY with equity ≥ IM. The market's drift
+   between the call and the check is gone from the comparison; what is left is small: the same
+   version's risk arrays and add-ons rebuilt since at later marks, spreads and depth (a model
+   refresh: IM moves with the prices), and a mark another partition had not yet delivered to the
+   computation at t. Between MM and IM lies
+   (1 − mm_factor)·IM — half the IM by default — which neither moves an account across; a call on a
+   state the inputs do not support does. (A call stamped 0 — no mark seen — is recomputed at the
+   marks now.)
 
 A ``liquidation.orders`` record is contradicted when its order id was seen before (a retry doubled
 it), or when a fresh ``GetMargin`` at the same inputs shows its account HEALTHY with equity ≥ IM.
@@ -32,8 +41,8 @@ it), or when a fresh ``GetMargin`` at the same inputs shows its account HEALTHY 
 event) was published after the order, no order of its episode has filled, the fresh computation's
 account revision is the fold's, and its risk-parameter version and account revision are the ones the order
 names (the margin it was planned on: collateral haircuts follow σ_m, so a new version moves equity too). The account is then where it was when the episode started, marks
-apart — and an episode starts only below MM on fresh marks. The band between MM and IM absorbs the
-marks' drift since, as for calls (rule 3); a state above MM but below IM is not a contradiction:
+apart — and an episode starts only below MM on fresh marks. Orders are judged at the marks now: the
+band between MM and IM absorbs the marks' drift since; a state above MM but below IM is not a contradiction:
 marks may have lifted the account out of liquidation since. Orders after a fill of their episode are
 not judged by a fresh computation: an episode goes on, by design, from MM up to IM·(1 + buffer), and
 the fills themselves moved the account.
@@ -61,11 +70,12 @@ class Call:
     account_revision: int
     risk_version: int
     marks_fresh: bool = True
+    event_time_ms: int = 0     # the newest mark's event time in the market it was computed at (0: none)
 
 
 @dataclasses.dataclass(frozen=True)
 class Fresh:
-    """A fresh GetMargin of the account."""
+    """A fresh computation of the account's margin (MarginAt: at given marks, or at the marks now)."""
 
     state: int
     equity_usd: Decimal
@@ -162,8 +172,9 @@ def same_inputs(call: Call, fresh: Fresh | None, revision_now: int, no_input_sin
 
 
 def check_recomputation(call: Call, fresh: Fresh | None, same: bool | None = None) -> tuple[bool, Contradiction | None]:
-    """Rule 3. Returns (compared at the same inputs?, contradiction). ``same`` overrides the revision
-    comparison (see :func:`same_inputs`)."""
+    """Rule 3: ``fresh`` is the account's margin at the marks in force at ``call.event_time_ms``.
+    Returns (compared at the same inputs?, contradiction). ``same`` overrides the revision comparison
+    (see :func:`same_inputs`)."""
     if same is None:
         same = (fresh is not None and fresh.account_revision == call.account_revision
                 and fresh.risk_version == call.risk_version)
@@ -172,8 +183,9 @@ def check_recomputation(call: Call, fresh: Fresh | None, same: bool | None = Non
     if call.state >= LIQUIDATION and fresh.state == HEALTHY and fresh.equity_usd >= fresh.im_usd:
         return True, Contradiction(call.account_id, call.offset, "recomputation",
                                    f"call {NAMES[call.state]} (equity {call.equity_usd} < MM {call.mm_usd}) but at "
-                                   f"revision {call.account_revision} (version {call.risk_version} → {fresh.risk_version}) a fresh "
-                                   f"computation is HEALTHY (equity {fresh.equity_usd} ≥ IM {fresh.im_usd})")
+                                   f"revision {call.account_revision} (version {call.risk_version} → {fresh.risk_version}) "
+                                   f"and the marks of {call.event_time_ms} ms a fresh computation is HEALTHY "
+                                   f"(equity {fresh.equity_usd} ≥ IM {fresh.im_usd})")
     return True, None
 
 

@@ -410,3 +410,18 @@ def recheck_response(rechecked, unknown: Sequence[str], symbols: Sequence[str], 
                 pos.im_relief_usd.value = _down(relief)
     return out
 
+
+def price_text(x: float) -> str:
+    """A price as the wire's decimal string: the shortest decimal that reads back as the same binary
+    value, in plain notation (no exponent)."""
+    return format(Decimal(repr(x)), "f")
+
+
+def margin_at_response(margin: AccountMargin, prices, publish_ms: int) -> pb.MarginAtResponse:
+    """A :meth:`~marginflow.margin.application.queries.Queries.margin_at` answer as a MarginAtResponse."""
+    out = pb.MarginAtResponse()
+    margin_state_into(out.margin, margin, publish_ms=publish_ms)
+    for p in prices:
+        item = out.prices.add(key=p.key, given=p.given, event_time_ms=p.event_time_ms, fresh=p.fresh)
+        item.price_usd.value = price_text(p.price_usd)
+    return out

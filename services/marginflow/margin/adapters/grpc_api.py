@@ -18,6 +18,7 @@ from marginflow.shared.kafka import key_partition
 from marginflow.shared.grpcserver import invalid_argument
 from marginflow.shared import security
 from marginflow.shared.memo import IdentityMemo
+from marginflow.shared.universe import INDEX_KEY_PREFIX, MAX_PRICE_USD
 
 # Codes of the owning instance passed on as they are; anything else means it could not be reached.
 _FORWARDED_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
@@ -32,6 +33,7 @@ STREAM_QUEUE = 10_000
 _MAX_COLLATERAL = Decimal("1e15")
 _MAX_TRADE_SIZE = Decimal("1e12")
 _MAX_TRADE_PRICE = Decimal("1e12")
+_MAX_MARK_PRICE = Decimal(repr(MAX_PRICE_USD))
 # Encoded answers kept (GetMargin, what-if's "before"); past this many the oldest are forgotten.
 ENCODED_MAX = 16_384
 
@@ -64,7 +66,7 @@ def state_fanout() -> Fanout[pb.MarginState]:
 class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
     AUTH_POLICY = {"GetMargin": security.account_read(), "WhatIf": security.costly_read(),
                    "Explain": security.costly_read(), "Recheck": security.costly_read("account_ids"),
-                   "StreamMargin": security.account_read("account_ids")}
+                   "StreamMargin": security.account_read("account_ids"), "MarginAt": security.costly_read()}
 
     def __init__(self, engine: MarginEngine, fanout: Fanout[pb.MarginState], what_if_metric=None,
                  clock_ms=lambda: int(time.time() * 1000), forwarder: Forwarder | None = None) -> None:
@@ -215,6 +217,43 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         except NotReady as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"margin is not ready: {exc}")
         return codec.recheck_response(rechecked, unknown, self._engine.instruments.symbols, self._clock_ms())
+
+    def _given_prices(self, request: pb.MarginAtRequest,
+                      context: grpc.ServicerContext) -> tuple[dict[int, float], dict[int, float]]:
+        """``marks`` as (instrument index → mark, underlying index → index price), validated."""
+        table = self._engine.instruments
+        marks: dict[int, float] = {}
+        index: dict[int, float] = {}
+        for key in sorted(request.marks):
+            text = request.marks[key].value
+            if key.startswith(INDEX_KEY_PREFIX):
+                where, slot = index, table.underlying_index.get(key[len(INDEX_KEY_PREFIX):])
+            else:
+                where, slot = marks, table.index.get(key)
+            if slot is None:
+                invalid_argument(context, f"marks key {key[:64]!r} is neither a listed instrument nor "
+                                          f"{INDEX_KEY_PREFIX}<underlying> of one")
+            try:
+                price = Decimal(text)
+            except (InvalidOperation, ValueError):
+                invalid_argument(context, f"marks[{key!r}] {text[:64]!r} is not a decimal number")
+            if not price.is_finite() or price <= 0 or price > _MAX_MARK_PRICE:
+                invalid_argument(context, f"marks[{key!r}] must be finite, > 0 and at most {MAX_PRICE_USD:.0e} USD, "
+                                          f"got {text[:64]!r}")
+            value = float(price)
+            if not value > 0:      # below the smallest double: it would reach the core as 0
+                invalid_argument(context, f"marks[{key!r}] {text[:64]!r} is too small to be a price")
+            where[slot] = value
+        return marks, index
+
+    def MarginAt(self, request: pb.MarginAtRequest, context: grpc.ServicerContext) -> pb.MarginAtResponse:
+        account = self._account(request.account_id, context)
+        marks, index = self._given_prices(request, context)
+        try:
+            margin, prices = self._engine.margin_at(account, marks, index)
+        except (UnknownAccount, NotReady) as exc:
+            return self._fail(exc, context, account, "MarginAt", request)
+        return codec.margin_at_response(margin, prices, self._clock_ms())
 
     def StreamMargin(self, request: pb.StreamMarginRequest, context: grpc.ServicerContext):
         if len(request.account_ids) > MAX_STREAM_ACCOUNTS:

@@ -105,6 +105,9 @@ class MarginEngine:
     def explain(self, account_id: str) -> Explanation:
         return self.queries.explain(account_id)
 
+    def margin_at(self, account_id: str, marks: dict[int, float], index: dict[int, float]):
+        return self.queries.margin_at(account_id, marks, index)
+
     def recheck(self, account_ids: Sequence[str], reliefs: bool = True):
         return self.queries.recheck(account_ids, reliefs)
 

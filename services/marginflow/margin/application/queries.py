@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +22,7 @@ from marginflow.margin.application.results import account_margin, core_parts
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.domain.book import AccountBook, FlatBook, InstrumentTable
 from marginflow.margin.domain.liquidation import linear_liquidation_price, option_liquidation_forward
-from marginflow.margin.domain.market import MarketAt, MarketState
+from marginflow.margin.domain.market import MarketAt, MarketState, PriceUsed, at_prices, prices_used
 from marginflow.margin.domain.results import AccountMargin, Explanation, PositionExplain, UnderlyingExplain
 from marginflow.margin.domain.trades import TradeDelta, apply_trades, check_trades
 from marginflow.margin.domain.valuation import MarketView, Valuation, valuate
@@ -337,6 +337,28 @@ class Queries:
                 after_book = dataclasses.replace(after_book, balances=balances)
             after = self.single(after_book, model, at)
             return self.reported(before, remember=True), self.margin_of(after, model, liquidation_prices=True)
+
+    def margin_at(self, account_id: str, marks: Mapping[int, float],
+                  index: Mapping[int, float]) -> tuple[AccountMargin, list[PriceUsed]]:
+        """The account margined alone at the market now with ``marks`` (instrument → mark, USD) and
+        ``index`` (underlying → index price, USD) in its place (:func:`at_prices`): its current book,
+        the model in force, the core's computation and valuation as every live margin (:meth:`single`),
+        liquidation prices at those prices. The state is the raw state of those numbers (no hysteresis:
+        no transition of the account is being judged), with the account's current episode; and the
+        prices the valuation read, given or the market's."""
+        with self.readers:
+            book, model = self.require(account_id)
+            cfg = self.config
+            at = at_prices(self.market_at(), self.instruments, marks, index, cfg.assets, cfg.stablecoins,
+                           model.sigma_margin, cfg.haircut)
+            margin = self.margin_of(self.single(book, model, at), model, liquidation_prices=True)
+            pub, row = self._publication, self.accounts.row_of.get(account_id)
+            if pub is not None and row is not None and row < pub.episodes.number.shape[0]:
+                margin = dataclasses.replace(margin, episode=int(pub.episodes.number[row]))
+            collateral = [a for a, b in zip(cfg.assets, book.balances.tolist()) if b != 0 and a not in cfg.stablecoins]
+            used = prices_used(at, self.instruments, book.instrument.tolist(), collateral, marks, index,
+                               cfg.mark_max_age_ms)
+            return margin, used
 
     def recheck(self, account_ids: Sequence[str], reliefs: bool) -> tuple[list[Rechecked], list[str]]:
         """Many accounts margined afresh at the market now, in one pass of the core (each as :meth:`explain`

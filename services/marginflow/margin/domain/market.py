@@ -9,7 +9,7 @@ account's marks count as not fresh (``mark_time_ms == 0``), so nothing liquidate
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from marginflow.margin.domain.horizon import OpenInterestBook, VenueActivity, Vo
 from marginflow.margin.domain.valuation import NEVER_MS, MarketView
 from marginflow.pricing import black76
 from marginflow.shared.depthcurve import DepthCurve
+from marginflow.shared.universe import INDEX_KEY_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,7 @@ class MarketAt:
     implied_vol: np.ndarray      # float64[K]
     now_ms: int                  # the market's event time (or the wall clock before any mark): option expiries
     event_ms: int                # newest mark's event time (0 before any): the results' event time
+    index_time_ms: np.ndarray | None = None   # int64[U], event time of each index price (0: none yet)
 
 
 class MarketState:
@@ -166,7 +168,7 @@ class MarketState:
         v = self.view(assets, stablecoins, sigma_margin, haircut, max_age_ms)
         view = dataclasses.replace(v, mark=v.mark.copy(), mark_time_ms=v.mark_time_ms.copy())
         return MarketAt(view, self.index_price.copy(), self.implied_vol.copy(), self.now_ms(wall_ms),
-                        self.newest_event_ms)
+                        self.newest_event_ms, self.index_time_ms.copy())
 
     def haircuts(self, assets: Sequence[str], stablecoins: frozenset[str], sigma_margin: dict[str, float],
                  haircut: HaircutPolicy) -> dict[str, float]:
@@ -182,3 +184,67 @@ class MarketState:
         """Those of ``instruments`` (indices) that have had no mark yet."""
         instruments = np.unique(np.asarray(instruments, dtype=np.int64))
         return instruments[self.mark_time_ms[instruments] == 0]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PriceUsed:
+    """A price a computation used: ``key`` as md.marks keys it (instrument symbol or ``index:<underlying>``)."""
+
+    key: str
+    price_usd: float
+    given: bool            # from the caller, not the market
+    event_time_ms: int     # 0: the market has had none yet (a fallback price)
+    fresh: bool
+
+
+def at_prices(at: MarketAt, instruments: InstrumentTable, marks: Mapping[int, float], index: Mapping[int, float],
+              assets: Sequence[str], stablecoins: frozenset[str], sigma_margin: dict[str, float],
+              haircut: HaircutPolicy) -> MarketAt:
+    """``at`` with ``marks`` (instrument → mark, USD) and ``index`` (underlying → index price, USD) in
+    place of its own: a collateral asset's unit value is recomputed from its given index price
+    (:func:`asset_values`, the haircut of σ_m in force), an option's liquidation forward is the given
+    index. Given prices are fresh and stamped at the market's event time (``at.event_ms``; the wall
+    clock's ``at.now_ms`` before any mark): they are the premise of the question, never stale."""
+    if not marks and not index:
+        return at
+    v = at.view
+    stamp = at.event_ms or at.now_ms
+    mark, mark_time, fresh = v.mark.copy(), v.mark_time_ms.copy(), v.fresh.copy()
+    for k, price in marks.items():
+        mark[k], mark_time[k], fresh[k] = price, stamp, True
+    index_price = at.index_price.copy()
+    index_time = at.index_time_ms.copy() if at.index_time_ms is not None else np.zeros(len(index_price), np.int64)
+    unit_value, asset_fresh, asset_time = v.unit_value, v.asset_fresh, v.asset_time_ms
+    if index:
+        unit_value, asset_fresh, asset_time = unit_value.copy(), asset_fresh.copy(), asset_time.copy()
+        for u, price in index.items():
+            index_price[u], index_time[u] = price, stamp
+            und = instruments.underlyings[u]
+            for a, asset in enumerate(assets):
+                if asset == und and asset not in stablecoins:
+                    values, _h = asset_values([asset], stablecoins, {asset: price}, sigma_margin, haircut)
+                    unit_value[a], asset_fresh[a], asset_time[a] = values[0], True, stamp
+    view = dataclasses.replace(v, mark=mark, mark_time_ms=mark_time, fresh=fresh, unit_value=unit_value,
+                               asset_fresh=asset_fresh, asset_time_ms=asset_time)
+    return MarketAt(view, index_price, at.implied_vol, at.now_ms, at.event_ms, index_time)
+
+
+def prices_used(at: MarketAt, instruments: InstrumentTable, held: Iterable[int], collateral: Iterable[str],
+                given_marks: Iterable[int], given_index: Iterable[int], max_age_ms: int) -> list[PriceUsed]:
+    """The prices a valuation of an account at ``at`` reads: the mark of each instrument ``held``, then
+    the index of each crypto ``collateral`` asset (one with a balance) and of each held option's
+    underlying (its liquidation forward). Fresh as :meth:`MarketState.view` has it: given, or seen
+    within ``max_age_ms`` of the market's event time."""
+    gm, gi = set(given_marks), set(given_index)
+    held = sorted(set(held))
+    v = at.view
+    out = [PriceUsed(instruments.symbols[k], float(v.mark[k]), k in gm, int(v.mark_time_ms[k]), bool(v.fresh[k]))
+           for k in held]
+    unds = {int(instruments.underlying[k]) for k in held if instruments.is_option(k)}
+    unds |= {instruments.underlying_index[a] for a in collateral if a in instruments.underlying_index}
+    for u in sorted(unds):
+        t = int(at.index_time_ms[u]) if at.index_time_ms is not None else 0
+        fresh = u in gi or (t > 0 and t >= at.event_ms - max_age_ms)
+        out.append(PriceUsed(INDEX_KEY_PREFIX + instruments.underlyings[u], float(at.index_price[u]), u in gi, t,
+                             fresh))
+    return out

@@ -1,0 +1,88 @@
+"""Margin at given prices (``Queries.margin_at``): the same numbers as the live computation once the
+market has those prices, the live state untouched, and the prices it read reported."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import marginflow.core as core
+import marginflow.core.reference as reference
+from marginflow.margin.adapters import codec
+
+from margin_unit_helpers import T0, book, mark, risk_version
+
+BTC_PERP, ETH_PERP, CALL = 0, 1, 2
+U_BTC, U_ETH = 0, 1
+
+
+def _books():
+    return [book("cross", [(BTC_PERP, 1.0, 60000.0, 0, 0.0), (CALL, -2.0, 3000.0, 0, 0.0)],
+                 {"USDC": 9000.0, "BTC": 0.1}),
+            book("mixed", [(ETH_PERP, -5.0, 3000.0, 0, 0.0), (BTC_PERP, 0.5, 61000.0, 1, 4000.0)],
+                 {"USDC": 2500.0, "ETH": 1.0})]
+
+
+def _engine(make_engine, core_impl):
+    engine, _pub, clock = make_engine(core_impl)
+    engine.apply_snapshots(_books())
+    engine.apply_risk_params(risk_version())
+    engine.apply_marks([mark(BTC_PERP, 60000.0, T0 + 1000), mark(ETH_PERP, 3000.0, T0 + 1000),
+                        mark(CALL, 3000.0, T0 + 1000, index=60000.0, iv=0.5)])
+    clock.advance(1000)
+    engine.evaluate()
+    return engine
+
+
+def _raw_alone(engine, account_id):
+    q = engine.queries
+    b, model = q.require(account_id)
+    return q.margin_of(q.single(b, model), model, liquidation_prices=True)
+
+
+def _wire(margin) -> bytes:
+    return codec.margin_state(dataclasses.replace(margin, episode=0), publish_ms=1).SerializeToString()
+
+
+@pytest.mark.parametrize("core_impl", [core, reference], ids=["c", "numpy"])
+@pytest.mark.parametrize("account_id", ["cross", "mixed"])
+def test_margin_at_given_prices_is_the_live_margin_once_the_market_has_them(make_engine, core_impl, account_id):
+    asked = _engine(make_engine, core_impl)
+    moved = _engine(make_engine, core_impl)
+    # the market moved 8 % down: marks and index prices (a BTC mark carries BTC's index)
+    moved.apply_marks([mark(BTC_PERP, 55200.0, T0 + 1000), mark(ETH_PERP, 2760.0, T0 + 1000),
+                       mark(CALL, 1200.0, T0 + 1000, index=55200.0, iv=0.5)])
+    margin, prices = asked.margin_at(account_id, {BTC_PERP: 55200.0, ETH_PERP: 2760.0, CALL: 1200.0},
+                                     {U_BTC: 55200.0, U_ETH: 2760.0})
+    assert _wire(margin) == _wire(_raw_alone(moved, account_id))
+    # ... and it is not the live margin now (the prices mattered), which is left as it was
+    live = _raw_alone(asked, account_id)
+    assert margin.equity_usd != live.equity_usd
+    assert asked.mark_price[BTC_PERP] == 60000.0 and asked.market.index_price[U_BTC] == 60000.0
+    assert all(p.given and p.fresh and p.event_time_ms == T0 + 1000 for p in prices)
+
+
+def test_margin_at_no_prices_is_the_account_margined_afresh_now(make_engine):
+    engine = _engine(make_engine, core)
+    margin, prices = engine.margin_at("cross", {}, {})
+    assert _wire(margin) == _wire(_raw_alone(engine, "cross"))
+    # the marks of BTC-PERP and the call, then BTC's index (collateral and the call's forward)
+    assert [(p.key, p.price_usd, p.given, p.event_time_ms) for p in prices] == [
+        ("BTC-PERP", 60000.0, False, T0 + 1000), ("BTC-C-60000", 3000.0, False, T0 + 1000),
+        ("index:BTC", 60000.0, False, T0 + 1000)]
+
+
+def test_margin_at_reports_the_raw_state_of_its_numbers_and_the_current_episode(make_engine):
+    engine = _engine(make_engine, core)
+    live = engine.get_margin("cross")
+    # BTC-PERP long 1 from 60,000 and 2 calls short at 3,000: at 42,000 (calls at 100) the equity is below MM
+    margin, _ = engine.margin_at("cross", {BTC_PERP: 42000.0, CALL: 100.0}, {U_BTC: 42000.0})
+    assert 0 <= margin.equity_usd < margin.mm_usd and margin.state == 3     # LIQUIDATION, on fresh (given) marks
+    assert margin.marks_fresh and margin.episode == live.episode
+    assert (margin.revision, margin.risk_params_version) == (live.revision, live.risk_params_version)
+    # collateral: 0.1 BTC at the given index, less the haircut z·σ_m·√(horizon/year) = 2·0.5·√(1/365)
+    haircut = 2.0 * 0.5 * np.sqrt(1 / 365)
+    assert margin.collateral_usd == pytest.approx(9000.0 + 0.1 * 42000.0 * (1 - haircut), rel=1e-12)
+    assert engine.get_margin("cross") is live                            # nothing published, nothing changed
