@@ -164,10 +164,6 @@ def main() -> int:
                                         "MF_LIQUIDATION_PORTFOLIO_ADDRESS": "127.0.0.1:1"})
         liq = LiquidationApp(ls).start(serve_http_metrics=False)
         lthread, lstop = liq.run_in_thread()
-        deadline = time.monotonic() + 60    # the consumer group joined (the liquidation's start is not measured)
-        while not liq.group.raw.assignment() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)
         print(f"moving the mark (load average {os.getloadavg()[0]:.1f})", flush=True)
         move_ms = int(time.time() * 1000)
         producer.send(topics.marks, "BTC-PERP", mark(51000.0, move_ms))

@@ -23,7 +23,7 @@ from marginflow.shared.errors import Rejected
 from marginflow.shared.host import ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
-    platform_topics, topic_partitions)
+    assign_every_partition, platform_topics, topic_partitions)
 from marginflow.shared.lifecycle import Lifecycle
 from marginflow.shared.logs import get_logger
 from marginflow.shared.universe import platform_universe
@@ -69,12 +69,9 @@ class ExchangeSimApp:
         # group id only keeps the committed offsets; a first start begins at the end (no replay of old orders).
         orders = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
                               auto_offset_reset="latest")
-        order_tps = [TopicPartition(topics.liquidation_orders, p)
-                     for p in sorted(topic_partitions(orders, topics.liquidation_orders, 60.0))]
-        orders.assign(order_tps)
+        # the start resolved now (committed, else the end), before any order arrives
+        order_tps = assign_every_partition(orders, [topics.liquidation_orders], 60.0)
         first_start = all(orders.committed(tp) is None for tp in order_tps)
-        for tp in order_tps:
-            orders.position(tp)   # resolve the start now (committed, else the end), before any order arrives
         if first_start and s.house_collateral_usd > 0:
             # The house takes the other side of every fill; without collateral the margin service would put
             # it in liquidation (and bankrupt) on the first adverse move, an account nobody can liquidate.

@@ -6,8 +6,8 @@ Tests and the benchmark build a :class:`LiquidationApp` directly and run its loo
 Start: the fund from ``liquidation.fund`` (compacted; the initial balance when empty), the episodes, slice
 numbers, admin pauses and history from ``liquidation.events``, the last margin of every account from
 ``margin.state`` (to its end offsets) and the tail of ``md.marks``; then ready. ``margin.calls`` and
-``trades.fills`` come through the consumer group (offsets committed after each batch has been handled and
-its outputs acknowledged).
+``trades.fills``: every partition, assigned directly (one instance acts for every account), from the offsets
+committed under the group id; committed after each batch has been handled and its outputs acknowledged.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from marginflow.shared.errors import Rejected
 from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
-    platform_topics, read_compacted, rewind, topic_partitions)
+    assign_every_partition, platform_topics, read_compacted, rewind, topic_partitions)
 from marginflow.shared.lifecycle import Lifecycle
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
@@ -56,19 +56,14 @@ ASSESS_BATCH = 100
 log = get_logger(__name__)
 
 
-GROUP_MAX_POLL_INTERVAL_MS = 30_000
 # The output producer's linger, ms. Every publication of events, orders and effects ends with a flush, which
 # sends what is buffered at once, so the linger adds no latency there; it only keeps the records of one
 # publication in few batches (with 0 the sender thread took each record as its own batch and request while
 # the loop was still appending, and both contended for the GIL record by record). A dead letter, sent
 # without a flush, goes out within it.
 OUTPUT_LINGER_MS = 20
-# A few ms, not 0: with 0 the client never waits for the coordinator's answers, and a join that needs
-# several round trips (a rebalance after a member died) was seen not to complete for minutes.
-GROUP_POLL_MS = 5
-# While the group member joins (ProtoConsumer.joining), the poll waits this long: 5 ms polls made it join
-# again after every join, and a restarted instance read no fills for a minute.
-GROUP_JOIN_POLL_MS = 100
+# margin.calls and trades.fills are polled for a few ms a turn: the market's records come first.
+INPUT_POLL_MS = 5
 
 
 def liquidation_topics(settings: LiquidationSettings) -> list[TopicSpec]:
@@ -98,7 +93,7 @@ class LiquidationApp:
         self._positions = positions
         self._inflight: list[Future] = []   # assessments of a batch of accounts each
         self._admin: queue.Queue = queue.Queue()
-        self._polled: list = []            # the group records of the turn under way
+        self._polled: list = []            # the input records of the turn under way
         self.loop: ServiceLoop | None = None
 
     @property
@@ -149,14 +144,14 @@ class LiquidationApp:
         self.market = ProtoConsumer(market, {topics.marks: marketdata_pb2.Mark,
                                              topics.margin_state: margin_pb2.MarginState}, self.dlq, SERVICE)
         self._assign_market()
-        group = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
-                             [topics.margin_calls, topics.fills], session_timeout_ms=6000, heartbeat_interval_ms=2000,
-                             fetch_max_wait_ms=FETCH_WAIT_MS,
-                             # also the rebalance timeout: a member killed while the group was joining holds
-                             # the next join for this long (kafka-python's default, 300 s, kept a restarted
-                             # instance without its fills partitions for minutes); every turn polls
-                             max_poll_interval_ms=GROUP_MAX_POLL_INTERVAL_MS)
-        self.group = ProtoConsumer(group, {topics.margin_calls: margin_pb2.MarginCall, topics.fills: account_pb2.Fill},
+        # margin.calls and trades.fills: every partition assigned directly, no group membership. One instance
+        # acts for every account (it reads every account's margin.state and keeps the one fund), so a group
+        # would only add joins — and with kafka-python a restarted member's join was seen to stall at its
+        # SyncGroup for over a minute, its fills' fees uncredited meanwhile. The group id keeps the offsets.
+        inputs = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
+                             fetch_max_wait_ms=FETCH_WAIT_MS)
+        assign_every_partition(inputs, [topics.margin_calls, topics.fills], s.startup_timeout_seconds)
+        self.inputs = ProtoConsumer(inputs, {topics.margin_calls: margin_pb2.MarginCall, topics.fills: account_pb2.Fill},
                                    self.dlq, SERVICE)
         self.pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix=f"{SERVICE}-assess")
         self._catch_up_states(timeout)
@@ -164,7 +159,7 @@ class LiquidationApp:
         self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.engine.refresh_gauges),
                                                            Every(1.0, self.check_fund_cache)],
                                 recover=self.recover)
-        for name, step in (("market consumer", self.market.close), ("group consumer", self.group.close),
+        for name, step in (("market consumer", self.market.close), ("inputs consumer", self.inputs.close),
                            ("assessments", lambda: self.pool.shutdown(wait=True, cancel_futures=True)),
                            ("flush producer", self.producer.flush), ("close producer", self.producer.close),
                            ("close redis", self.redis.close)):
@@ -228,7 +223,7 @@ class LiquidationApp:
         self.engine.on_states(states)
         return len(records)
 
-    def _route_group(self, records) -> int:
+    def _route_inputs(self, records) -> int:
         topics = self.settings.common.topics
         calls, fills = [], []
         for r in records:
@@ -238,7 +233,7 @@ class LiquidationApp:
                 else:
                     fills.append(codec.fill_from_proto(r.value, r.topic, r.partition, r.offset))
             except Rejected as exc:
-                self.group.reject(r, exc)
+                self.inputs.reject(r, exc)
         self.engine.on_calls(calls)
         if fills:
             self.engine.on_fills(fills)
@@ -252,13 +247,13 @@ class LiquidationApp:
         handled = self._route_market(self.market.poll(timeout_ms=0 if busy else timeout,
                                                       max_records=MARKET_RECORDS_BUSY if busy
                                                       else MARKET_RECORDS_PER_TURN))
-        records = self.group.poll(timeout_ms=GROUP_JOIN_POLL_MS if self.group.joining() else GROUP_POLL_MS,
+        records = self.inputs.poll(timeout_ms=INPUT_POLL_MS,
                                   max_records=5000)
         self._polled = records
         self.engine.begin_batch()
         try:
             if records:
-                handled += self._route_group(records)
+                handled += self._route_inputs(records)
             self._run_admin_requests()
         finally:
             self.engine.end_batch()   # events, then orders, each acknowledged: before the offsets are committed
@@ -272,7 +267,7 @@ class LiquidationApp:
                 self._inflight.remove(future)
             handled += self.engine.act_many([a for future in done for a in future.result()])
         if records:
-            self.group.commit()
+            self.inputs.commit()
         self._polled = []
         # Due accounts are re-checked together: one Recheck call for up to ASSESS_BATCH accounts, at most
         # MF_LIQUIDATION_WORKERS calls in flight (the accounts that come due meanwhile go in the next one).
@@ -288,10 +283,10 @@ class LiquidationApp:
 
     # ---- recovery
     def recover(self, exc: BaseException) -> None:
-        """A failed turn (a broker timeout while publishing): its group records are read again, not skipped —
+        """A failed turn (a broker timeout while publishing): its input records are read again, not skipped —
         the fills' fees are credited once by their offsets, a call is pending again."""
         records, self._polled = self._polled, []
-        rewind(self.group.raw, ((r.topic, r.partition, r.offset) for r in records))
+        rewind(self.inputs.raw, ((r.topic, r.partition, r.offset) for r in records))
 
     def check_fund_cache(self) -> None:
         """Redis emptied or restarted: the fund's copy is written again from the ledger (rebuilt from Kafka)."""

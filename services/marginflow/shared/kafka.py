@@ -355,6 +355,21 @@ def topic_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float, requ
     return set(parts or ())
 
 
+def assign_every_partition(consumer: KafkaConsumer, topics: Sequence[str], timeout_s: float) -> list[TopicPartition]:
+    """Assign every partition of ``topics`` to ``consumer`` directly, with no group membership, and resolve
+    each start position now: the offset committed under the consumer's group id, else its
+    ``auto_offset_reset``. For a service of which one instance runs (it reads every account): no join to
+    wait for or lose, and offsets still committed under the group id. RuntimeError when a topic has no
+    partitions within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    tps = [TopicPartition(topic, p) for topic in topics
+           for p in sorted(topic_partitions(consumer, topic, max(0.0, deadline - time.monotonic()), required=True))]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.position(tp)
+    return tps
+
+
 def wait_for_metadata(consumer: KafkaConsumer, topics: Sequence[str], timeout_s: float = TOPIC_METADATA_WAIT_S) -> None:
     """Block until the consumer's metadata lists every topic (bounded). A group member that joins while
     a topic it subscribes to is missing from its metadata (just created, the broker's metadata not yet
@@ -387,20 +402,6 @@ class ProtoConsumer:
     @property
     def raw(self) -> KafkaConsumer:
         return self._consumer
-
-    def joining(self) -> bool:
-        """Whether this group member is (re)joining: it holds no partitions, or its coordinator wants a join.
-        A loop that polls for a few ms at a time should wait longer then: kafka-python's join takes several
-        round trips, and polls that short cut each one short, so that the member joined again after every
-        completed join (dozens of rebalances in seconds, each taking its partitions away)."""
-        raw = self._consumer
-        if not raw.assignment():
-            return True
-        coordinator = getattr(raw, "_coordinator", None)   # kafka-python's; no public view of the join state
-        try:
-            return bool(coordinator is not None and coordinator.need_rejoin())
-        except Exception:   # noqa: BLE001 - an internal of the client: never let it stop a loop
-            return False
 
     def poll(self, timeout_ms: int = 200, max_records: int = 5000) -> list[Decoded]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)

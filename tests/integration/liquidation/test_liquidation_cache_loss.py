@@ -95,9 +95,9 @@ def test_a_bankruptcy_takeover_is_done_once_across_a_lost_ack_flushall_and_a_res
         bob = wait_for(lambda: (lambda s: s if all(Decimal(p.size.value) == 0 for p in s.positions) else None)(
             pf.GetAccount(account_pb2.GetAccountRequest(account_id="bob"))), timeout_s=60, what="bob closed out")
         # the second instance has read the call (its group offsets passed it) before the checks
-        wait_for(lambda: liq.group.raw.assignment() and all(
-            liq.group.raw.position(tp) >= end for tp, end in liq.group.raw.end_offsets(
-                list(liq.group.raw.assignment())).items()), timeout_s=60, what="the restarted service caught up")
+        wait_for(lambda: liq.inputs.raw.assignment() and all(
+            liq.inputs.raw.position(tp) >= end for tp, end in liq.inputs.raw.end_offsets(
+                list(liq.inputs.raw.assignment())).items()), timeout_s=60, what="the restarted service caught up")
         mine = kinds(events.records_to_end(), "bob")
         assert mine.count("BANKRUPT") == 1 and mine.count("FUND_TAKEOVER") == 1 and mine.count("DEFICIT_COVERED") == 1
         copies: dict[str, set] = {}
