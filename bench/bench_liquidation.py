@@ -1,9 +1,10 @@
-"""Liquidation benchmark: ``python -m bench.bench_liquidation [--accounts N] [--liquidating F]``.
+"""Liquidation benchmark: ``python -m bench.bench_liquidation [--accounts N] [--liquidating F] [--in-process]``.
 
-On the real Kafka (KAFKA_BOOTSTRAP_SERVERS): the margin service in its own process (``python -m
-marginflow.margin``, as deployed) and the liquidation service in this one. N accounts, each long 1 BTC-PERP at 60,000; a fraction F of them with 12,000 USDC
-(below MM after the move), the rest with 30,000 USDC (healthy throughout). One mark move 60,000 → 51,000
-is published with its event time; measured:
+On the real Kafka (KAFKA_BOOTSTRAP_SERVERS): the margin service and the liquidation service each in its own
+process (``python -m marginflow.margin``, ``python -m marginflow.liquidation``, as deployed; ``--in-process``
+runs the liquidation in this one, beside the collecting consumers). N accounts, each long 1 BTC-PERP at
+60,000; a fraction F of them with 12,000 USDC (below MM after the move), the rest with 30,000 USDC (healthy
+throughout). One mark move 60,000 → 51,000 is published with its event time; measured:
 
 * margin: mark event time → the account's ``margin.calls`` record published (the margin evaluation, the
   baseline of the same run);
@@ -94,6 +95,25 @@ def collect(bootstrap: str, topic: str, message_type, want: int, timeout_s: floa
         c.close()
 
 
+def wait_settled(bootstrap: str, topic: str, most: int, window_s: float, timeout_s: float) -> bool:
+    """Until at most ``most`` records reach ``topic`` within ``window_s`` (the start-up publication of every
+    account done; heartbeats go on): the move then meets a platform at rest. At most ``timeout_s``."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
+        deadline = time.monotonic() + timeout_s
+        before = sum(c.end_offsets(tps).values())
+        while time.monotonic() < deadline:
+            time.sleep(window_s)
+            after = sum(c.end_offsets(tps).values())
+            if after - before <= most:
+                return True
+            before = after
+        return False
+    finally:
+        c.close()
+
+
 def pct(values_ms: list[float]) -> str:
     if not values_ms:
         return "n/a"
@@ -131,6 +151,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--accounts", type=int, default=int(os.environ.get("MF_BENCH_LIQ_ACCOUNTS", "100000")))
     ap.add_argument("--liquidating", type=float, default=0.01)
+    ap.add_argument("--in-process", action="store_true",
+                    help="run the liquidation service in this process (beside the collecting consumers)")
     args = ap.parse_args()
     prefix = f"bl{uuid.uuid4().hex[:8]}."
     env = {**os.environ, "MF_TOPIC_PREFIX": prefix, "MF_LOG_JSON": "false", "MF_LOG_LEVEL": "WARNING",
@@ -142,7 +164,7 @@ def main() -> int:
     specs = margin_topics(ms)
     ensure_topics(ms.common.bootstrap, specs)
     producer = ProtoProducer(new_producer(ms.common.bootstrap, "bench-liq"), "bench")
-    margin = liq = None
+    margin = liq = liquidation = None
     try:
         producer.send(topics.risk_params, "current", risk_params())
         producer.send(topics.marks, "BTC-PERP", mark(60000.0, int(time.time() * 1000)))
@@ -160,11 +182,20 @@ def main() -> int:
                                   stderr=subprocess.DEVNULL)
         wait_serving(port, 600)
         print(f"margin ready with {args.accounts:,} accounts in {time.perf_counter() - t:.1f} s", flush=True)
-        ls = load(LiquidationSettings, {**env, "MF_LIQUIDATION_MARGIN_ADDRESS": f"127.0.0.1:{port}",
-                                        "MF_LIQUIDATION_PORTFOLIO_ADDRESS": "127.0.0.1:1"})
-        liq = LiquidationApp(ls).start(serve_http_metrics=False)
-        lthread, lstop = liq.run_in_thread()
-        print(f"moving the mark (load average {os.getloadavg()[0]:.1f})", flush=True)
+        liq_env = {**env, "MF_LIQUIDATION_MARGIN_ADDRESS": f"127.0.0.1:{port}",
+                   "MF_LIQUIDATION_PORTFOLIO_ADDRESS": "127.0.0.1:1"}
+        if args.in_process:
+            liq = LiquidationApp(load(LiquidationSettings, liq_env)).start(serve_http_metrics=False)
+            lthread, lstop = liq.run_in_thread()
+        else:   # in its own process, as deployed: this one's collecting consumers take none of its GIL
+            liq_port = free_port()
+            liquidation = subprocess.Popen([sys.executable, "-m", "marginflow.liquidation"],
+                                           env={**liq_env, "MF_LIQUIDATION_GRPC_PORT": str(liq_port)},
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_serving(liq_port, 300)
+        settled = wait_settled(ms.common.bootstrap, topics.margin_state, args.accounts // 50, 2.0, 120)
+        print(f"margin.state settled (≤ 2 % of the accounts in 2 s): {settled}; moving the mark "
+              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         move_ms = int(time.time() * 1000)
         producer.send(topics.marks, "BTC-PERP", mark(51000.0, move_ms))
         producer.flush()
@@ -188,14 +219,16 @@ def main() -> int:
         started = collect(ms.common.bootstrap, topics.liquidation_events, liquidation_pb2.LiquidationEvent, n_liq, 10)
         print(f"liquidation: mark event → first event (episode started): "
               f"{pct([e.meta.publish_time_ms - move_ms for e in started.values()])}")
-        lstop.set()
-        lthread.join(30)
-        liq.close()
+        if liq is not None:
+            lstop.set()
+            lthread.join(30)
+            liq.close()
         return 0
     finally:
-        if margin is not None:
-            margin.terminate()
-            margin.wait(30)
+        for process in (liquidation, margin):
+            if process is not None:
+                process.terminate()
+                process.wait(30)
         producer.close()
         delete_topics(ms.common.bootstrap, [s.name for s in specs + liquidation_topics(load(LiquidationSettings, env))])
 

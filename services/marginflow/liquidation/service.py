@@ -240,16 +240,14 @@ class LiquidationApp:
         return len(records)
 
     def turn(self) -> int:
-        timeout = self.settings.poll_timeout_ms
-        # margin.state carries every account (100k after a move): read it in bites so that calls, assessments
-        # done and orders go out between them rather than after the whole backlog
+        # Calls and fills first, then the answers in, then the next re-checks out, and only then the market:
+        # margin.state carries every account (100k after a move, behind the calls of the same move), and a
+        # bite of it read first delayed every call's re-check by the bite's decoding. It is read in bites so
+        # that calls, assessments done and orders go out between them rather than after the whole backlog.
         busy = bool(self._inflight)
-        handled = self._route_market(self.market.poll(timeout_ms=0 if busy else timeout,
-                                                      max_records=MARKET_RECORDS_BUSY if busy
-                                                      else MARKET_RECORDS_PER_TURN))
-        records = self.inputs.poll(timeout_ms=INPUT_POLL_MS,
-                                  max_records=5000)
+        records = self.inputs.poll(timeout_ms=0 if busy else INPUT_POLL_MS, max_records=5000)
         self._polled = records
+        handled = 0
         self.engine.begin_batch()
         try:
             if records:
@@ -277,6 +275,10 @@ class LiquidationApp:
             if not due:
                 break
             self._inflight.append(self.pool.submit(self.engine.assess_many, due))
+        busy = bool(self._inflight)
+        handled += self._route_market(self.market.poll(timeout_ms=0 if busy else self.settings.poll_timeout_ms,
+                                                       max_records=MARKET_RECORDS_BUSY if busy
+                                                       else MARKET_RECORDS_PER_TURN))
         if self._inflight and not handled:
             time.sleep(0.001)
         return handled
