@@ -62,7 +62,7 @@ log = get_logger(__name__)
 # the loop was still appending, and both contended for the GIL record by record). A dead letter, sent
 # without a flush, goes out within it.
 OUTPUT_LINGER_MS = 20
-# margin.calls and trades.fills are polled for a few ms a turn: the market's records come first.
+# How long a turn waits for calls and fills when no re-check is in flight, ms (with re-checks in flight: not at all).
 INPUT_POLL_MS = 5
 
 
@@ -149,10 +149,10 @@ class LiquidationApp:
         # would only add joins — and with kafka-python a restarted member's join was seen to stall at its
         # SyncGroup for over a minute, its fills' fees uncredited meanwhile. The group id keeps the offsets.
         inputs = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
-                             fetch_max_wait_ms=FETCH_WAIT_MS)
+                              fetch_max_wait_ms=FETCH_WAIT_MS)
         assign_every_partition(inputs, [topics.margin_calls, topics.fills], s.startup_timeout_seconds)
-        self.inputs = ProtoConsumer(inputs, {topics.margin_calls: margin_pb2.MarginCall, topics.fills: account_pb2.Fill},
-                                   self.dlq, SERVICE)
+        self.inputs = ProtoConsumer(inputs, {topics.margin_calls: margin_pb2.MarginCall,
+                                             topics.fills: account_pb2.Fill}, self.dlq, SERVICE)
         self.pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix=f"{SERVICE}-assess")
         self._catch_up_states(timeout)
         seeded = self.engine.seed_pending_from_states()

@@ -51,8 +51,8 @@ class LiquidationSettings:
     metrics_port: int = env("MF_LIQUIDATION_METRICS_PORT", parse_port, 9105, "Prometheus /metrics port (0 = any)")
     admin_token: str = env("MF_ADMIN_TOKEN", str, "", "bearer token of Pause/Resume; empty = refused")
     consumer_group: str = env("MF_LIQUIDATION_GROUP", str, "marginflow-liquidation",
-                              "group id under which the offsets of margin.calls and trades.fills are committed (MF_TOPIC_PREFIX "
-                              "put in front; no group membership: one instance runs)")
+                              "group id under which the offsets of margin.calls and trades.fills are committed "
+                              "(MF_TOPIC_PREFIX put in front; no group membership: one instance runs)")
     margin_address: str = env("MF_LIQUIDATION_MARGIN_ADDRESS", address, "127.0.0.1:50054",
                               "MarginService host:port (Recheck at the moment of acting)")
     portfolio_address: str = env("MF_LIQUIDATION_PORTFOLIO_ADDRESS", address, "127.0.0.1:50053",
