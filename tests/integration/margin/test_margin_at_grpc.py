@@ -132,3 +132,68 @@ def test_fuzz_margin_at_of_a_known_account_answers_only_documented_codes(served,
     method = pb.DESCRIPTOR.services_by_name["MarginService"].methods_by_name["MarginAt"]
     code = call(channel, method, req)
     assert code in DOCUMENTED, f"MarginAt answered {code.name} to {prices}"
+
+
+def test_margin_at_a_given_book_margins_the_account_as_it_was_at_another_revision(served, publish, mg_settings):
+    _app, stub, _ = served
+    then = snapshot("a", [("BTC-PERP", "1", "60000")], "10000", revision=1)
+    # the account trades on: revision 2 is flat with 9,000 USDC
+    publish(mg_settings.common.topics.positions, "a", snapshot("a", [], "9000", revision=2))
+    wait_for(lambda: stub.GetMargin(pb.GetMarginRequest(account_id="a"), timeout=5).account_revision == 2,
+             what="revision 2 margined")
+    # revision 1 at 54,000: 10,000 − 6,000 = 4,000 < MM 4,503 — as the account was, whatever it holds now
+    req = _at("a", BTC_PERP="54000")
+    req.book.CopyFrom(then)
+    res = stub.MarginAt(req, timeout=5)
+    assert (res.margin.equity_usd.value, res.margin.im_usd.value, res.margin.mm_usd.value) == \
+        ("4000.00", "9006.00", "4503.00")
+    assert (res.margin.state, res.margin.account_revision) == (pb.HEALTH_STATE_LIQUIDATION, 1)
+    assert _prices(res) == [("BTC-PERP", "54000.0", True, True)]
+    now = stub.MarginAt(_at("a", BTC_PERP="54000"), timeout=5)       # the current book: flat, 9,000
+    assert (now.margin.equity_usd.value, now.margin.account_revision) == ("9000.00", 2)
+    # at the version in force it is the same answer; at one never held it is refused, never computed on another
+    req.risk_params_version = 1
+    assert stub.MarginAt(req, timeout=5).margin.equity_usd.value == "4000.00"
+    req.risk_params_version = 2
+    with pytest.raises(grpc.RpcError) as err:
+        stub.MarginAt(req, timeout=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "version 2" in err.value.details()
+    # version 2 doubles the price shocks: the IM in force moves; version 1 is still kept and margins as before
+    wider = risk_params(version=2)
+    for g in wider.grids:
+        g.price_shocks[:] = [-0.2, 0.0, 0.2]
+    publish(mg_settings.common.topics.risk_params, "current", wider)
+    wait_for(lambda: stub.GetMargin(pb.GetMarginRequest(account_id="a"), timeout=5).risk_params_version == 2,
+             what="version 2 in force")
+    req.risk_params_version = 0
+    in_force = stub.MarginAt(req, timeout=5).margin
+    assert in_force.risk_params_version == 2 and Decimal(in_force.im_usd.value) > Decimal("9006.00")
+    req.risk_params_version = 1
+    kept = stub.MarginAt(req, timeout=5).margin
+    assert (kept.risk_params_version, kept.im_usd.value, kept.equity_usd.value) == (1, "9006.00", "4000.00")
+    req.risk_params_version = 99
+    with pytest.raises(grpc.RpcError) as err:
+        stub.MarginAt(req, timeout=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # a book of an account this instance does not hold is margined too (no episode of its own)
+    other = pb.MarginAtRequest(account_id="nobody")
+    other.book.CopyFrom(snapshot("nobody", [("ETH-PERP", "-2", "3000")], "100000", revision=7))
+    res = stub.MarginAt(other, timeout=5)
+    assert (res.margin.account_revision, res.margin.episode, res.margin.state) == (7, 0, pb.HEALTH_STATE_HEALTHY)
+    assert res.margin.equity_usd.value == "100000.00"
+
+
+@pytest.mark.parametrize("book, needle", [
+    (snapshot("b", [("BTC-PERP", "1", "60000")], "10000"), "book.account_id"),
+    (snapshot("a", [("DOGE-PERP", "1", "1")], "10000"), "unknown instrument"),
+    (snapshot("a", [("BTC-PERP", "NaN", "60000")], "10000"), "not finite"),
+    (snapshot("a", [("BTC-PERP", "1", "60000")], "1e400"), "implausible"),
+])
+def test_margin_at_refuses_a_book_that_cannot_be_margined(served, book, needle):
+    _app, stub, _ = served
+    req = _at("a")
+    req.book.CopyFrom(book)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.MarginAt(req, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in err.value.details()

@@ -86,3 +86,45 @@ def test_margin_at_reports_the_raw_state_of_its_numbers_and_the_current_episode(
     haircut = 2.0 * 0.5 * np.sqrt(1 / 365)
     assert margin.collateral_usd == pytest.approx(9000.0 + 0.1 * 42000.0 * (1 - haircut), rel=1e-12)
     assert engine.get_margin("cross") is live                            # nothing published, nothing changed
+
+
+def test_margin_at_a_given_book_and_a_kept_risk_version_is_that_book_margined_on_that_version(make_engine,
+                                                                                            monkeypatch):
+    from marginflow.margin.application import OtherVersion
+    from marginflow.margin.application import evaluation
+
+    monkeypatch.setattr(evaluation, "KEPT_VERSIONS", evaluation.RECENT_VERSIONS + 2)
+    engine = _engine(make_engine, core)
+    then = _books()[0]                                   # the "cross" account as it was at revision 1
+    v1, _ = engine.margin_at("cross", {}, {})
+
+    def widened(version: int, shock: float):
+        rv = risk_version(version)
+        return dataclasses.replace(rv, grids={u: dataclasses.replace(g, price_shocks=(-shock, 0.0, shock))
+                                              for u, g in rv.grids.items()})
+
+    last = evaluation.RECENT_VERSIONS + 1
+    for version in range(2, last + 1):                  # wider price shocks with each version: IM rises
+        engine.apply_risk_params(widened(version, 0.1 + 0.08 * (version - 1)))
+    engine.apply_snapshots([book("cross", [], {"USDC": 100.0}, revision=2)])     # closed since
+    at_v2, _ = engine.margin_at("cross", {}, {}, then, 2)
+    now, _ = engine.margin_at("cross", {}, {}, then)
+    assert at_v2.risk_params_version == 2 and now.risk_params_version == last
+    assert now.im_usd > at_v2.im_usd and at_v2.revision == now.revision == 1
+    # version 1 is older than the models kept as built: rebuilt from its parameters (at the market now, the
+    # same here), it margins the old book as version 1 did — the short call a few microseconds nearer expiry
+    at_v1, _ = engine.margin_at("cross", {}, {}, then, 1)
+    assert at_v1.risk_params_version == 1 and at_v1.equity_usd == v1.equity_usd
+    assert (at_v1.im_usd, at_v1.mm_usd) == pytest.approx((v1.im_usd, v1.mm_usd), rel=1e-6)
+    assert at_v1.im_usd < at_v2.im_usd
+    assert engine.evaluation.model_of(1) is engine.evaluation.model_of(1)      # rebuilt once, then kept
+    # a version never held, or one older than the parameters kept: refused, never margined on another
+    with pytest.raises(OtherVersion):
+        engine.margin_at("cross", {}, {}, then, last + 1)
+    engine.apply_risk_params(risk_version(last + 1))
+    engine.apply_risk_params(risk_version(last + 2))
+    with pytest.raises(OtherVersion):
+        engine.margin_at("cross", {}, {}, then, 1)
+    assert engine.margin_at("cross", {}, {}, then, 3)[0].risk_params_version == 3
+    current, _ = engine.margin_at("cross", {}, {})       # the current book: flat, 100 USDC
+    assert current.revision == 2 and current.im_usd == 0.0

@@ -10,13 +10,14 @@ import grpc
 from marginflow.api.margin.v1 import margin_pb2 as pb
 from marginflow.api.margin.v1 import margin_pb2_grpc
 from marginflow.margin.adapters import codec
-from marginflow.margin.application import MarginEngine, NotReady, UnknownAccount
+from marginflow.margin.application import MarginEngine, NotReady, OtherVersion, UnknownAccount
 from marginflow.margin.domain.trades import TradeDelta
 from marginflow.margin.adapters.owners import FORWARDED_HEADER, Forwarder
 from marginflow.shared.fanout import Fanout
 from marginflow.shared.kafka import key_partition
 from marginflow.shared.grpcserver import invalid_argument
 from marginflow.shared import security
+from marginflow.shared.errors import Rejected
 from marginflow.shared.memo import IdentityMemo
 from marginflow.shared.universe import INDEX_KEY_PREFIX, MAX_PRICE_USD
 
@@ -246,13 +247,27 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
             where[slot] = value
         return marks, index
 
+    def _given_book(self, request: pb.MarginAtRequest, context: grpc.ServicerContext):
+        """``book``, when given, as the margin service reads it from portfolio.positions."""
+        if not request.HasField("book"):
+            return None
+        if request.book.account_id != request.account_id:
+            invalid_argument(context, f"book.account_id {request.book.account_id[:128]!r} is not account_id")
+        try:
+            return codec.book_from_proto(request.book, self._engine.instruments, self._engine.asset_index)
+        except Rejected as exc:
+            invalid_argument(context, f"book cannot be margined: {exc}")
+
     def MarginAt(self, request: pb.MarginAtRequest, context: grpc.ServicerContext) -> pb.MarginAtResponse:
         account = self._account(request.account_id, context)
         marks, index = self._given_prices(request, context)
+        book = self._given_book(request, context)
         try:
-            margin, prices = self._engine.margin_at(account, marks, index)
+            margin, prices = self._engine.margin_at(account, marks, index, book, int(request.risk_params_version))
         except (UnknownAccount, NotReady) as exc:
             return self._fail(exc, context, account, "MarginAt", request)
+        except OtherVersion as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return codec.margin_at_response(margin, prices, self._clock_ms())
 
     def StreamMargin(self, request: pb.StreamMarginRequest, context: grpc.ServicerContext):

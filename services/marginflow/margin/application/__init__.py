@@ -10,6 +10,7 @@
 """
 
 from marginflow.margin.application.engine import MarginEngine
-from marginflow.margin.application.ports import EngineConfig, EngineMetrics, NotReady, Publisher, UnknownAccount
+from marginflow.margin.application.ports import (EngineConfig, EngineMetrics, NotReady, OtherVersion, Publisher,
+                                                 UnknownAccount)
 
-__all__ = ["MarginEngine", "EngineConfig", "EngineMetrics", "NotReady", "Publisher", "UnknownAccount"]
+__all__ = ["MarginEngine", "EngineConfig", "EngineMetrics", "NotReady", "OtherVersion", "Publisher", "UnknownAccount"]

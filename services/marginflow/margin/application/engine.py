@@ -46,7 +46,7 @@ class MarginEngine:
         self._lock = threading.RLock()   # held by the mutating thread; readers never take it
         self.queries = Queries(instruments, config, self.market, self.accounts, lambda: self.evaluation.model,
                                self.market_view, clock.now_ms, lambda: self.ready, self.publication, core,
-                               self.market_at)
+                               self.market_at, lambda version: self.evaluation.model_of(version))
         self.evaluation = Evaluation(instruments, config, core, self.market, self.accounts, self.publication,
                                      self.queries, self.metrics, clock.now_ms, self.market_view, self._lock)
 
@@ -105,8 +105,9 @@ class MarginEngine:
     def explain(self, account_id: str) -> Explanation:
         return self.queries.explain(account_id)
 
-    def margin_at(self, account_id: str, marks: dict[int, float], index: dict[int, float]):
-        return self.queries.margin_at(account_id, marks, index)
+    def margin_at(self, account_id: str, marks: dict[int, float], index: dict[int, float],
+                  book: AccountBook | None = None, risk_version: int = 0):
+        return self.queries.margin_at(account_id, marks, index, book, risk_version)
 
     def recheck(self, account_ids: Sequence[str], reliefs: bool = True):
         return self.queries.recheck(account_ids, reliefs)

@@ -35,6 +35,13 @@ PUBLISH_SLICE_ACCOUNTS = 500
 TRANSITION_SLICE_ACCOUNTS = 250
 # Most time one turn of the loop spends on a republication's backlog before it reads marks again.
 PUBLISH_TURN_SECONDS = 0.1
+# Earlier risk versions, for MarginAt to recompute an answer of one of them on its own parameters: the models
+# of the newest (the one in force among them) kept as built — a model is the core's risk arrays over the
+# universe, about a megabyte — and the parameters of many more, whose models are rebuilt at the market now
+# when asked (as a model refresh rebuilds the version in force), the last few rebuilt kept.
+RECENT_VERSIONS = 8
+KEPT_VERSIONS = 512
+REBUILT_MODELS = 4
 
 
 @dataclasses.dataclass(eq=False)
@@ -67,6 +74,11 @@ class Evaluation:
         self._netting = None   # (flat book, its generation, contingency table, Netting) of the last full pass
         self._lock = lock
         self.model: Model | None = None
+        # replaced whole, never changed in place: readers on other threads never lock
+        self._recent: dict[int, Model] = {}          # risk version → its latest build, the RECENT_VERSIONS newest
+        self._versions: dict[int, RiskVersion] = {}  # the KEPT_VERSIONS newest versions' parameters
+        self._rebuilt: dict[int, Model] = {}         # older versions rebuilt for a query, the newest last
+        self._rebuild_lock = threading.Lock()
         self._builds = 0
         self.active = True      # False while the inputs are incomplete: books are stored, nothing is published
         self.marks_dirty = False
@@ -84,7 +96,7 @@ class Evaluation:
                 model = self._build(version)
             except ValueError as exc:   # the core refused a value: the version is unusable
                 raise Rejected("bad_risk_params", str(exc)) from None
-            self.model = model
+            self._install(model)
             self.metrics.risk_params(version.version, max(0.0, (self._wall_ms() - version.publish_time_ms) / 1e3))
             self.full_recalculation()
             return True
@@ -95,8 +107,34 @@ class Evaluation:
         with self._lock:
             if self.model is None:
                 return
-            self.model = self._build(self.model.version)
+            self._install(self._build(self.model.version))
             self.full_recalculation(publish_all)
+
+    def _install(self, model: Model) -> None:
+        self.model = model
+        v = model.version.version
+        self._recent = dict(sorted({**self._recent, v: model}.items())[-RECENT_VERSIONS:])
+        self._versions = dict(sorted({**self._versions, v: model.version}.items())[-KEPT_VERSIONS:])
+        if any(k not in self._versions for k in self._rebuilt):
+            self._rebuilt = {k: m for k, m in self._rebuilt.items() if k in self._versions}
+
+    def model_of(self, version: int) -> Model | None:
+        """A model of ``version``, for a query recomputing an answer of that version (any thread): its latest
+        build when it is among the RECENT_VERSIONS newest, else built afresh from its parameters at the market
+        now when they are among the KEPT_VERSIONS newest, else None."""
+        model = self._recent.get(version) or self._rebuilt.get(version)
+        if model is not None:
+            return model
+        params = self._versions.get(version)
+        if params is None:
+            return None
+        with self._rebuild_lock:
+            model = self._rebuilt.get(version)
+            if model is None:
+                model = build_model(self.instruments, self.market, self.config, self.core, params, self._wall_ms())
+                rebuilt = {k: m for k, m in self._rebuilt.items() if k != version}
+                self._rebuilt = dict(list(rebuilt.items())[-(REBUILT_MODELS - 1):] + [(version, model)])
+            return model
 
     def _build(self, version: RiskVersion) -> Model:
         self._builds += 1

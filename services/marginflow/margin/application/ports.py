@@ -38,6 +38,10 @@ class NotReady(RuntimeError):
     """No risk-parameter version yet (or the instance's inputs are incomplete): no margin can be computed."""
 
 
+class OtherVersion(RuntimeError):
+    """A margin asked at a risk-parameter version other than the one in force (the only one held)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
     assets: tuple[str, ...]                       # collateral assets, order = balance columns

@@ -17,7 +17,7 @@ import numpy as np
 
 from marginflow.core import KIND_CALL
 from marginflow.margin.application.models import Model
-from marginflow.margin.application.ports import EngineConfig, NotReady, UnknownAccount
+from marginflow.margin.application.ports import EngineConfig, NotReady, OtherVersion, UnknownAccount
 from marginflow.margin.application.results import account_margin, core_parts
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.domain.book import AccountBook, FlatBook, InstrumentTable
@@ -143,12 +143,14 @@ class Queries:
                  accounts: AccountTable, model: Callable[[], Model | None], market_view: Callable[[], MarketView],
                  wall_ms: Callable[[], int], ready: Callable[[], bool] = lambda: True,
                  publication: "Publication | None" = None, core=None,
-                 market_at: Callable[[], MarketAt] | None = None) -> None:
+                 market_at: Callable[[], MarketAt] | None = None,
+                 model_of: Callable[[int], Model | None] = lambda _version: None) -> None:
         self.instruments = instruments
         self.config = config
         self.market = market
         self.accounts = accounts
         self._model = model
+        self._model_of = model_of
         self._market_view = market_view
         self._market_at = market_at
         self._wall_ms = wall_ms
@@ -180,12 +182,16 @@ class Queries:
                         m.newest_event_ms)
 
     # ---- one account alone
-    def require(self, account_id: str) -> tuple[AccountBook, Model]:
+    def _require_model(self) -> Model:
         model = self._model()
         if model is None:
             raise NotReady("no risk parameters yet")
         if not self._ready():
             raise NotReady("margin state is still being rebuilt")
+        return model
+
+    def require(self, account_id: str) -> tuple[AccountBook, Model]:
+        model = self._require_model()
         book = self.accounts.book(account_id)
         if book is None:
             raise UnknownAccount(account_id)
@@ -338,16 +344,28 @@ class Queries:
             after = self.single(after_book, model, at)
             return self.reported(before, remember=True), self.margin_of(after, model, liquidation_prices=True)
 
-    def margin_at(self, account_id: str, marks: Mapping[int, float],
-                  index: Mapping[int, float]) -> tuple[AccountMargin, list[PriceUsed]]:
+    def margin_at(self, account_id: str, marks: Mapping[int, float], index: Mapping[int, float],
+                  given: AccountBook | None = None, risk_version: int = 0) -> tuple[AccountMargin, list[PriceUsed]]:
         """The account margined alone at the market now with ``marks`` (instrument → mark, USD) and
-        ``index`` (underlying → index price, USD) in its place (:func:`at_prices`): its current book,
-        the model in force, the core's computation and valuation as every live margin (:meth:`single`),
-        liquidation prices at those prices. The state is the raw state of those numbers (no hysteresis:
-        no transition of the account is being judged), with the account's current episode; and the
-        prices the valuation read, given or the market's."""
+        ``index`` (underlying → index price, USD) in its place (:func:`at_prices`): its current book (or
+        ``given``, the account's book at another revision — margined here whoever owns the account), the
+        model in force (or, ``risk_version`` not 0, a model of that version if it is one of those kept —
+        ``Evaluation.model_of`` — else :class:`OtherVersion`), the core's computation and valuation as every
+        live margin (:meth:`single`), liquidation prices at those prices. The state is the raw state of those numbers (no hysteresis: no transition of the account
+        is being judged), with the account's current episode when this instance holds the account; and
+        the prices the valuation read, given or the market's."""
         with self.readers:
-            book, model = self.require(account_id)
+            if given is None:
+                book, model = self.require(account_id)
+            else:
+                model = self._require_model()
+                book = given
+            if risk_version and model.version.version != risk_version:
+                kept = self._model_of(risk_version)
+                if kept is None:
+                    raise OtherVersion(f"risk-parameter version {risk_version} is neither the one in force "
+                                       f"({model.version.version}) nor one of the versions before it kept")
+                model = kept
             cfg = self.config
             at = at_prices(self.market_at(), self.instruments, marks, index, cfg.assets, cfg.stablecoins,
                            model.sigma_margin, cfg.haircut)
@@ -367,11 +385,7 @@ class Queries:
         position's size set to zero (a zero-size position adds nothing to any loss, minimum or add-on), the
         only cross position's being the whole cross IM. Accounts not held here are returned apart."""
         with self.readers:
-            model = self._model()
-            if model is None:
-                raise NotReady("no risk parameters yet")
-            if not self._ready():
-                raise NotReady("margin state is still being rebuilt")
+            model = self._require_model()
             books, unknown = [], []
             for account_id in account_ids:
                 book = self.accounts.book(account_id)
