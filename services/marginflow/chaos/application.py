@@ -16,6 +16,7 @@ gRPC health is SERVING and GetAccount/GetMargin answer, held for three polls in 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import signal
 import time
@@ -27,6 +28,9 @@ from marginflow.chaos.domain.marks import MarkHistory
 from marginflow.chaos.domain.report import FaultResult
 
 SIGSTOP_SERVICES = ("margin", "portfolio")
+# portfolio.positions snapshots kept per account, newest last: an order is recomputed on the book of the
+# revision it names, published at most a check's worth of fills before the order is read
+SNAPSHOT_REVISIONS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +121,10 @@ class Runner:
         self.dirty: set[str] = set()
         self.unsettled: set[str] = set()          # accounts that mismatched last time
         self.history = callcheck.CallHistory()
+        # portfolio.positions: the snapshots of each account's recent revisions, newest last (an order is
+        # recomputed on the book of the revision it names)
+        self.snap_history: dict[str, collections.deque[bytes]] = {}
         self.order_ids: set[str] = set()
-        self.episode_of: dict[str, tuple[str, int]] = {}   # order id → (account, episode)
-        self.filled_orders: set[str] = set()      # order ids with a fill on trades.fills
-        self.filled_episodes: set[tuple[str, int]] = set()   # (account, episode) with a filled order
         self.chaos_rejected = 0
         self.last_input_ms: dict[str, int] = {}   # Kafka timestamp of each account's latest input
         self.marks = MarkHistory()                # every md.marks record read so far
@@ -142,11 +146,6 @@ class Runner:
             f = d.fill(rec.value)
             self.fold.add_fill(f.fill_id, f.account_id, f.instrument, int(f.side), d.dec(f.size))
             self.last_input_ms[f.account_id] = max(rec.timestamp, self.last_input_ms.get(f.account_id, 0))
-            if f.order_id:
-                self.filled_orders.add(f.order_id)
-                episode = self.episode_of.get(f.order_id)
-                if episode is not None:
-                    self.filled_episodes.add(episode)
         for rec in self.p.events.catch_up(min(120, max(5, self._left()))):
             e = d.event(rec.value)
             self.fold.add_event(e.event_id, e.account_id)
@@ -184,9 +183,21 @@ class Runner:
             if rec.value is None:
                 self.snap_raw.pop(key, None)
                 self.snapshots.pop(key, None)
+                self.snap_history.pop(key, None)
             else:
                 self.snap_raw[key] = rec.value
+                history = self.snap_history.get(key)
+                if history is None:
+                    history = self.snap_history[key] = collections.deque(maxlen=SNAPSHOT_REVISIONS)
+                history.append(rec.value)
             self.dirty.add(key)
+
+    def _snapshot_at(self, account_id: str, revision: int) -> bytes | None:
+        """The account's portfolio.positions snapshot of ``revision`` (None: not among those kept)."""
+        for raw in reversed(self.snap_history.get(account_id, ())):
+            if int(self.p.decode.snapshot(raw).revision) == revision:
+                return raw
+        return None
 
     def _topic_observed(self, accounts: set[str]) -> dict[str, Observed]:
         d = self.p.decode
@@ -293,16 +304,19 @@ class Runner:
             snap = self.snapshots.get(call.account_id)
             if (c := callcheck.check_numbers(call, snap is None or d.has_isolated(snap))) is not None:
                 found.append(c)
-        # the last call per account is what a fresh computation can speak to, at the marks it names:
-        # read after the calls, the marks cover every call's event time
+        # the last call per account is recomputed at the marks it names, on the book of its revision and at
+        # its risk version: read after the calls, the marks and snapshots cover every call's
         self._read_marks()
+        self._read_positions()
         last = {c.account_id: c for c in calls}
         recomputed = reproduced = 0
         for call in list(last.values())[: self.o.recompute_max_calls]:
             if self._left() <= 0:
                 result.notes.append("recomputation cut short: the time budget is spent")
                 break
-            fresh = self.p.platform.margin_at(call.account_id, self.marks.at(call.event_time_ms))
+            book = self._snapshot_at(call.account_id, call.account_revision) if call.account_revision else None
+            fresh = self.p.platform.margin_at(call.account_id, self.marks.at(call.event_time_ms), book=book,
+                                              risk_version=call.risk_version)
             acct = self.fold.accounts.get(call.account_id)
             same = callcheck.same_inputs(call, fresh, acct.inputs if acct else 0,
                                          self.last_input_ms.get(call.account_id, 0) < stamps[call.offset])
@@ -328,41 +342,48 @@ class Runner:
         result.notes += [str(c) for c in found[:5]]
 
     def _check_orders(self, result: FaultResult) -> None:
-        """Every order read since the last check: its id new, and its account below MM when the fresh
-        computation can speak to it (see ``calls.check_order``): the margin is asked first and the
-        inputs read after, so an order's fill that reached the margin service is also in the fold."""
+        """Every order read since the last check: its id new; and the first order of each episode recomputed at
+        its own inputs (see :mod:`calls`): ``MarginAt`` on the book of the revision it names, at its risk
+        version and the marks in force at its marks time."""
         d = self.p.decode
-        found = []
         records = self.p.orders.catch_up(min(60, max(5, self._left())))
         orders = []
         for rec in records:
             o = d.order(rec.value)
-            orders.append((callcheck.Order(o.order_id, o.account_id, f"{rec.partition}:{rec.offset}", int(o.episode),
-                                           int(o.risk_version), int(o.account_revision)), rec.timestamp))
-            self.episode_of[o.order_id] = (o.account_id, int(o.episode))
-        fresh = {}
-        for order, _ts in orders:
-            if self._left() <= 0:
-                result.notes.append("order checks cut short: the time budget is spent")
-                break
-            if order.account_id not in fresh:
-                fresh[order.account_id] = self.p.platform.fresh_margin(order.account_id)
-        self._fold_inputs()
-        self.filled_episodes |= {self.episode_of[o] for o in self.filled_orders if o in self.episode_of}
-        judged = 0
-        for order, ts in orders:
-            acct = self.fold.accounts.get(order.account_id)
-            untouched = (self.last_input_ms.get(order.account_id, 0) < ts
-                         and (order.account_id, order.episode) not in self.filled_episodes)
-            f = fresh.get(order.account_id)
-            same = (untouched and f is not None and acct is not None and f.account_revision == acct.inputs
-                    and callcheck.order_inputs_match(order, f))
+            orders.append(callcheck.Order(o.order_id, o.account_id, f"{rec.partition}:{rec.offset}", int(o.episode),
+                                          int(o.risk_version), int(o.account_revision), int(o.slice),
+                                          int(o.marks_time_ms)))
+        # the snapshots and marks an order names were published before it: read after the orders
+        self._read_positions()
+        self._read_marks()
+        found: list[callcheck.Contradiction] = []
+        starts = judged = again = no_book = other_version = 0
+        for order in orders:
+            fresh = None
+            if callcheck.starts_episode(order) and starts < self.o.recompute_max_calls and self._left() > 0:
+                starts += 1
+                book = self._snapshot_at(order.account_id, order.account_revision)
+                if book is None:
+                    no_book += 1
+                else:
+                    fresh = self.p.platform.margin_at(order.account_id, self.marks.at(order.marks_time_ms),
+                                                      book=book, risk_version=order.risk_version)
+                    other_version += fresh is None
+            same = callcheck.order_inputs_match(order, fresh)
             judged += same
-            found += callcheck.check_order(order, self.order_ids, f, same)
+            again += same and fresh is not None and fresh.state >= callcheck.LIQUIDATION
+            found += callcheck.check_order(order, self.order_ids, fresh, same)
         result.orders_checked = len(records)
+        result.orders_judged = judged
         result.bad_orders = len(found)
-        if records:
-            result.notes.append(f"{judged} of {len(records)} orders judged by a fresh computation at the same inputs")
+        if starts:
+            result.notes.append(
+                f"{starts} orders started an episode; {judged} recomputed at their own revision, version and marks, "
+                f"{again} of them in LIQUIDATION or BANKRUPT again (a part of the account below its MM), "
+                f"{judged - again} not"
+                + (f"; {no_book} without the snapshot of their revision (older than the "
+                   f"{SNAPSHOT_REVISIONS} kept)" if no_book else "")
+                + (f"; {other_version} at a risk version no longer in force" if other_version else ""))
         result.notes += [str(c) for c in found[:5]]
 
     # ---- recovery

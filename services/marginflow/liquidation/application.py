@@ -272,8 +272,9 @@ class Order:
     reason: str
     time_ms: int
     mark_time_ms: int        # event time of the newest mark when planned (latency metric)
-    risk_version: int = 0    # the margin it was planned on: risk-parameter version and account revision
+    risk_version: int = 0    # the margin it was planned on: risk-parameter version and account revision,
     account_revision: int = 0
+    margin_marks_ms: int = 0  # and the event time of the newest mark of the market it was computed at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1067,7 +1068,7 @@ class LiquidationEngine:
             orders.append(Order(oid, t.account_id, intent.instrument, side, intent.size_contracts,
                                 intent.limit_price_usd, intent.bankruptcy_price_usd, ep.number, slice_number,
                                 "restore" if restores else "close_out", now, self.marks.newest_ms,
-                                v.risk_version, v.revision))
+                                v.risk_version, v.revision, v.event_time_ms))
             events.append(Event("ORDER_SENT", t.account_id, ep.number, now, order_id=oid, instrument=intent.instrument,
                                 size=intent.size_contracts, price_usd=intent.limit_price_usd, side=side,
                                 round=ep.round_number, slice=slice_number,

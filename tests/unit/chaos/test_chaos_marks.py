@@ -6,7 +6,9 @@ from __future__ import annotations
 import collections
 from decimal import Decimal
 
+from marginflow.api.account.v1 import account_pb2
 from marginflow.api.common.v1 import common_pb2
+from marginflow.api.liquidation.v1 import liquidation_pb2
 from marginflow.api.margin.v1 import margin_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.chaos.application import Options, Ports, Runner
@@ -60,12 +62,22 @@ class _Platform:
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, dict]] = []
+        self.current = (Decimal("10000"), Decimal(1), Decimal("60000"), 5)   # cash, size, entry, revision now
 
-    def margin_at(self, account_id: str, marks: dict) -> cc.Fresh:
+    def margin_at(self, account_id: str, marks: dict, book: bytes | None = None, risk_version: int = 0) -> cc.Fresh | None:
         self.asked.append((account_id, dict(marks)))
-        equity = Decimal("10000") + Decimal(repr(marks.get("BTC-PERP", 60500.0))) - Decimal("60000")
-        im, mm = Decimal("9006"), Decimal("4503")
-        return cc.Fresh(cc.raw_state(equity, im, mm), equity, im, mm, 5, 1, False)
+        if risk_version not in (0, 1):
+            return None                                  # the service holds version 1 alone
+        cash, size, entry, revision = self.current
+        if book is not None:                             # the book given: a portfolio.positions snapshot
+            snap = account_pb2.AccountSnapshot.FromString(book)
+            cash = sum((Decimal(b.amount.value) for b in snap.balances), Decimal(0))
+            size = sum((Decimal(p.size.value) for p in snap.positions), Decimal(0))
+            entry = Decimal(snap.positions[0].entry_price.value) if snap.positions else Decimal(0)
+            revision = int(snap.revision)
+        equity = cash + size * (Decimal(repr(marks.get("BTC-PERP", 60500.0))) - entry)
+        im, mm = Decimal("9006") * abs(size), Decimal("4503") * abs(size)
+        return cc.Fresh(cc.raw_state(equity, im, mm), equity, im, mm, revision, 1, False)
 
 
 def _mark(symbol: str, t_ms: int, price: float) -> Record:
@@ -83,12 +95,30 @@ def _call(account: str, offset: int, t_ms: int, state: int, equity: str, previou
     return Record(account.encode(), m.SerializeToString(), 0, offset, t_ms + 5)
 
 
-def _runner(calls, marks) -> tuple[Runner, _Platform]:
+def _runner(calls, marks, positions=(), orders=None) -> tuple[Runner, _Platform]:
     platform = _Platform()
     ports = Ports(infra=None, processes=None, platform=platform, flush_redis=lambda: None, generator=None,
-                  fills=_Tail([]), events=_Tail([]), dead_letters=_Tail([]), positions=_Tail([]), calls=_Tail(calls),
-                  orders=None, marks=_Tail(marks), decode=decoders(), log=lambda _msg: None)
+                  fills=_Tail([]), events=_Tail([]), dead_letters=_Tail([]), positions=_Tail(positions),
+                  calls=_Tail(calls), orders=None if orders is None else _Tail(orders), marks=_Tail(marks),
+                  decode=decoders(), log=lambda _msg: None)
     return Runner(ports, Options(), ["margin"], "a"), platform
+
+
+def _snapshot(account: str, revision: int, size: str, usdc: str = "10000", offset: int = 0) -> Record:
+    s = account_pb2.AccountSnapshot(account_id=account, revision=revision)
+    s.balances.add(asset="USDC").amount.value = usdc
+    if size != "0":
+        p = s.positions.add(instrument="BTC-PERP")
+        p.size.value, p.entry_price.value = size, "60000"
+    return Record(account.encode(), s.SerializeToString(), 0, offset, 0)
+
+
+def _order(account: str, episode: int, slice_: int, revision: int, marks_ms: int, version: int = 1,
+           offset: int = 0) -> Record:
+    o = liquidation_pb2.LiquidationOrder(order_id=f"{account}:{episode}:{slice_}", account_id=account, episode=episode,
+                                         slice=slice_, risk_version=version, account_revision=revision,
+                                         marks_time_ms=marks_ms)
+    return Record(account.encode(), o.SerializeToString(), 0, offset, marks_ms + 50)
 
 
 MARKS = [_mark("BTC-PERP", 1000, 60000.0), _mark("BTC-PERP", 2000, 54000.0), _mark("BTC-PERP", 3000, 60500.0)]
@@ -136,3 +166,71 @@ def test_a_margin_state_read_as_the_checks_compare_it():
     assert fresh(m) == cc.Fresh(cc.LIQUIDATION, Decimal("4000.01"), Decimal("9006.00"), Decimal("4503.00"), 5, 2, False)
     m.isolated.add(instrument="BTC-PERP")
     assert fresh(m).has_isolated and fresh(margin_pb2.MarginState()).equity_usd == 0
+
+
+def test_an_episode_s_first_order_is_judged_on_the_book_and_marks_it_names_not_the_account_now():
+    # Revision 5: long 1 from 60,000 with 10,000 USDC; at 54,000 equity 4,000 < MM 4,503 — the episode's
+    # first order names revision 5 and the marks of 2,000 ms. Since, the account was closed out (revision 7:
+    # flat, 3,990 USDC) and the market is back at 60,500: today's account says nothing about the order.
+    positions = [_snapshot("a", 5, "1", offset=0), _snapshot("a", 6, "0.5", "7000", 1), _snapshot("a", 7, "0", "3990", 2)]
+    orders = [_order("a", 1, 0, 5, 2000, offset=0), _order("a", 1, 1, 5, 2000, offset=1),
+              _order("a", 1, 2, 6, 2500, offset=2)]
+    runner, platform = _runner([], MARKS, positions, orders)
+    result = FaultResult("test")
+    runner._check_orders(result)
+    # one recomputation: slice 0 at its own marks; the later slices (same round, later round) are not judged
+    assert platform.asked == [("a", {"BTC-PERP": 54000.0, "index:BTC": 54000.0})]
+    assert (result.orders_checked, result.orders_judged, result.bad_orders) == (3, 1, 0)
+    assert any("1 orders started an episode; 1 recomputed" in n and "1 of them in LIQUIDATION or BANKRUPT again" in n
+               for n in result.notes)
+
+
+def test_an_episode_started_on_inputs_that_are_healthy_is_an_unfounded_order_and_a_repeated_id_a_double():
+    # The first order names revision 5 at the marks of 3,000 ms (60,500): equity 10,500 ≥ IM 9,006.
+    runner, _platform = _runner([], MARKS, [_snapshot("b", 5, "1")], [_order("b", 2, 0, 5, 3000),
+                                                                         _order("b", 2, 0, 5, 3000, offset=1)])
+    result = FaultResult("test")
+    runner._check_orders(result)
+    rules = [n for n in result.notes if "order_unfounded" in n or "duplicate_order" in n]
+    assert result.bad_orders == 3 and result.orders_judged == 2     # unfounded twice, doubled once
+    assert any("revision 5, version 1 and the marks of 3000 ms" in n and "HEALTHY" in n for n in rules)
+    assert any("order id b:2:0 again" in n for n in rules)
+
+
+def test_an_order_is_not_judged_without_the_snapshot_of_its_revision_or_at_another_risk_version():
+    positions = [_snapshot("c", 9, "1"), _snapshot("d", 5, "1", offset=1)]
+    orders = [_order("c", 1, 0, 8, 3000), _order("d", 1, 0, 5, 3000, version=2, offset=1)]
+    runner, platform = _runner([], MARKS, positions, orders)
+    result = FaultResult("test")
+    runner._check_orders(result)
+    assert [a for a, _m in platform.asked] == ["d"]     # c's revision 8 was not kept: nothing asked
+    assert (result.orders_judged, result.bad_orders) == (0, 0)
+    note = next(n for n in result.notes if "started an episode" in n)
+    assert "1 without the snapshot of their revision" in note and "1 at a risk version no longer in force" in note
+
+
+def test_the_snapshots_of_an_account_s_recent_revisions_are_kept_and_a_tombstone_forgets_them():
+    from marginflow.chaos.application import SNAPSHOT_REVISIONS
+
+    records = [_snapshot("e", r, "1", offset=r) for r in range(1, SNAPSHOT_REVISIONS + 3)]
+    runner, _platform = _runner([], [], records)
+    runner._read_positions()
+    assert runner._snapshot_at("e", 1) is None and runner._snapshot_at("e", 2) is None     # the oldest dropped
+    kept = runner._snapshot_at("e", 3)
+    assert kept is not None and account_pb2.AccountSnapshot.FromString(kept).revision == 3
+    runner.p.positions.records = [Record(b"e", None, 0, 99, 0)]
+    runner._read_positions()
+    assert runner._snapshot_at("e", SNAPSHOT_REVISIONS + 2) is None
+
+
+def test_a_call_is_recomputed_on_the_book_of_its_revision_when_the_account_has_traded_since():
+    # The call: revision 5 (long 1 from 60,000, 10,000 USDC) at 54,000 — LIQUIDATION. The account was closed
+    # since (revision 7): on its current book nothing could be compared; on revision 5's it is the call again.
+    positions = [_snapshot("a", 5, "1"), _snapshot("a", 7, "0", "3990", 1)]
+    runner, platform = _runner([_call("a", 0, 2000, cc.LIQUIDATION, "4000.00")], MARKS, positions)
+    platform.current = (Decimal("3990"), Decimal(0), Decimal(0), 7)
+    result = FaultResult("test")
+    runner._check_calls(result)
+    assert platform.asked == [("a", {"BTC-PERP": 54000.0, "index:BTC": 54000.0})]
+    assert (result.calls_recomputed, result.contradicting_calls) == (1, 0)
+    assert "1 of 1 calls recomputed at their marks are in the call's state again" in result.notes

@@ -64,8 +64,8 @@ class FakeCache:
         self.last = fund
 
 
-def view(account="a", equity="2500", im="9000", mm="4500", fresh=True, size="1", risk=1, revision=3):
-    return MarginView(account, LIQUIDATION, D(equity), D(im), D(mm), fresh, risk, revision, NOW,
+def view(account="a", equity="2500", im="9000", mm="4500", fresh=True, size="1", risk=1, revision=3, marks_ms=NOW):
+    return MarginView(account, LIQUIDATION, D(equity), D(im), D(mm), fresh, risk, revision, marks_ms,
                       (PositionView("BTC-PERP", D(size), False),))
 
 
@@ -99,13 +99,15 @@ def test_a_call_below_mm_on_fresh_marks_starts_an_episode_and_sends_a_paced_redu
     (order,) = pub.orders
     assert order.order_id == "liq-a-1-0" and order.side == -1 and order.size == D("0.100")
     assert order.bankruptcy_price_usd <= order.limit_price_usd <= D("51000")
-    assert (order.risk_version, order.account_revision) == (1, 3)     # the margin it was planned on
+    # the margin it was planned on: its version, revision and the newest mark of its market
+    assert (order.risk_version, order.account_revision, order.margin_marks_ms) == (1, 3, NOW)
     msg = codec.order_to_proto(order, NOW)
-    assert (msg.risk_version, msg.account_revision) == (1, 3)
-    margin.views["a"] = view(risk=2, revision=4)
+    assert (msg.risk_version, msg.account_revision, msg.marks_time_ms) == (1, 3, NOW)
+    margin.views["a"] = view(risk=2, revision=4, marks_ms=NOW + 700)
     step(engine)                                        # the next round: the next slice number
     assert [o.order_id for o in pub.orders] == ["liq-a-1-0", "liq-a-1-1"]
-    assert (pub.orders[-1].risk_version, pub.orders[-1].account_revision) == (2, 4)
+    assert (pub.orders[-1].risk_version, pub.orders[-1].account_revision, pub.orders[-1].margin_marks_ms) == \
+        (2, 4, NOW + 700)
 
 
 def test_a_call_on_stale_marks_or_an_account_healthy_again_at_the_recheck_sends_nothing(world):

@@ -85,13 +85,17 @@ class Platform:
         except grpc.RpcError:
             return None
 
-    def margin_at(self, account_id: str, marks: Mapping[str, float]) -> Fresh | None:
+    def margin_at(self, account_id: str, marks: Mapping[str, float], book: bytes | None = None,
+                  risk_version: int = 0) -> Fresh | None:
         """The account's margin at ``marks`` (md.marks key → price USD; the others the market's now)
-        by MarginAt; None when the service cannot answer now. A refused request is the harness's
-        error and raises."""
-        req = margin_pb2.MarginAtRequest(account_id=account_id)
+        by MarginAt — of its current book, or of ``book`` (a portfolio.positions snapshot as published), at
+        ``risk_version`` (0: the one in force); None when the service cannot answer now, or holds another
+        version. A refused request is the harness's error and raises."""
+        req = margin_pb2.MarginAtRequest(account_id=account_id, risk_params_version=risk_version)
         for key, price in marks.items():
             req.marks[key].value = repr(price)     # the shortest decimal that reads back as the same double
+        if book is not None:
+            req.book.ParseFromString(book)
         try:
             return fresh(self.margin.MarginAt(req, timeout=5).margin)
         except grpc.RpcError as exc:

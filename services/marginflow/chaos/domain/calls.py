@@ -21,31 +21,37 @@ a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk ve
    the newest mark the market it was computed at had; the harness keeps every ``md.marks`` record and
    asks ``MarginAt`` for a's margin at the marks in force at t (per instrument the latest mark at or
    before t, per underlying the latest index price: :mod:`marks`), the same computation as a live
-   margin, at those prices. Compared only when its account revision and its risk-parameter version
-   are C's (the account's positions and collateral and the scenarios are the ones C was computed on —
-   a new version may lower IM without bound, only a step up is bounded, so a release of margin says
-   nothing about the call; a call without a revision counts as computed on the account's current
-   revision when no input of the account was published after it): C says LIQUIDATION or BANKRUPT
-   (e < MM) but the recomputation at its marks is HEALTHY with equity ≥ IM. The market's drift
-   between the call and the check is gone from the comparison; what is left is small: the same
-   version's risk arrays and add-ons rebuilt since at later marks, spreads and depth (a model
-   refresh: IM moves with the prices), and a mark another partition had not yet delivered to the
-   computation at t. Between MM and IM lies
+   margin, at those prices — on the book of C's revision (the harness keeps each account's recent
+   ``portfolio.positions`` snapshots; else the account's current book) and at C's risk version (margin
+   keeps the versions before the one in force; else none is asked). Compared only when its account
+   revision and its risk-parameter version are C's (the account's positions and collateral and the
+   scenarios are the ones C was computed on — a new version may lower IM without bound, only a step up
+   is bounded, so a release of margin says nothing about the call; a call without a revision counts as
+   computed on the account's current revision when no input of the account was published after it): C
+   says LIQUIDATION or BANKRUPT (e < MM) but the recomputation at its marks is HEALTHY with equity ≥ IM.
+   The market's drift between the call and the check is gone from the comparison; what is left is
+   small: the version's risk arrays and add-ons rebuilt since at later marks, spreads and depth (a
+   model refresh: IM moves with the prices; an older version's model is rebuilt at the market now), and
+   a mark another partition had not yet delivered to the computation at t. Between MM and IM lies
    (1 − mm_factor)·IM — half the IM by default — which neither moves an account across; a call on a
    state the inputs do not support does. (A call stamped 0 — no mark seen — is recomputed at the
    marks now.)
 
 A ``liquidation.orders`` record is contradicted when its order id was seen before (a retry doubled
-it), or when a fresh ``GetMargin`` at the same inputs shows its account HEALTHY with equity ≥ IM.
-"The same inputs": no input of the account (a fill — the order's own, or any other — or an account
-event) was published after the order, no order of its episode has filled, the fresh computation's
-account revision is the fold's, and its risk-parameter version and account revision are the ones the order
-names (the margin it was planned on: collateral haircuts follow σ_m, so a new version moves equity too). The account is then where it was when the episode started, marks
-apart — and an episode starts only below MM on fresh marks. Orders are judged at the marks now: the
-band between MM and IM absorbs the marks' drift since; a state above MM but below IM is not a contradiction:
-marks may have lifted the account out of liquidation since. Orders after a fill of their episode are
-not judged by a fresh computation: an episode goes on, by design, from MM up to IM·(1 + buffer), and
-the fills themselves moved the account.
+it), or — for the first order of an episode — when a recomputation **at the order's own inputs** shows
+its account HEALTHY with equity ≥ IM. An episode starts only on a re-check at the moment of acting that
+finds the account below MM on fresh marks, and its first round (slice 0 and the slices sent with it) is
+planned on that re-check, whose risk version, account revision and marks time every order names. The
+harness keeps the account's ``portfolio.positions`` snapshots of recent revisions and asks ``MarginAt``
+for the snapshot of the order's revision (the book: positions, entry prices, collateral) at the order's
+risk version (another version in force: not judged) and the marks in force at its marks time: the same
+computation on the same book, the same parameters and the same prices, whatever the account did since.
+What is left is what rule 3 leaves: the same version's risk arrays rebuilt since at later marks, and a
+mark another partition had not yet delivered to the re-check — small beside the band between MM and IM,
+which is why only a HEALTHY recomputation contradicts. (An episode starts when any part of the account
+— the cross part or an isolated position — is below its MM; the totals may be above MM then.)
+Orders of later rounds are not judged: an episode goes on, by design, from MM up to IM·(1 + buffer), its
+fills and the marks moving the account.
 """
 
 from __future__ import annotations
@@ -197,6 +203,14 @@ class Order:
     episode: int = 0
     risk_version: int = 0        # the margin the order was planned on (0: not named)
     account_revision: int = 0
+    slice: int = 0
+    marks_time_ms: int = 0       # the newest mark's event time in the market that margin was computed at
+
+
+def starts_episode(order: Order) -> bool:
+    """The first order of its episode, planned on the re-check that started it, and naming the inputs it was
+    planned on: the one a recomputation at its own inputs judges."""
+    return order.slice == 0 and order.account_revision > 0 and order.marks_time_ms > 0
 
 
 def order_inputs_match(order: Order, fresh: Fresh | None) -> bool:
@@ -210,7 +224,7 @@ def order_inputs_match(order: Order, fresh: Fresh | None) -> bool:
 
 
 def check_order(order: Order, seen_ids: set[str], fresh: Fresh | None, same_inputs: bool) -> list[Contradiction]:
-    """``same_inputs``: the fresh computation is of the account as the order's episode found it (see
+    """``same_inputs``: ``fresh`` is the account's margin at the inputs the order's episode started on (see
     the module's docstring); only then is it compared."""
     out = []
     if order.order_id in seen_ids:
@@ -218,7 +232,8 @@ def check_order(order: Order, seen_ids: set[str], fresh: Fresh | None, same_inpu
     seen_ids.add(order.order_id)
     if same_inputs and fresh is not None and fresh.state == HEALTHY and fresh.equity_usd >= fresh.im_usd:
         out.append(Contradiction(order.account_id, order.offset, "order_unfounded",
-                                 f"order {order.order_id} (episode {order.episode}, nothing of it filled), but at "
-                                 f"the same inputs a fresh computation is HEALTHY (equity {fresh.equity_usd} ≥ "
-                                 f"IM {fresh.im_usd})"))
+                                 f"order {order.order_id} (episode {order.episode}) starts an episode, but at its "
+                                 f"revision {order.account_revision}, version {order.risk_version} and the marks of "
+                                 f"{order.marks_time_ms} ms a fresh computation is HEALTHY (equity "
+                                 f"{fresh.equity_usd} ≥ IM {fresh.im_usd})"))
     return out

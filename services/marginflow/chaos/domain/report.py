@@ -20,6 +20,7 @@ class FaultResult:
     calls_recomputed: int = 0              # of which recomputed at the same account revision
     contradicting_calls: int = 0
     orders_checked: int = 0
+    orders_judged: int = 0                 # of which recomputed at their own inputs (first orders of episodes)
     bad_orders: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
     timed_out: bool = False
@@ -36,7 +37,7 @@ class FaultResult:
                 f"{self.fills_checked:,}",
                 f"{self.accounts_checked:,}", str(self.mismatches),
                 f"{self.calls_checked:,} ({self.calls_recomputed:,} recomputed)", str(self.contradicting_calls),
-                f"{self.orders_checked:,}", str(self.bad_orders),
+                f"{self.orders_checked:,} ({self.orders_judged:,} judged)", str(self.bad_orders),
                 "ok" if self.ok else ("TIMEOUT" if self.timed_out else "VIOLATION")]
 
 

@@ -163,7 +163,8 @@ def event_from_proto(msg: pb.LiquidationEvent) -> Event:
 def order_to_proto(o: Order, publish_ms: int) -> pb.LiquidationOrder:
     msg = pb.LiquidationOrder(order_id=o.order_id, account_id=o.account_id, instrument=o.instrument,
                               side=side_to_proto(o.side), episode=o.episode, slice=o.slice, reason=o.reason,
-                              reduce_only=True, risk_version=o.risk_version, account_revision=o.account_revision)
+                              reduce_only=True, risk_version=o.risk_version, account_revision=o.account_revision,
+                              marks_time_ms=o.margin_marks_ms)
     msg.size.value = str(o.size)
     msg.limit_price.value = str(o.limit_price_usd)
     msg.bankruptcy_price.value = str(o.bankruptcy_price_usd)
