@@ -23,7 +23,7 @@ from marginflow.shared.errors import Rejected
 from marginflow.shared.host import ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
-    assign_every_partition, platform_topics, topic_partitions)
+    assign_every_partition, platform_topics, seek_to_tail, topic_partitions)
 from marginflow.shared.lifecycle import Lifecycle
 from marginflow.shared.logs import get_logger
 from marginflow.shared.universe import platform_universe
@@ -62,9 +62,7 @@ class ExchangeSimApp:
         self.marks = ProtoConsumer(marks, {topics.marks: marketdata_pb2.Mark}, dlq, SERVICE)
         tps = [TopicPartition(topics.marks, p) for p in sorted(topic_partitions(marks, topics.marks, 30.0))]
         marks.assign(tps)
-        end, begin = marks.end_offsets(tps), marks.beginning_offsets(tps)
-        for tp in tps:
-            marks.seek(tp, max(begin[tp], end[tp] - s.marks_tail_records))
+        seek_to_tail(marks, tps, s.marks_tail_records)
         # Every partition assigned directly (one simulator; no group membership to lose under load); the
         # group id only keeps the committed offsets; a first start begins at the end (no replay of old orders).
         orders = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,

@@ -370,6 +370,16 @@ def assign_every_partition(consumer: KafkaConsumer, topics: Sequence[str], timeo
     return tps
 
 
+def seek_to_tail(consumer: KafkaConsumer, tps: Sequence[TopicPartition], records: int) -> dict[TopicPartition, int]:
+    """Seek each of the assigned ``tps`` to its last ``records`` records (its beginning when it holds fewer):
+    the recent past of a stream that is not compacted (marks), read again on a start. Returns the end offsets
+    taken."""
+    end, begin = consumer.end_offsets(list(tps)), consumer.beginning_offsets(list(tps))
+    for tp in tps:
+        consumer.seek(tp, max(begin[tp], end[tp] - records))
+    return end
+
+
 def wait_for_metadata(consumer: KafkaConsumer, topics: Sequence[str], timeout_s: float = TOPIC_METADATA_WAIT_S) -> None:
     """Block until the consumer's metadata lists every topic (bounded). A group member that joins while
     a topic it subscribes to is missing from its metadata (just created, the broker's metadata not yet

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from marginflow.api.common.v1 import common_pb2
 from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.shared.config import Topics
 from marginflow.shared.kafka import (DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer,
-                                     new_producer, platform_topics, read_compacted)
+                                     new_producer, platform_topics, read_compacted, seek_to_tail)
 from marginflow.shared.redisstore import connect
 
 
@@ -102,3 +102,28 @@ def test_redis_connect_and_round_trip(redis_url, topic_prefix):
     client.set(key, "1.50", ex=30)
     assert client.get(key) == b"1.50"
     client.delete(key)
+
+
+def test_seek_to_tail_reads_the_last_records_of_each_partition_or_all_of_a_short_one(kafka_bootstrap, topic_prefix):
+    topic = topic_prefix + "tail"
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 2)])
+    producer = new_producer(kafka_bootstrap, "t")
+    for i in range(10):
+        producer.send(topic, key=b"k", value=str(i).encode(), partition=0)
+    for i in range(2):
+        producer.send(topic, key=b"k", value=f"p1-{i}".encode(), partition=1)
+    producer.flush()
+    consumer = new_consumer(kafka_bootstrap, None, "t")
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    consumer.assign(tps)
+    end = seek_to_tail(consumer, tps, 3)
+    assert end == {tps[0]: 10, tps[1]: 2}
+    got: list[bytes] = []
+    deadline = time.monotonic() + 20
+    while len(got) < 5 and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=300).values():
+            got += [r.value for r in records]
+    consumer.close()
+    producer.close()
+    # the last 3 of partition 0; partition 1 holds fewer: all of it
+    assert sorted(got) == sorted([b"7", b"8", b"9", b"p1-0", b"p1-1"])

@@ -24,7 +24,7 @@ from marginflow.api.risk.v1 import risk_pb2
 from marginflow.margin.adapters import codec
 from marginflow.shared.fanout import Fanout
 from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
-from marginflow.shared.kafka import ProtoConsumer, ProtoProducer, topic_partitions
+from marginflow.shared.kafka import ProtoConsumer, ProtoProducer, seek_to_tail, topic_partitions
 from marginflow.shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -89,10 +89,7 @@ def assign_market(consumer: ProtoConsumer, marks_topic: str, params_topic: str, 
         for tp in tps[fills_topic]:
             found = since.get(tp)
             raw.seek(tp, found.offset if found is not None else ends[tp])
-    end = raw.end_offsets(tps[marks_topic])
-    begin = raw.beginning_offsets(tps[marks_topic])
-    for tp in tps[marks_topic]:
-        raw.seek(tp, max(begin[tp], end[tp] - tail_records))
+    seek_to_tail(raw, tps[marks_topic], tail_records)
 
 
 class PositionsRebalance(ConsumerRebalanceListener):

@@ -12,7 +12,7 @@ from marginflow.api.marketdata.v1 import marketdata_pb2
 from marginflow.marketdata.domain.marks import TOP_LEVELS
 from marginflow.marketdata.domain.ticks import AcceptedTick, MarkValue, RawTick
 from marginflow.shared.depthcurve import curve_of_mark
-from marginflow.shared.kafka import DeadLetterSink, ProtoProducer
+from marginflow.shared.kafka import DeadLetterSink, ProtoProducer, seek_to_tail
 
 
 def tick_to_proto(acc: AcceptedTick, publish_ms: int) -> marketdata_pb2.Tick:
@@ -98,10 +98,8 @@ def last_marks(bootstrap: str, marks_topic: str, tail_per_partition: int = 20_00
             return {}
         tps = [TopicPartition(marks_topic, p) for p in sorted(parts)]
         consumer.assign(tps)
-        end = consumer.end_offsets(tps)
         begin = consumer.beginning_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, max(begin[tp], end[tp] - tail_per_partition))
+        end = seek_to_tail(consumer, tps, tail_per_partition)
         out: dict[str, MarkValue] = {}
         deadline = time.monotonic() + timeout_s
         remaining = {tp for tp in tps if end[tp] > begin[tp]}
