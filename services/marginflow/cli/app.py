@@ -205,11 +205,14 @@ def _given_price(text: str) -> tuple[str, str]:
 def margin_at(account: str = typer.Argument(..., help="account id"),
               prices: Optional[list[str]] = typer.Argument(None, help="KEY=PRICE: INSTRUMENT=mark or "
                                                                        "index:UNDERLYING=index price, USD"),
+              risk_version: int = typer.Option(0, "--risk-version", min=0,
+                                               help="margin at this risk-parameter version (one margin still "
+                                                    "keeps; default: the one in force)"),
               as_json: bool = JsonOption) -> None:
     """Margin of ACCOUNT at given marks (the others the market's now): its current book, the risk
-    parameters in force, nothing published; and every price it read."""
+    parameters in force (or --risk-version's), nothing published; and every price it read."""
     pb = _pb("margin.v1.margin_pb2")
-    request = pb.MarginAtRequest(account_id=_account_id(account))
+    request = pb.MarginAtRequest(account_id=_account_id(account), risk_params_version=risk_version)
     for text in prices or []:
         key, price = _given_price(text)
         request.marks[key].value = price

@@ -133,6 +133,12 @@ def test_margin_at_given_marks_and_the_prices_it_read(run_cli, platform, book):
     assert negative.code == 2 and "must be > 0" in negative.err, negative
     unknown = run_cli("margin", "at", account.account_id, "index:NOPE=1")
     assert unknown.code == 2 and "invalid argument" in unknown.err and "index:NOPE" in unknown.err, unknown
+    # at a version margin keeps (the one in force), and at one it never held: refused, not margined on another
+    version = data["margin"]["risk_params_version"]
+    kept = run_cli("margin", "at", account.account_id, f"{instrument}=1000.5", "--risk-version", str(version), "--json")
+    assert kept.code == 0 and kept.json()["margin"]["risk_params_version"] == version, kept
+    never = run_cli("margin", "at", account.account_id, "--risk-version", str(version + 10_000))
+    assert never.code == 1 and "failed precondition" in never.err and str(version + 10_000) in never.err, never
 
 
 def test_margin_errors_exit_non_zero_with_one_line(run_cli, book):
