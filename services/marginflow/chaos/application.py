@@ -310,7 +310,8 @@ class Runner:
         self._read_positions()
         last = {c.account_id: c for c in calls}
         recomputed = reproduced = 0
-        for call in list(last.values())[: self.o.recompute_max_calls]:
+        # in version order: margin rebuilds an older version's model once for all the calls of that version
+        for call in sorted(list(last.values())[: self.o.recompute_max_calls], key=lambda c: c.risk_version):
             if self._left() <= 0:
                 result.notes.append("recomputation cut short: the time budget is spent")
                 break
@@ -358,7 +359,7 @@ class Runner:
         self._read_marks()
         found: list[callcheck.Contradiction] = []
         starts = judged = again = no_book = other_version = 0
-        for order in orders:
+        for order in sorted(orders, key=lambda o: o.risk_version):   # as the calls: one rebuild per version
             fresh = None
             if callcheck.starts_episode(order) and starts < self.o.recompute_max_calls and self._left() > 0:
                 starts += 1
