@@ -384,7 +384,8 @@ class Runner:
                 f"{judged - again} not"
                 + (f"; {no_book} without the snapshot of their revision (older than the "
                    f"{SNAPSHOT_REVISIONS} kept)" if no_book else "")
-                + (f"; {other_version} at a risk version no longer in force" if other_version else ""))
+                + (f"; {other_version} not answered (a risk version margin no longer keeps, or margin not "
+                   f"serving)" if other_version else ""))
         result.notes += [str(c) for c in found[:5]]
 
     # ---- recovery

@@ -206,7 +206,7 @@ def test_an_order_is_not_judged_without_the_snapshot_of_its_revision_or_at_anoth
     assert [a for a, _m in platform.asked] == ["d"]     # c's revision 8 was not kept: nothing asked
     assert (result.orders_judged, result.bad_orders) == (0, 0)
     note = next(n for n in result.notes if "started an episode" in n)
-    assert "1 without the snapshot of their revision" in note and "1 at a risk version no longer in force" in note
+    assert "1 without the snapshot of their revision" in note and "1 not answered (a risk version margin no longer keeps" in note
 
 
 def test_the_snapshots_of_an_account_s_recent_revisions_are_kept_and_a_tombstone_forgets_them():
