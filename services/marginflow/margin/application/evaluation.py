@@ -37,9 +37,9 @@ TRANSITION_SLICE_ACCOUNTS = 250
 PUBLISH_TURN_SECONDS = 0.1
 # Earlier risk versions, for MarginAt to recompute an answer of one of them on its own parameters: the models
 # of the newest (the one in force among them) kept as built — a model is the core's risk arrays over the
-# universe's instruments and scenarios, not the book — and the parameters of many more, whose models are
-# rebuilt at the market now when asked (as a model refresh rebuilds the version in force), the last few
-# rebuilt kept.
+# universe's instruments and scenarios, not the book: ~1.4 MiB for the 105 instruments and 1,000 historical
+# scenarios of the demo — and the parameters of many more, whose models are rebuilt at the market now when
+# asked (~7 ms there; as a model refresh rebuilds the version in force), the last few rebuilt kept.
 RECENT_VERSIONS = 8
 KEPT_VERSIONS = 512
 REBUILT_MODELS = 4
