@@ -3,7 +3,9 @@
 ``python -m marginflow.liquidation`` runs :func:`main` under :func:`marginflow.shared.service.run_service`.
 Tests and the benchmark build a :class:`LiquidationApp` directly and run its loop in a thread.
 
-Start: the fund from ``liquidation.fund`` (compacted; the initial balance when empty), the episodes, slice
+Start: the lease in Redis first (:mod:`.adapters.lease`: one instance acts; another waits as a standby, with no
+gRPC and ``marginflow_liquidation_active`` 0, and takes over once the lease is free), then the fund from
+``liquidation.fund`` (compacted; the initial balance when empty), the episodes, slice
 numbers, admin pauses and history from ``liquidation.events``, the last margin of every account from
 ``margin.state`` (to its end offsets) and the tail of ``md.marks``; then ready. ``margin.calls`` and
 ``trades.fills``: every partition, assigned directly (one instance acts for every account), from the offsets
@@ -27,6 +29,7 @@ from marginflow.liquidation.adapters import codec
 from marginflow.liquidation.adapters.clients import AccountClient, MarginClient
 from marginflow.liquidation.adapters.grpc_api import SERVICE_NAME, LiquidationServicer
 from marginflow.liquidation.adapters.kafka_io import KafkaPublisher, read_events
+from marginflow.liquidation.adapters.lease import RedisLease, holder_id
 from marginflow.liquidation.adapters.metrics import LiquidationMetrics, liquidation_metrics
 from marginflow.liquidation.adapters.redis_cache import RedisFundCache
 from marginflow.liquidation.application import (
@@ -39,7 +42,7 @@ from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
     assign_every_partition, platform_topics, read_compacted, rewind, topic_partitions)
-from marginflow.shared.lifecycle import Lifecycle
+from marginflow.shared.lifecycle import Lifecycle, loop_in_thread
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
 from marginflow.shared.security import client_channel
@@ -64,6 +67,14 @@ log = get_logger(__name__)
 OUTPUT_LINGER_MS = 20
 # How long a turn waits for calls and fills when no re-check is in flight, ms (with re-checks in flight: not at all).
 INPUT_POLL_MS = 5
+
+
+class LeaseLost(RuntimeError):
+    """Another instance holds the lease: this one stops acting (and exits, to wait again as a standby)."""
+
+
+class StoppedAsStandby(RuntimeError):
+    """Asked to stop while waiting for the lease: nothing was started."""
 
 
 def liquidation_topics(settings: LiquidationSettings) -> list[TopicSpec]:
@@ -95,13 +106,20 @@ class LiquidationApp:
         self._admin: queue.Queue = queue.Queue()
         self._polled: list = []            # the input records of the turn under way
         self.loop: ServiceLoop | None = None
+        self.lease: RedisLease | None = None
+        self._lease_due = 0.0              # monotonic time of the next renewal
+        self._stopping: threading.Event | None = None
+        self.lost_lease = False
 
     @property
     def grpc_port(self) -> int:
         return self.host.grpc_port
 
     # ---- start
-    def start(self, serve_grpc: bool = True, serve_http_metrics: bool = True) -> "LiquidationApp":
+    def start(self, serve_grpc: bool = True, serve_http_metrics: bool = True,
+              stopping: threading.Event | None = None) -> "LiquidationApp":
+        """Take the lease (a standby waits here until it is free; ``stopping`` ends the wait with
+        :class:`StoppedAsStandby`), then read the state and start."""
         s, common = self.settings, self.settings.common
         topics = common.topics
         timeout = s.startup_timeout_seconds
@@ -113,6 +131,11 @@ class LiquidationApp:
         self.producer.prepare([topics.liquidation_events, topics.liquidation_orders, topics.fills,
                                topics.account_events, topics.liquidation_fund, topics.liquidation_dlq])
         self.redis = connect(common.redis_url)
+        if serve_http_metrics:
+            self.host.serve_metrics(s.metrics_port)
+        # Acting needs the lease, and the state is read only once it is held: a standby's would be stale.
+        self.lease = RedisLease(self.redis, s.redis_prefix, holder_id(), s.lease_ms)
+        self._take_lease(stopping)
         self.fund_cache = RedisFundCache(self.redis, s.redis_prefix)
         grpc_timeout = s.grpc_timeout_ms / 1000.0
         dial = lambda address: client_channel(address, common.security)  # noqa: E731 - TLS and token as configured
@@ -137,8 +160,6 @@ class LiquidationApp:
                                            self.run_admin)
             self.host.serve_grpc(s.grpc_port, [(liquidation_pb2_grpc.add_LiquidationServiceServicer_to_server,
                                                 servicer, SERVICE_NAME)])
-        if serve_http_metrics:
-            self.host.serve_metrics(s.metrics_port)
         # A short fetch wait: a margin call or a mark is acted on within tens of ms, not half a second.
         market = new_consumer(common.bootstrap, None, f"{SERVICE}-market", fetch_max_wait_ms=FETCH_WAIT_MS)
         self.market = ProtoConsumer(market, {topics.marks: marketdata_pb2.Mark,
@@ -156,13 +177,13 @@ class LiquidationApp:
         self.pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix=f"{SERVICE}-assess")
         self._catch_up_states(timeout)
         seeded = self.engine.seed_pending_from_states()
-        self.loop = ServiceLoop(SERVICE, self.turn, every=[Every(1.0, self.engine.refresh_gauges),
+        self.loop = ServiceLoop(SERVICE, self._turn_holding_lease, every=[Every(1.0, self.engine.refresh_gauges),
                                                            Every(1.0, self.check_fund_cache)],
                                 recover=self.recover)
         for name, step in (("market consumer", self.market.close), ("inputs consumer", self.inputs.close),
                            ("assessments", lambda: self.pool.shutdown(wait=True, cancel_futures=True)),
                            ("flush producer", self.producer.flush), ("close producer", self.producer.close),
-                           ("close redis", self.redis.close)):
+                           ("release lease", self.lease.release), ("close redis", self.redis.close)):
             self.host.on_close(name, step)
         self.host.set_ready(True, "state rebuilt")
         log.info("liquidation started", extra={"grpc_port": self.grpc_port, "events": len(events),
@@ -283,6 +304,52 @@ class LiquidationApp:
             time.sleep(0.001)
         return handled
 
+    # ---- the lease: one acting instance
+    def _renew_every_s(self) -> float:
+        return self.lease.lease_ms / 4000.0
+
+    def _take_lease(self, stopping: threading.Event | None) -> None:
+        waited = False
+        while True:
+            got = self.lease.take()
+            if got:
+                break
+            if not waited:
+                waited = True
+                log.warning("standby: another liquidation instance holds the lease; acting once it is free",
+                            extra={"holder": self.lease.current() if got is False else "unknown (Redis unreachable)",
+                                   "lease_ms": self.lease.lease_ms})
+            self.metrics.active.set(0)
+            if stopping is None:
+                time.sleep(self._renew_every_s())
+            elif stopping.wait(self._renew_every_s()):
+                raise StoppedAsStandby("stopped while waiting for the lease")
+        if waited:
+            log.info("lease taken: this instance acts now", extra={"holder": self.lease.holder})
+        self.metrics.active.set(1)
+        self._lease_due = time.monotonic() + self._renew_every_s()
+
+    def _keep_lease(self) -> None:
+        """Renewed every quarter of the lease, checked before each turn acts: a holder that was paused longer
+        than the lease and finds another holder stops before it acts again. Redis unreachable: the holder goes
+        on (nobody else can take the lease) and tries again within a second."""
+        now = time.monotonic()
+        if now < self._lease_due:
+            return
+        got = self.lease.take()
+        if got is False:
+            self.lost_lease = True
+            self.metrics.active.set(0)
+            self.host.set_ready(False, "lease lost to another instance")
+            if self._stopping is not None:
+                self._stopping.set()
+            raise LeaseLost(f"the liquidation lease is held by {self.lease.current()!r}; this instance stops acting")
+        self._lease_due = now + (self._renew_every_s() if got else min(1.0, self._renew_every_s()))
+
+    def _turn_holding_lease(self) -> int:
+        self._keep_lease()
+        return self.turn()
+
     # ---- recovery
     def recover(self, exc: BaseException) -> None:
         """A failed turn (a broker timeout while publishing): its input records are read again, not skipped —
@@ -316,10 +383,11 @@ class LiquidationApp:
                 future.set_exception(exc)
 
     def run(self, stopping: threading.Event) -> None:
+        self._stopping = stopping
         self.loop.run(stopping)
 
     def run_in_thread(self):
-        return self.loop.run_in_thread()
+        return loop_in_thread(self.run, f"{SERVICE}-loop")
 
     def close(self) -> None:
         self.host.close()
@@ -331,9 +399,15 @@ class LiquidationApp:
 
 def main(settings: LiquidationSettings, lifecycle: Lifecycle) -> None:
     app = LiquidationApp(settings, SystemClock())
-    app.start()
+    try:
+        app.start(stopping=lifecycle.stopping)
+    except StoppedAsStandby:
+        app.host.close()
+        return
     lifecycle.on_stop("close", app.close)
     app.run(lifecycle.stopping)
+    if app.lost_lease:   # exits non-zero: restarted, it waits as a standby
+        raise LeaseLost("another liquidation instance holds the lease")
 
 
 def run() -> None:

@@ -60,6 +60,9 @@ class LiquidationSettings:
     grpc_timeout_ms: int = env("MF_LIQUIDATION_GRPC_TIMEOUT_MS", positive_int, 2000,
                                "deadline of each call to margin/portfolio, ms")
     redis_prefix: str = env("MF_LIQUIDATION_REDIS_PREFIX", redis_prefix, "mf:liq:", "prefix of every Redis key")
+    lease_ms: int = env("MF_LIQUIDATION_LEASE_MS", positive_int, 10_000,
+                        "the acting instance's lease in Redis, ms: renewed every quarter of it; a standby takes "
+                        "over at most this long after the holder died (at once after an orderly stop)")
     mark_max_age_ms: int = env("MF_LIQUIDATION_MARK_MAX_AGE_MS", positive_int, 30_000,
                                "a mark older than this (behind the newest mark, event time) is stale: no action")
     index_band: float = env("MF_LIQUIDATION_INDEX_BAND", positive_float, 0.10,

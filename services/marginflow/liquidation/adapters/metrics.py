@@ -15,6 +15,9 @@ class LiquidationMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.episodes_active = Gauge("marginflow_liquidation_episodes_active", "Live liquidation episodes",
                                      registry=registry)
+        self.active = Gauge("marginflow_liquidation_active",
+                            "1 while this instance holds the lease and acts, 0 while it waits as a standby",
+                            registry=registry)
         self.episodes_total = Counter("marginflow_liquidation_episodes_total", "Episode transitions", ["outcome"],
                                       registry=registry)
         self.orders_sent_total = Counter("marginflow_liquidation_orders_sent_total", "Liquidation orders published",
