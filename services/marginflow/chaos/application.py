@@ -95,6 +95,7 @@ class Ports:
     positions: Tail
     calls: Tail
     orders: Tail | None
+    steps: Tail | None                     # liquidation.events: each episode's start is recomputed at its inputs
     marks: Tail | None                     # md.marks: calls are recomputed at the marks they name (None: now)
     decode: object                         # namespace of protobuf decoders (see __main__)
     log: Callable[[str], None]
@@ -343,49 +344,62 @@ class Runner:
         result.notes += [str(c) for c in found[:5]]
 
     def _check_orders(self, result: FaultResult) -> None:
-        """Every order read since the last check: its id new; and the first order of each episode recomputed at
-        its own inputs (see :mod:`calls`): ``MarginAt`` on the book of the revision it names, at its risk
-        version and the marks in force at its marks time."""
+        """Every order read since the last check: its id new; and every episode started since (a STARTED step on
+        liquidation.events) recomputed at its own inputs (see :mod:`calls`): ``MarginAt`` on the book of the
+        revision it names, at its risk version and the marks in force at its marks time."""
         d = self.p.decode
         records = self.p.orders.catch_up(min(60, max(5, self._left())))
-        orders = []
+        found: list[callcheck.Contradiction] = []
         for rec in records:
             o = d.order(rec.value)
-            orders.append(callcheck.Order(o.order_id, o.account_id, f"{rec.partition}:{rec.offset}", int(o.episode),
-                                          int(o.risk_version), int(o.account_revision), int(o.slice),
-                                          int(o.marks_time_ms)))
-        # the snapshots and marks an order names were published before it: read after the orders
+            found += callcheck.check_order(callcheck.Order(o.order_id, o.account_id, f"{rec.partition}:{rec.offset}",
+                                                           int(o.episode)), self.order_ids)
+        starts = []
+        for rec in (self.p.steps.catch_up(min(60, max(5, self._left()))) if self.p.steps is not None else ()):
+            e = d.step(rec.value)
+            if d.started(e):
+                starts.append(callcheck.Start(e.account_id, f"{rec.partition}:{rec.offset}", int(e.episode),
+                                              int(e.risk_version), int(e.account_revision), int(e.marks_time_ms)))
+        # the snapshots and marks a start names were published before it: read after the starts
         self._read_positions()
         self._read_marks()
-        found: list[callcheck.Contradiction] = []
-        starts = judged = again = no_book = other_version = 0
-        for order in sorted(orders, key=lambda o: o.risk_version):   # as the calls: one rebuild per version
-            fresh = None
-            if callcheck.starts_episode(order) and starts < self.o.recompute_max_calls and self._left() > 0:
-                starts += 1
-                book = self._snapshot_at(order.account_id, order.account_revision)
-                if book is None:
-                    no_book += 1
-                else:
-                    fresh = self.p.platform.margin_at(order.account_id, self.marks.at(order.marks_time_ms),
-                                                      book=book, risk_version=order.risk_version)
-                    other_version += fresh is None
-            same = callcheck.order_inputs_match(order, fresh)
+        judged = again = unnamed = no_book = unanswered = 0
+        # in version order, as the calls: margin rebuilds an older version's model once
+        for st in sorted(starts, key=lambda x: x.risk_version)[: self.o.recompute_max_calls]:
+            if self._left() <= 0:
+                result.notes.append("episode checks cut short: the time budget is spent")
+                break
+            if not st.names_inputs:
+                unnamed += 1
+                continue
+            book = self._snapshot_at(st.account_id, st.account_revision)
+            if book is None:
+                no_book += 1
+                continue
+            fresh = self.p.platform.margin_at(st.account_id, self.marks.at(st.marks_time_ms), book=book,
+                                              risk_version=st.risk_version)
+            same = callcheck.start_inputs_match(st, fresh)
+            unanswered += fresh is None
             judged += same
             again += same and fresh is not None and fresh.state >= callcheck.LIQUIDATION
-            found += callcheck.check_order(order, self.order_ids, fresh, same)
+            if same and (c := callcheck.check_start(st, fresh)) is not None:
+                found.append(c)
         result.orders_checked = len(records)
-        result.orders_judged = judged
+        result.episodes_started = len(starts)
+        result.episodes_judged = judged
         result.bad_orders = len(found)
         if starts:
             result.notes.append(
-                f"{starts} orders started an episode; {judged} recomputed at their own revision, version and marks, "
+                f"{len(starts)} episodes started; {judged} recomputed at their own revision, version and marks, "
                 f"{again} of them in LIQUIDATION or BANKRUPT again (a part of the account below its MM), "
                 f"{judged - again} not"
-                + (f"; {no_book} without the snapshot of their revision (older than the "
-                   f"{SNAPSHOT_REVISIONS} kept)" if no_book else "")
-                + (f"; {other_version} not answered (a risk version margin no longer keeps, or margin not "
-                   f"serving)" if other_version else ""))
+                + (f"; {no_book} without the snapshot of their revision (older than the {SNAPSHOT_REVISIONS} "
+                   f"kept)" if no_book else "")
+                + (f"; {unanswered} not answered (a risk version margin no longer keeps, or margin not serving)"
+                   if unanswered else "")
+                + (f"; {unnamed} naming no inputs" if unnamed else "")
+                + (f"; the first {self.o.recompute_max_calls} recomputed" if len(starts) > self.o.recompute_max_calls
+                   else ""))
         result.notes += [str(c) for c in found[:5]]
 
     # ---- recovery

@@ -38,6 +38,8 @@ def decoders():
         fill=account_pb2.Fill.FromString, event=account_pb2.AccountEvent.FromString,
         snapshot=account_pb2.AccountSnapshot.FromString, dead_letter=common_pb2.DeadLetter.FromString,
         call=margin_pb2.MarginCall.FromString, order=liquidation_pb2.LiquidationOrder.FromString,
+        step=liquidation_pb2.LiquidationEvent.FromString,
+        started=lambda e: e.kind == liquidation_pb2.LIQUIDATION_EVENT_KIND_STARTED,
         mark=marketdata_pb2.Mark.FromString,
         dec=lambda d: Decimal(d.value or "0"), observed=grpc_io.observed, has_isolated=grpc_io.has_isolated)
 
@@ -136,6 +138,7 @@ def run(options: Options, small: bool, report: pathlib.Path | None, run_dir: pat
             fills=tail(topics.fills), events=tail(topics.account_events), dead_letters=tail(topics.portfolio_dlq),
             positions=tail(topics.positions), calls=tail(topics.margin_calls),
             orders=tail(topics.liquidation_orders) if "liquidation" in services else None,
+            steps=tail(topics.liquidation_events) if "liquidation" in services else None,
             marks=tail(topics.marks), decode=decoders(), log=log,
             first_output=lambda service, since_ms: (
                 first_record_after(common.bootstrap, output_topics[service], since_ms)

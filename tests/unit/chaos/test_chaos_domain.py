@@ -121,38 +121,27 @@ def test_recomputation_rule_only_at_the_same_revision_and_only_across_the_band()
     assert cc.same_inputs(c, released, 5, True) is False
 
 
-def test_orders_doubled_or_unfounded_at_the_same_inputs():
+def test_an_order_id_seen_twice_is_a_doubled_order():
     seen: set[str] = set()
-    o = cc.Order("a:1:0", "a", "0:1", 1)
-    below = cc.Fresh(cc.LIQUIDATION, Decimal("40"), Decimal("100"), Decimal("50"), 5, 1, False)
-    healthy = cc.Fresh(cc.HEALTHY, Decimal("140"), Decimal("100"), Decimal("50"), 5, 1, False)
-    drifted = cc.Fresh(cc.MARGIN_CALL, Decimal("60"), Decimal("100"), Decimal("50"), 5, 1, False)
-    assert cc.check_order(o, seen, below, same_inputs=True) == []
-    assert [c.rule for c in cc.check_order(o, seen, below, same_inputs=True)] == ["duplicate_order"]
-    assert [c.rule for c in cc.check_order(cc.Order("a:1:1", "a", "0:2", 1), seen, healthy,
-                                           same_inputs=True)] == ["order_unfounded"]
-    # marks lifted it above MM since the episode started: within the band, not a contradiction
-    assert cc.check_order(cc.Order("a:1:2", "a", "0:3", 1), seen, drifted, same_inputs=True) == []
-    # a fill (of the episode, or any input of the account) since: today's state does not judge the order
-    assert cc.check_order(cc.Order("a:1:3", "a", "0:4", 1), seen, healthy, same_inputs=False) == []
+    assert cc.check_order(cc.Order("a:1:0", "a", "0:1", 1), seen) == []
+    assert cc.check_order(cc.Order("a:1:1", "a", "0:2", 1), seen) == []
+    assert [c.rule for c in cc.check_order(cc.Order("a:1:0", "a", "0:3", 1), seen)] == ["duplicate_order"]
 
 
-def test_an_order_is_judged_only_at_the_risk_version_and_revision_it_was_planned_on():
+def test_an_episode_is_judged_only_at_the_version_and_revision_it_names_and_only_across_the_band():
     # Fresh(state, equity, IM, MM, account revision, risk version, has isolated)
-    planned = cc.Order("a:2:0", "a", "0:9", 2, risk_version=7, account_revision=5)
-    later_version = cc.Fresh(cc.HEALTHY, Decimal("189"), Decimal("27"), Decimal("13"), 5, 8, False)
-    same_version = cc.Fresh(cc.HEALTHY, Decimal("189"), Decimal("27"), Decimal("13"), 5, 7, False)
-    other_revision = cc.Fresh(cc.HEALTHY, Decimal("189"), Decimal("27"), Decimal("13"), 6, 7, False)
-    # a new version moves the collateral haircuts, hence equity: the order is not judged on it
-    assert cc.order_inputs_match(planned, later_version) is False
-    assert cc.order_inputs_match(planned, other_revision) is False
-    assert cc.order_inputs_match(planned, same_version) is True
-    assert cc.order_inputs_match(planned, None) is False
-    # an order that names no inputs (an older producer) is compared on the account's revision alone
-    assert cc.order_inputs_match(cc.Order("a:2:1", "a", "0:10", 2), later_version) is True
-    seen: set[str] = set()
-    assert [c.rule for c in cc.check_order(planned, seen, same_version,
-                                           cc.order_inputs_match(planned, same_version))] == ["order_unfounded"]
+    start = cc.Start("a", "0:9", 2, risk_version=7, account_revision=5, marks_time_ms=1000)
+    healthy = cc.Fresh(cc.HEALTHY, Decimal("189"), Decimal("27"), Decimal("13"), 5, 7, False)
+    assert cc.start_inputs_match(start, healthy)
+    assert not cc.start_inputs_match(start, cc.Fresh(cc.HEALTHY, Decimal("189"), Decimal("27"), Decimal("13"), 5, 8, False))
+    assert not cc.start_inputs_match(start, cc.Fresh(cc.HEALTHY, Decimal("189"), Decimal("27"), Decimal("13"), 6, 7, False))
+    assert not cc.start_inputs_match(start, None)
+    assert cc.check_start(start, healthy).rule == "episode_unfounded"
+    # between MM and IM (a model rebuilt at later marks, a mark not yet delivered): not a contradiction
+    assert cc.check_start(start, cc.Fresh(cc.MARGIN_CALL, Decimal("20"), Decimal("27"), Decimal("13"), 5, 7, False)) is None
+    # an isolated part below its MM with the totals above IM: the state says so
+    assert cc.check_start(start, cc.Fresh(cc.LIQUIDATION, Decimal("30"), Decimal("27"), Decimal("13"), 5, 7, True)) is None
+    assert start.names_inputs and not cc.Start("a", "0:1", 1, 7, 0, 1000).names_inputs
 
 
 def test_report_markdown():

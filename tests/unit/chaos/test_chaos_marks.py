@@ -95,11 +95,11 @@ def _call(account: str, offset: int, t_ms: int, state: int, equity: str, previou
     return Record(account.encode(), m.SerializeToString(), 0, offset, t_ms + 5)
 
 
-def _runner(calls, marks, positions=(), orders=None) -> tuple[Runner, _Platform]:
+def _runner(calls, marks, positions=(), orders=None, steps=()) -> tuple[Runner, _Platform]:
     platform = _Platform()
     ports = Ports(infra=None, processes=None, platform=platform, flush_redis=lambda: None, generator=None,
                   fills=_Tail([]), events=_Tail([]), dead_letters=_Tail([]), positions=_Tail(positions),
-                  calls=_Tail(calls), orders=None if orders is None else _Tail(orders), marks=_Tail(marks),
+                  calls=_Tail(calls), orders=_Tail(orders or []), steps=_Tail(steps), marks=_Tail(marks),
                   decode=decoders(), log=lambda _msg: None)
     return Runner(ports, Options(), ["margin"], "a"), platform
 
@@ -113,12 +113,17 @@ def _snapshot(account: str, revision: int, size: str, usdc: str = "10000", offse
     return Record(account.encode(), s.SerializeToString(), 0, offset, 0)
 
 
-def _order(account: str, episode: int, slice_: int, revision: int, marks_ms: int, version: int = 1,
-           offset: int = 0) -> Record:
+def _order(account: str, episode: int, slice_: int, offset: int = 0) -> Record:
     o = liquidation_pb2.LiquidationOrder(order_id=f"{account}:{episode}:{slice_}", account_id=account, episode=episode,
-                                         slice=slice_, risk_version=version, account_revision=revision,
-                                         marks_time_ms=marks_ms)
-    return Record(account.encode(), o.SerializeToString(), 0, offset, marks_ms + 50)
+                                         slice=slice_)
+    return Record(account.encode(), o.SerializeToString(), 0, offset, 0)
+
+
+def _step(account: str, episode: int, revision: int, marks_ms: int, version: int = 1, offset: int = 0,
+          kind: int = liquidation_pb2.LIQUIDATION_EVENT_KIND_STARTED) -> Record:
+    e = liquidation_pb2.LiquidationEvent(kind=kind, account_id=account, episode=episode, risk_version=version,
+                                         account_revision=revision, marks_time_ms=marks_ms)
+    return Record(account.encode(), e.SerializeToString(), 0, offset, marks_ms + 50)
 
 
 MARKS = [_mark("BTC-PERP", 1000, 60000.0), _mark("BTC-PERP", 2000, 54000.0), _mark("BTC-PERP", 3000, 60500.0)]
@@ -168,45 +173,45 @@ def test_a_margin_state_read_as_the_checks_compare_it():
     assert fresh(m).has_isolated and fresh(margin_pb2.MarginState()).equity_usd == 0
 
 
-def test_an_episode_s_first_order_is_judged_on_the_book_and_marks_it_names_not_the_account_now():
-    # Revision 5: long 1 from 60,000 with 10,000 USDC; at 54,000 equity 4,000 < MM 4,503 — the episode's
-    # first order names revision 5 and the marks of 2,000 ms. Since, the account was closed out (revision 7:
-    # flat, 3,990 USDC) and the market is back at 60,500: today's account says nothing about the order.
+def test_an_episode_is_judged_on_the_book_and_marks_its_start_names_not_the_account_now():
+    # Revision 5: long 1 from 60,000 with 10,000 USDC; at 54,000 equity 4,000 < MM 4,503 — the episode started
+    # on revision 5 at the marks of 2,000 ms. Since, the account was closed out (revision 7: flat, 3,990 USDC)
+    # and the market is back at 60,500: today's account says nothing about the start.
     positions = [_snapshot("a", 5, "1", offset=0), _snapshot("a", 6, "0.5", "7000", 1), _snapshot("a", 7, "0", "3990", 2)]
-    orders = [_order("a", 1, 0, 5, 2000, offset=0), _order("a", 1, 1, 5, 2000, offset=1),
-              _order("a", 1, 2, 6, 2500, offset=2)]
-    runner, platform = _runner([], MARKS, positions, orders)
+    steps = [_step("a", 1, 5, 2000), _step("a", 1, 6, 2500, offset=1, kind=liquidation_pb2.LIQUIDATION_EVENT_KIND_ORDER_SENT)]
+    runner, platform = _runner([], MARKS, positions, [_order("a", 1, 0), _order("a", 1, 1, 1)], steps)
     result = FaultResult("test")
     runner._check_orders(result)
-    # one recomputation: slice 0 at its own marks; the later slices (same round, later round) are not judged
+    # one recomputation: the start at its own marks; other steps and the orders are not recomputed
     assert platform.asked == [("a", {"BTC-PERP": 54000.0, "index:BTC": 54000.0})]
-    assert (result.orders_checked, result.orders_judged, result.bad_orders) == (3, 1, 0)
-    assert any("1 orders started an episode; 1 recomputed" in n and "1 of them in LIQUIDATION or BANKRUPT again" in n
+    assert (result.orders_checked, result.episodes_started, result.episodes_judged, result.bad_orders) == (2, 1, 1, 0)
+    assert any("1 episodes started; 1 recomputed" in n and "1 of them in LIQUIDATION or BANKRUPT again" in n
                for n in result.notes)
 
 
-def test_an_episode_started_on_inputs_that_are_healthy_is_an_unfounded_order_and_a_repeated_id_a_double():
-    # The first order names revision 5 at the marks of 3,000 ms (60,500): equity 10,500 ≥ IM 9,006.
-    runner, _platform = _runner([], MARKS, [_snapshot("b", 5, "1")], [_order("b", 2, 0, 5, 3000),
-                                                                         _order("b", 2, 0, 5, 3000, offset=1)])
+def test_an_episode_started_on_inputs_that_are_healthy_is_unfounded_and_a_repeated_order_id_a_double():
+    # The start names revision 5 at the marks of 3,000 ms (60,500): equity 10,500 ≥ IM 9,006.
+    runner, _platform = _runner([], MARKS, [_snapshot("b", 5, "1")], [_order("b", 2, 0), _order("b", 2, 0, 1)],
+                                [_step("b", 2, 5, 3000)])
     result = FaultResult("test")
     runner._check_orders(result)
-    rules = [n for n in result.notes if "order_unfounded" in n or "duplicate_order" in n]
-    assert result.bad_orders == 3 and result.orders_judged == 2     # unfounded twice, doubled once
-    assert any("revision 5, version 1 and the marks of 3000 ms" in n and "HEALTHY" in n for n in rules)
-    assert any("order id b:2:0 again" in n for n in rules)
+    assert (result.bad_orders, result.episodes_judged) == (2, 1)      # the start unfounded, the order doubled
+    assert any("episode_unfounded" in n and "revision 5, version 1 and the marks of 3000 ms" in n and "HEALTHY" in n
+               for n in result.notes)
+    assert any("order id b:2:0 again" in n for n in result.notes)
 
 
-def test_an_order_is_not_judged_without_the_snapshot_of_its_revision_or_at_another_risk_version():
-    positions = [_snapshot("c", 9, "1"), _snapshot("d", 5, "1", offset=1)]
-    orders = [_order("c", 1, 0, 8, 3000), _order("d", 1, 0, 5, 3000, version=2, offset=1)]
-    runner, platform = _runner([], MARKS, positions, orders)
+def test_an_episode_is_not_judged_without_the_snapshot_of_its_revision_at_another_version_or_naming_nothing():
+    positions = [_snapshot("c", 9, "1"), _snapshot("d", 5, "1", offset=1), _snapshot("e", 5, "1", offset=2)]
+    steps = [_step("c", 1, 8, 3000), _step("d", 1, 5, 3000, version=2, offset=1), _step("e", 1, 0, 0, offset=2)]
+    runner, platform = _runner([], MARKS, positions, [], steps)
     result = FaultResult("test")
     runner._check_orders(result)
-    assert [a for a, _m in platform.asked] == ["d"]     # c's revision 8 was not kept: nothing asked
-    assert (result.orders_judged, result.bad_orders) == (0, 0)
-    note = next(n for n in result.notes if "started an episode" in n)
-    assert "1 without the snapshot of their revision" in note and "1 not answered (a risk version margin no longer keeps" in note
+    assert [a for a, _m in platform.asked] == ["d"]     # c's revision 8 was not kept, e names no inputs
+    assert (result.episodes_started, result.episodes_judged, result.bad_orders) == (3, 0, 0)
+    note = next(n for n in result.notes if "episodes started" in n)
+    assert "1 without the snapshot of their revision" in note and "1 not answered (a risk version margin" in note
+    assert "1 naming no inputs" in note
 
 
 def test_the_snapshots_of_an_account_s_recent_revisions_are_kept_and_a_tombstone_forgets_them():

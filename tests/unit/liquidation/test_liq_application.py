@@ -89,6 +89,31 @@ def step(engine, now=NOW + 10_000):
         engine.act(engine.assess(account))
 
 
+def test_the_next_round_waits_for_a_view_that_holds_the_last_round_s_fills(world):
+    # Round 1 planned on revision 3 sells 0.1; its fill is read. A view still at revision 3 (portfolio down or
+    # behind) shows the position unsold: planning on it would sell the same 0.1 again. The next round goes out
+    # only on a view holding the fill (revision 4).
+    engine, margin, _positions, pub = world
+    margin.views["a"] = view()
+    margin.im_after_close = D("0")
+    engine.on_calls([Call("a", LIQUIDATION, True, 1, 3, NOW)])
+    step(engine)
+    assert [o.order_id for o in pub.orders] == ["liq-a-1-0"]
+    engine.on_fills([FillSeen("trades.fills", 0, 7, "liq-a-1-0-f0", "a", "BTC-PERP", -1, D("0.1"), D("50994.5"),
+                              D("0"), True, "liq-a-1-0", NOW)])
+    for _ in range(3):
+        step(engine, now=NOW + 20_000)                  # the view without the fill: nothing sent
+    assert [o.order_id for o in pub.orders] == ["liq-a-1-0"]
+    margin.views["a"] = view(size="0.9", revision=4)    # the fill applied
+    step(engine, now=NOW + 30_000)
+    assert [o.order_id for o in pub.orders] == ["liq-a-1-0", "liq-a-1-1"]
+    assert pub.orders[-1].account_revision == 4
+    # without a fill, the next round does not wait: an IOC that found no liquidity is sent again
+    margin.views["a"] = view(size="0.9", revision=4)
+    step(engine, now=NOW + 40_000)
+    assert [o.order_id for o in pub.orders][-1] == "liq-a-1-2"
+
+
 def test_a_call_below_mm_on_fresh_marks_starts_an_episode_and_sends_a_paced_reduce_only_slice(world):
     engine, margin, _positions, pub = world
     margin.views["a"] = view()

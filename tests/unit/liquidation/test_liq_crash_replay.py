@@ -48,6 +48,7 @@ class Account:
     cash: D
     size: D
     entry: D = ENTRY
+    revision: int = 1          # portfolio's count of applied inputs
 
 
 class Venue:
@@ -65,6 +66,7 @@ class Venue:
             return
         self.applied.add(fill_id)
         a = self.accounts.setdefault(account, Account(D(0), D(0)))
+        a.revision += 1
         # realise the P&L of the closed part at the fill price (reduce-only: never flips)
         signed = side * size
         closed = min(abs(signed), abs(a.size)) if a.size * signed < 0 else D(0)
@@ -82,6 +84,7 @@ class Venue:
             return
         self.applied.add(event_id)
         self.accounts[account].cash += amount
+        self.accounts[account].revision += 1
 
     def margin(self, account: str) -> tuple[D, D, D]:
         a = self.accounts[account]
@@ -93,7 +96,7 @@ class Venue:
         e, im, mm = self.margin(account)
         a = self.accounts[account]
         state = BANKRUPT if e < 0 else LIQUIDATION if e < mm else HEALTHY
-        return MarginView(account, state, e, im, mm, True, 1, 1, clock[0],
+        return MarginView(account, state, e, im, mm, True, 1, a.revision, clock[0],
                           (PositionView(INSTR, a.size, False),) if a.size else ())
 
     def im_after(self, account: str, trades) -> D:

@@ -37,21 +37,21 @@ a, ``previous`` P → ``state`` S, equity e, IM, MM, account revision r, risk ve
    state the inputs do not support does. (A call stamped 0 — no mark seen — is recomputed at the
    marks now.)
 
-A ``liquidation.orders`` record is contradicted when its order id was seen before (a retry doubled
-it), or — for the first order of an episode — when a recomputation **at the order's own inputs** shows
-its account HEALTHY with equity ≥ IM. An episode starts only on a re-check at the moment of acting that
-finds the account below MM on fresh marks, and its first round (slice 0 and the slices sent with it) is
-planned on that re-check, whose risk version, account revision and marks time every order names. The
-harness keeps the account's ``portfolio.positions`` snapshots of recent revisions and asks ``MarginAt``
-for the snapshot of the order's revision (the book: positions, entry prices, collateral) at the order's
-risk version (another version in force: not judged) and the marks in force at its marks time: the same
-computation on the same book, the same parameters and the same prices, whatever the account did since.
-What is left is what rule 3 leaves: the same version's risk arrays rebuilt since at later marks, and a
-mark another partition had not yet delivered to the re-check — small beside the band between MM and IM,
-which is why only a HEALTHY recomputation contradicts. (An episode starts when any part of the account
-— the cross part or an isolated position — is below its MM; the totals may be above MM then.)
-Orders of later rounds are not judged: an episode goes on, by design, from MM up to IM·(1 + buffer), its
-fills and the marks moving the account.
+A ``liquidation.orders`` record is contradicted when its order id was seen before (a retry doubled it). An
+**episode** (a STARTED step on ``liquidation.events``) is contradicted when a recomputation **at its own
+inputs** shows its account HEALTHY with equity ≥ IM. An episode starts only on a re-check at the moment of
+acting that finds the account — its cross part or an isolated position — below MM on fresh marks, and the
+STARTED step names that re-check's risk version, account revision and marks time. The harness keeps the
+account's ``portfolio.positions`` snapshots of recent revisions and asks ``MarginAt`` for the snapshot of the
+start's revision (the book: positions, entry prices, collateral) at the start's risk version (one margin no
+longer keeps: not judged) and the marks in force at its marks time: the same computation on the same book,
+the same parameters and the same prices, whatever the account and the market did since. What is left is
+what rule 3 leaves: the version's risk arrays rebuilt since at later marks, and a mark another partition had
+not yet delivered to the re-check — small beside the band between MM and IM, which is why only a HEALTHY
+recomputation contradicts. (For an account whose isolated position started the episode the totals may be
+above MM.) Orders are the episode's consequences and are not judged one by one: its first round may be held
+by a guard (a price band) and sent rounds later, on a later re-check, and an episode goes on, by design,
+from MM up to IM·(1 + buffer) — an order at equity just above IM is the episode at work, not a wrong start.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Fresh:
 class Contradiction:
     account_id: str
     offset: str
-    rule: str            # "history", "numbers", "recomputation", "duplicate_order", "order_above_mm"
+    rule: str            # "history", "numbers", "recomputation", "duplicate_order", "episode_unfounded"
     detail: str
 
     def __str__(self) -> str:
@@ -201,39 +201,44 @@ class Order:
     account_id: str
     offset: str
     episode: int = 0
-    risk_version: int = 0        # the margin the order was planned on (0: not named)
-    account_revision: int = 0
-    slice: int = 0
-    marks_time_ms: int = 0       # the newest mark's event time in the market that margin was computed at
 
 
-def starts_episode(order: Order) -> bool:
-    """The first order of its episode, planned on the re-check that started it, and naming the inputs it was
-    planned on: the one a recomputation at its own inputs judges."""
-    return order.slice == 0 and order.account_revision > 0 and order.marks_time_ms > 0
-
-
-def order_inputs_match(order: Order, fresh: Fresh | None) -> bool:
-    """Whether ``fresh`` was computed on the risk parameters and the account revision ``order`` was planned
-    on (what the order does not name is not compared)."""
-    if fresh is None:
-        return False
-    if order.risk_version and fresh.risk_version != order.risk_version:
-        return False
-    return not order.account_revision or fresh.account_revision == order.account_revision
-
-
-def check_order(order: Order, seen_ids: set[str], fresh: Fresh | None, same_inputs: bool) -> list[Contradiction]:
-    """``same_inputs``: ``fresh`` is the account's margin at the inputs the order's episode started on (see
-    the module's docstring); only then is it compared."""
+def check_order(order: Order, seen_ids: set[str]) -> list[Contradiction]:
+    """An order id seen before: a retry or a restart doubled the order."""
     out = []
     if order.order_id in seen_ids:
         out.append(Contradiction(order.account_id, order.offset, "duplicate_order", f"order id {order.order_id} again"))
     seen_ids.add(order.order_id)
-    if same_inputs and fresh is not None and fresh.state == HEALTHY and fresh.equity_usd >= fresh.im_usd:
-        out.append(Contradiction(order.account_id, order.offset, "order_unfounded",
-                                 f"order {order.order_id} (episode {order.episode}) starts an episode, but at its "
-                                 f"revision {order.account_revision}, version {order.risk_version} and the marks of "
-                                 f"{order.marks_time_ms} ms a fresh computation is HEALTHY (equity "
-                                 f"{fresh.equity_usd} ≥ IM {fresh.im_usd})"))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """A STARTED step: the margin its episode was started on."""
+
+    account_id: str
+    offset: str
+    episode: int
+    risk_version: int
+    account_revision: int
+    marks_time_ms: int     # the newest mark's event time in the market that margin was computed at
+
+    @property
+    def names_inputs(self) -> bool:
+        return self.risk_version > 0 and self.account_revision > 0 and self.marks_time_ms > 0
+
+
+def start_inputs_match(start: Start, fresh: Fresh | None) -> bool:
+    """Whether ``fresh`` was computed on the risk version and account revision the start names."""
+    return (fresh is not None and fresh.risk_version == start.risk_version
+            and fresh.account_revision == start.account_revision)
+
+
+def check_start(start: Start, fresh: Fresh) -> Contradiction | None:
+    """``fresh``: the account's margin at the start's own inputs (see the module's docstring)."""
+    if fresh.state == HEALTHY and fresh.equity_usd >= fresh.im_usd:
+        return Contradiction(start.account_id, start.offset, "episode_unfounded",
+                             f"episode {start.episode} started, but at its revision {start.account_revision}, "
+                             f"version {start.risk_version} and the marks of {start.marks_time_ms} ms a fresh "
+                             f"computation is HEALTHY (equity {fresh.equity_usd} ≥ IM {fresh.im_usd})")
+    return None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 COLUMNS = ("fault", "to SERVING s", "to correct s", "to first output s", "fills checked", "accounts checked", "mismatches",
-           "calls checked", "contradicting calls", "orders checked", "duplicate / unfounded orders", "result")
+           "calls checked", "contradicting calls", "orders checked", "episodes started (judged)",
+           "duplicate orders / unfounded episodes", "result")
 
 
 @dataclasses.dataclass
@@ -20,7 +21,8 @@ class FaultResult:
     calls_recomputed: int = 0              # of which recomputed at the same account revision
     contradicting_calls: int = 0
     orders_checked: int = 0
-    orders_judged: int = 0                 # of which recomputed at their own inputs (first orders of episodes)
+    episodes_started: int = 0              # STARTED steps on liquidation.events
+    episodes_judged: int = 0               # of which recomputed at their own inputs
     bad_orders: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
     timed_out: bool = False
@@ -37,7 +39,8 @@ class FaultResult:
                 f"{self.fills_checked:,}",
                 f"{self.accounts_checked:,}", str(self.mismatches),
                 f"{self.calls_checked:,} ({self.calls_recomputed:,} recomputed)", str(self.contradicting_calls),
-                f"{self.orders_checked:,} ({self.orders_judged:,} judged)", str(self.bad_orders),
+                f"{self.orders_checked:,}", f"{self.episodes_started:,} ({self.episodes_judged:,})",
+                str(self.bad_orders),
                 "ok" if self.ok else ("TIMEOUT" if self.timed_out else "VIOLATION")]
 
 

@@ -132,7 +132,8 @@ def event_to_proto(e: Event, publish_ms: int) -> pb.LiquidationEvent:
                               account_id=e.account_id, episode=e.episode, order_id=e.order_id,
                               counterparty_account_id=e.counterparty, instrument=e.instrument, detail=e.detail,
                               round=e.round, slice=e.slice, side=side_to_proto(e.side), reference=e.reference,
-                              settled_revision=e.settled_revision)
+                              settled_revision=e.settled_revision, risk_version=e.risk_version,
+                              account_revision=e.account_revision, marks_time_ms=e.marks_time_ms)
     msg.meta.event_time_ms = e.time_ms
     msg.meta.publish_time_ms = publish_ms
     msg.meta.source = SOURCE
@@ -157,7 +158,8 @@ def event_from_proto(msg: pb.LiquidationEvent) -> Event:
     return Event(name, msg.account_id, int(msg.episode), int(msg.meta.event_time_ms), msg.order_id,
                  msg.counterparty_account_id, msg.instrument, _opt(msg.size), _opt(msg.amount_usd),
                  _opt(msg.fund_balance_usd), msg.detail, int(msg.round), int(msg.slice), _opt(msg.price_usd),
-                 side_from_proto(msg.side), msg.reference, int(msg.settled_revision))
+                 side_from_proto(msg.side), msg.reference, int(msg.settled_revision), int(msg.risk_version),
+                 int(msg.account_revision), int(msg.marks_time_ms))
 
 
 def order_to_proto(o: Order, publish_ms: int) -> pb.LiquidationOrder:
