@@ -287,24 +287,31 @@ def margin_state_into(msg: pb.MarginState, m: AccountMargin, source: str = "marg
 def margin_states(margins: Sequence[AccountMargin], source: str = "margin", publish_ms: int = 0) -> list[pb.MarginState]:
     """:func:`margin_state` of many accounts (the same messages): the cents of every amount rounded in
     one vectorised pass (``shared.money``'s arrays: the same arithmetic as the scalar rounding)."""
+    return _states_into([pb.MarginState() for _ in margins], margins, source, publish_ms)
+
+
+def _states_into(msgs: Sequence[pb.MarginState], margins: Sequence[AccountMargin], source: str,
+                 publish_ms: int) -> list[pb.MarginState]:
+    """:func:`margin_states` written into ``msgs`` (empty messages, e.g. fields of a response), in order."""
     n = len(margins)
     if n < _BATCH_MIN:
-        return [margin_state(m, source, publish_ms) for m in margins]
+        return [_state_fields(msg, m, source, publish_ms) for msg, m in zip(msgs, margins)]
     amounts = np.array([(m.equity_usd, m.cross_equity_usd, m.collateral_usd, m.cross_pnl_usd, m.im_usd, m.mm_usd,
                          m.grid_usd, m.es_usd, m.minimum_usd, m.liquidity_usd, m.cross_im_usd, m.cross_mm_usd)
                         for m in margins], dtype=np.float64).reshape(n, len(_AMOUNTS))
     iso = np.array([(i.equity_usd, i.im_usd, i.mm_usd) for m in margins for i in m.isolated],
                    dtype=np.float64).reshape(-1, 3)
     if not (np.isfinite(amounts).all() and np.isfinite(iso).all()):
-        return [margin_state(m, source, publish_ms) for m in margins]   # raises for the bad amount, as one by one
+        # raises for the bad amount, as one by one
+        return [_state_fields(msg, m, source, publish_ms) for msg, m in zip(msgs, margins)]
     texts = _texts(amounts, _N_DOWN)
     iso_texts = _texts(iso, 1)
     width = len(_AMOUNTS)
     out = []
     k = 0
-    for i, m in enumerate(margins):
+    for i, (msg, m) in enumerate(zip(msgs, margins)):
         n_iso = 3 * len(m.isolated)
-        out.append(_state_fields(pb.MarginState(), m, source, publish_ms, texts[i * width:(i + 1) * width],
+        out.append(_state_fields(msg, m, source, publish_ms, texts[i * width:(i + 1) * width],
                                  iso_texts[k:k + n_iso]))
         k += n_iso
     return out
@@ -396,10 +403,9 @@ def recheck_response(rechecked, unknown: Sequence[str], symbols: Sequence[str], 
     """:class:`~marginflow.margin.application.queries.Rechecked` accounts as a RecheckResponse (margins
     encoded as one batch; reliefs rounded down to the cent: a relief counts toward health)."""
     out = pb.RecheckResponse(unknown_account_ids=list(unknown))
-    states = margin_states([r.margin for r in rechecked], publish_ms=publish_ms)
-    for r, state in zip(rechecked, states):
-        item = out.accounts.add()
-        item.margin.CopyFrom(state)
+    items = [out.accounts.add() for _ in rechecked]
+    _states_into([item.margin for item in items], [r.margin for r in rechecked], "margin", publish_ms)
+    for r, item in zip(rechecked, items):
         book = r.book
         for j, (k, size, iso) in enumerate(zip(book.instrument.tolist(), book.size.tolist(),
                                                book.isolated.tolist())):

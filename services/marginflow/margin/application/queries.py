@@ -18,7 +18,7 @@ import numpy as np
 from marginflow.core import KIND_CALL
 from marginflow.margin.application.models import Model
 from marginflow.margin.application.ports import EngineConfig, NotReady, OtherVersion, UnknownAccount
-from marginflow.margin.application.results import account_margin, core_parts
+from marginflow.margin.application.results import account_margin, account_margins, core_parts
 from marginflow.margin.domain.accounts import AccountTable
 from marginflow.margin.domain.book import AccountBook, FlatBook, InstrumentTable
 from marginflow.margin.domain.liquidation import linear_liquidation_price, option_liquidation_forward
@@ -400,15 +400,30 @@ class Queries:
                           np.asarray(core["isolated_im"], dtype=np.float64), np.stack([b.balances for b in books]),
                           cross_im, self.config.mm_factor, at.view, indptr=flat.indptr, core=self._core)
             relief = self._reliefs(model, flat, cross_im) if reliefs else None
+            # Every account's result gathered at once (account_margins: the numbers account_margin reads one
+            # by one), in its raw state and with its episode as published, which reported() then finds
+            # unchanged (a copy per account with the episode cost as much as building the result).
+            n = len(books)
+            parts = tuple(np.asarray(core[k], dtype=np.float64) for k in ("grid", "es", "minimum", "liquidity"))
+            margins = account_margins(self.instruments, self.config.mm_factor, books, val, np.arange(n), flat,
+                                      model, at.event_ms, parts, np.asarray(val.state)[:n],  # type: ignore[arg-type]
+                                      self._published_episodes(books))
+            bounds = flat.indptr.tolist()
             out = []
-            for i, book in enumerate(books):
-                parts = tuple(float(core[k][i]) for k in ("grid", "es", "minimum", "liquidity"))
-                margin = account_margin(self.instruments, self.config.mm_factor, book, val, i, flat, model,
-                                        at.event_ms, parts)  # type: ignore[arg-type]
-                lo, hi = int(flat.indptr[i]), int(flat.indptr[i + 1])
+            for i, (book, margin) in enumerate(zip(books, margins)):
+                lo, hi = bounds[i], bounds[i + 1]
                 out.append(Rechecked(self.reported(margin), book,
                                      tuple(relief[lo:hi]) if relief is not None else (None,) * (hi - lo)))
             return out, unknown
+
+    def _published_episodes(self, books: Sequence[AccountBook]) -> list[int]:
+        """Each account's episode as published (what :meth:`reported` gives its answer), 0 when none."""
+        pub = self._publication
+        if pub is None:
+            return [0] * len(books)
+        number, row_of = pub.episodes.number, self.accounts.row_of
+        rows = [row_of.get(b.account_id) for b in books]
+        return [int(number[r]) if r is not None and r < number.shape[0] else 0 for r in rows]
 
     def _reliefs(self, model: Model, flat: FlatBook, cross_im: np.ndarray) -> list[float | None]:
         """Per position of ``flat``: the cross IM relief of closing it alone (None for isolated or flat ones)."""
@@ -422,10 +437,10 @@ class Queries:
             for j in range(lo, hi):
                 if cross[j]:
                     variants.append((i, j, lo, hi))
-        for i in np.flatnonzero(counts == 1).tolist():
-            lo, hi = int(flat.indptr[i]), int(flat.indptr[i + 1])
-            j = lo + int(np.flatnonzero(cross[lo:hi])[0])
-            out[j] = float(cross_im[i])
+        # the only cross position of an account: its relief is the whole cross IM
+        only = np.flatnonzero(cross & (counts[flat.owner] == 1))
+        for j, im in zip(only.tolist(), cross_im[flat.owner[only]].tolist()):
+            out[j] = im
         if variants:
             lengths = np.array([hi - lo for _i, _j, lo, hi in variants], dtype=np.int64)
             indptr = np.zeros(len(variants) + 1, dtype=np.int64)
