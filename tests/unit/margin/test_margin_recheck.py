@@ -7,7 +7,6 @@ import numpy as np
 
 from marginflow.margin.application.results import account_margin
 from marginflow.margin.domain.book import FlatBook
-from marginflow.margin.domain.valuation import valuate
 
 from margin_unit_helpers import T0, book, mark, risk_version
 
@@ -20,11 +19,7 @@ def _one_by_one(engine, books):
     q = engine.queries
     model, at = q._model(), q.market_at()
     flat = FlatBook.build(books)
-    core = model.core.compute(flat.indptr, flat.instrument, flat.size, flat.isolated, n_threads=1)
-    cross_im = np.asarray(core["cross_im"], dtype=np.float64)
-    val = valuate(flat.owner, flat.instrument, flat.size, flat.entry, flat.isolated, flat.isolated_collateral,
-                  np.asarray(core["isolated_im"], dtype=np.float64), np.stack([b.balances for b in books]),
-                  cross_im, q.config.mm_factor, at.view, indptr=flat.indptr, core=q._core)
+    core, val = q.computed(model, flat, np.stack([b.balances for b in books]), at.view)
     out = []
     for i, b in enumerate(books):
         parts = tuple(float(core[k][i]) for k in ("grid", "es", "minimum", "liquidity"))

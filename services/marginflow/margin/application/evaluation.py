@@ -116,8 +116,7 @@ class Evaluation:
         v = model.version.version
         self._recent = dict(sorted({**self._recent, v: model}.items())[-RECENT_VERSIONS:])
         self._versions = dict(sorted({**self._versions, v: model.version}.items())[-KEPT_VERSIONS:])
-        if any(k not in self._versions for k in self._rebuilt):
-            self._rebuilt = {k: m for k, m in self._rebuilt.items() if k in self._versions}
+        self._rebuilt = {k: m for k, m in self._rebuilt.items() if k in self._versions}
 
     def model_of(self, version: int) -> Model | None:
         """A model of ``version``, for a query recomputing an answer of that version (any thread): its latest

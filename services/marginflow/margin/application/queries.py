@@ -206,12 +206,18 @@ class Queries:
         elif isinstance(market, MarketAt):
             at, market = market, market.view
         flat = FlatBook.of(book)
+        core, val = self.computed(model, flat, book.balances[None, :], market)
+        return Single(book, flat, core, val, at)
+
+    def computed(self, model: Model, flat: FlatBook, balances: np.ndarray, market: MarketView) -> tuple[dict, Valuation]:
+        """The core's computation of ``flat``'s accounts (one thread: a query) and their valuation at ``market``
+        (``balances``: one row per account)."""
         core = model.core.compute(flat.indptr, flat.instrument, flat.size, flat.isolated, n_threads=1)
         val = valuate(flat.owner, flat.instrument, flat.size, flat.entry, flat.isolated, flat.isolated_collateral,
-                      np.asarray(core["isolated_im"], dtype=np.float64), book.balances[None, :],
+                      np.asarray(core["isolated_im"], dtype=np.float64), balances,
                       np.asarray(core["cross_im"], dtype=np.float64), self.config.mm_factor, market,
                       indptr=flat.indptr, core=self._core)
-        return Single(book, flat, core, val, at)
+        return core, val
 
     def margin_of(self, s: Single, model: Model, liquidation_prices: bool = False) -> AccountMargin:
         """The account alone, in its raw state (results' event time and liquidation prices from the
@@ -351,9 +357,10 @@ class Queries:
         ``given``, the account's book at another revision — margined here whoever owns the account), the
         model in force (or, ``risk_version`` not 0, a model of that version if it is one of those kept —
         ``Evaluation.model_of`` — else :class:`OtherVersion`), the core's computation and valuation as every
-        live margin (:meth:`single`), liquidation prices at those prices. The state is the raw state of those numbers (no hysteresis: no transition of the account
-        is being judged), with the account's current episode when this instance holds the account; and
-        the prices the valuation read, given or the market's."""
+        live margin (:meth:`single`), liquidation prices at those prices. The state is the raw state of those
+        numbers (no hysteresis: no transition of the account is being judged), with the account's current
+        episode when this instance holds the account (else 0); and the prices the valuation read, given or the
+        market's."""
         with self.readers:
             if given is None:
                 book, model = self.require(account_id)
@@ -370,9 +377,7 @@ class Queries:
             at = at_prices(self.market_at(), self.instruments, marks, index, cfg.assets, cfg.stablecoins,
                            model.sigma_margin, cfg.haircut)
             margin = self.margin_of(self.single(book, model, at), model, liquidation_prices=True)
-            pub, row = self._publication, self.accounts.row_of.get(account_id)
-            if pub is not None and row is not None and row < pub.episodes.number.shape[0]:
-                margin = dataclasses.replace(margin, episode=int(pub.episodes.number[row]))
+            margin = dataclasses.replace(margin, episode=self._published_episodes([account_id])[0])
             collateral = [a for a, b in zip(cfg.assets, book.balances.tolist()) if b != 0 and a not in cfg.stablecoins]
             used = prices_used(at, self.instruments, book.instrument.tolist(), collateral, marks, index,
                                cfg.mark_max_age_ms)
@@ -394,12 +399,8 @@ class Queries:
                 return [], unknown
             at = self.market_at()
             flat = FlatBook.build(books)
-            core = model.core.compute(flat.indptr, flat.instrument, flat.size, flat.isolated, n_threads=1)
-            cross_im = np.asarray(core["cross_im"], dtype=np.float64)
-            val = valuate(flat.owner, flat.instrument, flat.size, flat.entry, flat.isolated, flat.isolated_collateral,
-                          np.asarray(core["isolated_im"], dtype=np.float64), np.stack([b.balances for b in books]),
-                          cross_im, self.config.mm_factor, at.view, indptr=flat.indptr, core=self._core)
-            relief = self._reliefs(model, flat, cross_im) if reliefs else None
+            core, val = self.computed(model, flat, np.stack([b.balances for b in books]), at.view)
+            relief = self._reliefs(model, flat, np.asarray(core["cross_im"], dtype=np.float64)) if reliefs else None
             # Every account's result gathered at once (account_margins: the numbers account_margin reads one
             # by one), in its raw state and with its episode as published, which reported() then finds
             # unchanged (a copy per account with the episode cost as much as building the result).
@@ -407,7 +408,7 @@ class Queries:
             parts = tuple(np.asarray(core[k], dtype=np.float64) for k in ("grid", "es", "minimum", "liquidity"))
             margins = account_margins(self.instruments, self.config.mm_factor, books, val, np.arange(n), flat,
                                       model, at.event_ms, parts, np.asarray(val.state)[:n],  # type: ignore[arg-type]
-                                      self._published_episodes(books))
+                                      self._published_episodes([b.account_id for b in books]))
             bounds = flat.indptr.tolist()
             out = []
             for i, (book, margin) in enumerate(zip(books, margins)):
@@ -416,13 +417,13 @@ class Queries:
                                      tuple(relief[lo:hi]) if relief is not None else (None,) * (hi - lo)))
             return out, unknown
 
-    def _published_episodes(self, books: Sequence[AccountBook]) -> list[int]:
+    def _published_episodes(self, account_ids: Sequence[str]) -> list[int]:
         """Each account's episode as published (what :meth:`reported` gives its answer), 0 when none."""
         pub = self._publication
         if pub is None:
-            return [0] * len(books)
+            return [0] * len(account_ids)
         number, row_of = pub.episodes.number, self.accounts.row_of
-        rows = [row_of.get(b.account_id) for b in books]
+        rows = [row_of.get(a) for a in account_ids]
         return [int(number[r]) if r is not None and r < number.shape[0] else 0 for r in rows]
 
     def _reliefs(self, model: Model, flat: FlatBook, cross_im: np.ndarray) -> list[float | None]:
