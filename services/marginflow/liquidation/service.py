@@ -42,7 +42,7 @@ from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
     assign_every_partition, platform_topics, read_compacted, rewind, topic_partitions)
-from marginflow.shared.lifecycle import Lifecycle, loop_in_thread
+from marginflow.shared.lifecycle import Lifecycle
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
 from marginflow.shared.security import client_channel
@@ -108,7 +108,6 @@ class LiquidationApp:
         self.loop: ServiceLoop | None = None
         self.lease: RedisLease | None = None
         self._lease_due = 0.0              # monotonic time of the next renewal
-        self._stopping: threading.Event | None = None
         self.lost_lease = False
 
     @property
@@ -309,46 +308,43 @@ class LiquidationApp:
         return self.lease.lease_ms / 4000.0
 
     def _take_lease(self, stopping: threading.Event | None) -> None:
+        stopping = stopping or threading.Event()
         waited = False
-        while True:
-            got = self.lease.take()
-            if got:
-                break
+        while not (got := self.lease.take()):
             if not waited:
                 waited = True
                 log.warning("standby: another liquidation instance holds the lease; acting once it is free",
                             extra={"holder": self.lease.current() if got is False else "unknown (Redis unreachable)",
                                    "lease_ms": self.lease.lease_ms})
             self.metrics.active.set(0)
-            if stopping is None:
-                time.sleep(self._renew_every_s())
-            elif stopping.wait(self._renew_every_s()):
+            if stopping.wait(self._renew_every_s()):
                 raise StoppedAsStandby("stopped while waiting for the lease")
         if waited:
             log.info("lease taken: this instance acts now", extra={"holder": self.lease.holder})
         self.metrics.active.set(1)
         self._lease_due = time.monotonic() + self._renew_every_s()
 
-    def _keep_lease(self) -> None:
+    def _keep_lease(self) -> bool:
         """Renewed every quarter of the lease, checked before each turn acts: a holder that was paused longer
-        than the lease and finds another holder stops before it acts again. Redis unreachable: the holder goes
-        on (nobody else can take the lease) and tries again within a second."""
+        than the lease and finds another holder stops before it acts again (False). Redis unreachable: the
+        holder goes on (nobody else can take the lease) and tries again within a second."""
         now = time.monotonic()
         if now < self._lease_due:
-            return
+            return True
         got = self.lease.take()
         if got is False:
             self.lost_lease = True
             self.metrics.active.set(0)
             self.host.set_ready(False, "lease lost to another instance")
-            if self._stopping is not None:
-                self._stopping.set()
-            raise LeaseLost(f"the liquidation lease is held by {self.lease.current()!r}; this instance stops acting")
+            log.error("the liquidation lease is held by another instance; this one stops acting",
+                      extra={"holder": self.lease.current()})
+            return False
         self._lease_due = now + (self._renew_every_s() if got else min(1.0, self._renew_every_s()))
+        return True
 
-    def _turn_holding_lease(self) -> int:
-        self._keep_lease()
-        return self.turn()
+    def _turn_holding_lease(self) -> int | None:
+        """A turn while the lease is held; None (the loop ends) once it is lost."""
+        return self.turn() if self._keep_lease() else None
 
     # ---- recovery
     def recover(self, exc: BaseException) -> None:
@@ -383,11 +379,10 @@ class LiquidationApp:
                 future.set_exception(exc)
 
     def run(self, stopping: threading.Event) -> None:
-        self._stopping = stopping
         self.loop.run(stopping)
 
     def run_in_thread(self):
-        return loop_in_thread(self.run, f"{SERVICE}-loop")
+        return self.loop.run_in_thread()
 
     def close(self) -> None:
         self.host.close()
