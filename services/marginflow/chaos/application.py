@@ -117,13 +117,12 @@ class Runner:
         self.services = services
         self.sample_account = sample_account
         self.fold = Fold()
-        self.snap_raw: dict[str, bytes] = {}      # portfolio.positions: latest value per account
         self.snapshots: dict[str, object] = {}    # decoded AccountSnapshot per account
         self.dirty: set[str] = set()
         self.unsettled: set[str] = set()          # accounts that mismatched last time
         self.history = callcheck.CallHistory()
-        # portfolio.positions: the snapshots of each account's recent revisions, newest last (an order is
-        # recomputed on the book of the revision it names)
+        # portfolio.positions: the snapshots of each account's recent revisions, newest last (the latest value
+        # per account; a call or a start is recomputed on the book of the revision it names)
         self.snap_history: dict[str, collections.deque[bytes]] = {}
         self.order_ids: set[str] = set()
         self.chaos_rejected = 0
@@ -182,11 +181,9 @@ class Runner:
         for rec in self.p.positions.catch_up(min(120, max(5, self._left()))):
             key = rec.key.decode() if rec.key else ""
             if rec.value is None:
-                self.snap_raw.pop(key, None)
                 self.snapshots.pop(key, None)
                 self.snap_history.pop(key, None)
             else:
-                self.snap_raw[key] = rec.value
                 history = self.snap_history.get(key)
                 if history is None:
                     history = self.snap_history[key] = collections.deque(maxlen=SNAPSHOT_REVISIONS)
@@ -203,9 +200,9 @@ class Runner:
     def _topic_observed(self, accounts: set[str]) -> dict[str, Observed]:
         d = self.p.decode
         for key in self.dirty:
-            raw = self.snap_raw.get(key)
-            if raw is not None:
-                self.snapshots[key] = d.snapshot(raw)
+            history = self.snap_history.get(key)
+            if history:
+                self.snapshots[key] = d.snapshot(history[-1])
         self.dirty.clear()
         return {a: d.observed(self.snapshots[a]) for a in accounts if a in self.snapshots}
 
