@@ -89,15 +89,20 @@ def step(engine, now=NOW + 10_000):
         engine.act(engine.assess(account))
 
 
+def start_episode(engine, margin) -> None:
+    """Account "a" below MM (revision 3, version 1), called and acted on: its episode's first slice goes out."""
+    margin.views["a"] = view()
+    margin.im_after_close = D("0")
+    engine.on_calls([Call("a", LIQUIDATION, True, 1, 3, NOW)])
+    step(engine)
+
+
 def test_the_next_round_waits_for_a_view_that_holds_the_last_round_s_fills(world):
     # Round 1 planned on revision 3 sells 0.1; its fill is read. A view still at revision 3 (portfolio down or
     # behind) shows the position unsold: planning on it would sell the same 0.1 again. The next round goes out
     # only on a view holding the fill (revision 4).
     engine, margin, _positions, pub = world
-    margin.views["a"] = view()
-    margin.im_after_close = D("0")
-    engine.on_calls([Call("a", LIQUIDATION, True, 1, 3, NOW)])
-    step(engine)
+    start_episode(engine, margin)
     assert [o.order_id for o in pub.orders] == ["liq-a-1-0"]
     engine.on_fills([FillSeen("trades.fills", 0, 7, "liq-a-1-0-f0", "a", "BTC-PERP", -1, D("0.1"), D("50994.5"),
                               D("0"), True, "liq-a-1-0", NOW)])
@@ -116,10 +121,7 @@ def test_the_next_round_waits_for_a_view_that_holds_the_last_round_s_fills(world
 
 def test_a_call_below_mm_on_fresh_marks_starts_an_episode_and_sends_a_paced_reduce_only_slice(world):
     engine, margin, _positions, pub = world
-    margin.views["a"] = view()
-    margin.im_after_close = D("0")
-    engine.on_calls([Call("a", LIQUIDATION, True, 1, 3, NOW)])
-    step(engine)
+    start_episode(engine, margin)
     assert kinds(pub)[:2] == ["STARTED", "ORDER_SENT"]
     (order,) = pub.orders
     assert order.order_id == "liq-a-1-0" and order.side == -1 and order.size == D("0.100")
