@@ -41,7 +41,7 @@ from marginflow.shared.errors import Rejected
 from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
     DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
-    assign_every_partition, platform_topics, read_compacted, rewind, topic_partitions)
+    assign_every_partition, platform_topics, read_compacted, rewind, seek_to_tail, topic_partitions)
 from marginflow.shared.lifecycle import Lifecycle
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
@@ -201,9 +201,7 @@ class LiquidationApp:
         marks = [tp for tp in tps if tp.topic == topics.marks]
         states = [tp for tp in tps if tp.topic == topics.margin_state]
         raw.seek_to_beginning(*states)
-        end, begin = raw.end_offsets(marks), raw.beginning_offsets(marks)
-        for tp in marks:
-            raw.seek(tp, max(begin[tp], end[tp] - self.settings.marks_tail_records))
+        seek_to_tail(raw, marks, self.settings.marks_tail_records)
         self._market_end = raw.end_offsets(tps)
 
     def _catch_up_states(self, timeout_s: float) -> None:
