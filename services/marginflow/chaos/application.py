@@ -55,6 +55,27 @@ def small_faults(services: list[str]) -> list[Fault]:
     return [Fault("kill", s) for s in services] + [Fault("redis_flush")]
 
 
+KINDS = ("kill", "kafka_restart", "redis_flush", "redis_restart", "sigstop")
+
+
+def parse_faults(text: str, services: list[str]) -> list[Fault]:
+    """Faults named on the command line, in order: ``kill:<service>``, ``sigstop:<service>``, ``kafka_restart``,
+    ``redis_flush``, ``redis_restart``, comma-separated. ValueError naming the first one that is not."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        kind, _, service = item.partition(":")
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault {item!r}; one of {', '.join(KINDS)} (kill and sigstop with :<service>)")
+        if (kind in ("kill", "sigstop")) != bool(service):
+            raise ValueError(f"fault {item!r}: kill and sigstop name a service (kill:margin), the others none")
+        if service and service not in services:
+            raise ValueError(f"fault {item!r}: no service {service!r} in this platform ({', '.join(services)})")
+        if kind == "sigstop" and service not in SIGSTOP_SERVICES:
+            raise ValueError(f"fault {item!r}: SIGSTOP is for {', '.join(SIGSTOP_SERVICES)}")
+        out.append(Fault(kind, service))
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
     accounts: int = 100_000
@@ -123,7 +144,9 @@ class Runner:
         self.history = callcheck.CallHistory()
         # portfolio.positions: the snapshots of each account's recent revisions, newest last (the latest value
         # per account; a call or a start is recomputed on the book of the revision it names)
-        self.snap_history: dict[str, collections.deque[bytes]] = {}
+        self.snap_history: dict[str, collections.deque[tuple[int, bytes, bytes]]] = {}   # (revision, digest, raw)
+        # one revision published twice with different books: a rebuilt state that is not the one published
+        self.revisions_reused: list[str] = []
         self.order_ids: set[str] = set()
         self.chaos_rejected = 0
         self.last_input_ms: dict[str, int] = {}   # Kafka timestamp of each account's latest input
@@ -187,13 +210,19 @@ class Runner:
                 history = self.snap_history.get(key)
                 if history is None:
                     history = self.snap_history[key] = collections.deque(maxlen=SNAPSHOT_REVISIONS)
-                history.append(rec.value)
+                revision, digest = self.p.decode.book_digest(rec.value)
+                for rev, dig, _raw in history:
+                    if rev == revision and dig != digest:
+                        self.revisions_reused.append(f"{key} revision {revision} published again with other "
+                                                     f"positions or balances (@{rec.partition}:{rec.offset})")
+                        break
+                history.append((revision, digest, rec.value))
             self.dirty.add(key)
 
     def _snapshot_at(self, account_id: str, revision: int) -> bytes | None:
         """The account's portfolio.positions snapshot of ``revision`` (None: not among those kept)."""
-        for raw in reversed(self.snap_history.get(account_id, ())):
-            if int(self.p.decode.snapshot(raw).revision) == revision:
+        for rev, _digest, raw in reversed(self.snap_history.get(account_id, ())):
+            if rev == revision:
                 return raw
         return None
 
@@ -202,7 +231,7 @@ class Runner:
         for key in self.dirty:
             history = self.snap_history.get(key)
             if history:
-                self.snapshots[key] = d.snapshot(history[-1])
+                self.snapshots[key] = d.snapshot(history[-1][2])
         self.dirty.clear()
         return {a: d.observed(self.snapshots[a]) for a in accounts if a in self.snapshots}
 
@@ -269,7 +298,9 @@ class Runner:
         self.unsettled = {m.account_id for m in mismatches}
         result.fills_checked = self.fold.fills
         result.accounts_checked = sum(1 for a in expected.values() if a.inputs)
-        result.mismatches = len(mismatches) + len(grpc_mismatches) + self.chaos_rejected
+        reused, self.revisions_reused = self.revisions_reused, []
+        result.mismatches = len(mismatches) + len(grpc_mismatches) + self.chaos_rejected + len(reused)
+        result.notes += [f"portfolio.positions {r}" for r in reused[:5]]
         if self.chaos_rejected:
             result.notes.append(f"{self.chaos_rejected} generator fills dead-lettered by portfolio")
         for m in (mismatches[:5] + grpc_mismatches[:5]):
@@ -294,7 +325,7 @@ class Runner:
             call = callcheck.Call(m.account_id, f"{rec.partition}:{rec.offset}", int(m.state), int(m.previous_state),
                                   int(m.episode), d.dec(m.equity_usd), d.dec(m.im_usd), d.dec(m.mm_usd),
                                   int(m.account_revision), int(m.risk_params_version), bool(m.marks_fresh),
-                                  int(m.meta.event_time_ms))
+                                  int(m.meta.event_time_ms), d.parts(m) if m.HasField("cross_im_usd") else None)
             calls.append(call)
             stamps[call.offset] = rec.timestamp
             if (c := self.history.check(call)) is not None:

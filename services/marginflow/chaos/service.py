@@ -41,7 +41,8 @@ def decoders():
         step=liquidation_pb2.LiquidationEvent.FromString,
         started=lambda e: e.kind == liquidation_pb2.LIQUIDATION_EVENT_KIND_STARTED,
         mark=marketdata_pb2.Mark.FromString,
-        dec=lambda d: Decimal(d.value or "0"), observed=grpc_io.observed, has_isolated=grpc_io.has_isolated)
+        dec=lambda d: Decimal(d.value or "0"), observed=grpc_io.observed, has_isolated=grpc_io.has_isolated,
+        parts=grpc_io.parts, book_digest=grpc_io.book_digest)
 
 
 def fill_encoder():
@@ -66,18 +67,19 @@ def platform_services() -> list[str]:
 
 
 def run(options: Options, small: bool, report: pathlib.Path | None, run_dir: pathlib.Path | None,
-        keep_run_dir: bool) -> int:
+        keep_run_dir: bool, chosen: list[Fault] | None = None) -> int:
+    """``chosen``: the faults to inject, in order (None: the small or the full set)."""
     from marginflow.portfolio.demo_book import account_id, generate_book, publish_book
     from marginflow.shared.config import CommonSettings, load
     from marginflow.shared.kafka import ensure_topics, platform_topics
     from marginflow.shared.universe import load_universe
     from marginflow.supervisor import PROGRAMS
 
+    services = platform_services()
     own_dir = run_dir is None
     run_dir = pathlib.Path(tempfile.mkdtemp(prefix="marginflow-chaos-")) if own_dir else run_dir
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     log(f"run directory {run_dir} (logs in {run_dir / 'logs'})")
-    services = platform_services()
     served = [s for s in services if any(p.name == s and p.grpc_port_var for p in PROGRAMS)]
     stack = Stack(run_dir, free_port(), free_port(), free_port(), log)
     ports = {}
@@ -143,7 +145,7 @@ def run(options: Options, small: bool, report: pathlib.Path | None, run_dir: pat
             first_output=lambda service, since_ms: (
                 first_record_after(common.bootstrap, output_topics[service], since_ms)
                 if service in output_topics else None))
-        faults = (small_faults if small else full_faults)(services)
+        faults = chosen if chosen is not None else (small_faults if small else full_faults)(services)
         runner = Runner(ports_, options, served, account_id(0))
         results = runner.run(faults, started)
     except KeyboardInterrupt:
@@ -170,7 +172,7 @@ def run(options: Options, small: bool, report: pathlib.Path | None, run_dir: pat
         supervised.stop()
         stack.down()
     header = (f"chaos run: {options.accounts:,} accounts, {options.rate:,.0f} fills/s target, "
-              f"{'small' if small else 'full'} fault set, services: {', '.join(services)}")
+              f"{'chosen' if chosen is not None else 'small' if small else 'full'} fault set, services: {', '.join(services)}")
     if generator is not None:
         header += f"; generator sent {generator.next_seq:,} fills ({generator.resent:,} re-sent after a failed send)"
     text = markdown(results, header)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from decimal import Decimal
 
+import pytest
+
 from marginflow.chaos.domain import calls as cc
 from marginflow.chaos.domain.fills import FillPlan, Tradable, coprime_stride, tradables_of
 from marginflow.chaos.domain.fold import Fold, Observed, compare
@@ -121,6 +123,18 @@ def test_recomputation_rule_only_at_the_same_revision_and_only_across_the_band()
     assert cc.same_inputs(c, released, 5, True) is False
 
 
+def test_a_contradicted_call_names_the_parts_of_both_requirements():
+    parts = lambda im, liq: cc.Parts(Decimal(im), Decimal("10"), Decimal(im), Decimal("1"), Decimal(liq))  # noqa: E731
+    c = dataclasses.replace(call(cc.LIQUIDATION, cc.HEALTHY, e="40"), parts=parts("100", "0"))
+    healthy = cc.Fresh(cc.HEALTHY, Decimal("120"), Decimal("30"), Decimal("15"), 5, 1, False, parts("30", "0"))
+    detail = cc.check_recomputation(c, healthy)[1].detail
+    assert "the call's cross IM 100 = grid 10 | ES 100" in detail
+    assert "the recomputation's cross IM 30 = grid 10 | ES 30" in detail
+    # a margin that does not say: the detail without them
+    bare = cc.check_recomputation(dataclasses.replace(c, parts=None), healthy)[1].detail
+    assert "cross IM" not in bare
+
+
 def test_an_order_id_seen_twice_is_a_doubled_order():
     seen: set[str] = set()
     assert cc.check_order(cc.Order("a:1:0", "a", "0:1", 1), seen) == []
@@ -167,3 +181,15 @@ def test_a_call_without_revision_is_compared_when_no_input_followed_it():
     assert not cc.same_inputs(c, healthy, 7, no_input_since_call=False)
     assert not cc.same_inputs(c, healthy, 8, no_input_since_call=True)
     assert cc.check_recomputation(c, healthy, True)[1].rule == "recomputation"
+
+
+def test_faults_named_on_the_command_line_are_parsed_in_order_and_a_bad_name_is_refused():
+    from marginflow.chaos.application import Fault, parse_faults
+
+    services = ["marketdata", "portfolio", "margin"]
+    assert parse_faults("redis_restart, kill:portfolio,sigstop:margin", services) == [
+        Fault("redis_restart"), Fault("kill", "portfolio"), Fault("sigstop", "margin")]
+    for bad, words in (("reboot", "unknown fault"), ("kill", "name a service"), ("redis_flush:margin", "name a service"),
+                       ("kill:riskparams", "no service 'riskparams'"), ("sigstop:marketdata", "SIGSTOP is for")):
+        with pytest.raises(ValueError, match=words):
+            parse_faults(bad, services)

@@ -239,3 +239,15 @@ def test_a_call_is_recomputed_on_the_book_of_its_revision_when_the_account_has_t
     assert platform.asked == [("a", {"BTC-PERP": 54000.0, "index:BTC": 54000.0})]
     assert (result.calls_recomputed, result.contradicting_calls) == (1, 0)
     assert "1 of 1 calls recomputed at their marks are in the call's state again" in result.notes
+
+
+def test_one_revision_published_again_with_another_book_is_a_mismatch_and_a_republished_same_book_is_not():
+    same = _snapshot("f", 4, "1", offset=1)
+    again = account_pb2.AccountSnapshot.FromString(same.value)
+    again.meta.publish_time_ms = 777        # republished after a restart: the same book, other metadata
+    other = _snapshot("f", 4, "2", offset=3)  # the same revision with another position: a state never published
+    records = [same, Record(b"f", again.SerializeToString(), 0, 2, 0), other]
+    runner, _platform = _runner([], [], records)
+    runner._read_positions()
+    assert len(runner.revisions_reused) == 1 and "f revision 4 published again" in runner.revisions_reused[0]
+    assert "@0:3" in runner.revisions_reused[0]

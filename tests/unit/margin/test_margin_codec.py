@@ -48,6 +48,14 @@ def test_margin_call_shortfall_rounded_up():
     assert call.previous_state == 1 and call.risk_params_version == 7
 
 
+def test_margin_call_carries_the_parts_of_its_requirement_rounded_up():
+    call = codec.margin_call(MarginCallEvent(_margin(state=2, grid_usd=10.001, es_usd=990.004, minimum_usd=1.0,
+                                                     liquidity_usd=0.004, cross_im_usd=990.008), previous_state=1))
+    assert (call.cross_im_usd.value, call.grid_margin_usd.value, call.es_usd.value, call.min_margin_usd.value,
+            call.liquidity_addon_usd.value) == ("990.01", "10.01", "990.01", "1.00", "0.01")
+    assert call.marks_time_ms == T0
+
+
 def test_marks_validated(table):
     ok = marketdata_pb2.Mark(instrument="BTC-PERP", underlying="BTC", index_price=60000, mark_price=60010,
                              half_spread_frac=0.0001, depth_contracts=20)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -10,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from marginflow.api.account.v1 import account_pb2, account_pb2_grpc
 from marginflow.api.margin.v1 import margin_pb2, margin_pb2_grpc
-from marginflow.chaos.domain.calls import Fresh
+from marginflow.chaos.domain.calls import Fresh, Parts
 from marginflow.chaos.domain.fold import Observed
 
 
@@ -21,15 +22,29 @@ def observed(snapshot) -> Observed:
                      if p.size.value and Decimal(p.size.value) != 0})
 
 
+def book_digest(raw: bytes) -> tuple[int, bytes]:
+    """(revision, digest of the balances and positions) of a portfolio.positions snapshot: two records of one
+    revision must hold the same book (their metadata, offsets and recent ids may differ)."""
+    snap = account_pb2.AccountSnapshot.FromString(raw)
+    book = account_pb2.AccountSnapshot(balances=snap.balances, positions=snap.positions)
+    return int(snap.revision), hashlib.blake2b(book.SerializeToString(deterministic=True), digest_size=16).digest()
+
+
 def has_isolated(snapshot) -> bool:
     return any(p.mode == account_pb2.MARGIN_MODE_ISOLATED for p in snapshot.positions)
+
+
+def parts(m) -> Parts:
+    """The IM parts of a MarginState or a MarginCall (the same field names)."""
+    d = lambda x: Decimal(x.value or "0")  # noqa: E731
+    return Parts(d(m.cross_im_usd), d(m.grid_margin_usd), d(m.es_usd), d(m.min_margin_usd), d(m.liquidity_addon_usd))
 
 
 def fresh(m) -> Fresh:
     """A MarginState (GetMargin's, MarginAt's) as the call checks compare it."""
     return Fresh(int(m.state), Decimal(m.equity_usd.value or "0"), Decimal(m.im_usd.value or "0"),
                  Decimal(m.mm_usd.value or "0"), int(m.account_revision), int(m.risk_params_version),
-                 bool(m.isolated))
+                 bool(m.isolated), parts(m))
 
 
 class Platform:

@@ -64,6 +64,28 @@ NAMES = {0: "UNSPECIFIED", 1: "HEALTHY", 2: "MARGIN_CALL", 3: "LIQUIDATION", 4: 
 
 
 @dataclasses.dataclass(frozen=True)
+class Parts:
+    """The parts of a cross IM, USD: max(grid, ES, minimum) + liquidity add-on (+ charges not named here)."""
+
+    cross_im_usd: Decimal
+    grid_usd: Decimal
+    es_usd: Decimal
+    minimum_usd: Decimal
+    liquidity_usd: Decimal
+
+    def __str__(self) -> str:
+        return (f"cross IM {self.cross_im_usd} = grid {self.grid_usd} | ES {self.es_usd} | minimum {self.minimum_usd} "
+                f"+ liquidity {self.liquidity_usd}")
+
+
+def _parts_text(call_parts: Parts | None, fresh_parts: Parts | None) -> str:
+    """Where the IMs of a call and of its recomputation differ, for the report."""
+    if call_parts is None or fresh_parts is None:
+        return ""
+    return f"; the call's {call_parts}; the recomputation's {fresh_parts}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Call:
     account_id: str
     offset: str                # "partition:offset", for the report
@@ -77,6 +99,7 @@ class Call:
     risk_version: int
     marks_fresh: bool = True
     event_time_ms: int = 0     # the newest mark's event time in the market it was computed at (0: none)
+    parts: Parts | None = dataclasses.field(default=None, compare=False)   # its IM made of (None: not said)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +113,7 @@ class Fresh:
     account_revision: int
     risk_version: int
     has_isolated: bool
+    parts: Parts | None = dataclasses.field(default=None, compare=False)   # diagnostics, not compared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +215,8 @@ def check_recomputation(call: Call, fresh: Fresh | None, same: bool | None = Non
                                    f"call {NAMES[call.state]} (equity {call.equity_usd} < MM {call.mm_usd}) but at "
                                    f"revision {call.account_revision} (version {call.risk_version} → {fresh.risk_version}) "
                                    f"and the marks of {call.event_time_ms} ms a fresh computation is HEALTHY "
-                                   f"(equity {fresh.equity_usd} ≥ IM {fresh.im_usd})")
+                                   f"(equity {fresh.equity_usd} ≥ IM {fresh.im_usd})"
+                                   + _parts_text(call.parts, fresh.parts))
     return True, None
 
 
@@ -240,5 +265,6 @@ def check_start(start: Start, fresh: Fresh) -> Contradiction | None:
         return Contradiction(start.account_id, start.offset, "episode_unfounded",
                              f"episode {start.episode} started, but at its revision {start.account_revision}, "
                              f"version {start.risk_version} and the marks of {start.marks_time_ms} ms a fresh "
-                             f"computation is HEALTHY (equity {fresh.equity_usd} ≥ IM {fresh.im_usd})")
+                             f"computation is HEALTHY (equity {fresh.equity_usd} ≥ IM {fresh.im_usd})"
+                             + (f"; its {fresh.parts}" if fresh.parts is not None else ""))
     return None

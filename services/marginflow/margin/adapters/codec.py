@@ -343,6 +343,12 @@ def margin_call(c: MarginCallEvent, source: str = "margin", publish_ms: int = 0)
     msg.im_usd.value = str(im)
     msg.mm_usd.value = usd_up_text(m.mm_usd)
     msg.shortfall_usd.value = str(max(Decimal("0.00"), im - equity))
+    msg.cross_im_usd.value = _up(m.cross_im_usd)
+    msg.grid_margin_usd.value = _up(m.grid_usd)
+    msg.es_usd.value = _up(m.es_usd)
+    msg.min_margin_usd.value = _up(m.minimum_usd)
+    msg.liquidity_addon_usd.value = _up(m.liquidity_usd)
+    msg.marks_time_ms = m.marks_time_ms
     return msg
 
 
