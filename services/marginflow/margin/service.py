@@ -40,6 +40,7 @@ from marginflow.margin.domain.book import InstrumentTable
 from marginflow.margin.domain.contingency import ContingencyRates
 from marginflow.margin.domain.horizon import WINDOW_MS, HorizonRules
 from marginflow.margin.domain.liquidity import LiquidityRules
+from marginflow.margin.domain.market import RecenterRules
 from marginflow.margin.domain.equity import HaircutPolicy
 from marginflow.margin.domain.transitions import TransitionRules
 from marginflow.margin.settings import MarginSettings
@@ -74,6 +75,7 @@ def engine_config(s: MarginSettings, universe: Universe) -> EngineConfig:
         mark_max_age_ms=s.mark_max_age_ms, publish_change_fraction=s.publish_change_fraction,
         publish_change_min_usd=s.publish_change_min_usd, publish_max_interval_ms=s.publish_max_interval_ms,
         evaluate_interval_ms=s.evaluate_interval_ms, model_refresh_ms=s.model_refresh_ms,
+        recenter=RecenterRules(s.recenter_price_change, s.recenter_vol_change, s.recenter_min_interval_ms),
         incremental_max_accounts=s.incremental_max_accounts, n_threads=s.threads,
         default_depth_contracts=100.0,
         transitions=TransitionRules(exit_buffer_bps=s.exit_buffer_bps,
@@ -396,7 +398,7 @@ class MarginApp:
         # the next turns, serving meanwhile. With the concentration add-on, the model is built again first
         # with the open interest just read.
         if getattr(self, "open_interest", None) is not None:
-            self.engine.refresh_model(publish_all=False)
+            self.engine.refresh_model(publish_all=False, reason="ready")
         else:
             self.engine.full_recalculation(publish_all=False)
         self._set_ready(True, "inputs complete")

@@ -90,6 +90,15 @@ class MarginSettings:
                                     "shortest interval between two re-evaluations on marks, ms")
     model_refresh_ms: int = env("MF_MARGIN_MODEL_REFRESH_MS", non_negative_int, 60_000,
                                 "rebuild risk arrays at current marks this often (0 = only per version), ms")
+    recenter_price_change: float = env(
+        "MF_MARGIN_RECENTER_PRICE_CHANGE", fraction, 0.01,
+        "rebuild the risk arrays as soon as a forward has moved by more than this since the last build, "
+        "relative (0 = not on price moves)")
+    recenter_vol_change: float = env(
+        "MF_MARGIN_RECENTER_VOL_CHANGE", fraction, 0.05,
+        "... or an option's implied vol, relative (0 = not on vol moves)")
+    recenter_min_interval_ms: int = env("MF_MARGIN_RECENTER_MIN_INTERVAL_MS", non_negative_int, 1000,
+                                        "at most one such rebuild (a full recalculation) per this many ms")
     incremental_max_accounts: int = env("MF_MARGIN_INCREMENTAL_MAX_ACCOUNTS", positive_int, 2000,
                                         "a snapshot batch with more accounts is one full recalculation")
     threads: int = env("MF_MARGIN_THREADS", positive_int, 2, "margin-core threads")

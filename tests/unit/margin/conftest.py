@@ -7,6 +7,7 @@ import pytest
 import marginflow.core as core
 from marginflow.margin.application import EngineConfig, MarginEngine
 from marginflow.margin.domain.equity import HaircutPolicy
+from marginflow.margin.domain.market import RecenterRules
 from marginflow.margin.service import instrument_table
 from marginflow.shared.clock import ManualClock
 from marginflow.shared.universe import parse_universe
@@ -24,7 +25,7 @@ def make_engine(table):
     def make(core_impl=core, **overrides) -> tuple[MarginEngine, FakePublisher, ManualClock]:
         cfg = dict(assets=ASSETS, mm_factor=0.5, bracket_floors_usd=(0.0,), bracket_rates=(0.01,),
                    haircut=HaircutPolicy(z=2.0, cap=0.5, horizon_seconds=86400.0), mark_max_age_ms=30_000,
-                   model_refresh_ms=0, evaluate_interval_ms=0, n_threads=1,
+                   model_refresh_ms=0, recenter=RecenterRules(0.0, 0.0), evaluate_interval_ms=0, n_threads=1,
                    fallback_vol={"BTC": 0.5, "ETH": 0.7}, fallback_price={"BTC": 60000.0, "ETH": 3000.0})
         cfg.update(overrides)
         pub, clock = FakePublisher(), ManualClock(T0)

@@ -61,10 +61,18 @@ class MarginMetrics:
         self.restore_seconds = Gauge(
             "marginflow_margin_restore_seconds", "Last start or assignment: snapshot parts read and applied",
             registry=registry)
+        self.model_builds = Counter(
+            "marginflow_margin_model_builds_total", "Models built (risk arrays and add-ons over the universe, then a "
+            "full recalculation), by reason: version (a new risk-parameter version), refresh (the periodic rebuild "
+            "at current marks), price or vol (re-centred: a forward or an option's implied vol left its band since "
+            "the last build), first_marks, ready", ["reason"], registry=registry)
         self._call_children: dict = {}
         self._state_children = {s: self.accounts.labels(s.name.lower()) for s in Health if s != Health.UNSPECIFIED}
 
     # EngineMetrics port
+    def model_built(self, reason: str) -> None:
+        self.model_builds.labels(reason).inc()
+
     def full_recalc(self, seconds: float, accounts: int) -> None:
         self.full_recalc_seconds.observe(seconds)
         self.full_recalc_accounts.set(accounts)

@@ -91,8 +91,8 @@ class MarginEngine:
     def full_recalculation(self, publish_all: bool = True) -> None:
         self.evaluation.full_recalculation(publish_all)
 
-    def refresh_model(self, publish_all: bool = True) -> None:
-        self.evaluation.refresh_model(publish_all)
+    def refresh_model(self, publish_all: bool = True, reason: str = "refresh") -> None:
+        self.evaluation.refresh_model(publish_all, reason)
 
     # ---- queries (any thread)
     def get_margin(self, account_id: str) -> AccountMargin:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from marginflow.core import KIND_CALL
 from marginflow.margin.application.models import Model, build_model
 from marginflow.margin.application.ports import EngineConfig, EngineMetrics
 from marginflow.margin.application.publication import Publication
@@ -98,18 +99,36 @@ class Evaluation:
             except ValueError as exc:   # the core refused a value: the version is unusable
                 raise Rejected("bad_risk_params", str(exc)) from None
             self._install(model)
+            self.metrics.model_built("version")
             self.metrics.risk_params(version.version, max(0.0, (self._wall_ms() - version.publish_time_ms) / 1e3))
             self.full_recalculation()
             return True
 
-    def refresh_model(self, publish_all: bool = True) -> None:
-        """Same version, risk arrays and add-ons at today's marks (forwards drift between versions);
-        ``publish_all`` as in :meth:`full_recalculation`."""
+    def refresh_model(self, publish_all: bool = True, reason: str = "refresh") -> None:
+        """Same version, risk arrays and add-ons at today's marks (forwards and implied vols drift between
+        versions); ``publish_all`` as in :meth:`full_recalculation`; ``reason`` for the metric."""
         with self._lock:
             if self.model is None:
                 return
             self._install(self._build(self.model.version))
+            self.metrics.model_built(reason)
             self.full_recalculation(publish_all)
+
+    def _rebuild_reason(self, model: Model, now: int) -> str:
+        """Why the model in force is due to be rebuilt now (``""``: it is not): its age, an instrument's first
+        mark since (it was priced from a fallback), or a forward or an option's implied vol out of the
+        re-centring band since the build (see :class:`RecenterRules`)."""
+        cfg = self.config
+        age = now - model.built_ms
+        if cfg.model_refresh_ms and age >= cfg.model_refresh_ms:
+            return "refresh"
+        if self.market.first_marks and age >= cfg.evaluate_interval_ms:
+            return "first_marks"
+        rules = cfg.recenter
+        if rules.active and age >= rules.min_interval_ms:
+            return rules.moved(model.forward, model.implied_vol, self.market.forwards(), self.market.implied_vol,
+                               self.instruments.kind >= KIND_CALL)
+        return ""
 
     def _install(self, model: Model) -> None:
         self.model = model
@@ -227,10 +246,11 @@ class Evaluation:
         if model is None:
             return
         cfg = self.config
-        if (cfg.model_refresh_ms and now - model.built_ms >= cfg.model_refresh_ms) or (
-                self.market.first_marks and now - model.built_ms >= cfg.evaluate_interval_ms):
+        reason = self._rebuild_reason(model, now)
+        if reason:
+            # before the evaluation: no state goes out on risk arrays centred on a market that has moved on
             self.market.first_marks = False
-            self.refresh_model()
+            self.refresh_model(reason=reason)
             return
         due = now - self.last_eval_ms >= cfg.evaluate_interval_ms
         heartbeat = now - self.last_eval_ms >= 1000

@@ -10,6 +10,7 @@ from marginflow.margin.domain.contingency import ContingencyRates
 from marginflow.margin.domain.equity import HaircutPolicy
 from marginflow.margin.domain.horizon import HorizonRules
 from marginflow.margin.domain.liquidity import LiquidityRules
+from marginflow.margin.domain.market import RecenterRules
 from marginflow.margin.domain.transitions import TransitionRules
 from marginflow.margin.domain.results import AccountMargin, MarginCallEvent
 
@@ -28,6 +29,7 @@ class EngineMetrics(Protocol):
     def risk_params(self, version: int, age_seconds: float) -> None: ...
     def published(self, states: int, calls: int) -> None: ...
     def call(self, state: int, cause: int, repeat: bool, count: int = 1) -> None: ...
+    def model_built(self, reason: str) -> None: ...
 
 
 class UnknownAccount(KeyError):
@@ -57,6 +59,7 @@ class EngineConfig:
     publish_max_interval_ms: int = 60_000
     evaluate_interval_ms: int = 200
     model_refresh_ms: int = 60_000                # rebuild risk arrays at current marks (0 = only per version)
+    recenter: RecenterRules = RecenterRules()     # ... and as soon as forwards or implied vols moved beyond a band
     incremental_max_accounts: int = 2_000         # larger snapshot batches: one full recalculation
     n_threads: int = 2
     default_depth_contracts: float = 100.0

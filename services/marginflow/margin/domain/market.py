@@ -24,6 +24,52 @@ from marginflow.shared.universe import INDEX_KEY_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
+class RecenterRules:
+    """When the market has moved too far from the one a model's risk arrays were built at.
+
+    The risk arrays are each instrument's P&L per unit in every scenario around the forward and implied
+    vol of the build (options by full repricing): between builds an option's array still prices the
+    moves from the build's forward and vol, not from today's. When the implied vol falls from 107 % to
+    73 % within a minute, a long put worth 52 USD today keeps losing up to its value at 107 % (112 USD
+    per unit) in the grid — more than it can lose. So the model is rebuilt (re-centred) once any forward
+    has moved by more than ``price_change`` or any option's implied vol by more than ``vol_change``
+    (relative, since the build), at most once per ``min_interval_ms``. The error left is bounded by the
+    bands: roughly an option's vega × ``vol_change`` and delta × ``price_change`` of its value, well
+    inside the band between MM and IM. 0 switches a band off.
+    """
+
+    price_change: float = 0.01       # relative move of a forward (futures, perpetuals: the mark; options: index)
+    vol_change: float = 0.05         # relative move of an option's implied vol
+    min_interval_ms: int = 1000      # at most one re-centring per this (each is a full recalculation)
+
+    def __post_init__(self) -> None:
+        for name in ("price_change", "vol_change"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        if self.min_interval_ms < 0:
+            raise ValueError(f"min_interval_ms must be >= 0, got {self.min_interval_ms!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.price_change > 0.0 or self.vol_change > 0.0
+
+    def moved(self, forward_then: np.ndarray, vol_then: np.ndarray, forward_now: np.ndarray, vol_now: np.ndarray,
+              is_option: np.ndarray) -> str:
+        """Which band the market has left since the build (``"price"``, ``"vol"``), or ``""``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.price_change > 0.0:
+                move = np.abs(forward_now / forward_then - 1.0)
+                if bool(np.any((forward_then > 0.0) & (move > self.price_change))):
+                    return "price"
+            if self.vol_change > 0.0:
+                move = np.abs(vol_now / vol_then - 1.0)
+                if bool(np.any(is_option & (vol_then > 0.0) & (move > self.vol_change))):
+                    return "vol"
+        return ""
+
+
+@dataclasses.dataclass(frozen=True)
 class MarkUpdate:
     """A validated mark (``instrument`` is None for an ``index:<underlying>`` record)."""
 
