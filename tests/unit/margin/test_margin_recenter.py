@@ -84,3 +84,17 @@ def test_a_move_inside_the_bands_keeps_the_model_and_a_move_beyond_waits_for_the
     clock.advance(600)
     engine.tick()
     assert engine.model is not rebuilt and engine.model.implied_vol[CALL] == pytest.approx(0.7)
+
+
+def test_a_snapshot_after_the_vol_moved_is_margined_on_the_rebuilt_model_not_the_old_centre(make_engine):
+    # Marks and a fill arrive in one turn: the account's new revision must not be computed (and called) on the
+    # risk arrays of the old vol before the turn's tick would have rebuilt the model.
+    engine, pub, clock = long_call_engine(make_engine, 1.0, ON)
+    clock.advance(2000)
+    engine.apply_marks([call_mark(0.6, T0 + 2000)])
+    engine.apply_snapshots([book("a", [(CALL, 1.0, 12000.0, 0, 0.0)], {"USDC": 20001.0}, revision=2)])
+    assert engine.model.implied_vol[CALL] == pytest.approx(0.6)
+    fresh, _p, _c = long_call_engine(make_engine, 0.6, ON, T0 + 2000)
+    fresh.apply_snapshots([book("a", [(CALL, 1.0, 12000.0, 0, 0.0)], {"USDC": 20001.0}, revision=2)])
+    assert engine.get_margin("a").im_usd == pytest.approx(fresh.get_margin("a").im_usd, rel=1e-9)
+    assert engine.get_margin("a").revision == 2

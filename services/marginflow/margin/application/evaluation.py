@@ -114,6 +114,20 @@ class Evaluation:
             self.metrics.model_built(reason)
             self.full_recalculation(publish_all)
 
+    def rebuild_if_due(self) -> bool:
+        """Rebuild the model in force when it is due (:meth:`_rebuild_reason`), with a full recalculation
+        whose transitions go out now and the rest over the next turns; True if it was. Called before anything
+        is computed on the model: marks read in this turn may have moved the market beyond its bands."""
+        model = self.model
+        if model is None or not self.active:
+            return False
+        reason = self._rebuild_reason(model, self._wall_ms())
+        if not reason:
+            return False
+        self.market.first_marks = False
+        self.refresh_model(publish_all=False, reason=reason)
+        return True
+
     def _rebuild_reason(self, model: Model, now: int) -> str:
         """Why the model in force is due to be rebuilt now (``""``: it is not): its age, an instrument's first
         mark since (it was priced from a fallback), or a forward or an option's implied vol out of the
@@ -172,6 +186,8 @@ class Evaluation:
             rows = self.accounts.upsert(books)
             if self.model is None or not rows or not self.active:
                 return
+            if self.rebuild_if_due():
+                return      # every row recomputed on the new model, the changed ones among them
             if len(rows) > self.config.incremental_max_accounts:
                 self.full_recalculation()
                 return
@@ -246,12 +262,8 @@ class Evaluation:
         if model is None:
             return
         cfg = self.config
-        reason = self._rebuild_reason(model, now)
-        if reason:
-            # before the evaluation: no state goes out on risk arrays centred on a market that has moved on
-            self.market.first_marks = False
-            self.refresh_model(reason=reason)
-            return
+        if self.rebuild_if_due():
+            return      # before the evaluation: no state goes out on risk arrays centred on a market moved on
         due = now - self.last_eval_ms >= cfg.evaluate_interval_ms
         heartbeat = now - self.last_eval_ms >= 1000
         if due and (self.marks_dirty or self.accounts.flat_dirty or heartbeat):
