@@ -13,6 +13,7 @@ from marginflow.shared.kafka import ProtoProducer, delete_topics, ensure_topics,
 @pytest.fixture
 def mg_settings(test_env):
     env = dict(test_env, MF_MARGIN_GRPC_PORT="0", MF_MARGIN_METRICS_PORT="0", MF_MARGIN_MODEL_REFRESH_MS="0",
+               MF_MARGIN_RECENTER_PRICE_CHANGE="0", MF_MARGIN_RECENTER_VOL_CHANGE="0",
                MF_MARGIN_EVALUATE_INTERVAL_MS="50", MF_MARGIN_STARTUP_TIMEOUT_SECONDS="30")
     settings = load(MarginSettings, env)
     ensure_topics(settings.common.bootstrap, margin_topics(settings))

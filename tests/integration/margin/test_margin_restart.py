@@ -31,7 +31,8 @@ def _free_port() -> int:
 
 def _start(test_env, port: int, extra: dict[str, str]) -> subprocess.Popen:
     env = {**os.environ, **test_env, "MF_MARGIN_GRPC_PORT": str(port), "MF_MARGIN_METRICS_PORT": "0",
-           "MF_MARGIN_MODEL_REFRESH_MS": "0", "MF_MARGIN_EVALUATE_INTERVAL_MS": "50", **extra}
+           "MF_MARGIN_MODEL_REFRESH_MS": "0", "MF_MARGIN_RECENTER_PRICE_CHANGE": "0",
+           "MF_MARGIN_RECENTER_VOL_CHANGE": "0", "MF_MARGIN_EVALUATE_INTERVAL_MS": "50", **extra}
     return subprocess.Popen([sys.executable, "-m", "marginflow.margin"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 

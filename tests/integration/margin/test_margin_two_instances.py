@@ -50,7 +50,8 @@ def test_any_instance_answers_for_any_account_and_one_survives_the_other(mg_sett
     a = start_margin(grpc=True)
     port_b = _free_port()
     env = {**os.environ, **test_env, "MF_MARGIN_GRPC_PORT": str(port_b), "MF_MARGIN_METRICS_PORT": "0",
-           "MF_MARGIN_MODEL_REFRESH_MS": "0"}
+           "MF_MARGIN_MODEL_REFRESH_MS": "0", "MF_MARGIN_RECENTER_PRICE_CHANGE": "0",
+           "MF_MARGIN_RECENTER_VOL_CHANGE": "0"}
     b = subprocess.Popen([sys.executable, "-m", "marginflow.margin"], env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:

@@ -20,6 +20,7 @@ from margin_it_helpers import contribution, mark, risk_params, snapshot, wait_fo
 @pytest.fixture
 def mg_settings(test_env):
     env = dict(test_env, MF_MARGIN_GRPC_PORT="0", MF_MARGIN_METRICS_PORT="0", MF_MARGIN_MODEL_REFRESH_MS="0",
+               MF_MARGIN_RECENTER_PRICE_CHANGE="0", MF_MARGIN_RECENTER_VOL_CHANGE="0",
                MF_MARGIN_EVALUATE_INTERVAL_MS="50", MF_MARGIN_STARTUP_TIMEOUT_SECONDS="30",
                MF_MARGIN_LIQUIDATION_PARTICIPATION="0.1", MF_MARGIN_MAX_HORIZON_MULTIPLE="10",
                MF_MARGIN_CONCENTRATION_RATE="0.1", MF_MARGIN_CONCENTRATION_THRESHOLD="0.05")
