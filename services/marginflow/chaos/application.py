@@ -198,7 +198,8 @@ class Runner:
         d = self.p.decode
         for rec in self.p.marks.catch_up(min(120, max(5, self._left()))):
             m = d.mark(rec.value)
-            self.marks.add(m.instrument, m.underlying, int(m.meta.event_time_ms), m.mark_price, m.index_price)
+            self.marks.add(m.instrument, m.underlying, int(m.meta.event_time_ms), m.mark_price, m.index_price,
+                           m.implied_vol)
 
     def _read_positions(self) -> None:
         for rec in self.p.positions.catch_up(min(120, max(5, self._left()))):
@@ -346,7 +347,8 @@ class Runner:
                 break
             book = self._snapshot_at(call.account_id, call.account_revision) if call.account_revision else None
             fresh = self.p.platform.margin_at(call.account_id, self.marks.at(call.event_time_ms), book=book,
-                                              risk_version=call.risk_version)
+                                              risk_version=call.risk_version,
+                                              vols=self.marks.vols_at(call.event_time_ms))
             acct = self.fold.accounts.get(call.account_id)
             same = callcheck.same_inputs(call, fresh, acct.inputs if acct else 0,
                                          self.last_input_ms.get(call.account_id, 0) < stamps[call.offset])
@@ -405,7 +407,7 @@ class Runner:
                 no_book += 1
                 continue
             fresh = self.p.platform.margin_at(st.account_id, self.marks.at(st.marks_time_ms), book=book,
-                                              risk_version=st.risk_version)
+                                              risk_version=st.risk_version, vols=self.marks.vols_at(st.marks_time_ms))
             same = callcheck.start_inputs_match(st, fresh)
             unanswered += fresh is None
             judged += same

@@ -208,6 +208,9 @@ def margin_at(account: str = typer.Argument(..., help="account id"),
               risk_version: int = typer.Option(0, "--risk-version", min=0,
                                                help="margin at this risk-parameter version (one margin still "
                                                     "keeps; default: the one in force)"),
+              vols: Optional[list[str]] = typer.Option(None, "--vol", help="OPTION=IV: an option's implied vol "
+                                                       "(a fraction, e.g. 0.65); the model is then rebuilt at "
+                                                       "the given marks and vols. Repeatable"),
               as_json: bool = JsonOption) -> None:
     """Margin of ACCOUNT at given marks (the others the market's now): its current book, the risk
     parameters in force (or --risk-version's), nothing published; and every price it read."""
@@ -216,6 +219,11 @@ def margin_at(account: str = typer.Argument(..., help="account id"),
     for text in prices or []:
         key, price = _given_price(text)
         request.marks[key].value = price
+    for text in vols or []:
+        key, sep, vol = text.partition("=")
+        if not sep or not key.strip() or not vol.strip():
+            raise CliError(f"a vol is OPTION=IV (e.g. BTC-11DEC26-48000-C=0.65), got {text!r}", EXIT_BAD_ARGUMENT)
+        request.implied_vols[key.strip()].value = _decimal(vol, f"implied vol of {key.strip()}", positive=True)
     with _state().client("margin") as client:
         reply = client.call("MarginAt", request)
     if as_json:

@@ -139,6 +139,11 @@ def test_margin_at_given_marks_and_the_prices_it_read(run_cli, platform, book):
     assert kept.code == 0 and kept.json()["margin"]["risk_params_version"] == version, kept
     never = run_cli("margin", "at", account.account_id, "--risk-version", str(version + 10_000))
     assert never.code == 1 and "failed precondition" in never.err and str(version + 10_000) in never.err, never
+    # --vol reaches margin's validation: a vol of a linear instrument is refused there, a malformed one here
+    linear = run_cli("margin", "at", account.account_id, "--vol", f"{instrument}=0.5")
+    assert linear.code == 2 and "not a listed option" in linear.err, linear
+    shape = run_cli("margin", "at", account.account_id, "--vol", "0.5")
+    assert shape.code == 2 and "OPTION=IV" in shape.err, shape
 
 
 def test_margin_errors_exit_non_zero_with_one_line(run_cli, book):

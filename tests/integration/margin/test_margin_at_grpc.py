@@ -197,3 +197,32 @@ def test_margin_at_refuses_a_book_that_cannot_be_margined(served, book, needle):
         stub.MarginAt(req, timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in err.value.details()
+
+
+def _option(app) -> str:
+    t = app.engine.instruments
+    return next(t.symbols[k] for k in range(t.n) if t.is_option(k))
+
+
+def test_margin_at_given_vols_rebuilds_the_model_at_that_market_and_refuses_bad_vols(served):
+    app, stub, _ = served
+    option = _option(app)
+    held = app.engine.model
+    plain = stub.MarginAt(_at("a", BTC_PERP="54000"), timeout=5)
+    req = _at("a", BTC_PERP="54000")
+    req.implied_vols[option].value = "0.9"
+    rebuilt = stub.MarginAt(req, timeout=5)
+    # account a holds no option: the same numbers on a model rebuilt at 54,000 (the perpetual's risk array
+    # scales with its forward), and the live model untouched
+    assert Decimal(rebuilt.margin.im_usd.value) < Decimal(plain.margin.im_usd.value)
+    assert rebuilt.margin.equity_usd.value == plain.margin.equity_usd.value == "4000.00"
+    assert app.engine.model is held
+    for vols, needle in (({"BTC-PERP": "0.5"}, "not a listed option"), ({"NOPE-1": "0.5"}, "not a listed option"),
+                         ({option: "abc"}, "not a decimal"), ({option: "0"}, "> 0"), ({option: "-0.2"}, "> 0"),
+                         ({option: "NaN"}, "finite"), ({option: "21"}, "at most"), ({option: "1e-400"}, "too small")):
+        bad = _at("a")
+        for key, vol in vols.items():
+            bad.implied_vols[key].value = vol
+        with pytest.raises(grpc.RpcError) as err:
+            stub.MarginAt(bad, timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details()

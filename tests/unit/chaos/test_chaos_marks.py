@@ -62,10 +62,13 @@ class _Platform:
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, dict]] = []
+        self.vols: list[dict] = []
         self.current = (Decimal("10000"), Decimal(1), Decimal("60000"), 5)   # cash, size, entry, revision now
 
-    def margin_at(self, account_id: str, marks: dict, book: bytes | None = None, risk_version: int = 0) -> cc.Fresh | None:
+    def margin_at(self, account_id: str, marks: dict, book: bytes | None = None, risk_version: int = 0,
+                  vols: dict | None = None) -> cc.Fresh | None:
         self.asked.append((account_id, dict(marks)))
+        self.vols.append(dict(vols or {}))
         if risk_version not in (0, 1):
             return None                                  # the service holds version 1 alone
         cash, size, entry, revision = self.current
@@ -80,8 +83,8 @@ class _Platform:
         return cc.Fresh(cc.raw_state(equity, im, mm), equity, im, mm, revision, 1, False)
 
 
-def _mark(symbol: str, t_ms: int, price: float) -> Record:
-    m = marketdata_pb2.Mark(instrument=symbol, underlying="BTC", index_price=price, mark_price=price)
+def _mark(symbol: str, t_ms: int, price: float, iv: float = 0.0) -> Record:
+    m = marketdata_pb2.Mark(instrument=symbol, underlying="BTC", index_price=price, mark_price=price, implied_vol=iv)
     m.meta.event_time_ms = t_ms
     return Record(symbol.encode(), m.SerializeToString(), 0, t_ms, t_ms)
 
@@ -251,3 +254,13 @@ def test_one_revision_published_again_with_another_book_is_a_mismatch_and_a_repu
     runner._read_positions()
     assert len(runner.revisions_reused) == 1 and "f revision 4 published again" in runner.revisions_reused[0]
     assert "@0:3" in runner.revisions_reused[0]
+
+
+def test_a_call_is_recomputed_at_the_options_vols_of_its_time_too():
+    # An option's vol falls from 1.07 to 0.73 after the call: the recomputation is asked at 1.07 (the market of the
+    # call), not at the vol of the check; a linear instrument has no vol to give.
+    marks = MARKS + [_mark("BTC-C-60000", 1500, 3000.0, iv=1.07), _mark("BTC-C-60000", 2500, 2000.0, iv=0.73)]
+    runner, platform = _runner([_call("a", 0, 2000, cc.LIQUIDATION, "4000.00")], marks)
+    runner._check_calls(FaultResult("test"))
+    assert platform.vols == [{"BTC-C-60000": 1.07}]
+    assert platform.asked[0][1]["BTC-C-60000"] == 3000.0

@@ -128,3 +128,27 @@ def test_margin_at_a_given_book_and_a_kept_risk_version_is_that_book_margined_on
     assert engine.margin_at("cross", {}, {}, then, 3)[0].risk_params_version == 3
     current, _ = engine.margin_at("cross", {}, {})       # the current book: flat, 100 USDC
     assert current.revision == 2 and current.im_usd == 0.0
+
+
+def test_margin_at_given_vols_is_the_computation_from_scratch_at_that_market_not_the_model_s_centre(make_engine):
+    # The model was built at the call's vol of 50 %; asked at 80 % (and the call's price there), the answer is
+    # what an engine started at that market computes: risk arrays rebuilt around it, not valued at the old centre.
+    from marginflow.margin.domain.market import RecenterRules
+    from marginflow.pricing import black76
+
+    years = (1_775_030_400_000 - (T0 + 1000)) / (365.0 * 86_400_000)
+    price = black76(60000.0, 60000.0, years, 0.8, True)
+    engine = _engine(make_engine, core)
+    at_centre, _used = engine.margin_at("cross", {CALL: price}, {}, None, 0)
+    rebuilt, used = engine.margin_at("cross", {CALL: price}, {}, None, 0, {CALL: 0.8})
+    assert engine.model.implied_vol[CALL] == pytest.approx(0.5)       # the live model is left as it is
+    fresh, _pub, clock = make_engine(core, recenter=RecenterRules(0.0, 0.0))
+    fresh.apply_snapshots(_books())
+    fresh.apply_marks([mark(BTC_PERP, 60000.0, T0 + 1000), mark(ETH_PERP, 3000.0, T0 + 1000),
+                       mark(CALL, price, T0 + 1000, index=60000.0, iv=0.8)])
+    fresh.apply_risk_params(risk_version())
+    clock.advance(1000)
+    fresh.evaluate()
+    assert _wire(rebuilt) == _wire(_raw_alone(fresh, "cross"))
+    assert abs(rebuilt.im_usd - at_centre.im_usd) > 0.05 * at_centre.im_usd   # the centre matters
+    assert [(p.key, p.given) for p in used][:2] == [("BTC-PERP", False), ("BTC-C-60000", True)]

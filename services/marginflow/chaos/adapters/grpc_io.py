@@ -101,14 +101,17 @@ class Platform:
             return None
 
     def margin_at(self, account_id: str, marks: Mapping[str, float], book: bytes | None = None,
-                  risk_version: int = 0) -> Fresh | None:
+                  risk_version: int = 0, vols: Mapping[str, float] | None = None) -> Fresh | None:
         """The account's margin at ``marks`` (md.marks key → price USD; the others the market's now)
         by MarginAt — of its current book, or of ``book`` (a portfolio.positions snapshot as published), at
         ``risk_version`` (0: the one in force); None when the service cannot answer now, or holds another
-        version. A refused request is the harness's error and raises."""
+        version; ``vols`` (option → implied vol): the model rebuilt at those marks and vols. A refused request is
+        the harness's error and raises."""
         req = margin_pb2.MarginAtRequest(account_id=account_id, risk_params_version=risk_version)
         for key, price in marks.items():
             req.marks[key].value = repr(price)     # the shortest decimal that reads back as the same double
+        for key, vol in (vols or {}).items():
+            req.implied_vols[key].value = repr(vol)
         if book is not None:
             req.book.ParseFromString(book)
         try:

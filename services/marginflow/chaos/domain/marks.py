@@ -6,7 +6,9 @@ instruments' marks, which carry the index too (ties in event time: the later rec
 applied to the records stamped at or before ``t`` gives the prices a computation stamped ``t`` (the
 event time of the newest mark its market had) read. Partitions interleave, so a mark of another
 instrument stamped just before ``t`` may not have reached that computation yet: the prices here are
-the market at ``t``, the computation's to within that lag.
+the market at ``t``, the computation's to within that lag. Options' implied vols (a mark's
+``implied_vol`` when positive, as margin keeps it) are kept the same way: a call is recomputed on risk
+arrays centred on the market of its time, vols included.
 """
 
 from __future__ import annotations
@@ -22,24 +24,30 @@ class MarkHistory:
 
     def __init__(self) -> None:
         self._series: dict[str, tuple[array, array]] = {}   # key → (event times ms, prices USD), by time
+        self._vols: dict[str, tuple[array, array]] = {}     # option symbol → (event times ms, implied vols)
         self.records = 0
 
-    def add(self, key: str, underlying: str, event_time_ms: int, mark_price: float, index_price: float) -> None:
+    def add(self, key: str, underlying: str, event_time_ms: int, mark_price: float, index_price: float,
+            implied_vol: float = 0.0) -> None:
         """One md.marks record. Prices that are not positive are none (an option's model price of 0, an
-        index record without one): the margin service keeps its earlier price then."""
+        index record without one): the margin service keeps its earlier price then; so for a vol."""
         self.records += 1
         if key.startswith(INDEX_KEY_PREFIX):
             underlying = key[len(INDEX_KEY_PREFIX):]
             index_price = index_price or mark_price
-        elif mark_price > 0:
-            self._put(key, event_time_ms, mark_price)
+        else:
+            if mark_price > 0:
+                self._put(key, event_time_ms, mark_price)
+            if implied_vol > 0:
+                self._put(key, event_time_ms, implied_vol, self._vols)
         if underlying and index_price > 0:
             self._put(INDEX_KEY_PREFIX + underlying, event_time_ms, index_price)
 
-    def _put(self, key: str, t_ms: int, price: float) -> None:
-        series = self._series.get(key)
+    def _put(self, key: str, t_ms: int, price: float, into: dict | None = None) -> None:
+        into = self._series if into is None else into
+        series = into.get(key)
         if series is None:
-            series = self._series[key] = (array("q"), array("d"))
+            series = into[key] = (array("q"), array("d"))
         times, prices = series
         if not times or t_ms >= times[-1]:
             times.append(t_ms)
@@ -51,8 +59,16 @@ class MarkHistory:
 
     def at(self, t_ms: int) -> dict[str, float]:
         """Key → the price in force at ``t_ms`` (keys with no record at or before it are left out)."""
+        return self._in_force(self._series, t_ms)
+
+    def vols_at(self, t_ms: int) -> dict[str, float]:
+        """Option symbol → the implied vol in force at ``t_ms`` (those with none at or before it left out)."""
+        return self._in_force(self._vols, t_ms)
+
+    @staticmethod
+    def _in_force(series_of: dict[str, tuple[array, array]], t_ms: int) -> dict[str, float]:
         out = {}
-        for key, (times, prices) in self._series.items():
+        for key, (times, prices) in series_of.items():
             i = bisect_right(times, t_ms)
             if i:
                 out[key] = prices[i - 1]

@@ -19,7 +19,7 @@ from marginflow.shared.grpcserver import invalid_argument
 from marginflow.shared import security
 from marginflow.shared.errors import Rejected
 from marginflow.shared.memo import IdentityMemo
-from marginflow.shared.universe import INDEX_KEY_PREFIX, MAX_PRICE_USD
+from marginflow.shared.universe import INDEX_KEY_PREFIX, MAX_IMPLIED_VOL, MAX_PRICE_USD
 
 # Codes of the owning instance passed on as they are; anything else means it could not be reached.
 _FORWARDED_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
@@ -35,6 +35,7 @@ _MAX_COLLATERAL = Decimal("1e15")
 _MAX_TRADE_SIZE = Decimal("1e12")
 _MAX_TRADE_PRICE = Decimal("1e12")
 _MAX_MARK_PRICE = Decimal(repr(MAX_PRICE_USD))
+_MAX_VOL = Decimal(repr(MAX_IMPLIED_VOL))
 # Encoded answers kept (GetMargin, what-if's "before"); past this many the oldest are forgotten.
 ENCODED_MAX = 16_384
 
@@ -247,6 +248,27 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
             where[slot] = value
         return marks, index
 
+    def _given_vols(self, request: pb.MarginAtRequest, context: grpc.ServicerContext) -> dict[int, float]:
+        """``implied_vols`` as instrument index → vol, validated: listed options, finite, > 0, plausible."""
+        table = self._engine.instruments
+        vols: dict[int, float] = {}
+        for key in sorted(request.implied_vols):
+            k = table.index.get(key)
+            if k is None or not table.is_option(k):
+                invalid_argument(context, f"implied_vols key {key[:64]!r} is not a listed option")
+            text = request.implied_vols[key].value
+            try:
+                vol = Decimal(text)
+            except (InvalidOperation, ValueError):
+                invalid_argument(context, f"implied_vols[{key!r}] {text[:64]!r} is not a decimal number")
+            if not vol.is_finite() or vol <= 0 or vol > _MAX_VOL:
+                invalid_argument(context, f"implied_vols[{key!r}] must be finite, > 0 and at most {MAX_IMPLIED_VOL}, "
+                                          f"got {text[:64]!r}")
+            if not float(vol) > 0:
+                invalid_argument(context, f"implied_vols[{key!r}] {text[:64]!r} is too small to be a vol")
+            vols[k] = float(vol)
+        return vols
+
     def _given_book(self, request: pb.MarginAtRequest, context: grpc.ServicerContext):
         """``book``, when given, as the margin service reads it from portfolio.positions."""
         if not request.HasField("book"):
@@ -262,8 +284,10 @@ class MarginServicer(margin_pb2_grpc.MarginServiceServicer):
         account = self._account(request.account_id, context)
         marks, index = self._given_prices(request, context)
         book = self._given_book(request, context)
+        vols = self._given_vols(request, context)
         try:
-            margin, prices = self._engine.margin_at(account, marks, index, book, int(request.risk_params_version))
+            margin, prices = self._engine.margin_at(account, marks, index, book, int(request.risk_params_version),
+                                                    vols)
         except (UnknownAccount, NotReady) as exc:
             return self._fail(exc, context, account, "MarginAt", request)
         except OtherVersion as exc:

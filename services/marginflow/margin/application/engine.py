@@ -46,7 +46,8 @@ class MarginEngine:
         self._lock = threading.RLock()   # held by the mutating thread; readers never take it
         self.queries = Queries(instruments, config, self.market, self.accounts, lambda: self.evaluation.model,
                                self.market_view, clock.now_ms, lambda: self.ready, self.publication, core,
-                               self.market_at, lambda version: self.evaluation.model_of(version))
+                               self.market_at, lambda version: self.evaluation.model_of(version),
+                               lambda *at: self.evaluation.model_at(*at))
         self.evaluation = Evaluation(instruments, config, core, self.market, self.accounts, self.publication,
                                      self.queries, self.metrics, clock.now_ms, self.market_view, self._lock)
 
@@ -106,8 +107,8 @@ class MarginEngine:
         return self.queries.explain(account_id)
 
     def margin_at(self, account_id: str, marks: dict[int, float], index: dict[int, float],
-                  book: AccountBook | None = None, risk_version: int = 0):
-        return self.queries.margin_at(account_id, marks, index, book, risk_version)
+                  book: AccountBook | None = None, risk_version: int = 0, vols: dict[int, float] | None = None):
+        return self.queries.margin_at(account_id, marks, index, book, risk_version, vols)
 
     def recheck(self, account_ids: Sequence[str], reliefs: bool = True):
         return self.queries.recheck(account_ids, reliefs)

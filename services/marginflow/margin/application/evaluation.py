@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -168,6 +168,17 @@ class Evaluation:
                 rebuilt = {k: m for k, m in self._rebuilt.items() if k != version}
                 self._rebuilt = dict(list(rebuilt.items())[-(REBUILT_MODELS - 1):] + [(version, model)])
             return model
+
+    def model_at(self, version: int, marks: Mapping[int, float], index: Mapping[int, float],
+                 vols: Mapping[int, float]) -> Model | None:
+        """A model of ``version`` (among the KEPT_VERSIONS newest, else None) built afresh at the market now with
+        the given marks, index prices and implied vols in its place: risk arrays centred on that market, as a
+        computation from scratch there would build them (any thread; not kept)."""
+        params = self._versions.get(version)
+        if params is None:
+            return None
+        return build_model(self.instruments, self.market.priced(marks, index, vols), self.config, self.core, params,
+                           self._wall_ms())
 
     def _build(self, version: RiskVersion) -> Model:
         self._builds += 1

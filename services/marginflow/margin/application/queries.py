@@ -144,13 +144,15 @@ class Queries:
                  wall_ms: Callable[[], int], ready: Callable[[], bool] = lambda: True,
                  publication: "Publication | None" = None, core=None,
                  market_at: Callable[[], MarketAt] | None = None,
-                 model_of: Callable[[int], Model | None] = lambda _version: None) -> None:
+                 model_of: Callable[[int], Model | None] = lambda _version: None,
+                 model_at: Callable[..., Model | None] = lambda *_at: None) -> None:
         self.instruments = instruments
         self.config = config
         self.market = market
         self.accounts = accounts
         self._model = model
         self._model_of = model_of
+        self._model_at = model_at
         self._market_view = market_view
         self._market_at = market_at
         self._wall_ms = wall_ms
@@ -351,7 +353,8 @@ class Queries:
             return self.reported(before, remember=True), self.margin_of(after, model, liquidation_prices=True)
 
     def margin_at(self, account_id: str, marks: Mapping[int, float], index: Mapping[int, float],
-                  given: AccountBook | None = None, risk_version: int = 0) -> tuple[AccountMargin, list[PriceUsed]]:
+                  given: AccountBook | None = None, risk_version: int = 0,
+                  vols: Mapping[int, float] | None = None) -> tuple[AccountMargin, list[PriceUsed]]:
         """The account margined alone at the market now with ``marks`` (instrument → mark, USD) and
         ``index`` (underlying → index price, USD) in its place (:func:`at_prices`): its current book (or
         ``given``, the account's book at another revision — margined here whoever owns the account), the
@@ -360,7 +363,9 @@ class Queries:
         live margin (:meth:`single`), liquidation prices at those prices. The state is the raw state of those
         numbers (no hysteresis: no transition of the account is being judged), with the account's current
         episode when this instance holds the account (else 0); and the prices the valuation read, given or the
-        market's."""
+        market's. ``vols`` (instrument → implied vol): the model is built afresh at the given prices and vols
+        (``Evaluation.model_at``: risk arrays centred on that market) instead of the version's model as built —
+        the computation from scratch at another market, not the live one's at its own centre."""
         with self.readers:
             if given is None:
                 book, model = self.require(account_id)
@@ -373,6 +378,11 @@ class Queries:
                     raise OtherVersion(f"risk-parameter version {risk_version} is neither the one in force "
                                        f"({model.version.version}) nor one of the versions before it kept")
                 model = kept
+            if vols:
+                built = self._model_at(model.version.version, marks, index, vols)
+                if built is None:
+                    raise OtherVersion(f"risk-parameter version {model.version.version} is no longer kept")
+                model = built
             cfg = self.config
             at = at_prices(self.market_at(), self.instruments, marks, index, cfg.assets, cfg.stablecoins,
                            model.sigma_margin, cfg.haircut)

@@ -8,6 +8,7 @@ account's marks count as not fresh (``mark_time_ms == 0``), so nothing liquidate
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -167,6 +168,23 @@ class MarketState:
             if m.depth_curve is not None:
                 self.depth_curve[k] = m.depth_curve
         return n
+
+    def priced(self, marks: Mapping[int, float], index: Mapping[int, float],
+               vols: Mapping[int, float]) -> "MarketState":
+        """This market with the given marks (instrument → USD), index prices (underlying → USD) and implied
+        vols (instrument → fraction) in place of its own, the rest as it is: what a model is built from at
+        another market. A copy: the arrays changed here are its own (a given mark counts as a mark seen)."""
+        out = copy.copy(self)
+        out.mark_price, out.mark_time_ms = self.mark_price.copy(), self.mark_time_ms.copy()
+        out.index_price, out.implied_vol = self.index_price.copy(), self.implied_vol.copy()
+        for k, price in marks.items():
+            out.mark_price[k] = price
+            out.mark_time_ms[k] = max(int(out.mark_time_ms[k]), 1)
+        for u, price in index.items():
+            out.index_price[u] = price
+        for k, vol in vols.items():
+            out.implied_vol[k] = vol
+        return out
 
     def record_fills(self, fills: Iterable[tuple[int, float, int]]) -> int:
         """(instrument, contracts, event time ms) of fills into the volume window; returns how many counted."""
