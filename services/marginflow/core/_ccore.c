@@ -1650,6 +1650,7 @@ static double pairwise_sum(const double *a, Py_ssize_t n)
 
 typedef struct {
     Py_ssize_t N, K, A, nchunks;
+    Py_ssize_t lo, hi;           /* the accounts computed: [lo, hi) */
     const int64_t *indptr;
     const int32_t *inst;
     const double *size, *entry, *icoll, *iim, *bal, *cim;
@@ -1670,13 +1671,13 @@ typedef struct {
     int64_t *oldest;
 } ValCtx;
 
-/* First account of chunk ch: the first i with indptr[i] + i >= ch * VAL_CHUNK (positions and
- * accounts both cost: a run of empty accounts is split too). */
+/* First account of chunk ch of [c->lo, c->hi): the first i with indptr[i] + i >= indptr[lo] + lo +
+ * ch * VAL_CHUNK (positions and accounts both cost: a run of empty accounts is split too). */
 static Py_ssize_t val_bound(const ValCtx *c, Py_ssize_t ch)
 {
-    if (ch >= c->nchunks) return c->N;
-    int64_t target = (int64_t)ch * VAL_CHUNK;
-    Py_ssize_t lo = 0, hi = c->N;
+    if (ch >= c->nchunks) return c->hi;
+    int64_t target = c->indptr[c->lo] + (int64_t)c->lo + (int64_t)ch * VAL_CHUNK;
+    Py_ssize_t lo = c->lo, hi = c->hi;
     while (lo < hi) {
         Py_ssize_t mid = lo + (hi - lo) / 2;
         if (c->indptr[mid] + mid < target) lo = mid + 1;
@@ -1826,7 +1827,7 @@ static PyObject *py_valuate(PyObject *mod, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"indptr", "instrument", "size", "entry", "isolated", "isolated_collateral",
                              "isolated_im", "balances", "cross_im", "mm_factor", "mark", "contract_size",
                              "mark_time_ms", "fresh", "unit_value", "asset_fresh", "asset_time_ms", "n_threads",
-                             NULL};
+                             "rows", "out", NULL};
     /* outputs: name, dtype, per position (else per account) */
     static const char *out_keys[VAL_NOUT] = {"collateral", "cross_pnl", "cross_equity", "cross_mm", "cross_state",
                                              "equity", "im", "mm", "state", "fresh", "marks_time_ms", "pnl",
@@ -1834,11 +1835,13 @@ static PyObject *py_valuate(PyObject *mod, PyObject *args, PyObject *kw)
     static const int out_types[VAL_NOUT] = {NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64, NPY_INT8,
                                             NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64, NPY_INT8,    NPY_BOOL,
                                             NPY_INT64,   NPY_FLOAT64, NPY_FLOAT64, NPY_FLOAT64, NPY_INT8};
-    PyObject *o[VAL_NIN], *onth = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOOOOOOOOO|$O:valuate", kwlist, &o[0], &o[1], &o[2], &o[3],
+    PyObject *o[VAL_NIN], *onth = NULL, *orows = NULL, *oout = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOOOOOOOOO|$OOO:valuate", kwlist, &o[0], &o[1], &o[2], &o[3],
                                      &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13],
-                                     &o[14], &o[15], &o[16], &onth))
+                                     &o[14], &o[15], &o[16], &onth, &orows, &oout))
         return NULL;
+    if (orows == Py_None) orows = NULL;
+    if (oout == Py_None) oout = NULL;
     /* a[9] (mm_factor) stays NULL */
     PyArrayObject *a[VAL_NIN] = {NULL}, *outs[VAL_NOUT] = {NULL};
     PyObject *ret = NULL;
@@ -1883,13 +1886,37 @@ static PyObject *py_valuate(PyObject *mod, PyObject *args, PyObject *kw)
         goto done;
     if (get_threads(onth, &nth) < 0) goto done;
     nth = onth ? nth : 1;
+    /* rows (lo, hi): only those accounts, written into out (whole-book arrays); the rest of out untouched */
+    Py_ssize_t lo = 0, hi = N;
+    if (orows) {
+        if (!oout) {
+            PyErr_SetString(PyExc_ValueError, "rows needs out (the whole-book arrays the rows are written into)");
+            goto done;
+        }
+        if (!PyTuple_Check(orows) || PyTuple_GET_SIZE(orows) != 2) {
+            PyErr_SetString(PyExc_TypeError, "rows must be a tuple (lo, hi)");
+            goto done;
+        }
+        lo = PyLong_AsSsize_t(PyTuple_GET_ITEM(orows, 0));
+        if (lo == -1 && PyErr_Occurred()) goto done;
+        hi = PyLong_AsSsize_t(PyTuple_GET_ITEM(orows, 1));
+        if (hi == -1 && PyErr_Occurred()) goto done;
+        if (lo < 0 || hi < lo || hi > N) {
+            PyErr_Format(PyExc_ValueError, "rows (%zd, %zd) must satisfy 0 <= lo <= hi <= %zd", lo, hi, (Py_ssize_t)N);
+            goto done;
+        }
+    }
     const int64_t *ip = PyArray_DATA(a[0]);
     if (ip[0] != 0) {
         PyErr_SetString(PyExc_ValueError, "indptr[0] must be 0");
         goto done;
     }
+    if (ip[lo] < 0 || ip[hi] > nnz) {  /* (with the order checked below: every position read is in range) */
+        PyErr_Format(PyExc_ValueError, "indptr[%zd:%zd] points outside the %zd positions", lo, hi + 1, (Py_ssize_t)nnz);
+        goto done;
+    }
     Py_ssize_t max_pos = 0;
-    for (npy_intp i = 1; i <= N; i++) {
+    for (npy_intp i = lo + 1; i <= hi; i++) {
         if (ip[i] < ip[i - 1]) {
             PyErr_Format(PyExc_ValueError, "indptr must be non-decreasing: indptr[%zd] < indptr[%zd]",
                          (Py_ssize_t)i, (Py_ssize_t)(i - 1));
@@ -1911,7 +1938,7 @@ static PyObject *py_valuate(PyObject *mod, PyObject *args, PyObject *kw)
                   .iim = PyArray_DATA(a[6]), .bal = PyArray_DATA(a[7]), .cim = PyArray_DATA(a[8]), .mm = mm,
                   .mark = PyArray_DATA(a[10]), .cs = PyArray_DATA(a[11]), .mt = PyArray_DATA(a[12]),
                   .fresh = PyArray_DATA(a[13]), .uv = PyArray_DATA(a[14]), .afresh = PyArray_DATA(a[15]),
-                  .at = PyArray_DATA(a[16])};
+                  .at = PyArray_DATA(a[16]), .lo = lo, .hi = hi};
     /* (no instruments but positions: every index is bad; the kernel never reads mark[0] then) */
     if (!val_small_args_ok(c) || (K == 0 && nnz > 0)) {
         if (val_check_values(c, nnz) == 0)
@@ -1919,8 +1946,27 @@ static PyObject *py_valuate(PyObject *mod, PyObject *args, PyObject *kw)
         goto done;
     }
     for (int i = 0; i < VAL_NOUT; i++) {
+        npy_intp len = i >= 11 ? nnz : N;
+        if (oout) {   /* the caller's arrays: a dict with every key, each writeable, contiguous, of its dtype */
+            if (!PyDict_Check(oout)) {
+                PyErr_SetString(PyExc_TypeError, "out must be a dict of arrays (as valuate returns)");
+                goto done;
+            }
+            PyObject *v = PyDict_GetItemString(oout, out_keys[i]);
+            if (!v || !PyArray_Check(v) || PyArray_TYPE((PyArrayObject *)v) != out_types[i] ||
+                PyArray_NDIM((PyArrayObject *)v) != 1 || PyArray_DIM((PyArrayObject *)v, 0) != len ||
+                !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)v) || !PyArray_ISWRITEABLE((PyArrayObject *)v) ||
+                !PyArray_ISALIGNED((PyArrayObject *)v) || !PyArray_ISNOTSWAPPED((PyArrayObject *)v)) {
+                PyErr_Format(PyExc_ValueError, "out[%s] must be a writeable contiguous %s array of length %zd",
+                             out_keys[i], type_name_of(out_types[i]), (Py_ssize_t)len);
+                goto done;
+            }
+            Py_INCREF(v);
+            outs[i] = (PyArrayObject *)v;
         /* no zeroing: the kernel writes every element */
-        if (!(outs[i] = (PyArrayObject *)PyArray_EMPTY(1, i >= 11 ? &nnz : &N, out_types[i], 0))) goto done;
+        } else if (!(outs[i] = (PyArrayObject *)PyArray_EMPTY(1, &len, out_types[i], 0))) {
+            goto done;
+        }
     }
     double **fo[10] = {&c->collateral, &c->cross_pnl, &c->cross_equity, &c->cross_mm, &c->equity,
                        &c->im,         &c->mm_out,    &c->pnl,          &c->iso_eq,   &c->iso_mm};
@@ -1931,7 +1977,7 @@ static PyObject *py_valuate(PyObject *mod, PyObject *args, PyObject *kw)
     c->acc_fresh = PyArray_DATA(outs[9]);
     c->oldest = PyArray_DATA(outs[10]);
     c->iso_state = PyArray_DATA(outs[14]);
-    c->nchunks = N ? (Py_ssize_t)((nnz + N + VAL_CHUNK - 1) / VAL_CHUNK) : 0;
+    c->nchunks = hi > lo ? (Py_ssize_t)((ip[hi] - ip[lo] + (hi - lo) + VAL_CHUNK - 1) / VAL_CHUNK) : 0;
     /* one chunk per thread at least; starting a thread costs ~20-50 us */
     if (nth > c->nchunks) nth = c->nchunks > 0 ? (int)c->nchunks : 1;
     for (int t = 0; t < nth; t++) {
@@ -1960,7 +2006,10 @@ static PyObject *py_valuate(PyObject *mod, PyObject *args, PyObject *kw)
             PyErr_SetString(PyExc_SystemError, "valuate: a bad input was seen but not found again");
         goto done;
     }
-    {
+    if (oout) {
+        Py_INCREF(oout);
+        ret = oout;
+    } else {
         PyObject *d = PyDict_New();
         if (!d) goto done;
         for (int i = 0; i < VAL_NOUT; i++)
@@ -1991,7 +2040,7 @@ static PyMethodDef module_methods[] = {
     {"valuate", (PyCFunction)(void (*)(void))py_valuate, METH_VARARGS | METH_KEYWORDS,
      "valuate(indptr, instrument, size, entry, isolated, isolated_collateral, isolated_im, balances, cross_im, "
      "mm_factor, mark, contract_size, mark_time_ms, fresh, unit_value, asset_fresh, asset_time_ms, *, "
-     "n_threads=1) -> dict: equity, requirements and health states at current marks "
+     "n_threads=1, rows=None, out=None) -> dict: equity, requirements and health states at current marks "
      "(see marginflow.core.reference.valuate)"},
     {NULL},
 };

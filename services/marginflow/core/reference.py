@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse
 import scipy.special
 
-__all__ = ["black76_price", "risk_arrays", "MarginModel", "valuate", "depth_distance", "KIND_PERP", "KIND_FUTURE", "KIND_CALL",
+__all__ = ["black76_price", "risk_arrays", "MarginModel", "valuate", "valuate_out", "depth_distance", "KIND_PERP", "KIND_FUTURE", "KIND_CALL",
            "KIND_PUT"]
 
 KIND_PERP = 0
@@ -873,7 +873,7 @@ def _indptr_structure(indptr: np.ndarray, nnz: int) -> None:
 
 def valuate(indptr, instrument, size, entry, isolated, isolated_collateral, isolated_im, balances, cross_im,
             mm_factor, mark, contract_size, mark_time_ms, fresh, unit_value, asset_fresh, asset_time_ms, *,
-            n_threads=1) -> dict[str, np.ndarray]:
+            n_threads=1, rows=None, out=None) -> dict[str, np.ndarray]:
     r"""Equity, requirements and health of every account at current marks (positions in CSR form).
 
     Account ``i`` holds positions ``j`` in ``indptr[i]:indptr[i+1]`` on instruments ``k_j``;
@@ -931,6 +931,13 @@ def valuate(indptr, instrument, size, entry, isolated, isolated_collateral, isol
         Time of each asset's price (stablecoins: ``NEVER_MS``, never the oldest).
     n_threads : int
         Worker threads (the C core; accepted and ignored here).
+    out : dict, optional
+        Arrays to write the results into, one per key of the returned dict, each contiguous, writeable,
+        of its dtype and length (N or nnz); returned. (A pass in slices writes into one set of arrays.)
+    rows : (lo, hi), optional
+        Compute accounts ``lo:hi`` only (with their positions), into ``out`` (required); the other
+        elements of ``out`` are left as they are. Every value is checked here; the C core checks those
+        of the rows (and reports the first bad element of the whole book, as here, when one is bad).
 
     Returns
     -------
@@ -991,6 +998,12 @@ def valuate(indptr, instrument, size, entry, isolated, isolated_collateral, isol
     for name, a in (("mark", mark), ("contract_size", contract_size), ("unit_value", unit_value)):
         _check(name, ~np.isfinite(a), "finite")
 
+    if rows is not None:
+        return _valuate_rows(rows, out, indptr, instrument, size, entry, iso, isolated_collateral, isolated_im,
+                             balances, cross_im, mm, mark, contract_size, mark_time_ms, fresh_k, unit_value,
+                             asset_fresh, asset_time_ms)
+    if out is not None:
+        _check_out(out, n, nnz)
     owner = np.repeat(np.arange(n), np.diff(indptr))
     with np.errstate(over="ignore", invalid="ignore"):
         pnl = size * contract_size[instrument] * (mark[instrument] - entry)
@@ -1024,7 +1037,62 @@ def valuate(indptr, instrument, size, entry, isolated, isolated_collateral, isol
             np.maximum(state, worst_iso.astype(np.int8), out=state)
         equity = cross_equity + _sum_by(owner, iso_equity, n)
         im = cross_im + _sum_by(owner, iso_im, n)
-    return {"collateral": collateral, "cross_pnl": cross_pnl, "cross_equity": cross_equity, "cross_mm": cross_mm,
-            "cross_state": cross_state, "equity": equity, "im": im, "mm": mm * im, "state": state,
-            "fresh": acc_fresh, "marks_time_ms": oldest, "pnl": pnl, "iso_equity": iso_equity, "iso_mm": iso_mm,
-            "iso_state": iso_state}
+    res = {"collateral": collateral, "cross_pnl": cross_pnl, "cross_equity": cross_equity, "cross_mm": cross_mm,
+           "cross_state": cross_state, "equity": equity, "im": im, "mm": mm * im, "state": state,
+           "fresh": acc_fresh, "marks_time_ms": oldest, "pnl": pnl, "iso_equity": iso_equity, "iso_mm": iso_mm,
+           "iso_state": iso_state}
+    if out is None:
+        return res
+    for key, v in res.items():
+        out[key][...] = v
+    return out
+
+
+# valuate's results: name → (dtype, per position)
+VALUATE_OUTPUTS = {"collateral": (np.float64, False), "cross_pnl": (np.float64, False),
+                   "cross_equity": (np.float64, False), "cross_mm": (np.float64, False),
+                   "cross_state": (np.int8, False), "equity": (np.float64, False), "im": (np.float64, False),
+                   "mm": (np.float64, False), "state": (np.int8, False), "fresh": (np.bool_, False),
+                   "marks_time_ms": (np.int64, False), "pnl": (np.float64, True), "iso_equity": (np.float64, True),
+                   "iso_mm": (np.float64, True), "iso_state": (np.int8, True)}
+
+
+def valuate_out(n: int, nnz: int) -> dict[str, np.ndarray]:
+    """Uninitialised arrays for ``valuate(..., out=)`` over N accounts and nnz positions."""
+    return {k: np.empty(nnz if per_position else n, dtype=dt) for k, (dt, per_position) in VALUATE_OUTPUTS.items()}
+
+
+def _check_out(out, n: int, nnz: int) -> None:
+    if not isinstance(out, dict):
+        raise TypeError("out must be a dict of arrays (as valuate returns)")
+    for key, (dt, per_position) in VALUATE_OUTPUTS.items():
+        v = out.get(key)
+        length = nnz if per_position else n
+        if (not isinstance(v, np.ndarray) or v.dtype != dt or v.ndim != 1 or v.shape[0] != length
+                or not v.flags.c_contiguous or not v.flags.writeable):
+            raise ValueError(f"out[{key}] must be a writeable contiguous {np.dtype(dt).name} array of length {length}")
+
+
+def _valuate_rows(rows, out, indptr, instrument, size, entry, iso, isolated_collateral, isolated_im, balances,
+                  cross_im, mm, mark, contract_size, mark_time_ms, fresh_k, unit_value, asset_fresh,
+                  asset_time_ms) -> dict[str, np.ndarray]:
+    """valuate of accounts ``rows`` = (lo, hi), written into ``out``: the sub-book valuated alone."""
+    n, nnz = indptr.shape[0] - 1, instrument.shape[0]
+    if out is None:
+        raise ValueError("rows needs out (the whole-book arrays the rows are written into)")
+    if not isinstance(rows, tuple) or len(rows) != 2:
+        raise TypeError("rows must be a tuple (lo, hi)")
+    lo, hi = (operator.index(r) for r in rows)
+    if not 0 <= lo <= hi <= n:
+        raise ValueError(f"rows ({lo}, {hi}) must satisfy 0 <= lo <= hi <= {n}")
+    _check_out(out, n, nnz)
+    p0, p1 = int(indptr[lo]), int(indptr[hi])
+    part = valuate(indptr[lo:hi + 1] - p0, instrument[p0:p1], size[p0:p1], entry[p0:p1], iso[p0:p1],
+                   isolated_collateral[p0:p1], isolated_im[p0:p1], balances[lo:hi], cross_im[lo:hi], mm, mark,
+                   contract_size, mark_time_ms, fresh_k, unit_value, asset_fresh, asset_time_ms)
+    for key, (_dt, per_position) in VALUATE_OUTPUTS.items():
+        if per_position:
+            out[key][p0:p1] = part[key]
+        else:
+            out[key][lo:hi] = part[key]
+    return out

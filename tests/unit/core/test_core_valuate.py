@@ -242,6 +242,71 @@ def test_large_book_threads_agree(both):
             np.testing.assert_array_equal(got[key], base[key], err_msg=key)   # threads split accounts only
 
 
+@FAST
+@given(shape=shapes, cuts=st.lists(st.integers(0, 60), max_size=6), n_threads=st.integers(1, 3))
+def test_rows_into_out_is_the_whole_pass(both, shape, cuts, n_threads):
+    """A pass in row slices written into one set of arrays equals one whole pass, in both implementations;
+    the elements outside the rows computed so far are left as they were."""
+    from marginflow.core.reference import valuate_out
+
+    args = book(**shape)
+    n, nnz = args["indptr"].shape[0] - 1, int(args["indptr"][-1])
+    want = run(both[1], args)
+    bounds = sorted({0, n, *(min(c, n) for c in cuts)})
+    for impl in both:
+        out = valuate_out(n, nnz)
+        for key, v in out.items():
+            v[...] = 7 if v.dtype != np.bool_ else True
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            got = impl.valuate(**args, n_threads=n_threads, rows=(lo, hi), out=out)
+            assert got is out
+            p_hi = int(args["indptr"][hi])
+            for key in out:
+                rest = out[key][p_hi:] if key in PER_POSITION else out[key][hi:]
+                assert (rest == (True if rest.dtype == np.bool_ else 7)).all(), key   # not written yet
+        assert_same(out, want)
+        whole = valuate_out(n, nnz)
+        assert impl.valuate(**args, out=whole) is whole      # out without rows: the whole book
+        assert_same(whole, want)
+
+
+def test_rows_and_out_are_checked(both):
+    from marginflow.core.reference import valuate_out
+
+    n, nnz = BOOK["indptr"].shape[0] - 1, NNZ
+    good = valuate_out(n, nnz)
+    short = dict(good, pnl=np.empty(nnz - 1))
+    wrong_dtype = dict(good, state=np.empty(n, np.int64))
+    frozen = {k: v.copy() for k, v in good.items()}
+    frozen["equity"].flags.writeable = False
+    cases = [(dict(rows=(0, n)), ValueError, "rows needs out"),
+             (dict(rows=(2, 1), out=good), ValueError, r"rows \(2, 1\) must satisfy 0 <= lo <= hi <= 6"),
+             (dict(rows=(0, n + 1), out=good), ValueError, "must satisfy"),
+             (dict(rows=(-1, 2), out=good), ValueError, "must satisfy"),
+             (dict(rows=[0, 1], out=good), TypeError, r"rows must be a tuple \(lo, hi\)"),
+             (dict(rows=(0, 1, 2), out=good), TypeError, "rows must be a tuple"),
+             (dict(rows=(0, 1), out=[]), TypeError, "out must be a dict"),
+             (dict(rows=(0, 1), out=short), ValueError, r"out\[pnl\] must be a writeable contiguous float64 array"),
+             (dict(out=wrong_dtype), ValueError, r"out\[state\] must be a writeable contiguous int8 array of length 6"),
+             (dict(out=frozen), ValueError, r"out\[equity\] must be a writeable"),
+             (dict(out={k: v for k, v in good.items() if k != "mm"}), ValueError, r"out\[mm\]")]
+    for kwargs, exc, message in cases:
+        errors = []
+        for impl in both:
+            with pytest.raises(exc) as info:
+                impl.valuate(**BOOK, **kwargs)
+            errors.append(str(info.value))
+        assert errors[0] == errors[1], kwargs
+        assert re.search(message, errors[0]), errors[0]
+    # a bad value inside the rows is reported as in a whole pass (its index in the whole book)
+    j = int(BOOK["indptr"][3])
+    bad = dict(BOOK, entry=_set(BOOK["entry"], j, np.nan))
+    rows = (2, 5) if BOOK["indptr"][4] > j else (0, n)
+    for impl in both:
+        with pytest.raises(ValueError, match=re.escape(f"entry[{j}] must be finite")):
+            impl.valuate(**bad, rows=rows, out=valuate_out(n, nnz))
+
+
 def test_bool_and_uint8_flags_and_any_layout_are_the_same(impl):
     args = book(seed=5, n_acc=50)
     want = run(impl, args)

@@ -87,6 +87,8 @@ def _is_c(core: ModuleType | None) -> bool:
 # with 100k accounts re-evaluated every 250 ms under 500 GetMargin + WhatIf/s (``bench_margin``): p99 7.0 /
 # 7.8 ms in one call, 5.0 / 5.9 ms in slices of 128k positions, 3.6 / 4.4 ms in slices of 32k (the echo
 # server's 2.0–2.4 ms); 16k gained nothing more and stretched the pass further.
+# Each slice is written by the kernel into one set of whole-book arrays (``rows``/``out``): the copies
+# back that the loop made under the GIL (6.5 ms a pass of 1M positions) are gone.
 CHUNK_POSITIONS_TWIN = 8_192
 CHUNK_POSITIONS_C = 32_768
 
@@ -109,30 +111,19 @@ def valuate_chunked(owner: np.ndarray, instrument: np.ndarray, size: np.ndarray,
     # row boundaries: the first row whose positions start at or after each multiple of chunk_positions
     cuts = np.searchsorted(indptr[:n], np.arange(chunk_positions, nnz, chunk_positions), side="left")
     bounds = np.unique(np.concatenate(([0], cuts, [n]))).tolist()
-    fields = [f.name for f in dataclasses.fields(Valuation)]
-    out: dict[str, np.ndarray] = {}
+    impl = marginflow.core if core is None else core
+    # One set of whole-book arrays, each slice written into it in place by the kernel (no copies held
+    # under the GIL between slices).
+    out = marginflow.core.reference.valuate_out(n, nnz)
     for a, b in zip(bounds[:-1], bounds[1:]):
         if b <= a:
             continue
-        lo, hi = int(indptr[a]), int(indptr[b])
-        sub_indptr = indptr[a:b + 1] - lo
-        part = _core_valuate(core, owner[lo:hi] - a, instrument[lo:hi], size[lo:hi], entry[lo:hi], isolated[lo:hi],
-                             isolated_collateral[lo:hi], isolated_im[lo:hi], balances[a:b], cross_im[a:b],
-                             mm_factor, market, sub_indptr, n_threads)
-        # written into whole-book arrays slice by slice (one concatenate at the end holds the GIL for ms)
-        for name in fields:
-            v = getattr(part, name)
-            per_position = name in _PER_POSITION
-            dst = out.get(name)
-            if dst is None:
-                dst = out[name] = np.empty(nnz if per_position else n, dtype=v.dtype)
-            if per_position:
-                dst[lo:hi] = v
-            else:
-                dst[a:b] = v
+        impl.valuate(indptr, instrument, size, entry, isolated, isolated_collateral, isolated_im, balances, cross_im,
+                     mm_factor, market.mark, market.contract_size, market.mark_time_ms, market.fresh,
+                     market.unit_value, market.asset_fresh, market.asset_time_ms, n_threads=n_threads, rows=(a, b),
+                     out=out)
         if pause is not None:
             pause()
     return Valuation(**out)
 
 
-_PER_POSITION = frozenset({"pnl", "iso_equity", "iso_mm", "iso_state"})
