@@ -1945,13 +1945,13 @@ static PyObject *py_valuate(PyObject *mod, PyObject *args, PyObject *kw)
             PyErr_SetString(PyExc_SystemError, "valuate: a bad input was seen but not found again");
         goto done;
     }
+    if (oout && !PyDict_Check(oout)) {
+        PyErr_SetString(PyExc_TypeError, "out must be a dict of arrays (as valuate returns)");
+        goto done;
+    }
     for (int i = 0; i < VAL_NOUT; i++) {
         npy_intp len = i >= 11 ? nnz : N;
         if (oout) {   /* the caller's arrays: a dict with every key, each writeable, contiguous, of its dtype */
-            if (!PyDict_Check(oout)) {
-                PyErr_SetString(PyExc_TypeError, "out must be a dict of arrays (as valuate returns)");
-                goto done;
-            }
             PyObject *v = PyDict_GetItemString(oout, out_keys[i]);
             if (!v || !PyArray_Check(v) || PyArray_TYPE((PyArrayObject *)v) != out_types[i] ||
                 PyArray_NDIM((PyArrayObject *)v) != 1 || PyArray_DIM((PyArrayObject *)v, 0) != len ||

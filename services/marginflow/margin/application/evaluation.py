@@ -299,7 +299,7 @@ class Evaluation:
             at = self.queries.market_at()
             stamps = acc.stamp[:n].copy()    # which book each row is evaluated with (queries compare stamps)
             # In slices, stepping aside between them: gRPC threads wait ~1 slice, not the whole pass.
-            val = valuate_chunked(f.owner, f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
+            val = valuate_chunked(f.instrument, f.size, f.entry, f.isolated, f.isolated_collateral,
                                   acc.iso_im_flat, acc.balances[:n], acc.cross_im[:n], self.config.mm_factor,
                                   at.view, indptr=f.indptr,
                                   pause=self.queries.readers.pauser(), core=self.core,

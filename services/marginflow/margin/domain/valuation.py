@@ -49,7 +49,7 @@ class Valuation:
     iso_state: np.ndarray        # int8[nnz] (0 for cross positions)
 
 
-def _core_valuate(core: ModuleType | None, owner: np.ndarray, instrument: np.ndarray, size: np.ndarray,
+def _core_valuate(core: ModuleType | None, owner: np.ndarray | None, instrument: np.ndarray, size: np.ndarray,
                   entry: np.ndarray, isolated: np.ndarray, isolated_collateral: np.ndarray, isolated_im: np.ndarray,
                   balances: np.ndarray, cross_im: np.ndarray, mm_factor: float, market: MarketView,
                   indptr: np.ndarray | None, n_threads: int) -> Valuation:
@@ -93,27 +93,24 @@ CHUNK_POSITIONS_TWIN = 8_192
 CHUNK_POSITIONS_C = 32_768
 
 
-def valuate_chunked(owner: np.ndarray, instrument: np.ndarray, size: np.ndarray, entry: np.ndarray,
-                    isolated: np.ndarray, isolated_collateral: np.ndarray, isolated_im: np.ndarray,
-                    balances: np.ndarray, cross_im: np.ndarray, mm_factor: float, market: MarketView,
+def valuate_chunked(instrument: np.ndarray, size: np.ndarray, entry: np.ndarray, isolated: np.ndarray,
+                    isolated_collateral: np.ndarray, isolated_im: np.ndarray, balances: np.ndarray, cross_im: np.ndarray, mm_factor: float, market: MarketView,
                     indptr: np.ndarray, chunk_positions: int | None = None, pause=None, *,
                     core: ModuleType | None = None, n_threads: int = 1) -> Valuation:
-    """:func:`valuate` over account ranges of about ``chunk_positions`` positions each (default: per
-    implementation, see above), ``pause()`` called between them (e.g. to let waiting queries run); the
-    same result as one pass."""
+    """:func:`valuate` (the owners given by ``indptr``) over account ranges of about ``chunk_positions``
+    positions each (default: per implementation, see above), ``pause()`` called between them (e.g. to let
+    waiting queries run); the same result as one pass."""
     n = balances.shape[0]
     nnz = size.shape[0]
     if chunk_positions is None:
         chunk_positions = CHUNK_POSITIONS_C if _is_c(core) else CHUNK_POSITIONS_TWIN
     if nnz <= chunk_positions or n <= 1:
-        return _core_valuate(core, owner, instrument, size, entry, isolated, isolated_collateral, isolated_im,
+        return _core_valuate(core, None, instrument, size, entry, isolated, isolated_collateral, isolated_im,
                              balances, cross_im, mm_factor, market, indptr, n_threads)
     # row boundaries: the first row whose positions start at or after each multiple of chunk_positions
     cuts = np.searchsorted(indptr[:n], np.arange(chunk_positions, nnz, chunk_positions), side="left")
     bounds = np.unique(np.concatenate(([0], cuts, [n]))).tolist()
     impl = marginflow.core if core is None else core
-    # One set of whole-book arrays, each slice written into it in place by the kernel (no copies held
-    # under the GIL between slices).
     out = marginflow.core.reference.valuate_out(n, nnz)
     for a, b in zip(bounds[:-1], bounds[1:]):
         if b <= a:
