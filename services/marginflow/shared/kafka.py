@@ -1,4 +1,4 @@
-"""Kafka helpers on kafka-python: topics, protobuf producer, consumer loop with dead-lettering.
+"""Kafka helpers: topics, protobuf producer (librdkafka), consumers on kafka-python with dead-lettering.
 
 Every payload is a protobuf message from ``marginflow.api``. A record that does not decode, or
 that the handler rejects with :class:`~marginflow.shared.errors.Rejected`, is published to the
@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 import kafka.record.default_records as _kafka_records
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
@@ -26,6 +26,7 @@ from marginflow.shared.config import DEFAULT_MAX_MESSAGE_BYTES, Topics
 from marginflow.shared.errors import Rejected
 from marginflow.shared.logs import get_logger
 from marginflow.shared.metrics import shared_metrics
+from marginflow.shared.producer import Producer
 from marginflow.shared.units import MS_PER_DAY
 
 log = get_logger(__name__)
@@ -185,12 +186,10 @@ def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
         admin.close()
 
 
-def new_producer(bootstrap: str, client_id: str, linger_ms: int = 5, **extra) -> KafkaProducer:
-    """A producer that waits for the broker's acknowledgement of every record (acks=all)."""
-    return KafkaProducer(
-        bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=linger_ms,
-        retries=5, max_in_flight_requests_per_connection=1, batch_size=256 * 1024,
-        compression_type=None, **security_options(**extra))
+def new_producer(bootstrap: str, client_id: str, linger_ms: int = 5, **extra) -> Producer:
+    """A producer that waits for the broker's acknowledgement of every record (acks=all, idempotent):
+    librdkafka behind kafka-python's calls (:mod:`marginflow.shared.producer`)."""
+    return Producer(bootstrap, client_id, linger_ms=linger_ms, batch_size=256 * 1024, **security_options(**extra))
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -201,35 +200,21 @@ def key_partition(key: bytes, partitions: int) -> int:
 class ProtoProducer:
     """Publishes protobuf messages; keys are strings (instrument or account id).
 
-    :meth:`send_many` is the fast path for hot topics: the partition of each key is computed once
-    (kafka-python's default murmur2 partitioner, in pure Python, costs as much as the send itself)
-    and the metric is counted once per call. Partitions are those the default partitioner picks,
-    so records of a key land where any other Kafka client would put them.
+    :meth:`send_many` is the fast path for hot topics: one metric increment per call. Records of a key go
+    to the partition Kafka's default partitioner picks (murmur2 of the key, computed by librdkafka), so
+    they land where any other Kafka client would put them (:func:`key_partition`).
     """
 
-    def __init__(self, producer: KafkaProducer, service: str) -> None:
+    def __init__(self, producer: Producer, service: str) -> None:
         self._producer = producer
         self._service = service
         self._produced = shared_metrics().kafka_produced
-        self._partition_cache: dict[tuple[str, bytes], int] = {}
         self._partition_counts: dict[str, int] = {}
-
-    def _partition(self, topic: str, key: bytes) -> int:
-        cached = self._partition_cache.get((topic, key))
-        if cached is None:
-            count = self._partition_counts.get(topic)
-            if count is None:
-                count = len(self._producer.partitions_for(topic))
-                self._partition_counts[topic] = count
-            cached = key_partition(key, count)
-            if len(self._partition_cache) < 100_000:
-                self._partition_cache[(topic, key)] = cached
-        return cached
 
     def prepare(self, topics: Iterable[str]) -> None:
         """Look up each topic's partitions now (bounded by the producer's max_block_ms), not at its first
-        record: kafka-python fetches a topic's metadata when first asked, and the first record to a topic
-        waited ~100 ms for it (the first liquidation orders after a start, the first margin calls)."""
+        record: a producer fetches a topic's metadata when first asked, and the first record to a topic
+        would wait for it (the first liquidation orders after a start, the first margin calls)."""
         for topic in topics:
             if topic not in self._partition_counts:
                 self._partition_counts[topic] = len(self._producer.partitions_for(topic))
@@ -237,8 +222,8 @@ class ProtoProducer:
     def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> list:
         """Queue ``(key, value)`` records; returns their futures, in order (after :meth:`flush`,
         a failed one tells which record the broker did not take)."""
-        send, part = self._producer.send, self._partition
-        futures = [send(topic, key=key, value=value, partition=part(topic, key)) for key, value in records]
+        send = self._producer.send
+        futures = [send(topic, value, key) for key, value in records]
         if records:
             self._produced.labels(self._service, topic).inc(len(records))
         return futures
