@@ -329,7 +329,8 @@ class MarginApp:
         # while a republication goes out, the polls do not wait: its slices follow each other
         timeout = 0 if self.engine.publishing else self.settings.poll_timeout_ms
         handled = self.router.market(self.market.poll(timeout_ms=timeout))
-        handled += self.router.positions(self.positions.poll(timeout_ms=timeout))
+        # marks in hand: the evaluation below is not kept waiting for positions that may not come
+        handled += self.router.positions(self.positions.poll(timeout_ms=0 if handled else timeout))
         if getattr(self, "open_interest", None) is not None:
             handled += self.open_interest.poll()
         if self.rebalance.revoked:

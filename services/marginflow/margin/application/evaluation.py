@@ -34,8 +34,9 @@ PUBLISH_SLICE_ACCOUNTS = 500
 # Accounts per slice of the state changes and their calls (~0.3 ms each with the causes): the first calls of a
 # move that puts a thousand accounts in liquidation go out after a slice, not after all of them.
 TRANSITION_SLICE_ACCOUNTS = 250
-# Most time one turn of the loop spends on a republication's backlog before it reads marks again.
-PUBLISH_TURN_SECONDS = 0.1
+# Most time one turn of the loop spends on a republication's backlog before it reads marks again: a mark
+# that arrives meanwhile waits at most about this long (plus a slice) for its evaluation.
+PUBLISH_TURN_SECONDS = 0.025
 # Earlier risk versions, for MarginAt to recompute an answer of one of them on its own parameters: the models
 # of the newest (the one in force among them) kept as built — a model is the core's risk arrays over the
 # universe's instruments and scenarios, not the book: ~1.4 MiB for the 105 instruments and 1,000 historical
