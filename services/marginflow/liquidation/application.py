@@ -187,10 +187,18 @@ class Component:
         return bool(self.positions) and self.mm_usd > 0 and self.equity_usd < self.mm_usd
 
 
-def components(view: MarginView) -> list[Component]:
+def components(view: MarginView) -> tuple[Component, ...]:
     """The cross part, then each isolated position with a size: isolated positions are margined alone, so
     each is liquidated against its own equity and requirement (a healthy cross part does not rescue it,
-    and it never draws on the cross collateral)."""
+    and it never draws on the cross collateral). Built once per view (a view is immutable; acting on one
+    account reads them several times)."""
+    kept = view.__dict__.get("_components")
+    if kept is None:
+        kept = view.__dict__["_components"] = tuple(_components(view))
+    return kept
+
+
+def _components(view: MarginView) -> list[Component]:
     cross_pos = tuple(p for p in view.positions if not p.isolated and p.size != 0)
     iso_margin = {i.instrument: i for i in view.isolated}
     if view.cross_equity_usd is None:

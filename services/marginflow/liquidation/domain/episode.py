@@ -21,7 +21,7 @@ reuses the slice number, a new slice takes the next.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 
@@ -75,6 +75,11 @@ class Episode:
     attempts_this_round: int = 0
     deficit_usd: Decimal = ZERO
     ended_ms: int = 0
+
+    def evolve(self, **changes) -> "Episode":
+        """A copy with ``changes`` (``dataclasses.replace`` without its per-call field introspection: a
+        round of a liquidation burst makes several per account)."""
+        return Episode(**{**self.__dict__, **changes})
 
 
 @dataclass(frozen=True)
@@ -148,18 +153,18 @@ def observe(account_id: str, current: Episode | None, obs: MarginObservation, la
         started = start(account_id, obs, number)
         return started if started is not None else current
     if obs.equity_usd < 0:
-        return replace(current, state=EpisodeState.BANKRUPT, deficit_usd=-obs.equity_usd, ended_ms=obs.event_time_ms)
+        return current.evolve(state=EpisodeState.BANKRUPT, deficit_usd=-obs.equity_usd, ended_ms=obs.event_time_ms)
     if not obs.has_positions:
-        return replace(current, state=EpisodeState.CLOSED_OUT, ended_ms=obs.event_time_ms)
+        return current.evolve(state=EpisodeState.CLOSED_OUT, ended_ms=obs.event_time_ms)
     if restored(obs, buffer):
-        return replace(current, state=EpisodeState.RESTORED, ended_ms=obs.event_time_ms)
+        return current.evolve(state=EpisodeState.RESTORED, ended_ms=obs.event_time_ms)
     return current
 
 
 def begin_round(episode: Episode) -> Episode:
     """A new round: the round counter grows, the attempt counter restarts."""
     _require_live(episode)
-    return replace(episode, round_number=episode.round_number + 1, attempts_this_round=0)
+    return episode.evolve(round_number=episode.round_number + 1, attempts_this_round=0)
 
 
 def allocate_slices(episode: Episode, count: int) -> tuple[Episode, tuple[str, ...]]:
@@ -168,7 +173,7 @@ def allocate_slices(episode: Episode, count: int) -> tuple[Episode, tuple[str, .
     if count < 0:
         raise ValueError("count ≥ 0")
     ids = tuple(order_id(episode.account_id, episode.number, episode.next_slice + k) for k in range(count))
-    return replace(episode, next_slice=episode.next_slice + count), ids
+    return episode.evolve(next_slice=episode.next_slice + count), ids
 
 
 def record_attempt(episode: Episode, max_attempts_per_round: int = DEFAULT_MAX_ATTEMPTS_PER_ROUND
@@ -177,7 +182,7 @@ def record_attempt(episode: Episode, max_attempts_per_round: int = DEFAULT_MAX_A
     _require_live(episode)
     if episode.attempts_this_round >= max_attempts_per_round:
         return episode, False
-    return replace(episode, attempts_this_round=episode.attempts_this_round + 1), True
+    return episode.evolve(attempts_this_round=episode.attempts_this_round + 1), True
 
 
 def _require_live(episode: Episode) -> None:
