@@ -40,9 +40,9 @@ from marginflow.shared.clock import Clock, SystemClock
 from marginflow.shared.errors import Rejected
 from marginflow.shared.host import Every, ServiceHost, ServiceLoop
 from marginflow.shared.kafka import (
-    DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_consumer, new_producer,
+    DeadLetterSink, ProtoConsumer, ProtoProducer, TopicSpec, ensure_topics, new_assigned_consumer, new_producer,
     assign_every_partition, platform_topics, read_compacted, rewind, seek_to_tail, topic_partitions)
-from marginflow.shared.lifecycle import Lifecycle
+from marginflow.shared.lifecycle import Lifecycle, tune_gc
 from marginflow.shared.logs import get_logger
 from marginflow.shared.redisstore import connect
 from marginflow.shared.security import client_channel
@@ -67,6 +67,12 @@ log = get_logger(__name__)
 OUTPUT_LINGER_MS = 20
 # How long a turn waits for calls and fills when no re-check is in flight, ms (with re-checks in flight: not at all).
 INPUT_POLL_MS = 5
+
+
+# The last margin of every account is held (100k after a start): a full collection scanned all of it, 25–65 ms
+# of the loop each time, several in a burst of liquidations. The start's objects are frozen out of the scans
+# and gen-0 collections made rarer (as in the margin service).
+GC_GEN0_THRESHOLD = 10_000
 
 
 class LeaseLost(RuntimeError):
@@ -160,7 +166,7 @@ class LiquidationApp:
             self.host.serve_grpc(s.grpc_port, [(liquidation_pb2_grpc.add_LiquidationServiceServicer_to_server,
                                                 servicer, SERVICE_NAME)])
         # A short fetch wait: a margin call or a mark is acted on within tens of ms, not half a second.
-        market = new_consumer(common.bootstrap, None, f"{SERVICE}-market", fetch_max_wait_ms=FETCH_WAIT_MS)
+        market = new_assigned_consumer(common.bootstrap, None, f"{SERVICE}-market", fetch_max_wait_ms=FETCH_WAIT_MS)
         self.market = ProtoConsumer(market, {topics.marks: marketdata_pb2.Mark,
                                              topics.margin_state: margin_pb2.MarginState}, self.dlq, SERVICE)
         self._assign_market()
@@ -168,8 +174,8 @@ class LiquidationApp:
         # acts for every account (it reads every account's margin.state and keeps the one fund), so a group
         # would only add joins — and with kafka-python a restarted member's join was seen to stall at its
         # SyncGroup for over a minute, its fills' fees uncredited meanwhile. The group id keeps the offsets.
-        inputs = new_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
-                              fetch_max_wait_ms=FETCH_WAIT_MS)
+        inputs = new_assigned_consumer(common.bootstrap, f"{common.topic_prefix}{s.consumer_group}", SERVICE,
+                                       fetch_max_wait_ms=FETCH_WAIT_MS)
         assign_every_partition(inputs, [topics.margin_calls, topics.fills], s.startup_timeout_seconds)
         self.inputs = ProtoConsumer(inputs, {topics.margin_calls: margin_pb2.MarginCall,
                                              topics.fills: account_pb2.Fill}, self.dlq, SERVICE)
@@ -258,7 +264,7 @@ class LiquidationApp:
         return len(records)
 
     def turn(self) -> int:
-        # Calls and fills first, then the answers in, then the next re-checks out, and only then the market:
+        # Calls and fills first, then the next re-checks out and the answers in, and only then the market:
         # margin.state carries every account (100k after a move, behind the calls of the same move), and a
         # bite of it read first delayed every call's re-check by the bite's decoding. It is read in bites so
         # that calls, assessments done and orders go out between them rather than after the whole backlog.
@@ -273,26 +279,22 @@ class LiquidationApp:
             self._run_admin_requests()
         finally:
             self.engine.end_batch()   # events, then orders, each acknowledged: before the offsets are committed
-        # The re-checks answered by now are acted on together and their events and orders published together
-        # (one acknowledgement each): under load every flush waits for the broker and the sender thread, so
-        # one per re-check of a burst delayed the later re-checks' orders by far more than planning them did.
-        # The answers still in flight are acted on in a later turn.
+        # The re-checks answered by now are taken out, the next ones sent, and only then are the answers acted
+        # on: the margin service computes the next batches (on its own core) while this one plans and publishes.
         done = [f for f in self._inflight if f.done()]
+        for future in done:
+            self._inflight.remove(future)
+        self._submit_due()
+        # The answers are acted on together and their events and orders published together (one
+        # acknowledgement each): under load every flush waits for the broker, so one per re-check of a burst
+        # delayed the later re-checks' orders by far more than planning them did. The answers still in flight
+        # are acted on in a later turn.
         if done:
-            for future in done:
-                self._inflight.remove(future)
             handled += self.engine.act_many([a for future in done for a in future.result()])
         if records:
             self.inputs.commit()
         self._polled = []
-        # Due accounts are re-checked together: one Recheck call for up to ASSESS_BATCH accounts, at most
-        # MF_LIQUIDATION_WORKERS calls in flight (the accounts that come due meanwhile go in the next one).
-        now = self.clock.now_ms()
-        while len(self._inflight) < self.settings.workers:
-            due = self.engine.due(now, ASSESS_BATCH)
-            if not due:
-                break
-            self._inflight.append(self.pool.submit(self.engine.assess_many, due))
+        self._submit_due()   # the accounts acting made due (a round's next look) or that came due meanwhile
         busy = bool(self._inflight)
         handled += self._route_market(self.market.poll(timeout_ms=0 if busy else self.settings.poll_timeout_ms,
                                                        max_records=MARKET_RECORDS_BUSY if busy
@@ -300,6 +302,16 @@ class LiquidationApp:
         if self._inflight and not handled:
             time.sleep(0.001)
         return handled
+
+    def _submit_due(self) -> None:
+        """Due accounts are re-checked together: one Recheck call for up to ASSESS_BATCH accounts, at most
+        MF_LIQUIDATION_WORKERS calls in flight (the accounts that come due meanwhile go in the next one)."""
+        now = self.clock.now_ms()
+        while len(self._inflight) < self.settings.workers:
+            due = self.engine.due(now, ASSESS_BATCH)
+            if not due:
+                break
+            self._inflight.append(self.pool.submit(self.engine.assess_many, due))
 
     # ---- the lease: one acting instance
     def _renew_every_s(self) -> float:
@@ -398,6 +410,7 @@ def main(settings: LiquidationSettings, lifecycle: Lifecycle) -> None:
         app.host.close()
         return
     lifecycle.on_stop("close", app.close)
+    tune_gc(GC_GEN0_THRESHOLD)
     app.run(lifecycle.stopping)
     if app.lost_lease:   # exits non-zero: restarted, it waits as a standby
         raise LeaseLost("another liquidation instance holds the lease")

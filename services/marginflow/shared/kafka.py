@@ -26,6 +26,7 @@ from marginflow.shared.config import DEFAULT_MAX_MESSAGE_BYTES, Topics
 from marginflow.shared.errors import Rejected
 from marginflow.shared.logs import get_logger
 from marginflow.shared.metrics import shared_metrics
+from marginflow.shared.consumer import AssignedConsumer
 from marginflow.shared.producer import Producer
 from marginflow.shared.units import MS_PER_DAY
 
@@ -305,6 +306,15 @@ def new_consumer(bootstrap: str, group_id: str | None, client_id: str, topics: S
         wait_for_metadata(consumer, topics)
         consumer.subscribe(list(topics), listener=listener or LoggedRebalance(client_id))
     return consumer
+
+
+def new_assigned_consumer(bootstrap: str, group_id: str | None, client_id: str, auto_offset_reset: str = "earliest",
+                          **extra) -> AssignedConsumer:
+    """A consumer of partitions assigned directly, on librdkafka (:mod:`marginflow.shared.consumer`): it
+    fetches in the background, so a record that reached the broker while the loop was busy is handed out by
+    the next poll. ``group_id`` only names the committed offsets (no group is joined)."""
+    return AssignedConsumer(bootstrap, group_id, client_id, auto_offset_reset=auto_offset_reset,
+                            **security_options(**extra))
 
 
 class LoggedRebalance(ConsumerRebalanceListener):

@@ -47,6 +47,7 @@ _PROPERTIES = {
     "delivery_timeout_ms": "message.timeout.ms",
     "batch_size": "batch.size",
     "linger_ms": "linger.ms",
+    "fetch_max_wait_ms": "fetch.wait.max.ms",
 }
 DELIVERY_TIMEOUT_MS = 120_000
 # How long a send waits for room in librdkafka's queue, and partitions_for for metadata (kafka-python's
@@ -142,21 +143,29 @@ class Delivery:
         return self
 
 
+def rdkafka_properties(options: dict[str, Any], what: str = "producer") -> dict[str, Any]:
+    """``options`` by their kafka-python names (:data:`_PROPERTIES`) as librdkafka properties; any other
+    name is refused."""
+    config: dict[str, Any] = {}
+    for name, value in options.items():
+        prop = _PROPERTIES.get(name)
+        if prop is None:
+            raise ValueError(f"unknown {what} option {name!r} (known: {', '.join(sorted(_PROPERTIES))})")
+        if name in ("security_protocol", "sasl_mechanism"):
+            value = str(value).upper()
+        config[prop] = value
+    return config
+
+
 def producer_config(bootstrap: str, client_id: str, **options: Any) -> dict[str, Any]:
     """librdkafka properties of a producer: the platform's settings, then ``options`` by their kafka-python
-    names (:data:`_PROPERTIES`; any other name is refused)."""
+    names (:func:`rdkafka_properties`)."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap, "client.id": client_id, "acks": "all", "enable.idempotence": True,
         "partitioner": "murmur2_random", "compression.type": "none",
         "message.timeout.ms": DELIVERY_TIMEOUT_MS, "logger": _LOG,
     }
-    for name, value in options.items():
-        prop = _PROPERTIES.get(name)
-        if prop is None:
-            raise ValueError(f"unknown producer option {name!r} (known: {', '.join(sorted(_PROPERTIES))})")
-        if name in ("security_protocol", "sasl_mechanism"):
-            value = str(value).upper()
-        config[prop] = value
+    config.update(rdkafka_properties(options))
     if "message.max.bytes" in config:
         config["message.max.bytes"] = int(config["message.max.bytes"])
         config["batch.size"] = min(int(config.get("batch.size", 1_000_000)), config["message.max.bytes"])
