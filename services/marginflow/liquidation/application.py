@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import heapq
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -167,6 +168,12 @@ class MarginView:
     cross_mm_usd: Decimal | None = None
     isolated: tuple[IsolatedView, ...] = ()
 
+    @functools.cached_property
+    def components(self) -> tuple["Component", ...]:
+        """:func:`components` of this view, built once (a view is immutable; acting on one account reads them
+        several times)."""
+        return tuple(_components(self))
+
 
 @dataclasses.dataclass(frozen=True)
 class Component:
@@ -190,12 +197,8 @@ class Component:
 def components(view: MarginView) -> tuple[Component, ...]:
     """The cross part, then each isolated position with a size: isolated positions are margined alone, so
     each is liquidated against its own equity and requirement (a healthy cross part does not rescue it,
-    and it never draws on the cross collateral). Built once per view (a view is immutable; acting on one
-    account reads them several times)."""
-    kept = view.__dict__.get("_components")
-    if kept is None:
-        kept = view.__dict__["_components"] = tuple(_components(view))
-    return kept
+    and it never draws on the cross collateral). Built once per view (:attr:`MarginView.components`)."""
+    return view.components
 
 
 def _components(view: MarginView) -> list[Component]:
@@ -668,15 +671,15 @@ class LiquidationEngine:
             if ep is None or ep.number != e.episode:
                 continue
             if e.kind == "ORDER_SENT":
-                t.episode = dataclasses.replace(ep, next_slice=max(ep.next_slice, e.slice + 1),
-                                                round_number=max(ep.round_number, e.round))
+                t.episode = ep.evolve(next_slice=max(ep.next_slice, e.slice + 1),
+                                      round_number=max(ep.round_number, e.round))
                 t.slices_sent += 1
             elif e.kind in RESOLUTION_KINDS and e.instrument and ep.state is EpisodeState.LIQUIDATING:
                 # in a live episode these are an isolated part's (a cross bankruptcy ends the episode first)
                 t.resolved_ms.setdefault(e.instrument, e.time_ms)
             elif e.kind in FINAL_KINDS:
-                t.episode = dataclasses.replace(ep, state=FINAL_KINDS[e.kind], ended_ms=e.time_ms,
-                                                deficit_usd=e.amount_usd or ZERO if e.kind == "BANKRUPT" else ZERO)
+                t.episode = ep.evolve(state=FINAL_KINDS[e.kind], ended_ms=e.time_ms,
+                                      deficit_usd=e.amount_usd or ZERO if e.kind == "BANKRUPT" else ZERO)
         for t in self.accounts.values():
             if t.live:
                 t.due_ms = 0   # a live episode goes on at once

@@ -1,4 +1,5 @@
-"""Kafka helpers: topics, protobuf producer (librdkafka), consumers on kafka-python with dead-lettering.
+"""Kafka helpers: topics, protobuf producer (librdkafka), consumers (kafka-python; librdkafka for assigned
+partitions) with dead-lettering.
 
 Every payload is a protobuf message from ``marginflow.api``. A record that does not decode, or
 that the handler rejects with :class:`~marginflow.shared.errors.Rejected`, is published to the
@@ -47,7 +48,7 @@ def check_size(value: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) 
 
 def _use_compiled_crc32c() -> None:
     """kafka-python checksums every record batch (CRC-32C) in pure Python unless the ``crc32c``
-    package is installed, which caps a producer near 10k records/s. aiokafka (installed with
+    package is installed, which caps a consumer checking the batches it reads. aiokafka (installed with
     faust-streaming) ships a compiled CRC-32C: use it when present, after checking it agrees."""
     try:
         from aiokafka.record._crecords.cutil import crc32c_cython
@@ -210,15 +211,16 @@ class ProtoProducer:
         self._producer = producer
         self._service = service
         self._produced = shared_metrics().kafka_produced
-        self._partition_counts: dict[str, int] = {}
+        self._prepared: set[str] = set()
 
     def prepare(self, topics: Iterable[str]) -> None:
         """Look up each topic's partitions now (bounded by the producer's max_block_ms), not at its first
         record: a producer fetches a topic's metadata when first asked, and the first record to a topic
         would wait for it (the first liquidation orders after a start, the first margin calls)."""
         for topic in topics:
-            if topic not in self._partition_counts:
-                self._partition_counts[topic] = len(self._producer.partitions_for(topic))
+            if topic not in self._prepared:
+                self._producer.partitions_for(topic)
+                self._prepared.add(topic)
 
     def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> list:
         """Queue ``(key, value)`` records; returns their futures, in order (after :meth:`flush`,

@@ -72,13 +72,12 @@ def kafka_error(err: confluent_kafka.KafkaError) -> kafka_errors.KafkaError:
 class Delivery:
     """The future of one record: settled by its delivery report."""
 
-    __slots__ = ("_producer", "_settled", "_error", "_callbacks", "_errbacks", "topic", "partition", "offset")
+    __slots__ = ("_producer", "_settled", "_error", "_errbacks", "topic", "partition", "offset")
 
     def __init__(self, producer: "Producer") -> None:
         self._producer = producer
         self._settled = False
         self._error: Exception | None = None
-        self._callbacks: list[Callable[[Any], None]] | None = None
         self._errbacks: list[Callable[[Exception], None]] | None = None
         self.topic = ""
         self.partition = -1
@@ -92,30 +91,14 @@ class Delivery:
                 fn(self._error)
         else:
             self.topic, self.partition, self.offset = msg.topic(), msg.partition(), msg.offset()
-            for fn in self._callbacks or ():
-                fn(self)
-        self._callbacks = self._errbacks = None
-
-    def _fail(self, exc: Exception) -> None:
-        self._settled = True
-        self._error = exc
-        for fn in self._errbacks or ():
-            fn(exc)
-        self._callbacks = self._errbacks = None
+        self._errbacks = None
 
     @property
     def is_done(self) -> bool:
         return self._settled
 
-    def succeeded(self) -> bool:
-        return self._settled and self._error is None
-
     def failed(self) -> bool:
         return self._settled and self._error is not None
-
-    @property
-    def exception(self) -> Exception | None:
-        return self._error
 
     def get(self, timeout: float | None = None) -> "Delivery":
         """Wait for the acknowledgement (at most ``timeout`` s); raise the record's error. Returns self
@@ -126,15 +109,8 @@ class Delivery:
             raise self._error
         return self
 
-    def add_callback(self, fn: Callable[[Any], None]) -> "Delivery":
-        if self._settled:
-            if self._error is None:
-                fn(self)
-        else:
-            self._callbacks = [*(self._callbacks or ()), fn]
-        return self
-
     def add_errback(self, fn: Callable[[Exception], None]) -> "Delivery":
+        """``fn(error)`` once the record has failed (at once if it has)."""
         if self._settled:
             if self._error is not None:
                 fn(self._error)
@@ -213,10 +189,6 @@ class Producer:
                 raise kafka_error(exc.args[0]) from None
         self._p.poll(0)
         return delivery
-
-    def poll(self, timeout_s: float = 0.0) -> int:
-        """Serve the delivery reports due (their futures settle); returns how many."""
-        return self._p.poll(timeout_s)
 
     def _await(self, delivery: Delivery, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
