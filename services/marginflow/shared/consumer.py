@@ -155,7 +155,15 @@ class AssignedConsumer:
     def poll(self, timeout_ms: int = 0, max_records: int = 5000) -> dict[TopicPartition, list[Record]]:
         """The records already fetched (waiting at most ``timeout_ms`` for a first one), at most
         ``max_records``, by partition and in offset order."""
-        messages = self._c.consume(num_messages=max_records, timeout=timeout_ms / 1000.0)
+        # librdkafka's batch consume blocks until it has ``num_messages`` or the timeout has passed: asked for
+        # 2,000 with 500 fetched, it waited the whole timeout. So what is queued is taken without a wait, and
+        # only an empty queue waits, for one record, after which the rest already queued comes along.
+        consume = self._c.consume
+        messages = consume(num_messages=max_records, timeout=0)
+        if not messages and timeout_ms > 0:
+            messages = consume(num_messages=1, timeout=timeout_ms / 1000.0)
+            if messages and max_records > 1:
+                messages += consume(num_messages=max_records - 1, timeout=0)
         out: dict[TopicPartition, list[Record]] = {}
         nxt = self._next
         for m in messages:

@@ -79,3 +79,37 @@ def test_without_a_group_id_the_consumer_reads_from_the_reset_and_unknown_partit
     with pytest.raises(ValueError, match="not assigned"):
         latest.seek(TopicPartition(topic, 7), 0)
     latest.close()
+
+
+def test_a_poll_hands_over_what_is_fetched_without_waiting_out_its_timeout_and_keeps_max_records(kafka_bootstrap,
+                                                                                               topic_prefix):
+    # A batch consume of librdkafka waits for max_records or the timeout: 12 records asked for 1,000 with a
+    # 20 s timeout would come back only after 20 s. The poll returns once the first record is here.
+    topic = topic_prefix + "prompt"
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
+    _produce(kafka_bootstrap, topic, [12])
+    c = AssignedConsumer(kafka_bootstrap, None, "t-prompt")
+    c.assign([TopicPartition(topic, 0)])
+    got: list = []
+    polls = 0
+    start = time.monotonic()
+    while len(got) < 12 and polls < 50:
+        polls += 1
+        for records in c.poll(timeout_ms=20_000, max_records=1000).values():
+            got += records
+    elapsed = time.monotonic() - start
+    assert [r.offset for r in got] == list(range(12))
+    assert elapsed < 10.0, f"12 records took {elapsed:.1f} s in {polls} polls with a 20 s timeout"
+    c.seek(TopicPartition(topic, 0), 0)
+    first = []
+    while not first:
+        first = c.poll(timeout_ms=5_000, max_records=5).get(TopicPartition(topic, 0), [])
+    assert [r.offset for r in first] == list(range(len(first))) and 1 <= len(first) <= 5
+    rest = list(first)
+    while len(rest) < 12 and polls < 100:
+        polls += 1
+        for records in c.poll(timeout_ms=5_000, max_records=5).values():
+            assert len(records) <= 5
+            rest += records
+    assert [r.offset for r in rest] == list(range(12))
+    c.close()
